@@ -1,0 +1,41 @@
+# The two commands a newcomer needs are `make demo` and `make test`; everything else is here for daily work.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.8
+
+.PHONY: install demo up test test-fast lint schemas bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	@$(VENV)/bin/uv pip sync -q --python $(PY) requirements.lock
+	@$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	@touch $@
+
+demo: install ## start the stack, run the scenario, print it, stop
+	@$(VENV)/bin/collabkare demo
+
+up: install ## the local stack in the foreground until Ctrl-C
+	@$(VENV)/bin/collabkare stack up
+
+test: install ## the whole suite against real PostgreSQL, Kafka-protocol broker and SMTP
+	@$(PY) -m pytest -q
+
+lint: install ## ruff + mypy, both clean
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy
+
+schemas: install ## regenerate JSON Schema and AsyncAPI documents (refuses incompatible changes)
+	@$(PY) -m schemas.generate
+	@$(PY) -m collabkare.docs
+
+lock: ## re-resolve requirements.lock from pyproject.toml
+	@$(VENV)/bin/uv pip compile -q pyproject.toml --extra local --extra dev --python-version 3.11 -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var

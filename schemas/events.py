@@ -1,0 +1,237 @@
+"""Every event in the system, with its payload; `parse_event` turns wire bytes into the right class."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, EmailStr, Field, TypeAdapter
+
+from schemas.envelope import Contract, Envelope
+
+Note = Annotated[str, Field(max_length=500)]
+Reason = Annotated[str, Field(max_length=1000)]
+Locale = Literal["en", "es"]
+
+
+# --- connections -------------------------------------------------------------------------------------------
+
+
+class ConnectionRequestedPayload(Contract):
+    request_id: uuid.UUID
+    patient_id: uuid.UUID
+    patient_email: EmailStr
+    display_name: str | None = None
+    message: Note | None = None
+    requested_at: AwareDatetime
+
+
+class ConnectionRequested(Envelope):
+    """A patient asked to link their record to a practice."""
+
+    key_field = "request_id"
+    event_type: Literal["ConnectionRequested"] = "ConnectionRequested"
+    payload: ConnectionRequestedPayload
+
+
+class ConnectionApprovedPayload(Contract):
+    connection_id: uuid.UUID
+    patient_id: uuid.UUID
+    patient_email: EmailStr
+    via: Literal["request", "invite"]
+    request_id: uuid.UUID | None = Field(default=None, description="Set when via is request.")
+    invite_id: uuid.UUID | None = Field(default=None, description="Set when via is invite.")
+    approved_by: str = Field(description="Subject of the staff member, or the patient when via is invite.")
+    approved_at: AwareDatetime
+
+
+class ConnectionApproved(Envelope):
+    """A patient is now connected to a practice (approved request or accepted invite)."""
+
+    key_field = "patient_id"
+    event_type: Literal["ConnectionApproved"] = "ConnectionApproved"
+    payload: ConnectionApprovedPayload
+
+
+class ConnectionRejectedPayload(Contract):
+    request_id: uuid.UUID
+    patient_id: uuid.UUID
+    patient_email: EmailStr
+    rejected_by: str
+    rejected_at: AwareDatetime
+    reason: Note | None = None
+
+
+class ConnectionRejected(Envelope):
+    """Staff declined a patient's connection request, optionally with a reason."""
+
+    key_field = "request_id"
+    event_type: Literal["ConnectionRejected"] = "ConnectionRejected"
+    payload: ConnectionRejectedPayload
+
+
+# --- invitations -------------------------------------------------------------------------------------------
+
+
+class InviteRequestedPayload(Contract):
+    invite_id: uuid.UUID
+    email: EmailStr
+    note: Note | None = None
+    accept_url: str = Field(description="{PUBLIC_BASE_URL}/invites/accept?token=<token>")
+    expires_at: AwareDatetime
+    requested_by: str
+    batch_id: uuid.UUID | None = Field(default=None, description="Set when the invite came from a roster.")
+    line_number: int | None = Field(default=None, ge=1, description="The roster line, when from a roster.")
+
+
+class InviteRequested(Envelope):
+    """An invite was created and should be emailed to the patient."""
+
+    key_field = "invite_id"
+    event_type: Literal["InviteRequested"] = "InviteRequested"
+    payload: InviteRequestedPayload
+
+
+class InviteAcceptedPayload(Contract):
+    invite_id: uuid.UUID
+    patient_id: uuid.UUID
+    patient_email: EmailStr
+    accepted_at: AwareDatetime
+
+
+class InviteAccepted(Envelope):
+    """A patient accepted an invite; the connections service connects them."""
+
+    key_field = "patient_id"
+    event_type: Literal["InviteAccepted"] = "InviteAccepted"
+    payload: InviteAcceptedPayload
+
+
+class InviteRevokedPayload(Contract):
+    invite_id: uuid.UUID
+    revoked_by: str
+    revoked_at: AwareDatetime
+    replaced_by: uuid.UUID | None = Field(default=None, description="The new invite when this was a resend.")
+
+
+class InviteRevoked(Envelope):
+    """Staff revoked a pending invite (on its own or as part of a resend)."""
+
+    key_field = "invite_id"
+    event_type: Literal["InviteRevoked"] = "InviteRevoked"
+    payload: InviteRevokedPayload
+
+
+class InviteExpiredPayload(Contract):
+    invite_id: uuid.UUID
+    expired_at: AwareDatetime
+
+
+class InviteExpired(Envelope):
+    """A pending invite passed its expiry time without being accepted."""
+
+    key_field = "invite_id"
+    event_type: Literal["InviteExpired"] = "InviteExpired"
+    payload: InviteExpiredPayload
+
+
+# --- notifier ----------------------------------------------------------------------------------------------
+
+
+class DeliveryOutcomePayload(Contract):
+    delivery_id: uuid.UUID
+    source_event_id: uuid.UUID
+    source_event_type: str
+    kind: Literal["invite", "connection_approved", "connection_rejected"]
+    outcome: Literal["sent", "not_on_platform", "error"]
+    reason: Reason | None = None
+    invite_id: uuid.UUID | None = None
+    batch_id: uuid.UUID | None = None
+    line_number: int | None = None
+    message_id: str | None = Field(default=None, description="The email's Message-ID when one was sent.")
+    attempts: int = Field(ge=0)
+    decided_at: AwareDatetime
+
+
+class DeliveryOutcome(Envelope):
+    """The final result of one notification: sent, not on the platform, or an error with its reason."""
+
+    key_field = "source_event_id"
+    event_type: Literal["DeliveryOutcome"] = "DeliveryOutcome"
+    payload: DeliveryOutcomePayload
+
+
+# --- platform ----------------------------------------------------------------------------------------------
+
+
+class PatientRegisteredPayload(Contract):
+    patient_id: uuid.UUID
+    email: EmailStr
+    display_name: str | None = None
+    locale: Locale = "en"
+    date_of_birth: date | None = None
+    registered_at: AwareDatetime
+
+
+class PatientRegistered(Envelope):
+    """A person created a CollabKare account (published by the platform)."""
+
+    key_field = "patient_id"
+    event_type: Literal["PatientRegistered"] = "PatientRegistered"
+    payload: PatientRegisteredPayload
+
+
+class PracticeRegisteredPayload(Contract):
+    name: str = Field(min_length=1, max_length=200)
+    reply_to: EmailStr | None = None
+    registered_at: AwareDatetime
+
+
+class PracticeRegistered(Envelope):
+    """A practice joined CollabKare (published by the platform); practice_id is on the envelope."""
+
+    key_field = "name"
+    event_type: Literal["PracticeRegistered"] = "PracticeRegistered"
+    payload: PracticeRegisteredPayload
+
+    def aggregate_key(self) -> str:
+        return str(self.practice_id)
+
+
+AnyEvent = Annotated[
+    ConnectionRequested
+    | ConnectionApproved
+    | ConnectionRejected
+    | InviteRequested
+    | InviteAccepted
+    | InviteRevoked
+    | InviteExpired
+    | DeliveryOutcome
+    | PatientRegistered
+    | PracticeRegistered,
+    Field(discriminator="event_type"),
+]
+
+EVENT_TYPES: dict[str, type[Envelope]] = {
+    cls.model_fields["event_type"].default: cls
+    for cls in (
+        ConnectionRequested,
+        ConnectionApproved,
+        ConnectionRejected,
+        InviteRequested,
+        InviteAccepted,
+        InviteRevoked,
+        InviteExpired,
+        DeliveryOutcome,
+        PatientRegistered,
+        PracticeRegistered,
+    )
+}
+
+_ANY_EVENT: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+
+def parse_event(raw: bytes | str) -> Envelope:
+    """Validate wire JSON into its event class; raises pydantic.ValidationError with the reason."""
+    return _ANY_EVENT.validate_json(raw)
