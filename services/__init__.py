@@ -1,0 +1,1 @@
+"""The three CollabKare services and the runtime they share."""

@@ -1,0 +1,1 @@
+"""The invitations service."""

@@ -1,0 +1,133 @@
+"""Bearer JWTs: verification (HS256 dev secret or RS256 from a JWKS URL), roles, and the practice in the path."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import jwt
+from fastapi import Depends, Path, Request
+
+from services.runtime.problems import Problem
+
+STAFF_ROLES = frozenset({"front_desk", "practice_manager", "admin"})
+PATIENT_ROLE = "patient"
+_REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str
+    roles: frozenset[str]
+    practice_id: uuid.UUID | None = None
+    email: str | None = None
+
+
+class TokenVerifier:
+    """Checks signature, algorithm, iss, aud and exp; never takes a key or algorithm from the token header."""
+
+    def __init__(
+        self,
+        algorithm: str,
+        issuer: str,
+        audience: str,
+        secret: str | None = None,
+        jwks_url: str | None = None,
+    ) -> None:
+        self.algorithm = algorithm
+        self.issuer = issuer
+        self.audience = audience
+        self._secret = secret
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300) if jwks_url else None
+
+    def _key(self, token: str) -> Any:
+        if self.algorithm == "HS256":
+            return self._secret
+        assert self._jwks is not None
+        # The key set is ours (configured URL); the token's kid only picks a key from it.
+        return self._jwks.get_signing_key_from_jwt(token).key
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self._key(token),
+                algorithms=[self.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": _REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError as error:
+            raise _unauthorized("The token has expired.") from error
+        except (jwt.InvalidTokenError, jwt.PyJWKClientError) as error:
+            raise _unauthorized(f"The token is not valid: {error}.") from error
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise _unauthorized("The token's roles claim must be a list of strings.")
+        practice = claims.get("practice_id")
+        try:
+            practice_id = uuid.UUID(str(practice)) if practice else None
+        except ValueError as error:
+            raise _unauthorized("The token's practice_id claim is not a UUID.") from error
+        return Principal(str(claims["sub"]), frozenset(roles), practice_id, claims.get("email"))
+
+
+def mint_token(
+    secret: str,
+    subject: str,
+    roles: list[str],
+    *,
+    practice_id: uuid.UUID | str | None = None,
+    email: str | None = None,
+    issuer: str = "collabkare",
+    audience: str = "collabkare-api",
+    ttl_seconds: int = 8 * 3600,
+) -> str:
+    """An HS256 token for development, demos and tests; production tokens come from the identity provider."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": subject, "roles": roles, "iss": issuer, "aud": audience, "iat": now}
+    claims["exp"] = now + ttl_seconds
+    if practice_id is not None:
+        claims["practice_id"] = str(practice_id)
+    if email is not None:
+        claims["email"] = email
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _unauthorized(detail: str) -> Problem:
+    return Problem(401, detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+def authenticated(request: Request) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Problem(401, "A bearer token is required.", headers={"WWW-Authenticate": "Bearer"})
+    verifier: TokenVerifier = request.app.state.verifier
+    return verifier.verify(token.strip())
+
+
+def practice_staff(
+    principal: Annotated[Principal, Depends(authenticated)],
+    practice_id: Annotated[uuid.UUID, Path(description="The practice; must be the token's practice")],
+) -> Principal:
+    """Staff with a practice-management role, acting on their own practice."""
+    if not principal.roles & STAFF_ROLES:
+        needed = ", ".join(sorted(STAFF_ROLES))
+        raise Problem(403, f"This action needs one of the practice-management roles: {needed}.")
+    if principal.practice_id != practice_id:
+        # Another practice's data is "not found", never "forbidden": existence is not leaked.
+        raise Problem(404, "No such practice.")
+    return principal
+
+
+def patient(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+    if PATIENT_ROLE not in principal.roles:
+        raise Problem(403, "This action needs a patient token (role patient).")
+    return principal
+
+
+StaffMember = Annotated[Principal, Depends(practice_staff)]
+Patient = Annotated[Principal, Depends(patient)]

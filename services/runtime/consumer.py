@@ -1,0 +1,188 @@
+"""Consumes Kafka in batches through the inbox; bounded retries, then the dead-letter topic, then the commit."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiokafka import ConsumerRecord
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaRoute
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import ValidationError
+
+from schemas import Envelope, dead_letter_topic, parse_event
+from services.runtime import inbox
+from services.runtime.database import TRANSIENT_ERRORS
+from services.runtime.logging import get_logger
+from services.runtime.metrics import Metrics
+
+log = get_logger(__name__)
+
+# Applies a run of new events of one type; writes through the given connection, inside the inbox transaction.
+EventHandler = Callable[[asyncpg.Connection, list[Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One row of a service's ROUTES table: a consumer group, its topics and a handler per event type."""
+
+    group: str
+    topics: tuple[str, ...]
+    handlers: Mapping[str, EventHandler]
+    description: str = ""
+    ack_policy: AckPolicy = AckPolicy.MANUAL  # offsets are committed by us, after the inbox transaction
+
+
+@dataclass
+class ConsumerContext:
+    schema: str
+    broker: KafkaBroker
+    topic: Callable[[str], str]
+    metrics: Metrics
+    max_attempts: int = 5
+    retry_base_seconds: float = 0.2
+    pool: asyncpg.Pool | None = None  # set when the service starts, before the broker does
+
+    @property
+    def database(self) -> asyncpg.Pool:
+        assert self.pool is not None, "the consumer started before the database pool"
+        return self.pool
+
+
+class PoisonMessage(Exception):
+    """A record that cannot be turned into an event: it goes to the dead-letter topic as it is."""
+
+
+class BatchConsumer:
+    def __init__(self, subscription: Subscription, context: ConsumerContext) -> None:
+        self.subscription = subscription
+        self.context = context
+        self.dead_letters = context.topic(dead_letter_topic(subscription.group))
+
+    def route(self, batch_size: int) -> KafkaRoute:
+        async def consume(message: KafkaMessage) -> None:
+            try:
+                await self.consume(message.raw_message)
+            except BaseException:
+                # Rewind so the batch is read again; the inbox makes the replay harmless.
+                await message.nack()
+                raise
+            await message.ack()
+
+        consume.__name__ = f"{self.subscription.group}_consume"
+        consume.__doc__ = self.subscription.description
+        return KafkaRoute(
+            consume,
+            *(self.context.topic(name) for name in self.subscription.topics),
+            group_id=self.context.topic(self.subscription.group),
+            batch=True,
+            max_records=batch_size,
+            auto_offset_reset="earliest",
+            ack_policy=self.subscription.ack_policy,
+            description=self.subscription.description,
+        )
+
+    async def consume(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        wanted: list[tuple[ConsumerRecord[bytes, bytes], Envelope]] = []
+        for record in records:
+            try:
+                event = decode(record)
+            except PoisonMessage as error:
+                await self.dead_letter(record, str(error))
+                continue
+            if event.event_type in self.subscription.handlers:
+                wanted.append((record, event))
+        if wanted:
+            await self.apply(wanted)
+
+    async def apply(self, items: list[tuple[ConsumerRecord[bytes, bytes], Envelope]]) -> None:
+        """Apply with retries; a batch that keeps failing is split so one bad event cannot block the rest."""
+        failures = 0
+        while True:
+            try:
+                await self._apply_once([event for _, event in items])
+                return
+            except TRANSIENT_ERRORS as error:
+                # The database or broker is away: wait for it, however long, and lose nothing.
+                failures += 1
+                await self._backoff(failures, "consumer.dependency_down", error)
+            except Exception as error:
+                failures += 1
+                if failures < self.context.max_attempts:
+                    await self._backoff(failures, "consumer.apply_failed", error)
+                    continue
+                if len(items) > 1:
+                    for item in items:
+                        await self.apply([item])
+                    return
+                record, event = items[0]
+                await self.dead_letter(record, f"{type(error).__name__}: {error}", event)
+                return
+
+    async def _apply_once(self, events: list[Envelope]) -> None:
+        context = self.context
+        async with context.database.acquire() as connection, connection.transaction():
+            fresh = await inbox.claim_new(connection, context.schema, self.subscription.group, events)
+            skipped = len(events) - len(fresh)
+            if skipped:
+                log.info("inbox.duplicate_skipped", group=self.subscription.group, count=skipped)
+            for event_type, run in _runs(fresh):
+                await self.subscription.handlers[event_type](connection, run)
+        for event in fresh:
+            context.metrics.events_consumed.labels(self.subscription.group, event.event_type).inc()
+
+    async def dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], reason: str, event: Envelope | None = None
+    ) -> None:
+        headers = {
+            "dead_letter_reason": reason[:2000],
+            "original_topic": record.topic,
+            "original_partition": str(record.partition),
+            "original_offset": str(record.offset),
+            "consumer_group": self.subscription.group,
+        }
+        await self.context.broker.publish(
+            record.value or b"", topic=self.dead_letters, key=record.key, headers=headers
+        )
+        self.context.metrics.dead_letters.labels(self.subscription.group).inc()
+        log.error(
+            "consumer.dead_lettered",
+            group=self.subscription.group,
+            topic=record.topic,
+            offset=record.offset,
+            event_id=str(event.event_id) if event else None,
+            error=reason[:300],
+        )
+
+    async def _backoff(self, failures: int, what: str, error: BaseException) -> None:
+        delay = min(30.0, self.context.retry_base_seconds * 2**failures) * random.uniform(0.5, 1.0)
+        log.warning(what, group=self.subscription.group, error=repr(error)[:300], retry_in=round(delay, 2))
+        await asyncio.sleep(delay)
+
+
+def decode(record: ConsumerRecord[bytes, bytes]) -> Envelope:
+    if not record.value:
+        raise PoisonMessage("empty message")
+    try:
+        return parse_event(record.value)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in error.errors()[:5]
+        )
+        raise PoisonMessage(f"not a valid event: {problems}") from error
+
+
+def _runs(events: list[Envelope]) -> list[tuple[str, list[Envelope]]]:
+    """Consecutive events of one type, in order: handlers get lists without reordering across types."""
+    runs: list[tuple[str, list[Envelope]]] = []
+    for event in events:
+        if runs and runs[-1][0] == event.event_type:
+            runs[-1][1].append(event)
+        else:
+            runs.append((event.event_type, [event]))
+    return runs

@@ -1,0 +1,84 @@
+"""The HTTP app every service serves: correlation ids, problem+json, /healthz, /readyz, /metrics, CORS."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.runtime.metrics import Metrics
+from services.runtime.problems import install_problem_handlers
+
+CORRELATION_HEADER = "X-Correlation-ID"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+def correlation_id_from(request: Request) -> str:
+    """The caller's id when it is a safe token (no CR/LF or log forging), else a new one."""
+    given = request.headers.get(CORRELATION_HEADER, "")
+    return given if _SAFE_ID.match(given) else str(uuid.uuid4())
+
+
+def create_http_app(
+    *,
+    title: str,
+    description: str,
+    metrics: Metrics,
+    readiness: dict[str, ReadinessCheck],
+    routers: Sequence[APIRouter],
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+    cors_origins: Sequence[str] = (),
+) -> FastAPI:
+    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    install_problem_handlers(app)
+    for router in routers:
+        app.include_router(router)
+
+    @app.middleware("http")
+    async def correlate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        correlation_id = correlation_id_from(request)
+        request.state.correlation_id = correlation_id
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
+            response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.http_requests.labels(route, str(response.status_code)).inc()
+        metrics.http_latency.labels(route).observe(time.perf_counter() - started)
+        response.headers[CORRELATION_HEADER] = correlation_id
+        return response
+
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", CORRELATION_HEADER],
+            expose_headers=[CORRELATION_HEADER],
+        )
+
+    @app.get("/healthz", tags=["operations"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Dependencies reachable", response_model=None)
+    async def readyz() -> JSONResponse:
+        checks = {name: await check() for name, check in readiness.items()}
+        ready = all(checks.values())
+        body: dict[str, Any] = {"status": "ready" if ready else "unavailable", "checks": checks}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,40 @@
+"""The idempotent-consumer guard: which events a consumer group has already applied."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from schemas import Envelope
+
+
+async def claim_new(
+    connection: asyncpg.Connection, schema: str, consumer: str, events: Sequence[Envelope]
+) -> list[Envelope]:
+    """Record the events as applied and return only those not applied before, in their original order.
+
+    Must run in the same transaction as the effects: if they roll back, so does the record.
+    """
+    if not events:
+        return []
+    inserted = await connection.fetch(
+        f"""
+        INSERT INTO "{schema}".inbox (consumer, event_id, event_type)
+        SELECT $1, id, kind FROM unnest($2::uuid[], $3::text[]) AS e(id, kind)
+        ON CONFLICT DO NOTHING
+        RETURNING event_id
+        """,
+        consumer,
+        [event.event_id for event in events],
+        [event.event_type for event in events],
+    )
+    fresh = {row["event_id"] for row in inserted}
+    seen: set[object] = set()
+    result = []
+    for event in events:
+        # The same event twice in one batch (a redelivery racing the first copy) counts once.
+        if event.event_id in fresh and event.event_id not in seen:
+            seen.add(event.event_id)
+            result.append(event)
+    return result

@@ -1,0 +1,31 @@
+"""Prometheus metrics every service exposes, in a registry of its own (so tests can build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        self.http_requests = Counter(
+            "http_requests_total", "HTTP requests by route and status", ["route", "status"], registry=self.registry
+        )
+        self.http_latency = Histogram(
+            "http_request_seconds", "HTTP request latency by route", ["route"], registry=self.registry
+        )
+        self.events_consumed = Counter(
+            "events_consumed_total", "Events applied by consumer group and type", ["group", "event_type"],
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "dead_letters_total", "Messages sent to the dead-letter topic", ["group"], registry=self.registry
+        )
+        self.outbox_published = Counter(
+            "outbox_published_total", "Events published from the outbox", registry=self.registry
+        )
+        self.outbox_pending = Gauge(
+            "outbox_pending", "Events waiting in the outbox (outbox lag)", registry=self.registry
+        )
+        self.service_info = Gauge("service_info", "Always 1; labels name the service", ["service"], registry=self.registry)
+        self.service_info.labels(service).set(1)

@@ -1,0 +1,44 @@
+"""Writes events into the service's outbox table in the caller's transaction (never straight to Kafka)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from schemas import Envelope, topic_for
+
+_COLUMNS = ("event_id", "topic", "message_key", "event_type", "payload")
+# Below this many rows one multi-row INSERT is cheaper than setting up COPY.
+_COPY_THRESHOLD = 64
+
+
+def _record(event: Envelope) -> tuple[object, ...]:
+    return (
+        event.event_id,
+        topic_for(event.event_type),
+        event.aggregate_key(),
+        event.event_type,
+        event.model_dump_json().encode(),
+    )
+
+
+async def add_events(connection: asyncpg.Connection, schema: str, events: Sequence[Envelope]) -> None:
+    """Stage events for publishing; they leave only if the surrounding transaction commits."""
+    if not events:
+        return
+    records = [_record(event) for event in events]
+    if len(records) >= _COPY_THRESHOLD:
+        await connection.copy_records_to_table("outbox", schema_name=schema, columns=_COLUMNS, records=records)
+        return
+    await connection.execute(
+        f"""
+        INSERT INTO "{schema}".outbox (event_id, topic, message_key, event_type, payload)
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])
+        """,
+        *([r[i] for r in records] for i in range(len(_COLUMNS))),
+    )
+
+
+async def pending_count(connection: asyncpg.Connection, schema: str) -> int:
+    return int(await connection.fetchval(f'SELECT count(*) FROM "{schema}".outbox'))

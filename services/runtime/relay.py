@@ -1,0 +1,188 @@
+"""Publishes outbox rows to Kafka in batches: claim with SKIP LOCKED, send, await acks, then delete."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from services.runtime.logging import get_logger
+from services.runtime.metrics import Metrics
+from services.runtime.migrations import outbox_channel
+
+log = get_logger(__name__)
+
+
+def new_producer(bootstrap_servers: str, send_timeout_seconds: float) -> AIOKafkaProducer:
+    """acks=all and no idempotence: plain at-least-once that holds on any Kafka-protocol broker."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=5,
+        max_batch_size=512 * 1024,
+        request_timeout_ms=int(send_timeout_seconds * 1000),
+        retry_backoff_ms=200,
+    )
+
+
+class OutboxRelay:
+    """One relay per service process; several processes may run relays on the same outbox safely."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        schema: str,
+        bootstrap_servers: str,
+        topic: Callable[[str], str],
+        batch_size: int = 1000,
+        poll_seconds: float = 1.0,
+        send_timeout_seconds: float = 10.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._metrics = metrics
+        self._pool = pool
+        self._schema = schema
+        self._bootstrap = bootstrap_servers
+        self._topic = topic
+        self._batch_size = batch_size
+        self._poll_seconds = poll_seconds
+        self._send_timeout = send_timeout_seconds
+        self._producer: AIOKafkaProducer | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+        self.broker_up = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._schema}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._close_producer()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        failures = 0
+        listener: asyncpg.Connection | None = None
+        while True:
+            try:
+                if listener is None:
+                    listener = await self._listen()
+                if self._producer is None:
+                    self._producer = await self._start_producer()
+                sent = await self.publish_batch()
+                failures = 0
+                self.broker_up = True
+                if sent < self._batch_size:
+                    await self._sleep(self._poll_seconds)
+            except asyncio.CancelledError:
+                if listener is not None:
+                    await self._unlisten(listener)
+                raise
+            except Exception as error:
+                failures += 1
+                self.broker_up = False
+                delay = min(30.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0)
+                log.warning("outbox.publish_failed", schema=self._schema, error=repr(error), retry_in=round(delay, 2))
+                await self._close_producer()
+                if listener is not None:
+                    await self._unlisten(listener)
+                    listener = None
+                await asyncio.sleep(delay)
+
+    async def publish_batch(self) -> int:
+        """Claim up to one batch, publish it and wait for every ack, then delete it: one transaction."""
+        assert self._producer is not None
+        async with self._pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(
+                f"""
+                SELECT id, topic, message_key, event_type, event_id, payload
+                FROM "{self._schema}".outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+                """,
+                self._batch_size,
+            )
+            if not rows:
+                return 0
+            futures = [
+                await self._producer.send(
+                    self._topic(row["topic"]),
+                    value=row["payload"],
+                    key=row["message_key"].encode(),
+                    headers=[("event_type", row["event_type"].encode()), ("event_id", str(row["event_id"]).encode())],
+                )
+                for row in rows
+            ]
+            # Rows are deleted only once the broker has acknowledged every message of the batch.
+            async with asyncio.timeout(self._send_timeout):
+                await asyncio.gather(*futures)
+            await connection.execute(
+                f'DELETE FROM "{self._schema}".outbox WHERE id = ANY($1::bigint[])', [row["id"] for row in rows]
+            )
+        self.published += len(rows)
+        if self._metrics is not None:
+            self._metrics.outbox_published.inc(len(rows))
+        log.debug("outbox.published", schema=self._schema, count=len(rows))
+        return len(rows)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        self._wake.clear()
+
+    async def _listen(self) -> asyncpg.Connection:
+        connection: asyncpg.Connection = await self._pool.acquire()
+        await connection.add_listener(outbox_channel(self._schema), self._on_notify)
+        return connection
+
+    async def _unlisten(self, connection: asyncpg.Connection) -> None:
+        with contextlib.suppress(Exception):
+            await connection.remove_listener(outbox_channel(self._schema), self._on_notify)
+        with contextlib.suppress(Exception):
+            await self._pool.release(connection, timeout=2)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        producer = new_producer(self._bootstrap, self._send_timeout)
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await producer.start()
+        except BaseException:
+            await _stop_producer(producer, self._send_timeout)
+            raise
+        return producer
+
+    async def _close_producer(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await _stop_producer(producer, self._send_timeout)
+
+    async def broker_reachable(self, timeout: float = 2.0) -> bool:
+        producer = self._producer
+        if producer is None:
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                await producer.client.fetch_all_metadata()
+            return True
+        except Exception:
+            return False
+
+
+async def _stop_producer(producer: AIOKafkaProducer, timeout: float) -> None:
+    # A dead broker must not hang shutdown: stop is bounded, whatever it leaves unsent stays in the outbox.
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            await producer.stop()

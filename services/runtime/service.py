@@ -1,0 +1,188 @@
+"""Wires one service together: pool, outbox relay, Kafka consumers, HTTP app and their start/stop order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from fastapi import APIRouter, FastAPI
+from faststream.kafka import KafkaBroker
+from faststream.specification import AsyncAPI
+
+from schemas import EVENT_TYPES, TOPICS, dead_letter_topic
+from services.runtime.auth import TokenVerifier
+from services.runtime.consumer import BatchConsumer, ConsumerContext, Subscription
+from services.runtime.database import create_pool, database_reachable
+from services.runtime.http import create_http_app
+from services.runtime.logging import configure_logging, get_logger
+from services.runtime.metrics import Metrics
+from services.runtime.migrations import MigrationPlan
+from services.runtime.relay import OutboxRelay
+from services.runtime.settings import RuntimeSettings
+
+log = get_logger(__name__)
+BackgroundJob = Callable[["ServiceRuntime"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """Everything that makes one service different from the others."""
+
+    name: str
+    title: str
+    description: str
+    migrations: MigrationPlan
+    routers: Sequence[APIRouter] = ()
+    subscriptions: Sequence[Subscription] = ()
+    background_jobs: Sequence[BackgroundJob] = field(default_factory=tuple)
+
+
+class ServiceRuntime:
+    """Built without I/O; `start()` opens connections, `stop()` closes them, each bounded in time."""
+
+    def __init__(self, spec: ServiceSpec, settings: RuntimeSettings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.schema = spec.migrations.schema
+        self.metrics = Metrics(spec.name)
+        self.pool: asyncpg.Pool | None = None
+        self.relay: OutboxRelay | None = None
+        self.broker = KafkaBroker(
+            settings.kafka_bootstrap_servers,
+            acks="all",
+            request_timeout_ms=int(settings.kafka_send_timeout_seconds * 1000),
+            graceful_timeout=15.0,
+            logger=None,
+        )
+        self.consumers = ConsumerContext(
+            schema=self.schema,
+            broker=self.broker,
+            topic=settings.topic,
+            metrics=self.metrics,
+            max_attempts=settings.consumer_max_attempts,
+        )
+        self._declare_routes()
+        self.verifier = TokenVerifier(
+            settings.jwt_algorithm,
+            settings.jwt_issuer,
+            settings.jwt_audience,
+            secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
+            jwks_url=settings.jwt_jwks_url,
+        )
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.consuming = asyncio.Event()
+
+    def _declare_routes(self) -> None:
+        for subscription in self.spec.subscriptions:
+            route = BatchConsumer(subscription, self.consumers).route(self.settings.consumer_batch_size)
+            self.broker.subscriber(*route.args, **route.kwargs)(route.call)
+            self.broker.publisher(
+                self.settings.topic(dead_letter_topic(subscription.group)),
+                title=f"{subscription.group} dead letters",
+                description="Messages the group could not parse or apply, with the reason in headers.",
+            )
+        for topic in TOPICS.values():
+            if topic.producer == self.spec.name:
+                events = [EVENT_TYPES[name] for name in topic.events]
+                schema: Any = events[0]
+                for event in events[1:]:
+                    schema = schema | event
+                self.broker.publisher(
+                    self.settings.topic(topic.name), schema=schema, title=topic.name, description=topic.description
+                )
+
+    def asyncapi(self) -> AsyncAPI:
+        return AsyncAPI(self.broker, title=f"CollabKare {self.spec.name}", version="1.0.0")
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.pool = await create_pool(
+            str(settings.database_url), self.spec.name, settings.database_pool_min, settings.database_pool_max
+        )
+        self.consumers.pool = self.pool
+        self.relay = OutboxRelay(
+            self.pool,
+            self.schema,
+            settings.kafka_bootstrap_servers,
+            settings.topic,
+            batch_size=settings.outbox_batch_size,
+            poll_seconds=settings.outbox_poll_seconds,
+            send_timeout_seconds=settings.kafka_send_timeout_seconds,
+            metrics=self.metrics,
+        )
+        await self.relay.start()
+        if self.spec.subscriptions:
+            self._tasks.append(asyncio.create_task(self._start_consumers(), name="start-consumers"))
+        for job in self.spec.background_jobs:
+            self._tasks.append(asyncio.create_task(job(self), name=getattr(job, "__name__", "job")))
+        log.info("service.started", port=settings.port)
+
+    async def _start_consumers(self) -> None:
+        """Keep trying until the broker answers: the HTTP API serves (and accepts work) meanwhile."""
+        failures = 0
+        while True:
+            try:
+                async with asyncio.timeout(self.settings.kafka_send_timeout_seconds * 2):
+                    await self.broker.start()
+                self.consuming.set()
+                log.info("consumer.started", groups=[s.group for s in self.spec.subscriptions])
+                return
+            except Exception as error:
+                failures += 1
+                log.warning("consumer.start_failed", error=repr(error)[:300], attempt=failures)
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await self.broker.stop()
+                await asyncio.sleep(min(10.0, 0.5 * failures))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(20):
+                await self.broker.stop()
+        if self.relay is not None:
+            await self.relay.stop()
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):
+                    await self.pool.close()
+        log.info("service.stopped")
+
+    async def database_ready(self) -> bool:
+        return await database_reachable(self.pool)
+
+    async def broker_ready(self) -> bool:
+        return self.relay is not None and await self.relay.broker_reachable()
+
+    def http_app(self) -> FastAPI:
+        @asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            configure_logging(self.spec.name, self.settings.log_level)
+            await self.start()
+            try:
+                yield
+            finally:
+                await self.stop()
+
+        app = create_http_app(
+            title=self.spec.title,
+            description=self.spec.description,
+            metrics=self.metrics,
+            readiness={"database": self.database_ready, "broker": self.broker_ready},
+            routers=self.spec.routers,
+            lifespan=lifespan,
+            cors_origins=self.settings.cors_origins,
+        )
+        app.state.runtime = self
+        app.state.verifier = self.verifier
+        return app

@@ -1,0 +1,86 @@
+"""Settings every service reads from the environment, and a start-up check that names what is wrong."""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal, Self, TypeVar
+
+from pydantic import Field, PostgresDsn, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# HMAC secrets for JWTs must carry at least 256 bits.
+MIN_SECRET_BYTES = 32
+
+
+class RuntimeSettings(BaseSettings):
+    """Base of each service's settings class; environment variables carry the upper-case field names."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    service_name: str = "service"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    database_url: PostgresDsn = Field(description="The service's own role, e.g. postgresql://svc:pw@host/db")
+    database_pool_min: int = Field(default=2, ge=1)
+    database_pool_max: int = Field(default=10, ge=1)
+
+    kafka_bootstrap_servers: str = Field(min_length=1, description="host:port[,host:port]")
+    kafka_topic_prefix: str = Field(default="", description="Prepended to every topic (shared clusters, tests)")
+    kafka_send_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    outbox_batch_size: int = Field(default=1000, ge=1, le=10000)
+    outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    consumer_batch_size: int = Field(default=500, ge=1, le=10000)
+    consumer_max_attempts: int = Field(default=5, ge=1)
+
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    jwt_secret: SecretStr | None = Field(default=None, description="HS256 key, at least 32 bytes")
+    jwt_jwks_url: str | None = Field(default=None, description="RS256 key set URL")
+    jwt_issuer: str = "collabkare"
+    jwt_audience: str = "collabkare-api"
+    cors_origins: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _keys_match_algorithm(self) -> Self:
+        if self.jwt_algorithm == "HS256":
+            secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+            if len(secret.encode()) < MIN_SECRET_BYTES:
+                raise ValueError("JWT_SECRET: expected at least 32 bytes (256 bits) when JWT_ALGORITHM=HS256")
+        elif not self.jwt_jwks_url:
+            raise ValueError("JWT_JWKS_URL: expected a JWKS URL when JWT_ALGORITHM=RS256")
+        if self.database_pool_min > self.database_pool_max:
+            raise ValueError("DATABASE_POOL_MIN: expected at most DATABASE_POOL_MAX")
+        return self
+
+    def topic(self, name: str) -> str:
+        return f"{self.kafka_topic_prefix}{name}"
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def describe_errors(error: ValidationError) -> list[str]:
+    """One line per problem: the environment variable and what it expects."""
+    lines = []
+    for problem in error.errors():
+        variable = "_".join(str(part) for part in problem["loc"]).upper()
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "missing":
+            lines.append(f"{variable}: required but not set")
+        elif not variable:
+            lines.append(message)
+        else:
+            lines.append(f"{variable}: {message}")
+    return lines
+
+
+def load_settings(cls: type[SettingsT]) -> SettingsT:
+    """Build settings from the environment or stop the process with one line per bad variable."""
+    try:
+        return cls()
+    except ValidationError as error:
+        for line in describe_errors(error):
+            print(f"configuration error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
