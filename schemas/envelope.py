@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -23,12 +23,23 @@ class Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
+def _always_on_the_wire(schema: dict[str, Any]) -> None:
+    """These have defaults for producers, yet every message carries them: consumers may rely on them."""
+    required = schema.setdefault("required", [])
+    for name in ("event_id", "event_type", "schema_version", "occurred_at"):
+        if name in schema.get("properties", {}) and name not in required:
+            required.append(name)
+
+
 class Envelope(Contract):
     """Fields common to every event. Subclasses pin `event_type` and type `payload`."""
 
+    model_config = ConfigDict(json_schema_extra=_always_on_the_wire)
+
     event_id: uuid.UUID = Field(default_factory=new_event_id, description="Unique per event; the inbox key.")
     event_type: str = Field(description="The event's name, e.g. ConnectionApproved.")
-    schema_version: int = Field(default=1, ge=1, description="Version of this event's payload contract.")
+    # A v2 of an event is a new class with Literal[2]: a v2 message then fails loudly in a v1 consumer.
+    schema_version: Literal[1] = Field(default=1, description="Version of this event's payload contract.")
     occurred_at: AwareDatetime = Field(default_factory=utcnow, description="When the fact happened (UTC).")
     producer: str = Field(description="The service that published the event.")
     practice_id: uuid.UUID | None = Field(
@@ -41,7 +52,8 @@ class Envelope(Contract):
         default=None, max_length=128, description="The event id (or request id) that caused this event."
     )
 
-    # Name of the payload field that identifies the aggregate; each event class sets it.
+    # The payload field that keys the Kafka message. One key per topic, so that a topic's events about
+    # one thing (a patient's requests, an invite's lifecycle) stay in order on one partition.
     key_field: ClassVar[str]
 
     def aggregate_key(self) -> str:

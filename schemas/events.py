@@ -30,7 +30,7 @@ class ConnectionRequestedPayload(Contract):
 class ConnectionRequested(Envelope):
     """A patient asked to link their record to a practice."""
 
-    key_field = "request_id"
+    key_field = "patient_id"
     event_type: Literal["ConnectionRequested"] = "ConnectionRequested"
     payload: ConnectionRequestedPayload
 
@@ -42,7 +42,9 @@ class ConnectionApprovedPayload(Contract):
     via: Literal["request", "invite"]
     request_id: uuid.UUID | None = Field(default=None, description="Set when via is request.")
     invite_id: uuid.UUID | None = Field(default=None, description="Set when via is invite.")
-    approved_by: str = Field(description="Subject of the staff member, or the patient when via is invite.")
+    approved_by: str = Field(
+        max_length=200, description="Subject of the staff member, or the patient when via is invite."
+    )
     approved_at: AwareDatetime
 
 
@@ -58,7 +60,7 @@ class ConnectionRejectedPayload(Contract):
     request_id: uuid.UUID
     patient_id: uuid.UUID
     patient_email: EmailStr
-    rejected_by: str
+    rejected_by: str = Field(max_length=200)
     rejected_at: AwareDatetime
     reason: Note | None = None
 
@@ -66,7 +68,7 @@ class ConnectionRejectedPayload(Contract):
 class ConnectionRejected(Envelope):
     """Staff declined a patient's connection request, optionally with a reason."""
 
-    key_field = "request_id"
+    key_field = "patient_id"
     event_type: Literal["ConnectionRejected"] = "ConnectionRejected"
     payload: ConnectionRejectedPayload
 
@@ -78,9 +80,9 @@ class InviteRequestedPayload(Contract):
     invite_id: uuid.UUID
     email: EmailStr
     note: Note | None = None
-    accept_url: str = Field(description="{PUBLIC_BASE_URL}/invites/accept?token=<token>")
+    accept_url: str = Field(max_length=2000, description="{PUBLIC_BASE_URL}/invites/accept?token=<token>")
     expires_at: AwareDatetime
-    requested_by: str
+    requested_by: str = Field(max_length=200)
     batch_id: uuid.UUID | None = Field(default=None, description="Set when the invite came from a roster.")
     line_number: int | None = Field(default=None, ge=1, description="The roster line, when from a roster.")
 
@@ -103,14 +105,14 @@ class InviteAcceptedPayload(Contract):
 class InviteAccepted(Envelope):
     """A patient accepted an invite; the connections service connects them."""
 
-    key_field = "patient_id"
+    key_field = "invite_id"
     event_type: Literal["InviteAccepted"] = "InviteAccepted"
     payload: InviteAcceptedPayload
 
 
 class InviteRevokedPayload(Contract):
     invite_id: uuid.UUID
-    revoked_by: str
+    revoked_by: str = Field(max_length=200)
     revoked_at: AwareDatetime
     replaced_by: uuid.UUID | None = Field(default=None, description="The new invite when this was a resend.")
 
@@ -148,7 +150,7 @@ class DeliveryOutcomePayload(Contract):
     reason: Reason | None = None
     invite_id: uuid.UUID | None = None
     batch_id: uuid.UUID | None = None
-    line_number: int | None = None
+    line_number: int | None = Field(default=None, ge=1)
     message_id: str | None = Field(default=None, description="The email's Message-ID when one was sent.")
     attempts: int = Field(ge=0)
     decided_at: AwareDatetime
@@ -191,8 +193,9 @@ class PracticeRegisteredPayload(Contract):
 class PracticeRegistered(Envelope):
     """A practice joined CollabKare (published by the platform); practice_id is on the envelope."""
 
-    key_field = "name"
+    key_field = ""  # keyed by the envelope's practice_id, which this event requires
     event_type: Literal["PracticeRegistered"] = "PracticeRegistered"
+    practice_id: uuid.UUID
     payload: PracticeRegisteredPayload
 
     def aggregate_key(self) -> str:

@@ -21,13 +21,13 @@ TOPICS: dict[str, Topic] = {
             "connections.v1",
             "connections",
             ("ConnectionRequested", "ConnectionApproved", "ConnectionRejected"),
-            "Connection requests and decisions, keyed by request or patient id.",
+            "Connection requests and decisions, keyed by patient id.",
         ),
         Topic(
             "invitations.v1",
             "invitations",
             ("InviteRequested", "InviteAccepted", "InviteRevoked", "InviteExpired"),
-            "Invite lifecycle, keyed by invite id (InviteAccepted by patient id).",
+            "Invite lifecycle, keyed by invite id.",
         ),
         Topic(
             "notifier.outcomes.v1",
