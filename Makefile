@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	@$(VENV)/bin/uv pip sync -q --python $(PY) requirements.lock
-	@$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	@$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -C editable_mode=compat -e .
 	@touch $@
 
 demo: install ## start the stack, run the scenario, print it, stop

@@ -1,0 +1,126 @@
+"""The `collabkare` command: tokens, platform seeds, migrations, the local stack and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+
+from collabkare.stack.errors import StackError
+from collabkare.stack.settings_file import read_stack_env
+from services.runtime.auth import STAFF_ROLES, mint_token
+
+
+def _setting(name: str) -> str:
+    """From the environment, else from the running local stack's var/stack.env."""
+    value = os.environ.get(name) or read_stack_env().get(name)
+    if not value:
+        raise StackError(f"{name} is not set and no local stack is running (start one with `make up`)")
+    return value
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    secret = _setting("JWT_SECRET")
+    if args.kind == "staff":
+        token = mint_token(secret, args.subject or f"staff-{args.role}", [args.role], practice_id=args.practice)
+    else:
+        token = mint_token(secret, str(args.patient), ["patient"], email=args.email)
+    print(token)
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from collabkare.seeding import publish_patient, publish_practice
+
+    bootstrap = _setting("KAFKA_BOOTSTRAP_SERVERS")
+    prefix = os.environ.get("KAFKA_TOPIC_PREFIX") or read_stack_env().get("KAFKA_TOPIC_PREFIX", "")
+    if args.kind == "practice":
+        asyncio.run(publish_practice(bootstrap, prefix, args.id, args.name))
+        print(f"PracticeRegistered {args.id} ({args.name})")
+    else:
+        patient_id = asyncio.run(
+            publish_patient(bootstrap, prefix, args.email, locale=args.locale, patient_id=args.id, name=args.name)
+        )
+        print(f"PatientRegistered {patient_id}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from collabkare.services import MIGRATION_PLANS
+    from services.runtime.migrations import migrate
+
+    url = os.environ.get("MIGRATION_DATABASE_URL") or _setting("DATABASE_URL")
+    password = os.environ.get(f"{args.service.upper()}_DB_PASSWORD")
+    applied = asyncio.run(migrate(url, MIGRATION_PLANS[args.service], role_password=password))
+    print(f"{args.service}: " + (", ".join(applied) if applied else "up to date"))
+    return 0
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from collabkare.stack.local import run_foreground
+
+    return run_foreground()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from collabkare.demo import run_demo
+
+    return run_demo()
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="collabkare", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    token = commands.add_parser("token", help="mint a development token (HS256, JWT_SECRET)")
+    token_kinds = token.add_subparsers(dest="kind", required=True)
+    staff = token_kinds.add_parser("staff")
+    staff.add_argument("--practice", required=True, type=uuid.UUID)
+    staff.add_argument("--role", required=True, help=f"one of {', '.join(sorted(STAFF_ROLES))}, or any other")
+    staff.add_argument("--subject")
+    patient = token_kinds.add_parser("patient")
+    patient.add_argument("--patient", required=True, type=uuid.UUID)
+    patient.add_argument("--email", required=True)
+    token.set_defaults(handler=cmd_token)
+
+    seed = commands.add_parser("seed", help="publish platform events (PracticeRegistered, PatientRegistered)")
+    seed_kinds = seed.add_subparsers(dest="kind", required=True)
+    practice = seed_kinds.add_parser("practice")
+    practice.add_argument("id", type=uuid.UUID)
+    practice.add_argument("name")
+    seed_patient = seed_kinds.add_parser("patient")
+    seed_patient.add_argument("email")
+    seed_patient.add_argument("--locale", choices=["en", "es"], default="en")
+    seed_patient.add_argument("--id", type=uuid.UUID)
+    seed_patient.add_argument("--name")
+    seed.set_defaults(handler=cmd_seed)
+
+    migrate = commands.add_parser("migrate", help="create the service's role and schema and apply migrations")
+    migrate.add_argument("service", choices=["connections", "invitations", "notifier"])
+    migrate.set_defaults(handler=cmd_migrate)
+
+    stack = commands.add_parser("stack", help="the local stack")
+    stack.add_argument("action", choices=["up"])
+    stack.set_defaults(handler=cmd_stack)
+
+    demo = commands.add_parser("demo", help="start the stack, run the scenario, print it, stop")
+    demo.set_defaults(handler=cmd_demo)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except StackError as error:
+        print(f"collabkare: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""Publishes the platform's own events (practices and patients registering) for the local stack and tests."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaProducer
+
+from schemas import Envelope, PatientRegistered, PracticeRegistered, topic_for
+
+
+async def publish(bootstrap: str, prefix: str, events: list[Envelope]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10000)
+    await producer.start()
+    try:
+        for event in events:
+            await producer.send_and_wait(
+                prefix + topic_for(event.event_type),
+                value=event.model_dump_json().encode(),
+                key=event.aggregate_key().encode(),
+            )
+    finally:
+        await producer.stop()
+
+
+def practice_registered(practice_id: uuid.UUID, name: str) -> PracticeRegistered:
+    return PracticeRegistered(
+        producer="platform",
+        practice_id=practice_id,
+        correlation_id=f"seed-{uuid.uuid4()}",
+        payload={"name": name, "registered_at": datetime.now(UTC)},
+    )
+
+
+def patient_registered(
+    email: str, *, locale: str = "en", patient_id: uuid.UUID | None = None, name: str | None = None
+) -> PatientRegistered:
+    return PatientRegistered(
+        producer="platform",
+        correlation_id=f"seed-{uuid.uuid4()}",
+        payload={
+            "patient_id": patient_id or uuid.uuid4(),
+            "email": email,
+            "display_name": name,
+            "locale": locale,
+            "registered_at": datetime.now(UTC),
+        },
+    )
+
+
+async def publish_practice(bootstrap: str, prefix: str, practice_id: uuid.UUID, name: str) -> None:
+    await publish(bootstrap, prefix, [practice_registered(practice_id, name)])
+
+
+async def publish_patient(
+    bootstrap: str,
+    prefix: str,
+    email: str,
+    *,
+    locale: str = "en",
+    patient_id: uuid.UUID | None = None,
+    name: str | None = None,
+) -> uuid.UUID:
+    event = patient_registered(email, locale=locale, patient_id=patient_id, name=name)
+    await publish(bootstrap, prefix, [event])
+    return event.payload.patient_id

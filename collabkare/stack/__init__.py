@@ -1,0 +1,1 @@
+"""The local infrastructure (PostgreSQL, a Kafka-protocol broker, an SMTP catcher) as child processes."""

@@ -1,0 +1,183 @@
+"""Where PostgreSQL, Kafka and SMTP come from: the environment, testcontainers, or embedded processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from collabkare.stack.broker import EmbeddedBroker
+from collabkare.stack.errors import StackError
+from collabkare.stack.ports import free_port
+from collabkare.stack.postgres import SETTINGS, EmbeddedPostgres, create_database
+from collabkare.stack.processes import Supervisor
+from collabkare.stack.smtp_catcher import EmbeddedSmtp
+
+POSTGRES_IMAGE = "postgres:17-alpine"
+KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
+
+
+@dataclass
+class Infrastructure:
+    """Addresses of the three services, and the embedded managers (None when external) for fault drills."""
+
+    database_url: str  # a superuser on the maintenance database
+    kafka_bootstrap: str
+    smtp_host: str
+    smtp_port: int
+    maildir: Path | None
+    postgres: EmbeddedPostgres | None = None
+    broker: EmbeddedBroker | None = None
+    smtp: EmbeddedSmtp | None = None
+    supervisor: Supervisor | None = None
+
+    def database_url_for(self, database: str, *, user: str | None = None, password: str | None = None) -> str:
+        """The admin URL pointed at `database`, optionally as another role."""
+        parts = urlsplit(self.database_url)
+        credentials, _, host = parts.netloc.rpartition("@")
+        if user is not None:
+            credentials = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+        netloc = f"{credentials}@{host}" if credentials else host
+        return urlunsplit((parts.scheme, netloc, "/" + quote(database), parts.query, ""))
+
+    def create_database(self, name: str) -> str:
+        """Create database `name` unless it exists; returns its admin URL."""
+        create_database(self.database_url, name)
+        return self.database_url_for(name)
+
+    def check_alive(self) -> None:
+        """Raise StackError if an embedded process died without being asked to."""
+        if self.supervisor is not None:
+            self.supervisor.check_alive()
+
+
+@contextmanager
+def start_infrastructure(workdir: Path, *, keep_data: bool = False) -> Iterator[Infrastructure]:
+    """Start what the environment does not provide, under `workdir`; stop it all on exit.
+
+    The embedded PostgreSQL data directory is deleted on exit unless `keep_data`; logs and caught mail stay.
+    """
+    workdir = workdir.resolve()
+    containers = _containers_requested()
+    with ExitStack() as stack:
+        if not keep_data:
+            # Registered before the supervisor, so that it runs after PostgreSQL has stopped.
+            stack.callback(shutil.rmtree, workdir / "postgres", ignore_errors=True)
+        supervisor = stack.enter_context(Supervisor(workdir / "logs"))
+        # The catcher (a Python interpreter starting) comes up while initdb runs.
+        smtp, smtp_host, smtp_port = _smtp(supervisor, workdir)
+        postgres, database_url = _database(stack, supervisor, workdir, containers)
+        broker, bootstrap = _kafka(stack, supervisor, containers)
+        if smtp is not None:
+            smtp.wait_ready()
+        yield Infrastructure(
+            database_url,
+            bootstrap,
+            smtp_host,
+            smtp_port,
+            smtp.maildir if smtp else None,
+            postgres,
+            broker,
+            smtp,
+            supervisor,
+        )
+
+
+def _database(
+    stack: ExitStack, supervisor: Supervisor, workdir: Path, containers: bool
+) -> tuple[EmbeddedPostgres | None, str]:
+    if url := os.environ.get("DATABASE_URL"):
+        _check_reachable("DATABASE_URL", urlsplit(url).hostname, urlsplit(url).port or 5432)
+        return None, url
+    if containers:
+        return None, _postgres_container(stack)
+    postgres = EmbeddedPostgres(workdir / "postgres", free_port(), supervisor=supervisor)
+    postgres.start()
+    return postgres, postgres.url
+
+
+def _kafka(stack: ExitStack, supervisor: Supervisor, containers: bool) -> tuple[EmbeddedBroker | None, str]:
+    if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+        _check_reachable("KAFKA_BOOTSTRAP_SERVERS", host, int(port) if port.isdigit() else 9092)
+        return None, bootstrap
+    if containers:
+        return None, _kafka_container(stack)
+    broker = EmbeddedBroker(free_port(), supervisor=supervisor)
+    broker.start()
+    return broker, broker.bootstrap_servers
+
+
+def _smtp(supervisor: Supervisor, workdir: Path) -> tuple[EmbeddedSmtp | None, str, int]:
+    if host := os.environ.get("SMTP_HOST"):
+        port = os.environ.get("SMTP_PORT", "25")
+        if not port.isdigit():
+            raise StackError(f"SMTP_PORT={port}: expected a port number")
+        _check_reachable("SMTP_HOST", host, int(port))
+        return None, host, int(port)
+    # No SMTP container: the catcher is as real a server as tests need, with or without Docker.
+    smtp = EmbeddedSmtp(free_port(), workdir / "mail", supervisor=supervisor)
+    smtp.start(wait=False)
+    return smtp, smtp.host, smtp.port
+
+
+def _containers_requested() -> bool:
+    mode = os.environ.get("TEST_INFRA", "embedded")
+    if mode not in ("embedded", "containers"):
+        raise StackError(f"TEST_INFRA={mode}: expected 'embedded' or 'containers'")
+    if mode == "containers" and not (
+        os.environ.get("DATABASE_URL") and os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    ):
+        try:
+            import docker
+
+            docker.from_env(timeout=5).ping()
+        except Exception as error:  # no SDK, no socket, no daemon: all mean "no Docker here"
+            raise StackError(
+                f"TEST_INFRA=containers but Docker does not answer ({type(error).__name__}): "
+                "start Docker, or unset TEST_INFRA to use the embedded stack"
+            ) from None
+    return mode == "containers"
+
+
+def _postgres_container(stack: ExitStack) -> str:
+    try:
+        from testcontainers.community.postgres import PostgresContainer
+    except ImportError:  # testcontainers before 4.14
+        from testcontainers.postgres import PostgresContainer
+
+    container = PostgresContainer(
+        POSTGRES_IMAGE,
+        username="postgres",
+        password="postgres",  # noqa: S106 - a throwaway container's superuser, reachable from this host only
+        dbname="postgres",
+        driver=None,
+    ).with_command(" ".join(f"-c {key}={value}" for key, value in SETTINGS.items()))
+    stack.enter_context(container)
+    return str(container.get_connection_url())
+
+
+def _kafka_container(stack: ExitStack) -> str:
+    try:
+        from testcontainers.community.kafka import KafkaContainer
+    except ImportError:  # testcontainers before 4.14
+        from testcontainers.kafka import KafkaContainer
+
+    container = KafkaContainer(KAFKA_IMAGE)
+    stack.enter_context(container)
+    return str(container.get_bootstrap_server())
+
+
+def _check_reachable(setting: str, host: str | None, port: int) -> None:
+    """Fail with one line now rather than with a driver's traceback later."""
+    if not host or host.startswith("/"):  # a Unix socket: leave it to the driver
+        return
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as error:
+        raise StackError(f"{setting}: nothing answers on {host}:{port} ({error.strerror or error})") from None

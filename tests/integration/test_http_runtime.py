@@ -1,0 +1,146 @@
+"""The shared HTTP app on a real service runtime: probes, metrics, correlation ids, problem+json, auth."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import jwt
+import pytest
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from services.connections.app import MIGRATIONS
+from services.connections.settings import ConnectionsSettings
+from services.runtime.auth import Patient, StaffMember, mint_token
+from services.runtime.service import ServiceRuntime, ServiceSpec
+from tests.support import JWT_SECRET, ScratchDatabase, patient_token, service_env, staff_token
+
+PRACTICE = uuid.uuid4()
+router = APIRouter()
+
+
+class Echo(BaseModel):
+    reason: str = Field(max_length=5)
+
+
+@router.post("/v1/practices/{practice_id}/echo")
+async def echo(practice_id: uuid.UUID, body: Echo, staff: StaffMember) -> dict[str, str]:
+    return {"subject": staff.subject, "reason": body.reason}
+
+
+@router.get("/v1/me")
+async def me(patient: Patient) -> dict[str, str | None]:
+    return {"subject": patient.subject, "email": patient.email}
+
+
+@pytest.fixture
+async def client(database: ScratchDatabase, topic_prefix: str) -> AsyncIterator[httpx.AsyncClient]:
+    env = service_env(database, "connections", topic_prefix)
+    settings = ConnectionsSettings(**{k.lower(): v for k, v in env.items()})
+    runtime = ServiceRuntime(
+        ServiceSpec("connections", "test", "test", MIGRATIONS, routers=[router]), settings
+    )
+    app = runtime.http_app()
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_probes_and_metrics(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    deadline = time.monotonic() + 20
+    ready = await client.get("/readyz")
+    while ready.status_code != 200 and time.monotonic() < deadline:
+        ready = await client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": True, "broker": True}
+    metrics = await client.get("/metrics")
+    assert "http_requests_total" in metrics.text
+    assert 'route="/readyz"' in metrics.text
+
+
+async def test_correlation_id_is_echoed_and_unsafe_ones_replaced(client: httpx.AsyncClient) -> None:
+    given = await client.get("/healthz", headers={"X-Correlation-ID": "abc-123"})
+    assert given.headers["X-Correlation-ID"] == "abc-123"
+    forged = await client.get("/healthz", headers={"X-Correlation-ID": "a b\tc"})
+    assert forged.headers["X-Correlation-ID"] != "a b\tc"
+    uuid.UUID(forged.headers["X-Correlation-ID"])
+
+
+@pytest.mark.parametrize("role", ["front_desk", "practice_manager", "admin"])
+async def test_each_management_role_is_let_in(client: httpx.AsyncClient, role: str) -> None:
+    response = await client.post(
+        f"/v1/practices/{PRACTICE}/echo", json={"reason": "ok"}, headers=_auth(staff_token(PRACTICE, role))
+    )
+    assert response.status_code == 200, response.text
+
+
+def _expired() -> str:
+    return mint_token(JWT_SECRET, "s", ["admin"], practice_id=PRACTICE, ttl_seconds=-60)
+
+
+def _alg_none() -> str:
+    claims = {"sub": "s", "roles": ["admin"], "practice_id": str(PRACTICE), "iss": "collabkare",
+              "aud": "collabkare-api", "iat": int(time.time()), "exp": int(time.time()) + 600}
+    return jwt.encode(claims, key=None, algorithm="none")
+
+
+REFUSALS = {
+    "no token": (None, 401),
+    "bad signature": (mint_token("another-secret-that-is-32-bytes-long!!", "s", ["admin"], practice_id=PRACTICE), 401),
+    "expired": (_expired(), 401),
+    "alg none": (_alg_none(), 401),
+    "wrong audience": (mint_token(JWT_SECRET, "s", ["admin"], practice_id=PRACTICE, audience="other"), 401),
+    "wrong issuer": (mint_token(JWT_SECRET, "s", ["admin"], practice_id=PRACTICE, issuer="evil"), 401),
+    "patient token": (patient_token(uuid.uuid4(), "pat@example.com"), 403),
+    "non-management role": (mint_token(JWT_SECRET, "s", ["clinician"], practice_id=PRACTICE), 403),
+    "another practice": (staff_token(uuid.uuid4(), "admin"), 404),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+async def test_refusals_are_problem_json(client: httpx.AsyncClient, case: str) -> None:
+    token, status = REFUSALS[case]
+    headers = _auth(token) if token else {}
+    response = await client.post(f"/v1/practices/{PRACTICE}/echo", json={"reason": "ok"}, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and body["detail"]
+    if status == 403 and case == "non-management role":
+        assert "front_desk" in body["detail"] and "practice_manager" in body["detail"]
+
+
+async def test_patient_endpoint_takes_patient_tokens_only(client: httpx.AsyncClient) -> None:
+    patient = uuid.uuid4()
+    ok = await client.get("/v1/me", headers=_auth(patient_token(patient, "p@example.com")))
+    assert ok.json() == {"subject": str(patient), "email": "p@example.com"}
+    refused = await client.get("/v1/me", headers=_auth(staff_token(PRACTICE)))
+    assert refused.status_code == 403
+
+
+async def test_malformed_input_names_the_field(client: httpx.AsyncClient) -> None:
+    headers = _auth(staff_token(PRACTICE))
+    bad_path = await client.post("/v1/practices/not-a-uuid/echo", json={"reason": "ok"}, headers=headers)
+    assert bad_path.status_code == 422
+    assert bad_path.json()["errors"][0]["field"] == "practice_id"
+    too_long = await client.post(f"/v1/practices/{PRACTICE}/echo", json={"reason": "far too long"}, headers=headers)
+    assert too_long.status_code == 422
+    assert too_long.json()["errors"][0] == {
+        "field": "reason", "rule": "string_too_long", "message": "String should have at most 5 characters"
+    }
+    not_json = await client.post(
+        f"/v1/practices/{PRACTICE}/echo", content=b"{nope", headers={**headers, "Content-Type": "application/json"}
+    )
+    assert not_json.status_code == 422
+    assert not_json.headers["content-type"] == "application/problem+json"
+    unknown = await client.get("/v1/nothing-here")
+    assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/problem+json"

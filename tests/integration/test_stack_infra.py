@@ -1,0 +1,248 @@
+"""The embedded stack against its real processes: PostgreSQL, Tansu, the SMTP catcher, clean exits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import aiosmtplib
+import asyncpg
+import psutil
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from collabkare.stack.broker import EmbeddedBroker, create_topics
+from collabkare.stack.errors import StackError
+from collabkare.stack.infra import Infrastructure, start_infrastructure
+from collabkare.stack.ports import ensure_port_free
+from collabkare.stack.processes import Supervisor
+from collabkare.stack.smtp_catcher import read_caught
+
+ROOT = Path(__file__).resolve().parents[2]
+# The embedded stack must be what these tests get, whatever the developer's shell points at.
+EXTERNAL_SETTINGS = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "SMTP_HOST", "SMTP_PORT", "TEST_INFRA")
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def embedded_only() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        for name in EXTERNAL_SETTINGS:
+            patch.delenv(name, raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    # Under the repository's var/, not /tmp/pytest-of-root: PostgreSQL runs as another user when we are
+    # root, and that user cannot enter pytest's private temporary directory.
+    path = ROOT / "var" / f"test-stack-{os.getpid()}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def infra(embedded_only: None, workdir: Path) -> Iterator[Infrastructure]:
+    with start_infrastructure(workdir / "shared") as started:
+        yield started
+
+
+def _message(to: str = "patient@example.com") -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "noreply@collabkare.example"
+    message["To"] = to
+    message["Subject"] = f"Your invitation {uuid.uuid4().hex[:8]}"
+    message["Message-ID"] = f"<{uuid.uuid4().hex}@collabkare.example>"
+    message.set_content("Hello")
+    return message
+
+
+async def _send(infra: Infrastructure, message: EmailMessage) -> None:
+    await aiosmtplib.send(message, hostname=infra.smtp_host, port=infra.smtp_port, timeout=10)
+
+
+async def test_postgres_answers_and_creates_databases(infra: Infrastructure) -> None:
+    url = infra.create_database("stack_check")
+    assert url == infra.database_url_for("stack_check")
+    for target in (infra.database_url, url):
+        connection = await asyncpg.connect(target, timeout=10)
+        try:
+            assert await connection.fetchval("select 1") == 1
+        finally:
+            await connection.close()
+
+
+async def test_broker_creates_topics_and_carries_a_message(infra: Infrastructure) -> None:
+    topic = f"stack-check-{uuid.uuid4().hex[:8]}"
+    await create_topics(infra.kafka_bootstrap, [(topic, 3)], timeout=10)
+    await create_topics(infra.kafka_bootstrap, [(topic, 3)], timeout=10)  # idempotent
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, request_timeout_ms=5000)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=infra.kafka_bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await producer.start()
+    await consumer.start()
+    try:
+        await producer.send_and_wait(topic, b"hello", key=b"k")
+        async with asyncio.timeout(15):
+            record = await consumer.getone()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    assert (record.key, record.value) == (b"k", b"hello")
+
+
+async def test_smtp_catcher_stores_what_it_accepts(infra: Infrastructure) -> None:
+    assert infra.maildir is not None
+    message = _message()
+    await _send(infra, message)
+    caught = read_caught(infra.maildir)
+    assert [m["Subject"] for m in caught if m["Message-ID"] == message["Message-ID"]] == [message["Subject"]]
+    assert caught[-1]["X-Envelope-To"] == "patient@example.com"
+
+
+async def test_smtp_fault_mode_tempfails_then_accepts(infra: Infrastructure) -> None:
+    assert infra.smtp is not None and infra.maildir is not None
+    before = len(read_caught(infra.maildir))
+    infra.smtp.set_faults(tempfail_count=1, tempfail_code=421)
+    try:
+        with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
+            await _send(infra, _message())
+        assert refused.value.code == 421
+        await _send(infra, _message())
+    finally:
+        infra.smtp.clear_faults()
+    assert len(read_caught(infra.maildir)) == before + 1
+
+
+async def test_smtp_fault_mode_rejects_listed_recipients(infra: Infrastructure) -> None:
+    assert infra.smtp is not None
+    infra.smtp.set_faults(reject_recipients=["X@example.com"])
+    try:
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+            await _send(infra, _message(to="x@example.com"))
+        assert [error.code for error in refused.value.recipients] == [550]
+        await _send(infra, _message(to="y@example.com"))
+    finally:
+        infra.smtp.clear_faults()
+
+
+def test_a_crash_is_reported_and_nothing_outlives_the_stack(embedded_only: None, workdir: Path) -> None:
+    with start_infrastructure(workdir / "lifecycle") as infra:
+        assert infra.supervisor is not None and infra.broker is not None and infra.postgres is not None
+        assert set(infra.supervisor.pids()) == {"postgres", "broker", "smtp"}
+        children = _descendants(infra.supervisor)
+        os.kill(infra.supervisor.pid("broker"), signal.SIGKILL)
+        _wait_until(lambda: not infra.broker.alive())  # polled: reaping it here would hide its exit code
+        with pytest.raises(StackError, match=r"broker exited unexpectedly \(code -9\): see .*broker\.log"):
+            infra.check_alive()
+        infra.broker.restart()
+        infra.postgres.kill()  # a fault drill's crash: no complaint, then recovery on restart
+        infra.check_alive()
+        infra.postgres.restart()
+        infra.check_alive()
+        children += _descendants(infra.supervisor)
+    assert _still_running(children) == []
+    assert not (workdir / "lifecycle" / "postgres").exists(), "the data directory is removed unless kept"
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def _descendants(supervisor: Supervisor) -> list[psutil.Process]:
+    """This stack's processes only: the module's shared stack runs beside it."""
+    leaders = [psutil.Process(pid) for pid in supervisor.pids().values()]
+    return leaders + [child for leader in leaders for child in leader.children(recursive=True)]
+
+
+def _still_running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    _gone, alive = psutil.wait_procs(processes, timeout=5)
+    # A zombie has exited: orphans (a killed postmaster's workers) wait for PID 1 to reap them, and
+    # some sandboxes' init never does.
+    return [p for p in alive if _status(p) != psutil.STATUS_ZOMBIE]
+
+
+def _status(process: psutil.Process) -> str:
+    try:
+        return str(process.status())
+    except psutil.NoSuchProcess:
+        return psutil.STATUS_ZOMBIE
+
+
+CHILD_PROGRAM = """
+import sys, time
+from pathlib import Path
+from collabkare.stack.processes import Supervisor
+try:
+    with Supervisor(Path(sys.argv[1])) as supervisor:
+        supervisor.start("sleeper", ["sleep", "60"])
+        print(supervisor.pid("sleeper"), flush=True)
+        time.sleep(60)
+finally:
+    (Path(sys.argv[1]) / "unwound").touch()
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signalled_parent_stops_its_children_and_unwinds(signum: signal.Signals, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", CHILD_PROGRAM, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=ROOT,
+    )
+    assert parent.stdout is not None
+    child = psutil.Process(int(parent.stdout.readline()))
+    parent.send_signal(signum)
+    assert parent.wait(10) != 0
+    assert _still_running([child]) == []
+    assert (tmp_path / "unwound").exists(), "finally blocks and context managers ran"
+
+
+def test_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(StackError) as busy:
+            ensure_port_free(port, "connections API", "CONNECTIONS_PORT")
+        assert str(busy.value) == (
+            f"port {port} (connections API) is already in use on 127.0.0.1: "
+            "stop what holds it or set CONNECTIONS_PORT"
+        )
+        with pytest.raises(StackError, match=f"^port {port} \\(embedded Kafka broker\\) is already in use"):
+            EmbeddedBroker(port, log_dir=tmp_path).start()
+
+
+def test_a_missing_binary_is_one_clear_line(tmp_path: Path) -> None:
+    with Supervisor(tmp_path) as supervisor, pytest.raises(StackError) as missing:
+        supervisor.start("ghost", [tmp_path / "no-such-binary"])
+    assert (
+        str(missing.value) == f"cannot start ghost: {tmp_path / 'no-such-binary'}: No such file or directory"
+    )
+
+
+def test_containers_without_docker_is_an_error_not_a_fallback(
+    embedded_only: None, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_INFRA", "containers")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    expected = r"^TEST_INFRA=containers but Docker does not answer"
+    with pytest.raises(StackError, match=expected), start_infrastructure(workdir / "containers"):
+        pass
