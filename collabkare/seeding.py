@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaProducer
 
 from schemas import Envelope, PatientRegistered, PracticeRegistered, topic_for
+from schemas.events import PatientRegisteredPayload, PracticeRegisteredPayload
 
 
 async def publish(bootstrap: str, prefix: str, events: list[Envelope]) -> None:
@@ -29,7 +30,7 @@ def practice_registered(practice_id: uuid.UUID, name: str) -> PracticeRegistered
         producer="platform",
         practice_id=practice_id,
         correlation_id=f"seed-{uuid.uuid4()}",
-        payload={"name": name, "registered_at": datetime.now(UTC)},
+        payload=PracticeRegisteredPayload(name=name, registered_at=datetime.now(UTC)),
     )
 
 
@@ -39,13 +40,13 @@ def patient_registered(
     return PatientRegistered(
         producer="platform",
         correlation_id=f"seed-{uuid.uuid4()}",
-        payload={
-            "patient_id": patient_id or uuid.uuid4(),
-            "email": email,
-            "display_name": name,
-            "locale": locale,
-            "registered_at": datetime.now(UTC),
-        },
+        payload=PatientRegisteredPayload(
+            patient_id=patient_id or uuid.uuid4(),
+            email=email,
+            display_name=name,
+            locale=locale,  # type: ignore[arg-type]  # argparse restricts it to en/es
+            registered_at=datetime.now(UTC),
+        ),
     )
 
 

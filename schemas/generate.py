@@ -43,8 +43,7 @@ def topics_document() -> dict[str, Any]:
 def render() -> dict[str, str]:
     """The exact text of every generated file, by file name."""
     files = {
-        schema_file_name(event_type, model): _dump(event_schema(model))
-        for event_type, model in EVENT_TYPES.items()
+        schema_file_name(event_type, model): _dump(event_schema(model)) for event_type, model in EVENT_TYPES.items()
     }
     files[TOPICS_FILE] = _dump(topics_document())
     return files

@@ -10,16 +10,16 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from collabkare.services import MIGRATION_PLANS as PLANS
 from collabkare.stack.broker import create_topics
 from collabkare.stack.infra import Infrastructure, start_infrastructure
 from schemas.topics import all_topic_names
-from collabkare.services import MIGRATION_PLANS as PLANS
 from services.runtime.migrations import migrate
 from tests.support import ScratchDatabase
 
 ROOT = Path(__file__).resolve().parent.parent
 # Service roles get this password so the same fixtures work against an external PostgreSQL.
-ROLE_PASSWORD = "collabkare-test"  # noqa: S105 - a throwaway test credential
+ROLE_PASSWORD = "collabkare-test"
 TEMPLATE = "collabkare_test_template"
 
 

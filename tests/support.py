@@ -15,7 +15,7 @@ from collabkare.stack.infra import Infrastructure
 from services.runtime.auth import mint_token
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "json"
-JWT_SECRET = "test-secret-of-at-least-thirty-two-bytes!"  # noqa: S105 - test-only signing key
+JWT_SECRET = "test-secret-of-at-least-thirty-two-bytes!"
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def _ports() -> dict[str, int]:
 @contextlib.contextmanager
 def local_stack(workdir: Path | None = None, topic_prefix: str = "") -> Iterator[RunningStack]:
     """Start everything; on exit (or any failure on the way) stop every process that was started."""
-    workdir = workdir or var_dir() / "stack"
+    workdir = workdir or Path(os.environ.get("COLLABKARE_STACK_DIR", var_dir() / "stack"))
     ports = _ports()
     for service in SERVICES:
         ensure_port_free(ports[service.name], f"{service.name} API", service.port_variable)
@@ -119,12 +119,8 @@ def _database_name(url: str) -> str:
     return url.rsplit("/", 1)[-1].split("?", 1)[0]
 
 
-async def _prepare(
-    infra: Infrastructure, database_url: str, topic_prefix: str, role_passwords: dict[str, str]
-) -> None:
-    topics = [
-        (topic_prefix + name, TOPICS[name].partitions if name in TOPICS else 3) for name in all_topic_names()
-    ]
+async def _prepare(infra: Infrastructure, database_url: str, topic_prefix: str, role_passwords: dict[str, str]) -> None:
+    topics = [(topic_prefix + name, TOPICS[name].partitions if name in TOPICS else 3) for name in all_topic_names()]
     await create_topics(infra.kafka_bootstrap, topics, timeout=30)
     for name, plan in MIGRATION_PLANS.items():
         await migrate(database_url, plan, role_password=role_passwords[name])
@@ -140,9 +136,7 @@ def wait_ready(urls: dict[str, str], supervisor: Supervisor, timeout: float = 90
                 del pending[name]
         if pending and time.monotonic() > deadline:
             names = ", ".join(sorted(pending))
-            raise StackError(
-                f"{names} not ready after {timeout:.0f} s: see {supervisor.log_dir}/<service>.log"
-            )
+            raise StackError(f"{names} not ready after {timeout:.0f} s: see {supervisor.log_dir}/<service>.log")
         if pending:
             time.sleep(0.2)
 
@@ -168,9 +162,7 @@ def run_foreground() -> int:
     print("starting the local stack…", flush=True)
     with local_stack() as stack:
         seed_demo_practice(stack)
-        token = mint_token(
-            stack.jwt_secret, "demo-manager", ["practice_manager"], practice_id=DEMO_PRACTICE_ID
-        )
+        token = mint_token(stack.jwt_secret, "demo-manager", ["practice_manager"], practice_id=DEMO_PRACTICE_ID)
         print(banner(stack, token), flush=True)
         try:
             while True:

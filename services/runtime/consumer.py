@@ -146,9 +146,7 @@ class BatchConsumer:
             "original_offset": str(record.offset),
             "consumer_group": self.subscription.group,
         }
-        await self.context.broker.publish(
-            record.value or b"", topic=self.dead_letters, key=record.key, headers=headers
-        )
+        await self.context.broker.publish(record.value or b"", topic=self.dead_letters, key=record.key, headers=headers)
         self.context.metrics.dead_letters.labels(self.subscription.group).inc()
         log.error(
             "consumer.dead_lettered",

@@ -15,7 +15,9 @@ class Metrics:
             "http_request_seconds", "HTTP request latency by route", ["route"], registry=self.registry
         )
         self.events_consumed = Counter(
-            "events_consumed_total", "Events applied by consumer group and type", ["group", "event_type"],
+            "events_consumed_total",
+            "Events applied by consumer group and type",
+            ["group", "event_type"],
             registry=self.registry,
         )
         self.dead_letters = Counter(
@@ -27,5 +29,7 @@ class Metrics:
         self.outbox_pending = Gauge(
             "outbox_pending", "Events waiting in the outbox (outbox lag)", registry=self.registry
         )
-        self.service_info = Gauge("service_info", "Always 1; labels name the service", ["service"], registry=self.registry)
+        self.service_info = Gauge(
+            "service_info", "Always 1; labels name the service", ["service"], registry=self.registry
+        )
         self.service_info.labels(service).set(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,12 +68,10 @@ async def _ensure_role_and_schema(connection: asyncpg.Connection, schema: str, p
     exists = await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", schema)
     if not exists:
         # Roles are cluster-wide: another database's migration may create it between our check and here.
-        try:
+        with contextlib.suppress(asyncpg.DuplicateObjectError):
             await connection.execute(f'CREATE ROLE "{schema}" LOGIN')
-        except asyncpg.DuplicateObjectError:
-            pass
     if password is not None:
-        await connection.execute(f"ALTER ROLE \"{schema}\" PASSWORD {_literal(password)}")
+        await connection.execute(f'ALTER ROLE "{schema}" PASSWORD {_literal(password)}')
     await connection.execute(f'GRANT "{schema}" TO CURRENT_USER')
     await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}" AUTHORIZATION "{schema}"')
     await connection.execute(f'REVOKE ALL ON SCHEMA "{schema}" FROM PUBLIC')

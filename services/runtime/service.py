@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +26,7 @@ from services.runtime.relay import OutboxRelay
 from services.runtime.settings import RuntimeSettings
 
 log = get_logger(__name__)
-BackgroundJob = Callable[["ServiceRuntime"], Awaitable[None]]
+BackgroundJob = Callable[["ServiceRuntime"], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)

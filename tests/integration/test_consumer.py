@@ -110,7 +110,9 @@ async def test_malformed_message_goes_to_dead_letters_and_the_next_is_applied(
     good = _expired()
     garbage = b'{"event_type": "InviteExpired", "this is": "not an event"}'
     bootstrap = database.infra.kafka_bootstrap
-    await produce(bootstrap, topic_prefix + "invitations.v1", [(b"k", garbage), (b"k", good.model_dump_json().encode())])
+    await produce(
+        bootstrap, topic_prefix + "invitations.v1", [(b"k", garbage), (b"k", good.model_dump_json().encode())]
+    )
     rows = await _applied(database, expect=1)
     assert [r["event_id"] for r in rows] == [good.event_id]
     dead = await read_topic(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=1)

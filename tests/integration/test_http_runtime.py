@@ -40,9 +40,7 @@ async def me(patient: Patient) -> dict[str, str | None]:
 async def client(database: ScratchDatabase, topic_prefix: str) -> AsyncIterator[httpx.AsyncClient]:
     env = service_env(database, "connections", topic_prefix)
     settings = ConnectionsSettings(**{k.lower(): v for k, v in env.items()})
-    runtime = ServiceRuntime(
-        ServiceSpec("connections", "test", "test", MIGRATIONS, routers=[router]), settings
-    )
+    runtime = ServiceRuntime(ServiceSpec("connections", "test", "test", MIGRATIONS, routers=[router]), settings)
     app = runtime.http_app()
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -88,8 +86,15 @@ def _expired() -> str:
 
 
 def _alg_none() -> str:
-    claims = {"sub": "s", "roles": ["admin"], "practice_id": str(PRACTICE), "iss": "collabkare",
-              "aud": "collabkare-api", "iat": int(time.time()), "exp": int(time.time()) + 600}
+    claims = {
+        "sub": "s",
+        "roles": ["admin"],
+        "practice_id": str(PRACTICE),
+        "iss": "collabkare",
+        "aud": "collabkare-api",
+        "iat": int(time.time()),
+        "exp": int(time.time()) + 600,
+    }
     return jwt.encode(claims, key=None, algorithm="none")
 
 
@@ -135,7 +140,9 @@ async def test_malformed_input_names_the_field(client: httpx.AsyncClient) -> Non
     too_long = await client.post(f"/v1/practices/{PRACTICE}/echo", json={"reason": "far too long"}, headers=headers)
     assert too_long.status_code == 422
     assert too_long.json()["errors"][0] == {
-        "field": "reason", "rule": "string_too_long", "message": "String should have at most 5 characters"
+        "field": "reason",
+        "rule": "string_too_long",
+        "message": "String should have at most 5 characters",
     }
     not_json = await client.post(
         f"/v1/practices/{PRACTICE}/echo", content=b"{nope", headers={**headers, "Content-Type": "application/json"}

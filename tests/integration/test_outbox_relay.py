@@ -33,7 +33,12 @@ def _events(count: int, practice_id: uuid.UUID) -> list[InviteExpired]:
 
 def _relay(pool: asyncpg.Pool, bootstrap: str, prefix: str, batch_size: int = 200) -> OutboxRelay:
     return OutboxRelay(
-        pool, SCHEMA, bootstrap, lambda name: prefix + name, batch_size=batch_size, poll_seconds=0.2,
+        pool,
+        SCHEMA,
+        bootstrap,
+        lambda name: prefix + name,
+        batch_size=batch_size,
+        poll_seconds=0.2,
         send_timeout_seconds=3.0,
     )
 

@@ -16,9 +16,17 @@ GOOD = {
 def _start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in GOOD and k not in {"PORT", "JWT_ALGORITHM"}}
     return subprocess.run(
-        [sys.executable, "-c", "from services.connections.settings import ConnectionsSettings as S;"
-         "from services.runtime.settings import load_settings; load_settings(S)"],
-        env={**clean, **env}, capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-c",
+            "from services.connections.settings import ConnectionsSettings as S;"
+            "from services.runtime.settings import load_settings; load_settings(S)",
+        ],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
