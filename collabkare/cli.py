@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from collabkare.stack.errors import StackError
 from collabkare.stack.settings_file import read_stack_env
 from services.runtime.auth import STAFF_ROLES, mint_token
+from services.runtime.logging import configure_logging
 
 
 def _setting(name: str) -> str:
@@ -113,6 +114,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # Logs go to stderr so that stdout carries only the answer (a token, an id) for scripts to use.
+    configure_logging("collabkare-cli", os.environ.get("LOG_LEVEL", "WARNING"), stream=sys.stderr)
     try:
         return int(args.handler(args))
     except StackError as error:

@@ -42,7 +42,7 @@ def _leftovers(workdir: Path, ports: dict[str, int]) -> list[str]:
 def test_demo_shows_three_ready_services_and_leaves_nothing(tmp_path: Path) -> None:
     workdir = ROOT / "var" / f"e2e-{uuid.uuid4().hex[:8]}"
     env, ports = _environment(workdir)
-    result = subprocess.run(CLI + ["demo"], env=env, capture_output=True, text=True, timeout=240, check=False)
+    result = subprocess.run([*CLI, "demo"], env=env, capture_output=True, text=True, timeout=240, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     ready_lines = [line for line in result.stdout.splitlines() if " ready " in line]
     assert len(ready_lines) == 3, result.stdout
@@ -55,7 +55,9 @@ def test_demo_shows_three_ready_services_and_leaves_nothing(tmp_path: Path) -> N
 def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
     workdir = ROOT / "var" / f"e2e-{uuid.uuid4().hex[:8]}"
     env, ports = _environment(workdir)
-    stack = subprocess.Popen(CLI + ["stack", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stack = subprocess.Popen(
+        [*CLI, "stack", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     output: list[str] = []
     try:
         assert stack.stdout is not None
@@ -73,13 +75,21 @@ def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
         token_line = output[output.index("  staff token (practice_manager, 8 h):\n") + 1].strip()
         assert token_line.count(".") == 2, "the banner should print a JWT"
         minted = subprocess.run(
-            CLI + ["token", "patient", "--patient", str(uuid.uuid4()), "--email", "p@example.com"],
-            env=env, capture_output=True, text=True, timeout=60, check=True,
+            [*CLI, "token", "patient", "--patient", str(uuid.uuid4()), "--email", "p@example.com"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
         assert minted.stdout.strip().count(".") == 2
         seeded = subprocess.run(
-            CLI + ["seed", "patient", "p@example.com", "--locale", "es"],
-            env=env, capture_output=True, text=True, timeout=60, check=False,
+            [*CLI, "seed", "patient", "p@example.com", "--locale", "es"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert seeded.returncode == 0 and seeded.stdout.startswith("PatientRegistered "), seeded.stderr
     finally:
@@ -97,7 +107,7 @@ def test_busy_port_gives_one_clear_line(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", ports["connections"]))
         holder.listen()
-        result = subprocess.run(CLI + ["demo"], env=env, capture_output=True, text=True, timeout=120, check=False)
+        result = subprocess.run([*CLI, "demo"], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 1
     error_lines = result.stderr.strip().splitlines()
     assert len(error_lines) == 1, result.stderr

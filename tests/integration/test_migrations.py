@@ -60,3 +60,18 @@ async def test_schema_belongs_to_its_role_and_no_other(database: ScratchDatabase
             await other.fetchval('SELECT count(*) FROM "connections".outbox')
     finally:
         await other.close()
+
+
+def test_migrate_command_creates_the_role_and_schema(infra) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    url = infra.create_database(f"cli_{uuid.uuid4().hex[:10]}")
+    env = {**os.environ, "DATABASE_URL": url, "NOTIFIER_DB_PASSWORD": "from-the-environment"}
+    command = [sys.executable, "-m", "collabkare.cli", "migrate", "notifier"]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().startswith("notifier: 0000_messaging")
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert again.stdout.strip() == "notifier: up to date"

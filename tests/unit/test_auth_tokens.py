@@ -1,0 +1,100 @@
+"""Token verification: RS256 against a JWKS served over real HTTP on loopback, and what is refused."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from services.runtime.auth import TokenVerifier, mint_token
+from services.runtime.problems import Problem
+
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+PRACTICE = uuid.uuid4()
+
+
+@pytest.fixture(scope="module")
+def jwks_url() -> Iterator[str]:
+    public = json.loads(RSAAlgorithm.to_jwk(KEY.public_key()))
+    body = json.dumps({"keys": [{**public, "kid": "k1", "use": "sig", "alg": "RS256"}]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    server.shutdown()
+    server.server_close()
+
+
+def _claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {
+        "sub": "staff-9",
+        "roles": ["admin"],
+        "practice_id": str(PRACTICE),
+        "iss": "collabkare",
+        "aud": "collabkare-api",
+        "iat": now,
+        "exp": now + 600,
+    }
+    return {**claims, **overrides}
+
+
+def test_rs256_token_from_the_key_set_is_accepted(jwks_url: str) -> None:
+    verifier = TokenVerifier("RS256", "collabkare", "collabkare-api", jwks_url=jwks_url)
+    token = jwt.encode(_claims(), KEY, algorithm="RS256", headers={"kid": "k1"})
+    principal = verifier.verify(token)
+    assert principal.subject == "staff-9" and principal.practice_id == PRACTICE and "admin" in principal.roles
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["signed by another key", "hs256 with the public key as secret", "unknown kid", "missing exp"],
+)
+def test_rs256_refusals(jwks_url: str, case: str) -> None:
+    verifier = TokenVerifier("RS256", "collabkare", "collabkare-api", jwks_url=jwks_url)
+    if case == "signed by another key":
+        token = jwt.encode(_claims(), OTHER_KEY, algorithm="RS256", headers={"kid": "k1"})
+    elif case == "hs256 with the public key as secret":
+        # The classic confusion attack: the algorithm is ours to choose, never the token's.
+        token = jwt.encode(_claims(), "x" * 64, algorithm="HS256", headers={"kid": "k1"})
+    elif case == "unknown kid":
+        token = jwt.encode(_claims(), KEY, algorithm="RS256", headers={"kid": "k2"})
+    else:
+        claims = _claims()
+        del claims["exp"]
+        token = jwt.encode(claims, KEY, algorithm="RS256", headers={"kid": "k1"})
+    with pytest.raises(Problem) as refused:
+        verifier.verify(token)
+    assert refused.value.status == 401
+
+
+def test_hs256_roundtrip_and_claims() -> None:
+    secret = "s" * 40
+    verifier = TokenVerifier("HS256", "collabkare", "collabkare-api", secret=secret)
+    token = mint_token(secret, "p1", ["patient"], email="p@example.com")
+    principal = verifier.verify(token)
+    assert principal.email == "p@example.com" and principal.practice_id is None
+    bad_roles = jwt.encode(_claims(roles="admin"), secret, algorithm="HS256")
+    with pytest.raises(Problem):
+        verifier.verify(bad_roles)
