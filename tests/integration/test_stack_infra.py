@@ -139,19 +139,20 @@ async def test_smtp_fault_mode_rejects_listed_recipients(infra: Infrastructure) 
 
 def test_a_crash_is_reported_and_nothing_outlives_the_stack(embedded_only: None, workdir: Path) -> None:
     with start_infrastructure(workdir / "lifecycle") as infra:
-        assert infra.supervisor is not None and infra.broker is not None and infra.postgres is not None
-        assert set(infra.supervisor.pids()) == {"postgres", "broker", "smtp"}
-        children = _descendants(infra.supervisor)
-        os.kill(infra.supervisor.pid("broker"), signal.SIGKILL)
-        _wait_until(lambda: not infra.broker.alive())  # polled: reaping it here would hide its exit code
+        broker, supervisor = infra.broker, infra.supervisor
+        assert supervisor is not None and broker is not None and infra.postgres is not None
+        assert set(supervisor.pids()) == {"postgres", "broker", "smtp"}
+        children = _descendants(supervisor)
+        os.kill(supervisor.pid("broker"), signal.SIGKILL)
+        _wait_until(lambda: not broker.alive())  # polled: reaping it here would hide its exit code
         with pytest.raises(StackError, match=r"broker exited unexpectedly \(code -9\): see .*broker\.log"):
             infra.check_alive()
-        infra.broker.restart()
+        broker.restart()
         infra.postgres.kill()  # a fault drill's crash: no complaint, then recovery on restart
         infra.check_alive()
         infra.postgres.restart()
         infra.check_alive()
-        children += _descendants(infra.supervisor)
+        children += _descendants(supervisor)
     assert _still_running(children) == []
     assert not (workdir / "lifecycle" / "postgres").exists(), "the data directory is removed unless kept"
 
@@ -223,8 +224,7 @@ def test_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
         with pytest.raises(StackError) as busy:
             ensure_port_free(port, "connections API", "CONNECTIONS_PORT")
         assert str(busy.value) == (
-            f"port {port} (connections API) is already in use on 127.0.0.1: "
-            "stop what holds it or set CONNECTIONS_PORT"
+            f"port {port} (connections API) is already in use on 127.0.0.1: stop what holds it or set CONNECTIONS_PORT"
         )
         with pytest.raises(StackError, match=f"^port {port} \\(embedded Kafka broker\\) is already in use"):
             EmbeddedBroker(port, log_dir=tmp_path).start()
@@ -233,9 +233,7 @@ def test_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
 def test_a_missing_binary_is_one_clear_line(tmp_path: Path) -> None:
     with Supervisor(tmp_path) as supervisor, pytest.raises(StackError) as missing:
         supervisor.start("ghost", [tmp_path / "no-such-binary"])
-    assert (
-        str(missing.value) == f"cannot start ghost: {tmp_path / 'no-such-binary'}: No such file or directory"
-    )
+    assert str(missing.value) == f"cannot start ghost: {tmp_path / 'no-such-binary'}: No such file or directory"
 
 
 def test_containers_without_docker_is_an_error_not_a_fallback(
