@@ -34,6 +34,9 @@ schemas: install ## regenerate JSON Schema and AsyncAPI documents (refuses incom
 	@$(PY) -m schemas.generate
 	@$(PY) -m collabkare.docs
 
+bench: install ## benchmarks against the local stack; prints tables, writes var/bench/*.json
+	@$(PY) -m bench $(BENCH)
+
 lock: ## re-resolve requirements.lock from pyproject.toml
 	@$(VENV)/bin/uv pip compile -q pyproject.toml --extra local --extra dev --python-version 3.11 -o requirements.lock
 
