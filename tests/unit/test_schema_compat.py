@@ -81,9 +81,7 @@ CASES: list[tuple[str, Schema, Schema, list[str]]] = [
     (
         "limit tightened",
         BASE,
-        object_of(
-            {**BASE["properties"], "note": {"anyOf": [{"type": "string", "maxLength": 5}, NULL]}}, ("id",)
-        ),
+        object_of({**BASE["properties"], "note": {"anyOf": [{"type": "string", "maxLength": 5}, NULL]}}, ("id",)),
         ["note: type changed"],
     ),
     (
@@ -161,9 +159,7 @@ CASES: list[tuple[str, Schema, Schema, list[str]]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("old", "new", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES]
-)
+@pytest.mark.parametrize(("old", "new", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
 def test_synthetic_schemas(old: Schema, new: Schema, expected: list[str]) -> None:
     problems = incompatibilities(old, new)
 
@@ -270,9 +266,7 @@ def approved_model(drop: tuple[str, ...] = (), **fields: Any) -> type[Envelope]:
         if name not in drop
     }
     payload = create_model("ConnectionApprovedPayload", __base__=Contract, **{**payload_fields, **fields})
-    model: type[Envelope] = create_model(
-        "ConnectionApproved", __base__=ConnectionApproved, payload=(payload, ...)
-    )
+    model: type[Envelope] = create_model("ConnectionApproved", __base__=ConnectionApproved, payload=(payload, ...))
     return model
 
 

@@ -104,9 +104,7 @@ EXAMPLES = [
     ),
     InviteRevoked(
         **ENVELOPE,
-        payload=InviteRevokedPayload(
-            invite_id=new_id(), revoked_by="staff-1", revoked_at=AT, replaced_by=new_id()
-        ),
+        payload=InviteRevokedPayload(invite_id=new_id(), revoked_by="staff-1", revoked_at=AT, replaced_by=new_id()),
     ),
     InviteExpired(**ENVELOPE, payload=InviteExpiredPayload(invite_id=new_id(), expired_at=AT)),
     DeliveryOutcome(
@@ -149,9 +147,7 @@ def test_committed_files_match_the_models(capsys: pytest.CaptureFixture[str]) ->
     assert main(["--check"]) == 0, capsys.readouterr().err
 
 
-def test_check_reports_a_stale_file_and_writes_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_check_reports_a_stale_file_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([], directory=tmp_path) == 0
     stale = tmp_path / "InviteExpired.v1.json"
     edited = stale.read_text().replace("without being accepted", "unaccepted")
