@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.connections import api, subscribers
 from services.connections.settings import ConnectionsSettings
 from services.runtime.migrations import MigrationPlan
 from services.runtime.service import ServiceRuntime, ServiceSpec
@@ -19,6 +20,8 @@ def build_spec(settings: ConnectionsSettings) -> ServiceSpec:
         title="CollabKare connections API",
         description="Patients ask to connect to a practice; staff approve or reject; connections and their audit.",
         migrations=MIGRATIONS,
+        routers=[api.router],
+        subscriptions=subscribers.ROUTES,
     )
 
 

@@ -1,0 +1,210 @@
+"""HTTP routes of the connections service: parse, authorise, call a use case, shape the answer."""
+
+from __future__ import annotations
+
+import email.message
+import uuid
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, StringConstraints, TypeAdapter
+
+from services.connections import handlers
+from services.connections.domain import MAX_TEXT, AlreadyConnected, AlreadyDecided, clean_text
+from services.connections.model import Cause, PatientRef, Status
+from services.connections.views import ConnectionRequestView, ConnectionView, PageView, decode_cursor, encode_cursor
+from services.runtime.auth import Patient, Principal, StaffMember
+from services.runtime.problems import PROBLEM_JSON, Problem
+
+router = APIRouter(tags=["connections"])
+_EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
+# Trimmed first, then measured; whitespace only counts as no text.
+Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TEXT), AfterValidator(clean_text)]
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"description": "problem+json (RFC 9457)", "content": {PROBLEM_JSON: {}}} for status in statuses}
+
+
+class ConnectionRequestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    practice_id: uuid.UUID
+    message: Text | None = None
+
+
+class RejectBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Text | None = None
+
+
+def _pool(request: Request) -> asyncpg.Pool:
+    pool = request.app.state.runtime.pool
+    if pool is None:
+        raise Problem(503, "The service is starting; try again shortly.")
+    return pool
+
+
+def _cause(request: Request) -> Cause:
+    return Cause(correlation_id=request.state.correlation_id)
+
+
+async def _json_only(request: Request) -> None:
+    """A body in any other media type is refused with 415 rather than guessed at."""
+    if not await request.body():
+        return
+    media = email.message.Message()
+    media["content-type"] = request.headers.get("content-type", "")
+    subtype = media.get_content_subtype()
+    if media.get_content_maintype() != "application" or not (subtype == "json" or subtype.endswith("+json")):
+        raise Problem(415, "The body must be application/json.", headers={"Accept-Post": "application/json"})
+
+
+Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+Tracing = Annotated[Cause, Depends(_cause)]
+# A parameter after the principal, not a route dependency: route dependencies run before authentication.
+JsonOnly = Annotated[None, Depends(_json_only)]
+
+
+Limit = Annotated[int, Query(ge=1, le=200, description="Page size, 1 to 200.")]
+Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page.")]
+
+
+def _patient_ref(principal: Principal) -> PatientRef:
+    try:
+        patient_id = uuid.UUID(principal.subject)
+    except ValueError:
+        raise _token_claim("sub", "the patient token's subject is not a patient id (UUID)") from None
+    if not principal.email:
+        raise _token_claim("email", "the patient token carries no email claim; sign in again")
+    try:
+        address = _EMAIL.validate_python(principal.email)
+    except ValueError:
+        raise _token_claim("email", "the patient token's email claim is not an email address") from None
+    return PatientRef(patient_id=patient_id, email=address)
+
+
+def _token_claim(claim: str, message: str) -> Problem:
+    return Problem(
+        422,
+        f"The request cannot be served: {message}.",
+        errors=[{"field": f"token.{claim}", "rule": "claim", "message": message}],
+    )
+
+
+def _not_found() -> Problem:
+    return Problem(404, "No such connection request.")
+
+
+def _already_decided(error: AlreadyDecided) -> Problem:
+    view = ConnectionRequestView.model_validate(error.request, from_attributes=True)
+    return Problem(
+        409,
+        str(error),
+        type_="urn:collabkare:problem:already-decided",
+        current_status=error.request.status.value,
+        connection_request=view.model_dump(mode="json"),
+    )
+
+
+@router.post(
+    "/v1/connection-requests",
+    status_code=201,
+    summary="A patient asks to connect to a practice",
+    description="201 with the new pending request; 200 with the existing one when the patient already asked.",
+    responses={200: {"description": "The patient's pending request, unchanged"}, **_problems(401, 403, 409, 415, 422)},
+)
+async def ask_to_connect(
+    principal: Patient, _json: JsonOnly, body: ConnectionRequestBody, pool: Pool, cause: Tracing, response: Response
+) -> ConnectionRequestView:
+    patient = _patient_ref(principal)
+    try:
+        request, created = await handlers.request_connection(pool, body.practice_id, patient, body.message, cause)
+    except AlreadyConnected as error:
+        raise Problem(
+            409,
+            str(error),
+            type_="urn:collabkare:problem:already-connected",
+            connection_id=str(error.connection.id),
+            connected_at=error.connection.connected_at.isoformat(),
+        ) from None
+    if not created:
+        response.status_code = 200
+    return ConnectionRequestView.model_validate(request, from_attributes=True)
+
+
+@router.get(
+    "/v1/practices/{practice_id}/connection-requests",
+    summary="Connection requests of the practice, newest first",
+    description="Omit status to list every request. Pages are stable while new requests arrive.",
+    responses=_problems(401, 403, 404, 422),
+)
+async def list_requests(
+    practice_id: uuid.UUID,
+    staff: StaffMember,
+    pool: Pool,
+    status: Status | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> PageView[ConnectionRequestView]:
+    page = await handlers.list_requests(pool, practice_id, status, decode_cursor(cursor), limit)
+    items = [ConnectionRequestView.model_validate(item, from_attributes=True) for item in page.items]
+    return PageView[ConnectionRequestView](items=items, next_cursor=encode_cursor(page.next_position))
+
+
+@router.post(
+    "/v1/practices/{practice_id}/connection-requests/{request_id}/approve",
+    summary="Approve a request: the patient is connected and notified",
+    description="Approving an approved request answers 200 and changes nothing; a rejected one is 409.",
+    responses=_problems(401, 403, 404, 409, 422),
+)
+async def approve(
+    practice_id: uuid.UUID, request_id: uuid.UUID, staff: StaffMember, pool: Pool, cause: Tracing
+) -> ConnectionRequestView:
+    try:
+        request = await handlers.approve_request(pool, practice_id, request_id, actor=staff.subject, cause=cause)
+    except handlers.RequestNotFound:
+        raise _not_found() from None
+    except AlreadyDecided as error:
+        raise _already_decided(error) from None
+    return ConnectionRequestView.model_validate(request, from_attributes=True)
+
+
+@router.post(
+    "/v1/practices/{practice_id}/connection-requests/{request_id}/reject",
+    summary="Reject a request, with an optional reason the patient is told",
+    description="Rejecting a rejected request answers 200 and changes nothing; an approved one is 409.",
+    responses=_problems(401, 403, 404, 409, 415, 422),
+)
+async def reject(
+    practice_id: uuid.UUID,
+    request_id: uuid.UUID,
+    staff: StaffMember,
+    _json: JsonOnly,
+    pool: Pool,
+    cause: Tracing,
+    body: RejectBody | None = None,
+) -> ConnectionRequestView:
+    reason = body.reason if body else None
+    try:
+        request = await handlers.reject_request(
+            pool, practice_id, request_id, actor=staff.subject, reason=reason, cause=cause
+        )
+    except handlers.RequestNotFound:
+        raise _not_found() from None
+    except AlreadyDecided as error:
+        raise _already_decided(error) from None
+    return ConnectionRequestView.model_validate(request, from_attributes=True)
+
+
+@router.get(
+    "/v1/practices/{practice_id}/connections",
+    summary="Patients connected to the practice, newest first",
+    responses=_problems(401, 403, 404, 422),
+)
+async def list_connections(
+    practice_id: uuid.UUID, staff: StaffMember, pool: Pool, limit: Limit = 50, cursor: Cursor = None
+) -> PageView[ConnectionView]:
+    page = await handlers.list_connections(pool, practice_id, decode_cursor(cursor), limit)
+    items = [ConnectionView.model_validate(item, from_attributes=True) for item in page.items]
+    return PageView[ConnectionView](items=items, next_cursor=encode_cursor(page.next_position))

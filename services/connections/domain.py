@@ -1,0 +1,256 @@
+"""Connection requests and connections: the rules for changing them, and the events each change produces."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import datetime
+
+from schemas import ConnectionApproved, ConnectionRejected, ConnectionRequested, InviteAccepted
+from schemas.events import ConnectionApprovedPayload, ConnectionRejectedPayload, ConnectionRequestedPayload
+from services.connections.model import (
+    AuditEntry,
+    Cause,
+    Change,
+    Connection,
+    ConnectionRequest,
+    Decision,
+    PatientRef,
+    Status,
+)
+
+PRODUCER = "connections"
+MAX_TEXT = 500  # longest message or reason, in characters (the events' Note type)
+_RESULT: dict[Decision, Status] = {"approve": Status.APPROVED, "reject": Status.REJECTED}
+
+
+class DomainError(Exception):
+    """A rule refused the change; the message is safe to show to the caller."""
+
+
+class AlreadyConnected(DomainError):
+    def __init__(self, connection: Connection) -> None:
+        super().__init__("The patient is already connected to this practice.")
+        self.connection = connection
+
+
+class AlreadyDecided(DomainError):
+    def __init__(self, request: ConnectionRequest) -> None:
+        super().__init__(f"The connection request was already {request.status.value}.")
+        self.request = request
+
+
+def clean_text(text: str | None) -> str | None:
+    """Trim a free-text field; nothing left means no text at all."""
+    if text is None:
+        return None
+    return text.strip() or None
+
+
+def request_connection(
+    practice_id: uuid.UUID,
+    patient: PatientRef,
+    message: str | None,
+    *,
+    pending: ConnectionRequest | None,
+    connected: Connection | None,
+    now: datetime,
+    cause: Cause,
+) -> Change:
+    """A patient asks to connect; asking again returns the pending request unchanged."""
+    if connected is not None:
+        raise AlreadyConnected(connected)
+    if pending is not None:
+        return Change(changed=False, request=pending)
+    request = ConnectionRequest(
+        id=uuid.uuid4(),
+        practice_id=practice_id,
+        patient_id=patient.patient_id,
+        patient_email=patient.email,
+        display_name=patient.display_name,
+        message=clean_text(message),
+        status=Status.PENDING,
+        created_at=now,
+    )
+    event = ConnectionRequested(
+        producer=PRODUCER,
+        practice_id=practice_id,
+        correlation_id=cause.correlation_id,
+        causation_id=cause.causation_id,
+        occurred_at=now,
+        payload=ConnectionRequestedPayload(
+            request_id=request.id,
+            patient_id=request.patient_id,
+            patient_email=request.patient_email,
+            display_name=request.display_name,
+            message=request.message,
+            requested_at=now,
+        ),
+    )
+    audit = AuditEntry(
+        practice_id, patient.patient_id, "requested", str(patient.patient_id), now, request_id=request.id
+    )
+    return Change(changed=True, request=request, audit=(audit,), events=(event,))
+
+
+def decide(
+    request: ConnectionRequest,
+    decision: Decision,
+    *,
+    actor: str,
+    now: datetime,
+    cause: Cause,
+    reason: str | None = None,
+    connected: Connection | None = None,
+) -> Change:
+    """Approve or reject a request. Repeating the decision changes nothing; reversing it is refused.
+
+    `connected` is the patient's existing connection, if any (say, from an invite accepted after the
+    request was made): approving then records the decision but creates and announces nothing new.
+    """
+    wanted = _RESULT[decision]
+    if request.status is not Status.PENDING:
+        if request.status is wanted:
+            return Change(changed=False, request=request)
+        raise AlreadyDecided(request)
+    if decision == "reject":
+        return _reject(request, actor=actor, now=now, cause=cause, reason=clean_text(reason))
+    return _approve(request, actor=actor, now=now, cause=cause, connected=connected)
+
+
+def _reject(request: ConnectionRequest, *, actor: str, now: datetime, cause: Cause, reason: str | None) -> Change:
+    decided = replace(request, status=Status.REJECTED, decided_by=actor, decided_at=now, reason=reason)
+    event = ConnectionRejected(
+        producer=PRODUCER,
+        practice_id=request.practice_id,
+        correlation_id=cause.correlation_id,
+        causation_id=cause.causation_id,
+        occurred_at=now,
+        payload=ConnectionRejectedPayload(
+            request_id=request.id,
+            patient_id=request.patient_id,
+            patient_email=request.patient_email,
+            rejected_by=actor,
+            rejected_at=now,
+            reason=reason,
+        ),
+    )
+    audit = AuditEntry(
+        request.practice_id, request.patient_id, "rejected", actor, now, reason=reason, request_id=request.id
+    )
+    return Change(changed=True, request=decided, audit=(audit,), events=(event,))
+
+
+def _approve(
+    request: ConnectionRequest, *, actor: str, now: datetime, cause: Cause, connected: Connection | None
+) -> Change:
+    connection = connected or Connection(
+        id=uuid.uuid4(),
+        practice_id=request.practice_id,
+        patient_id=request.patient_id,
+        patient_email=request.patient_email,
+        connected_at=now,
+        via="request",
+        approved_by=actor,
+        request_id=request.id,
+    )
+    decided = replace(request, status=Status.APPROVED, decided_by=actor, decided_at=now, connection_id=connection.id)
+    audit = AuditEntry(
+        request.practice_id,
+        request.patient_id,
+        "approved",
+        actor,
+        now,
+        request_id=request.id,
+        connection_id=connection.id,
+    )
+    if connected is not None:
+        return Change(changed=True, request=decided, audit=(audit,))
+    event = _approved_event(connection, cause)
+    return Change(changed=True, request=decided, new_connection=connection, audit=(audit,), events=(event,))
+
+
+def connect_by_invite(
+    accepted: InviteAccepted,
+    *,
+    connected: Connection | None,
+    pending: ConnectionRequest | None,
+    now: datetime,
+) -> Change:
+    """An accepted invite connects the patient, and answers any request of theirs still pending.
+
+    A patient already connected (a redelivery that escaped the inbox, or an earlier approval) is a no-op.
+    """
+    if accepted.practice_id is None:
+        # A contract breach, not a no-op: raising sends the event to the dead-letter topic with this reason.
+        raise DomainError("InviteAccepted carries no practice_id.")
+    if connected is not None:
+        return Change(changed=False)
+    payload = accepted.payload
+    actor = str(payload.patient_id)
+    connection = Connection(
+        id=uuid.uuid4(),
+        practice_id=accepted.practice_id,
+        patient_id=payload.patient_id,
+        patient_email=str(payload.patient_email),
+        connected_at=payload.accepted_at,
+        via="invite",
+        approved_by=actor,
+        invite_id=payload.invite_id,
+    )
+    audit = [
+        AuditEntry(
+            connection.practice_id,
+            connection.patient_id,
+            "invite_accepted",
+            actor,
+            now,
+            connection_id=connection.id,
+            invite_id=payload.invite_id,
+        )
+    ]
+    closed: tuple[ConnectionRequest, ...] = ()
+    if pending is not None:
+        closed = (
+            replace(pending, status=Status.APPROVED, decided_by=actor, decided_at=now, connection_id=connection.id),
+        )
+        audit.append(
+            AuditEntry(
+                connection.practice_id,
+                connection.patient_id,
+                "approved",
+                actor,
+                now,
+                request_id=pending.id,
+                connection_id=connection.id,
+                invite_id=payload.invite_id,
+            )
+        )
+    cause = Cause(accepted.correlation_id, str(accepted.event_id))
+    return Change(
+        changed=True,
+        new_connection=connection,
+        closed_requests=closed,
+        audit=tuple(audit),
+        events=(_approved_event(connection, cause),),
+    )
+
+
+def _approved_event(connection: Connection, cause: Cause) -> ConnectionApproved:
+    return ConnectionApproved(
+        producer=PRODUCER,
+        practice_id=connection.practice_id,
+        correlation_id=cause.correlation_id,
+        causation_id=cause.causation_id,
+        occurred_at=connection.connected_at,
+        payload=ConnectionApprovedPayload(
+            connection_id=connection.id,
+            patient_id=connection.patient_id,
+            patient_email=connection.patient_email,
+            via=connection.via,
+            request_id=connection.request_id,
+            invite_id=connection.invite_id,
+            approved_by=connection.approved_by,
+            approved_at=connection.connected_at,
+        ),
+    )

@@ -1,0 +1,181 @@
+"""Use cases of the connections service: each is one unit of work writing its rows, audit and events together."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+import asyncpg
+
+from schemas import InviteAccepted
+from services.connections import domain, repository
+from services.connections.model import (
+    Cause,
+    Change,
+    Connection,
+    ConnectionRequest,
+    Decision,
+    PatientRef,
+    Position,
+    Status,
+)
+from services.runtime.database import transaction
+from services.runtime.logging import get_logger
+from services.runtime.outbox import add_events
+
+log = get_logger(__name__)
+ItemT = TypeVar("ItemT", ConnectionRequest, Connection)
+
+
+class RequestNotFound(domain.DomainError):
+    def __init__(self) -> None:
+        super().__init__("No such connection request.")
+
+
+@dataclass(frozen=True)
+class Page(Generic[ItemT]):
+    items: list[ItemT]
+    next_position: Position | None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _write(db: asyncpg.Connection, change: Change) -> None:
+    """Apply a decided change: the connection first (requests point at it), then decisions, audit and outbox."""
+    if change.new_connection is not None:
+        await repository.insert_connection(db, change.new_connection)
+    decided = [*change.closed_requests]
+    if change.request is not None and change.request.status is not Status.PENDING:
+        decided.append(change.request)
+    for request in decided:
+        await repository.record_decision(db, request)
+    await repository.append_audit(db, change.audit)
+    await add_events(db, repository.SCHEMA, change.events)
+
+
+async def request_connection(
+    pool: asyncpg.Pool, practice_id: uuid.UUID, patient: PatientRef, message: str | None, cause: Cause
+) -> tuple[ConnectionRequest, bool]:
+    """The patient's pending request to the practice, and whether this call created it."""
+    async with transaction(pool) as db:
+        change = domain.request_connection(
+            practice_id,
+            patient,
+            message,
+            pending=await repository.find_pending_request(db, practice_id, patient.patient_id),
+            connected=await repository.find_connection(db, practice_id, patient.patient_id),
+            now=_now(),
+            cause=cause,
+        )
+        assert change.request is not None
+        if not change.changed:
+            return change.request, False
+        if not await repository.insert_request(db, change.request):
+            # The same ask, sent twice at once: the other call committed the request; answer with it.
+            existing = await repository.find_pending_request(db, practice_id, patient.patient_id)
+            if existing is None:
+                raise RuntimeError("a pending request conflicted but cannot be read back")
+            return existing, False
+        await _write(db, change)
+    log.info("connection.requested", practice_id=str(practice_id), request_id=str(change.request.id))
+    return change.request, True
+
+
+async def decide_request(
+    pool: asyncpg.Pool,
+    practice_id: uuid.UUID,
+    request_id: uuid.UUID,
+    decision: Decision,
+    *,
+    actor: str,
+    cause: Cause,
+    reason: str | None = None,
+) -> ConnectionRequest:
+    """Approve or reject; the row lock makes two simultaneous decisions take turns, so exactly one decides."""
+    async with transaction(pool) as db:
+        request = await repository.lock_request(db, practice_id, request_id)
+        if request is None:
+            raise RequestNotFound()
+        connected = None
+        if request.status is Status.PENDING and decision == "approve":
+            connected = await repository.find_connection(db, practice_id, request.patient_id)
+        change = domain.decide(
+            request, decision, actor=actor, now=_now(), cause=cause, reason=reason, connected=connected
+        )
+        if change.changed:
+            await _write(db, change)
+    assert change.request is not None
+    if change.changed:
+        log.info(
+            "connection.approved" if decision == "approve" else "connection.rejected",
+            practice_id=str(practice_id),
+            request_id=str(request_id),
+            connection_id=str(change.request.connection_id) if change.request.connection_id else None,
+            published=len(change.events),
+        )
+    else:
+        log.info("connection.decision_repeated", practice_id=str(practice_id), request_id=str(request_id))
+    return change.request
+
+
+async def approve_request(
+    pool: asyncpg.Pool, practice_id: uuid.UUID, request_id: uuid.UUID, *, actor: str, cause: Cause
+) -> ConnectionRequest:
+    return await decide_request(pool, practice_id, request_id, "approve", actor=actor, cause=cause)
+
+
+async def reject_request(
+    pool: asyncpg.Pool,
+    practice_id: uuid.UUID,
+    request_id: uuid.UUID,
+    *,
+    actor: str,
+    reason: str | None,
+    cause: Cause,
+) -> ConnectionRequest:
+    return await decide_request(pool, practice_id, request_id, "reject", actor=actor, cause=cause, reason=reason)
+
+
+async def connect_invited(db: asyncpg.Connection, events: list[InviteAccepted]) -> None:
+    """Consumer handler, inside the inbox transaction: each accepted invite connects its patient once."""
+    for accepted in events:
+        practice_id, patient_id = accepted.practice_id, accepted.payload.patient_id
+        # Lock a pending request before looking at connections: the same order as decide_request.
+        pending = await repository.lock_pending_request(db, practice_id, patient_id) if practice_id else None
+        connected = await repository.find_connection(db, practice_id, patient_id) if practice_id else None
+        change = domain.connect_by_invite(accepted, connected=connected, pending=pending, now=_now())
+        if not change.changed:
+            log.info(
+                "connection.invite_already_connected", practice_id=str(practice_id), event_id=str(accepted.event_id)
+            )
+            continue
+        await _write(db, change)
+        assert change.new_connection is not None
+        log.info(
+            "connection.connected_by_invite",
+            practice_id=str(practice_id),
+            connection_id=str(change.new_connection.id),
+            event_id=str(accepted.event_id),
+        )
+
+
+async def list_requests(
+    pool: asyncpg.Pool, practice_id: uuid.UUID, status: Status | None, after: Position | None, limit: int
+) -> Page[ConnectionRequest]:
+    rows = await repository.list_requests(pool, practice_id, status, after, limit + 1)
+    items = rows[:limit]
+    more = len(rows) > limit
+    return Page(items, Position(items[-1].created_at, items[-1].id) if more else None)
+
+
+async def list_connections(
+    pool: asyncpg.Pool, practice_id: uuid.UUID, after: Position | None, limit: int
+) -> Page[Connection]:
+    rows = await repository.list_connections(pool, practice_id, after, limit + 1)
+    items = rows[:limit]
+    more = len(rows) > limit
+    return Page(items, Position(items[-1].connected_at, items[-1].id) if more else None)

@@ -1,0 +1,17 @@
+"""Events the connections service consumes, and the one table saying which topic, group and handler each takes."""
+
+from __future__ import annotations
+
+from services.connections import handlers
+from services.runtime.consumer import Subscription
+
+GROUP = "connections"
+
+ROUTES: tuple[Subscription, ...] = (
+    Subscription(
+        group=GROUP,
+        topics=("invitations.v1",),
+        handlers={"InviteAccepted": handlers.connect_invited},
+        description="An accepted invite connects the patient to the practice and announces ConnectionApproved.",
+    ),
+)

@@ -1,0 +1,152 @@
+"""InviteAccepted from the real broker: the connection is made once, announced once, and never made twice."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from collabkare.stack.infra import Infrastructure
+from schemas import InviteAccepted
+from schemas.events import InviteAcceptedPayload
+from tests.integration.connections_harness import Service, read_to_end, running_service
+from tests.support import produce, staff_token
+
+
+@pytest.fixture(scope="module")
+async def service(infra: Infrastructure, template_database: str) -> AsyncIterator[Service]:
+    async with running_service(infra, template_database, consuming=True) as running:
+        yield running
+
+
+def _accepted(practice_id: uuid.UUID | None, patient_id: uuid.UUID, correlation_id: str = "accept-1") -> InviteAccepted:
+    return InviteAccepted(
+        producer="invitations",
+        practice_id=practice_id,
+        correlation_id=correlation_id,
+        payload=InviteAcceptedPayload(
+            invite_id=uuid.uuid4(),
+            patient_id=patient_id,
+            patient_email=f"p{patient_id.hex[:6]}@example.com",
+            accepted_at=datetime.now(UTC),
+        ),
+    )
+
+
+async def _publish(service: Service, *events: InviteAccepted, key: bytes = b"same-partition") -> None:
+    # One key for all: the events share a partition, so a later one is applied only after the earlier ones.
+    messages: list[tuple[bytes | None, bytes]] = [(key, event.model_dump_json().encode()) for event in events]
+    await produce(service.bootstrap, service.topic_prefix + "invitations.v1", messages)
+
+
+async def _connections(service: Service, practice_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await service.fetch(
+        "SELECT * FROM connections.connections WHERE practice_id = $1 ORDER BY connected_at", practice_id
+    )
+
+
+async def _applied(service: Service, event: InviteAccepted, timeout: float = 20.0) -> None:
+    """Wait until the consumer has recorded the event in its inbox (applied, or found to change nothing)."""
+    async with asyncio.timeout(timeout):
+        while not await service.fetch("SELECT 1 FROM connections.inbox WHERE event_id = $1", event.event_id):
+            await asyncio.sleep(0.05)
+
+
+async def test_redelivered_invite_accepted_connects_and_announces_once(service: Service) -> None:
+    practice, patient = uuid.uuid4(), uuid.uuid4()
+    accepted = _accepted(practice, patient)
+    await _publish(service, accepted)
+    await _applied(service, accepted)
+    # The same event again (a redelivery after the first was committed), then a marker behind it.
+    marker = _accepted(practice, uuid.uuid4())
+    await _publish(service, accepted, marker)
+    await _applied(service, marker)
+
+    rows = await _connections(service, practice)
+    assert [(r["patient_id"], r["via"], r["invite_id"]) for r in rows] == [
+        (patient, "invite", accepted.payload.invite_id),
+        (marker.payload.patient_id, "invite", marker.payload.invite_id),
+    ]
+    events = [e for e in await service.events(practice) if e["payload"]["patient_id"] == str(patient)]
+    assert len(events) == 1
+    (approved,) = events
+    assert approved["event_type"] == "ConnectionApproved" and approved["producer"] == "connections"
+    assert approved["correlation_id"] == "accept-1" and approved["causation_id"] == str(accepted.event_id)
+    payload = approved["payload"]
+    assert payload["via"] == "invite" and payload["invite_id"] == str(accepted.payload.invite_id)
+    assert payload["request_id"] is None and payload["connection_id"] == str(rows[0]["id"])
+    assert payload["patient_email"] == accepted.payload.patient_email and payload["approved_by"] == str(patient)
+    listed = await service.http.get(
+        f"/v1/practices/{practice}/connections",
+        headers={"Authorization": f"Bearer {staff_token(practice)}"},
+    )
+    assert {c["patient_id"] for c in listed.json()["items"]} == {str(patient), str(marker.payload.patient_id)}
+
+
+async def test_invite_accepted_for_a_patient_already_connected_changes_nothing(service: Service) -> None:
+    practice, patient = uuid.uuid4(), uuid.uuid4()
+    asked = await service.ask(practice, patient)
+    approve = await service.http.post(
+        f"/v1/practices/{practice}/connection-requests/{asked['id']}/approve",
+        headers={"Authorization": f"Bearer {staff_token(practice)}"},
+    )
+    assert approve.status_code == 200
+    before = await service.events(practice)
+    audit_before = await service.fetch("SELECT * FROM connections.audit_log WHERE practice_id = $1", practice)
+
+    late = _accepted(practice, patient)
+    await _publish(service, late)
+    await _applied(service, late)
+
+    rows = await _connections(service, practice)
+    assert [(r["via"], str(r["request_id"])) for r in rows] == [("request", asked["id"])]
+    assert await service.events(practice) == before
+    assert [e["event_type"] for e in before] == ["ConnectionRequested", "ConnectionApproved"]
+    assert await service.fetch("SELECT * FROM connections.audit_log WHERE practice_id = $1", practice) == audit_before
+
+
+async def test_accepted_invite_answers_the_patients_pending_request(service: Service) -> None:
+    practice, patient = uuid.uuid4(), uuid.uuid4()
+    asked = await service.ask(practice, patient)
+    accepted = _accepted(practice, patient)
+    await _publish(service, accepted)
+    await _applied(service, accepted)
+
+    (connection,) = await _connections(service, practice)
+    assert connection["via"] == "invite"
+    request = (
+        await service.fetch("SELECT * FROM connections.connection_requests WHERE id = $1", uuid.UUID(asked["id"]))
+    )[0]
+    assert request["status"] == "approved" and request["decided_by"] == str(patient)
+    assert request["connection_id"] == connection["id"]
+
+    headers = {"Authorization": f"Bearer {staff_token(practice)}"}
+    base = f"/v1/practices/{practice}/connection-requests/{asked['id']}"
+    again = await service.http.post(f"{base}/approve", headers=headers)
+    assert again.status_code == 200 and again.json()["connection_id"] == str(connection["id"])
+    refused = await service.http.post(f"{base}/reject", headers=headers)
+    assert refused.status_code == 409 and refused.json()["current_status"] == "approved"
+    events = await service.events(practice)
+    assert [(e["event_type"], e["payload"].get("via")) for e in events] == [
+        ("ConnectionRequested", None),
+        ("ConnectionApproved", "invite"),
+    ]
+
+
+async def test_invite_accepted_without_a_practice_is_dead_lettered_and_changes_nothing(service: Service) -> None:
+    patient = uuid.uuid4()
+    orphan = _accepted(None, patient)
+    await _publish(service, orphan, key=b"orphan")
+    dead_letters = service.topic_prefix + "connections.dead-letter.v1"
+    async with asyncio.timeout(20):
+        while not (records := await read_to_end(service.bootstrap, dead_letters)):
+            await asyncio.sleep(0.1)
+    assert len(records) == 1
+    assert orphan.model_dump_json().encode() == records[0].value
+    assert b"practice_id" in dict(records[0].headers)["dead_letter_reason"]
+    assert await service.fetch("SELECT 1 FROM connections.connections WHERE patient_id = $1", patient) == []
+    assert [e for e in await service.events() if e["payload"]["patient_id"] == str(patient)] == []
