@@ -14,6 +14,8 @@ from services.runtime.problems import Problem
 
 STAFF_ROLES = frozenset({"front_desk", "practice_manager", "admin"})
 PATIENT_ROLE = "patient"
+# Subjects are recorded as actors (decided_by, requested_by) and carried in events, which bound them at 200.
+MAX_SUBJECT_LENGTH = 200
 _REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud"]
 
 
@@ -71,7 +73,10 @@ class TokenVerifier:
             practice_id = uuid.UUID(str(practice)) if practice else None
         except ValueError as error:
             raise _unauthorized("The token's practice_id claim is not a UUID.") from error
-        return Principal(str(claims["sub"]), frozenset(roles), practice_id, claims.get("email"))
+        subject = str(claims["sub"])
+        if not subject or len(subject) > MAX_SUBJECT_LENGTH:
+            raise _unauthorized(f"The token's sub claim must be 1 to {MAX_SUBJECT_LENGTH} characters.")
+        return Principal(subject, frozenset(roles), practice_id, claims.get("email"))
 
 
 def mint_token(

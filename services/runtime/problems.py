@@ -27,6 +27,10 @@ TITLES = {
 }
 
 
+# RFC 9457's own members: an extension may not reuse these names.
+RESERVED_MEMBERS = frozenset({"type", "title", "status", "detail", "instance", "errors"})
+
+
 class Problem(Exception):
     """Raise from a route or handler to answer with problem+json; `errors` names the fields at fault."""
 
@@ -34,6 +38,7 @@ class Problem(Exception):
         self,
         status: int,
         detail: str,
+        /,
         *,
         type_: str = "about:blank",
         errors: list[dict[str, str]] | None = None,
@@ -41,6 +46,9 @@ class Problem(Exception):
         **extensions: Any,
     ) -> None:
         super().__init__(detail)
+        clashing = RESERVED_MEMBERS & extensions.keys()
+        if clashing:
+            raise ValueError(f"problem extensions may not reuse RFC 9457 members: {sorted(clashing)}")
         self.status = status
         self.detail = detail
         self.type = type_
@@ -53,6 +61,7 @@ def problem_response(
     request: Request,
     status: int,
     detail: str,
+    /,
     *,
     type_: str = "about:blank",
     errors: list[dict[str, str]] | None = None,

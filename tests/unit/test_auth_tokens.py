@@ -98,3 +98,17 @@ def test_hs256_roundtrip_and_claims() -> None:
     bad_roles = jwt.encode(_claims(roles="admin"), secret, algorithm="HS256")
     with pytest.raises(Problem):
         verifier.verify(bad_roles)
+
+
+def test_an_overlong_subject_is_refused() -> None:
+    secret = "s" * 40
+    verifier = TokenVerifier("HS256", "collabkare", "collabkare-api", secret=secret)
+    with pytest.raises(Problem) as refused:
+        verifier.verify(mint_token(secret, "x" * 201, ["admin"], practice_id=PRACTICE))
+    assert refused.value.status == 401 and "sub" in refused.value.detail
+
+
+def test_problem_extensions_cannot_clobber_standard_members() -> None:
+    with pytest.raises(ValueError, match="status"):
+        Problem(409, "conflict", status="rejected")
+    assert Problem(409, "conflict", current_status="rejected").extensions == {"current_status": "rejected"}
