@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from schemas import EVENT_TYPES
 from services.connections.app import build_runtime as connections_runtime
 from services.connections.settings import ConnectionsSettings
 from services.invitations.app import build_runtime as invitations_runtime
@@ -38,8 +39,30 @@ def documents() -> dict[Path, str]:
         openapi: dict[str, Any] = runtime.http_app().openapi()
         result[DOCS / "openapi" / f"{name}.json"] = _dump(openapi)
         asyncapi = json.loads(runtime.asyncapi().to_specification().to_json())
-        result[DOCS / "asyncapi" / f"{name}.json"] = _dump(asyncapi)
+        result[DOCS / "asyncapi" / f"{name}.json"] = _dump(describe_consumed_events(asyncapi, runtime))
     return result
+
+
+def describe_consumed_events(asyncapi: dict[str, Any], runtime: ServiceRuntime) -> dict[str, Any]:
+    """Name the events each subscriber reads.
+
+    The batch consumers take raw records (so a poison message reaches our dead-letter logic instead of
+    failing in FastStream's argument parsing), which leaves FastStream nothing to describe them with.
+    """
+    schemas = asyncapi["components"]["schemas"]
+    for subscription in runtime.spec.subscriptions:
+        handler_name = "".join(part.title() for part in f"{subscription.group}_consume".split("_"))
+        events = sorted(subscription.handlers)
+        for event in events:
+            model = EVENT_TYPES[event].model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(model.pop("$defs", {}))
+            schemas[event] = model
+        for key, message in asyncapi["components"]["messages"].items():
+            if f":{handler_name}:" in key:
+                message["payload"] = {"oneOf": [{"$ref": f"#/components/schemas/{event}"} for event in events]}
+    if "EmptyPayload" in schemas and '"#/components/schemas/EmptyPayload"' not in json.dumps(asyncapi):
+        del schemas["EmptyPayload"]
+    return asyncapi
 
 
 def _dump(document: Any) -> str:
