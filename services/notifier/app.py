@@ -6,6 +6,10 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.notifier import subscribers
+from services.notifier.mailer import Mailer
+from services.notifier.messages import Renderer
+from services.notifier.sender import Sender
 from services.notifier.settings import NotifierSettings
 from services.runtime.migrations import MigrationPlan
 from services.runtime.service import ServiceRuntime, ServiceSpec
@@ -14,11 +18,20 @@ MIGRATIONS = MigrationPlan(schema="notifier", directory=Path(__file__).parent / 
 
 
 def build_spec(settings: NotifierSettings) -> ServiceSpec:
+    mailer = Mailer(settings)
+    sender = Sender(settings, mailer, Renderer(settings.smtp_from))
+
+    async def smtp_ready(_: ServiceRuntime) -> bool:
+        return await mailer.reachable()
+
     return ServiceSpec(
         name="notifier",
         title="CollabKare notifier API",
         description="Turns connection and invite events into emails and reports each delivery outcome.",
         migrations=MIGRATIONS,
+        subscriptions=subscribers.routes(settings),
+        background_jobs=(sender.run,),
+        readiness={"smtp": smtp_ready},
     )
 
 

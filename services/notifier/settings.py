@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
 
 from services.runtime.settings import RuntimeSettings
 
@@ -10,3 +12,45 @@ from services.runtime.settings import RuntimeSettings
 class NotifierSettings(RuntimeSettings):
     service_name: str = "notifier"
     port: int = Field(default=8003, ge=1, le=65535)
+
+    smtp_host: str = Field(default="127.0.0.1", min_length=1)
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = Field(default=False, description="Upgrade with STARTTLS after connecting")
+    smtp_tls: bool = Field(default=False, description="Implicit TLS from the first byte (usually port 465)")
+    smtp_validate_certs: bool = True
+    smtp_from: str = Field(default="CollabKare <no-reply@collabkare.example>", min_length=3)
+    smtp_local_hostname: str = Field(default="collabkare-notifier", description="Our name in EHLO")
+    smtp_pool_size: int = Field(default=8, ge=1, le=64, description="Reused SMTP connections per process")
+    smtp_rate_per_second: float = Field(
+        default=0.0, ge=0, description="Emails per second per process (token bucket); 0 = unlimited"
+    )
+    smtp_rate_burst: int = Field(default=0, ge=0, description="Bucket size; 0 = one second's worth of the rate")
+    smtp_max_attempts: int = Field(default=5, ge=1, le=50)
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0)
+    smtp_retry_base_seconds: float = Field(default=2.0, gt=0, description="First retry delay; doubles each time")
+    smtp_retry_max_seconds: float = Field(default=600.0, gt=0)
+
+    sender_batch_size: int = Field(default=500, ge=1, le=5000, description="Deliveries claimed per round at most")
+    sender_poll_seconds: float = Field(default=1.0, gt=0)
+    sending_lease_seconds: float = Field(
+        default=300.0, gt=0, description="A delivery left `sending` this long by a dead process is retried"
+    )
+    pending_high_water: int = Field(
+        default=5000, ge=1, description="Consumption pauses while this many deliveries wait to be sent"
+    )
+    pending_wait_max_seconds: float = Field(
+        default=60.0, gt=0, description="Longest pause per consumed batch (below Kafka's max poll interval)"
+    )
+    directory_grace_seconds: float = Field(
+        default=10.0, ge=0, description="How long an invite to an unknown email waits for PatientRegistered"
+    )
+
+    @model_validator(mode="after")
+    def _tls_modes_exclusive(self) -> Self:
+        if self.smtp_tls and self.smtp_starttls:
+            raise ValueError("SMTP_TLS and SMTP_STARTTLS: choose one (implicit TLS or STARTTLS)")
+        if (self.smtp_username is None) != (self.smtp_password is None):
+            raise ValueError("SMTP_USERNAME and SMTP_PASSWORD: set both or neither")
+        return self

@@ -25,6 +25,9 @@ log = get_logger(__name__)
 
 # Applies a run of new events of one type; writes through the given connection, inside the inbox transaction.
 EventHandler = Callable[[asyncpg.Connection, list[Any]], Awaitable[None]]
+# Awaited before a batch is applied, outside its transaction: a service can hold consumption back here
+# (backpressure), so that Kafka's lag grows instead of the service's own backlog.
+Throttle = Callable[[asyncpg.Pool, list[Envelope]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Subscription:
     handlers: Mapping[str, EventHandler]
     description: str = ""
     ack_policy: AckPolicy = AckPolicy.MANUAL  # offsets are committed by us, after the inbox transaction
+    throttle: Throttle | None = None
 
 
 @dataclass
@@ -98,6 +102,8 @@ class BatchConsumer:
             if event.event_type in self.subscription.handlers:
                 wanted.append((record, event))
         if wanted:
+            if self.subscription.throttle is not None:
+                await self.subscription.throttle(self.context.database, [event for _, event in wanted])
             await self.apply(wanted)
 
     async def apply(self, items: list[tuple[ConsumerRecord[bytes, bytes], Envelope]]) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ from services.runtime.settings import RuntimeSettings
 
 log = get_logger(__name__)
 BackgroundJob = Callable[["ServiceRuntime"], Coroutine[Any, Any, None]]
+# An extra /readyz check (e.g. the notifier's SMTP server), next to the database and broker ones.
+ReadinessProbe = Callable[["ServiceRuntime"], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class ServiceSpec:
     routers: Sequence[APIRouter] = ()
     subscriptions: Sequence[Subscription] = ()
     background_jobs: Sequence[BackgroundJob] = field(default_factory=tuple)
+    readiness: Mapping[str, ReadinessProbe] = field(default_factory=dict)
 
 
 class ServiceRuntime:
@@ -178,7 +182,11 @@ class ServiceRuntime:
             title=self.spec.title,
             description=self.spec.description,
             metrics=self.metrics,
-            readiness={"database": self.database_ready, "broker": self.broker_ready},
+            readiness={
+                "database": self.database_ready,
+                "broker": self.broker_ready,
+                **{name: functools.partial(probe, self) for name, probe in self.spec.readiness.items()},
+            },
             routers=self.spec.routers,
             lifespan=lifespan,
             cors_origins=self.settings.cors_origins,

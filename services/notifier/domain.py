@@ -1,0 +1,257 @@
+"""The notifier's rules: which email an event asks for, what an SMTP answer means, and the outcome it becomes."""
+
+from __future__ import annotations
+
+import enum
+import random
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal, cast
+
+from schemas import ConnectionApproved, ConnectionRejected, DeliveryOutcome, Envelope, InviteRequested
+from schemas.events import DeliveryOutcomePayload, PatientRegistered, PracticeRegistered
+
+Kind = Literal["invite", "connection_approved", "connection_rejected"]
+Outcome = Literal["sent", "not_on_platform", "error"]
+Locale = Literal["en", "es"]
+
+KIND_OF_EVENT: dict[str, Kind] = {
+    "InviteRequested": "invite",
+    "ConnectionApproved": "connection_approved",
+    "ConnectionRejected": "connection_rejected",
+}
+# Fixed forever: delivery ids are derived from source event ids, so a replay finds the same row.
+_DELIVERY_NAMESPACE = uuid.UUID("0b7d4f1e-5c1a-4f3e-9a57-2f6c1d0e8b42")
+MESSAGE_ID_DOMAIN = "collabkare.notifier"
+MAX_REASON = 1000  # DeliveryOutcome.reason's limit
+
+
+def delivery_id_for(source_event_id: uuid.UUID) -> uuid.UUID:
+    return uuid.uuid5(_DELIVERY_NAMESPACE, str(source_event_id))
+
+
+def message_id_for(source_event_id: uuid.UUID) -> str:
+    """Derived from the event: a duplicate from the crash window carries the same Message-ID as the first."""
+    return f"<{source_event_id}@{MESSAGE_ID_DOMAIN}>"
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """An email one consumed event asks for, before anyone knows whether it can be sent."""
+
+    id: uuid.UUID
+    source_event_id: uuid.UUID
+    source_event_type: str
+    kind: Kind
+    recipient: str
+    practice_id: uuid.UUID | None
+    correlation_id: str
+    invite_id: uuid.UUID | None = None
+    batch_id: uuid.UUID | None = None
+    line_number: int | None = None
+    note: str | None = None
+    accept_url: str | None = None
+    expires_at: datetime | None = None
+    reason: str | None = None
+
+
+def delivery_for(event: Envelope) -> NewDelivery:
+    base = NewDelivery(
+        id=delivery_id_for(event.event_id),
+        source_event_id=event.event_id,
+        source_event_type=event.event_type,
+        kind=KIND_OF_EVENT[event.event_type],
+        recipient="",
+        practice_id=event.practice_id,
+        correlation_id=event.correlation_id,
+    )
+    if isinstance(event, InviteRequested):
+        invite = event.payload
+        return replace(
+            base,
+            recipient=invite.email,
+            invite_id=invite.invite_id,
+            batch_id=invite.batch_id,
+            line_number=invite.line_number,
+            note=invite.note or None,
+            accept_url=invite.accept_url,
+            expires_at=invite.expires_at,
+        )
+    if isinstance(event, ConnectionRejected):
+        return replace(base, recipient=event.payload.patient_email, reason=event.payload.reason or None)
+    if isinstance(event, ConnectionApproved):
+        return replace(base, recipient=event.payload.patient_email)
+    raise TypeError(f"no email for {event.event_type}")
+
+
+@dataclass(frozen=True)
+class PatientEntry:
+    email: str  # lower-cased: the directory's key
+    patient_id: uuid.UUID
+    display_name: str | None
+    locale: Locale
+    registered_at: datetime
+
+
+@dataclass(frozen=True)
+class PracticeEntry:
+    practice_id: uuid.UUID
+    name: str
+    reply_to: str | None
+    registered_at: datetime
+
+
+def patient_entries(events: Iterable[PatientRegistered]) -> list[PatientEntry]:
+    """One entry per email, the latest registration winning (one statement cannot update a row twice)."""
+    latest: dict[str, PatientEntry] = {}
+    for event in events:
+        p = event.payload
+        entry = PatientEntry(p.email.lower(), p.patient_id, p.display_name, p.locale, p.registered_at)
+        if entry.email not in latest or latest[entry.email].registered_at <= entry.registered_at:
+            latest[entry.email] = entry
+    return list(latest.values())
+
+
+def practice_entries(events: Iterable[PracticeRegistered]) -> list[PracticeEntry]:
+    latest: dict[uuid.UUID, PracticeEntry] = {}
+    for event in events:
+        p = event.payload
+        entry = PracticeEntry(event.practice_id, p.name, p.reply_to, p.registered_at)
+        if entry.practice_id not in latest or latest[entry.practice_id].registered_at <= entry.registered_at:
+            latest[entry.practice_id] = entry
+    return list(latest.values())
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery claimed for this attempt, with what the directories know about its recipient and practice."""
+
+    delivery: NewDelivery
+    attempts: int  # including this one
+    on_platform: bool
+    locale: Locale
+    patient_name: str | None
+    practice_name: str | None
+    reply_to: str | None
+
+    @property
+    def message_id(self) -> str:
+        return message_id_for(self.delivery.source_event_id)
+
+
+def content_problem(claimed: Claimed) -> str | None:
+    """Why this delivery can never be sent, whatever the server says; None when it can be tried."""
+    delivery = claimed.delivery
+    if not delivery.recipient.isascii():
+        return "recipient address needs SMTPUTF8, which this notifier does not use"
+    if delivery.kind == "invite":
+        url = delivery.accept_url or ""
+        if not url.startswith(("https://", "http://")) or not url.isprintable() or " " in url:
+            return "the accept link is not an http(s) URL"
+        if delivery.expires_at is None:
+            return "the invite has no expiry date"
+    return None
+
+
+class Attempt(enum.Enum):
+    """What one SMTP attempt came to."""
+
+    SENT = "sent"
+    TRANSIENT = "transient"  # 4xx, timeout, dropped connection: worth another attempt later
+    PERMANENT = "permanent"  # 5xx or a message that can never be sent: an error outcome now
+    UNREACHABLE = "unreachable"  # no connection at all: the message was not tried, the attempt does not count
+
+
+@dataclass(frozen=True)
+class SendResult:
+    attempt: Attempt
+    reply: str  # the server's reply ("250 2.0.0 OK", "550 5.1.1 ...") or what went wrong
+
+
+def classify_reply(code: int) -> Attempt:
+    if 200 <= code < 300:
+        return Attempt.SENT
+    return Attempt.PERMANENT if 500 <= code < 600 else Attempt.TRANSIENT
+
+
+@dataclass(frozen=True)
+class Final:
+    claimed: Claimed
+    outcome: Outcome
+    reason: str | None
+    reply: str | None
+    attempts: int
+    decided_at: datetime
+
+
+@dataclass(frozen=True)
+class Retry:
+    claimed: Claimed
+    attempts: int  # as stored: an unreachable server gives the attempt back
+    not_before: datetime
+    last_error: str
+
+
+def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Exponential (base, 2·base, 4·base …, capped) with jitter, so retries of one burst spread out."""
+    rng = rng or random.Random()  # jitter, not secrecy
+    return min(cap, base * 2 ** max(0, attempt - 1)) * rng.uniform(0.5, 1.0)
+
+
+def decide(
+    claimed: Claimed,
+    result: SendResult,
+    *,
+    max_attempts: int,
+    now: datetime,
+    retry_base: float,
+    retry_cap: float,
+    rng: random.Random | None = None,
+) -> Final | Retry:
+    reply = result.reply[:MAX_REASON]
+    if result.attempt is Attempt.SENT:
+        return Final(claimed, "sent", None, reply, claimed.attempts, now)
+    if result.attempt is Attempt.PERMANENT:
+        return Final(claimed, "error", reply, reply, claimed.attempts, now)
+    attempts = claimed.attempts - 1 if result.attempt is Attempt.UNREACHABLE else claimed.attempts
+    if result.attempt is Attempt.TRANSIENT and attempts >= max_attempts:
+        reason = f"gave up after {attempts} attempts: {reply}"[:MAX_REASON]
+        return Final(claimed, "error", reason, reply, attempts, now)
+    delay = backoff_seconds(max(1, attempts), retry_base, retry_cap, rng)
+    return Retry(claimed, attempts, now + timedelta(seconds=delay), reply)
+
+
+def not_on_platform(claimed: Claimed, now: datetime) -> Final:
+    return Final(claimed, "not_on_platform", None, None, 0, now)
+
+
+def outcome_event(final: Final) -> DeliveryOutcome:
+    """The fact the invitations service writes back: caused by the source event, in its correlation."""
+    delivery = final.claimed.delivery
+    return DeliveryOutcome(
+        producer="notifier",
+        practice_id=delivery.practice_id,
+        correlation_id=delivery.correlation_id,
+        causation_id=str(delivery.source_event_id),
+        occurred_at=final.decided_at,
+        payload=DeliveryOutcomePayload(
+            delivery_id=delivery.id,
+            source_event_id=delivery.source_event_id,
+            source_event_type=delivery.source_event_type,
+            kind=delivery.kind,
+            outcome=final.outcome,
+            reason=final.reason,
+            invite_id=delivery.invite_id,
+            batch_id=delivery.batch_id,
+            line_number=delivery.line_number,
+            message_id=final.claimed.message_id if final.outcome == "sent" else None,
+            attempts=final.attempts,
+            decided_at=final.decided_at,
+        ),
+    )
+
+
+def as_locale(value: str | None) -> Locale:
+    return cast(Locale, value) if value in ("en", "es") else "en"

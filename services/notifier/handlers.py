@@ -1,0 +1,151 @@
+"""Use cases of the notifier: keep the directories, queue deliveries, claim them, record outcomes with their events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+
+from schemas import Envelope, PatientRegistered, PracticeRegistered
+from services.notifier import domain, repository
+from services.notifier.domain import Claimed, Final, Retry, SendResult
+from services.runtime.database import TRANSIENT_ERRORS, transaction
+from services.runtime.logging import get_logger
+from services.runtime.outbox import add_events
+
+log = get_logger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def record_patients(db: asyncpg.Connection, events: list[PatientRegistered]) -> None:
+    """Consumer handler: the patient directory (who is on the platform, and their language)."""
+    await repository.upsert_patients(db, domain.patient_entries(events))
+
+
+async def record_practices(db: asyncpg.Connection, events: list[PracticeRegistered]) -> None:
+    """Consumer handler: the practice directory (the name each email gives, where replies go)."""
+    await repository.upsert_practices(db, domain.practice_entries(events))
+
+
+@dataclass(frozen=True)
+class QueueDeliveries:
+    """Consumer handler for the events that ask for an email: one pending delivery per event, nothing more.
+
+    No SMTP here: this runs inside the inbox transaction. The sender job picks the rows up after the commit.
+    """
+
+    directory_grace_seconds: float
+
+    async def __call__(self, db: asyncpg.Connection, events: list[Envelope]) -> None:
+        deliveries = [domain.delivery_for(event) for event in events]
+        queued = await repository.insert_deliveries(db, deliveries, self.directory_grace_seconds)
+        if queued < len(deliveries):
+            # The inbox already filters replays; this is the second guard (e.g. an inbox row pruned or lost).
+            log.info("delivery.already_queued", count=len(deliveries) - queued)
+
+
+@dataclass(frozen=True)
+class Backpressure:
+    """Throttle of the subscription: hold consumption while the sender's backlog is above the high-water mark.
+
+    Waiting happens outside any transaction and before the batch is applied, so the backlog exceeds the
+    mark by at most one consumed batch per process; Kafka keeps the rest. The wait per batch is bounded so
+    the consumer stays within Kafka's max poll interval; an SMTP outage longer than that lets the backlog
+    grow one batch per `max_wait_seconds`.
+    """
+
+    high_water: int
+    max_wait_seconds: float
+    poll_seconds: float = 0.1
+
+    async def __call__(self, pool: asyncpg.Pool, events: list[Envelope]) -> None:
+        if not any(event.event_type in domain.KIND_OF_EVENT for event in events):
+            return  # directory updates never wait: deliveries need them to be decided
+        deadline = time.monotonic() + self.max_wait_seconds
+        waited = False
+        try:
+            while await repository.open_count(pool) >= self.high_water:
+                if time.monotonic() >= deadline:
+                    log.warning("delivery.backpressure_timeout", high_water=self.high_water)
+                    return
+                waited = True
+                await asyncio.sleep(self.poll_seconds)
+        except (asyncpg.PostgresError, *TRANSIENT_ERRORS) as error:
+            # Counting failed: let the batch through; applying it will meet the same database problem.
+            log.warning("delivery.backpressure_check_failed", error=repr(error)[:200])
+        if waited:
+            log.debug("delivery.backpressure_released", high_water=self.high_water)
+
+
+async def claim_deliveries(pool: asyncpg.Pool, limit: int) -> tuple[list[Claimed], list[Final]]:
+    """Claim due deliveries for sending; invites to emails the directory does not know end here as
+    not_on_platform, with their DeliveryOutcome, in the same transaction. Returns (to send, finished)."""
+    async with transaction(pool) as db:
+        claimed = await repository.claim_due(db, limit)
+        now = _now()
+        absent = [c for c in claimed if c.delivery.kind == "invite" and not c.on_platform]
+        finals = await _finish(db, [domain.not_on_platform(c, now) for c in absent])
+    absent_ids = {c.delivery.id for c in absent}
+    return [c for c in claimed if c.delivery.id not in absent_ids], finals
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    base_seconds: float
+    max_seconds: float
+
+
+async def record_attempts(
+    pool: asyncpg.Pool, attempts: Sequence[tuple[Claimed, SendResult]], policy: RetryPolicy
+) -> tuple[list[Final], list[Retry]]:
+    """One transaction for a batch of SMTP results: final outcomes with their events, and retries."""
+    now = _now()
+    finals: list[Final] = []
+    retries: list[Retry] = []
+    for claimed, result in attempts:
+        decision = domain.decide(
+            claimed,
+            result,
+            max_attempts=policy.max_attempts,
+            now=now,
+            retry_base=policy.base_seconds,
+            retry_cap=policy.max_seconds,
+        )
+        if isinstance(decision, Final):
+            finals.append(decision)
+        else:
+            retries.append(decision)
+    async with transaction(pool) as db:
+        finished = await _finish(db, finals)
+        await repository.reschedule(db, retries)
+    return finished, retries
+
+
+async def release(pool: asyncpg.Pool, claimed: Sequence[Claimed]) -> None:
+    """Give back claims never attempted (shutting down): due now, and the attempt not counted."""
+    now = _now()
+    retries = [Retry(c, c.attempts - 1, now, "released unsent at shutdown") for c in claimed]
+    async with transaction(pool) as db:
+        await repository.reschedule(db, retries)
+
+
+async def expire_leases(pool: asyncpg.Pool, lease_seconds: float) -> int:
+    return await repository.expire_leases(pool, lease_seconds)
+
+
+async def _finish(db: asyncpg.Connection, finals: list[Final]) -> list[Final]:
+    """Record outcomes and stage their DeliveryOutcome events; a row already final publishes nothing again."""
+    if not finals:
+        return []
+    finished = await repository.finish(db, finals)
+    done = [final for final in finals if final.claimed.delivery.id in finished]
+    await add_events(db, repository.SCHEMA, [domain.outcome_event(final) for final in done])
+    return done

@@ -1,0 +1,208 @@
+"""The SQL of the notifier schema: directories, deliveries and their life from pending to a final outcome."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from services.notifier.domain import (
+    Claimed,
+    Final,
+    NewDelivery,
+    PatientEntry,
+    PracticeEntry,
+    Retry,
+    as_locale,
+    message_id_for,
+)
+
+SCHEMA = "notifier"
+CHANNEL = "notifier_deliveries"  # NOTIFY'd by a statement trigger when deliveries are queued
+OPEN = ("pending", "sending")
+
+
+async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry]) -> None:
+    await db.execute(
+        """
+        INSERT INTO notifier.patients (email, patient_id, display_name, locale, registered_at)
+        SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[])
+        ON CONFLICT (email) DO UPDATE
+            SET patient_id = EXCLUDED.patient_id, display_name = EXCLUDED.display_name,
+                locale = EXCLUDED.locale, registered_at = EXCLUDED.registered_at
+            WHERE notifier.patients.registered_at <= EXCLUDED.registered_at
+        """,
+        *zip(*((e.email, e.patient_id, e.display_name, e.locale, e.registered_at) for e in entries), strict=True),
+    )
+
+
+async def upsert_practices(db: asyncpg.Connection, entries: Sequence[PracticeEntry]) -> None:
+    await db.execute(
+        """
+        INSERT INTO notifier.practices (practice_id, name, reply_to, registered_at)
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
+        ON CONFLICT (practice_id) DO UPDATE
+            SET name = EXCLUDED.name, reply_to = EXCLUDED.reply_to, registered_at = EXCLUDED.registered_at
+            WHERE notifier.practices.registered_at <= EXCLUDED.registered_at
+        """,
+        *zip(*((e.practice_id, e.name, e.reply_to, e.registered_at) for e in entries), strict=True),
+    )
+
+
+async def insert_deliveries(db: asyncpg.Connection, deliveries: Sequence[NewDelivery], grace_seconds: float) -> int:
+    """Queue deliveries; an event seen before (its row exists) queues nothing. Returns how many were new.
+
+    A recipient or practice the directories do not know yet waits `grace_seconds` before being looked at:
+    the PatientRegistered of someone who has just signed up may still be on its way on another topic.
+    """
+    columns = [
+        [getattr(d, name) for d in deliveries]
+        for name in (
+            "id", "source_event_id", "source_event_type", "kind", "recipient", "practice_id", "correlation_id",
+            "invite_id", "batch_id", "line_number", "note", "accept_url", "expires_at", "reason",
+        )
+    ]  # fmt: skip
+    result = await db.execute(
+        """
+        INSERT INTO notifier.deliveries (
+            id, source_event_id, source_event_type, kind, recipient, practice_id, correlation_id,
+            invite_id, batch_id, line_number, note, accept_url, expires_at, reason, message_id, not_before)
+        SELECT n.id, n.source_event_id, n.source_event_type, n.kind, n.recipient, n.practice_id, n.correlation_id,
+               n.invite_id, n.batch_id, n.line_number, n.note, n.accept_url, n.expires_at, n.reason,
+               n.message_id,
+               CASE WHEN EXISTS (SELECT 1 FROM notifier.patients p WHERE p.email = lower(n.recipient))
+                     AND EXISTS (SELECT 1 FROM notifier.practices r WHERE r.practice_id = n.practice_id)
+                    THEN now() ELSE now() + make_interval(secs => $16) END
+        FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[],
+                    $8::uuid[], $9::uuid[], $10::int[], $11::text[], $12::text[], $13::timestamptz[], $14::text[],
+                    $15::text[])
+             AS n(id, source_event_id, source_event_type, kind, recipient, practice_id, correlation_id,
+                  invite_id, batch_id, line_number, note, accept_url, expires_at, reason, message_id)
+        ON CONFLICT (source_event_id) DO NOTHING
+        """,
+        *columns,
+        [message_id_for(d.source_event_id) for d in deliveries],
+        grace_seconds,
+    )
+    return int(result.rsplit(" ", 1)[-1])
+
+
+async def open_count(db: asyncpg.Connection | asyncpg.Pool) -> int:
+    """Deliveries not yet final: the sender's backlog, which consumption must not run away from."""
+    return int(await db.fetchval("SELECT count(*) FROM notifier.deliveries WHERE status IN ('pending', 'sending')"))
+
+
+async def claim_due(db: asyncpg.Connection, limit: int) -> list[Claimed]:
+    """Lock up to `limit` due deliveries other senders have not locked, mark them sending, one attempt more."""
+    rows = await db.fetch(
+        """
+        WITH due AS (
+            SELECT d.id, p.locale, p.email IS NOT NULL AS on_platform, p.display_name, r.name, r.reply_to
+            FROM notifier.deliveries d
+            LEFT JOIN notifier.patients p ON p.email = lower(d.recipient)
+            LEFT JOIN notifier.practices r ON r.practice_id = d.practice_id
+            WHERE d.status = 'pending' AND d.not_before <= now()
+            ORDER BY d.not_before
+            LIMIT $1
+            FOR UPDATE OF d SKIP LOCKED
+        )
+        UPDATE notifier.deliveries d
+        SET status = 'sending', attempts = d.attempts + 1, claimed_at = now(), updated_at = now(),
+            locale = coalesce(due.locale, 'en')
+        FROM due
+        WHERE d.id = due.id
+        RETURNING d.*, due.on_platform, due.display_name AS patient_name, due.name AS practice_name, due.reply_to
+        """,
+        limit,
+    )
+    return [_claimed(row) for row in rows]
+
+
+def _claimed(row: asyncpg.Record) -> Claimed:
+    delivery = NewDelivery(
+        id=row["id"],
+        source_event_id=row["source_event_id"],
+        source_event_type=row["source_event_type"],
+        kind=row["kind"],
+        recipient=row["recipient"],
+        practice_id=row["practice_id"],
+        correlation_id=row["correlation_id"],
+        invite_id=row["invite_id"],
+        batch_id=row["batch_id"],
+        line_number=row["line_number"],
+        note=row["note"],
+        accept_url=row["accept_url"],
+        expires_at=row["expires_at"],
+        reason=row["reason"],
+    )
+    return Claimed(
+        delivery=delivery,
+        attempts=row["attempts"],
+        on_platform=row["on_platform"],
+        locale=as_locale(row["locale"]),
+        patient_name=row["patient_name"],
+        practice_name=row["practice_name"],
+        reply_to=row["reply_to"],
+    )
+
+
+async def finish(db: asyncpg.Connection, finals: Sequence[Final]) -> set[uuid.UUID]:
+    """Record final outcomes, clearing the content; returns the ids this call finished (not finished before)."""
+    if not finals:
+        return set()
+    rows = await db.fetch(
+        """
+        UPDATE notifier.deliveries d
+        SET status = f.outcome, attempts = f.attempts, last_error = f.reason, smtp_reply = f.reply,
+            decided_at = f.decided_at, updated_at = now(), claimed_at = NULL,
+            note = NULL, accept_url = NULL, reason = NULL
+        FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[])
+             AS f(id, outcome, attempts, reason, reply, decided_at)
+        WHERE d.id = f.id AND d.status IN ('pending', 'sending')
+        RETURNING d.id
+        """,
+        [f.claimed.delivery.id for f in finals],
+        [f.outcome for f in finals],
+        [f.attempts for f in finals],
+        [f.reason for f in finals],
+        [f.reply for f in finals],
+        [f.decided_at for f in finals],
+    )
+    return {row["id"] for row in rows}
+
+
+async def reschedule(db: asyncpg.Connection, retries: Sequence[Retry]) -> None:
+    """Put deliveries back in the queue for a later attempt (a retry, or a claim given back unsent)."""
+    if not retries:
+        return
+    await db.execute(
+        """
+        UPDATE notifier.deliveries d
+        SET status = 'pending', attempts = r.attempts, not_before = r.not_before, last_error = r.last_error,
+            claimed_at = NULL, updated_at = now()
+        FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::text[]) AS r(id, attempts, not_before, last_error)
+        WHERE d.id = r.id AND d.status = 'sending'
+        """,
+        [r.claimed.delivery.id for r in retries],
+        [r.attempts for r in retries],
+        [r.not_before for r in retries],
+        [r.last_error for r in retries],
+    )
+
+
+async def expire_leases(db: asyncpg.Connection | asyncpg.Pool, lease_seconds: float) -> int:
+    """Deliveries left `sending` by a process that died go back to the queue (the documented duplicate window)."""
+    result = await db.execute(
+        """
+        UPDATE notifier.deliveries SET status = 'pending', claimed_at = NULL, updated_at = now()
+        WHERE status = 'sending' AND claimed_at < now() - make_interval(secs => $1)
+        """,
+        lease_seconds,
+    )
+    return int(result.rsplit(" ", 1)[-1])
+
+
+async def delivery_status(db: asyncpg.Connection | asyncpg.Pool, source_event_id: uuid.UUID) -> str | None:
+    value = await db.fetchval("SELECT status FROM notifier.deliveries WHERE source_event_id = $1", source_event_id)
+    return str(value) if value is not None else None

@@ -1,0 +1,257 @@
+"""The sender job: claims due deliveries, sends them over the SMTP pool at the allowed rate, records outcomes.
+
+Claimer → queue → one worker per SMTP connection → results → recorder, running side by side so that the
+connections never wait for the database. At most `capacity` deliveries are claimed and not yet recorded,
+so memory stays flat however large the backlog; several processes share the table through SKIP LOCKED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from services.notifier import domain, handlers, repository
+from services.notifier.domain import Attempt, Claimed, SendResult
+from services.notifier.handlers import RetryPolicy
+from services.notifier.mailer import Mailer, SmtpConnection
+from services.notifier.messages import Renderer
+from services.notifier.metrics import NotifierMetrics, metrics_for
+from services.notifier.settings import NotifierSettings
+from services.runtime.logging import get_logger
+
+if TYPE_CHECKING:
+    from services.runtime.service import ServiceRuntime
+
+log = get_logger(__name__)
+_FLUSH_SECONDS = 0.02  # results wait this long to share a transaction; nothing is recorded later than that
+_STOP_SECONDS = 10.0  # at shutdown, how long a message already on the wire may take to finish
+
+
+class Sender:
+    """Built by the composition root without I/O; `run` is the ServiceSpec background job."""
+
+    def __init__(self, settings: NotifierSettings, mailer: Mailer, renderer: Renderer) -> None:
+        self.settings = settings
+        self.mailer = mailer
+        self.renderer = renderer
+        capacity = settings.sender_batch_size
+        if settings.smtp_rate_per_second > 0:
+            # Hold about two seconds of work: claims must not sit in memory while the rate limit drips them out.
+            capacity = min(capacity, math.ceil(settings.smtp_rate_per_second * 2))
+        self.capacity = max(settings.smtp_pool_size, capacity)
+        self.policy = RetryPolicy(
+            settings.smtp_max_attempts, settings.smtp_retry_base_seconds, settings.smtp_retry_max_seconds
+        )
+
+    async def run(self, runtime: ServiceRuntime) -> None:
+        assert runtime.pool is not None, "the sender started before the database pool"
+        await _Run(self, runtime.pool, metrics_for(runtime.metrics.registry)).run()
+
+
+class _Run:
+    """The state of one run of the sender, from service start to stop."""
+
+    def __init__(self, sender: Sender, pool: asyncpg.Pool, metrics: NotifierMetrics) -> None:
+        self.sender = sender
+        self.settings = sender.settings
+        self.pool = pool
+        self.metrics = metrics
+        self.queue: asyncio.Queue[Claimed] = asyncio.Queue()
+        self.results: list[tuple[Claimed, SendResult]] = []
+        self.results_ready = asyncio.Event()
+        self.room = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.outstanding = 0  # claimed and not yet recorded
+        self.stopping = False
+        size = self.settings.smtp_pool_size
+        self.connections: list[SmtpConnection] = [sender.mailer.connection() for _ in range(size)]
+        self.current: list[Claimed | None] = [None] * size
+
+    async def run(self) -> None:
+        claimer = asyncio.create_task(self._claim_loop(), name="sender-claim")
+        reaper = asyncio.create_task(self._reap_loop(), name="sender-reap")
+        recorder = asyncio.create_task(self._record_loop(), name="sender-record")
+        workers = [asyncio.create_task(self._work(i), name=f"sender-smtp-{i}") for i in range(len(self.connections))]
+        try:
+            # asyncio.wait, unlike gather, does not cancel the children when this task is cancelled.
+            await asyncio.wait([claimer, reaper, recorder, *workers], return_when=asyncio.FIRST_COMPLETED)
+            log.error("sender.stopped_unexpectedly")
+        finally:
+            await self._shutdown(claimer, reaper, recorder, workers)
+
+    async def _claim_loop(self) -> None:
+        listener: asyncpg.Connection | None = None
+        failures = 0
+        min_chunk = max(1, self.sender.capacity // 4)
+        try:
+            while True:
+                try:
+                    if listener is None:
+                        listener = await self._listen()
+                    self.room.clear()
+                    free = self.sender.capacity - self.outstanding
+                    if free < min_chunk:
+                        await self.room.wait()
+                        continue
+                    self.wake.clear()  # before the query: a NOTIFY arriving during it must not be lost
+                    claimed, absent = await handlers.claim_deliveries(self.pool, free)
+                    failures = 0
+                    for final in absent:
+                        self.metrics.emails.labels(final.claimed.delivery.kind, final.outcome).inc()
+                    self.outstanding += len(claimed)
+                    for item in claimed:
+                        self.queue.put_nowait(item)
+                    if len(claimed) + len(absent) < free:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(self.settings.sender_poll_seconds):
+                                await self.wake.wait()
+                except Exception as error:  # the database is away (or a bug): back off, never stop claiming
+                    failures += 1
+                    log.warning("sender.claim_failed", error=repr(error)[:300], attempt=failures)
+                    await self._unlisten(listener)
+                    listener = None
+                    await asyncio.sleep(min(30.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0))
+        finally:
+            await self._unlisten(listener)
+
+    async def _listen(self) -> asyncpg.Connection:
+        connection: asyncpg.Connection = await self.pool.acquire()
+        await connection.add_listener(repository.CHANNEL, self._notified)
+        return connection
+
+    async def _unlisten(self, connection: asyncpg.Connection | None) -> None:
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.remove_listener(repository.CHANNEL, self._notified)
+            with contextlib.suppress(Exception):
+                await self.pool.release(connection, timeout=2)
+
+    def _notified(self, *_: object) -> None:
+        self.wake.set()
+
+    async def _work(self, index: int) -> None:
+        connection = self.connections[index]
+        unreachable = 0
+        while not self.stopping:
+            claimed = self.current[index] = await self.queue.get()
+            try:
+                result = await self._attempt(connection, claimed)
+            except Exception as error:  # unexpected from the SMTP client: retry later on a fresh connection
+                log.exception("delivery.attempt_crashed", delivery_id=str(claimed.delivery.id))
+                connection.close()
+                result = SendResult(Attempt.TRANSIENT, f"{type(error).__name__}")
+            self.current[index] = None
+            self.results.append((claimed, result))
+            self.results_ready.set()
+            if result.attempt is Attempt.UNREACHABLE:
+                # The server is not there: this connection waits before trying again rather than spin.
+                unreachable += 1
+                await asyncio.sleep(min(30.0, 0.5 * 2**unreachable) * random.uniform(0.5, 1.0))
+            else:
+                unreachable = 0
+
+    async def _attempt(self, connection: SmtpConnection, claimed: Claimed) -> SendResult:
+        problem = domain.content_problem(claimed)
+        if problem is not None:
+            return SendResult(Attempt.PERMANENT, problem)
+        try:
+            message = self.sender.renderer.render(claimed)
+        except Exception as error:  # a template bug must become this delivery's error, not stop the sender
+            log.exception("delivery.render_failed", delivery_id=str(claimed.delivery.id))
+            return SendResult(Attempt.PERMANENT, f"the message could not be built ({type(error).__name__})")
+        await self.sender.mailer.bucket.acquire()
+        started = time.perf_counter()
+        result = await connection.send(self.sender.renderer.envelope_sender, claimed.delivery.recipient, message)
+        if result.attempt is not Attempt.UNREACHABLE:
+            self.metrics.send_seconds.observe(time.perf_counter() - started)
+        return result
+
+    async def _record_loop(self) -> None:
+        flush_size = max(1, self.sender.capacity // 4)
+        while True:
+            self.results_ready.clear()
+            if not self.results:
+                if self.stopping:
+                    return
+                await self.results_ready.wait()
+                continue
+            if len(self.results) < flush_size and not self.stopping:
+                await asyncio.sleep(_FLUSH_SECONDS)
+            batch, self.results = self.results, []
+            await self._record(batch)
+            self.outstanding -= len(batch)
+            self.room.set()
+
+    async def _record(self, batch: list[tuple[Claimed, SendResult]]) -> None:
+        failures = 0
+        while True:
+            try:
+                finals, retries = await handlers.record_attempts(self.pool, batch, self.sender.policy)
+                break
+            except Exception as error:
+                # The emails are sent: keep trying to record them, never drop the results.
+                failures += 1
+                log.warning("sender.record_failed", error=repr(error)[:300], attempt=failures, count=len(batch))
+                await asyncio.sleep(min(10.0, 0.1 * 2**failures))
+        for final in finals:
+            self.metrics.emails.labels(final.claimed.delivery.kind, final.outcome).inc()
+            if final.outcome == "error":
+                log.info("delivery.failed", delivery_id=str(final.claimed.delivery.id), attempts=final.attempts)
+        for retry in retries:
+            self.metrics.retries.labels(retry.claimed.delivery.kind).inc()
+        log.debug("delivery.recorded", final=len(finals), retries=len(retries))
+
+    async def _reap_loop(self) -> None:
+        lease = self.settings.sending_lease_seconds
+        while True:
+            await asyncio.sleep(min(60.0, max(0.5, lease / 4)))
+            try:
+                expired = await handlers.expire_leases(self.pool, lease)
+            except Exception as error:
+                log.warning("sender.lease_check_failed", error=repr(error)[:300])
+                continue
+            if expired:
+                log.warning("delivery.lease_expired", count=expired)
+                self.wake.set()
+
+    async def _shutdown(
+        self,
+        claimer: asyncio.Task[None],
+        reaper: asyncio.Task[None],
+        recorder: asyncio.Task[None],
+        workers: list[asyncio.Task[None]],
+    ) -> None:
+        """Finish what is on the wire, record every result, give back what was never tried."""
+        self.stopping = True
+        await _cancel(claimer, reaper)
+        busy = [task for task, current in zip(workers, self.current, strict=True) if current is not None]
+        await _cancel(*(task for task in workers if task not in busy))
+        if busy:
+            await asyncio.wait(busy, timeout=min(_STOP_SECONDS, self.settings.smtp_timeout_seconds))
+            await _cancel(*busy)  # still running: these stay `sending` until their lease expires
+        self.results_ready.set()
+        await asyncio.wait([recorder], timeout=_STOP_SECONDS)
+        await _cancel(recorder)
+        unsent = []
+        while not self.queue.empty():
+            unsent.append(self.queue.get_nowait())
+        if unsent:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await handlers.release(self.pool, unsent)
+        await asyncio.gather(*(connection.quit() for connection in self.connections))
+        log.info("sender.stopped", released=len(unsent))
+
+
+async def _cancel(*tasks: asyncio.Task[None]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

@@ -1,0 +1,33 @@
+"""Events the notifier consumes, and the one table saying which topic, group and handler each takes."""
+
+from __future__ import annotations
+
+from services.notifier import handlers
+from services.notifier.settings import NotifierSettings
+from services.runtime.consumer import Subscription
+
+GROUP = "notifier"
+TOPICS = ("connections.v1", "invitations.v1", "platform.patients.v1", "platform.practices.v1")
+
+
+def routes(settings: NotifierSettings) -> tuple[Subscription, ...]:
+    """The ROUTES table; a function because the handlers carry settings (grace period, high-water mark)."""
+    queue = handlers.QueueDeliveries(settings.directory_grace_seconds)
+    return (
+        Subscription(
+            group=GROUP,
+            topics=TOPICS,
+            handlers={
+                "PatientRegistered": handlers.record_patients,
+                "PracticeRegistered": handlers.record_practices,
+                "InviteRequested": queue,
+                "ConnectionApproved": queue,
+                "ConnectionRejected": queue,
+            },
+            description=(
+                "Keeps the patient and practice directories, and queues one email delivery per invite, "
+                "approval and rejection; the sender job sends them and publishes each DeliveryOutcome."
+            ),
+            throttle=handlers.Backpressure(settings.pending_high_water, settings.pending_wait_max_seconds),
+        ),
+    )

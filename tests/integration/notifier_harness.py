@@ -1,0 +1,270 @@
+"""A notifier on real PostgreSQL, Kafka and SMTP for a whole test module; events in, emails and outcomes out."""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
+
+from collabkare.stack.broker import create_topics
+from collabkare.stack.infra import Infrastructure
+from schemas import ConnectionApproved, ConnectionRejected, Envelope, InviteRequested, topic_for
+from schemas.events import PatientRegistered, PatientRegisteredPayload, PracticeRegistered, PracticeRegisteredPayload
+from schemas.topics import all_topic_names
+from services.notifier.app import build_spec
+from services.notifier.settings import NotifierSettings
+from services.runtime.service import ServiceRuntime
+from tests.conftest import ROLE_PASSWORD
+from tests.integration.connections_harness import PARTITIONS, read_to_end, validator
+from tests.support import ScratchDatabase, service_env
+
+FINAL = ("sent", "not_on_platform", "error")
+OUTCOMES = "notifier.outcomes.v1"
+
+
+def notifier_env(database: ScratchDatabase, prefix: str, **overrides: Any) -> dict[str, str]:
+    """Environment of a notifier under test: fast polls and retries, the session's SMTP catcher."""
+    infra = database.infra
+    values: dict[str, Any] = {
+        "smtp_host": infra.smtp_host,
+        "smtp_port": infra.smtp_port,
+        "smtp_retry_base_seconds": 0.05,
+        "smtp_timeout_seconds": 5,
+        "sender_poll_seconds": 0.2,
+        "outbox_poll_seconds": 0.1,
+        "directory_grace_seconds": 0.5,
+        "consumer_batch_size": 100,
+    }
+    values.update(overrides)
+    return service_env(database, "notifier", prefix, **values)
+
+
+@dataclass
+class Notifier:
+    """What a test drives: the topics (events in), the database (as admin) and the SMTP sink (emails out)."""
+
+    database: ScratchDatabase
+    topic_prefix: str
+    admin: asyncpg.Pool
+    runtime: ServiceRuntime | None = None
+    app: FastAPI | None = None
+
+    @property
+    def infra(self) -> Infrastructure:
+        return self.database.infra
+
+    @property
+    def maildir(self) -> Path:
+        assert self.infra.maildir is not None, "these tests read mail from the embedded SMTP catcher"
+        return self.infra.maildir
+
+    async def publish(self, *events: Envelope) -> None:
+        await publish(self.infra.kafka_bootstrap, self.topic_prefix, list(events))
+
+    async def publish_raw(self, topic: str, key: bytes, *values: bytes) -> None:
+        await publish(self.infra.kafka_bootstrap, self.topic_prefix, [], [(topic, key, value) for value in values])
+
+    async def deliveries(self, source_event_ids: Sequence[uuid.UUID], timeout: float = 20.0) -> list[asyncpg.Record]:
+        """The delivery rows of these events once every one is final (whatever is there when time runs out)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows: list[asyncpg.Record] = await self.admin.fetch(
+                "SELECT * FROM notifier.deliveries WHERE source_event_id = ANY($1::uuid[])", list(source_event_ids)
+            )
+            done = len(rows) == len(source_event_ids) and all(row["status"] in FINAL for row in rows)
+            if done or time.monotonic() > deadline:
+                return rows
+            await asyncio.sleep(0.05)
+
+    async def delivery(self, source_event_id: uuid.UUID, timeout: float = 20.0) -> asyncpg.Record:
+        rows = await self.deliveries([source_event_id], timeout)
+        assert rows, f"no delivery row for {source_event_id}"
+        assert rows[0]["status"] in FINAL, f"delivery still {rows[0]['status']}"
+        return rows[0]
+
+    async def outcomes(self, source_event_ids: set[uuid.UUID], timeout: float = 15.0) -> dict[uuid.UUID, Any]:
+        """The DeliveryOutcome events published for these source events, each checked against its schema."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found: dict[uuid.UUID, Any] = {}
+            for record in await read_to_end(self.infra.kafka_bootstrap, self.topic_prefix + OUTCOMES):
+                event = json.loads(record.value)
+                validator("DeliveryOutcome").validate(event)
+                source = uuid.UUID(event["payload"]["source_event_id"])
+                assert record.key == str(source).encode(), "outcomes are keyed by the source event id"
+                if source in source_event_ids:
+                    assert source not in found, f"two outcomes for {source}"
+                    found[source] = event
+            if set(found) == source_event_ids or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.1)
+
+    def caught_raw(self, source_event_id: uuid.UUID) -> list[bytes]:
+        """Emails at the sink carrying this event's Message-ID (the catcher names each file after it)."""
+        files = sorted(self.maildir.glob(f"*-{source_event_id}@collabkare.notifier.eml"))
+        return [path.read_bytes() for path in files]
+
+    def caught(self, source_event_id: uuid.UUID) -> list[EmailMessage]:
+        parse = email.parser.BytesParser(_class=EmailMessage, policy=email.policy.default)
+        return [parse.parsebytes(raw) for raw in self.caught_raw(source_event_id)]
+
+
+async def publish(
+    bootstrap: str, prefix: str, events: Sequence[Envelope], raw: Sequence[tuple[str, bytes, bytes]] = ()
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                prefix + topic_for(e.event_type), value=e.model_dump_json().encode(), key=e.aggregate_key().encode()
+            )
+            for e in events
+        ]
+        futures += [await producer.send(prefix + topic, value=value, key=key) for topic, key, value in raw]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+@asynccontextmanager
+async def scratch(infra: Infrastructure, template: str) -> AsyncIterator[tuple[ScratchDatabase, str, asyncpg.Pool]]:
+    """A fresh database (from the migrated template), fresh topics, and an admin pool on that database."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(infra.database_url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    finally:
+        await admin.close()
+    database = ScratchDatabase(infra, name, ROLE_PASSWORD)
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    await create_topics(infra.kafka_bootstrap, [(prefix + t, PARTITIONS) for t in all_topic_names()], timeout=30)
+    pool = await asyncpg.create_pool(database.admin_url, min_size=1, max_size=3)
+    try:
+        yield database, prefix, pool
+    finally:
+        await pool.close()
+        admin = await asyncpg.connect(infra.database_url)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+
+@asynccontextmanager
+async def started(
+    database: ScratchDatabase, prefix: str, admin: asyncpg.Pool, **overrides: Any
+) -> AsyncIterator[Notifier]:
+    """The notifier built by its own composition root, in this process, consuming until the block ends."""
+    env = notifier_env(database, prefix, **overrides)
+    settings = NotifierSettings(**{key.lower(): value for key, value in env.items()})
+    runtime = ServiceRuntime(build_spec(settings), settings)
+    runtime.consumers.retry_base_seconds = 0.01
+    app = runtime.http_app()
+    async with app.router.lifespan_context(app):
+        async with asyncio.timeout(30):
+            await runtime.consuming.wait()
+        yield Notifier(database, prefix, admin, runtime, app)
+
+
+@asynccontextmanager
+async def running_notifier(infra: Infrastructure, template: str, **overrides: Any) -> AsyncIterator[Notifier]:
+    async with (
+        scratch(infra, template) as (database, prefix, admin),
+        started(database, prefix, admin, **overrides) as n,
+    ):
+        yield n
+
+
+# --- events ------------------------------------------------------------------------------------------------
+
+
+def unique_email(tag: str = "p") -> str:
+    return f"{tag}-{uuid.uuid4().hex[:12]}@example.com"
+
+
+def practice(name: str, reply_to: str | None = None, practice_id: uuid.UUID | None = None) -> PracticeRegistered:
+    return PracticeRegistered(
+        producer="platform",
+        practice_id=practice_id or uuid.uuid4(),
+        correlation_id="test-seed",
+        payload=PracticeRegisteredPayload(name=name, reply_to=reply_to, registered_at=datetime.now(UTC)),
+    )
+
+
+def patient(email: str, locale: str = "en", name: str | None = None) -> PatientRegistered:
+    return PatientRegistered(
+        producer="platform",
+        correlation_id="test-seed",
+        payload=PatientRegisteredPayload(
+            patient_id=uuid.uuid4(),
+            email=email,
+            display_name=name,
+            locale=locale,  # type: ignore[arg-type]
+            registered_at=datetime.now(UTC),
+        ),
+    )
+
+
+def invite(practice_id: uuid.UUID, email: str, note: str | None = None, **payload: Any) -> InviteRequested:
+    return InviteRequested(
+        producer="invitations",
+        practice_id=practice_id,
+        correlation_id=f"corr-{uuid.uuid4().hex[:8]}",
+        payload={
+            "invite_id": uuid.uuid4(),
+            "email": email,
+            "note": note,
+            "accept_url": f"https://app.collabkare.example/invites/accept?token={uuid.uuid4().hex}",
+            "expires_at": datetime(2031, 3, 7, 12, tzinfo=UTC) + timedelta(seconds=0),
+            "requested_by": "staff-1",
+            **payload,
+        },
+    )
+
+
+def approved(practice_id: uuid.UUID, email: str) -> ConnectionApproved:
+    return ConnectionApproved(
+        producer="connections",
+        practice_id=practice_id,
+        correlation_id=f"corr-{uuid.uuid4().hex[:8]}",
+        payload={
+            "connection_id": uuid.uuid4(),
+            "patient_id": uuid.uuid4(),
+            "patient_email": email,
+            "via": "request",
+            "request_id": uuid.uuid4(),
+            "approved_by": "staff-1",
+            "approved_at": datetime.now(UTC),
+        },
+    )
+
+
+def rejected(practice_id: uuid.UUID, email: str, reason: str | None) -> ConnectionRejected:
+    return ConnectionRejected(
+        producer="connections",
+        practice_id=practice_id,
+        correlation_id=f"corr-{uuid.uuid4().hex[:8]}",
+        payload={
+            "request_id": uuid.uuid4(),
+            "patient_id": uuid.uuid4(),
+            "patient_email": email,
+            "rejected_by": "staff-1",
+            "rejected_at": datetime.now(UTC),
+            "reason": reason,
+        },
+    )

@@ -1,0 +1,271 @@
+"""The notifier against real PostgreSQL, Kafka and SMTP: each email's content and headers, outcomes, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from email.message import EmailMessage
+from typing import Any
+
+import httpx
+import pytest
+
+from collabkare.stack.infra import Infrastructure
+from services.notifier.mailer import Mailer
+from services.notifier.settings import NotifierSettings
+from tests.integration.connections_harness import read_to_end
+from tests.integration.notifier_harness import (
+    Notifier,
+    approved,
+    invite,
+    notifier_env,
+    patient,
+    practice,
+    rejected,
+    running_notifier,
+    unique_email,
+)
+
+PRACTICE_NAME = "Clínica Peñalara & Hijos"
+
+
+@pytest.fixture(scope="module")
+async def notifier(infra: Infrastructure, template_database: str) -> AsyncIterator[Notifier]:
+    async with running_notifier(infra, template_database) as running:
+        yield running
+
+
+@pytest.fixture
+async def clinic(notifier: Notifier) -> uuid.UUID:
+    """A practice of this test's own, registered on the platform topic."""
+    event = practice(PRACTICE_NAME, reply_to="front-desk@penalara.example")
+    await notifier.publish(event)
+    assert event.practice_id is not None
+    return event.practice_id
+
+
+@pytest.fixture
+def smtp_faults(infra: Infrastructure) -> Iterator[Any]:
+    assert infra.smtp is not None, "fault drills need the embedded SMTP catcher"
+    yield infra.smtp
+    infra.smtp.clear_faults()
+
+
+def _parts(message: EmailMessage) -> tuple[str, str]:
+    assert message.get_content_type() == "multipart/alternative"
+    kinds = [part.get_content_type() for part in message.iter_parts()]
+    assert kinds == ["text/plain", "text/html"], "plain text first, HTML preferred last"
+    for part in message.iter_parts():
+        assert part.get_content_charset() == "utf-8"
+        assert part["Content-Transfer-Encoding"] == "quoted-printable"
+    plain, html = message.get_body(("plain",)), message.get_body(("html",))
+    assert plain is not None and html is not None
+    return plain.get_content(), html.get_content()
+
+
+async def test_invite_email_names_the_practice_carries_note_link_expiry_and_outcome(
+    notifier: Notifier, clinic: uuid.UUID
+) -> None:
+    email = unique_email("ana")
+    batch_id = uuid.uuid4()
+    note = 'Welcome <b>aboard</b> & see "you", Dr. Ruiz'
+    event = invite(clinic, email, note, batch_id=batch_id, line_number=7)
+    await notifier.publish(patient(email, "en", name="Ana Núñez"), event)
+
+    row = await notifier.delivery(event.event_id)
+    assert (row["status"], row["attempts"], row["kind"]) == ("sent", 1, "invite")
+    assert row["accept_url"] is None and row["note"] is None, "content (a live token, PHI) is cleared once final"
+    [message] = notifier.caught(event.event_id)
+    assert message["Message-ID"] == f"<{event.event_id}@collabkare.notifier>" == row["message_id"]
+    assert message["To"] == email and message["X-Envelope-To"] == email
+    assert message["From"] == "CollabKare <no-reply@collabkare.example>"
+    [reply_to] = message["Reply-To"].addresses
+    assert (reply_to.display_name, reply_to.addr_spec) == (PRACTICE_NAME, "front-desk@penalara.example")
+    assert message["Subject"] == f"{PRACTICE_NAME} invites you to connect on CollabKare"
+    assert message["Date"] and message["MIME-Version"] == "1.0" and message["Content-Language"] == "en"
+    plain, html = _parts(message)
+    assert "Hello Ana Núñez," in plain and PRACTICE_NAME in plain
+    assert note in plain, "the text part carries the note as written"
+    assert event.payload.accept_url in plain and "expires on March 7, 2031" in plain
+    assert "Welcome &lt;b&gt;aboard&lt;/b&gt; &amp; see &#34;you&#34;" in html and "<b>aboard" not in html
+    assert f'href="{event.payload.accept_url}"' in html and "Cl\u00ednica Pe\u00f1alara &amp; Hijos" in html
+
+    outcome = (await notifier.outcomes({event.event_id}))[event.event_id]
+    payload = outcome["payload"]
+    assert (payload["outcome"], payload["kind"], payload["attempts"]) == ("sent", "invite", 1)
+    assert payload["invite_id"] == str(event.payload.invite_id)
+    assert (payload["batch_id"], payload["line_number"]) == (str(batch_id), 7)
+    assert payload["message_id"] == message["Message-ID"] and payload["reason"] is None
+    assert payload["delivery_id"] == str(row["id"]) and payload["source_event_type"] == "InviteRequested"
+    assert outcome["practice_id"] == str(clinic) and outcome["correlation_id"] == event.correlation_id
+    assert outcome["causation_id"] == str(event.event_id) and outcome["producer"] == "notifier"
+
+
+async def test_approval_and_rejection_emails_with_and_without_reason(notifier: Notifier, clinic: uuid.UUID) -> None:
+    email = unique_email("luis")
+    yes = approved(clinic, email)
+    no = rejected(clinic, email, "We are not accepting new patients\nuntil March.")
+    bare = rejected(clinic, email, None)
+    await notifier.publish(patient(email, "en"), yes, no, bare)
+
+    rows = await notifier.deliveries([yes.event_id, no.event_id, bare.event_id])
+    assert sorted(row["status"] for row in rows) == ["sent"] * 3
+    [confirmation] = notifier.caught(yes.event_id)
+    assert confirmation["Subject"] == f"You are now connected to {PRACTICE_NAME}"
+    plain, html = _parts(confirmation)
+    assert f"You are now connected to {PRACTICE_NAME}." in plain and "Hello," in plain
+    assert "Clínica Peñalara &amp; Hijos" in html
+
+    [with_reason] = notifier.caught(no.event_id)
+    assert with_reason["Subject"] == f"Your connection request to {PRACTICE_NAME}"
+    plain, html = _parts(with_reason)
+    assert "The practice gave this reason:\nWe are not accepting new patients\nuntil March." in plain.replace("\r", "")
+    assert "We are not accepting new patients" in html
+    [without_reason] = notifier.caught(bare.event_id)
+    plain, _ = _parts(without_reason)
+    assert "did not accept your request" in plain and "reason" not in plain
+
+    outcomes = await notifier.outcomes({yes.event_id, no.event_id, bare.event_id})
+    kinds = {source: event["payload"]["kind"] for source, event in outcomes.items()}
+    assert kinds == {
+        yes.event_id: "connection_approved",
+        no.event_id: "connection_rejected",
+        bare.event_id: "connection_rejected",
+    }
+    assert all(event["payload"]["outcome"] == "sent" for event in outcomes.values())
+
+
+async def test_spanish_templates_chosen_by_the_patients_locale(notifier: Notifier, clinic: uuid.UUID) -> None:
+    email = unique_email("sofia")
+    event = invite(clinic, email, "¡Bienvenida a la consulta!")
+    yes = approved(clinic, email)
+    await notifier.publish(patient(email, "es", name="Sofía"), event, yes)
+    rows = await notifier.deliveries([event.event_id, yes.event_id])
+    assert [row["status"] for row in rows] == ["sent", "sent"] and {row["locale"] for row in rows} == {"es"}
+
+    [message] = notifier.caught(event.event_id)
+    assert message["Subject"] == f"{PRACTICE_NAME} le invita a conectarse en CollabKare"
+    assert message["Content-Language"] == "es"
+    plain, html = _parts(message)
+    assert "Hola, Sofía:" in plain and "¡Bienvenida a la consulta!" in plain
+    assert "caduca el 7 de marzo de 2031" in plain and "Aceptar la invitación" in html
+    [confirmation] = notifier.caught(yes.event_id)
+    assert confirmation["Subject"] == f"Ya está conectado con {PRACTICE_NAME}"
+    [raw] = notifier.caught_raw(yes.event_id)
+    assert b"\r\nSubject: =?utf-8?b?" in raw and raw.isascii(), "non-ASCII travels as RFC 2047 words and QP"
+
+
+async def test_invite_to_an_email_nobody_registered_sends_nothing(notifier: Notifier, clinic: uuid.UUID) -> None:
+    stranger = unique_email("nobody")
+    event = invite(clinic, stranger, "hello")
+    await notifier.publish(event)
+    row = await notifier.delivery(event.event_id)
+    assert (row["status"], row["attempts"], row["accept_url"]) == ("not_on_platform", 0, None)
+    payload = (await notifier.outcomes({event.event_id}))[event.event_id]["payload"]
+    assert (payload["outcome"], payload["message_id"], payload["attempts"]) == ("not_on_platform", None, 0)
+    assert payload["invite_id"] == str(event.payload.invite_id)
+    assert notifier.caught(event.event_id) == []
+
+
+@pytest.mark.parametrize("code", [421, 451])
+async def test_temporary_failures_are_retried_into_exactly_one_email(
+    notifier: Notifier, clinic: uuid.UUID, smtp_faults: Any, code: int
+) -> None:
+    email = unique_email("retry")
+    await notifier.publish(patient(email))
+    await _registered(notifier, email)
+    smtp_faults.set_faults(tempfail_count=2, tempfail_code=code)
+    event = invite(clinic, email)
+    await notifier.publish(event)
+    row = await notifier.delivery(event.event_id)
+    assert (row["status"], row["attempts"]) == ("sent", 3)
+    assert len(notifier.caught(event.event_id)) == 1
+    payload = (await notifier.outcomes({event.event_id}))[event.event_id]["payload"]
+    assert (payload["outcome"], payload["attempts"]) == ("sent", 3)
+
+
+async def test_permanent_rejection_is_an_error_with_the_servers_reply(
+    notifier: Notifier, clinic: uuid.UUID, smtp_faults: Any
+) -> None:
+    email = unique_email("bounce")
+    smtp_faults.set_faults(reject_recipients=[email])
+    event = invite(clinic, email)
+    await notifier.publish(patient(email), event)
+    row = await notifier.delivery(event.event_id)
+    assert (row["status"], row["attempts"]) == ("error", 1), "5xx is final at once"
+    payload = (await notifier.outcomes({event.event_id}))[event.event_id]["payload"]
+    assert payload["outcome"] == "error" and payload["message_id"] is None
+    assert payload["reason"].startswith("550 5.1.1") and "recipient rejected" in payload["reason"]
+    assert notifier.caught(event.event_id) == []
+
+
+async def test_a_redelivered_event_sends_nothing_even_past_the_inbox(notifier: Notifier, clinic: uuid.UUID) -> None:
+    email, other = unique_email("once"), unique_email("marker")
+    event = invite(clinic, email)
+    await notifier.publish(patient(email), patient(other), event)
+    assert (await notifier.delivery(event.event_id))["status"] == "sent"
+
+    # Once as Kafka would redeliver it (the inbox stops it), once with the inbox row gone (the delivery row does).
+    await notifier.publish(event)
+    await notifier.admin.execute("DELETE FROM notifier.inbox WHERE event_id = $1", event.event_id)
+    await notifier.publish(event)
+    # Same key, same partition, after both copies: when the marker is sent, the copies have been consumed.
+    marker = invite(clinic, other, invite_id=event.payload.invite_id)
+    await notifier.publish(marker)
+    assert (await notifier.delivery(marker.event_id))["status"] == "sent"
+    applied = await notifier.admin.fetchval("SELECT count(*) FROM notifier.inbox WHERE event_id = $1", event.event_id)
+    assert applied == 1, "the copy past the inbox was applied (and changed nothing)"
+    assert len(notifier.caught(event.event_id)) == 1
+    assert set(await notifier.outcomes({event.event_id, marker.event_id})) == {event.event_id, marker.event_id}
+
+
+async def test_poison_event_goes_to_dead_letters_and_the_next_is_sent(notifier: Notifier, clinic: uuid.UUID) -> None:
+    email = unique_email("after")
+    event = invite(clinic, email)
+    await notifier.publish(patient(email))
+    garbage = b'{"event_type": "InviteRequested", "payload": "not an invite"}'
+    key = event.aggregate_key().encode()
+    await notifier.publish_raw("invitations.v1", key, garbage)
+    await notifier.publish(event)
+    assert (await notifier.delivery(event.event_id))["status"] == "sent"
+    dead = await read_to_end(notifier.infra.kafka_bootstrap, notifier.topic_prefix + "notifier.dead-letter.v1")
+    assert [record.value for record in dead] == [garbage]
+    assert b"not a valid event" in dict(dead[0].headers)["dead_letter_reason"]
+
+
+async def test_readyz_checks_smtp_and_metrics_count_emails(notifier: Notifier, clinic: uuid.UUID) -> None:
+    email = unique_email("metrics")
+    event = invite(clinic, email)
+    await notifier.publish(patient(email), event)
+    assert (await notifier.delivery(event.event_id))["status"] == "sent"
+    assert notifier.app is not None
+    transport = httpx.ASGITransport(app=notifier.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"]["smtp"] is True
+        text = (await http.get("/metrics")).text
+    assert 'emails_total{kind="invite",outcome="sent"}' in text
+    assert "email_send_seconds_count" in text and "email_retries_total" in text
+
+
+async def test_smtp_probe_says_no_when_nothing_answers(notifier: Notifier) -> None:
+    env = notifier_env(notifier.database, notifier.topic_prefix, smtp_port=_closed_port())
+    settings = NotifierSettings(**{key.lower(): value for key, value in env.items()})
+    assert await asyncio.wait_for(Mailer(settings).reachable(timeout=1.0), 5) is False
+
+
+async def _registered(notifier: Notifier, email: str) -> None:
+    for _ in range(200):
+        if await notifier.admin.fetchval("SELECT 1 FROM notifier.patients WHERE email = $1", email):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("PatientRegistered was not applied")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
