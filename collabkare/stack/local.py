@@ -158,6 +158,8 @@ def run_foreground() -> int:
     """`make up`: the stack in the foreground until Ctrl-C, with what a developer needs to use it."""
     from services.runtime.auth import mint_token
 
+    # Explicitly, because a stack started from a script in the background inherits SIGINT as ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     print("starting the local stack…", flush=True)
     with local_stack() as stack:
