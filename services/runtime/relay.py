@@ -10,6 +10,7 @@ from collections.abc import Callable
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from services.runtime.kafka import KafkaSecurity
 from services.runtime.logging import get_logger
 from services.runtime.metrics import Metrics
 from services.runtime.migrations import outbox_channel
@@ -17,9 +18,12 @@ from services.runtime.migrations import outbox_channel
 log = get_logger(__name__)
 
 
-def new_producer(bootstrap_servers: str, send_timeout_seconds: float) -> AIOKafkaProducer:
+def new_producer(
+    bootstrap_servers: str, send_timeout_seconds: float, security: KafkaSecurity | None = None
+) -> AIOKafkaProducer:
     """acks=all and no idempotence: plain at-least-once that holds on any Kafka-protocol broker."""
     return AIOKafkaProducer(
+        **(security or KafkaSecurity()).aiokafka_options(),
         bootstrap_servers=bootstrap_servers,
         acks="all",
         enable_idempotence=False,
@@ -43,7 +47,9 @@ class OutboxRelay:
         poll_seconds: float = 1.0,
         send_timeout_seconds: float = 10.0,
         metrics: Metrics | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
+        self._security = security
         self._metrics = metrics
         self._pool = pool
         self._schema = schema
@@ -155,7 +161,7 @@ class OutboxRelay:
         self._wake.set()
 
     async def _start_producer(self) -> AIOKafkaProducer:
-        producer = new_producer(self._bootstrap, self._send_timeout)
+        producer = new_producer(self._bootstrap, self._send_timeout, self._security)
         try:
             async with asyncio.timeout(self._send_timeout):
                 await producer.start()

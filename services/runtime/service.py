@@ -56,10 +56,12 @@ class ServiceRuntime:
         self.metrics = Metrics(spec.name)
         self.pool: asyncpg.Pool | None = None
         self.relay: OutboxRelay | None = None
+        self.kafka_security = settings.kafka_security  # one TLS context for every client of this process
         self.broker = KafkaBroker(
             settings.kafka_bootstrap_servers,
             acks="all",
             request_timeout_ms=int(settings.kafka_send_timeout_seconds * 1000),
+            security=self.kafka_security.faststream_security(),
             graceful_timeout=15.0,
             logger=None,
         )
@@ -118,6 +120,7 @@ class ServiceRuntime:
             poll_seconds=settings.outbox_poll_seconds,
             send_timeout_seconds=settings.kafka_send_timeout_seconds,
             metrics=self.metrics,
+            security=self.kafka_security,
         )
         await self.relay.start()
         if self.spec.subscriptions:

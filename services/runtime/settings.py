@@ -8,6 +8,8 @@ from typing import Literal, Self, TypeVar
 from pydantic import Field, PostgresDsn, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.runtime.kafka import KafkaSecurity
+
 # HMAC secrets for JWTs must carry at least 256 bits.
 MIN_SECRET_BYTES = 32
 
@@ -29,6 +31,13 @@ class RuntimeSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(min_length=1, description="host:port[,host:port]")
     kafka_topic_prefix: str = Field(default="", description="Prepended to every topic (shared clusters, tests)")
     kafka_send_timeout_seconds: float = Field(default=10.0, gt=0)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
 
     outbox_batch_size: int = Field(default=1000, ge=1, le=10000)
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
@@ -50,9 +59,22 @@ class RuntimeSettings(BaseSettings):
                 raise ValueError("JWT_SECRET: expected at least 32 bytes (256 bits) when JWT_ALGORITHM=HS256")
         elif not self.jwt_jwks_url:
             raise ValueError("JWT_JWKS_URL: expected a JWKS URL when JWT_ALGORITHM=RS256")
+        self.kafka_security  # noqa: B018 - validates the KAFKA_SSL_* / KAFKA_SASL_* combination at start-up
         if self.database_pool_min > self.database_pool_max:
             raise ValueError("DATABASE_POOL_MIN: expected at most DATABASE_POOL_MAX")
         return self
+
+    @property
+    def kafka_security(self) -> KafkaSecurity:
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            ssl_cafile=self.kafka_ssl_cafile,
+            ssl_certfile=self.kafka_ssl_certfile,
+            ssl_keyfile=self.kafka_ssl_keyfile,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+        )
 
     def topic(self, name: str) -> str:
         return f"{self.kafka_topic_prefix}{name}"
