@@ -190,7 +190,7 @@ class Renderer:
             self._date_header(),
             f"Message-ID: {claimed.message_id}\r\nContent-Language: {locale}\r\n".encode("ascii"),
             b"MIME-Version: 1.0\r\nAuto-Submitted: auto-generated\r\n",
-            b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\r\n\r\n',
+            b'Content-Type: multipart/alternative;\r\n boundary="' + boundary + b'"\r\n\r\n',
         ]
         part = b'\r\nContent-Type: text/%s; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
         return b"".join(

@@ -69,6 +69,7 @@ class _Run:
         self.wake = asyncio.Event()
         self.outstanding = 0  # claimed and not yet recorded
         self.stopping = False
+        self.workers_done = False  # the recorder may end only once no worker can add a result
         size = self.settings.smtp_pool_size
         self.connections: list[SmtpConnection] = [sender.mailer.connection() for _ in range(size)]
         self.current: list[Claimed | None] = [None] * size
@@ -177,7 +178,7 @@ class _Run:
         while True:
             self.results_ready.clear()
             if not self.results:
-                if self.stopping:
+                if self.workers_done:
                     return
                 await self.results_ready.wait()
                 continue
@@ -235,6 +236,7 @@ class _Run:
         if busy:
             await asyncio.wait(busy, timeout=min(_STOP_SECONDS, self.settings.smtp_timeout_seconds))
             await _cancel(*busy)  # still running: these stay `sending` until their lease expires
+        self.workers_done = True
         self.results_ready.set()
         await asyncio.wait([recorder], timeout=_STOP_SECONDS)
         await _cancel(recorder)

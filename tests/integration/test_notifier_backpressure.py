@@ -1,0 +1,98 @@
+"""A rate-limited SMTP server slows consumption (Kafka keeps the lag), and a restart midway sends nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+import uuid
+
+from collabkare.stack.infra import Infrastructure
+from schemas import InviteRequested
+from tests.integration.notifier_harness import Notifier, invite, patient, practice, scratch, started, unique_email
+
+RATE = 40  # emails per second the "provider" allows
+HIGH_WATER = 20
+CONSUMER_BATCH = 10
+
+
+async def _seed(notifier: Notifier, count: int) -> tuple[uuid.UUID, list[InviteRequested]]:
+    """A practice and `count` registered patients, applied; returns the invites to send them."""
+    clinic = practice("Backpressure Clinic")
+    emails = [unique_email("bp") for _ in range(count)]
+    await notifier.publish(clinic, *(patient(email) for email in emails))
+    deadline = time.monotonic() + 20
+    while await notifier.admin.fetchval("SELECT count(*) FROM notifier.patients") < count:
+        assert time.monotonic() < deadline, "directory not applied"
+        await asyncio.sleep(0.05)
+    assert clinic.practice_id is not None
+    return clinic.practice_id, [invite(clinic.practice_id, email) for email in emails]
+
+
+def _sent_once(notifier: Notifier, invites: list[InviteRequested]) -> collections.Counter[int]:
+    """How many invites reached the sink how many times: {1: n} when every one arrived exactly once."""
+    return collections.Counter(len(notifier.caught_raw(event.event_id)) for event in invites)
+
+
+async def test_a_slow_smtp_server_holds_consumption_back_instead_of_growing_the_backlog(
+    infra: Infrastructure, template_database: str
+) -> None:
+    async with (
+        scratch(infra, template_database) as (database, prefix, admin),
+        started(
+            database,
+            prefix,
+            admin,
+            smtp_rate_per_second=RATE,
+            pending_high_water=HIGH_WATER,
+            consumer_batch_size=CONSUMER_BATCH,
+        ) as notifier,
+    ):
+        _, invites = await _seed(notifier, 120)
+        started_at = time.monotonic()
+        await notifier.publish(*invites)
+        highest, held_back = 0, False
+        deadline = started_at + 30
+        while time.monotonic() < deadline:
+            row = await admin.fetchrow(
+                "SELECT count(*) FILTER (WHERE status IN ('pending', 'sending')) AS open, count(*) AS queued "
+                "FROM notifier.deliveries"
+            )
+            highest = max(highest, row["open"])
+            # Consumption waited: the backlog was at the mark while Kafka still held unconsumed invites.
+            held_back = held_back or (row["open"] >= HIGH_WATER - CONSUMER_BATCH and row["queued"] < len(invites))
+            if row["queued"] == len(invites) and row["open"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        elapsed = time.monotonic() - started_at
+
+    assert highest <= HIGH_WATER - 1 + CONSUMER_BATCH, f"backlog reached {highest}"
+    assert held_back, "the backlog never met the mark while events were left in Kafka"
+    assert elapsed >= (len(invites) - RATE) / RATE, "the rate limit held (one second of burst, then 40/s)"
+    assert _sent_once(notifier, invites) == {1: len(invites)}
+
+
+async def test_a_restart_midway_sends_every_email_exactly_once(infra: Infrastructure, template_database: str) -> None:
+    async with scratch(infra, template_database) as (database, prefix, admin):
+        async with started(database, prefix, admin, smtp_rate_per_second=30) as first:
+            _, invites = await _seed(first, 90)
+            await first.publish(*invites)
+            deadline = time.monotonic() + 20
+            while await admin.fetchval("SELECT count(*) FROM notifier.deliveries WHERE status = 'sent'") < 20:
+                assert time.monotonic() < deadline, "nothing was sent"
+                await asyncio.sleep(0.05)
+            queued = await admin.fetchval("SELECT count(*) FROM notifier.deliveries")
+        assert queued == len(invites), "every invite was consumed: what is left is the sender's to finish"
+        left = await admin.fetchval("SELECT count(*) FROM notifier.deliveries WHERE status <> 'sent'")
+        stuck = await admin.fetchval("SELECT count(*) FROM notifier.deliveries WHERE status = 'sending'")
+        assert stuck == 0, "a graceful stop records or gives back every claim"
+
+        async with started(database, prefix, admin, consuming=False, smtp_rate_per_second=200) as second:
+            ids = [event.event_id for event in invites]
+            rows = await second.deliveries(ids, timeout=30)
+            assert sorted(row["status"] for row in rows) == ["sent"] * len(invites)
+            outcomes = await second.outcomes(set(ids))
+
+    assert left > 0, "the first notifier was stopped with work left"
+    assert _sent_once(second, invites) == {1: len(invites)}
+    assert len(outcomes) == len(invites), "one DeliveryOutcome per invite (a second one fails outcomes())"

@@ -1,0 +1,130 @@
+"""The notifier's rules without I/O: deliveries from events, what SMTP answers become, the outcome event."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from schemas import ConnectionRejected, InviteRequested
+from services.notifier.domain import (
+    Attempt,
+    Claimed,
+    Final,
+    Retry,
+    SendResult,
+    backoff_seconds,
+    content_problem,
+    decide,
+    delivery_for,
+    delivery_id_for,
+    not_on_platform,
+    outcome_event,
+    patient_entries,
+)
+from tests.integration.notifier_harness import invite, patient, rejected
+
+NOW = datetime(2026, 11, 21, 10, tzinfo=UTC)
+
+
+def _claimed(event: InviteRequested | ConnectionRejected | None = None, attempts: int = 1) -> Claimed:
+    delivery = delivery_for(event or invite(uuid.uuid4(), "ana@example.com", "hi", line_number=3))
+    return Claimed(delivery, attempts, True, "en", None, "Riverside", None)
+
+
+def _decide(claimed: Claimed, attempt: Attempt, reply: str = "x", max_attempts: int = 3) -> Final | Retry:
+    return decide(
+        claimed,
+        SendResult(attempt, reply),
+        max_attempts=max_attempts,
+        now=NOW,
+        retry_base=2.0,
+        retry_cap=60.0,
+        rng=random.Random(1),
+    )
+
+
+def test_a_delivery_is_derived_from_its_event_and_keeps_the_roster_coordinates() -> None:
+    event = invite(uuid.uuid4(), "Ana@Example.com", "hello", batch_id=uuid.uuid4(), line_number=12)
+    delivery = delivery_for(event)
+    assert delivery.id == delivery_id_for(event.event_id) == delivery_for(event).id, "stable across replays"
+    assert (delivery.kind, delivery.recipient, delivery.note) == ("invite", "Ana@example.com", "hello")
+    assert (delivery.invite_id, delivery.batch_id, delivery.line_number) == (
+        event.payload.invite_id,
+        event.payload.batch_id,
+        12,
+    )
+    no = delivery_for(rejected(uuid.uuid4(), "b@example.com", ""))
+    assert (no.kind, no.reason) == ("connection_rejected", None), "an empty reason is no reason"
+
+
+def test_the_latest_registration_of_an_email_wins() -> None:
+    older, newer = patient("Same@Example.com", "en"), patient("same@example.com", "es")
+    later = older.payload.registered_at + timedelta(seconds=1)
+    newer = newer.model_copy(update={"payload": newer.payload.model_copy(update={"registered_at": later})})
+    [entry] = patient_entries([newer, older])
+    assert (entry.email, entry.locale) == ("same@example.com", "es")
+
+
+def test_success_and_permanent_failure_are_final_at_once() -> None:
+    claimed = _claimed()
+    sent = _decide(claimed, Attempt.SENT, "250 2.0.0 OK")
+    assert isinstance(sent, Final) and (sent.outcome, sent.reason, sent.attempts) == ("sent", None, 1)
+    bounced = _decide(claimed, Attempt.PERMANENT, "550 5.1.1 no such user")
+    assert isinstance(bounced, Final) and (bounced.outcome, bounced.reason) == ("error", "550 5.1.1 no such user")
+
+
+def test_temporary_failures_retry_with_growing_jittered_delays_then_give_up() -> None:
+    delays = []
+    for attempts in (1, 2):
+        retry = _decide(_claimed(attempts=attempts), Attempt.TRANSIENT, "421 4.3.2 busy")
+        assert isinstance(retry, Retry) and retry.attempts == attempts and retry.last_error == "421 4.3.2 busy"
+        delays.append((retry.not_before - NOW).total_seconds())
+    assert 1.0 <= delays[0] <= 2.0 and 2.0 <= delays[1] <= 4.0
+    final = _decide(_claimed(attempts=3), Attempt.TRANSIENT, "451 4.3.0 later")
+    assert isinstance(final, Final) and final.outcome == "error" and final.attempts == 3
+    assert final.reason == "gave up after 3 attempts: 451 4.3.0 later"
+
+
+def test_an_unreachable_server_does_not_use_up_attempts() -> None:
+    retry = _decide(_claimed(attempts=3), Attempt.UNREACHABLE, "ConnectionRefusedError")
+    assert isinstance(retry, Retry) and retry.attempts == 2, "the message was never tried"
+
+
+def test_backoff_is_capped() -> None:
+    assert 30.0 <= backoff_seconds(50, 2.0, 60.0) <= 60.0
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("javascript:alert(1)", "not an http(s) URL"),
+        ("https://ok.example/accept?token=a b", "not an http(s) URL"),
+        ("https://ok.example/accept?token=ab", None),
+    ],
+)
+def test_an_accept_link_must_be_a_web_address(url: str, problem: str | None) -> None:
+    claimed = _claimed()
+    claimed = replace(claimed, delivery=replace(claimed.delivery, accept_url=url))
+    found = content_problem(claimed)
+    assert (found is None) if problem is None else (problem in (found or ""))
+
+
+def test_outcome_event_is_caused_by_the_source_and_copies_the_invite_coordinates() -> None:
+    event = invite(uuid.uuid4(), "ana@example.com", batch_id=uuid.uuid4(), line_number=4)
+    claimed = _claimed(event)
+    sent = outcome_event(Final(claimed, "sent", None, "250 OK", 1, NOW))
+    assert sent.causation_id == str(event.event_id) and sent.correlation_id == event.correlation_id
+    assert sent.practice_id == event.practice_id and sent.aggregate_key() == str(event.event_id)
+    payload = sent.payload
+    assert (payload.invite_id, payload.batch_id, payload.line_number) == (
+        event.payload.invite_id,
+        event.payload.batch_id,
+        4,
+    )
+    assert payload.message_id == f"<{event.event_id}@collabkare.notifier>"
+    absent = outcome_event(not_on_platform(claimed, NOW)).payload
+    assert (absent.outcome, absent.message_id, absent.attempts) == ("not_on_platform", None, 0)

@@ -1,0 +1,159 @@
+"""Emails built from pre-rendered templates: MIME structure, encodings, both languages, Message-ID, escaping."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+from email.message import EmailMessage
+
+import pytest
+
+from services.notifier.domain import Claimed, Locale, NewDelivery, delivery_id_for, message_id_for
+from services.notifier.messages import Renderer, encode_header, format_date
+
+RENDERER = Renderer("CollabKare <no-reply@collabkare.example>")
+
+
+def _claimed(kind: str = "invite", locale: Locale = "en", **changes: object) -> Claimed:
+    event_id = uuid.uuid4()
+    delivery = NewDelivery(
+        id=delivery_id_for(event_id),
+        source_event_id=event_id,
+        source_event_type={"invite": "InviteRequested"}.get(kind, "ConnectionApproved"),
+        kind=kind,  # type: ignore[arg-type]
+        recipient="ana@example.com",
+        practice_id=uuid.uuid4(),
+        correlation_id="c-1",
+        invite_id=uuid.uuid4(),
+        note='Bring your <insurance> card & "ID"',
+        accept_url="https://app.example/invites/accept?token=abc123&lang=en",
+        expires_at=datetime(2026, 12, 1, 23, 30, tzinfo=UTC),
+    )
+    fields = {k: v for k, v in changes.items() if k in NewDelivery.__dataclass_fields__}
+    delivery = replace(delivery, **fields)  # type: ignore[arg-type]
+    claimed = Claimed(delivery, 1, True, locale, "Ana Núñez", "Riverside Family Practice", "desk@riverside.example")
+    return replace(claimed, **{k: v for k, v in changes.items() if k not in fields})  # type: ignore[arg-type]
+
+
+def _parse(raw: bytes) -> EmailMessage:
+    message = email.parser.BytesParser(_class=EmailMessage, policy=email.policy.default).parsebytes(raw)
+    assert not message.defects, message.defects
+    return message
+
+
+def _bodies(message: EmailMessage) -> tuple[str, str]:
+    assert message.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
+    plain, html = message.get_body(("plain",)), message.get_body(("html",))
+    assert plain is not None and html is not None
+    return plain.get_content(), html.get_content()
+
+
+def test_invite_is_multipart_text_and_html_with_every_field() -> None:
+    claimed = _claimed()
+    raw = RENDERER.render(claimed)
+    assert raw.isascii(), "7-bit on the wire: quoted-printable bodies, encoded headers"
+    assert b"\n" not in raw.replace(b"\r\n", b""), "every line ends in CRLF"
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 78
+    message = _parse(raw)
+    assert message["Message-ID"] == f"<{claimed.delivery.source_event_id}@collabkare.notifier>"
+    assert message["From"] == "CollabKare <no-reply@collabkare.example>" and message["To"] == "ana@example.com"
+    assert message["Subject"] == "Riverside Family Practice invites you to connect on CollabKare"
+    assert message["Reply-To"].addresses[0].addr_spec == "desk@riverside.example"
+    assert message["MIME-Version"] == "1.0" and message["Auto-Submitted"] == "auto-generated"
+    assert message["Date"].datetime.tzinfo is not None
+    for part in message.iter_parts():
+        assert part["Content-Transfer-Encoding"] == "quoted-printable" and part.get_content_charset() == "utf-8"
+    plain, html = _bodies(message)
+    assert "Hello Ana Núñez," in plain and "Riverside Family Practice invites you" in plain
+    assert 'Bring your <insurance> card & "ID"' in plain
+    assert "https://app.example/invites/accept?token=abc123&lang=en" in plain
+    assert "expires on December 1, 2026" in plain
+    assert "Bring your &lt;insurance&gt; card &amp; &#34;ID&#34;" in html and "<insurance>" not in html
+    assert 'href="https://app.example/invites/accept?token=abc123&amp;lang=en"' in html
+    assert '<html lang="en">' in html
+
+
+def test_message_id_is_derived_from_the_source_event() -> None:
+    claimed = _claimed()
+    assert claimed.message_id == message_id_for(claimed.delivery.source_event_id)
+    again = _parse(RENDERER.render(claimed))["Message-ID"]
+    assert again == _parse(RENDERER.render(claimed))["Message-ID"] == claimed.message_id
+
+
+def test_spanish_invite_encodes_subject_and_body_and_formats_the_date() -> None:
+    claimed = _claimed(locale="es", practice_name="Clínica Peñalara", note="¡Bienvenida, señora Núñez!")
+    raw = RENDERER.render(claimed)
+    assert b"\r\nSubject: =?utf-8?b?" in raw and b"Pe=C3=B1alara" in raw
+    message = _parse(raw)
+    assert message["Subject"] == "Clínica Peñalara le invita a conectarse en CollabKare"
+    assert message["Content-Language"] == "es"
+    assert message["Reply-To"].addresses[0].display_name == "Clínica Peñalara"
+    plain, html = _bodies(message)
+    assert "Hola, Ana Núñez:" in plain and "¡Bienvenida, señora Núñez!" in plain
+    assert "Esta invitación caduca el 1 de diciembre de 2026." in plain
+    assert "Aceptar la invitación" in html and '<html lang="es">' in html
+
+
+@pytest.mark.parametrize("locale", ["en", "es"])
+@pytest.mark.parametrize("kind", ["invite", "connection_approved", "connection_rejected"])
+def test_every_kind_renders_in_both_languages(kind: str, locale: Locale) -> None:
+    claimed = _claimed(kind, locale, reason="Sin plazas" if kind == "connection_rejected" else None)
+    plain, html = _bodies(_parse(RENDERER.render(claimed)))
+    assert "Riverside Family Practice" in plain and "Riverside Family Practice" in html
+    if kind == "connection_rejected":
+        assert "Sin plazas" in plain and "Sin plazas" in html
+
+
+def test_optional_parts_leave_no_trace_when_absent() -> None:
+    claimed = _claimed(note=None, patient_name=None, reply_to=None)
+    message = _parse(RENDERER.render(claimed))
+    plain, html = _bodies(message)
+    assert plain.startswith("Hello,\r\n\r\nRiverside") or plain.startswith("Hello,\n\nRiverside")
+    assert "A note from" not in plain and "blockquote" not in html and "None" not in plain
+    assert message["Reply-To"] is None
+    rejected = _bodies(_parse(RENDERER.render(_claimed("connection_rejected", reason=None))))[0]
+    assert "reason" not in rejected
+
+
+def test_unknown_practice_gets_a_neutral_name() -> None:
+    message = _parse(RENDERER.render(_claimed("connection_approved", practice_name=None, reply_to=None)))
+    assert message["Subject"] == "You are now connected to your practice"
+
+
+def test_header_injection_through_a_practice_name_is_impossible() -> None:
+    claimed = _claimed(practice_name="Evil\r\nBcc: victim@example.com\r\nX-Evil: 1")
+    message = _parse(RENDERER.render(claimed))
+    assert message["Bcc"] is None and message["X-Evil"] is None
+    assert message["Subject"].startswith("Evil Bcc: victim@example.com X-Evil: 1 invites you")
+
+
+def test_long_headers_fold_and_decode_back() -> None:
+    ascii_value = "word " * 40
+    non_ascii = "Consulta médica de la señora Peñalara y asociados, " * 4
+    for value in (ascii_value, non_ascii):
+        line = encode_header("Subject", value)
+        assert all(len(part) <= 78 for part in line.split(b"\r\n"))
+        parsed = _parse(line + b"\r\nbody\r\n")
+        assert parsed["Subject"] == " ".join(value.split())
+
+
+def test_multiline_reason_keeps_its_lines_in_both_parts() -> None:
+    claimed = _claimed("connection_rejected", reason="First line\r\nsecond line\rthird")
+    plain, html = _bodies(_parse(RENDERER.render(claimed)))
+    assert "First line\nsecond line\nthird" in plain.replace("\r\n", "\n")
+    assert "white-space:pre-line" in html and "second line" in html
+
+
+def test_dates_in_each_language() -> None:
+    moment = datetime(2027, 1, 5, 3, tzinfo=UTC)
+    assert format_date(moment, "en") == "January 5, 2027"
+    assert format_date(moment, "es") == "5 de enero de 2027"
+
+
+def test_sender_must_be_an_address() -> None:
+    with pytest.raises(ValueError, match="SMTP_FROM"):
+        Renderer("not an address")
