@@ -1,0 +1,128 @@
+"""Two notifier processes in one consumer group share the work and send each email exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from collabkare.stack.infra import Infrastructure
+from collabkare.stack.ports import free_port
+from tests.integration.notifier_harness import Notifier, invite, notifier_env, patient, practice, scratch, unique_email
+
+ROOT = Path(__file__).resolve().parents[2]
+INVITES = 300
+_SENT = re.compile(r'^emails_total\{kind="invite",outcome="sent"\} ([0-9.e+]+)$', re.MULTILINE)
+_CONSUMED = re.compile(r'^events_consumed_total\{[^}]*event_type="PatientRegistered"[^}]*\} ([0-9.e+]+)$', re.M)
+
+
+@contextmanager
+def notifier_processes(env: dict[str, str], count: int, logs: Path) -> Iterator[list[str]]:
+    """`python -m services.notifier` `count` times; yields their base URLs; SIGTERM (then SIGKILL) at the end."""
+    processes: list[subprocess.Popen[bytes]] = []
+    urls = []
+    try:
+        for index in range(count):
+            port = free_port()
+            log = (logs / f"notifier-{index}.log").open("wb")
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "services.notifier"],
+                    cwd=ROOT,
+                    env={**os.environ, **env, "PORT": str(port), "PYTHONUNBUFFERED": "1"},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            log.close()
+            urls.append(f"http://127.0.0.1:{port}")
+        yield urls
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=25)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+
+async def _metric(http: httpx.AsyncClient, url: str, pattern: re.Pattern[str]) -> float:
+    text = (await http.get(f"{url}/metrics")).text
+    return sum(float(value) for value in pattern.findall(text))
+
+
+async def _until(what: str, timeout: float, check: Callable[[], Awaitable[bool]]) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.2)
+
+
+async def test_two_processes_in_one_group_send_each_email_once(
+    infra: Infrastructure, template_database: str, tmp_path: Path
+) -> None:
+    async with scratch(infra, template_database) as (database, prefix, admin):
+        notifier = Notifier(database, prefix, admin)
+        # Small claims, so that both senders take turns on the shared table.
+        env = notifier_env(database, prefix, sender_batch_size=16, log_level="WARNING")
+        clinic = practice("Twin Process Clinic")
+        assert clinic.practice_id is not None
+        emails = [unique_email("twin") for _ in range(INVITES)]
+        with notifier_processes(env, 2, tmp_path) as urls:
+            async with httpx.AsyncClient(timeout=5) as http:
+
+                async def both_ready() -> bool:
+                    try:
+                        return all([(await http.get(f"{url}/readyz")).status_code == 200 for url in urls])
+                    except httpx.HTTPError:
+                        return False
+
+                await _until("both processes are ready", 40, both_ready)
+                await notifier.publish(clinic)
+                registered = 0
+
+                async def both_consuming() -> bool:
+                    # Patients in small waves until each process has applied some: both hold partitions.
+                    nonlocal registered
+                    if registered < len(emails):
+                        await notifier.publish(*(patient(email) for email in emails[registered : registered + 20]))
+                        registered += 20
+                    return all([await _metric(http, url, _CONSUMED) > 0 for url in urls])
+
+                await _until("both processes consume", 60, both_consuming)
+                await notifier.publish(*(patient(email) for email in emails[registered:]))
+                await _until(
+                    "the directory is complete",
+                    30,
+                    lambda: _count(admin, "SELECT count(*) FROM notifier.patients", INVITES),
+                )
+
+                invites = [invite(clinic.practice_id, email) for email in emails]
+                await notifier.publish(*invites)
+                rows = await notifier.deliveries([event.event_id for event in invites], timeout=60)
+                sent_by = [await _metric(http, url, _SENT) for url in urls]
+
+        assert collections.Counter(row["status"] for row in rows) == {"sent": INVITES}
+        copies = collections.Counter(len(notifier.caught_raw(event.event_id)) for event in invites)
+        assert copies == {1: INVITES}, "each Message-ID exactly once at the sink"
+        assert sum(sent_by) == INVITES and all(count > 0 for count in sent_by), f"sent per process: {sent_by}"
+        outcomes = await notifier.outcomes({event.event_id for event in invites}, timeout=30)
+        assert len(outcomes) == INVITES
+
+
+async def _count(admin: asyncpg.Pool, sql: str, expect: int) -> bool:
+    return int(await admin.fetchval(sql)) >= expect
