@@ -47,8 +47,13 @@ class Report:
             self.failures.append(name)
 
 
-def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=STEP_TIMEOUT, check=False, **kwargs)  # type: ignore[call-overload]
+def run(
+    command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    # Only our own fixed tool paths and arguments, never input from elsewhere.
+    return subprocess.run(  # noqa: S603
+        command, capture_output=True, text=True, timeout=STEP_TIMEOUT, check=False, env=env, cwd=cwd
+    )
 
 
 def indent(text: str) -> str:
@@ -103,8 +108,11 @@ def validate(report: Report, rendered: dict[str, Path], work: Path) -> None:
         custom = [d for d in documents if str(d.get("apiVersion", "")).startswith(STRIMZI_GROUP)]
 
         # A resource without a namespace would land in whatever namespace kubectl points at.
-        unplaced = [f"{d.get('kind')}/{d.get('metadata', {}).get('name')}" for d in documents
-                    if d.get("kind") not in CLUSTER_SCOPED and not d.get("metadata", {}).get("namespace")]
+        unplaced = [
+            f"{d.get('kind')}/{d.get('metadata', {}).get('name')}"
+            for d in documents
+            if d.get("kind") not in CLUSTER_SCOPED and not d.get("metadata", {}).get("namespace")
+        ]
         report.step(f"namespace set on every resource of {name}", not unplaced, ", ".join(unplaced))
 
         builtin_file = work / f"{name}.builtin.yaml"
@@ -165,9 +173,24 @@ def checkov(report: Report, rendered: dict[str, Path], work: Path) -> None:
     )
     output = work / "checkov"
     files = [rendered[name] for name in OVERLAYS if name in rendered]
-    command = [str(BIN / "checkov"), "--framework", "kubernetes", "dockerfile", "--skip-download",
-               "--skip-results-upload", "--compact", "--quiet", "-o", "cli", "-o", "json",
-               "--output-file-path", str(output), "-f", str(ROOT / "Dockerfile")]
+    command = [
+        str(BIN / "checkov"),
+        "--framework",
+        "kubernetes",
+        "dockerfile",
+        "--skip-download",
+        "--skip-results-upload",
+        "--compact",
+        "--quiet",
+        "-o",
+        "cli",
+        "-o",
+        "json",
+        "--output-file-path",
+        str(output),
+        "-f",
+        str(ROOT / "Dockerfile"),
+    ]
     for path in files:
         command += ["-f", str(path)]
     started = time.monotonic()
@@ -188,13 +211,19 @@ def checkov(report: Report, rendered: dict[str, Path], work: Path) -> None:
     stale = sorted(set(skips) - {c["check_id"] for c in justified})
     for entry in reports:
         summary = entry["summary"]
-        print(f"     checkov {entry.get('check_type')}: {summary['passed']} passed, {summary['failed']} flagged, "
-              f"{summary['skipped']} skipped inline, {summary.get('parsing_errors', 0)} parsing errors, "
-              f"{summary.get('resource_count', '?')} resources")
-    detail = (f"{passed} passed, {len(unexpected)} failed, {len(justified) + len(inline_skips)} skipped "
-              f"({elapsed:.0f} s)")
-    lines = [f"{c['check_id']} {c['check_name']}: {c['resource']} ({Path(c['file_path']).name}:"
-             f"{'-'.join(str(n) for n in c.get('file_line_range') or [])})" for c in unexpected]
+        print(
+            f"     checkov {entry.get('check_type')}: {summary['passed']} passed, {summary['failed']} flagged, "
+            f"{summary['skipped']} skipped inline, {summary.get('parsing_errors', 0)} parsing errors, "
+            f"{summary.get('resource_count', '?')} resources"
+        )
+    detail = (
+        f"{passed} passed, {len(unexpected)} failed, {len(justified) + len(inline_skips)} skipped ({elapsed:.0f} s)"
+    )
+    lines = [
+        f"{c['check_id']} {c['check_name']}: {c['resource']} ({Path(c['file_path']).name}:"
+        f"{'-'.join(str(n) for n in c.get('file_line_range') or [])})"
+        for c in unexpected
+    ]
     lines += [f"{parsing_errors} file(s) checkov could not parse"] if parsing_errors else []
     lines += [f"{check} is in deploy/checkov-skips.yaml but flags nothing any more: remove it" for check in stale]
     report.step(name, not lines, detail + ("\n" + indent("\n".join(lines)) if lines else ""))
@@ -217,16 +246,25 @@ def yamllint(report: Report, rendered: dict[str, Path]) -> None:
     result = run([str(BIN / "yamllint"), "--strict", "-c", str(DEPLOY / ".yamllint"), *sources])
     report.step("yamllint deploy/ and compose.yaml", result.returncode == 0, indent(result.stdout + result.stderr))
     # Rendered output is kubectl's formatting, not ours: checked for syntax, duplicates and truthy values only.
-    result = run([str(BIN / "yamllint"), "--strict", "-c", str(DEPLOY / ".yamllint-rendered"),
-                  *(str(p) for p in rendered.values())])
+    result = run(
+        [
+            str(BIN / "yamllint"),
+            "--strict",
+            "-c",
+            str(DEPLOY / ".yamllint-rendered"),
+            *(str(p) for p in rendered.values()),
+        ]
+    )
     report.step("yamllint rendered output", result.returncode == 0, indent(result.stdout + result.stderr))
 
 
 def compose(report: Report) -> None:
-    result = run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
-                  str(ROOT / "compose.yaml")])
-    report.step("compose.yaml against the Compose Specification schema (check-jsonschema)",
-                result.returncode == 0, "" if result.returncode == 0 else "\n" + indent(result.stdout + result.stderr))
+    result = run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(ROOT / "compose.yaml")])
+    report.step(
+        "compose.yaml against the Compose Specification schema (check-jsonschema)",
+        result.returncode == 0,
+        "" if result.returncode == 0 else "\n" + indent(result.stdout + result.stderr),
+    )
 
 
 def entrypoint(report: Report) -> None:

