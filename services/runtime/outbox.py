@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 import asyncpg
@@ -11,9 +12,11 @@ from schemas import Envelope, topic_for
 _COLUMNS = ("event_id", "topic", "message_key", "event_type", "payload")
 # Below this many rows one multi-row INSERT is cheaper than setting up COPY.
 _COPY_THRESHOLD = 64
+# (event_id, topic, message_key, event_type, payload): one outbox row, for producers that serialise themselves.
+OutboxRecord = tuple[uuid.UUID, str, str, str, bytes]
 
 
-def _record(event: Envelope) -> tuple[object, ...]:
+def _record(event: Envelope) -> OutboxRecord:
     return (
         event.event_id,
         topic_for(event.event_type),
@@ -25,9 +28,13 @@ def _record(event: Envelope) -> tuple[object, ...]:
 
 async def add_events(connection: asyncpg.Connection, schema: str, events: Sequence[Envelope]) -> None:
     """Stage events for publishing; they leave only if the surrounding transaction commits."""
-    if not events:
+    await add_records(connection, schema, [_record(event) for event in events])
+
+
+async def add_records(connection: asyncpg.Connection, schema: str, records: Sequence[OutboxRecord]) -> None:
+    """Stage already-serialised events: for bulk producers whose payloads must match the event's JSON exactly."""
+    if not records:
         return
-    records = [_record(event) for event in events]
     if len(records) >= _COPY_THRESHOLD:
         await connection.copy_records_to_table("outbox", schema_name=schema, columns=_COLUMNS, records=records)
         return

@@ -1,0 +1,118 @@
+"""Accepting an invite, pure: the checks in order, and what the invite becomes (attempts, lock, expiry, acceptance)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+
+from schemas import Envelope
+from services.invitations import identity
+from services.invitations.domain import (
+    MAX_FACTOR_ATTEMPTS,
+    Cause,
+    Invite,
+    InviteStatus,
+    accepted_event,
+    expired_event,
+)
+
+
+class Decision(StrEnum):
+    ACCEPTED = "accepted"
+    ALREADY_ACCEPTED = "already_accepted"  # 409: single use
+    REVOKED = "revoked"  # 410
+    EXPIRED = "expired"  # 410
+    LOCKED = "locked"  # 403: too many wrong answers
+    WRONG_FACTOR = "wrong_factor"  # 403, counted
+    FACTOR_REQUIRED = "factor_required"  # 422, not counted: the patient gave nothing this invite can check
+    OTHER_EMAIL = "other_email"  # 403: an invite without factors is for the address it was sent to
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The patient's identity answer, normalised (None where not given)."""
+
+    ssn: str | None = None
+    date_of_birth: str | None = None
+    phone: str | None = None
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    decision: Decision
+    invite: Invite  # as it must now be stored
+    changed: bool  # whether anything must be written
+    events: tuple[Envelope, ...] = ()
+
+    @property
+    def tries_left(self) -> int:
+        return max(0, MAX_FACTOR_ATTEMPTS - self.invite.failed_attempts)
+
+
+def accepted_factors(invite: Invite) -> list[str]:
+    """The answers this invite can check, as the request fields that carry them."""
+    names = []
+    if invite.digests.ssn is not None:
+        names.append("ssn")
+    if invite.digests.date_of_birth is not None and invite.digests.phone is not None:
+        names.append("date_of_birth and phone")
+    return names
+
+
+def accept(
+    invite: Invite,
+    *,
+    patient_id: uuid.UUID,
+    patient_email: str,
+    answer: Answer,
+    key: bytes,
+    now: datetime,
+    cause: Cause,
+) -> Acceptance:
+    """Checks in this order: used, revoked, expired, locked, then the identity factor (or the email)."""
+    if invite.status is InviteStatus.ACCEPTED:
+        return Acceptance(Decision.ALREADY_ACCEPTED, invite, changed=False)
+    if invite.status is InviteStatus.REVOKED:
+        return Acceptance(Decision.REVOKED, invite, changed=False)
+    if invite.current_status(now) is InviteStatus.EXPIRED:
+        if invite.status is InviteStatus.EXPIRED:
+            return Acceptance(Decision.EXPIRED, invite, changed=False)
+        # Past its time but not yet swept: expire it now, so the answer and the record agree.
+        expired = replace(invite, status=InviteStatus.EXPIRED, expired_at=invite.expires_at)
+        event: Envelope = expired_event(invite.id, invite.practice_id, invite.expires_at, cause)
+        return Acceptance(Decision.EXPIRED, expired, changed=True, events=(event,))
+    if invite.locked_at is not None:
+        return Acceptance(Decision.LOCKED, invite, changed=False)
+    if invite.digests.required:
+        checks = _checks(invite, answer, key)
+        if not checks:
+            return Acceptance(Decision.FACTOR_REQUIRED, invite, changed=False)
+        if not any(checks):
+            attempts = invite.failed_attempts + 1
+            locked_at = now if attempts >= MAX_FACTOR_ATTEMPTS else None
+            counted = replace(invite, failed_attempts=attempts, locked_at=locked_at)
+            return Acceptance(Decision.WRONG_FACTOR, counted, changed=True)
+    elif patient_email.lower() != invite.email_key:
+        return Acceptance(Decision.OTHER_EMAIL, invite, changed=False)
+    accepted = replace(invite, status=InviteStatus.ACCEPTED, accepted_at=now, accepted_by=str(patient_id))
+    event = accepted_event(accepted, patient_id, patient_email, cause)
+    return Acceptance(Decision.ACCEPTED, accepted, changed=True, events=(event,))
+
+
+def _checks(invite: Invite, answer: Answer, key: bytes) -> list[bool]:
+    """One result per factor that both the invite and the answer carry; empty when there is none."""
+    digests, results = invite.digests, []
+    if digests.ssn is not None and answer.ssn is not None:
+        results.append(identity.matches(key, "ssn", answer.ssn, digests.ssn))
+    if (
+        digests.date_of_birth is not None
+        and digests.phone is not None
+        and answer.date_of_birth is not None
+        and answer.phone is not None
+    ):
+        dob = identity.matches(key, "date_of_birth", answer.date_of_birth, digests.date_of_birth)
+        phone = identity.matches(key, "phone", answer.phone, digests.phone)
+        results.append(dob and phone)
+    return results

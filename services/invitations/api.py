@@ -1,0 +1,347 @@
+"""HTTP routes for individual invites and acceptance: parse, authorise, call a use case, shape the answer."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints, TypeAdapter
+
+from services.invitations import handlers, identity
+from services.invitations.acceptance import Answer, Decision, accepted_factors
+from services.invitations.domain import (
+    AlreadyConnected,
+    AlreadyInvited,
+    AlreadyReplaced,
+    Cause,
+    Invite,
+    InviteStatus,
+    NotChangeable,
+    Outcome,
+)
+from services.invitations.handlers import InviteNotFound, Policy
+from services.invitations.roster import MAX_NOTE, check_note
+from services.runtime.auth import Patient, Principal, StaffMember
+from services.runtime.problems import PROBLEM_JSON, Problem
+
+router = APIRouter(tags=["invites"])
+_EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
+
+
+def _clean_note(note: str | None) -> str | None:
+    note = (note or "").strip() or None
+    if note is not None and (problem := check_note(note)):
+        raise ValueError(problem)
+    return note
+
+
+Note = Annotated[str | None, AfterValidator(_clean_note), Field(description=f"Up to {MAX_NOTE} characters")]
+Factor = Annotated[str | None, StringConstraints(max_length=40)]
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"description": "problem+json (RFC 9457)", "content": {PROBLEM_JSON: {}}} for status in statuses}
+
+
+def _pool(request: Request) -> asyncpg.Pool:
+    pool = request.app.state.runtime.pool
+    if pool is None:
+        raise Problem(503, "The service is starting; try again shortly.")
+    return pool
+
+
+def _policy(request: Request) -> Policy:
+    settings = request.app.state.runtime.settings
+    return Policy(settings.invite_ttl, settings.public_base_url, settings.identity_key())
+
+
+def _cause(request: Request) -> Cause:
+    return Cause(correlation_id=request.state.correlation_id)
+
+
+Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+Policies = Annotated[Policy, Depends(_policy)]
+Tracing = Annotated[Cause, Depends(_cause)]
+
+
+def unprocessable(detail: str, errors: list[tuple[str, str, str]]) -> Problem:
+    """422 naming each field at fault: (field, rule, message)."""
+    return Problem(422, detail, errors=[{"field": f, "rule": r, "message": m} for f, r, m in errors])
+
+
+class InviteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: EmailStr
+    ssn: Factor = Field(default=None, description="123-45-6789 or 123456789; or give date_of_birth and phone")
+    date_of_birth: date | None = None
+    phone: Factor = Field(default=None, description="With the country code, or 10 digits for +1")
+    note: Note = None
+
+
+class AcceptBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(min_length=1, max_length=200, description="The token from the accept link")
+    ssn: Factor = None
+    date_of_birth: date | None = None
+    phone: Factor = None
+
+
+class InviteView(BaseModel):
+    id: uuid.UUID
+    practice_id: uuid.UUID
+    email: str
+    note: str | None
+    status: InviteStatus
+    delivery: Outcome = Field(description="queued until the notifier reports sent, not_on_platform or error")
+    delivery_reason: str | None
+    delivered_at: datetime | None
+    identity_factors: list[str] = Field(description="What acceptance checks: ssn, and/or date_of_birth and phone")
+    sent_by: str
+    sent_at: datetime
+    expires_at: datetime
+    batch_id: uuid.UUID | None
+    line_number: int | None
+    resends: uuid.UUID | None = Field(description="The invite this one replaced (a resend)")
+    replaced_by: uuid.UUID | None = Field(description="The invite that replaced this one (a resend)")
+    revoked_by: str | None
+    revoked_at: datetime | None
+    accepted_by: str | None
+    accepted_at: datetime | None
+    expired_at: datetime | None
+    locked: bool = Field(description="Locked after too many wrong identity answers")
+
+    @classmethod
+    def of(cls, invite: Invite, now: datetime | None = None) -> InviteView:
+        now = now or datetime.now(UTC)
+        status = invite.current_status(now)
+        return cls(
+            id=invite.id,
+            practice_id=invite.practice_id,
+            email=invite.email,
+            note=invite.note,
+            status=status,
+            delivery=invite.delivery,
+            delivery_reason=invite.delivery_reason,
+            delivered_at=invite.delivered_at,
+            identity_factors=accepted_factors(invite),
+            sent_by=invite.created_by,
+            sent_at=invite.created_at,
+            expires_at=invite.expires_at,
+            batch_id=invite.batch_id,
+            line_number=invite.line_number,
+            resends=invite.replaces,
+            replaced_by=invite.replaced_by,
+            revoked_by=invite.revoked_by,
+            revoked_at=invite.revoked_at,
+            accepted_by=invite.accepted_by,
+            accepted_at=invite.accepted_at,
+            expired_at=invite.expired_at or (invite.expires_at if status is InviteStatus.EXPIRED else None),
+            locked=invite.locked_at is not None,
+        )
+
+
+class HistoryView(BaseModel):
+    email: str
+    items: list[InviteView] = Field(description="Every invite for this patient at this practice, newest first")
+
+
+class ResendView(BaseModel):
+    previous: InviteView
+    invite: InviteView
+
+
+class AcceptedView(BaseModel):
+    invite_id: uuid.UUID
+    practice_id: uuid.UUID
+    status: InviteStatus
+    accepted_at: datetime
+
+
+def _factors(body: InviteBody | AcceptBody, today: date) -> tuple[str | None, str | None, str | None]:
+    """Normalised (ssn, date_of_birth, phone); 422 naming a malformed one without echoing its value."""
+    try:
+        ssn = identity.normalize_ssn(body.ssn) if body.ssn else None
+        dob = identity.check_birth_date(body.date_of_birth, today) if body.date_of_birth else None
+        phone = identity.normalize_phone(body.phone) if body.phone else None
+    except identity.FactorError as error:
+        detail = f"The request is not valid: {error.field}: {error}"
+        raise unprocessable(detail, [(error.field, "format", str(error))]) from None
+    return ssn, dob, phone
+
+
+def _conflict(error: AlreadyConnected | AlreadyInvited | NotChangeable | AlreadyReplaced) -> Problem:
+    if isinstance(error, AlreadyConnected):
+        return Problem(409, str(error), type_="urn:collabkare:problem:already-connected")
+    if isinstance(error, AlreadyInvited):
+        view = InviteView.of(error.invite).model_dump(mode="json")
+        return Problem(409, str(error), type_="urn:collabkare:problem:already-invited", invite=view)
+    if isinstance(error, AlreadyReplaced):
+        assert error.invite.replaced_by is not None
+        replaced_by = str(error.invite.replaced_by)
+        return Problem(409, str(error), type_="urn:collabkare:problem:already-resent", replaced_by=replaced_by)
+    return Problem(409, str(error), type_="urn:collabkare:problem:invite-not-changeable", status_now=error.status.value)
+
+
+@router.post(
+    "/v1/practices/{practice_id}/invites",
+    status_code=201,
+    summary="Invite one patient (email plus SSN, or date of birth and phone)",
+    description="Factors are stored only as keyed digests. 409 when the patient is connected or already invited.",
+    responses=problems(401, 403, 404, 409, 422),
+)
+async def create_invite(
+    practice_id: uuid.UUID, staff: StaffMember, body: InviteBody, pool: Pool, policy: Policies, cause: Tracing
+) -> InviteView:
+    missing = identity.missing_factors(
+        ssn=bool(body.ssn), date_of_birth=bool(body.date_of_birth), phone=bool(body.phone)
+    )
+    if missing:
+        names = " and ".join(field for field, _ in missing) if len(missing) == 1 else "ssn, or date_of_birth and phone"
+        raise unprocessable(f"Missing: {names}.", [(field, "required", message) for field, message in missing])
+    ssn, dob, phone = _factors(body, datetime.now(UTC).date())
+    digests = identity.digests(policy.identity_key, ssn=ssn, date_of_birth=dob, phone=phone)
+    try:
+        invite = await handlers.create_invite(
+            pool, policy, practice_id, body.email, body.note, digests, actor=staff.subject, cause=cause
+        )
+    except (AlreadyConnected, AlreadyInvited) as error:
+        raise _conflict(error) from None
+    return InviteView.of(invite)
+
+
+@router.get(
+    "/v1/practices/{practice_id}/invites",
+    summary="A patient's access history: every invite, its status, and who did what when",
+    responses=problems(401, 403, 404, 422),
+)
+async def access_history(
+    practice_id: uuid.UUID,
+    staff: StaffMember,
+    pool: Pool,
+    email: Annotated[str, Query(min_length=3, max_length=320, description="The patient's email")],
+) -> HistoryView:
+    try:
+        address = _EMAIL.validate_python(email)
+    except ValueError:
+        raise unprocessable(
+            "The request is not valid: email: not an email address", [("email", "email", "not an email address")]
+        ) from None
+    invites = await handlers.access_history(pool, practice_id, address)
+    now = datetime.now(UTC)
+    return HistoryView(email=address, items=[InviteView.of(invite, now) for invite in invites])
+
+
+@router.post(
+    "/v1/practices/{practice_id}/invites/{invite_id}/revoke",
+    summary="Revoke a pending invite (revoking it again changes nothing)",
+    responses=problems(401, 403, 404, 409, 422),
+)
+async def revoke_invite(
+    practice_id: uuid.UUID, invite_id: uuid.UUID, staff: StaffMember, pool: Pool, cause: Tracing
+) -> InviteView:
+    try:
+        invite = await handlers.revoke_invite(pool, practice_id, invite_id, actor=staff.subject, cause=cause)
+    except InviteNotFound:
+        raise Problem(404, "No such invite.") from None
+    except NotChangeable as error:
+        raise _conflict(error) from None
+    return InviteView.of(invite)
+
+
+@router.post(
+    "/v1/practices/{practice_id}/invites/{invite_id}/resend",
+    status_code=201,
+    summary="Resend: revoke the invite (if pending) and send a new one with a new token; works on expired invites",
+    responses=problems(401, 403, 404, 409, 422),
+)
+async def resend_invite(
+    practice_id: uuid.UUID, invite_id: uuid.UUID, staff: StaffMember, pool: Pool, policy: Policies, cause: Tracing
+) -> ResendView:
+    try:
+        old, new = await handlers.resend_invite(pool, policy, practice_id, invite_id, actor=staff.subject, cause=cause)
+    except InviteNotFound:
+        raise Problem(404, "No such invite.") from None
+    except (AlreadyConnected, AlreadyInvited, NotChangeable, AlreadyReplaced) as error:
+        raise _conflict(error) from None
+    return ResendView(previous=InviteView.of(old), invite=InviteView.of(new))
+
+
+def _patient(principal: Principal) -> tuple[uuid.UUID, str]:
+    try:
+        patient_id = uuid.UUID(principal.subject)
+    except ValueError:
+        message = "the patient token's subject is not a patient id (UUID)"
+        raise unprocessable(f"The request cannot be served: {message}.", [("token.sub", "claim", message)]) from None
+    if not principal.email:
+        message = "the patient token carries no email claim; sign in again"
+        raise unprocessable(f"The request cannot be served: {message}.", [("token.email", "claim", message)])
+    return patient_id, principal.email
+
+
+def _answer(body: AcceptBody) -> Answer:
+    if body.ssn and (body.date_of_birth or body.phone):
+        message = "give ssn, or date_of_birth and phone, not both"
+        raise unprocessable(f"The request is not valid: {message}.", [("ssn", "one_factor", message)])
+    if bool(body.date_of_birth) != bool(body.phone):
+        field = "phone" if body.date_of_birth else "date_of_birth"
+        other = "date_of_birth" if body.date_of_birth else "phone"
+        message = f"required with {other}"
+        raise unprocessable(f"Missing: {field}.", [(field, "required", message)])
+    ssn, dob, phone = _factors(body, datetime.now(UTC).date())
+    return Answer(ssn=ssn, date_of_birth=dob, phone=phone)
+
+
+@router.post(
+    "/v1/invites/accept",
+    summary="A patient accepts an invite with its token (and one identity factor when the invite has them)",
+    description="410 when expired or revoked; 403 on a wrong factor (locked after 5); 409 when already used.",
+    responses=problems(401, 403, 404, 409, 410, 422),
+)
+async def accept_invite(
+    principal: Patient, body: AcceptBody, pool: Pool, policy: Policies, cause: Tracing
+) -> AcceptedView:
+    patient_id, email = _patient(principal)
+    result = await handlers.accept_invite(
+        pool, policy, body.token, patient_id=patient_id, patient_email=email, answer=_answer(body), cause=cause
+    )
+    if result is None:
+        raise Problem(404, "No such invite: the link is not valid.")
+    invite = result.invite
+    if result.decision is Decision.ACCEPTED:
+        assert invite.accepted_at is not None
+        return AcceptedView(
+            invite_id=invite.id, practice_id=invite.practice_id, status=invite.status, accepted_at=invite.accepted_at
+        )
+    raise _refusal(result.decision, invite, result.tries_left)
+
+
+def _refusal(decision: Decision, invite: Invite, tries_left: int) -> Problem:
+    kind = f"urn:collabkare:problem:invite-{decision.value.replace('_', '-')}"
+    if decision is Decision.EXPIRED:
+        return Problem(
+            410, "This invite has expired; ask the practice to send a new one.", type_=kind, reason="expired"
+        )
+    if decision is Decision.REVOKED:
+        return Problem(410, "This invite was revoked by the practice.", type_=kind, reason="revoked")
+    if decision is Decision.ALREADY_ACCEPTED:
+        return Problem(409, "This invite has already been used.", type_=kind)
+    if decision is Decision.LOCKED:
+        return Problem(
+            403, "This invite is locked after too many wrong answers; ask the practice to resend it.", type_=kind
+        )
+    if decision is Decision.WRONG_FACTOR:
+        detail = "The identity details do not match this invite."
+        if tries_left == 0:
+            detail += " The invite is now locked; ask the practice to resend it."
+        return Problem(403, detail, type_=kind, tries_left=tries_left)
+    if decision is Decision.OTHER_EMAIL:
+        return Problem(
+            403, "This invite was sent to another email address than the one you signed in with.", type_=kind
+        )
+    wanted = accepted_factors(invite)
+    message = f"this invite needs {' or '.join(wanted)}"
+    fields = [name for group in wanted for name in group.split(" and ")]
+    return unprocessable(f"Missing: {' or '.join(wanted)}.", [(field, "required", message) for field in fields])

@@ -1,0 +1,325 @@
+"""HTTP routes for rosters: preview, bulk send with Idempotency-Key, results, not-on-platform list and resend."""
+
+from __future__ import annotations
+
+import asyncio
+import email.message
+import hashlib
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import asyncpg
+import pydantic_core
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.invitations import batch_handlers
+from services.invitations.api import Note, Policies, Pool, Tracing, problems, unprocessable
+from services.invitations.batch import count_verdicts
+from services.invitations.batch_handlers import BatchNotFound, IdempotencyKeyReused
+from services.invitations.batch_repository import BatchRecord
+from services.invitations.domain import Outcome
+from services.invitations.roster import MAX_BYTES, MAX_LINES, Roster, RosterTooLarge, Verdict, parse_roster
+from services.runtime.auth import StaffMember
+from services.runtime.problems import Problem
+
+router = APIRouter(tags=["rosters"])
+# The JSON around a 5 MB roster: escaped line breaks and quotes make it larger than the roster itself.
+MAX_BODY = 2 * MAX_BYTES + 64 * 1024
+_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_BASE = "/v1/practices/{practice_id}/invite-batches"
+
+
+class RosterBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    roster: str = Field(description=f"One email per line, optional note after the first comma; {MAX_LINES:,} lines")
+    default_note: Note = None
+
+
+_ROSTER_REQUEST: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": RosterBody.model_json_schema()}}}
+}
+
+
+class VerdictView(BaseModel):
+    line_number: int
+    email: str
+    note: str | None
+    verdict: Verdict
+    reason: str | None = Field(description="Why the line is not ready, in words a person understands")
+    duplicate_of: int | None
+
+
+class PreviewView(BaseModel):
+    patients_ready: int = Field(description="Entries that would be invited")
+    lines: int
+    total: int = Field(description="Entries: lines that are neither blank nor comments")
+    counts: dict[Verdict, int]
+    rows: list[VerdictView]
+
+
+class BatchView(BaseModel):
+    batch_id: uuid.UUID
+    practice_id: uuid.UUID
+    created_by: str
+    created_at: datetime
+    lines: int
+    total: int
+    patients_ready: int = Field(description="Entries that got an invite")
+    counts: dict[Outcome, int]
+    queued: int = Field(description="Invites still waiting for their delivery outcome")
+    done: bool
+    links: dict[str, str]
+
+
+class RowView(BaseModel):
+    line_number: int
+    email: str
+    note: str | None
+    outcome: Outcome
+    reason: str | None
+    duplicate_of: int | None
+    invite_id: uuid.UUID | None
+    attempts: int = Field(description="Invites sent for this row (a resend adds one)")
+    updated_at: datetime
+
+
+class RowsPage(BaseModel):
+    items: list[RowView]
+    next_cursor: str | None
+
+
+class ResentView(BaseModel):
+    batch_id: uuid.UUID
+    resent: int
+    already_connected: int
+    already_invited: int
+
+
+async def _roster(request: Request) -> RosterBody:
+    """The body, read with a size cap (a 413 before the whole of an oversized upload is held in memory)."""
+    media = email.message.Message()
+    media["content-type"] = request.headers.get("content-type", "")
+    if media.get_content_type() != "application/json":
+        raise Problem(415, "The body must be application/json.", headers={"Accept-Post": "application/json"})
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise _too_large(f"The request body is larger than {MAX_BODY:,} bytes.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _too_large(f"The request body is larger than {MAX_BODY:,} bytes.")
+        chunks.append(chunk)
+    try:
+        return RosterBody.model_validate_json(b"".join(chunks))
+    except ValidationError as error:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors()]) from None
+
+
+def _too_large(detail: str) -> Problem:
+    return Problem(413, detail, max_lines=MAX_LINES, max_bytes=MAX_BYTES)
+
+
+async def _parse(body: RosterBody) -> Roster:
+    try:
+        # In a worker thread: a 100,000-line parse must not stall the event loop (probes, consumers) for 0.5 s.
+        return await asyncio.to_thread(parse_roster, body.roster, body.default_note)
+    except RosterTooLarge as error:
+        raise _too_large(str(error)) from None
+
+
+def _digest(body: RosterBody) -> bytes:
+    return hashlib.sha256(f"{body.default_note or ''}\x00{body.roster}".encode("utf-8", "surrogatepass")).digest()
+
+
+def _links(batch: BatchRecord) -> dict[str, str]:
+    base = _BASE.format(practice_id=batch.practice_id) + f"/{batch.id}"
+    return {"self": base, "rows": f"{base}/rows", "not_on_platform": f"{base}/not-on-platform"}
+
+
+def _batch_view(batch: BatchRecord, counts: dict[str, int]) -> BatchView:
+    queued = counts.get(Outcome.QUEUED.value, 0)
+    return BatchView(
+        batch_id=batch.id,
+        practice_id=batch.practice_id,
+        created_by=batch.created_by,
+        created_at=batch.created_at,
+        lines=batch.lines,
+        total=batch.total,
+        patients_ready=batch.invited,
+        counts={Outcome(o): counts.get(o.value, 0) for o in Outcome},
+        queued=queued,
+        done=queued == 0,
+        links=_links(batch),
+    )
+
+
+@router.post(
+    "/v1/practices/{practice_id}/roster/preview",
+    summary="Preview a roster: the patients-ready counter and a verdict for every line; nothing is sent",
+    response_model=PreviewView,
+    openapi_extra=_ROSTER_REQUEST,
+    responses=problems(401, 403, 404, 413, 415, 422),
+)
+async def preview(practice_id: uuid.UUID, staff: StaffMember, request: Request, pool: Pool) -> Response:
+    roster = await batch_handlers.preview(pool, practice_id, await _parse(await _roster(request)))
+    counts = count_verdicts(roster.entries)
+    rows = [
+        {
+            "line_number": e.line_number,
+            "email": e.email,
+            "note": e.note,
+            "verdict": e.verdict.value,
+            "reason": e.reason,
+            "duplicate_of": e.duplicate_of,
+        }
+        for e in roster.entries
+    ]
+    body = {
+        "patients_ready": counts[Verdict.READY.value],
+        "lines": roster.lines,
+        "total": len(roster.entries),
+        "counts": counts,
+        "rows": rows,
+    }
+    # Serialised directly: validating 100,000 row models on the way out would cost more than the parse.
+    return Response(pydantic_core.to_json(body), media_type="application/json")
+
+
+@router.post(
+    "/v1/practices/{practice_id}/invite-batches",
+    status_code=202,
+    summary="Send a roster: stores the batch, invites every ready line, answers at once",
+    description="A repeated Idempotency-Key returns the first batch (header Idempotent-Replayed: true).",
+    openapi_extra=_ROSTER_REQUEST,
+    responses=problems(401, 403, 404, 413, 415, 422),
+)
+async def submit(
+    practice_id: uuid.UUID,
+    staff: StaffMember,
+    request: Request,
+    response: Response,
+    pool: Pool,
+    policy: Policies,
+    cause: Tracing,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description="1-200 visible ASCII")] = None,
+) -> BatchView:
+    if idempotency_key is not None and not _KEY.match(idempotency_key):
+        message = "expected 1 to 200 visible ASCII characters"
+        raise unprocessable(
+            f"The request is not valid: Idempotency-Key: {message}", [("Idempotency-Key", "format", message)]
+        )
+    body = await _roster(request)
+    digest = _digest(body)
+    try:
+        if idempotency_key is not None:
+            # A retry is answered before the roster is parsed again.
+            earlier = await batch_handlers.find_by_key(pool, practice_id, idempotency_key, digest)
+            if earlier is not None:
+                return await _replayed(pool, earlier, response)
+        roster = await _parse(body)
+        submission = await batch_handlers.submit_roster(
+            pool,
+            policy,
+            practice_id,
+            roster,
+            idempotency_key=idempotency_key,
+            digest=digest,
+            actor=staff.subject,
+            cause=cause,
+        )
+    except IdempotencyKeyReused as error:
+        rule = {"field": "Idempotency-Key", "rule": "reused", "message": str(error)}
+        raise Problem(422, str(error), errors=[rule]) from None
+    if submission.replayed:
+        return await _replayed(pool, submission.batch, response)
+    response.headers["Location"] = _links(submission.batch)["self"]
+    return _batch_view(submission.batch, _fresh_counts(submission.verdicts))
+
+
+async def _replayed(pool: asyncpg.Pool, earlier: BatchRecord, response: Response) -> BatchView:
+    batch, counts = await batch_handlers.batch_summary(pool, earlier.practice_id, earlier.id)
+    response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = _links(batch)["self"]
+    return _batch_view(batch, counts)
+
+
+def _fresh_counts(verdicts: dict[str, int]) -> dict[str, int]:
+    counts = {outcome.value: verdicts.get(outcome.value, 0) for outcome in Outcome}
+    counts[Outcome.QUEUED.value] = verdicts[Verdict.READY.value]
+    return counts
+
+
+@router.get(
+    _BASE + "/{batch_id}", summary="Progress of a batch: counts per outcome", responses=problems(401, 403, 404, 422)
+)
+async def batch_summary(practice_id: uuid.UUID, batch_id: uuid.UUID, staff: StaffMember, pool: Pool) -> BatchView:
+    try:
+        batch, counts = await batch_handlers.batch_summary(pool, practice_id, batch_id)
+    except BatchNotFound as error:
+        raise Problem(404, str(error)) from None
+    return _batch_view(batch, counts)
+
+
+@router.get(
+    _BASE + "/{batch_id}/rows",
+    summary="Per-row outcomes with reasons, in line order, paginated",
+    responses=problems(401, 403, 404, 422),
+)
+async def batch_rows(
+    practice_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    staff: StaffMember,
+    pool: Pool,
+    outcome: Outcome | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size, 1 to 1000")] = 100,
+    cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page")] = None,
+) -> RowsPage:
+    after = 0
+    if cursor is not None:
+        if not cursor.isdigit():
+            message = "not a cursor this API returned; use next_cursor from the previous page"
+            raise unprocessable(f"The request is not valid: cursor: {message}", [("cursor", "cursor", message)])
+        after = int(cursor)
+    try:
+        rows = await batch_handlers.list_rows(pool, practice_id, batch_id, outcome, after, limit + 1)
+    except BatchNotFound as error:
+        raise Problem(404, str(error)) from None
+    items = [RowView(**vars(row)) for row in rows[:limit]]
+    return RowsPage(items=items, next_cursor=str(items[-1].line_number) if len(rows) > limit else None)
+
+
+@router.get(
+    _BASE + "/{batch_id}/not-on-platform",
+    summary="The not-on-CollabKare list: one email a line, ready to paste",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}, **problems(401, 403, 404, 422)},
+)
+async def not_on_platform(practice_id: uuid.UUID, batch_id: uuid.UUID, staff: StaffMember, pool: Pool) -> Response:
+    try:
+        emails = await batch_handlers.not_on_platform(pool, practice_id, batch_id)
+    except BatchNotFound as error:
+        raise Problem(404, str(error)) from None
+    return Response("".join(f"{address}\n" for address in emails), media_type="text/plain; charset=utf-8")
+
+
+@router.post(
+    _BASE + "/{batch_id}/resend-not-on-platform",
+    status_code=202,
+    summary="Send new invites to the batch's not-on-platform rows (they go back to queued)",
+    responses=problems(401, 403, 404, 422),
+)
+async def resend_not_on_platform(
+    practice_id: uuid.UUID, batch_id: uuid.UUID, staff: StaffMember, pool: Pool, policy: Policies, cause: Tracing
+) -> ResentView:
+    try:
+        result = await batch_handlers.resend_not_on_platform(
+            pool, policy, practice_id, batch_id, actor=staff.subject, cause=cause
+        )
+    except BatchNotFound as error:
+        raise Problem(404, str(error)) from None
+    return ResentView(batch_id=batch_id, **vars(result))

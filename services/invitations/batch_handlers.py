@@ -1,0 +1,227 @@
+"""Use cases for rosters: preview, submit (one transaction, COPY), results, and resending the not-on-platform rows."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from schemas import Envelope
+from services.invitations import batch_repository, domain, repository
+from services.invitations.batch import (
+    ALREADY_CONNECTED_REASON,
+    PendingInvite,
+    already_invited_reason,
+    count_verdicts,
+    flag_known,
+)
+from services.invitations.batch_repository import BatchRecord, RowRecord
+from services.invitations.bulk import BatchContext, build_records
+from services.invitations.domain import Cause, InviteStatus, Outcome
+from services.invitations.handlers import Policy, expire_overdue, now_utc
+from services.invitations.roster import Entry, Roster, Verdict
+from services.runtime.database import transaction
+from services.runtime.logging import get_logger
+from services.runtime.outbox import add_events
+
+log = get_logger(__name__)
+# Entries written per COPY round: bounds the memory a 100,000-line roster needs while it is stored.
+CHUNK = 10_000
+
+
+class BatchNotFound(domain.DomainError):
+    def __init__(self) -> None:
+        super().__init__("No such invite batch.")
+
+
+class IdempotencyKeyReused(domain.DomainError):
+    def __init__(self) -> None:
+        super().__init__("This Idempotency-Key was used for a different roster; use a new key for a new roster.")
+
+
+@dataclass(frozen=True)
+class Submission:
+    batch: BatchRecord
+    replayed: bool  # True when an earlier submission with the same Idempotency-Key is returned
+    verdicts: dict[str, int]  # entries per verdict (empty when replayed)
+
+
+@dataclass(frozen=True)
+class Resent:
+    resent: int
+    already_connected: int
+    already_invited: int
+
+
+async def _flag(db: asyncpg.Connection | asyncpg.Pool, practice_id: uuid.UUID, roster: Roster, now: datetime) -> None:
+    connected, invited = await repository.known(db, practice_id, roster.unique, now)
+    flag_known(roster.unique, connected, invited)
+
+
+async def preview(pool: asyncpg.Pool, practice_id: uuid.UUID, roster: Roster) -> Roster:
+    """The roster's entries with already-connected and already-invited patients flagged; nothing is written."""
+    await _flag(pool, practice_id, roster, now_utc())
+    return roster
+
+
+async def find_by_key(pool: asyncpg.Pool, practice_id: uuid.UUID, key: str, digest: bytes) -> BatchRecord | None:
+    batch = await batch_repository.find_batch_by_key(pool, practice_id, key)
+    if batch is not None and batch.request_digest != digest:
+        raise IdempotencyKeyReused()
+    return batch
+
+
+async def submit_roster(
+    pool: asyncpg.Pool,
+    policy: Policy,
+    practice_id: uuid.UUID,
+    roster: Roster,
+    *,
+    idempotency_key: str | None,
+    digest: bytes,
+    actor: str,
+    cause: Cause,
+) -> Submission:
+    """Store the batch, a row per entry, and an invite plus InviteRequested per ready entry: one transaction."""
+    now = now_utc()
+    async with transaction(pool) as db:
+        # One batch at a time per practice: "already invited" then sees every invite committed before it.
+        await repository.lock_practice(db, practice_id)
+        if idempotency_key is not None:
+            existing = await find_by_key(db, practice_id, idempotency_key, digest)
+            if existing is not None:
+                return Submission(existing, replayed=True, verdicts={})
+        expired = await expire_overdue(db, practice_id, now, cause)
+        await _flag(db, practice_id, roster, now)
+        verdicts = count_verdicts(roster.entries)
+        batch = BatchRecord(
+            id=uuid.uuid4(),
+            practice_id=practice_id,
+            created_by=actor,
+            created_at=now,
+            idempotency_key=idempotency_key,
+            request_digest=digest,
+            lines=roster.lines,
+            total=len(roster.entries),
+            invited=verdicts[Verdict.READY.value],
+        )
+        await batch_repository.insert_batch(db, batch, cause.correlation_id)
+        context = BatchContext(batch.id, practice_id, actor, now, now + policy.ttl, policy.base_url, cause)
+        await _store(db, roster.entries, context)
+        await add_events(db, repository.SCHEMA, expired)
+    log.info("batch.submitted", practice_id=str(practice_id), batch_id=str(batch.id), rows=batch.total)
+    log.info("batch.invited", batch_id=str(batch.id), invites=batch.invited, expired_first=len(expired))
+    return Submission(batch, replayed=False, verdicts=verdicts)
+
+
+async def _store(db: asyncpg.Connection, entries: list[Entry], context: BatchContext) -> None:
+    """COPY chunk by chunk, building the next chunk in a thread while PostgreSQL ingests this one.
+
+    The event loop only hands prepared bytes to the socket, so the two cores work at once (Python building,
+    PostgreSQL parsing and indexing), and memory holds two chunks' records rather than the whole roster's.
+    """
+    chunks = [entries[start : start + CHUNK] for start in range(0, len(entries), CHUNK)]
+    if not chunks:
+        return
+    next_records = asyncio.ensure_future(asyncio.to_thread(build_records, chunks[0], context))
+    try:
+        for index in range(len(chunks)):
+            records = await next_records
+            if index + 1 < len(chunks):
+                next_records = asyncio.ensure_future(asyncio.to_thread(build_records, chunks[index + 1], context))
+            await batch_repository.copy_records(db, records)
+    finally:
+        next_records.cancel()
+
+
+async def batch_summary(
+    pool: asyncpg.Pool, practice_id: uuid.UUID, batch_id: uuid.UUID
+) -> tuple[BatchRecord, dict[str, int]]:
+    batch = await batch_repository.find_batch(pool, practice_id, batch_id)
+    if batch is None:
+        raise BatchNotFound()
+    counts = await batch_repository.count_outcomes(pool, batch_id)
+    return batch, {outcome.value: counts.get(outcome.value, 0) for outcome in Outcome}
+
+
+async def list_rows(
+    pool: asyncpg.Pool, practice_id: uuid.UUID, batch_id: uuid.UUID, outcome: Outcome | None, after: int, limit: int
+) -> list[RowRecord]:
+    if await batch_repository.find_batch(pool, practice_id, batch_id) is None:
+        raise BatchNotFound()
+    return await batch_repository.list_rows(pool, batch_id, outcome.value if outcome else None, after, limit)
+
+
+async def not_on_platform(pool: asyncpg.Pool, practice_id: uuid.UUID, batch_id: uuid.UUID) -> list[str]:
+    if await batch_repository.find_batch(pool, practice_id, batch_id) is None:
+        raise BatchNotFound()
+    return await batch_repository.not_on_platform_emails(pool, batch_id)
+
+
+async def resend_not_on_platform(
+    pool: asyncpg.Pool, policy: Policy, practice_id: uuid.UUID, batch_id: uuid.UUID, *, actor: str, cause: Cause
+) -> Resent:
+    """A new invite (new token, new InviteRequested) for every not-on-platform row; rows go back to queued.
+
+    The old invites are revoked (InviteRevoked, replaced_by the new one). Patients connected or invited
+    meanwhile are flagged on their row instead. The notifier decides again from its patient directory.
+    """
+    now = now_utc()
+    async with transaction(pool) as db:
+        await repository.lock_practice(db, practice_id)
+        if await batch_repository.find_batch(db, practice_id, batch_id) is None:
+            raise BatchNotFound()
+        rows = await batch_repository.lock_not_on_platform(db, batch_id)
+        keys = [row["email"].lower() for row in rows]
+        events = await expire_overdue(db, practice_id, now, cause)
+        connected, pending = await repository.known(db, practice_id, keys, now)
+        entries, flagged, replaces = _resend_plan(rows, connected, pending)
+        context = BatchContext(batch_id, practice_id, actor, now, now + policy.ttl, policy.base_url, cause)
+        records = build_records(entries, context, replaces)
+        new_ids = records.invite_ids
+        replaced = await batch_repository.replace_invites(
+            db, now, actor, [(replaces[line], new_ids[line]) for line in new_ids]
+        )
+        records.rows = b""  # the rows exist: they are updated below, not inserted
+        await batch_repository.copy_records(db, records)
+        changes: list[RowChange] = [(line, Outcome.QUEUED.value, None, new_ids[line], 1) for line in new_ids]
+        changes += flagged
+        await batch_repository.update_rows(db, batch_id, now, changes)
+        events += [_revoked(row, cause) for row in replaced if row["status"] == InviteStatus.REVOKED.value]
+        await add_events(db, repository.SCHEMA, events)
+    result = Resent(len(new_ids), *(sum(1 for c in flagged if c[1] == o.value) for o in _FLAGS))
+    log.info("batch.resent_not_on_platform", batch_id=str(batch_id), resent=result.resent)
+    return result
+
+
+_FLAGS = (Outcome.ALREADY_CONNECTED, Outcome.ALREADY_INVITED)
+RowChange = tuple[int, str, str | None, uuid.UUID | None, int]
+
+
+def _resend_plan(
+    rows: Sequence[asyncpg.Record], connected: set[str], pending: dict[str, PendingInvite]
+) -> tuple[list[Entry], list[RowChange], dict[int, uuid.UUID]]:
+    entries: list[Entry] = []
+    flagged: list[RowChange] = []
+    replaces: dict[int, uuid.UUID] = {}
+    for row in rows:
+        key, line = row["email"].lower(), row["line_number"]
+        other = pending.get(key)
+        if key in connected:
+            flagged.append((line, Outcome.ALREADY_CONNECTED.value, ALREADY_CONNECTED_REASON, None, 0))
+        elif other is not None and other.id != row["invite_id"]:
+            flagged.append((line, Outcome.ALREADY_INVITED.value, already_invited_reason(other), None, 0))
+        else:
+            entries.append(Entry(line, row["email"], row["note"], Verdict.READY, key=key))
+            replaces[line] = row["invite_id"]
+    return entries, flagged, replaces
+
+
+def _revoked(row: asyncpg.Record, cause: Cause) -> Envelope:
+    return domain.revoked_event(
+        row["id"], row["practice_id"], row["revoked_by"], row["revoked_at"], row["replaced_by"], cause
+    )

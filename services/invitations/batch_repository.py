@@ -1,0 +1,192 @@
+"""The SQL of roster batches and their rows: bulk writes with COPY, set-based reads and updates."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from services.invitations.bulk import INVITE_COLUMNS, ROW_COLUMNS, Records
+from services.invitations.repository import SCHEMA, Executor
+from services.runtime.outbox import add_records
+
+_BATCH_COLUMNS = "id, practice_id, created_by, created_at, idempotency_key, request_digest, lines, total, invited"
+
+FIND_BATCH = f"SELECT {_BATCH_COLUMNS} FROM invitations.batches WHERE practice_id = $1 AND id = $2"
+FIND_BATCH_BY_KEY = f"SELECT {_BATCH_COLUMNS} FROM invitations.batches WHERE practice_id = $1 AND idempotency_key = $2"
+
+INSERT_BATCH = """
+INSERT INTO invitations.batches
+    (id, practice_id, created_by, created_at, idempotency_key, request_digest, lines, total, invited, correlation_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+"""
+
+COUNT_OUTCOMES = "SELECT outcome, count(*) AS n FROM invitations.batch_rows WHERE batch_id = $1 GROUP BY outcome"
+
+# Keyset pagination by line number: stable while outcomes arrive, cheap on the primary key at any depth.
+LIST_ROWS = """
+SELECT line_number, email, note, outcome, reason, duplicate_of, invite_id, attempts, updated_at
+FROM invitations.batch_rows
+WHERE batch_id = $1 AND ($2::text IS NULL OR outcome = $2) AND line_number > $3
+ORDER BY line_number
+LIMIT $4
+"""
+
+NOT_ON_PLATFORM = """
+SELECT email FROM invitations.batch_rows WHERE batch_id = $1 AND outcome = 'not_on_platform' ORDER BY line_number
+"""
+
+# Rows to resend, with the invite each points at; locked so two resends of one batch take turns.
+LOCK_NOT_ON_PLATFORM = """
+SELECT r.line_number, r.email, r.note, r.invite_id, i.status, i.expires_at
+FROM invitations.batch_rows AS r JOIN invitations.invites AS i ON i.id = r.invite_id
+WHERE r.batch_id = $1 AND r.outcome = 'not_on_platform'
+ORDER BY r.line_number
+FOR UPDATE OF r, i
+"""
+
+UPDATE_ROWS = """
+UPDATE invitations.batch_rows AS r
+SET outcome = u.outcome, reason = u.reason, invite_id = coalesce(u.invite_id, r.invite_id),
+    attempts = r.attempts + u.added, updated_at = $2
+FROM unnest($3::int[], $4::text[], $5::text[], $6::uuid[], $7::int[])
+    AS u(line_number, outcome, reason, invite_id, added)
+WHERE r.batch_id = $1 AND r.line_number = u.line_number
+"""
+
+# The roster's old invites when it is resent: pending ones are revoked, the others only point at their successor.
+REPLACE_INVITES = """
+UPDATE invitations.invites AS i
+SET replaced_by = u.new_id,
+    status = CASE WHEN i.status = 'pending' THEN 'revoked' ELSE i.status END,
+    revoked_at = CASE WHEN i.status = 'pending' THEN $1 ELSE i.revoked_at END,
+    revoked_by = CASE WHEN i.status = 'pending' THEN $2 ELSE i.revoked_by END
+FROM unnest($3::uuid[], $4::uuid[]) AS u(old_id, new_id)
+WHERE i.id = u.old_id
+RETURNING i.id, i.practice_id, i.status, i.revoked_at, i.revoked_by, i.replaced_by
+"""
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    id: uuid.UUID
+    practice_id: uuid.UUID
+    created_by: str
+    created_at: datetime
+    idempotency_key: str | None
+    request_digest: bytes
+    lines: int
+    total: int
+    invited: int
+
+
+@dataclass(frozen=True)
+class RowRecord:
+    line_number: int
+    email: str
+    note: str | None
+    outcome: str
+    reason: str | None
+    duplicate_of: int | None
+    invite_id: uuid.UUID | None
+    attempts: int
+    updated_at: datetime
+
+
+async def find_batch(db: Executor, practice_id: uuid.UUID, batch_id: uuid.UUID) -> BatchRecord | None:
+    row = await db.fetchrow(FIND_BATCH, practice_id, batch_id)
+    return BatchRecord(**dict(row)) if row else None
+
+
+async def find_batch_by_key(db: Executor, practice_id: uuid.UUID, key: str) -> BatchRecord | None:
+    row = await db.fetchrow(FIND_BATCH_BY_KEY, practice_id, key)
+    return BatchRecord(**dict(row)) if row else None
+
+
+async def insert_batch(db: asyncpg.Connection, batch: BatchRecord, correlation_id: str) -> None:
+    await db.execute(
+        INSERT_BATCH,
+        batch.id,
+        batch.practice_id,
+        batch.created_by,
+        batch.created_at,
+        batch.idempotency_key,
+        batch.request_digest,
+        batch.lines,
+        batch.total,
+        batch.invited,
+        correlation_id,
+    )
+
+
+async def copy_records(db: asyncpg.Connection, records: Records) -> None:
+    """One chunk of a batch: COPY for rows, invites and their InviteRequested (never a statement per row)."""
+    if records.rows:
+        await db.copy_to_table("batch_rows", schema_name=SCHEMA, columns=ROW_COLUMNS, source=_once(records.rows))
+    if records.invites:
+        await db.copy_to_table("invites", schema_name=SCHEMA, columns=INVITE_COLUMNS, source=_once(records.invites))
+    await add_records(db, SCHEMA, records.events)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    """COPY data as an async iterable: asyncpg would take bare bytes for a file name, and reads file objects
+    through a thread pool."""
+    yield data
+
+
+async def count_outcomes(db: Executor, batch_id: uuid.UUID) -> dict[str, int]:
+    return {row["outcome"]: int(row["n"]) for row in await db.fetch(COUNT_OUTCOMES, batch_id)}
+
+
+async def list_rows(
+    db: Executor, batch_id: uuid.UUID, outcome: str | None, after_line: int, limit: int
+) -> list[RowRecord]:
+    return [RowRecord(**dict(row)) for row in await db.fetch(LIST_ROWS, batch_id, outcome, after_line, limit)]
+
+
+async def not_on_platform_emails(db: Executor, batch_id: uuid.UUID) -> list[str]:
+    return [row["email"] for row in await db.fetch(NOT_ON_PLATFORM, batch_id)]
+
+
+async def lock_not_on_platform(db: asyncpg.Connection, batch_id: uuid.UUID) -> list[asyncpg.Record]:
+    return list(await db.fetch(LOCK_NOT_ON_PLATFORM, batch_id))
+
+
+async def update_rows(
+    db: asyncpg.Connection,
+    batch_id: uuid.UUID,
+    now: datetime,
+    changes: Sequence[tuple[int, str, str | None, uuid.UUID | None, int]],
+) -> None:
+    """(line_number, outcome, reason, new invite id or None, attempts to add) per row."""
+    if not changes:
+        return
+    columns = list(zip(*changes, strict=True))
+    await db.execute(UPDATE_ROWS, batch_id, now, *(list(column) for column in columns))
+
+
+async def replace_invites(
+    db: asyncpg.Connection, now: datetime, actor: str, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]]
+) -> list[asyncpg.Record]:
+    """Point each old invite at its successor, revoking it if still pending; returns the updated invites."""
+    if not pairs:
+        return []
+    old, new = zip(*pairs, strict=True)
+    return list(await db.fetch(REPLACE_INVITES, now, actor, list(old), list(new)))
+
+
+FOLLOW_RESEND = """
+UPDATE invitations.batch_rows
+SET invite_id = $4, outcome = 'queued', reason = NULL, attempts = attempts + 1, updated_at = $5
+WHERE batch_id = $1 AND line_number = $2 AND invite_id = $3
+"""
+
+
+async def follow_resend(
+    db: asyncpg.Connection, batch_id: uuid.UUID, line_number: int, old: uuid.UUID, new: uuid.UUID, now: datetime
+) -> None:
+    """A roster invite resent on its own: its row follows the new invite, if the row still points at the old one."""
+    await db.execute(FOLLOW_RESEND, batch_id, line_number, old, new, now)

@@ -1,0 +1,248 @@
+"""Use cases for invites: create, history, revoke, resend, accept, expire; and the two consumer handlers."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from schemas import ConnectionApproved, DeliveryOutcome, Envelope
+from services.invitations import batch_repository, domain, repository
+from services.invitations.acceptance import Acceptance, Answer, accept
+from services.invitations.domain import (
+    DELIVERY_RANK,
+    NOT_ON_PLATFORM_REASON,
+    AlreadyConnected,
+    AlreadyInvited,
+    Cause,
+    Invite,
+    InviteStatus,
+    Outcome,
+)
+from services.invitations.identity import Digests
+from services.invitations.tokens import invite_id_of, new_token, token_hash
+from services.runtime.database import transaction
+from services.runtime.logging import get_logger
+from services.runtime.outbox import add_events
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The settings the use cases need: how long an invite lives, where links point, the identity key."""
+
+    ttl: timedelta
+    base_url: str
+    identity_key: bytes
+
+
+class InviteNotFound(domain.DomainError):
+    def __init__(self) -> None:
+        super().__init__("No such invite.")
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+async def expire_overdue(db: asyncpg.Connection, practice_id: uuid.UUID, now: datetime, cause: Cause) -> list[Envelope]:
+    """Sweep the practice's overdue invites now rather than wait for the sweeper: they must not block new ones."""
+    rows = await repository.expire_overdue(db, practice_id, now)
+    return [domain.expired_event(r["id"], r["practice_id"], r["expires_at"], cause) for r in rows]
+
+
+async def _stage_new(db: asyncpg.Connection, invite: Invite, policy: Policy, cause: Cause) -> Envelope:
+    token, digest = new_token(invite.id)
+    await repository.insert_invite(db, invite, digest)
+    return domain.requested_event(invite, domain.accept_url(policy.base_url, token), cause)
+
+
+async def create_invite(
+    pool: asyncpg.Pool,
+    policy: Policy,
+    practice_id: uuid.UUID,
+    email: str,
+    note: str | None,
+    digests: Digests,
+    *,
+    actor: str,
+    cause: Cause,
+) -> Invite:
+    """One invite with identity factors; refused when the patient is connected or already holds a pending one."""
+    now, key = now_utc(), email.lower()
+    async with transaction(pool) as db:
+        await repository.lock_practice(db, practice_id)
+        if (await repository.known(db, practice_id, [key], now))[0]:
+            raise AlreadyConnected()
+        events = await expire_overdue(db, practice_id, now, cause)
+        _, pending = await repository.known(db, practice_id, [key], now)
+        if key in pending:
+            existing = await repository.find_invite(db, practice_id, pending[key].id)
+            assert existing is not None
+            raise AlreadyInvited(existing)
+        invite = domain.new_invite(practice_id, email, note, actor=actor, now=now, ttl=policy.ttl, digests=digests)
+        events.append(await _stage_new(db, invite, policy, cause))
+        await add_events(db, repository.SCHEMA, events)
+    log.info("invite.created", practice_id=str(practice_id), invite_id=str(invite.id))
+    return invite
+
+
+async def access_history(pool: asyncpg.Pool, practice_id: uuid.UUID, email: str) -> list[Invite]:
+    return await repository.history(pool, practice_id, email.lower())
+
+
+async def revoke_invite(
+    pool: asyncpg.Pool, practice_id: uuid.UUID, invite_id: uuid.UUID, *, actor: str, cause: Cause
+) -> Invite:
+    """Revoking a revoked invite answers with it unchanged; accepted or expired ones are refused."""
+    async with transaction(pool) as db:
+        invite = await repository.lock_invite(db, practice_id, invite_id)
+        if invite is None:
+            raise InviteNotFound()
+        if invite.status is InviteStatus.REVOKED:
+            return invite
+        revoked = domain.revoke(invite, actor=actor, now=now_utc())
+        await repository.update_invite(db, revoked)
+        await add_events(db, repository.SCHEMA, [domain.revoked_event_of(revoked, cause)])
+    log.info("invite.revoked", practice_id=str(practice_id), invite_id=str(invite_id))
+    return revoked
+
+
+async def resend_invite(
+    pool: asyncpg.Pool, policy: Policy, practice_id: uuid.UUID, invite_id: uuid.UUID, *, actor: str, cause: Cause
+) -> tuple[Invite, Invite]:
+    """(old, new): revoke a pending invite (or close an expired one) and send a new one with a new token."""
+    now = now_utc()
+    async with transaction(pool) as db:
+        await repository.lock_practice(db, practice_id)
+        invite = await repository.lock_invite(db, practice_id, invite_id)
+        if invite is None:
+            raise InviteNotFound()
+        old, new = domain.resend(invite, actor=actor, now=now, ttl=policy.ttl)
+        connected, pending = await repository.known(db, practice_id, [invite.email_key], now)
+        if connected:
+            raise AlreadyConnected()
+        other = pending.get(invite.email_key)
+        if other is not None and other.id != invite.id:
+            existing = await repository.find_invite(db, practice_id, other.id)
+            assert existing is not None
+            raise AlreadyInvited(existing)
+        events: list[Envelope] = []
+        if invite.status is InviteStatus.PENDING and old.status is InviteStatus.REVOKED:
+            events.append(domain.revoked_event_of(old, cause))
+        elif invite.status is InviteStatus.PENDING and old.status is InviteStatus.EXPIRED:
+            events.append(domain.expired_event(old.id, old.practice_id, old.expires_at, cause))
+        # The old invite leaves the one-pending slot before the new one takes it.
+        await repository.update_invite(db, old)
+        events.append(await _stage_new(db, new, policy, cause))
+        if new.batch_id is not None and new.line_number is not None:
+            await batch_repository.follow_resend(db, new.batch_id, new.line_number, old.id, new.id, now)
+        await add_events(db, repository.SCHEMA, events)
+    log.info("invite.resent", practice_id=str(practice_id), invite_id=str(old.id), new_invite_id=str(new.id))
+    return old, new
+
+
+async def accept_invite(
+    pool: asyncpg.Pool,
+    policy: Policy,
+    token: str,
+    *,
+    patient_id: uuid.UUID,
+    patient_email: str,
+    answer: Answer,
+    cause: Cause,
+) -> Acceptance | None:
+    """The decision on one acceptance; counted wrong answers, locks and lazy expiry are committed whatever it is."""
+    invite_id = invite_id_of(token)
+    if invite_id is None:
+        return None
+    async with transaction(pool) as db:
+        invite = await repository.lock_invite_by_id(db, invite_id)
+        # Constant-time: how much of a guessed token matched must not show in the answer's timing.
+        if invite is None or not hmac.compare_digest(invite.token_hash, token_hash(token)):
+            return None
+        result = accept(
+            invite,
+            patient_id=patient_id,
+            patient_email=patient_email,
+            answer=answer,
+            key=policy.identity_key,
+            now=now_utc(),
+            cause=cause,
+        )
+        if result.changed:
+            await repository.update_invite(db, result.invite)
+            await add_events(db, repository.SCHEMA, result.events)
+    log.info(
+        "invite.acceptance",
+        practice_id=str(invite.practice_id),
+        invite_id=str(invite.id),
+        decision=result.decision.value,
+        failed_attempts=result.invite.failed_attempts,
+    )
+    return result
+
+
+async def expire_due(pool: asyncpg.Pool, *, limit: int = 1000) -> int:
+    """Expire every pending invite past its time, a bounded batch per transaction; returns how many."""
+    total = 0
+    cause = Cause(f"invite-expiry-{uuid.uuid4().hex}")
+    while True:
+        async with transaction(pool) as db:
+            rows = await repository.expire_due(db, now_utc(), limit)
+            events = [domain.expired_event(r["id"], r["practice_id"], r["expires_at"], cause) for r in rows]
+            await add_events(db, repository.SCHEMA, events)
+        total += len(rows)
+        if len(rows) < limit:
+            break
+    if total:
+        log.info("invite.expired", count=total, correlation_id=cause.correlation_id)
+    return total
+
+
+async def record_outcomes(db: asyncpg.Connection, events: list[DeliveryOutcome]) -> None:
+    """Consumer handler (inside the inbox transaction): set-based, one statement for the whole batch.
+
+    Several outcomes for one invite in a batch are reduced first with the same precedence the SQL applies.
+    """
+    best: dict[uuid.UUID, tuple[int, datetime, Outcome, str | None]] = {}
+    for event in events:
+        payload = event.payload
+        if payload.kind != "invite" or payload.invite_id is None:
+            continue
+        outcome = Outcome(payload.outcome)
+        reason = payload.reason or (NOT_ON_PLATFORM_REASON if outcome is Outcome.NOT_ON_PLATFORM else None)
+        candidate = (DELIVERY_RANK[outcome], payload.decided_at, outcome, reason)
+        current = best.get(payload.invite_id)
+        # Higher rank wins; at equal rank the earlier decision stands, as it would have arriving first.
+        if current is None or (candidate[0], -candidate[1].timestamp()) > (current[0], -current[1].timestamp()):
+            best[payload.invite_id] = candidate
+    if not best:
+        return
+    ids = list(best)
+    invites, rows = await repository.apply_outcomes(
+        db, ids, [best[i][2].value for i in ids], [best[i][3] for i in ids], [best[i][1] for i in ids]
+    )
+    log.info("invite.outcomes_recorded", received=len(events), invites_changed=invites, rows_changed=rows)
+
+
+async def project_connections(db: asyncpg.Connection, events: list[ConnectionApproved]) -> None:
+    """Consumer handler: remember who is connected where, for "already connected" (one statement per batch)."""
+    usable = [event for event in events if event.practice_id is not None]
+    if len(usable) < len(events):
+        log.warning("connection.projection_skipped", count=len(events) - len(usable), why="no practice_id")
+    if not usable:
+        return
+    await repository.add_connected(
+        db,
+        [event.practice_id for event in usable if event.practice_id is not None],
+        [event.payload.patient_id for event in usable],
+        [str(event.payload.patient_email) for event in usable],
+        [event.payload.connection_id for event in usable],
+        [event.payload.approved_at for event in usable],
+    )
+    log.info("connection.projected", count=len(usable))

@@ -1,0 +1,249 @@
+"""The SQL of invites and the connected-patients projection: named, schema-qualified queries and their rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Mapping, Set
+from datetime import datetime
+from typing import TypeAlias
+
+import asyncpg
+
+from services.invitations.batch import PendingInvite
+from services.invitations.domain import Invite, InviteStatus, Outcome
+from services.invitations.identity import Digests
+
+SCHEMA = "invitations"
+Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
+
+_COLUMNS = """
+    id, practice_id, email, note, status, delivery, delivery_reason, delivered_at, created_by, created_at,
+    expires_at, batch_id, line_number, replaces, ssn_digest, dob_digest, phone_digest, failed_attempts,
+    locked_at, accepted_at, accepted_by, revoked_at, revoked_by, replaced_by, expired_at
+"""
+
+LOCK_PRACTICE = "SELECT pg_advisory_xact_lock(hashtextextended('invitations.practice:' || $1::uuid::text, 0))"
+
+FIND_INVITE = f"SELECT {_COLUMNS} FROM invitations.invites WHERE practice_id = $1 AND id = $2"
+LOCK_INVITE = FIND_INVITE + " FOR UPDATE"
+LOCK_INVITE_BY_ID = f"SELECT {_COLUMNS}, token_hash FROM invitations.invites WHERE id = $1 FOR UPDATE"
+
+INSERT_INVITE = """
+INSERT INTO invitations.invites
+    (id, practice_id, email, email_key, note, token_hash, status, delivery, created_by, created_at, expires_at,
+     batch_id, line_number, replaces, ssn_digest, dob_digest, phone_digest)
+VALUES ($1, $2, $3, lower($3), $4, $5, 'pending', 'queued', $6, $7, $8, $9, $10, $11, $12, $13, $14)
+"""
+
+# Only the fields a state change can touch; the rest of an invite never changes after it is created.
+UPDATE_INVITE = """
+UPDATE invitations.invites
+SET status = $2, failed_attempts = $3, locked_at = $4, accepted_at = $5, accepted_by = $6,
+    revoked_at = $7, revoked_by = $8, replaced_by = $9, expired_at = $10
+WHERE id = $1
+"""
+
+HISTORY = f"""
+SELECT {_COLUMNS} FROM invitations.invites WHERE practice_id = $1 AND email_key = $2
+ORDER BY created_at DESC, id DESC
+"""
+
+# Which of these patients are connected (id NULL) or hold a pending, unexpired invite: one round trip, the
+# (up to 100,000) addresses sent once.
+KNOWN = """
+SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at
+FROM invitations.connected_patients WHERE practice_id = $1 AND email_key = ANY($2::text[])
+UNION ALL
+SELECT email_key, id, created_at, expires_at FROM invitations.invites
+WHERE practice_id = $1 AND status = 'pending' AND expires_at > $3 AND email_key = ANY($2::text[])
+"""
+
+# The same for every patient of the practice, and how many that is: when the practice knows fewer patients
+# than the roster has, reading them all beats probing an index 100,000 times.
+KNOWN_ALL = """
+SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at
+FROM invitations.connected_patients WHERE practice_id = $1
+UNION ALL
+SELECT email_key, id, created_at, expires_at FROM invitations.invites
+WHERE practice_id = $1 AND status = 'pending' AND expires_at > $2
+"""
+COUNT_KNOWN = """
+SELECT (SELECT count(*) FROM invitations.connected_patients WHERE practice_id = $1)
+     + (SELECT count(*) FROM invitations.invites WHERE practice_id = $1 AND status = 'pending' AND expires_at > $2)
+"""
+_PROBE_LIMIT = 1000  # up to this many addresses, probing the indexes is always cheap
+
+# The practice's pending invites past their time: expired now, so they stop holding the one-pending slot.
+EXPIRE_OVERDUE = """
+UPDATE invitations.invites SET status = 'expired', expired_at = expires_at
+WHERE practice_id = $1 AND status = 'pending' AND expires_at <= $2
+RETURNING id, practice_id, expires_at
+"""
+
+# The sweeper: several service instances may run it at once, so rows are claimed with SKIP LOCKED.
+EXPIRE_DUE = """
+WITH due AS (
+    SELECT id FROM invitations.invites
+    WHERE status = 'pending' AND expires_at <= $1
+    ORDER BY expires_at LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE invitations.invites AS i SET status = 'expired', expired_at = i.expires_at
+FROM due WHERE i.id = due.id
+RETURNING i.id, i.practice_id, i.expires_at
+"""
+
+# Delivery outcomes move only up the ladder (queued < error < not_on_platform < sent; see domain.DELIVERY_RANK),
+# and the roster row follows its current invite in the same statement, so the two never disagree.
+_RANK = "array_position(ARRAY['queued', 'error', 'not_on_platform', 'sent']::text[], {})"
+APPLY_OUTCOMES = f"""
+WITH outcome AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) AS o(invite_id, outcome, reason, at)
+), changed AS (
+    UPDATE invitations.invites AS i
+    SET delivery = o.outcome, delivery_reason = o.reason, delivered_at = o.at
+    FROM outcome AS o
+    WHERE i.id = o.invite_id AND {_RANK.format("o.outcome")} > {_RANK.format("i.delivery")}
+    RETURNING i.id, i.batch_id, i.line_number, i.delivery, i.delivery_reason, i.delivered_at
+), rows AS (
+    UPDATE invitations.batch_rows AS r
+    SET outcome = c.delivery, reason = c.delivery_reason, updated_at = c.delivered_at
+    FROM changed AS c
+    WHERE r.batch_id = c.batch_id AND r.line_number = c.line_number AND r.invite_id = c.id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM changed) AS invites, (SELECT count(*) FROM rows) AS rows
+"""
+
+ADD_CONNECTED = """
+INSERT INTO invitations.connected_patients (practice_id, patient_id, email, email_key, connection_id, connected_at)
+SELECT p, pt, e, lower(e), c, t FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[])
+    AS x(p, pt, e, c, t)
+ON CONFLICT (practice_id, patient_id) DO NOTHING
+"""
+
+
+def _invite(row: asyncpg.Record) -> Invite:
+    values = dict(row)
+    values.setdefault("token_hash", b"")
+    digests = Digests(values.pop("ssn_digest"), values.pop("dob_digest"), values.pop("phone_digest"))
+    values["status"] = InviteStatus(values["status"])
+    values["delivery"] = Outcome(values["delivery"])
+    return Invite(**values, digests=digests)
+
+
+async def lock_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:
+    """Serialise invite creation per practice until the transaction ends, so "already invited" is exact."""
+    await db.execute(LOCK_PRACTICE, practice_id)
+
+
+async def find_invite(db: Executor, practice_id: uuid.UUID, invite_id: uuid.UUID) -> Invite | None:
+    row = await db.fetchrow(FIND_INVITE, practice_id, invite_id)
+    return _invite(row) if row else None
+
+
+async def lock_invite(db: asyncpg.Connection, practice_id: uuid.UUID, invite_id: uuid.UUID) -> Invite | None:
+    row = await db.fetchrow(LOCK_INVITE, practice_id, invite_id)
+    return _invite(row) if row else None
+
+
+async def lock_invite_by_id(db: asyncpg.Connection, invite_id: uuid.UUID) -> Invite | None:
+    """Any practice's invite, with its token digest: acceptance finds the invite from the token alone."""
+    row = await db.fetchrow(LOCK_INVITE_BY_ID, invite_id)
+    return _invite(row) if row else None
+
+
+async def insert_invite(db: asyncpg.Connection, invite: Invite, token_hash: bytes) -> None:
+    await db.execute(
+        INSERT_INVITE,
+        invite.id,
+        invite.practice_id,
+        invite.email,
+        invite.note,
+        token_hash,
+        invite.created_by,
+        invite.created_at,
+        invite.expires_at,
+        invite.batch_id,
+        invite.line_number,
+        invite.replaces,
+        invite.digests.ssn,
+        invite.digests.date_of_birth,
+        invite.digests.phone,
+    )
+
+
+async def update_invite(db: asyncpg.Connection, invite: Invite) -> None:
+    await db.execute(
+        UPDATE_INVITE,
+        invite.id,
+        invite.status.value,
+        invite.failed_attempts,
+        invite.locked_at,
+        invite.accepted_at,
+        invite.accepted_by,
+        invite.revoked_at,
+        invite.revoked_by,
+        invite.replaced_by,
+        invite.expired_at,
+    )
+
+
+async def history(db: Executor, practice_id: uuid.UUID, email_key: str) -> list[Invite]:
+    return [_invite(row) for row in await db.fetch(HISTORY, practice_id, email_key)]
+
+
+async def known(
+    db: Executor, practice_id: uuid.UUID, keys: Collection[str], now: datetime
+) -> tuple[set[str], dict[str, PendingInvite]]:
+    """(connected patients, patients with a pending unexpired invite) among these email keys.
+
+    `keys` may be any collection; a dict or set makes the membership test of a large roster cheap.
+    """
+    connected: set[str] = set()
+    pending: dict[str, PendingInvite] = {}
+    if not keys:
+        return connected, pending
+    if len(keys) > _PROBE_LIMIT and await db.fetchval(COUNT_KNOWN, practice_id, now) < len(keys):
+        wanted = keys if isinstance(keys, Set | Mapping) else set(keys)
+        rows = [row for row in await db.fetch(KNOWN_ALL, practice_id, now) if row["email_key"] in wanted]
+    else:
+        rows = await db.fetch(KNOWN, practice_id, list(keys), now)
+    for row in rows:
+        if row["id"] is None:
+            connected.add(row["email_key"])
+        else:
+            pending[row["email_key"]] = PendingInvite(row["id"], row["created_at"], row["expires_at"])
+    return connected, pending
+
+
+async def expire_overdue(db: asyncpg.Connection, practice_id: uuid.UUID, now: datetime) -> list[asyncpg.Record]:
+    return list(await db.fetch(EXPIRE_OVERDUE, practice_id, now))
+
+
+async def expire_due(db: asyncpg.Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
+    return list(await db.fetch(EXPIRE_DUE, now, limit))
+
+
+async def apply_outcomes(
+    db: asyncpg.Connection,
+    invite_ids: list[uuid.UUID],
+    outcomes: list[str],
+    reasons: list[str | None],
+    decided_at: list[datetime],
+) -> tuple[int, int]:
+    """(invites changed, rows changed)."""
+    row = await db.fetchrow(APPLY_OUTCOMES, invite_ids, outcomes, reasons, decided_at)
+    assert row is not None
+    return int(row["invites"]), int(row["rows"])
+
+
+async def add_connected(
+    db: asyncpg.Connection,
+    practice_ids: list[uuid.UUID],
+    patient_ids: list[uuid.UUID],
+    emails: list[str],
+    connection_ids: list[uuid.UUID],
+    connected_at: list[datetime],
+) -> None:
+    await db.execute(ADD_CONNECTED, practice_ids, patient_ids, emails, connection_ids, connected_at)

@@ -1,0 +1,167 @@
+"""The roster parser: pasted text in, one verdict per entry out (pure, no I/O, fast enough for 100,000 lines)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
+
+MAX_NOTE = 500  # characters, after trimming (the events' Note type)
+MAX_LINES = 100_000
+MAX_BYTES = 5 * 1024 * 1024  # of roster text, UTF-8 encoded
+BOM = "\ufeff"
+
+# C0 controls other than tab (CR and LF end a line), DEL and lone surrogates: PostgreSQL cannot store NUL
+# or unpaired surrogates, and none of them belongs in an email someone will read.
+_UNSENDABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+# A conservative subset of addresses that email-validator accepts unchanged except for the lower-cased domain:
+# plain ASCII, no Punycode or "--" labels, no RFC 2142 mailbox names, no special-use domain. Everything
+# else goes through email-validator itself; tests prove both paths give identical answers.
+_PLAIN = re.compile(
+    r"([A-Za-z0-9_+\-]+(?:\.[A-Za-z0-9_+\-]+)*)@((?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63})"
+)
+# email-validator's SPECIAL_USE_DOMAIN_NAMES: single labels, so "is or ends with" means "is the last label".
+_SPECIAL_USE = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
+_MAILBOX_NAMES = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
+
+
+class Verdict(StrEnum):
+    READY = "ready"
+    INVALID = "invalid"
+    DUPLICATE = "duplicate"
+    ALREADY_CONNECTED = "already_connected"
+    ALREADY_INVITED = "already_invited"
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 µs more per entry, 0.1 s per 100,000
+class Entry:
+    """One roster entry (a line that is neither blank nor a comment) and what the parser made of it."""
+
+    line_number: int
+    email: str  # normalised when valid, else the text before the first comma, trimmed
+    note: str | None  # the entry's own note, or the default note
+    verdict: Verdict
+    reason: str | None = None
+    duplicate_of: int | None = None
+    key: str = ""  # what duplicates and existing invites are compared on: the address, ignoring case
+
+
+@dataclass(frozen=True)
+class Roster:
+    entries: list[Entry]
+    lines: int  # physical lines, including blank lines and comments
+    unique: dict[str, Entry]  # by key, each valid address's first entry: the ones the parser found ready
+
+    def ready(self) -> list[Entry]:
+        """Entries still ready (after flagging, some of `unique` are already connected or invited)."""
+        return [entry for entry in self.unique.values() if entry.verdict is Verdict.READY]
+
+
+class RosterTooLarge(Exception):
+    def __init__(self, detail: str, limit: str) -> None:
+        super().__init__(detail)
+        self.limit = limit
+
+
+def check_email(text: str) -> tuple[str | None, str | None]:
+    """(normalised address, None) when valid, else (None, the reason a person understands)."""
+    plain = _PLAIN.fullmatch(text)
+    if plain is not None and len(text) <= 254:
+        local, domain = plain.group(1), plain.group(2).lower()
+        if (
+            len(domain) <= 253
+            and "--" not in domain
+            and local.lower() not in _MAILBOX_NAMES
+            and domain.rpartition(".")[2] not in _SPECIAL_USE
+        ):
+            return f"{local}@{domain}", None
+    return check_email_thoroughly(text)
+
+
+def check_email_thoroughly(text: str) -> tuple[str | None, str | None]:
+    """email-validator's syntax check, no DNS: the reference the fast path must agree with."""
+    try:
+        return validate_email(text, check_deliverability=False).normalized, None
+    except EmailNotValidError as error:
+        return None, f"not a valid email address: {error}"
+
+
+def check_note(note: str) -> str | None:
+    """The reason a (trimmed) note cannot be sent, or None."""
+    if len(note) > MAX_NOTE:
+        return f"the note is {len(note)} characters long; at most {MAX_NOTE} are allowed"
+    unsendable = _UNSENDABLE.search(note)
+    if unsendable is not None:
+        return f"the note contains a control character (U+{ord(unsendable.group()):04X})"
+    return None
+
+
+def storable(text: str) -> str:
+    """The text with characters PostgreSQL cannot store replaced, for echoing invalid input back."""
+    return _UNSENDABLE.sub("\ufffd", text) if _UNSENDABLE.search(text) else text
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines as a person sees them: LF, CRLF or CR end a line; a leading byte-order mark is dropped."""
+    if text.startswith(BOM):
+        text = text[1:]
+    lines = _LINE_BREAK.split(text) if "\r" in text else text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # a final line break does not start another line
+    return lines
+
+
+def parse_roster(text: str, default_note: str | None = None) -> Roster:
+    """Every entry with its verdict: ready, invalid or duplicate (of an earlier valid line, ignoring case).
+
+    Raises RosterTooLarge past MAX_BYTES or MAX_LINES, before any per-line work.
+    """
+    if len(text) > MAX_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise RosterTooLarge(f"The roster is larger than {MAX_BYTES // (1024 * 1024)} MB.", f"{MAX_BYTES} bytes")
+    lines = split_lines(text)
+    if len(lines) > MAX_LINES:
+        detail = f"The roster has {len(lines):,} lines; at most {MAX_LINES:,} are allowed."
+        raise RosterTooLarge(detail, f"{MAX_LINES} lines")
+    default = (default_note or "").strip() or None
+    unique: dict[str, Entry] = {}
+    return Roster(list(_entries(lines, default, unique)), len(lines), unique)
+
+
+def _entries(lines: list[str], default_note: str | None, unique: dict[str, Entry]) -> Iterator[Entry]:
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line[0] == "#":
+            continue
+        address, comma, rest = line.partition(",")
+        address = address.strip()
+        note = (rest.strip() or None) if comma else None
+        if not address:
+            yield Entry(number, "", _echo(note, default_note), Verdict.INVALID, "no email address before the comma")
+            continue
+        email, problem = check_email(address)
+        if email is None:
+            yield Entry(number, storable(address), _echo(note, default_note), Verdict.INVALID, problem)
+            continue
+        if note is not None:
+            problem = check_note(note)
+            if problem is not None:
+                yield Entry(number, email, storable(note), Verdict.INVALID, problem)
+                continue
+        key = email.lower()
+        first = unique.get(key)
+        if first is not None:
+            reason = f"duplicate of line {first.line_number} (the same address, ignoring case)"
+            yield Entry(number, email, note or default_note, Verdict.DUPLICATE, reason, first.line_number, key)
+            continue
+        entry = unique[key] = Entry(number, email, note or default_note, Verdict.READY, None, None, key)
+        yield entry
+
+
+def _echo(note: str | None, default_note: str | None) -> str | None:
+    return storable(note) if note is not None else default_note

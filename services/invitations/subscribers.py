@@ -1,0 +1,21 @@
+"""Events the invitations service consumes, and the one table saying which topic, group and handler each takes."""
+
+from __future__ import annotations
+
+from services.invitations import handlers
+from services.runtime.consumer import Subscription
+
+GROUP = "invitations"
+
+ROUTES: tuple[Subscription, ...] = (
+    Subscription(
+        group=GROUP,
+        topics=("connections.v1", "notifier.outcomes.v1"),
+        handlers={
+            "ConnectionApproved": handlers.project_connections,
+            "DeliveryOutcome": handlers.record_outcomes,
+        },
+        description="Connected patients (for already_connected) and delivery outcomes written back to invites "
+        "and roster rows (never moving one backwards).",
+    ),
+)
