@@ -23,6 +23,8 @@ install() {
 }
 
 mkdir -p "$VENV"
+# Like `uv venv`: the environment ignores itself, so git and ruff never look inside.
+[ -f "$VENV/.gitignore" ] || echo '*' > "$VENV/.gitignore"
 # One installer at a time (two test runs may start together); the others wait, then find it done.
 exec 9>"$VENV/.install-lock"
 flock 9
