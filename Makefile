@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
 
-.PHONY: install demo up test test-fast lint schemas bench clean
+.PHONY: install demo up test lint schemas bench lock clean compose-up compose-down deploy-check
 
 install: $(VENV)/.installed
 
@@ -37,8 +37,18 @@ schemas: install ## regenerate JSON Schema and AsyncAPI documents (refuses incom
 bench: install ## benchmarks against the local stack; prints tables, writes var/bench/*.json
 	@$(PY) -m bench $(BENCH)
 
+compose-up: ## the whole system in Docker: Kafka (KRaft), PostgreSQL, Mailpit, migrations, the three services
+	docker compose up --build --detach
+	@echo "connections :8001  invitations :8002  notifier :8003  mail http://localhost:8025"
+
+compose-down: ## stop it and delete its data
+	docker compose down --volumes
+
+deploy-check: ## render and validate deploy/ offline (make test runs it too, via tests/deploy)
+	@bash deploy/validate.sh
+
 lock: ## re-resolve requirements.lock from pyproject.toml
 	@$(VENV)/bin/uv pip compile -q pyproject.toml --extra local --extra dev --python-version 3.11 -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var
+	rm -rf $(VENV) .venv-deploy .pytest_cache .mypy_cache .ruff_cache var
