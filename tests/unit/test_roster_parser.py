@@ -1,0 +1,293 @@
+"""The roster parser: properties against an obviously-correct reference, the fast email path, tricky rosters."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from email_validator import EmailNotValidError, validate_email
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
+
+from services.invitations.roster import (
+    MAX_BYTES,
+    MAX_LINES,
+    MAX_NOTE,
+    RosterTooLarge,
+    Verdict,
+    check_email,
+    check_email_thoroughly,
+    parse_roster,
+    split_lines,
+)
+
+Row = tuple[int, str, str, str | None, int | None]  # line, verdict, email, note, duplicate_of
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def reference(text: str, default_note: str | None = None) -> list[Row]:
+    """The rules read straight off the issue, written for clarity instead of speed."""
+    text = text.removeprefix("\ufeff")
+    lines = re.split(r"\r\n|\r|\n", text)
+    if lines[-1] == "":
+        lines.pop()
+    default = default_note.strip() if default_note and default_note.strip() else None
+    first_seen: dict[str, int] = {}
+    rows: list[Row] = []
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        address, _, rest = line.partition(",")
+        address, note = address.strip(), (rest.strip() or None) if "," in line else None
+        try:
+            email = validate_email(address, check_deliverability=False).normalized
+        except EmailNotValidError:
+            rows.append((number, "invalid", "", note or default, None))
+            continue
+        if note is not None and (len(note) > MAX_NOTE or re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", note)):
+            rows.append((number, "invalid", email, note, None))
+            continue
+        if email.lower() in first_seen:
+            rows.append((number, "duplicate", email, note or default, first_seen[email.lower()]))
+            continue
+        first_seen[email.lower()] = number
+        rows.append((number, "ready", email, note or default, None))
+    return rows
+
+
+def parsed(text: str, default_note: str | None = None) -> list[Row]:
+    entries = parse_roster(text, default_note).entries
+    return [(e.line_number, e.verdict.value, e.email, e.note, e.duplicate_of) for e in entries]
+
+
+def comparable(rows: list[Row]) -> list[Row]:
+    # Invalid entries echo whatever was typed; the reference only knows they are invalid.
+    return [(n, v, "" if v == "invalid" else e, note if v != "invalid" else None, d) for n, v, e, note, d in rows]
+
+
+# --- strategies ------------------------------------------------------------------------------------------
+
+_EMAILISH = "abcxyzABCXYZ0129._+-'@ \"<>()[]\\é#,"
+junk = st.text(alphabet=_EMAILISH, max_size=30)
+domains = st.sampled_from(
+    [
+        *("example.com", "EXAMPLE.org", "mail.example.co.uk", "xn--bcher-kva.example", "exämple.com", "a--b.com"),
+        *("localhost", "example.test", "sub.example.local", "example", "1.2.3.4", "x.invalid", "ex-ample.com"),
+    ]
+)
+locals_ = st.one_of(
+    st.from_regex(r"[A-Za-z0-9_+\-]{1,20}(\.[A-Za-z0-9_+\-]{1,10}){0,2}", fullmatch=True),
+    st.sampled_from(["Postmaster", "INFO", "abuse", "a..b", ".a", "a.", "josé", "ÄÖ", "a" * 70, "x!y", "q'r"]),
+)
+built = st.builds(lambda local, domain: f"{local}@{domain}", locals_, domains)
+addresses = st.one_of(st.emails(), built, junk)
+# Line content never holds CR or LF (they end lines) but may hold any other whitespace, commas, controls.
+note_text = st.text(
+    alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=40
+) | st.text(alphabet="ab, ", min_size=MAX_NOTE - 3, max_size=MAX_NOTE + 3)
+padding = st.sampled_from(["", " ", "\t", "  \t ", "\u00a0", "\x0b"])
+
+
+@st.composite
+def roster_lines(draw: st.DrawFn) -> str:
+    kind = draw(st.sampled_from(["entry", "entry", "entry", "note", "blank", "comment", "repeat"]))
+    pad_left, pad_right = draw(padding), draw(padding)
+    if kind == "blank":
+        return pad_left + pad_right
+    if kind == "comment":
+        return f"{pad_left}#{draw(note_text)}"
+    address = draw(addresses)
+    if kind == "repeat":
+        address = draw(st.sampled_from([address.upper(), address.lower(), address]))
+    if kind == "note":
+        return f"{pad_left}{address}{draw(padding)},{draw(note_text)}{pad_right}"
+    return f"{pad_left}{address}{pad_right}"
+
+
+@st.composite
+def rosters(draw: st.DrawFn) -> str:
+    lines = draw(st.lists(roster_lines(), max_size=25))
+    if lines and draw(st.booleans()):
+        lines.append(lines[draw(st.integers(0, len(lines) - 1))].swapcase())  # a case-only duplicate
+    endings = [draw(st.sampled_from(["\n", "\r\n", "\r"])) for _ in lines]
+    text = "".join(line + ending for line, ending in zip(lines, endings, strict=True))
+    if draw(st.booleans()):
+        text = text.rstrip("\r\n")
+    return ("\ufeff" if draw(st.booleans()) else "") + text
+
+
+# --- properties ------------------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(addresses)
+@example("Ann.Lee+tag@Example.COM")
+@example("postmaster@example.com")
+@example("a@xn--bcher-kva.example")
+@example("a@b--c.com")
+@example("a@ab--cd.com")
+@example("a@xn--zz.com")
+@example("a@example.test")
+@example("a" * 64 + "@" + "b" * 63 + ".com")
+@example("a" * 65 + "@example.com")
+@example("x@" + ".".join(["a" * 63] * 3) + ".com")
+def test_fast_email_check_agrees_with_email_validator(text: str) -> None:
+    assert check_email(text) == check_email_thoroughly(text)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.from_regex(r"[A-Za-z0-9_+\-.]{1,70}@[A-Za-z0-9\-.]{1,70}", fullmatch=True))
+def test_fast_email_check_agrees_on_plain_looking_addresses(text: str) -> None:
+    # The fast path only ever sees this alphabet: hyphens, dots and lengths are where it could go wrong.
+    assert check_email(text) == check_email_thoroughly(text)
+
+
+@PROPERTY
+@given(rosters(), st.one_of(st.none(), note_text))
+def test_parser_matches_the_reference(text: str, default_note: str | None) -> None:
+    assume(default_note is None or len(default_note.strip()) <= MAX_NOTE)
+    assert comparable(parsed(text, default_note)) == comparable(reference(text, default_note))
+
+
+@PROPERTY
+@given(rosters())
+def test_line_endings_and_bom_do_not_change_verdicts(text: str) -> None:
+    body = text.removeprefix("\ufeff")
+    unix = re.sub(r"\r\n|\r", "\n", body)
+    expected = parsed(unix)
+    assert parsed(unix.replace("\n", "\r\n")) == expected
+    assert parsed(unix.replace("\n", "\r")) == expected
+    assert parsed("\ufeff" + unix) == expected
+
+
+@PROPERTY
+@given(rosters())
+def test_every_verdict_has_its_line_and_a_reason_unless_ready(text: str) -> None:
+    roster = parse_roster(text)
+    lines = split_lines(text)
+    for entry in roster.entries:
+        content = lines[entry.line_number - 1].strip()
+        assert content and not content.startswith("#")
+        if entry.verdict is Verdict.READY:
+            assert entry.reason is None
+        else:
+            assert entry.reason and len(entry.reason) > 10
+        if entry.verdict is Verdict.DUPLICATE:
+            first = roster.unique[entry.key]
+            assert entry.duplicate_of == first.line_number < entry.line_number
+            assert str(first.line_number) in (entry.reason or "")
+    ready = [entry for entry in roster.entries if entry.verdict is Verdict.READY]
+    assert len({entry.key for entry in ready}) == len(ready) == len(roster.unique)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(built, min_size=1, max_size=6),
+    st.builds(lambda a, b: f"{a},{b}", st.text(alphabet="ab ,;", max_size=20), st.text(alphabet="ab ,;", max_size=20)),
+)
+def test_note_keeps_later_commas_and_default_fills_the_rest(emails: list[str], note: str) -> None:
+    assume(note.strip(" ,"))
+    text = "\n".join(f"{email}, {note}" if i % 2 else email for i, email in enumerate(emails))
+    for entry in parse_roster(text, "  the default  ").entries:
+        if entry.verdict is Verdict.READY:
+            assert entry.note == (note.strip() if entry.line_number % 2 == 0 else "the default")
+
+
+# --- tricky rosters ----------------------------------------------------------------------------------------
+
+TRICKY: dict[str, tuple[str, str | None, list[Row]]] = {
+    "bom, crlf, blank and comment lines": (
+        "\ufeffann@example.com\r\n\r\n# staff list\r\n  #indented comment\r\nbob@example.com\r\n",
+        None,
+        [(1, "ready", "ann@example.com", None, None), (5, "ready", "bob@example.com", None, None)],
+    ),
+    "old mac line endings": (
+        "ann@example.com\rbob@example.com\r",
+        "Hi",
+        [(1, "ready", "ann@example.com", "Hi", None), (2, "ready", "bob@example.com", "Hi", None)],
+    ),
+    "note splits on the first comma only": (
+        "ann@example.com,  Welcome, Ann, to Riverside  ",
+        None,
+        [(1, "ready", "ann@example.com", "Welcome, Ann, to Riverside", None)],
+    ),
+    "empty note takes the default": (
+        "ann@example.com,   \nbob@example.com,Own note",
+        "Default",
+        [(1, "ready", "ann@example.com", "Default", None), (2, "ready", "bob@example.com", "Own note", None)],
+    ),
+    "case-insensitive duplicates point at the first": (
+        "Ann@Example.com\nANN@EXAMPLE.COM, again\nann@example.com",
+        None,
+        [
+            (1, "ready", "Ann@example.com", None, None),
+            (2, "duplicate", "ANN@example.com", "again", 1),
+            (3, "duplicate", "ann@example.com", None, 1),
+        ],
+    ),
+    "an invalid note does not claim the address": (
+        f"ann@example.com, {'x' * 501}\nann@example.com",
+        None,
+        [(1, "invalid", "ann@example.com", "x" * 501, None), (2, "ready", "ann@example.com", None, None)],
+    ),
+    "a note of exactly 500 characters is fine": (
+        f"ann@example.com, {'x' * 500}",
+        None,
+        [(1, "ready", "ann@example.com", "x" * 500, None)],
+    ),
+    "not addresses": (
+        "no at sign\nann@@example.com\n, only a note\nAnn Lee <ann@example.com>\nann@localhost\nann@example.test",
+        None,
+        [(n, "invalid", "", None, None) for n in range(1, 7)],
+    ),
+    "international addresses are normalised": (
+        "josé@EXÄMPLE.com\nann@xn--bcher-kva.example",
+        None,
+        [(1, "ready", "josé@exämple.com", None, None), (2, "ready", "ann@bücher.example", None, None)],
+    ),
+    "role mailboxes are case-insensitive": (
+        "Postmaster@Example.com\npostmaster@example.com",
+        None,
+        [(1, "ready", "postmaster@example.com", None, None), (2, "duplicate", "postmaster@example.com", None, 1)],
+    ),
+    "tabs and no-break spaces around entries": (
+        "\t ann@example.com \u00a0\n\u00a0\u00a0\n",
+        None,
+        [(1, "ready", "ann@example.com", None, None)],
+    ),
+    "control characters in a note": (
+        "ann@example.com, bell\x07here",
+        None,
+        [(1, "invalid", "ann@example.com", "bell\ufffdhere", None)],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(TRICKY))
+def test_tricky_rosters(case: str) -> None:
+    text, default_note, expected = TRICKY[case]
+    rows = parsed(text, default_note)
+    assert comparable(rows) == comparable(expected)
+    assert [r for r in rows if r[1] != "invalid"] == [r for r in expected if r[1] != "invalid"]
+
+
+def test_reasons_say_what_is_wrong() -> None:
+    entries = parse_roster(f"no at sign\n, hi\nann@example.com, {'n' * 600}\nann@example.com\nANN@example.com").entries
+    reasons = [entry.reason or "" for entry in entries]
+    assert reasons[0].startswith("not a valid email address: ") and "@-sign" in reasons[0]
+    assert reasons[1] == "no email address before the comma"
+    assert reasons[2] == "the note is 600 characters long; at most 500 are allowed"
+    assert reasons[3] == ""
+    assert reasons[4] == "duplicate of line 4 (the same address, ignoring case)"
+
+
+def test_limits() -> None:
+    at_limit = "a@example.com\n" * MAX_LINES
+    assert len(parse_roster(at_limit).entries) == MAX_LINES
+    with pytest.raises(RosterTooLarge, match="100,001 lines"):
+        parse_roster(at_limit + "b@example.com")
+    with pytest.raises(RosterTooLarge, match="5 MB"):
+        parse_roster("#" * (MAX_BYTES + 1))
+    with pytest.raises(RosterTooLarge, match="5 MB"):
+        parse_roster("é" * (MAX_BYTES // 2 + 1))  # two bytes each in UTF-8
