@@ -79,7 +79,7 @@ async def insert_deliveries(db: asyncpg.Connection, deliveries: Sequence[NewDeli
                     $15::text[])
              AS n(id, source_event_id, source_event_type, kind, recipient, practice_id, correlation_id,
                   invite_id, batch_id, line_number, note, accept_url, expires_at, reason, message_id)
-        ON CONFLICT (source_event_id) DO NOTHING
+        ON CONFLICT (id) DO NOTHING
         """,
         *columns,
         [message_id_for(d.source_event_id) for d in deliveries],
@@ -203,6 +203,3 @@ async def expire_leases(db: asyncpg.Connection | asyncpg.Pool, lease_seconds: fl
     return int(result.rsplit(" ", 1)[-1])
 
 
-async def delivery_status(db: asyncpg.Connection | asyncpg.Pool, source_event_id: uuid.UUID) -> str | None:
-    value = await db.fetchval("SELECT status FROM notifier.deliveries WHERE source_event_id = $1", source_event_id)
-    return str(value) if value is not None else None

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from services.runtime.service import ServiceRuntime
 
 log = get_logger(__name__)
-_FLUSH_SECONDS = 0.02  # results wait this long to share a transaction; nothing is recorded later than that
+_FLUSH_SECONDS = 0.1  # results wait this long to share a transaction; nothing is recorded later than that
 _STOP_SECONDS = 10.0  # at shutdown, how long a message already on the wire may take to finish
 
 
@@ -91,7 +91,7 @@ class _Run:
         failures = 0
         min_chunk = max(1, self.sender.capacity // 4)
         try:
-            while True:
+            while not self.stopping:
                 try:
                     if listener is None:
                         listener = await self._listen()
@@ -230,6 +230,11 @@ class _Run:
     ) -> None:
         """Finish what is on the wire, record every result, give back what was never tried."""
         self.stopping = True
+        # The claimer stops by itself at its next wait: cancelled inside its transaction, it could lose a
+        # claim committed just as the cancellation arrived (rows left `sending` until their lease expires).
+        self.room.set()
+        self.wake.set()
+        await asyncio.wait([claimer], timeout=_STOP_SECONDS)
         await _cancel(claimer, reaper)
         busy = [task for task, current in zip(workers, self.current, strict=True) if current is not None]
         await _cancel(*(task for task in workers if task not in busy))

@@ -18,9 +18,11 @@ CREATE TABLE notifier.practices (
 );
 
 -- One row per source event: the guard that makes "one email per event" hold under redelivery and restarts.
+-- The key is derived from the source event id (uuid5, services.notifier.domain.delivery_id_for), so the
+-- primary key is the guard and no second unique index has to be kept up to date on every status change.
 CREATE TABLE notifier.deliveries (
     id                uuid        PRIMARY KEY,
-    source_event_id   uuid        NOT NULL UNIQUE,
+    source_event_id   uuid        NOT NULL,
     source_event_type text        NOT NULL,
     kind              text        NOT NULL CHECK (kind IN ('invite', 'connection_approved', 'connection_rejected')),
     recipient         text        NOT NULL,
