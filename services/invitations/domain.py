@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -57,6 +58,34 @@ NOT_ON_PLATFORM_REASON = "no CollabKare account uses this email address yet"
 def supersedes(new: Outcome, current: Outcome) -> bool:
     """Whether a delivery outcome replaces the current one."""
     return DELIVERY_RANK[new] > DELIVERY_RANK[current]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One DeliveryOutcome for an invite, as the write-back needs it."""
+
+    invite_id: uuid.UUID
+    outcome: Outcome
+    reason: str | None
+    decided_at: datetime
+
+
+def strongest(deliveries: Iterable[Delivery]) -> dict[uuid.UUID, Delivery]:
+    """Per invite, the outcome that stands: the highest rank, and at equal rank the earliest decided.
+
+    Order-independent (exact ties are broken on the reason), so a batch reduced here gives what applying
+    its outcomes one by one, in the order they were decided, would.
+    """
+    best: dict[uuid.UUID, Delivery] = {}
+    for delivery in deliveries:
+        current = best.get(delivery.invite_id)
+        if current is None or _standing(delivery) < _standing(current):
+            best[delivery.invite_id] = delivery
+    return best
+
+
+def _standing(delivery: Delivery) -> tuple[int, datetime, str]:
+    return -DELIVERY_RANK[delivery.outcome], delivery.decided_at, delivery.reason or ""
 
 
 @dataclass(frozen=True)

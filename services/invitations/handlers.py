@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +14,6 @@ from schemas import ConnectionApproved, DeliveryOutcome, Envelope
 from services.invitations import batch_repository, domain, repository
 from services.invitations.acceptance import Acceptance, Answer, accept
 from services.invitations.domain import (
-    DELIVERY_RANK,
     NOT_ON_PLATFORM_REASON,
     AlreadyConnected,
     AlreadyInvited,
@@ -209,25 +209,27 @@ async def record_outcomes(db: asyncpg.Connection, events: list[DeliveryOutcome])
 
     Several outcomes for one invite in a batch are reduced first with the same precedence the SQL applies.
     """
-    best: dict[uuid.UUID, tuple[int, datetime, Outcome, str | None]] = {}
+    best = list(domain.strongest(_deliveries(events)).values())
+    if not best:
+        return
+    invites, rows = await repository.apply_outcomes(
+        db,
+        [d.invite_id for d in best],
+        [d.outcome.value for d in best],
+        [d.reason for d in best],
+        [d.decided_at for d in best],
+    )
+    log.info("invite.outcomes_recorded", received=len(events), invites_changed=invites, rows_changed=rows)
+
+
+def _deliveries(events: list[DeliveryOutcome]) -> Iterator[domain.Delivery]:
     for event in events:
         payload = event.payload
         if payload.kind != "invite" or payload.invite_id is None:
-            continue
+            continue  # outcomes of other notifications (approvals, rejections) are not ours to record
         outcome = Outcome(payload.outcome)
         reason = payload.reason or (NOT_ON_PLATFORM_REASON if outcome is Outcome.NOT_ON_PLATFORM else None)
-        candidate = (DELIVERY_RANK[outcome], payload.decided_at, outcome, reason)
-        current = best.get(payload.invite_id)
-        # Higher rank wins; at equal rank the earlier decision stands, as it would have arriving first.
-        if current is None or (candidate[0], -candidate[1].timestamp()) > (current[0], -current[1].timestamp()):
-            best[payload.invite_id] = candidate
-    if not best:
-        return
-    ids = list(best)
-    invites, rows = await repository.apply_outcomes(
-        db, ids, [best[i][2].value for i in ids], [best[i][3] for i in ids], [best[i][1] for i in ids]
-    )
-    log.info("invite.outcomes_recorded", received=len(events), invites_changed=invites, rows_changed=rows)
+        yield domain.Delivery(payload.invite_id, outcome, reason, payload.decided_at)
 
 
 async def project_connections(db: asyncpg.Connection, events: list[ConnectionApproved]) -> None:
