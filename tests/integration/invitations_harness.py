@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import httpx
 import jsonschema
+from aiokafka import AIOKafkaProducer
 
 from collabkare.stack.broker import create_topics
 from collabkare.stack.infra import Infrastructure
@@ -24,10 +25,20 @@ from services.invitations.settings import InvitationsSettings
 from services.runtime.service import ServiceRuntime
 from tests.conftest import ROLE_PASSWORD
 from tests.integration.connections_harness import PARTITIONS, read_to_end
-from tests.support import ScratchDatabase, committed_schema, patient_token, produce, service_env, staff_token
+from tests.support import ScratchDatabase, committed_schema, patient_token, service_env, staff_token
 
 TOPIC = "invitations.v1"
 IDENTITY_KEY = "identity-key-for-tests-32-bytes-long!!"
+_VALIDATORS: dict[str, Any] = {}
+
+
+def check_schema(event: dict[str, Any]) -> None:
+    """Validate against the committed JSON Schema of its type (validators built once: thousands of events)."""
+    kind = event["event_type"]
+    if kind not in _VALIDATORS:
+        schema = committed_schema(kind)
+        _VALIDATORS[kind] = jsonschema.validators.validator_for(schema)(schema)
+    _VALIDATORS[kind].validate(event)
 
 
 def staff(practice_id: uuid.UUID, role: str = "front_desk", subject: str = "staff-1") -> dict[str, str]:
@@ -72,7 +83,7 @@ class Service:
         for record in records:
             assert record.value is not None
             event = json.loads(record.value)
-            jsonschema.validate(event, committed_schema(event["event_type"]))
+            check_schema(event)
             assert record.key == event["payload"]["invite_id"].encode(), "invitations.v1 is keyed by invite"
             if practice_id is not None and event["practice_id"] != str(practice_id):
                 continue
@@ -82,9 +93,38 @@ class Service:
         return events
 
     async def publish(self, topic: str, events: list[Envelope]) -> None:
-        """Put events on one of the service's input topics, as their producers would."""
-        messages = [(event.aggregate_key().encode(), event.model_dump_json().encode()) for event in events]
-        await produce(self.bootstrap, self.topic_prefix + topic, messages)
+        """Put events on one of the service's input topics, keyed as their producers key them; all acked."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
+        await producer.start()
+        try:
+            async with asyncio.timeout(60):
+                sent = [
+                    await producer.send(
+                        self.topic_prefix + topic, event.model_dump_json().encode(), key=event.aggregate_key().encode()
+                    )
+                    for event in events
+                ]
+                await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+
+    async def submit(
+        self, practice_id: uuid.UUID, roster: str, default_note: str | None = None, **headers: str
+    ) -> dict[str, Any]:
+        """Send a roster as front-desk staff; the 202 answer's JSON."""
+        response = await self.http.post(
+            f"/v1/practices/{practice_id}/invite-batches",
+            json={"roster": roster, "default_note": default_note},
+            headers={**staff(practice_id), **headers},
+        )
+        assert response.status_code == 202, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    async def requested(self, practice_id: uuid.UUID) -> dict[str, dict[str, Any]]:
+        """The practice's InviteRequested events by invite id."""
+        events = await self.events(practice_id, "InviteRequested")
+        return {event["payload"]["invite_id"]: event for event in events}
 
     async def wait_for(self, sql: str, *args: Any, expect: Any, timeout: float = 20.0) -> Any:
         """Poll a query until it returns `expect` (bounded); returns the last value either way."""

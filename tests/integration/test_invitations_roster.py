@@ -1,0 +1,275 @@
+"""Rosters on real PostgreSQL and Kafka: preview, bulk send, Idempotency-Key, limits and per-row results."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from collabkare.stack.infra import Infrastructure
+from services.invitations.batch_api import MAX_BODY
+from services.invitations.roster import MAX_BYTES, MAX_LINES
+from tests.integration.invitations_harness import Service, running_service, staff
+
+PROBLEM = "application/problem+json"
+ROSTER = "\n".join(
+    [
+        "# Riverside, spring list",
+        "ann@example.com, Welcome back, Ann!",
+        "",
+        "  bob@example.com  ",
+        "not-an-address",
+        "ANN@example.com, again",
+        "cat@example.com,",
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+async def service(infra: Infrastructure, template_database: str) -> AsyncIterator[Service]:
+    async with running_service(infra, template_database, consuming=False) as running:
+        yield running
+
+
+async def _preview(service: Service, practice: uuid.UUID, roster: str, note: str | None = None) -> dict[str, Any]:
+    response = await service.http.post(
+        f"/v1/practices/{practice}/roster/preview",
+        json={"roster": roster, "default_note": note},
+        headers=staff(practice),
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _connect(service: Service, practice: uuid.UUID, email: str) -> None:
+    await service.admin.execute(
+        "INSERT INTO invitations.connected_patients VALUES ($1, $2, $3, lower($3), $4, now())",
+        practice,
+        uuid.uuid4(),
+        email,
+        uuid.uuid4(),
+    )
+
+
+async def test_preview_gives_the_counter_and_a_verdict_per_line_and_writes_nothing(service: Service) -> None:
+    practice = uuid.uuid4()
+    await _connect(service, practice, "Bob@Example.com")
+    body = await _preview(service, practice, ROSTER, "  Default note  ")
+    assert body["patients_ready"] == 2 and body["lines"] == 7 and body["total"] == 5
+    assert body["counts"] == {
+        "ready": 2,
+        "invalid": 1,
+        "duplicate": 1,
+        "already_connected": 1,
+        "already_invited": 0,
+    }
+    assert [(r["line_number"], r["verdict"], r["email"], r["note"], r["duplicate_of"]) for r in body["rows"]] == [
+        (2, "ready", "ann@example.com", "Welcome back, Ann!", None),
+        (4, "already_connected", "bob@example.com", "Default note", None),
+        (5, "invalid", "not-an-address", "Default note", None),
+        (6, "duplicate", "ANN@example.com", "again", 2),
+        (7, "ready", "cat@example.com", "Default note", None),
+    ]
+    reasons = {r["line_number"]: r["reason"] for r in body["rows"]}
+    assert reasons[2] is None and "already connected" in reasons[4]
+    assert "@-sign" in reasons[5] and reasons[6] == "duplicate of line 2 (the same address, ignoring case)"
+    assert await service.fetchval("SELECT count(*) FROM invitations.batches WHERE practice_id = $1", practice) == 0
+    assert await service.fetchval("SELECT count(*) FROM invitations.invites WHERE practice_id = $1", practice) == 0
+
+
+async def test_preview_flags_patients_with_a_pending_invite(service: Service) -> None:
+    practice = uuid.uuid4()
+    await service.submit(practice, "ann@example.com")
+    body = await _preview(service, practice, "Ann@example.com\nbob@example.com")
+    assert [r["verdict"] for r in body["rows"]] == ["already_invited", "ready"]
+    assert body["rows"][0]["reason"].startswith("a pending invite sent ")
+    other = await _preview(service, uuid.uuid4(), "ann@example.com")
+    assert other["rows"][0]["verdict"] == "ready", "another practice's invite does not count"
+
+
+async def test_sending_stores_every_row_and_invites_every_ready_one(service: Service) -> None:
+    practice = uuid.uuid4()
+    response = await service.http.post(
+        f"/v1/practices/{practice}/invite-batches",
+        json={"roster": ROSTER, "default_note": "Default note"},
+        headers={**staff(practice, "practice_manager", "mgr-7"), "X-Correlation-ID": "send-1"},
+    )
+    assert response.status_code == 202, response.text
+    batch = response.json()
+    assert response.headers["Location"] == f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}"
+    assert batch["patients_ready"] == 3 and batch["total"] == 5 and batch["queued"] == 3 and not batch["done"]
+    assert batch["counts"]["queued"] == 3 and batch["counts"]["invalid"] == 1 and batch["counts"]["duplicate"] == 1
+
+    rows = await service.fetch(
+        "SELECT line_number, email, note, outcome, invite_id, attempts FROM invitations.batch_rows"
+        " WHERE batch_id = $1 ORDER BY line_number",
+        uuid.UUID(batch["batch_id"]),
+    )
+    assert [(r["line_number"], r["outcome"], r["note"], r["attempts"]) for r in rows] == [
+        (2, "queued", "Welcome back, Ann!", 1),
+        (4, "queued", "Default note", 1),
+        (5, "invalid", "Default note", 0),
+        (6, "duplicate", "again", 0),
+        (7, "queued", "Default note", 1),
+    ]
+    invited = {r["invite_id"]: r for r in rows if r["invite_id"]}
+    events = await service.requested(practice)
+    assert set(events) == {str(i) for i in invited}
+    for invite_id, event in events.items():
+        row = invited[uuid.UUID(invite_id)]
+        payload = event["payload"]
+        assert (payload["email"], payload["note"], payload["line_number"]) == (
+            row["email"],
+            row["note"],
+            row["line_number"],
+        )
+        assert payload["batch_id"] == batch["batch_id"] and payload["requested_by"] == "mgr-7"
+        assert payload["accept_url"].startswith("https://app.collabkare.test/invites/accept?token=")
+        sent_at = datetime.fromisoformat(event["occurred_at"])
+        assert datetime.fromisoformat(payload["expires_at"]) - sent_at == timedelta(days=7)
+        assert event["correlation_id"] == "send-1" and event["producer"] == "invitations"
+    stored = await service.fetch(
+        "SELECT id, status, delivery, token_hash FROM invitations.invites WHERE batch_id = $1",
+        uuid.UUID(batch["batch_id"]),
+    )
+    assert {(r["status"], r["delivery"]) for r in stored} == {("pending", "queued")} and len(stored) == 3
+    tokens = {e["payload"]["accept_url"].rsplit("=", 1)[1] for e in events.values()}
+    assert not any(t.encode() in r["token_hash"] for t in tokens for r in stored), "tokens are stored hashed"
+
+
+async def test_idempotency_key_returns_the_first_batch_instead_of_sending_twice(service: Service) -> None:
+    practice = uuid.uuid4()
+    roster = "ann@example.com\nbob@example.com"
+    first, again, *racing = await asyncio.gather(
+        *(service.submit(practice, roster, **{"Idempotency-Key": "roster-2026-11-21"}) for _ in range(4))
+    )
+    assert {first["batch_id"], again["batch_id"], *(r["batch_id"] for r in racing)} == {first["batch_id"]}
+    replay = await service.http.post(
+        f"/v1/practices/{practice}/invite-batches",
+        json={"roster": roster},
+        headers={**staff(practice), "Idempotency-Key": "roster-2026-11-21"},
+    )
+    assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json()["batch_id"] == first["batch_id"]
+    assert await service.fetchval("SELECT count(*) FROM invitations.batches WHERE practice_id = $1", practice) == 1
+    assert len(await service.requested(practice)) == 2
+
+    reused = await service.http.post(
+        f"/v1/practices/{practice}/invite-batches",
+        json={"roster": roster + "\ncat@example.com"},
+        headers={**staff(practice), "Idempotency-Key": "roster-2026-11-21"},
+    )
+    assert reused.status_code == 422 and reused.headers["content-type"] == PROBLEM
+    assert reused.json()["errors"][0]["field"] == "Idempotency-Key"
+    bad = await service.http.post(
+        f"/v1/practices/{practice}/invite-batches",
+        json={"roster": roster},
+        headers={**staff(practice), "Idempotency-Key": "spaces are not allowed"},
+    )
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "Idempotency-Key"
+    elsewhere = await service.submit(uuid.uuid4(), roster, **{"Idempotency-Key": "roster-2026-11-21"})
+    assert elsewhere["batch_id"] != first["batch_id"], "keys are per practice"
+
+
+async def test_overlapping_batches_never_invite_a_patient_twice(service: Service) -> None:
+    practice = uuid.uuid4()
+    emails = [f"p{i}@example.com" for i in range(200)]
+    answers = await asyncio.gather(
+        service.submit(practice, "\n".join(emails[:150])), service.submit(practice, "\n".join(emails[50:]))
+    )
+    assert sorted(a["patients_ready"] for a in answers) == [50, 150]
+    assert sum(a["counts"]["already_invited"] for a in answers) == 100
+    per_email = await service.fetch(
+        "SELECT email_key, count(*) AS n FROM invitations.invites WHERE practice_id = $1 GROUP BY email_key", practice
+    )
+    assert len(per_email) == 200 and {r["n"] for r in per_email} == {1}
+
+
+async def test_size_limits_answer_413_with_the_limit(service: Service) -> None:
+    practice = uuid.uuid4()
+    url = f"/v1/practices/{practice}/invite-batches"
+    at_limit = "\n" * (MAX_LINES - 1) + "ann@example.com"
+    assert (await _preview(service, practice, at_limit))["lines"] == MAX_LINES
+    for roster in ("\n" * MAX_LINES + "ann@example.com", "#" * (MAX_BYTES + 1)):
+        response = await service.http.post(url, json={"roster": roster}, headers=staff(practice))
+        assert response.status_code == 413 and response.headers["content-type"] == PROBLEM
+        body = response.json()
+        assert body["max_lines"] == MAX_LINES and body["max_bytes"] == MAX_BYTES
+        assert "100,000" in body["detail"] or "5 MB" in body["detail"]
+    huge = b'{"roster": "' + b"x" * (MAX_BODY + 1) + b'"}'
+    response = await service.http.post(
+        url, content=huge, headers={**staff(practice), "Content-Type": "application/json"}
+    )
+    assert response.status_code == 413 and response.json()["max_bytes"] == MAX_BYTES
+    assert await service.fetchval("SELECT count(*) FROM invitations.batches WHERE practice_id = $1", practice) == 0
+
+
+async def test_malformed_bodies_name_the_field(service: Service) -> None:
+    practice = uuid.uuid4()
+    url = f"/v1/practices/{practice}/invite-batches"
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({}, "roster"),
+        ({"roster": 5}, "roster"),
+        ({"roster": "a@example.com", "default_note": "x" * 501}, "default_note"),
+        ({"roster": "a@example.com", "extra": 1}, "extra"),
+    ]
+    for body, field in cases:
+        response = await service.http.post(url, json=body, headers=staff(practice))
+        assert response.status_code == 422, response.text
+        assert [e["field"] for e in response.json()["errors"]] == [field]
+    text = await service.http.post(
+        url, content=b"a@example.com", headers={**staff(practice), "Content-Type": "text/plain"}
+    )
+    assert text.status_code == 415
+    broken = await service.http.post(
+        url, content=b"{nope", headers={**staff(practice), "Content-Type": "application/json"}
+    )
+    assert broken.status_code == 422 and broken.json()["errors"][0]["field"] == "body"
+
+
+async def test_results_summary_and_paginated_rows(service: Service) -> None:
+    practice = uuid.uuid4()
+    batch = await service.submit(practice, ROSTER)
+    base = f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}"
+    summary = (await service.http.get(base, headers=staff(practice))).json()
+    assert summary["total"] == 5 and summary["patients_ready"] == 3 and summary["queued"] == 3
+    assert summary["counts"] == {
+        "queued": 3,
+        "sent": 0,
+        "not_on_platform": 0,
+        "error": 0,
+        "invalid": 1,
+        "duplicate": 1,
+        "already_connected": 0,
+        "already_invited": 0,
+    }
+    assert summary["done"] is False and summary["links"]["rows"] == f"{base}/rows"
+
+    lines, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await service.http.get(f"{base}/rows", params=params, headers=staff(practice))).json()
+        lines += [row["line_number"] for row in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert lines == [2, 4, 5, 6, 7]
+    invalid = (await service.http.get(f"{base}/rows?outcome=invalid", headers=staff(practice))).json()
+    assert [(r["line_number"], r["outcome"]) for r in invalid["items"]] == [(5, "invalid")]
+    assert invalid["items"][0]["reason"].startswith("not a valid email address")
+    assert (await service.http.get(f"{base}/rows?cursor=abc", headers=staff(practice))).status_code == 422
+    assert (await service.http.get(f"{base}/rows?outcome=lost", headers=staff(practice))).status_code == 422
+    empty = await service.http.get(f"{base}/not-on-platform", headers=staff(practice))
+    assert empty.status_code == 200 and empty.text == "" and empty.headers["content-type"].startswith("text/plain")
+    unknown = f"/v1/practices/{practice}/invite-batches/{uuid.uuid4()}"
+    for suffix in ("", "/rows", "/not-on-platform"):
+        assert (await service.http.get(unknown + suffix, headers=staff(practice))).status_code == 404
+    assert (await service.http.post(unknown + "/resend-not-on-platform", headers=staff(practice))).status_code == 404
+    other = uuid.uuid4()
+    foreign = f"/v1/practices/{other}/invite-batches/{batch['batch_id']}"
+    assert (await service.http.get(foreign, headers=staff(other))).status_code == 404, "batches stay in their practice"
