@@ -1,27 +1,250 @@
-"""`make demo`: start the real stack, show each service ready, run the scenario, print it, stop everything."""
+"""`make demo`: the help articles' scenario on the real stack, printed as it goes; exit 0 only if all is as expected."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
+import asyncio
+import email.parser
+import email.policy
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
 
-from collabkare.stack.local import DEMO_PRACTICE_ID, DEMO_PRACTICE_NAME, local_stack, seed_demo_practice
+from collabkare.client import CollabKare
+from collabkare.seeding import patient_registered, publish
+from collabkare.stack.local import DEMO_PRACTICE_ID, DEMO_PRACTICE_NAME, RunningStack, local_stack, seed_demo_practice
+
+DEFAULT_NOTE = "Your care team at Riverside invites you to connect your health record."
+ROSTER = """\
+# Spring outreach. Comment lines and blank lines are ignored.
+ana@example.com, Welcome to Riverside, Ana, and see you on Monday, 9:30
+bruno@example.com
+
+carla@example.com, Hi Carla: your new portal is ready
+not-an-email
+ANA@example.com
+dev@example.com
+gina@example.com
+hank@example.com, Please join, we miss you
+"""
+# What every roster line must end as; a resend later turns gina (now registered) into sent.
+EXPECTED_OUTCOMES = {
+    2: "sent",
+    3: "sent",
+    5: "sent",
+    6: "invalid",
+    7: "duplicate",
+    8: "already_connected",
+    9: "not_on_platform",
+    10: "not_on_platform",
+}
+REGISTERED = {
+    "ana@example.com": "en",
+    "bruno@example.com": "es",
+    "carla@example.com": "en",
+    "dev@example.com": "en",
+    "erin@example.com": "en",
+    "frank@example.com": "es",
+    "ivy@example.com": "en",
+}
 
 
-def _get(url: str) -> dict[str, object]:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback URL we built
-        return dict(json.loads(response.read()))
+class Scenario:
+    def __init__(self, stack: RunningStack) -> None:
+        self.stack = stack
+        self.api = CollabKare(stack.urls, stack.jwt_secret, DEMO_PRACTICE_ID)
+        self.patients: dict[str, uuid.UUID] = {}
+        self.problems: list[str] = []
+        self.mail_before = set(_mail_files(stack))
+
+    def check(self, what: str, got: Any, expected: Any) -> None:
+        mark = "ok " if got == expected else "BAD"
+        print(f"   [{mark}] {what}: {got}" + ("" if got == expected else f" (expected {expected})"), flush=True)
+        if got != expected:
+            self.problems.append(what)
+
+    def register(self, emails: dict[str, str]) -> None:
+        events = [patient_registered(address, locale=locale) for address, locale in emails.items()]
+        asyncio.run(publish(self.stack.infra.kafka_bootstrap, self.stack.topic_prefix, list(events)))
+        self.patients.update({e.payload.email: e.payload.patient_id for e in events})
+
+    def connect(self, address: str) -> dict[str, Any]:
+        """The patient asks to connect; returns the pending request."""
+        body = {"practice_id": str(DEMO_PRACTICE_ID), "message": "I am a patient of Dr. Lee"}
+        return dict(
+            self.api.patient(
+                self.patients[address], address, "connections", "POST", "/v1/connection-requests", json=body
+            )
+        )
+
+    def run(self) -> None:
+        seed_demo_practice(self.stack)
+        self.register(REGISTERED)
+        print(f"== practice {DEMO_PRACTICE_NAME} and {len(REGISTERED)} registered patients seeded", flush=True)
+
+        print("== dev@example.com asks to connect; staff approve (so the roster finds dev already connected)")
+        request = self.connect("dev@example.com")
+        self.api.staff("connections", "POST", f"/connection-requests/{request['id']}/approve")
+        self._wait_for(
+            "dev shows as already connected", lambda: self._verdict("dev@example.com") == "already_connected"
+        )
+
+        print("== roster preview")
+        preview = self.api.preview(ROSTER, DEFAULT_NOTE)
+        self.check('"patients ready" counter', preview["patients_ready"], 5)
+        self.check(
+            "verdicts",
+            dict(sorted(Counter(r["verdict"] for r in preview["rows"]).items())),
+            {"already_connected": 1, "duplicate": 1, "invalid": 1, "ready": 5},
+        )
+        batch = self.api.send_roster(ROSTER, DEFAULT_NOTE, key=str(uuid.uuid4()))
+        print(f"== sent: batch {batch['batch_id']} accepted (202); waiting for every row to be final", flush=True)
+        progress = self.api.wait_until_done(batch["batch_id"])
+        self._print_rows(batch["batch_id"])
+        self.check("batch done", progress["done"], True)
+        self.check(
+            "counts",
+            {k: v for k, v in sorted(progress["counts"].items()) if v},
+            {"already_connected": 1, "duplicate": 1, "invalid": 1, "not_on_platform": 2, "sent": 3},
+        )
+        missing = self.api.not_on_platform(batch["batch_id"])
+        print("== not on CollabKare yet (copy list):\n   " + "\n   ".join(missing))
+        self.check("not-on-platform list", sorted(missing), ["gina@example.com", "hank@example.com"])
+
+        print("== gina registers; staff re-send to the not-on-platform rows")
+        self.register({"gina@example.com": "en"})
+        time.sleep(1.0)  # the notifier learns of gina from the platform topic
+        self.api.resend_not_on_platform(batch["batch_id"])
+        self.api.wait_until_done(batch["batch_id"])
+        outcomes = {row["email"]: row["outcome"] for row in self.api.rows(batch["batch_id"])}
+        self.check("gina after re-send", outcomes.get("gina@example.com"), "sent")
+        self.check("hank after re-send", outcomes.get("hank@example.com"), "not_on_platform")
+
+        print("== erin and frank ask to connect; staff approve erin and reject frank with a reason")
+        erin, frank = self.connect("erin@example.com"), self.connect("frank@example.com")
+        pending = self.api.staff("connections", "GET", "/connection-requests", params={"status": "pending"})
+        self.check(
+            "pending requests listed",
+            sorted(i["patient_email"] for i in pending["items"]),
+            ["erin@example.com", "frank@example.com"],
+        )
+        approved = self.api.staff("connections", "POST", f"/connection-requests/{erin['id']}/approve")
+        rejected = self.api.staff(
+            "connections",
+            "POST",
+            f"/connection-requests/{frank['id']}/reject",
+            json={"reason": "We are not taking new patients this season."},
+        )
+        self.check("erin", approved["status"], "approved")
+        self.check("frank", rejected["status"], "rejected")
+
+        self._individual_invite()
+        self._print_mail()
+
+    def _individual_invite(self) -> None:
+        print("== individual invite for ivy@example.com (date of birth + phone): send, revoke, resend")
+        body = {"email": "ivy@example.com", "date_of_birth": "1984-03-02", "phone": "+1 555 010 7788"}
+        first = self.api.staff("invitations", "POST", "/invites", (201,), json=body)
+        self.api.staff("invitations", "POST", f"/invites/{first['id']}/revoke")
+        resent = self.api.staff("invitations", "POST", f"/invites/{first['id']}/resend", (201,))
+        history = self.api.staff("invitations", "GET", "/invites", params={"email": "ivy@example.com"})
+        for item in history["items"]:
+            print(f"   invite {item['id']}  {item['status']:<8} {_history_line(item)}")
+        self.check("access history", [i["status"] for i in history["items"]], ["pending", "revoked"])
+        self.check("resend gives a new invite", resent["invite"]["id"] != first["id"], True)
+
+    def _caught_recipients(self) -> set[str]:
+        return set(_recipients([f for f in _mail_files(self.stack) if f not in self.mail_before]))
+
+    def _verdict(self, address: str) -> str:
+        rows = self.api.preview(address)["rows"]
+        return str(rows[0]["verdict"]) if rows else ""
+
+    def _wait_for(self, what: str, condition: Any, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                self.check(what, False, True)
+                return
+            time.sleep(0.2)
+
+    def _print_rows(self, batch_id: str) -> None:
+        print("   line  email                  outcome            reason")
+        for row in sorted(self.api.rows(batch_id), key=lambda r: r["line_number"]):
+            reason = (row.get("reason") or "")[:60]
+            print(f"   {row['line_number']:>4}  {row['email']:<22} {row['outcome']:<18} {reason}")
+            expected = EXPECTED_OUTCOMES.get(row["line_number"])
+            if expected and row["outcome"] != expected:
+                self.problems.append(f"line {row['line_number']} is {row['outcome']}, expected {expected}")
+
+    def _print_mail(self) -> None:
+        files = [f for f in _mail_files(self.stack) if f not in self.mail_before]
+        if self.stack.infra.maildir is None:
+            print("== emails: the SMTP server is external; see its own mailbox")
+            return
+        self._wait_for(
+            "all 8 emails caught", lambda: len([f for f in _mail_files(self.stack) if f not in self.mail_before]) >= 8
+        )
+        files = sorted(f for f in _mail_files(self.stack) if f not in self.mail_before)
+        parse = email.parser.BytesParser(policy=email.policy.default)
+        print(f"== emails caught by the SMTP catcher ({len(files)}):")
+        recipients = []
+        for path in files:
+            message = parse.parsebytes(path.read_bytes())
+            recipients.append(str(message["To"]))
+            print(f"   to {message['To']!s:<22} {message['Subject']}")
+        # ivy may get two: her first invite can go out before staff revoke it.
+        self.check(
+            "recipients",
+            sorted(set(recipients)),
+            sorted(
+                [
+                    "ana@example.com",
+                    "bruno@example.com",
+                    "carla@example.com",
+                    "gina@example.com",
+                    "dev@example.com",
+                    "erin@example.com",
+                    "frank@example.com",
+                    "ivy@example.com",
+                ]
+            ),
+        )
+
+
+def _recipients(paths: list[Path]) -> list[str]:
+    parse = email.parser.BytesParser(policy=email.policy.default)
+    return [str(parse.parsebytes(path.read_bytes())["To"]) for path in paths]
+
+
+def _history_line(item: dict[str, Any]) -> str:
+    line = f"sent by {item['sent_by']} at {item['sent_at'][:19]}"
+    if item.get("revoked_by"):
+        line += f"; revoked by {item['revoked_by']} at {item['revoked_at'][:19]}"
+    if item.get("resends"):
+        line += f"; resend of {str(item['resends'])[:8]}"
+    return line
+
+
+def _mail_files(stack: RunningStack) -> list[Path]:
+    maildir = stack.infra.maildir
+    return sorted(maildir.glob("*.eml")) if maildir and maildir.is_dir() else []
 
 
 def run_demo() -> int:
     print("== starting the local stack (PostgreSQL, Kafka-protocol broker, SMTP catcher, 3 services)", flush=True)
     with local_stack() as stack:
-        print("== services", flush=True)
         for name, url in stack.urls.items():
-            ready = _get(f"{url}/readyz")
-            print(f"   {name:<12} {url:<24} {ready['status']:<8} {ready['checks']}", flush=True)
-        seed_demo_practice(stack)
-        print(f"== seeded practice {DEMO_PRACTICE_ID} ({DEMO_PRACTICE_NAME}) on the platform topic", flush=True)
+            print(f"   {name:<12} {url:<24} ready", flush=True)
+        scenario = Scenario(stack)
+        try:
+            scenario.run()
+        finally:
+            scenario.api.close()
         print("== stopping", flush=True)
-    print("== done: every process stopped", flush=True)
+    if scenario.problems:
+        print(f"== FAILED: {len(scenario.problems)} outcome(s) not as expected: {'; '.join(scenario.problems)}")
+        return 1
+    print("== done: every outcome as expected; every process stopped", flush=True)
     return 0

@@ -39,15 +39,17 @@ def _leftovers(workdir: Path, ports: dict[str, int]) -> list[str]:
     return found
 
 
-def test_demo_shows_three_ready_services_and_leaves_nothing(tmp_path: Path) -> None:
+def test_demo_runs_the_scenario_and_leaves_nothing(tmp_path: Path) -> None:
     workdir = ROOT / "var" / f"e2e-{uuid.uuid4().hex[:8]}"
     env, ports = _environment(workdir)
     result = subprocess.run([*CLI, "demo"], env=env, capture_output=True, text=True, timeout=240, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    ready_lines = [line for line in result.stdout.splitlines() if " ready " in line]
+    ready_lines = [line for line in result.stdout.splitlines() if line.rstrip().endswith(" ready")]
     assert len(ready_lines) == 3, result.stdout
     for name, port in ports.items():
         assert any(name in line and f":{port}" in line for line in ready_lines)
+    assert "[BAD]" not in result.stdout
+    assert "== done: every outcome as expected" in result.stdout
     time.sleep(0.5)
     assert _leftovers(workdir, ports) == []
 
