@@ -1,0 +1,256 @@
+"""Events in from the real broker: delivery outcomes written back (with precedence), the connected projection,
+and resending the not-on-platform rows."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from collabkare.stack.infra import Infrastructure
+from schemas import ConnectionApproved, DeliveryOutcome, Envelope
+from schemas.events import ConnectionApprovedPayload, DeliveryOutcomePayload
+from tests.integration.invitations_harness import Service, running_service, staff
+
+OUTCOMES = "notifier.outcomes.v1"
+T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+async def service(infra: Infrastructure, template_database: str) -> AsyncIterator[Service]:
+    async with running_service(infra, template_database, consuming=True) as running:
+        yield running
+
+
+def _outcome(requested: dict[str, Any], outcome: str, reason: str | None = None, minutes: int = 0) -> DeliveryOutcome:
+    payload = requested["payload"]
+    return DeliveryOutcome(
+        producer="notifier",
+        practice_id=requested["practice_id"],
+        correlation_id=requested["correlation_id"],
+        causation_id=requested["event_id"],
+        payload=DeliveryOutcomePayload(
+            delivery_id=uuid.uuid4(),
+            source_event_id=requested["event_id"],
+            source_event_type="InviteRequested",
+            kind="invite",
+            outcome=outcome,  # type: ignore[arg-type]
+            reason=reason,
+            invite_id=payload["invite_id"],
+            batch_id=payload["batch_id"],
+            line_number=payload["line_number"],
+            message_id=f"<{requested['event_id']}@collabkare>" if outcome == "sent" else None,
+            attempts=1,
+            decided_at=T0 + timedelta(minutes=minutes),
+        ),
+    )
+
+
+def _approved(practice: uuid.UUID | None, email: str) -> ConnectionApproved:
+    return ConnectionApproved(
+        producer="connections",
+        practice_id=practice,
+        correlation_id="approve-1",
+        payload=ConnectionApprovedPayload(
+            connection_id=uuid.uuid4(),
+            patient_id=uuid.uuid4(),
+            patient_email=email,
+            via="request",
+            request_id=uuid.uuid4(),
+            approved_by="staff-1",
+            approved_at=T0,
+        ),
+    )
+
+
+async def _deliver(service: Service, topic: str, *events: Envelope, timeout: float = 30.0) -> None:
+    """Publish and wait until the consumer has applied every one (its id is in the inbox)."""
+    await service.publish(topic, list(events))
+    ids = list({event.event_id for event in events})
+    applied = await service.wait_for(
+        "SELECT count(*) FROM invitations.inbox WHERE event_id = ANY($1::uuid[])", ids, expect=len(ids), timeout=timeout
+    )
+    assert applied == len(ids), f"{applied} of {len(ids)} events applied"
+
+
+async def _rows(service: Service, batch_id: str) -> dict[str, tuple[str, str | None]]:
+    rows = await service.fetch(
+        "SELECT email, outcome, reason FROM invitations.batch_rows WHERE batch_id = $1", uuid.UUID(batch_id)
+    )
+    return {r["email"]: (r["outcome"], r["reason"]) for r in rows}
+
+
+async def _by_email(service: Service, practice: uuid.UUID) -> dict[str, dict[str, Any]]:
+    return {e["payload"]["email"]: e for e in (await service.requested(practice)).values()}
+
+
+async def test_outcomes_are_written_back_to_rows_and_invites(service: Service) -> None:
+    practice = uuid.uuid4()
+    batch = await service.submit(practice, "ann@example.com\nbob@example.com\ncat@example.com\ndan@example.com")
+    sent = await _by_email(service, practice)
+    await _deliver(
+        service,
+        OUTCOMES,
+        _outcome(sent["ann@example.com"], "sent"),
+        _outcome(sent["bob@example.com"], "not_on_platform"),
+        _outcome(sent["cat@example.com"], "error", "550 5.1.1 mailbox unavailable"),
+    )
+    assert await _rows(service, batch["batch_id"]) == {
+        "ann@example.com": ("sent", None),
+        "bob@example.com": ("not_on_platform", "no CollabKare account uses this email address yet"),
+        "cat@example.com": ("error", "550 5.1.1 mailbox unavailable"),
+        "dan@example.com": ("queued", None),
+    }
+    invites = await service.fetch(
+        "SELECT email, status, delivery, delivery_reason FROM invitations.invites WHERE practice_id = $1", practice
+    )
+    assert {r["email"]: (r["status"], r["delivery"]) for r in invites}["cat@example.com"] == ("pending", "error")
+    base = f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}"
+    summary = (await service.http.get(base, headers=staff(practice))).json()
+    assert (summary["queued"], summary["done"]) == (1, False)
+    assert {k: v for k, v in summary["counts"].items() if v} == {
+        "sent": 1,
+        "not_on_platform": 1,
+        "error": 1,
+        "queued": 1,
+    }
+    listing = await service.http.get(f"{base}/not-on-platform", headers=staff(practice))
+    assert listing.text == "bob@example.com\n"
+    await _deliver(service, OUTCOMES, _outcome(sent["dan@example.com"], "sent"))
+    assert (await service.http.get(base, headers=staff(practice))).json()["done"] is True
+
+
+async def test_repeated_and_late_outcomes_never_move_a_row_backwards(service: Service) -> None:
+    practice = uuid.uuid4()
+    batch = await service.submit(practice, "\n".join(f"{n}@example.com" for n in ("ann", "bob", "cat", "dan", "eve")))
+    sent = await _by_email(service, practice)
+    ann, bob, cat, dan, eve = (sent[f"{n}@example.com"] for n in ("ann", "bob", "cat", "dan", "eve"))
+    first = [
+        _outcome(ann, "sent"),
+        _outcome(bob, "error", "timeout"),
+        _outcome(cat, "not_on_platform", "not registered"),
+        _outcome(eve, "error", "first reason"),
+    ]
+    await _deliver(service, OUTCOMES, *first)
+    await _deliver(service, OUTCOMES, *first)  # a redelivery of the very same events changes nothing
+    late = [
+        _outcome(ann, "error", "late bounce", minutes=5),  # sent is final
+        _outcome(bob, "not_on_platform", minutes=5),  # better than error
+        _outcome(cat, "error", "late error", minutes=5),  # worse than not_on_platform
+        _outcome(eve, "error", "second reason", minutes=5),  # same rank: the first stands
+    ]
+    await _deliver(service, OUTCOMES, *late)
+    # Several outcomes for one invite in one delivery: the strongest wins, whatever the order.
+    await _deliver(
+        service,
+        OUTCOMES,
+        _outcome(dan, "error", "x", minutes=1),
+        _outcome(dan, "sent", minutes=2),
+        _outcome(dan, "not_on_platform", minutes=3),
+    )
+    assert await _rows(service, batch["batch_id"]) == {
+        "ann@example.com": ("sent", None),
+        "bob@example.com": ("not_on_platform", "no CollabKare account uses this email address yet"),
+        "cat@example.com": ("not_on_platform", "not registered"),
+        "dan@example.com": ("sent", None),
+        "eve@example.com": ("error", "first reason"),
+    }
+    consistent = await service.fetchval(
+        "SELECT count(*) FROM invitations.batch_rows r JOIN invitations.invites i ON i.id = r.invite_id"
+        " WHERE r.batch_id = $1 AND r.outcome = i.delivery AND r.reason IS NOT DISTINCT FROM i.delivery_reason",
+        uuid.UUID(batch["batch_id"]),
+    )
+    assert consistent == 5, "every row agrees with its invite"
+
+
+async def test_connection_approved_feeds_already_connected(service: Service) -> None:
+    practice = uuid.uuid4()
+    approved = _approved(practice, "Dana.Lee@Example.com")
+    await _deliver(service, "connections.v1", approved, _approved(None, "nobody@example.com"))
+    await _deliver(service, "connections.v1", approved)  # redelivered: still one patient
+    rows = await service.fetch("SELECT * FROM invitations.connected_patients WHERE practice_id = $1", practice)
+    assert [(r["email_key"], r["patient_id"]) for r in rows] == [("dana.lee@example.com", approved.payload.patient_id)]
+    batch = await service.submit(practice, "dana.lee@example.COM\neve@example.com")
+    assert batch["patients_ready"] == 1 and batch["counts"]["already_connected"] == 1
+    assert [e["payload"]["email"] for e in (await service.requested(practice)).values()] == ["eve@example.com"]
+
+
+async def test_resending_not_on_platform_rows(service: Service) -> None:
+    practice = uuid.uuid4()
+    batch = await service.submit(practice, "ann@example.com, Hi Ann\nbob@example.com\ncat@example.com")
+    base = f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}"
+    first = await _by_email(service, practice)
+    await _deliver(
+        service,
+        OUTCOMES,
+        _outcome(first["ann@example.com"], "not_on_platform"),
+        _outcome(first["bob@example.com"], "not_on_platform"),
+        _outcome(first["cat@example.com"], "sent"),
+    )
+    await _deliver(service, "connections.v1", _approved(practice, "bob@example.com"))  # Bob registered and connected
+
+    response = await service.http.post(f"{base}/resend-not-on-platform", headers=staff(practice, "admin", "admin-2"))
+    assert response.status_code == 202, response.text
+    assert response.json() == {"batch_id": batch["batch_id"], "resent": 1, "already_connected": 1, "already_invited": 0}
+    rows = await service.fetch(
+        "SELECT email, outcome, attempts, invite_id FROM invitations.batch_rows WHERE batch_id = $1",
+        uuid.UUID(batch["batch_id"]),
+    )
+    by_email = {r["email"]: r for r in rows}
+    assert (by_email["ann@example.com"]["outcome"], by_email["ann@example.com"]["attempts"]) == ("queued", 2)
+    assert by_email["bob@example.com"]["outcome"] == "already_connected"
+    old_ann = uuid.UUID(first["ann@example.com"]["payload"]["invite_id"])
+    new_ann = by_email["ann@example.com"]["invite_id"]
+    assert new_ann != old_ann
+    old = await service.admin.fetchrow(
+        "SELECT status, replaced_by, revoked_by FROM invitations.invites WHERE id = $1", old_ann
+    )
+    assert dict(old) == {"status": "revoked", "replaced_by": new_ann, "revoked_by": "admin-2"}
+
+    revoked = [e for e in await service.events(practice, "InviteRevoked")]
+    assert [(e["payload"]["invite_id"], e["payload"]["replaced_by"]) for e in revoked] == [(str(old_ann), str(new_ann))]
+    again = await service.requested(practice)
+    resent = again[str(new_ann)]["payload"]
+    assert (resent["email"], resent["note"], resent["line_number"]) == ("ann@example.com", "Hi Ann", 1)
+    assert resent["accept_url"] != first["ann@example.com"]["payload"]["accept_url"]
+    nothing = await service.http.post(f"{base}/resend-not-on-platform", headers=staff(practice))
+    assert nothing.json()["resent"] == 0, "rows already back in the queue are not sent twice"
+
+    # Still not registered: the new invite comes back not_on_platform; a late outcome of the old one is ignored.
+    await _deliver(service, OUTCOMES, _outcome(again[str(new_ann)], "not_on_platform"))
+    await _deliver(service, OUTCOMES, _outcome(first["ann@example.com"], "sent", minutes=9))
+    assert (await _rows(service, batch["batch_id"]))["ann@example.com"][0] == "not_on_platform"
+    listing = await service.http.get(f"{base}/not-on-platform", headers=staff(practice))
+    assert listing.text == "ann@example.com\n"
+    third = (await service.http.post(f"{base}/resend-not-on-platform", headers=staff(practice))).json()
+    assert third["resent"] == 1
+    attempts = await service.fetchval(
+        "SELECT attempts FROM invitations.batch_rows WHERE batch_id = $1 AND line_number = 1",
+        uuid.UUID(batch["batch_id"]),
+    )
+    assert attempts == 3
+
+
+async def test_ten_thousand_outcomes_are_applied_in_batches(service: Service) -> None:
+    # Last in the module: its 10,000 events make every later read of the topic slower.
+    practice = uuid.uuid4()
+    batch = await service.submit(practice, "\n".join(f"patient{i}@example.com" for i in range(10_000)))
+    requested = list((await service.requested(practice)).values())
+    assert len(requested) == 10_000
+    started = asyncio.get_running_loop().time()
+    outcomes = [_outcome(event, "sent" if i % 4 else "not_on_platform") for i, event in enumerate(requested)]
+    await _deliver(service, OUTCOMES, *outcomes, timeout=60)
+    took = asyncio.get_running_loop().time() - started
+    summary = (
+        await service.http.get(f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}", headers=staff(practice))
+    ).json()
+    assert summary["counts"]["sent"] == 7_500 and summary["counts"]["not_on_platform"] == 2_500 and summary["done"]
+    assert took < 30, f"10,000 outcomes took {took:.1f} s"
+    listing = await service.http.get(
+        f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}/not-on-platform", headers=staff(practice)
+    )
+    assert len(listing.text.splitlines()) == 2_500 and listing.text.endswith("\n")
