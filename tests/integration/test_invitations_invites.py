@@ -1,0 +1,263 @@
+"""Individual invites on real PostgreSQL and Kafka: required factors, digests only, history, revoke, resend, expiry."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from collabkare.stack.infra import Infrastructure
+from tests.integration.invitations_harness import IDENTITY_KEY, Service, running_service, staff
+
+FACTORS = {"ssn": "123-45-6789", "date_of_birth": "1980-02-29", "phone": "(555) 010-1234"}
+
+
+@pytest.fixture(scope="module")
+async def service(infra: Infrastructure, template_database: str) -> AsyncIterator[Service]:
+    async with running_service(
+        infra, template_database, consuming=False, sweeping=True, expiry_sweep_seconds=0.2
+    ) as running:
+        yield running
+
+
+async def _invite(service: Service, practice: uuid.UUID, subject: str = "staff-1", **body: Any) -> httpx.Response:
+    return await service.http.post(
+        f"/v1/practices/{practice}/invites", json=body, headers=staff(practice, "front_desk", subject)
+    )
+
+
+async def _created(service: Service, practice: uuid.UUID, email: str, subject: str = "staff-1") -> dict[str, Any]:
+    response = await _invite(service, practice, subject, email=email, ssn="123456789", note="See you soon")
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _history(service: Service, practice: uuid.UUID, email: str) -> list[dict[str, Any]]:
+    response = await service.http.get(
+        f"/v1/practices/{practice}/invites", params={"email": email}, headers=staff(practice)
+    )
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def _act(service: Service, practice: uuid.UUID, invite_id: str, action: str, subject: str) -> httpx.Response:
+    return await service.http.post(
+        f"/v1/practices/{practice}/invites/{invite_id}/{action}", headers=staff(practice, "practice_manager", subject)
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "missing"),
+    [
+        ({}, ["ssn", "date_of_birth", "phone"]),
+        ({"date_of_birth": "1980-02-29"}, ["phone"]),
+        ({"phone": "+1 555 010 1234"}, ["date_of_birth"]),
+        ({"ssn": "", "phone": "+1 555 010 1234"}, ["date_of_birth"]),
+    ],
+)
+async def test_a_missing_factor_is_named(service: Service, body: dict[str, str], missing: list[str]) -> None:
+    practice = uuid.uuid4()
+    response = await _invite(service, practice, email="ann@example.com", **body)
+    assert response.status_code == 422 and response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert [(e["field"], e["rule"]) for e in problem["errors"]] == [(field, "required") for field in missing]
+    assert problem["detail"].startswith("Missing: ")
+    for field in missing:
+        assert field in problem["detail"]
+    assert await service.fetchval("SELECT count(*) FROM invitations.invites WHERE practice_id = $1", practice) == 0
+
+
+async def test_malformed_input_is_named_without_echoing_it(service: Service) -> None:
+    practice = uuid.uuid4()
+    cases = [
+        ({"ssn": "12-345-678"}, "ssn"),
+        ({"date_of_birth": "2999-01-01", "phone": "5550101234"}, "date_of_birth"),
+        ({"date_of_birth": "1980-13-40", "phone": "5550101234"}, "date_of_birth"),
+        ({"date_of_birth": "1980-02-29", "phone": "010-1234"}, "phone"),
+    ]
+    for body, field in cases:
+        response = await _invite(service, practice, email="ann@example.com", **body)
+        assert response.status_code == 422, response.text
+        assert [e["field"] for e in response.json()["errors"]] == [field]
+        for value in body.values():
+            assert value not in response.text
+    no_email = await _invite(service, practice, ssn="123456789")
+    assert no_email.status_code == 422 and no_email.json()["errors"][0]["field"] == "email"
+    bad_email = await _invite(service, practice, email="ann at example", ssn="123456789")
+    assert bad_email.status_code == 422 and bad_email.json()["errors"][0]["field"] == "email"
+
+
+async def test_identity_factors_are_stored_only_as_keyed_digests(service: Service) -> None:
+    practice = uuid.uuid4()
+    response = await _invite(service, practice, email="Ann.Lee@Example.com", note="Hello", **FACTORS)
+    assert response.status_code == 201, response.text
+    invite = response.json()
+    assert invite["status"] == "pending" and invite["delivery"] == "queued" and invite["email"] == "Ann.Lee@example.com"
+    assert invite["identity_factors"] == ["ssn", "date_of_birth and phone"] and invite["batch_id"] is None
+    (event,) = (await service.requested(practice)).values()
+    assert event["payload"]["invite_id"] == invite["id"] and event["payload"]["note"] == "Hello"
+    assert event["payload"]["batch_id"] is None and event["payload"]["line_number"] is None
+
+    row = await service.admin.fetchrow(
+        "SELECT ssn_digest, dob_digest, phone_digest FROM invitations.invites WHERE id = $1", uuid.UUID(invite["id"])
+    )
+    key = IDENTITY_KEY.encode()
+    expected = {
+        "ssn_digest": hmac.new(key, b"ssn:123456789", hashlib.sha256).digest(),
+        "dob_digest": hmac.new(key, b"date_of_birth:1980-02-29", hashlib.sha256).digest(),
+        "phone_digest": hmac.new(key, b"phone:15550101234", hashlib.sha256).digest(),
+    }
+    assert dict(row) == expected
+    # Nothing anywhere in the service's schema holds a factor in clear, in any spelling.
+    clear = ["123456789", "123-45-6789", "1980-02-29", "19800229", "5550101234", "010-1234"]
+    assert not [c for c in clear if c in json.dumps(event)], "nor does the event"
+    columns = await service.fetch(
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = 'invitations' AND data_type IN ('text', 'bytea', 'jsonb', 'json')"
+    )
+    assert len(columns) > 10
+    for column in columns:
+        values = await service.fetch(
+            f'SELECT "{column["column_name"]}"::text AS v FROM invitations."{column["table_name"]}"'
+            f' WHERE "{column["column_name"]}" IS NOT NULL'
+        )
+        for value in values:
+            text = (
+                bytes.fromhex(value["v"][2:]).decode("utf-8", "replace") if value["v"].startswith("\\x") else value["v"]
+            )
+            assert not [c for c in clear if c in text], f"{column['table_name']}.{column['column_name']}"
+
+
+async def test_one_pending_invite_per_patient_and_none_for_connected_patients(service: Service) -> None:
+    practice = uuid.uuid4()
+    first = await _created(service, practice, "ann@example.com")
+    again = await _invite(service, practice, email="ANN@example.com", ssn="123456789")
+    assert again.status_code == 409 and again.json()["type"] == "urn:collabkare:problem:already-invited"
+    assert again.json()["invite"]["id"] == first["id"]
+    await service.admin.execute(
+        "INSERT INTO invitations.connected_patients VALUES ($1, $2, 'bob@example.com', 'bob@example.com', $3, now())",
+        practice,
+        uuid.uuid4(),
+        uuid.uuid4(),
+    )
+    connected = await _invite(service, practice, email="Bob@example.com", ssn="123456789")
+    assert connected.status_code == 409 and connected.json()["type"] == "urn:collabkare:problem:already-connected"
+    elsewhere = await _invite(service, uuid.uuid4(), email="ann@example.com", ssn="123456789")
+    assert elsewhere.status_code == 201
+
+
+async def test_revoke_publishes_invite_revoked_once(service: Service) -> None:
+    practice = uuid.uuid4()
+    invite = await _created(service, practice, "ann@example.com")
+    revoked = await _act(service, practice, invite["id"], "revoke", "mgr-2")
+    assert revoked.status_code == 200, revoked.text
+    assert (revoked.json()["status"], revoked.json()["revoked_by"]) == ("revoked", "mgr-2")
+    assert (await _act(service, practice, invite["id"], "revoke", "mgr-3")).json()["revoked_by"] == "mgr-2"
+    (event,) = await service.events(practice, "InviteRevoked")
+    assert event["payload"]["invite_id"] == invite["id"] and event["payload"]["revoked_by"] == "mgr-2"
+    assert event["payload"]["replaced_by"] is None
+    assert (await _created(service, practice, "ann@example.com"))["status"] == "pending", "revoked never blocks"
+    assert (await _act(service, practice, str(uuid.uuid4()), "revoke", "m")).status_code == 404
+    other = uuid.uuid4()
+    foreign = await service.http.post(f"/v1/practices/{other}/invites/{invite['id']}/revoke", headers=staff(other))
+    assert foreign.status_code == 404
+    await service.admin.execute(
+        "UPDATE invitations.invites SET status = 'accepted' WHERE id = $1", uuid.UUID(invite["id"])
+    )
+    refused = await _act(service, practice, invite["id"], "revoke", "m")
+    assert refused.status_code == 409 and refused.json()["status_now"] == "accepted"
+
+
+async def test_resend_revokes_and_sends_a_new_token_and_history_keeps_everything(service: Service) -> None:
+    practice = uuid.uuid4()
+    first = await _created(service, practice, "ann@example.com", "staff-1")
+    await _act(service, practice, first["id"], "revoke", "staff-2")
+    second = await _created(service, practice, "ann@example.com", "staff-3")
+    resent = await _act(service, practice, second["id"], "resend", "staff-4")
+    assert resent.status_code == 201, resent.text
+    previous, third = resent.json()["previous"], resent.json()["invite"]
+    assert previous["status"] == "revoked" and previous["replaced_by"] == third["id"]
+    assert third["resends"] == second["id"] and third["sent_by"] == "staff-4"
+    assert third["identity_factors"] == ["ssn"] and third["note"] == "See you soon"
+
+    history = await _history(service, practice, "Ann@Example.com")
+    assert [(h["id"], h["status"], h["sent_by"], h["revoked_by"]) for h in history] == [
+        (third["id"], "pending", "staff-4", None),
+        (second["id"], "revoked", "staff-3", "staff-4"),
+        (first["id"], "revoked", "staff-1", "staff-2"),
+    ]
+    assert all(h["sent_at"] and h["expires_at"] for h in history) and history[1]["revoked_at"]
+    requested = await service.requested(practice)
+    urls = {requested[i]["payload"]["accept_url"] for i in (first["id"], second["id"], third["id"])}
+    assert len(urls) == 3, "every invite has its own token"
+    revocations = {
+        e["payload"]["invite_id"]: e["payload"]["replaced_by"] for e in await service.events(practice, "InviteRevoked")
+    }
+    assert revocations == {first["id"]: None, second["id"]: third["id"]}
+    twice = await _act(service, practice, second["id"], "resend", "staff-5")
+    assert twice.status_code == 409 and twice.json()["replaced_by"] == third["id"]
+    assert await _history(service, uuid.uuid4(), "ann@example.com") == [], "history stays in its practice"
+    bad = await service.http.get(f"/v1/practices/{practice}/invites?email=not-an-email", headers=staff(practice))
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "email"
+
+
+async def test_resend_works_on_an_expired_invite(service: Service) -> None:
+    practice = uuid.uuid4()
+    invite = await _created(service, practice, "ann@example.com")
+    await service.admin.execute(
+        "UPDATE invitations.invites SET expires_at = now() - interval '1 minute' WHERE id = $1", uuid.UUID(invite["id"])
+    )
+    resent = await _act(service, practice, invite["id"], "resend", "mgr")
+    assert resent.status_code == 201, resent.text
+    assert resent.json()["previous"]["status"] == "expired" and resent.json()["invite"]["status"] == "pending"
+    expired = [e["payload"]["invite_id"] for e in await service.events(practice, "InviteExpired")]
+    assert expired == [invite["id"]], "expired once, by the sweeper or the resend, never both"
+    assert await service.events(practice, "InviteRevoked") == []
+
+
+async def test_the_sweeper_expires_invites_and_publishes_invite_expired(service: Service) -> None:
+    practice = uuid.uuid4()
+    invites = [await _created(service, practice, f"p{i}@example.com") for i in range(3)]
+    due = [uuid.UUID(i["id"]) for i in invites[:2]]
+    await service.admin.execute(
+        "UPDATE invitations.invites SET expires_at = now() - interval '1 second' WHERE id = ANY($1::uuid[])", due
+    )
+    expired = await service.wait_for(
+        "SELECT count(*) FROM invitations.invites WHERE id = ANY($1::uuid[]) AND status = 'expired'", due, expect=2
+    )
+    assert expired == 2
+    events = await service.events(practice, "InviteExpired")
+    assert sorted(e["payload"]["invite_id"] for e in events) == sorted(str(i) for i in due)
+    rows = await service.fetch(
+        "SELECT id, expires_at, expired_at FROM invitations.invites WHERE id = ANY($1::uuid[])", due
+    )
+    assert all(r["expired_at"] == r["expires_at"] for r in rows)
+    history = await _history(service, practice, "p0@example.com")
+    assert history[0]["status"] == "expired" and history[0]["expired_at"]
+    assert (await _created(service, practice, "p0@example.com"))["status"] == "pending", "expired never blocks"
+    assert (await _history(service, practice, "p2@example.com"))[0]["status"] == "pending"
+
+
+async def test_an_unswept_overdue_invite_does_not_block_a_roster(service: Service) -> None:
+    practice = uuid.uuid4()
+    invite = await _created(service, practice, "ann@example.com")
+    # Past due a moment ago: the roster must not count it as pending, whether or not the sweeper got there.
+    await service.admin.execute(
+        "UPDATE invitations.invites SET expires_at = now() - interval '1 millisecond' WHERE id = $1",
+        uuid.UUID(invite["id"]),
+    )
+    batch = await service.submit(practice, "ann@example.com")
+    assert batch["patients_ready"] == 1
+    statuses = await service.fetch(
+        "SELECT status FROM invitations.invites WHERE practice_id = $1 ORDER BY created_at", practice
+    )
+    assert [r["status"] for r in statuses] == ["expired", "pending"]
+    assert [e["payload"]["invite_id"] for e in await service.events(practice, "InviteExpired")] == [invite["id"]]
