@@ -1,0 +1,299 @@
+"""Fault drills (issue #6): the whole stack as processes, one fault at a time, every wait bounded.
+
+After each drill: every row has exactly one final outcome, no email was caught twice (Message-IDs at the
+sink), the APIs answered throughout or with a clear 503, and /readyz went false and back to true where a
+dependency was down. One stack serves the module; each drill has its own practice and patients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from collabkare.client import CollabKare
+from collabkare.stack.broker import create_topics
+from collabkare.stack.local import RunningStack, local_stack
+from collabkare.stack.ports import free_port
+from schemas.topics import TOPICS, all_topic_names, dead_letter_topic
+from tests.faults.harness import (
+    DRILL_SECONDS,
+    Drill,
+    Watcher,
+    duplicates,
+    fetch,
+    log_tails,
+    ready,
+    wait_for,
+    went_down_and_up,
+    written_twice,
+)
+from tests.support import read_topic
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("connections", "invitations", "notifier")
+# Drill-sized timings: a delivery left `sending` by a killed notifier is retried after the lease (default
+# 300 s), which must stay above the SMTP deadline; retries of 4xx answers start sooner than the default 2 s.
+DRILL_ENV = {
+    "SENDING_LEASE_SECONDS": "20",
+    "SMTP_TIMEOUT_SECONDS": "10",
+    "SMTP_RETRY_BASE_SECONDS": "0.5",
+    "SMTP_RETRY_MAX_SECONDS": "5",
+    "OUTBOX_POLL_SECONDS": "0.5",
+}
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[RunningStack]:
+    env = {
+        "COLLABKARE_STACK_DIR": str(ROOT / "var" / f"faults-{uuid.uuid4().hex[:8]}"),
+        **{f"{name.upper()}_PORT": str(free_port()) for name in SERVICES},
+        **DRILL_ENV,
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        with local_stack() as running:
+            yield running
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _roster(emails: list[str]) -> str:
+    return "\n".join(emails) + "\n"
+
+
+def _assert_no_duplicates(drill: Drill, stack: RunningStack, batch_ids: list[str]) -> None:
+    caught = drill.caught()
+    twice = duplicates(caught)
+    assert not twice, f"{drill.name}: emails delivered twice: {dict(list(twice.items())[:10])}"
+    assert not (stored := written_twice(stack, batch_ids)), f"{drill.name}: written twice: {stored[:10]}"
+
+
+def _all_sent(drill: Drill, batch_id: str, emails: list[str], stack: RunningStack) -> None:
+    rows = drill.outcomes(batch_id)
+    assert sorted(rows) == sorted(emails)
+    not_sent = {e: (r["outcome"], r["reason"]) for e, r in rows.items() if r["outcome"] != "sent"}
+    assert not not_sent, f"{drill.name}: not sent: {dict(list(not_sent.items())[:5])}\n" + log_tails(
+        stack, "notifier", "invitations"
+    )
+    caught = drill.caught()
+    assert set(caught) == set(emails), f"{drill.name}: {len(set(emails) - set(caught))} emails not caught"
+
+
+@pytest.mark.parametrize("code", [421, 451])
+def test_smtp_tempfails_for_a_while(stack: RunningStack, code: int) -> None:
+    drill = Drill(stack, f"tempfail{code}")
+    emails = drill.register(300)
+    assert stack.infra.smtp is not None
+    stack.infra.smtp.set_faults(tempfail_count=40, tempfail_code=code)
+    try:
+        batch = drill.api.send_roster(_roster(emails), key=str(uuid.uuid4()))
+        drill.wait_done(batch["batch_id"])
+    finally:
+        stack.infra.smtp.clear_faults()
+    _all_sent(drill, batch["batch_id"], emails, stack)
+    _assert_no_duplicates(drill, stack, [batch["batch_id"]])
+    # The faults did bite: some deliveries needed more than one attempt.
+    retried = fetch(
+        stack,
+        "SELECT count(*) AS n FROM notifier.deliveries WHERE batch_id = $1 AND attempts > 1",
+        uuid.UUID(batch["batch_id"]),
+    )
+    assert retried[0]["n"] > 0, "no delivery was retried: the SMTP faults never fired"
+
+
+def test_smtp_rejects_some_recipients(stack: RunningStack) -> None:
+    drill = Drill(stack, "reject550")
+    emails = drill.register(200)
+    rejected = set(emails[::20])
+    assert stack.infra.smtp is not None
+    stack.infra.smtp.set_faults(reject_recipients=sorted(rejected))
+    try:
+        batch = drill.api.send_roster(_roster(emails), key=str(uuid.uuid4()))
+        drill.wait_done(batch["batch_id"])
+    finally:
+        stack.infra.smtp.clear_faults()
+    rows = drill.outcomes(batch["batch_id"])
+    for address, row in rows.items():
+        if address in rejected:
+            assert row["outcome"] == "error" and "550" in (row["reason"] or ""), row
+        else:
+            assert row["outcome"] == "sent", row
+    caught = drill.caught()
+    assert set(caught) == set(emails) - rejected
+    _assert_no_duplicates(drill, stack, [batch["batch_id"]])
+
+
+# Each topic's consumer groups, from the contract: a poison message on a topic must reach each group's DLQ.
+def _groups_of(topic: str) -> list[str]:
+    from schemas.topics import CONSUMER_GROUPS
+
+    return [group for group, topics in CONSUMER_GROUPS.items() if topic in topics]
+
+
+async def _produce(bootstrap: str, records: list[tuple[str, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10000)
+    await producer.start()
+    try:
+        for topic, value in records:
+            await producer.send_and_wait(topic, value=value, key=b"drill-poison")
+    finally:
+        await producer.stop()
+
+
+def test_poison_message_on_every_consumed_topic(stack: RunningStack) -> None:
+    drill = Drill(stack, "poison")
+    token = uuid.uuid4().hex
+    garbage = b"\x00\xff not json at all " + token.encode()
+    # Well-formed JSON and a known event type, but not a valid event (no ids, no payload).
+    invalid = b'{"event_type": "InviteRequested", "schema_version": 1, "drill": "' + token.encode() + b'"}'
+    records = [(stack.topic_prefix + topic, value) for topic in TOPICS for value in (garbage, invalid)]
+    asyncio.run(_produce(stack.infra.kafka_bootstrap, records))
+
+    expected: dict[str, set[tuple[str, bytes]]] = {}
+    for topic in TOPICS:
+        for group in _groups_of(topic):
+            expected.setdefault(group, set()).update({(topic, garbage), (topic, invalid)})
+    for group, wanted in expected.items():
+        dlq = stack.topic_prefix + dead_letter_topic(group)
+        found = asyncio.run(read_topic(stack.infra.kafka_bootstrap, dlq, expect=10_000, timeout=10))
+        got = {
+            (dict(r.headers).get("original_topic", b"").decode().removeprefix(stack.topic_prefix), r.value or b"")
+            for r in found
+            if token.encode() in (r.value or b"")
+        }
+        assert got == wanted, f"{group}: dead letters {sorted(got)} != {sorted(wanted)}\n" + log_tails(stack, group)
+
+    emails = drill.register(100)
+    batch = drill.api.send_roster(_roster(emails), key=str(uuid.uuid4()))
+    drill.wait_done(batch["batch_id"])
+    _all_sent(drill, batch["batch_id"], emails, stack)
+    _assert_no_duplicates(drill, stack, [batch["batch_id"]])
+    for name in SERVICES:
+        assert stack.supervisor.alive(name), log_tails(stack, name)
+
+
+def test_two_invitations_and_two_notifier_processes(stack: RunningStack) -> None:
+    drill = Drill(stack, "twoprocs")
+    extra_url = {}
+    for name in ("invitations", "notifier"):
+        port = free_port()
+        stack.supervisor.start(
+            f"{name}-2", [sys.executable, "-m", f"services.{name}"], env={**stack.service_env[name], "PORT": str(port)}
+        )
+        extra_url[name] = f"http://127.0.0.1:{port}"
+    try:
+        for name, url in extra_url.items():
+            wait_for(f"{name}-2 ready", lambda url=url: ready(url) == 200, 60)
+        first, second = drill.register(600, "a"), drill.register(600, "b")
+        other = CollabKare({**stack.urls, "invitations": extra_url["invitations"]}, stack.jwt_secret, drill.practice_id)
+        key = str(uuid.uuid4())
+        batch_a = drill.api.send_roster(_roster(first), key=key)
+        batch_b = other.send_roster(_roster(second), key=str(uuid.uuid4()))
+        # The same submission retried against the other process finds the same batch.
+        again = other.send_roster(_roster(first), key=key)
+        assert again["batch_id"] == batch_a["batch_id"]
+        drill.wait_done(batch_a["batch_id"], api=other)
+        drill.wait_done(batch_b["batch_id"])
+        rows = {**drill.outcomes(batch_a["batch_id"], api=other), **drill.outcomes(batch_b["batch_id"])}
+        assert {r["outcome"] for r in rows.values()} == {"sent"}, log_tails(stack, "notifier", "notifier-2")
+        assert set(drill.caught()) == set(first) | set(second)
+        _assert_no_duplicates(drill, stack, [batch_a["batch_id"], batch_b["batch_id"]])
+        for name in ("invitations-2", "notifier-2"):
+            assert stack.supervisor.alive(name), log_tails(stack, name)
+    finally:
+        stack.supervisor.stop("invitations-2")
+        stack.supervisor.stop("notifier-2")
+
+
+def test_notifier_killed_mid_batch_and_restarted(stack: RunningStack) -> None:
+    drill = Drill(stack, "kill9")
+    emails = drill.register(2000)
+    batch = drill.api.send_roster(_roster(emails), key=str(uuid.uuid4()))
+    batch_id = batch["batch_id"]
+    wait_for("kill9: some emails sent", lambda: len(drill.caught()) >= 300, 60, every=0.05)
+    checks = {"invitations": lambda http: http.get(f"{stack.urls['invitations']}/readyz")}
+    with Watcher(checks) as watcher:
+        stack.supervisor.kill("notifier")
+        at_kill = len(drill.caught())
+        time.sleep(1.0)
+        stack.restart_service("notifier")
+        drill.wait_done(batch_id, timeout=DRILL_SECONDS)
+        progress = drill.api.batch(batch_id)
+    assert at_kill < len(emails), "the batch finished before the kill: the drill proved nothing"
+    assert not watcher.unclear(), watcher.unclear()[:5]
+    rows = drill.outcomes(batch_id)
+    assert {r["outcome"] for r in rows.values()} == {"sent"}, (progress, log_tails(stack, "notifier"))
+    assert set(drill.caught()) == set(emails)
+    _assert_no_duplicates(drill, stack, [batch_id])
+
+
+def test_postgres_restarted_under_load(stack: RunningStack) -> None:
+    drill = Drill(stack, "pgrestart")
+    emails = drill.register(2000)
+    batch = drill.api.send_roster(_roster(emails), key=str(uuid.uuid4()))
+    batch_id = batch["batch_id"]
+    token = {"Authorization": f"Bearer {drill.api.staff_token}"}
+    progress_url = f"{stack.urls['invitations']}/v1/practices/{drill.practice_id}/invite-batches/{batch_id}"
+    checks = {f"{name} readyz": lambda http, n=name: http.get(f"{stack.urls[n]}/readyz") for name in SERVICES}
+    checks["batch progress"] = lambda http: http.get(progress_url, headers=token)
+    assert stack.infra.postgres is not None
+    with Watcher(checks) as watcher:
+        wait_for("pgrestart: some emails sent", lambda: len(drill.caught()) >= 100, 60, every=0.05)
+        stack.infra.postgres.restart()
+        drill.wait_done(batch_id)
+        time.sleep(1.0)
+    for name in SERVICES:
+        assert went_down_and_up(watcher.statuses(f"{name} readyz")), (name, watcher.statuses(f"{name} readyz"))
+    unclear = watcher.unclear()
+    assert not unclear, f"answers other than 2xx or problem+json 503: {unclear[:5]}\n" + log_tails(stack, "invitations")
+    rows = drill.outcomes(batch_id)
+    assert {r["outcome"] for r in rows.values()} == {"sent"}, log_tails(stack, "notifier", "invitations")
+    assert set(drill.caught()) == set(emails)
+    _assert_no_duplicates(drill, stack, [batch_id])
+
+
+def test_broker_stopped_while_roster_is_submitted(stack: RunningStack) -> None:
+    drill = Drill(stack, "brokerdown")
+    emails = drill.register(500)
+    assert stack.infra.broker is not None
+    readyz = {f"{name} readyz": lambda http, n=name: http.get(f"{stack.urls[n]}/readyz") for name in SERVICES}
+    with Watcher(readyz) as watcher:
+        stack.infra.broker.stop()
+        try:
+            for name in SERVICES:
+                wait_for(f"{name} /readyz 503 with the broker down", lambda n=name: ready(stack.urls[n]) == 503, 30)
+            # The APIs keep accepting work: the events wait in the outbox.
+            batch = drill.api.send_roster(_roster(emails), key=str(uuid.uuid4()))
+            assert drill.api.batch(batch["batch_id"])["done"] is False
+            time.sleep(2.0)
+        finally:
+            stack.infra.broker.start()
+        # Memory storage: the restarted broker has no topics; recreate them as the stack does.
+        topics = [(stack.topic_prefix + n, TOPICS[n].partitions if n in TOPICS else 3) for n in all_topic_names()]
+        asyncio.run(create_topics(stack.infra.kafka_bootstrap, topics, timeout=30))
+        for name in SERVICES:
+            wait_for(f"{name} /readyz 200 after the broker returned", lambda n=name: ready(stack.urls[n]) == 200, 60)
+        try:
+            drill.wait_done(batch["batch_id"])
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n" + log_tails(stack, *SERVICES)) from None
+    for name in SERVICES:
+        assert went_down_and_up(watcher.statuses(f"{name} readyz")), (name, watcher.statuses(f"{name} readyz"))
+    assert not watcher.unclear(), watcher.unclear()[:5]
+    _all_sent(drill, batch["batch_id"], emails, stack)
+    _assert_no_duplicates(drill, stack, [batch["batch_id"]])
