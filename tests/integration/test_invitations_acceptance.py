@@ -1,0 +1,168 @@
+"""Accepting invites on real PostgreSQL and Kafka: single use, 410 expired or revoked, 403 and the lock, factors."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from collabkare.stack.infra import Infrastructure
+from tests.integration.invitations_harness import Service, patient, running_service, staff
+
+ACCEPT = "/v1/invites/accept"
+
+
+@pytest.fixture(scope="module")
+async def service(infra: Infrastructure, template_database: str) -> AsyncIterator[Service]:
+    async with running_service(infra, template_database, consuming=False) as running:
+        yield running
+
+
+def _token(event: dict[str, Any]) -> str:
+    return str(event["payload"]["accept_url"]).split("?token=", 1)[1]
+
+
+async def _roster_invite(service: Service, email: str) -> tuple[uuid.UUID, str, str]:
+    """(practice, invite id, token) of a fresh roster invite (no identity factors)."""
+    practice = uuid.uuid4()
+    await service.submit(practice, email)
+    ((invite_id, event),) = (await service.requested(practice)).items()
+    return practice, invite_id, _token(event)
+
+
+async def _individual_invite(service: Service, email: str, **factors: str) -> tuple[uuid.UUID, str, str]:
+    practice = uuid.uuid4()
+    response = await service.http.post(
+        f"/v1/practices/{practice}/invites", json={"email": email, **factors}, headers=staff(practice)
+    )
+    assert response.status_code == 201, response.text
+    invite_id = response.json()["id"]
+    return practice, invite_id, _token((await service.requested(practice))[invite_id])
+
+
+async def _accept(
+    service: Service, token: str, email: str = "ann@example.com", patient_id: uuid.UUID | None = None, **body: str
+) -> httpx.Response:
+    return await service.http.post(
+        ACCEPT, json={"token": token, **body}, headers=patient(patient_id or uuid.uuid4(), email)
+    )
+
+
+async def _status(service: Service, invite_id: str) -> Any:
+    return await service.admin.fetchrow(
+        "SELECT status, failed_attempts, locked_at, accepted_by FROM invitations.invites WHERE id = $1",
+        uuid.UUID(invite_id),
+    )
+
+
+async def test_accepting_a_roster_invite_publishes_invite_accepted_and_is_single_use(service: Service) -> None:
+    practice, invite_id, token = await _roster_invite(service, "Ann@Example.com")
+    ann = uuid.uuid4()
+    response = await service.http.post(
+        ACCEPT, json={"token": token}, headers={**patient(ann, "ann@example.com"), "X-Correlation-ID": "accept-9"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["invite_id"], body["practice_id"], body["status"]) == (invite_id, str(practice), "accepted")
+    (event,) = await service.events(practice, "InviteAccepted")
+    assert event["payload"]["invite_id"] == invite_id and event["payload"]["patient_id"] == str(ann)
+    assert event["payload"]["patient_email"] == "ann@example.com" and event["correlation_id"] == "accept-9"
+    assert (await _status(service, invite_id))["accepted_by"] == str(ann)
+
+    for again in (await _accept(service, token, patient_id=ann), await _accept(service, token)):
+        assert again.status_code == 409 and again.json()["type"] == "urn:collabkare:problem:invite-already-accepted"
+    assert len(await service.events(practice, "InviteAccepted")) == 1
+
+
+async def test_two_patients_racing_for_one_token_get_one_acceptance(service: Service) -> None:
+    practice, _, token = await _roster_invite(service, "ann@example.com")
+    answers = await asyncio.gather(*(_accept(service, token) for _ in range(5)))
+    assert sorted(a.status_code for a in answers) == [200, 409, 409, 409, 409]
+    assert len(await service.events(practice, "InviteAccepted")) == 1
+
+
+async def test_a_roster_invite_is_for_the_address_it_was_sent_to(service: Service) -> None:
+    _, invite_id, token = await _roster_invite(service, "ann@example.com")
+    response = await _accept(service, token, email="mallory@example.com")
+    assert response.status_code == 403 and "another email address" in response.json()["detail"]
+    assert (await _status(service, invite_id))["status"] == "pending"
+
+
+async def test_an_invite_with_factors_needs_one_matching_factor(service: Service) -> None:
+    practice, invite_id, token = await _individual_invite(
+        service, "ann@example.com", ssn="123-45-6789", date_of_birth="1980-02-29", phone="+1 555 010 1234"
+    )
+    missing = await _accept(service, token)
+    assert missing.status_code == 422
+    assert [e["field"] for e in missing.json()["errors"]] == ["ssn", "date_of_birth", "phone"]
+    half = await _accept(service, token, date_of_birth="1980-02-29")
+    assert half.status_code == 422 and [e["field"] for e in half.json()["errors"]] == ["phone"]
+    both = await _accept(service, token, ssn="123456789", date_of_birth="1980-02-29", phone="5550101234")
+    assert both.status_code == 422
+    assert (await _status(service, invite_id))["failed_attempts"] == 0, "incomplete answers are not counted"
+    ok = await _accept(service, token, email="other@example.com", date_of_birth="1980-02-29", phone="(555) 010-1234")
+    assert ok.status_code == 200, ok.text
+    _, _, by_ssn = await _individual_invite(service, "bob@example.com", ssn="987654321")
+    assert (await _accept(service, by_ssn, ssn="987-65-4321")).status_code == 200
+    only_ssn = await _accept(service, (await _individual_invite(service, "c@example.com", ssn="987654321"))[2])
+    assert only_ssn.status_code == 422 and [e["field"] for e in only_ssn.json()["errors"]] == ["ssn"]
+    assert len(await service.events(practice, "InviteAccepted")) == 1
+
+
+async def test_five_wrong_answers_lock_the_invite(service: Service) -> None:
+    _, invite_id, token = await _individual_invite(service, "ann@example.com", ssn="123456789")
+    for left in (4, 3, 2, 1, 0):
+        wrong = await _accept(service, token, ssn="111-11-1111")
+        assert wrong.status_code == 403 and wrong.json()["tries_left"] == left
+        assert "111-11-1111" not in wrong.text
+    assert "locked" in wrong.json()["detail"]
+    locked = await _accept(service, token, ssn="123456789")
+    assert locked.status_code == 403 and locked.json()["type"] == "urn:collabkare:problem:invite-locked"
+    state = await _status(service, invite_id)
+    assert (state["status"], state["failed_attempts"], state["locked_at"] is not None) == ("pending", 5, True)
+
+
+async def test_expired_and_revoked_invites_answer_410_saying_which(service: Service) -> None:
+    practice, invite_id, token = await _roster_invite(service, "ann@example.com")
+    await service.admin.execute(
+        "UPDATE invitations.invites SET expires_at = now() - interval '1 second' WHERE id = $1", uuid.UUID(invite_id)
+    )
+    expired = await _accept(service, token)
+    assert (
+        expired.status_code == 410 and expired.json()["reason"] == "expired" and "expired" in expired.json()["detail"]
+    )
+    assert (await _status(service, invite_id))["status"] == "expired"
+    assert [e["payload"]["invite_id"] for e in await service.events(practice, "InviteExpired")] == [invite_id]
+    assert (await _accept(service, token)).json()["reason"] == "expired"
+
+    practice, invite_id, token = await _roster_invite(service, "bob@example.com")
+    revoke = await service.http.post(f"/v1/practices/{practice}/invites/{invite_id}/revoke", headers=staff(practice))
+    assert revoke.status_code == 200
+    revoked = await _accept(service, token, email="bob@example.com")
+    assert (
+        revoked.status_code == 410 and revoked.json()["reason"] == "revoked" and "revoked" in revoked.json()["detail"]
+    )
+    assert await service.events(practice, "InviteAccepted") == []
+
+
+async def test_a_resent_invite_retires_the_old_token(service: Service) -> None:
+    practice, invite_id, old = await _roster_invite(service, "ann@example.com")
+    resent = await service.http.post(f"/v1/practices/{practice}/invites/{invite_id}/resend", headers=staff(practice))
+    new = _token((await service.requested(practice))[resent.json()["invite"]["id"]])
+    assert (await _accept(service, old)).status_code == 410
+    assert (await _accept(service, new)).status_code == 200
+
+
+async def test_tokens_that_were_never_issued_are_not_found(service: Service) -> None:
+    _, invite_id, token = await _roster_invite(service, "ann@example.com")
+    forged = token[:22] + ("A" if token[22] != "A" else "B") + token[23:]  # right invite id, wrong secret
+    for bad in (forged, "not-a-token", "x" * 64, token[:-1]):
+        response = await _accept(service, bad)
+        assert response.status_code == 404 and response.json()["detail"].startswith("No such invite")
+    assert (await _status(service, invite_id))["failed_attempts"] == 0
+    empty = await _accept(service, "")
+    assert empty.status_code == 422 and empty.json()["errors"][0]["field"] == "token"
