@@ -155,6 +155,16 @@ async def _produce(bootstrap: str, records: list[tuple[str, bytes]]) -> None:
         await producer.stop()
 
 
+def _dead_letters(stack: RunningStack, dlq: str, token: str) -> set[tuple[str, bytes]]:
+    """(original topic, value) of the dead letters carrying `token`."""
+    found = asyncio.run(read_topic(stack.infra.kafka_bootstrap, dlq, expect=100_000, timeout=3))
+    return {
+        (dict(r.headers).get("original_topic", b"").decode().removeprefix(stack.topic_prefix), r.value or b"")
+        for r in found
+        if token.encode() in (r.value or b"")
+    }
+
+
 def test_poison_message_on_every_consumed_topic(stack: RunningStack) -> None:
     drill = Drill(stack, "poison")
     token = uuid.uuid4().hex
@@ -170,13 +180,16 @@ def test_poison_message_on_every_consumed_topic(stack: RunningStack) -> None:
             expected.setdefault(group, set()).update({(topic, garbage), (topic, invalid)})
     for group, wanted in expected.items():
         dlq = stack.topic_prefix + dead_letter_topic(group)
-        found = asyncio.run(read_topic(stack.infra.kafka_bootstrap, dlq, expect=10_000, timeout=10))
-        got = {
-            (dict(r.headers).get("original_topic", b"").decode().removeprefix(stack.topic_prefix), r.value or b"")
-            for r in found
-            if token.encode() in (r.value or b"")
-        }
-        assert got == wanted, f"{group}: dead letters {sorted(got)} != {sorted(wanted)}\n" + log_tails(stack, group)
+        seen: list[set[tuple[str, bytes]]] = [set()]
+
+        def arrived(dlq: str = dlq, wanted: set[tuple[str, bytes]] = wanted, seen: list = seen) -> bool:
+            seen[0] = _dead_letters(stack, dlq, token)
+            return seen[0] == wanted
+
+        try:
+            wait_for(f"{group}: every poison message dead-lettered", arrived, 30)
+        except AssertionError as error:
+            raise AssertionError(f"{error}: got {sorted(seen[0])}\n" + log_tails(stack, group)) from None
 
     emails = drill.register(100)
     batch = drill.api.send_roster(_roster(emails), key=str(uuid.uuid4()))
