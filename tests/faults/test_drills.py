@@ -242,8 +242,9 @@ def test_notifier_killed_mid_batch_and_restarted(stack: RunningStack) -> None:
     checks = {"invitations": lambda http: http.get(f"{stack.urls['invitations']}/readyz")}
     with Watcher(checks) as watcher:
         stack.supervisor.kill("notifier")
-        at_kill = len(drill.caught())
-        time.sleep(1.0)
+        time.sleep(0.5)  # the catcher finishes writing what it had accepted
+        window = _crash_window(drill, batch_id)
+        at_kill = sum(len(ids) for ids in drill.caught().values())
         stack.restart_service("notifier")
         drill.wait_done(batch_id, timeout=DRILL_SECONDS)
         progress = drill.api.batch(batch_id)
@@ -251,8 +252,29 @@ def test_notifier_killed_mid_batch_and_restarted(stack: RunningStack) -> None:
     assert not watcher.unclear(), watcher.unclear()[:5]
     rows = drill.outcomes(batch_id)
     assert {r["outcome"] for r in rows.values()} == {"sent"}, (progress, log_tails(stack, "notifier"))
-    assert set(drill.caught()) == set(emails)
-    _assert_no_duplicates(drill, stack, [batch_id])
+    caught = drill.caught()
+    assert set(caught) == set(emails)
+    twice = {k.removeprefix("message-id "): n for k, n in duplicates(caught).items() if k.startswith("message-id")}
+    print(
+        f"kill9: killed after {at_kill} of {len(emails)} emails were caught; {len(window)} were accepted by SMTP"
+        f" and not yet recorded (the crash window); {len(twice)} emails were caught twice"
+    )
+    # DESIGN: no email twice for one event, except in the crash window (SMTP accepted, delivery not recorded).
+    outside = sorted(set(twice) - window)
+    assert not outside, f"kill9: {len(outside)} emails sent twice outside the crash window: {outside[:3]}"
+    assert all(n == 2 for n in twice.values()), f"kill9: an email was sent more than twice: {twice}"
+    assert not (stored := written_twice(stack, [batch_id])), f"kill9: written twice: {stored[:10]}"
+
+
+def _crash_window(drill: Drill, batch_id: str) -> set[str]:
+    """Message-IDs of this batch's deliveries still `sending` in the database but already caught at the sink."""
+    sending = fetch(
+        drill.stack,
+        "SELECT message_id FROM notifier.deliveries WHERE batch_id = $1 AND status = 'sending'",
+        uuid.UUID(batch_id),
+    )
+    caught = {message_id for ids in drill.caught().values() for message_id in ids}
+    return {row["message_id"] for row in sending} & caught
 
 
 def test_postgres_restarted_under_load(stack: RunningStack) -> None:
