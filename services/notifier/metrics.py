@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 
 class NotifierMetrics:
+    """emails_total{kind,outcome}, email_retries_total{kind}, email_send_seconds."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.emails = Counter(
             "emails_total", "Deliveries by kind and final outcome", ["kind", "outcome"], registry=registry
@@ -19,6 +21,21 @@ class NotifierMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
             registry=registry,
         )
+        # labels() takes a lock and builds a key on every call; a handful of children serve every email.
+        self._emails: dict[tuple[str, str], Counter] = {}
+        self._retries: dict[str, Counter] = {}
+
+    def email(self, kind: str, outcome: str) -> None:
+        child = self._emails.get((kind, outcome))
+        if child is None:
+            child = self._emails[kind, outcome] = self.emails.labels(kind, outcome)
+        child.inc()
+
+    def retry(self, kind: str) -> None:
+        child = self._retries.get(kind)
+        if child is None:
+            child = self._retries[kind] = self.retries.labels(kind)
+        child.inc()
 
 
 _METRICS: weakref.WeakKeyDictionary[CollectorRegistry, NotifierMetrics] = weakref.WeakKeyDictionary()

@@ -104,7 +104,7 @@ class _Run:
                     claimed, absent = await handlers.claim_deliveries(self.pool, free)
                     failures = 0
                     for final in absent:
-                        self.metrics.emails.labels(final.claimed.delivery.kind, final.outcome).inc()
+                        self.metrics.email(final.claimed.delivery.kind, final.outcome)
                     self.outstanding += len(claimed)
                     for item in claimed:
                         self.queue.put_nowait(item)
@@ -201,11 +201,11 @@ class _Run:
                 log.warning("sender.record_failed", error=repr(error)[:300], attempt=failures, count=len(batch))
                 await asyncio.sleep(min(10.0, 0.1 * 2**failures))
         for final in finals:
-            self.metrics.emails.labels(final.claimed.delivery.kind, final.outcome).inc()
+            self.metrics.email(final.claimed.delivery.kind, final.outcome)
             if final.outcome == "error":
                 log.info("delivery.failed", delivery_id=str(final.claimed.delivery.id), attempts=final.attempts)
         for retry in retries:
-            self.metrics.retries.labels(retry.claimed.delivery.kind).inc()
+            self.metrics.retry(retry.claimed.delivery.kind)
         log.debug("delivery.recorded", final=len(finals), retries=len(retries))
 
     async def _reap_loop(self) -> None:
