@@ -201,5 +201,3 @@ async def expire_leases(db: asyncpg.Connection | asyncpg.Pool, lease_seconds: fl
         lease_seconds,
     )
     return int(result.rsplit(" ", 1)[-1])
-
-
