@@ -51,7 +51,7 @@ def log_tails(stack: RunningStack, *names: str, lines: int = 25) -> str:
             text = path.read_bytes()[-16384:].decode(errors="replace").splitlines()[-lines:]
         except OSError:
             text = ["(no log)"]
-        parts.append(f"--- {path} ---\n" + "\n".join(text))
+        parts.append(f"--- {path} ---\n" + "\n".join(line[:400] for line in text))
     return "\n".join(parts)
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -277,29 +278,68 @@ def _crash_window(drill: Drill, batch_id: str) -> set[str]:
     return {row["message_id"] for row in sending} & caught
 
 
-def test_postgres_restarted_under_load(stack: RunningStack) -> None:
+@dataclass
+class PostgresRestart:
+    drill: Drill
+    batch_id: str
+    emails: list[str]
+    watcher: Watcher
+
+
+@pytest.fixture(scope="module")
+def postgres_restart(stack: RunningStack) -> PostgresRestart:
+    """PostgreSQL stopped while a roster is being delivered and an HTTP client polls, then started again."""
     drill = Drill(stack, "pgrestart")
     emails = drill.register(2000)
-    batch = drill.api.send_roster(_roster(emails), key=str(uuid.uuid4()))
-    batch_id = batch["batch_id"]
+    batch_id = drill.api.send_roster(_roster(emails), key=str(uuid.uuid4()))["batch_id"]
     token = {"Authorization": f"Bearer {drill.api.staff_token}"}
     progress_url = f"{stack.urls['invitations']}/v1/practices/{drill.practice_id}/invite-batches/{batch_id}"
     checks = {f"{name} readyz": lambda http, n=name: http.get(f"{stack.urls[n]}/readyz") for name in SERVICES}
     checks["batch progress"] = lambda http: http.get(progress_url, headers=token)
-    assert stack.infra.postgres is not None
+    checks["roster preview"] = lambda http: http.post(
+        f"{stack.urls['invitations']}/v1/practices/{drill.practice_id}/roster/preview",
+        headers=token,
+        json={"roster": "someone@example.com\n"},
+    )
+    postgres = stack.infra.postgres
+    assert postgres is not None
     with Watcher(checks) as watcher:
         wait_for("pgrestart: some emails sent", lambda: len(drill.caught()) >= 100, 60, every=0.05)
-        stack.infra.postgres.restart()
+        postgres.stop()
+        try:
+            # Down long enough for every service to notice and for the poller to call the API meanwhile.
+            for name in SERVICES:
+                wait_for(f"{name} /readyz 503 with PostgreSQL down", lambda n=name: ready(stack.urls[n]) == 503, 30)
+            time.sleep(1.0)
+        finally:
+            postgres.start()
         drill.wait_done(batch_id)
         time.sleep(1.0)
+    return PostgresRestart(drill, batch_id, emails, watcher)
+
+
+def test_postgres_restarted_under_load(stack: RunningStack, postgres_restart: PostgresRestart) -> None:
+    drill, batch_id, watcher = postgres_restart.drill, postgres_restart.batch_id, postgres_restart.watcher
     for name in SERVICES:
         assert went_down_and_up(watcher.statuses(f"{name} readyz")), (name, watcher.statuses(f"{name} readyz"))
-    unclear = watcher.unclear()
-    assert not unclear, f"answers other than 2xx or problem+json 503: {unclear[:5]}\n" + log_tails(stack, "invitations")
     rows = drill.outcomes(batch_id)
     assert {r["outcome"] for r in rows.values()} == {"sent"}, log_tails(stack, "notifier", "invitations")
-    assert set(drill.caught()) == set(emails)
+    assert set(drill.caught()) == set(postgres_restart.emails)
     _assert_no_duplicates(drill, stack, [batch_id])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug: while PostgreSQL is down, invitations' GET /v1/practices/{p}/invite-batches/{id} answers "
+    "500 text/plain 'Internal Server Error' with an ASGI traceback (batch_repository.find_batch -> pool.acquire -> "
+    "ConnectionRefusedError / CannotConnectNowError): nothing maps database unavailability (runtime "
+    "TRANSIENT_ERRORS) to a problem+json 503",
+)
+def test_postgres_restart_apis_answer_or_503(stack: RunningStack, postgres_restart: PostgresRestart) -> None:
+    unclear = postgres_restart.watcher.unclear()
+    assert not unclear, f"answers other than 2xx or problem+json 503: {sorted(set(unclear))[:5]}\n" + log_tails(
+        stack, "invitations", lines=5
+    )
 
 
 def test_broker_stopped_while_roster_is_submitted(stack: RunningStack) -> None:
