@@ -6,7 +6,7 @@ import enum
 import random
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, cast
 
@@ -58,32 +58,30 @@ class NewDelivery:
 
 
 def delivery_for(event: Envelope) -> NewDelivery:
-    base = NewDelivery(
+    """The delivery an event asks for (built directly: dataclasses.replace costs more than the rest)."""
+    invite = event.payload if isinstance(event, InviteRequested) else None
+    if isinstance(event, ConnectionApproved | ConnectionRejected):
+        recipient = event.payload.patient_email
+    elif invite is not None:
+        recipient = invite.email
+    else:
+        raise TypeError(f"no email for {event.event_type}")
+    return NewDelivery(
         id=delivery_id_for(event.event_id),
         source_event_id=event.event_id,
         source_event_type=event.event_type,
         kind=KIND_OF_EVENT[event.event_type],
-        recipient="",
+        recipient=recipient,
         practice_id=event.practice_id,
         correlation_id=event.correlation_id,
+        invite_id=invite.invite_id if invite else None,
+        batch_id=invite.batch_id if invite else None,
+        line_number=invite.line_number if invite else None,
+        note=(invite.note or None) if invite else None,
+        accept_url=invite.accept_url if invite else None,
+        expires_at=invite.expires_at if invite else None,
+        reason=(event.payload.reason or None) if isinstance(event, ConnectionRejected) else None,
     )
-    if isinstance(event, InviteRequested):
-        invite = event.payload
-        return replace(
-            base,
-            recipient=invite.email,
-            invite_id=invite.invite_id,
-            batch_id=invite.batch_id,
-            line_number=invite.line_number,
-            note=invite.note or None,
-            accept_url=invite.accept_url,
-            expires_at=invite.expires_at,
-        )
-    if isinstance(event, ConnectionRejected):
-        return replace(base, recipient=event.payload.patient_email, reason=event.payload.reason or None)
-    if isinstance(event, ConnectionApproved):
-        return replace(base, recipient=event.payload.patient_email)
-    raise TypeError(f"no email for {event.event_type}")
 
 
 @dataclass(frozen=True)
@@ -141,7 +139,7 @@ class Claimed:
         return message_id_for(self.delivery.source_event_id)
 
 
-def content_problem(claimed: Claimed) -> str | None:
+def content_problem(claimed: Claimed, now: datetime) -> str | None:
     """Why this delivery can never be sent, whatever the server says; None when it can be tried."""
     delivery = claimed.delivery
     if not delivery.recipient.isascii():
@@ -152,6 +150,8 @@ def content_problem(claimed: Claimed) -> str | None:
             return "the accept link is not an http(s) URL"
         if delivery.expires_at is None:
             return "the invite has no expiry date"
+        if delivery.expires_at <= now:
+            return "the invite expired before its email could be sent"
     return None
 
 

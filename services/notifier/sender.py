@@ -12,6 +12,7 @@ import contextlib
 import math
 import random
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -158,7 +159,7 @@ class _Run:
                 unreachable = 0
 
     async def _attempt(self, connection: SmtpConnection, claimed: Claimed) -> SendResult:
-        problem = domain.content_problem(claimed)
+        problem = domain.content_problem(claimed, datetime.now(UTC))
         if problem is not None:
             return SendResult(Attempt.PERMANENT, problem)
         try:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from email.utils import parseaddr
 from typing import Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.runtime.settings import RuntimeSettings
 
@@ -46,6 +47,14 @@ class NotifierSettings(RuntimeSettings):
     directory_grace_seconds: float = Field(
         default=10.0, ge=0, description="How long an invite to an unknown email waits for PatientRegistered"
     )
+
+    @field_validator("smtp_from")
+    @classmethod
+    def _sender_is_an_address(cls, value: str) -> str:
+        address = parseaddr(value)[1]
+        if "@" not in address or not address.isascii():
+            raise ValueError("expected 'Name <address@domain>' with an ASCII address")
+        return value
 
     @model_validator(mode="after")
     def _tls_modes_exclusive(self) -> Self:

@@ -109,8 +109,16 @@ def test_backoff_is_capped() -> None:
 def test_an_accept_link_must_be_a_web_address(url: str, problem: str | None) -> None:
     claimed = _claimed()
     claimed = replace(claimed, delivery=replace(claimed.delivery, accept_url=url))
-    found = content_problem(claimed)
+    found = content_problem(claimed, NOW)
     assert (found is None) if problem is None else (problem in (found or ""))
+
+
+def test_an_invite_that_expired_in_the_queue_is_not_sent() -> None:
+    claimed = _claimed()
+    late = claimed.delivery.expires_at
+    assert late is not None
+    assert content_problem(claimed, late - timedelta(seconds=1)) is None
+    assert "expired" in (content_problem(claimed, late) or "")
 
 
 def test_outcome_event_is_caused_by_the_source_and_copies_the_invite_coordinates() -> None:

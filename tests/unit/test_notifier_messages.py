@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 
 import pytest
+from pydantic import ValidationError
 
 from services.notifier.domain import Claimed, Locale, NewDelivery, delivery_id_for, message_id_for
 from services.notifier.messages import Renderer, encode_header, format_date
+from services.notifier.settings import NotifierSettings
 
 RENDERER = Renderer("CollabKare <no-reply@collabkare.example>")
 
@@ -157,3 +159,10 @@ def test_dates_in_each_language() -> None:
 def test_sender_must_be_an_address() -> None:
     with pytest.raises(ValueError, match="SMTP_FROM"):
         Renderer("not an address")
+    with pytest.raises(ValidationError, match="smtp_from"):
+        NotifierSettings(
+            database_url="postgresql://n@localhost/n",
+            kafka_bootstrap_servers="kafka:9092",
+            jwt_secret="x" * 32,
+            smtp_from="CollabKare",
+        )
