@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -177,7 +177,7 @@ async def started(
     a new member in after the previous one left).
     """
     env = notifier_env(database, prefix, **overrides)
-    settings = NotifierSettings(**{key.lower(): value for key, value in env.items()})
+    settings = NotifierSettings.model_validate({key.lower(): value for key, value in env.items()})
     spec = build_spec(settings)
     runtime = ServiceRuntime(spec if consuming else dataclasses.replace(spec, subscriptions=()), settings)
     runtime.consumers.retry_base_seconds = 0.01
@@ -229,50 +229,56 @@ def patient(email: str, locale: str = "en", name: str | None = None) -> PatientR
 
 
 def invite(practice_id: uuid.UUID, email: str, note: str | None = None, **payload: Any) -> InviteRequested:
-    return InviteRequested(
-        producer="invitations",
-        practice_id=practice_id,
-        correlation_id=f"corr-{uuid.uuid4().hex[:8]}",
-        payload={
-            "invite_id": uuid.uuid4(),
-            "email": email,
-            "note": note,
-            "accept_url": f"https://app.collabkare.example/invites/accept?token={uuid.uuid4().hex}",
-            "expires_at": datetime(2031, 3, 7, 12, tzinfo=UTC) + timedelta(seconds=0),
-            "requested_by": "staff-1",
-            **payload,
-        },
+    return InviteRequested.model_validate(
+        {
+            "producer": "invitations",
+            "practice_id": practice_id,
+            "correlation_id": f"corr-{uuid.uuid4().hex[:8]}",
+            "payload": {
+                "invite_id": uuid.uuid4(),
+                "email": email,
+                "note": note,
+                "accept_url": f"https://app.collabkare.example/invites/accept?token={uuid.uuid4().hex}",
+                "expires_at": datetime(2031, 3, 7, 12, tzinfo=UTC),
+                "requested_by": "staff-1",
+                **payload,
+            },
+        }
     )
 
 
 def approved(practice_id: uuid.UUID, email: str) -> ConnectionApproved:
-    return ConnectionApproved(
-        producer="connections",
-        practice_id=practice_id,
-        correlation_id=f"corr-{uuid.uuid4().hex[:8]}",
-        payload={
-            "connection_id": uuid.uuid4(),
-            "patient_id": uuid.uuid4(),
-            "patient_email": email,
-            "via": "request",
-            "request_id": uuid.uuid4(),
-            "approved_by": "staff-1",
-            "approved_at": datetime.now(UTC),
-        },
+    return ConnectionApproved.model_validate(
+        {
+            "producer": "connections",
+            "practice_id": practice_id,
+            "correlation_id": f"corr-{uuid.uuid4().hex[:8]}",
+            "payload": {
+                "connection_id": uuid.uuid4(),
+                "patient_id": uuid.uuid4(),
+                "patient_email": email,
+                "via": "request",
+                "request_id": uuid.uuid4(),
+                "approved_by": "staff-1",
+                "approved_at": datetime.now(UTC),
+            },
+        }
     )
 
 
 def rejected(practice_id: uuid.UUID, email: str, reason: str | None) -> ConnectionRejected:
-    return ConnectionRejected(
-        producer="connections",
-        practice_id=practice_id,
-        correlation_id=f"corr-{uuid.uuid4().hex[:8]}",
-        payload={
-            "request_id": uuid.uuid4(),
-            "patient_id": uuid.uuid4(),
-            "patient_email": email,
-            "rejected_by": "staff-1",
-            "rejected_at": datetime.now(UTC),
-            "reason": reason,
-        },
+    return ConnectionRejected.model_validate(
+        {
+            "producer": "connections",
+            "practice_id": practice_id,
+            "correlation_id": f"corr-{uuid.uuid4().hex[:8]}",
+            "payload": {
+                "request_id": uuid.uuid4(),
+                "patient_id": uuid.uuid4(),
+                "patient_email": email,
+                "rejected_by": "staff-1",
+                "rejected_at": datetime.now(UTC),
+                "reason": reason,
+            },
+        }
     )

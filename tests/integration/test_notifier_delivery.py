@@ -251,7 +251,7 @@ async def test_readyz_checks_smtp_and_metrics_count_emails(notifier: Notifier, c
 
 async def test_smtp_probe_says_no_when_nothing_answers(notifier: Notifier) -> None:
     env = notifier_env(notifier.database, notifier.topic_prefix, smtp_port=_closed_port())
-    settings = NotifierSettings(**{key.lower(): value for key, value in env.items()})
+    settings = NotifierSettings.model_validate({key.lower(): value for key, value in env.items()})
     assert await asyncio.wait_for(Mailer(settings).reachable(timeout=1.0), 5) is False
 
 

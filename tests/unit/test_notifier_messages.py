@@ -160,9 +160,11 @@ def test_sender_must_be_an_address() -> None:
     with pytest.raises(ValueError, match="SMTP_FROM"):
         Renderer("not an address")
     with pytest.raises(ValidationError, match="smtp_from"):
-        NotifierSettings(
-            database_url="postgresql://n@localhost/n",
-            kafka_bootstrap_servers="kafka:9092",
-            jwt_secret="x" * 32,
-            smtp_from="CollabKare",
+        NotifierSettings.model_validate(
+            {
+                "database_url": "postgresql://n@localhost/n",
+                "kafka_bootstrap_servers": "kafka:9092",
+                "jwt_secret": "x" * 32,
+                "smtp_from": "CollabKare",
+            }
         )
