@@ -29,8 +29,13 @@ from services.runtime.logging import get_logger
 from services.runtime.outbox import add_events
 
 log = get_logger(__name__)
-# Entries written per COPY round: bounds the memory a 100,000-line roster needs while it is stored.
-CHUNK = 10_000
+# Entries per COPY round: small enough that a 10,000-line roster is already pipelined (Python builds the next
+# chunk while PostgreSQL takes this one), large enough that round trips stay few; bounds memory too.
+CHUNK = 2_500
+# After this many new outbox rows the planner's statistics are refreshed (DESIGN: a relay keeping a plan made
+# on an empty outbox drops from ~35k to ~5k events/s).
+ANALYZE_AFTER = 5_000
+_background: set[asyncio.Task[None]] = set()
 
 
 class BatchNotFound(domain.DomainError):
@@ -115,7 +120,19 @@ async def submit_roster(
         await add_events(db, repository.SCHEMA, expired)
     log.info("batch.submitted", practice_id=str(practice_id), batch_id=str(batch.id), rows=batch.total)
     log.info("batch.invited", batch_id=str(batch.id), invites=batch.invited, expired_first=len(expired))
+    if batch.invited >= ANALYZE_AFTER:
+        task = asyncio.create_task(_analyze(pool))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
     return Submission(batch, replayed=False, verdicts=verdicts)
+
+
+async def _analyze(pool: asyncpg.Pool) -> None:
+    """Fresh statistics after a bulk insert, off the request path; a failure only costs relay speed."""
+    try:
+        await repository.analyze(pool)
+    except Exception as error:
+        log.warning("batch.analyze_failed", error=repr(error)[:300])
 
 
 async def _store(db: asyncpg.Connection, entries: list[Entry], context: BatchContext) -> None:

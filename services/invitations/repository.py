@@ -123,6 +123,9 @@ ON CONFLICT (practice_id, patient_id) DO NOTHING
 """
 
 
+ANALYZE = "ANALYZE invitations.outbox, invitations.invites, invitations.batch_rows"
+
+
 def _invite(row: asyncpg.Record) -> Invite:
     values = dict(row)
     values.setdefault("token_hash", b"")
@@ -130,6 +133,10 @@ def _invite(row: asyncpg.Record) -> Invite:
     values["status"] = InviteStatus(values["status"])
     values["delivery"] = Outcome(values["delivery"])
     return Invite(**values, digests=digests)
+
+
+async def analyze(db: Executor) -> None:
+    await db.execute(ANALYZE)
 
 
 async def lock_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:

@@ -65,9 +65,11 @@ CREATE TABLE invites (
     replaced_by     uuid,
     expired_at      timestamptz
 );
--- At most one pending invite per patient and practice: the "already invited" rule, enforced.
-CREATE UNIQUE INDEX invites_one_pending ON invites (practice_id, email_key) WHERE status = 'pending';
-CREATE INDEX invites_history ON invites (practice_id, email_key, created_at);
+-- A patient's invites at a practice: access history and the "already invited" check. At most one pending
+-- invite per patient and practice is kept by the per-practice advisory lock every invite-creating use case
+-- takes (docs/decisions/0003-one-pending-invite-by-lock.md): a second, unique index costs a 100,000-line
+-- roster ~0.3 s of database time.
+CREATE INDEX invites_by_patient ON invites (practice_id, email_key, created_at);
 CREATE INDEX invites_due ON invites (expires_at) WHERE status = 'pending';
 
 -- Patients connected to each practice, from ConnectionApproved: what "already connected" is checked against.
