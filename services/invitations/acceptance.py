@@ -9,14 +9,8 @@ from enum import StrEnum
 
 from schemas import Envelope
 from services.invitations import identity
-from services.invitations.domain import (
-    MAX_FACTOR_ATTEMPTS,
-    Cause,
-    Invite,
-    InviteStatus,
-    accepted_event,
-    expired_event,
-)
+from services.invitations.domain import MAX_FACTOR_ATTEMPTS, Cause, Invite, InviteStatus
+from services.invitations.events import accepted_event, expired_event
 
 
 class Decision(StrEnum):

@@ -4,72 +4,28 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-import asyncpg
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints, TypeAdapter
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, TypeAdapter
 
 from services.invitations import handlers, identity
 from services.invitations.acceptance import Answer, Decision, accepted_factors
+from services.invitations.api_support import Factor, Note, Policies, Pool, Tracing, problems, unprocessable
 from services.invitations.domain import (
     AlreadyConnected,
     AlreadyInvited,
     AlreadyReplaced,
-    Cause,
     Invite,
-    InviteStatus,
     NotChangeable,
-    Outcome,
 )
-from services.invitations.handlers import InviteNotFound, Policy
-from services.invitations.roster import MAX_NOTE, check_note
+from services.invitations.handlers import InviteNotFound
+from services.invitations.views import AcceptedView, HistoryView, InviteView, ResendView
 from services.runtime.auth import Patient, Principal, StaffMember
-from services.runtime.problems import PROBLEM_JSON, Problem
+from services.runtime.problems import Problem
 
 router = APIRouter(tags=["invites"])
 _EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
-
-
-def _clean_note(note: str | None) -> str | None:
-    note = (note or "").strip() or None
-    if note is not None and (problem := check_note(note)):
-        raise ValueError(problem)
-    return note
-
-
-Note = Annotated[str | None, AfterValidator(_clean_note), Field(description=f"Up to {MAX_NOTE} characters")]
-Factor = Annotated[str | None, StringConstraints(max_length=40)]
-
-
-def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"description": "problem+json (RFC 9457)", "content": {PROBLEM_JSON: {}}} for status in statuses}
-
-
-def _pool(request: Request) -> asyncpg.Pool:
-    pool = request.app.state.runtime.pool
-    if pool is None:
-        raise Problem(503, "The service is starting; try again shortly.")
-    return pool
-
-
-def _policy(request: Request) -> Policy:
-    settings = request.app.state.runtime.settings
-    return Policy(settings.invite_ttl, settings.public_base_url, settings.identity_key())
-
-
-def _cause(request: Request) -> Cause:
-    return Cause(correlation_id=request.state.correlation_id)
-
-
-Pool = Annotated[asyncpg.Pool, Depends(_pool)]
-Policies = Annotated[Policy, Depends(_policy)]
-Tracing = Annotated[Cause, Depends(_cause)]
-
-
-def unprocessable(detail: str, errors: list[tuple[str, str, str]]) -> Problem:
-    """422 naming each field at fault: (field, rule, message)."""
-    return Problem(422, detail, errors=[{"field": f, "rule": r, "message": m} for f, r, m in errors])
 
 
 class InviteBody(BaseModel):
@@ -87,77 +43,6 @@ class AcceptBody(BaseModel):
     ssn: Factor = None
     date_of_birth: date | None = None
     phone: Factor = None
-
-
-class InviteView(BaseModel):
-    id: uuid.UUID
-    practice_id: uuid.UUID
-    email: str
-    note: str | None
-    status: InviteStatus
-    delivery: Outcome = Field(description="queued until the notifier reports sent, not_on_platform or error")
-    delivery_reason: str | None
-    delivered_at: datetime | None
-    identity_factors: list[str] = Field(description="What acceptance checks: ssn, and/or date_of_birth and phone")
-    sent_by: str
-    sent_at: datetime
-    expires_at: datetime
-    batch_id: uuid.UUID | None
-    line_number: int | None
-    resends: uuid.UUID | None = Field(description="The invite this one replaced (a resend)")
-    replaced_by: uuid.UUID | None = Field(description="The invite that replaced this one (a resend)")
-    revoked_by: str | None
-    revoked_at: datetime | None
-    accepted_by: str | None
-    accepted_at: datetime | None
-    expired_at: datetime | None
-    locked: bool = Field(description="Locked after too many wrong identity answers")
-
-    @classmethod
-    def of(cls, invite: Invite, now: datetime | None = None) -> InviteView:
-        now = now or datetime.now(UTC)
-        status = invite.current_status(now)
-        return cls(
-            id=invite.id,
-            practice_id=invite.practice_id,
-            email=invite.email,
-            note=invite.note,
-            status=status,
-            delivery=invite.delivery,
-            delivery_reason=invite.delivery_reason,
-            delivered_at=invite.delivered_at,
-            identity_factors=accepted_factors(invite),
-            sent_by=invite.created_by,
-            sent_at=invite.created_at,
-            expires_at=invite.expires_at,
-            batch_id=invite.batch_id,
-            line_number=invite.line_number,
-            resends=invite.replaces,
-            replaced_by=invite.replaced_by,
-            revoked_by=invite.revoked_by,
-            revoked_at=invite.revoked_at,
-            accepted_by=invite.accepted_by,
-            accepted_at=invite.accepted_at,
-            expired_at=invite.expired_at or (invite.expires_at if status is InviteStatus.EXPIRED else None),
-            locked=invite.locked_at is not None,
-        )
-
-
-class HistoryView(BaseModel):
-    email: str
-    items: list[InviteView] = Field(description="Every invite for this patient at this practice, newest first")
-
-
-class ResendView(BaseModel):
-    previous: InviteView
-    invite: InviteView
-
-
-class AcceptedView(BaseModel):
-    invite_id: uuid.UUID
-    practice_id: uuid.UUID
-    status: InviteStatus
-    accepted_at: datetime
 
 
 def _factors(body: InviteBody | AcceptBody, today: date) -> tuple[str | None, str | None, str | None]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import email.message
 import hashlib
 import re
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
@@ -17,12 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.invitations import batch_handlers
-from services.invitations.api import Note, Policies, Pool, Tracing, problems, unprocessable
+from services.invitations.api_support import Note, Policies, Pool, Tracing, problems, read_json_body, unprocessable
 from services.invitations.batch import count_verdicts
 from services.invitations.batch_handlers import BatchNotFound, IdempotencyKeyReused
 from services.invitations.batch_repository import BatchRecord
 from services.invitations.domain import Outcome
 from services.invitations.roster import MAX_BYTES, MAX_LINES, Roster, RosterTooLarge, Verdict, parse_roster
+from services.invitations.views import BatchView, PreviewView, ResentView, RowsPage, RowView
 from services.runtime.auth import StaffMember
 from services.runtime.problems import Problem
 
@@ -44,78 +43,11 @@ _ROSTER_REQUEST: dict[str, Any] = {
 }
 
 
-class VerdictView(BaseModel):
-    line_number: int
-    email: str
-    note: str | None
-    verdict: Verdict
-    reason: str | None = Field(description="Why the line is not ready, in words a person understands")
-    duplicate_of: int | None
-
-
-class PreviewView(BaseModel):
-    patients_ready: int = Field(description="Entries that would be invited")
-    lines: int
-    total: int = Field(description="Entries: lines that are neither blank nor comments")
-    counts: dict[Verdict, int]
-    rows: list[VerdictView]
-
-
-class BatchView(BaseModel):
-    batch_id: uuid.UUID
-    practice_id: uuid.UUID
-    created_by: str
-    created_at: datetime
-    lines: int
-    total: int
-    patients_ready: int = Field(description="Entries that got an invite")
-    counts: dict[Outcome, int]
-    queued: int = Field(description="Invites still waiting for their delivery outcome")
-    done: bool
-    links: dict[str, str]
-
-
-class RowView(BaseModel):
-    line_number: int
-    email: str
-    note: str | None
-    outcome: Outcome
-    reason: str | None
-    duplicate_of: int | None
-    invite_id: uuid.UUID | None
-    attempts: int = Field(description="Invites sent for this row (a resend adds one)")
-    updated_at: datetime
-
-
-class RowsPage(BaseModel):
-    items: list[RowView]
-    next_cursor: str | None
-
-
-class ResentView(BaseModel):
-    batch_id: uuid.UUID
-    resent: int
-    already_connected: int
-    already_invited: int
-
-
 async def _roster(request: Request) -> RosterBody:
     """The body, read with a size cap (a 413 before the whole of an oversized upload is held in memory)."""
-    media = email.message.Message()
-    media["content-type"] = request.headers.get("content-type", "")
-    if media.get_content_type() != "application/json":
-        raise Problem(415, "The body must be application/json.", headers={"Accept-Post": "application/json"})
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise _too_large(f"The request body is larger than {MAX_BODY:,} bytes.")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise _too_large(f"The request body is larger than {MAX_BODY:,} bytes.")
-        chunks.append(chunk)
+    body = await read_json_body(request, MAX_BODY, _too_large(f"The request body is larger than {MAX_BODY:,} bytes."))
     try:
-        return RosterBody.model_validate_json(b"".join(chunks))
+        return RosterBody.model_validate_json(body)
     except ValidationError as error:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors()]) from None
 
@@ -134,28 +66,6 @@ async def _parse(body: RosterBody) -> Roster:
 
 def _digest(body: RosterBody) -> bytes:
     return hashlib.sha256(f"{body.default_note or ''}\x00{body.roster}".encode("utf-8", "surrogatepass")).digest()
-
-
-def _links(batch: BatchRecord) -> dict[str, str]:
-    base = _BASE.format(practice_id=batch.practice_id) + f"/{batch.id}"
-    return {"self": base, "rows": f"{base}/rows", "not_on_platform": f"{base}/not-on-platform"}
-
-
-def _batch_view(batch: BatchRecord, counts: dict[str, int]) -> BatchView:
-    queued = counts.get(Outcome.QUEUED.value, 0)
-    return BatchView(
-        batch_id=batch.id,
-        practice_id=batch.practice_id,
-        created_by=batch.created_by,
-        created_at=batch.created_at,
-        lines=batch.lines,
-        total=batch.total,
-        patients_ready=batch.invited,
-        counts={Outcome(o): counts.get(o.value, 0) for o in Outcome},
-        queued=queued,
-        done=queued == 0,
-        links=_links(batch),
-    )
 
 
 @router.post(
@@ -237,15 +147,15 @@ async def submit(
         raise Problem(422, str(error), errors=[rule]) from None
     if submission.replayed:
         return await _replayed(pool, submission.batch, response)
-    response.headers["Location"] = _links(submission.batch)["self"]
-    return _batch_view(submission.batch, _fresh_counts(submission.verdicts))
+    response.headers["Location"] = BatchView.link(submission.batch)
+    return BatchView.of(submission.batch, _fresh_counts(submission.verdicts))
 
 
 async def _replayed(pool: asyncpg.Pool, earlier: BatchRecord, response: Response) -> BatchView:
     batch, counts = await batch_handlers.batch_summary(pool, earlier.practice_id, earlier.id)
     response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = _links(batch)["self"]
-    return _batch_view(batch, counts)
+    response.headers["Location"] = BatchView.link(batch)
+    return BatchView.of(batch, counts)
 
 
 def _fresh_counts(verdicts: dict[str, int]) -> dict[str, int]:
@@ -262,7 +172,7 @@ async def batch_summary(practice_id: uuid.UUID, batch_id: uuid.UUID, staff: Staf
         batch, counts = await batch_handlers.batch_summary(pool, practice_id, batch_id)
     except BatchNotFound as error:
         raise Problem(404, str(error)) from None
-    return _batch_view(batch, counts)
+    return BatchView.of(batch, counts)
 
 
 @router.get(

@@ -22,6 +22,7 @@ from services.invitations.batch import (
 from services.invitations.batch_repository import BatchRecord, RowRecord
 from services.invitations.bulk import BatchContext, build_records
 from services.invitations.domain import Cause, InviteStatus, Outcome
+from services.invitations.events import revoked_event
 from services.invitations.handlers import Policy, expire_overdue, now_utc
 from services.invitations.roster import Entry, Roster, Verdict
 from services.runtime.database import transaction
@@ -239,6 +240,4 @@ def _resend_plan(
 
 
 def _revoked(row: asyncpg.Record, cause: Cause) -> Envelope:
-    return domain.revoked_event(
-        row["id"], row["practice_id"], row["revoked_by"], row["revoked_at"], row["replaced_by"], cause
-    )
+    return revoked_event(row["id"], row["practice_id"], row["revoked_by"], row["revoked_at"], row["replaced_by"], cause)

@@ -1,7 +1,4 @@
-"""A batch written in bulk: COPY text for rows and invites, and InviteRequested JSON built without models.
-
-The hot loop of a 100,000-line roster: everything the rows of a batch share is encoded once.
-"""
+"""A batch written in bulk (the hot loop of a roster): COPY text for rows and invites, InviteRequested JSON."""
 
 from __future__ import annotations
 
@@ -15,7 +12,8 @@ from datetime import datetime
 import pydantic_core
 
 from schemas import topic_for
-from services.invitations.domain import PRODUCER, Cause, Outcome, accept_url
+from services.invitations.domain import Cause, Outcome
+from services.invitations.events import PRODUCER, accept_url
 from services.invitations.roster import Entry, Verdict
 from services.invitations.tokens import TOKEN_BYTES, make_token, ordered_ids
 from services.runtime.outbox import OutboxRecord

@@ -1,4 +1,4 @@
-"""Invites and roster rows: states, outcome precedence, the rules for changing them, and the events they produce."""
+"""Invites and roster rows: states, outcome precedence, and the rules for changing them (pure, no I/O)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from schemas import InviteAccepted, InviteExpired, InviteRequested, InviteRevoked
-from schemas.events import (
-    InviteAcceptedPayload,
-    InviteExpiredPayload,
-    InviteRequestedPayload,
-    InviteRevokedPayload,
-)
 from services.invitations.identity import Digests
 
-PRODUCER = "invitations"
 MAX_FACTOR_ATTEMPTS = 5  # wrong identity answers before an invite locks
 NO_FACTORS = Digests()  # roster invites: the token (and the patient's account email) is the proof
 
@@ -227,83 +219,3 @@ def resend(invite: Invite, *, actor: str, now: datetime, ttl: timedelta) -> tupl
     if status is InviteStatus.EXPIRED and invite.status is InviteStatus.PENDING:
         invite = replace(invite, status=InviteStatus.EXPIRED, expired_at=invite.expires_at)
     return replace(invite, replaced_by=fresh.id), fresh
-
-
-# --- events ------------------------------------------------------------------------------------------------
-
-
-def accept_url(base_url: str, token: str) -> str:
-    return f"{base_url}/invites/accept?token={token}"
-
-
-def requested_event(invite: Invite, url: str, cause: Cause) -> InviteRequested:
-    return InviteRequested(
-        producer=PRODUCER,
-        practice_id=invite.practice_id,
-        correlation_id=cause.correlation_id,
-        causation_id=cause.causation_id,
-        occurred_at=invite.created_at,
-        payload=InviteRequestedPayload(
-            invite_id=invite.id,
-            email=invite.email,
-            note=invite.note,
-            accept_url=url,
-            expires_at=invite.expires_at,
-            requested_by=invite.created_by,
-            batch_id=invite.batch_id,
-            line_number=invite.line_number,
-        ),
-    )
-
-
-def revoked_event(
-    invite_id: uuid.UUID,
-    practice_id: uuid.UUID,
-    revoked_by: str,
-    revoked_at: datetime,
-    replaced_by: uuid.UUID | None,
-    cause: Cause,
-) -> InviteRevoked:
-    return InviteRevoked(
-        producer=PRODUCER,
-        practice_id=practice_id,
-        correlation_id=cause.correlation_id,
-        causation_id=cause.causation_id,
-        occurred_at=revoked_at,
-        payload=InviteRevokedPayload(
-            invite_id=invite_id, revoked_by=revoked_by, revoked_at=revoked_at, replaced_by=replaced_by
-        ),
-    )
-
-
-def revoked_event_of(invite: Invite, cause: Cause) -> InviteRevoked:
-    assert invite.revoked_at is not None and invite.revoked_by is not None
-    return revoked_event(invite.id, invite.practice_id, invite.revoked_by, invite.revoked_at, invite.replaced_by, cause)
-
-
-def expired_event(invite_id: uuid.UUID, practice_id: uuid.UUID, expired_at: datetime, cause: Cause) -> InviteExpired:
-    return InviteExpired(
-        producer=PRODUCER,
-        practice_id=practice_id,
-        correlation_id=cause.correlation_id,
-        causation_id=cause.causation_id,
-        occurred_at=expired_at,
-        payload=InviteExpiredPayload(invite_id=invite_id, expired_at=expired_at),
-    )
-
-
-def accepted_event(invite: Invite, patient_id: uuid.UUID, patient_email: str, cause: Cause) -> InviteAccepted:
-    assert invite.accepted_at is not None
-    return InviteAccepted(
-        producer=PRODUCER,
-        practice_id=invite.practice_id,
-        correlation_id=cause.correlation_id,
-        causation_id=cause.causation_id,
-        occurred_at=invite.accepted_at,
-        payload=InviteAcceptedPayload(
-            invite_id=invite.id,
-            patient_id=patient_id,
-            patient_email=patient_email,
-            accepted_at=invite.accepted_at,
-        ),
-    )

@@ -22,6 +22,7 @@ from services.invitations.domain import (
     InviteStatus,
     Outcome,
 )
+from services.invitations.events import accept_url, expired_event, requested_event, revoked_event_of
 from services.invitations.identity import Digests
 from services.invitations.tokens import invite_id_of, new_token, token_hash
 from services.runtime.database import transaction
@@ -52,13 +53,13 @@ def now_utc() -> datetime:
 async def expire_overdue(db: asyncpg.Connection, practice_id: uuid.UUID, now: datetime, cause: Cause) -> list[Envelope]:
     """Sweep the practice's overdue invites now rather than wait for the sweeper: they must not block new ones."""
     rows = await repository.expire_overdue(db, practice_id, now)
-    return [domain.expired_event(r["id"], r["practice_id"], r["expires_at"], cause) for r in rows]
+    return [expired_event(r["id"], r["practice_id"], r["expires_at"], cause) for r in rows]
 
 
 async def _stage_new(db: asyncpg.Connection, invite: Invite, policy: Policy, cause: Cause) -> Envelope:
     token, digest = new_token(invite.id)
     await repository.insert_invite(db, invite, digest)
-    return domain.requested_event(invite, domain.accept_url(policy.base_url, token), cause)
+    return requested_event(invite, accept_url(policy.base_url, token), cause)
 
 
 async def create_invite(
@@ -107,7 +108,7 @@ async def revoke_invite(
             return invite
         revoked = domain.revoke(invite, actor=actor, now=now_utc())
         await repository.update_invite(db, revoked)
-        await add_events(db, repository.SCHEMA, [domain.revoked_event_of(revoked, cause)])
+        await add_events(db, repository.SCHEMA, [revoked_event_of(revoked, cause)])
     log.info("invite.revoked", practice_id=str(practice_id), invite_id=str(invite_id))
     return revoked
 
@@ -133,9 +134,9 @@ async def resend_invite(
             raise AlreadyInvited(existing)
         events: list[Envelope] = []
         if invite.status is InviteStatus.PENDING and old.status is InviteStatus.REVOKED:
-            events.append(domain.revoked_event_of(old, cause))
+            events.append(revoked_event_of(old, cause))
         elif invite.status is InviteStatus.PENDING and old.status is InviteStatus.EXPIRED:
-            events.append(domain.expired_event(old.id, old.practice_id, old.expires_at, cause))
+            events.append(expired_event(old.id, old.practice_id, old.expires_at, cause))
         # The old invite leaves the one-pending slot before the new one takes it.
         await repository.update_invite(db, old)
         events.append(await _stage_new(db, new, policy, cause))
@@ -194,7 +195,7 @@ async def expire_due(pool: asyncpg.Pool, *, limit: int = 1000) -> int:
     while True:
         async with transaction(pool) as db:
             rows = await repository.expire_due(db, now_utc(), limit)
-            events = [domain.expired_event(r["id"], r["practice_id"], r["expires_at"], cause) for r in rows]
+            events = [expired_event(r["id"], r["practice_id"], r["expires_at"], cause) for r in rows]
             await add_events(db, repository.SCHEMA, events)
         total += len(rows)
         if len(rows) < limit:

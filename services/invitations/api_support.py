@@ -1,0 +1,74 @@
+"""What every route of the service shares: dependencies (pool, policy, tracing), field types and problem helpers."""
+
+from __future__ import annotations
+
+import email.message
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import Depends, Request
+from pydantic import AfterValidator, Field, StringConstraints
+
+from services.invitations.domain import Cause
+from services.invitations.handlers import Policy
+from services.invitations.roster import MAX_NOTE, check_note
+from services.runtime.problems import PROBLEM_JSON, Problem
+
+
+def _clean_note(note: str | None) -> str | None:
+    note = (note or "").strip() or None
+    if note is not None and (problem := check_note(note)):
+        raise ValueError(problem)
+    return note
+
+
+Note = Annotated[str | None, AfterValidator(_clean_note), Field(description=f"Up to {MAX_NOTE} characters")]
+Factor = Annotated[str | None, StringConstraints(max_length=40)]
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"description": "problem+json (RFC 9457)", "content": {PROBLEM_JSON: {}}} for status in statuses}
+
+
+def _pool(request: Request) -> asyncpg.Pool:
+    pool = request.app.state.runtime.pool
+    if pool is None:
+        raise Problem(503, "The service is starting; try again shortly.")
+    return pool
+
+
+def _policy(request: Request) -> Policy:
+    settings = request.app.state.runtime.settings
+    return Policy(settings.invite_ttl, settings.public_base_url, settings.identity_key())
+
+
+def _cause(request: Request) -> Cause:
+    return Cause(correlation_id=request.state.correlation_id)
+
+
+Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+Policies = Annotated[Policy, Depends(_policy)]
+Tracing = Annotated[Cause, Depends(_cause)]
+
+
+async def read_json_body(request: Request, limit: int, too_large: Problem) -> bytes:
+    """A JSON body read with a size cap: 415 for another media type, `too_large` as soon as it passes `limit`."""
+    media = email.message.Message()
+    media["content-type"] = request.headers.get("content-type", "")
+    if media.get_content_type() != "application/json":
+        raise Problem(415, "The body must be application/json.", headers={"Accept-Post": "application/json"})
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def unprocessable(detail: str, errors: list[tuple[str, str, str]]) -> Problem:
+    """422 naming each field at fault: (field, rule, message)."""
+    return Problem(422, detail, errors=[{"field": f, "rule": r, "message": m} for f, r, m in errors])

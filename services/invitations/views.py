@@ -1,0 +1,165 @@
+"""The shapes the API answers with: invites and their history, previews, batches and per-row outcomes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+from services.invitations.acceptance import accepted_factors
+from services.invitations.batch_repository import BatchRecord
+from services.invitations.domain import Invite, InviteStatus, Outcome
+from services.invitations.roster import Verdict
+
+
+class InviteView(BaseModel):
+    id: uuid.UUID
+    practice_id: uuid.UUID
+    email: str
+    note: str | None
+    status: InviteStatus
+    delivery: Outcome = Field(description="queued until the notifier reports sent, not_on_platform or error")
+    delivery_reason: str | None
+    delivered_at: datetime | None
+    identity_factors: list[str] = Field(description="What acceptance checks: ssn, and/or date_of_birth and phone")
+    sent_by: str
+    sent_at: datetime
+    expires_at: datetime
+    batch_id: uuid.UUID | None
+    line_number: int | None
+    resends: uuid.UUID | None = Field(description="The invite this one replaced (a resend)")
+    replaced_by: uuid.UUID | None = Field(description="The invite that replaced this one (a resend)")
+    revoked_by: str | None
+    revoked_at: datetime | None
+    accepted_by: str | None
+    accepted_at: datetime | None
+    expired_at: datetime | None
+    locked: bool = Field(description="Locked after too many wrong identity answers")
+
+    @classmethod
+    def of(cls, invite: Invite, now: datetime | None = None) -> InviteView:
+        now = now or datetime.now(UTC)
+        status = invite.current_status(now)
+        return cls(
+            id=invite.id,
+            practice_id=invite.practice_id,
+            email=invite.email,
+            note=invite.note,
+            status=status,
+            delivery=invite.delivery,
+            delivery_reason=invite.delivery_reason,
+            delivered_at=invite.delivered_at,
+            identity_factors=accepted_factors(invite),
+            sent_by=invite.created_by,
+            sent_at=invite.created_at,
+            expires_at=invite.expires_at,
+            batch_id=invite.batch_id,
+            line_number=invite.line_number,
+            resends=invite.replaces,
+            replaced_by=invite.replaced_by,
+            revoked_by=invite.revoked_by,
+            revoked_at=invite.revoked_at,
+            accepted_by=invite.accepted_by,
+            accepted_at=invite.accepted_at,
+            expired_at=invite.expired_at or (invite.expires_at if status is InviteStatus.EXPIRED else None),
+            locked=invite.locked_at is not None,
+        )
+
+
+class HistoryView(BaseModel):
+    email: str
+    items: list[InviteView] = Field(description="Every invite for this patient at this practice, newest first")
+
+
+class ResendView(BaseModel):
+    previous: InviteView
+    invite: InviteView
+
+
+class AcceptedView(BaseModel):
+    invite_id: uuid.UUID
+    practice_id: uuid.UUID
+    status: InviteStatus
+    accepted_at: datetime
+
+
+class VerdictView(BaseModel):
+    line_number: int
+    email: str
+    note: str | None
+    verdict: Verdict
+    reason: str | None = Field(description="Why the line is not ready, in words a person understands")
+    duplicate_of: int | None
+
+
+class PreviewView(BaseModel):
+    patients_ready: int = Field(description="Entries that would be invited")
+    lines: int
+    total: int = Field(description="Entries: lines that are neither blank nor comments")
+    counts: dict[Verdict, int]
+    rows: list[VerdictView]
+
+
+_BATCHES = "/v1/practices/{practice_id}/invite-batches"
+
+
+class BatchView(BaseModel):
+    batch_id: uuid.UUID
+    practice_id: uuid.UUID
+    created_by: str
+    created_at: datetime
+    lines: int
+    total: int
+    patients_ready: int = Field(description="Entries that got an invite")
+    counts: dict[Outcome, int]
+    queued: int = Field(description="Invites still waiting for their delivery outcome")
+    done: bool
+    links: dict[str, str]
+
+    @staticmethod
+    def link(batch: BatchRecord) -> str:
+        return _BATCHES.format(practice_id=batch.practice_id) + f"/{batch.id}"
+
+    @classmethod
+    def of(cls, batch: BatchRecord, counts: dict[str, int]) -> BatchView:
+        """The batch with its rows counted per outcome (`counts` may leave out outcomes with no rows)."""
+        queued = counts.get(Outcome.QUEUED.value, 0)
+        base = cls.link(batch)
+        return cls(
+            batch_id=batch.id,
+            practice_id=batch.practice_id,
+            created_by=batch.created_by,
+            created_at=batch.created_at,
+            lines=batch.lines,
+            total=batch.total,
+            patients_ready=batch.invited,
+            counts={o: counts.get(o.value, 0) for o in Outcome},
+            queued=queued,
+            done=queued == 0,
+            links={"self": base, "rows": f"{base}/rows", "not_on_platform": f"{base}/not-on-platform"},
+        )
+
+
+class RowView(BaseModel):
+    line_number: int
+    email: str
+    note: str | None
+    outcome: Outcome
+    reason: str | None
+    duplicate_of: int | None
+    invite_id: uuid.UUID | None
+    attempts: int = Field(description="Invites sent for this row (a resend adds one)")
+    updated_at: datetime
+
+
+class RowsPage(BaseModel):
+    items: list[RowView]
+    next_cursor: str | None
+
+
+class ResentView(BaseModel):
+    batch_id: uuid.UUID
+    resent: int
+    already_connected: int
+    already_invited: int
