@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.runtime.database import TRANSIENT_ERRORS
+
 PROBLEM_JSON = "application/problem+json"
 TITLES = {
     400: "Bad request",
@@ -113,6 +115,18 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "Error")
         return problem_response(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
 
+    async def on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The database (or broker) is away, not the request at fault: 503 and a hint to retry, never a 500.
+        return problem_response(
+            request,
+            503,
+            "A service this API depends on is unavailable; try again shortly.",
+            headers={"Retry-After": "5"},
+        )
+
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    for unavailable in TRANSIENT_ERRORS:
+        if issubclass(unavailable, Exception):
+            app.add_exception_handler(unavailable, on_unavailable)

@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 
 from collabkare.stack.infra import Infrastructure
+from collabkare.stack.ports import free_port
 from services.invitations.batch_api import MAX_BODY
 from services.invitations.roster import MAX_BYTES, MAX_LINES
 from tests.integration.invitations_harness import Service, running_service, staff
@@ -273,3 +275,25 @@ async def test_results_summary_and_paginated_rows(service: Service) -> None:
     other = uuid.uuid4()
     foreign = f"/v1/practices/{other}/invite-batches/{batch['batch_id']}"
     assert (await service.http.get(foreign, headers=staff(other))).status_code == 404, "batches stay in their practice"
+
+
+async def test_database_unavailable_is_a_problem_json_503(service: Service) -> None:
+    practice = uuid.uuid4()
+    batch = await service.submit(practice, "ann@example.com")
+    nowhere = await asyncpg.create_pool(f"postgresql://nobody@127.0.0.1:{free_port()}/none", min_size=0, timeout=2)
+    working, service.runtime.pool = service.runtime.pool, nowhere
+    try:
+        answers = [
+            await service.http.get(
+                f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}", headers=staff(practice)
+            ),
+            await service.http.post(
+                f"/v1/practices/{practice}/roster/preview", json={"roster": "bob@example.com"}, headers=staff(practice)
+            ),
+        ]
+    finally:
+        service.runtime.pool = working
+        await nowhere.close()
+    for answer in answers:
+        assert answer.status_code == 503 and answer.headers["content-type"] == PROBLEM, answer.text
+        assert answer.headers["Retry-After"] == "5" and "unavailable" in answer.json()["detail"]
