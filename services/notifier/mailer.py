@@ -8,6 +8,7 @@ import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from email.utils import parseaddr
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
@@ -16,6 +17,7 @@ from services.notifier.domain import Attempt, SendResult, classify_reply
 from services.notifier.settings import NotifierSettings
 
 _PROBE_TTL_SECONDS = 5.0  # /readyz may be polled every second; the SMTP server need not see each poll
+_NOT_AS_CONFIGURED = frozenset({530, 535, 538})  # RFC 4954 / 3207: authentication or TLS required, bad login
 
 
 class TokenBucket:
@@ -111,6 +113,10 @@ class SmtpConnection:
                 await smtp.rset()
             except (aiosmtplib.SMTPException, OSError, TimeoutError):
                 self.close()
+        if response.code in _NOT_AS_CONFIGURED:
+            # "Authenticate / STARTTLS first", "bad credentials": the server refuses us, not this message.
+            # Retried like an unreachable server (not counted) instead of failing the whole backlog.
+            return SendResult(Attempt.UNREACHABLE, _reply(response.code, response.message))
         return SendResult(classify_reply(response.code), _reply(response.code, response.message))
 
     def close(self) -> None:
@@ -132,6 +138,7 @@ class Mailer:
     def __init__(self, settings: NotifierSettings) -> None:
         self.settings = settings
         self.bucket = TokenBucket(settings.smtp_rate_per_second, settings.smtp_rate_burst)
+        self.envelope_sender = parseaddr(settings.smtp_from)[1]
         self._tls_context: ssl.SSLContext | None = None
         self._probe: tuple[float, bool] = (-math.inf, False)
 
@@ -164,7 +171,11 @@ class Mailer:
         return SmtpConnection(self)
 
     async def reachable(self, timeout: float = 2.0) -> bool:
-        """Connect (TLS and login included) and NOOP, at most once per few seconds; bounded in time."""
+        """Connect (TLS and login included) and start a transaction for our sender, then reset it.
+
+        At most once per few seconds, bounded in time. MAIL FROM, not NOOP: a server that wants STARTTLS
+        or a login first answers NOOP happily and refuses every message.
+        """
         checked_at, answer = self._probe
         if time.monotonic() - checked_at < _PROBE_TTL_SECONDS:
             return answer
@@ -172,7 +183,8 @@ class Mailer:
         try:
             async with asyncio.timeout(timeout):
                 await smtp.connect()
-                answer = (await smtp.noop()).code == 250
+                answer = (await smtp.mail(self.envelope_sender)).code == 250
+                await smtp.rset()
                 with contextlib.suppress(aiosmtplib.SMTPException):
                     await smtp.quit()
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
