@@ -182,6 +182,8 @@ def main() -> int:
     with local_stack() as stack, httpx.Client(timeout=120) as client:
         dsn = stack.service_env["invitations"]["DATABASE_URL"]
         target = Target(client, stack.urls["invitations"], stack.jwt_secret, stack.supervisor.pid("invitations"), dsn)
+        # A service in use is warm (imports done, statements prepared, worker threads started): so is this one.
+        run(target, 100, 5.0, seed=99)
         results = [run(target, lines, limit, seed) for seed, (lines, limit) in enumerate(RUNS)]
     report = table(results)
     print(report, flush=True)

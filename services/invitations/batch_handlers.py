@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -122,18 +125,31 @@ async def submit_roster(
     log.info("batch.submitted", practice_id=str(practice_id), batch_id=str(batch.id), rows=batch.total)
     log.info("batch.invited", batch_id=str(batch.id), invites=batch.invited, expired_first=len(expired))
     if batch.invited >= ANALYZE_AFTER:
-        task = asyncio.create_task(_analyze(pool))
+        task = asyncio.create_task(_after_bulk(pool))
         _background.add(task)
         task.add_done_callback(_background.discard)
     return Submission(batch, replayed=False, verdicts=verdicts)
 
 
-async def _analyze(pool: asyncpg.Pool) -> None:
-    """Fresh statistics after a bulk insert, off the request path; a failure only costs relay speed."""
+async def _after_bulk(pool: asyncpg.Pool) -> None:
+    """Off the request path: fresh statistics after a bulk insert, and the roster's memory given back."""
     try:
         await repository.analyze(pool)
     except Exception as error:
         log.warning("batch.analyze_failed", error=repr(error)[:300])
+    # By now the request has finished and its roster is garbage; without a trim glibc keeps the freed pages
+    # and every large roster would ratchet the process's RSS up.
+    gc.collect()
+    release_memory()
+
+
+def release_memory() -> None:
+    """Return freed heap pages to the system (glibc only; elsewhere a no-op)."""
+    name = ctypes.util.find_library("c")
+    if name:
+        trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+        if trim is not None:
+            trim(0)
 
 
 async def _store(db: asyncpg.Connection, entries: list[Entry], context: BatchContext) -> None:

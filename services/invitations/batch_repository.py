@@ -39,13 +39,20 @@ NOT_ON_PLATFORM = """
 SELECT email FROM invitations.batch_rows WHERE batch_id = $1 AND outcome = 'not_on_platform' ORDER BY line_number
 """
 
-# Rows to resend, with the invite each points at; locked so two resends of one batch take turns.
+# Rows to resend, with the invite each points at, locked so two resends of one batch take turns. Invites are
+# locked before rows, the order the outcome write-back uses too, so the two cannot deadlock.
 LOCK_NOT_ON_PLATFORM = """
-SELECT r.line_number, r.email, r.note, r.invite_id, i.status, i.expires_at
-FROM invitations.batch_rows AS r JOIN invitations.invites AS i ON i.id = r.invite_id
-WHERE r.batch_id = $1 AND r.outcome = 'not_on_platform'
+WITH invite AS (
+    SELECT id, status FROM invitations.invites
+    WHERE id IN (SELECT invite_id FROM invitations.batch_rows WHERE batch_id = $1 AND outcome = 'not_on_platform')
+    ORDER BY id
+    FOR UPDATE
+)
+SELECT r.line_number, r.email, r.note, r.invite_id
+FROM invitations.batch_rows AS r JOIN invite AS i ON i.id = r.invite_id
+WHERE r.batch_id = $1 AND r.outcome = 'not_on_platform' AND i.status <> 'accepted'
 ORDER BY r.line_number
-FOR UPDATE OF r, i
+FOR UPDATE OF r
 """
 
 UPDATE_ROWS = """
