@@ -69,7 +69,7 @@ CREATE TABLE invites (
 -- invite per patient and practice is kept by the per-practice advisory lock every invite-creating use case
 -- takes (docs/decisions/0003-one-pending-invite-by-lock.md): a second, unique index costs a 100,000-line
 -- roster ~0.3 s of database time.
-CREATE INDEX invites_by_patient ON invites (practice_id, email_key, created_at);
+CREATE INDEX invites_by_patient ON invites (practice_id, email_key);
 CREATE INDEX invites_due ON invites (expires_at) WHERE status = 'pending';
 
 -- Patients connected to each practice, from ConnectionApproved: what "already connected" is checked against.
