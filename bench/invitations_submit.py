@@ -62,8 +62,15 @@ def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def postgres_pids() -> list[int]:
-    return [p.pid for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
+def postgres_pids(data_dir: Path | None) -> list[int]:
+    """The stack's own PostgreSQL processes (other clusters may run on the box); none for an external one."""
+    if data_dir is None:
+        return []
+    try:
+        postmaster = psutil.Process(int((data_dir / "postmaster.pid").read_text().split()[0]))
+        return [postmaster.pid, *(child.pid for child in postmaster.children(recursive=True))]
+    except (OSError, ValueError, psutil.Error):
+        return []
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -104,6 +111,7 @@ class Target:
     jwt_secret: str
     pid: int
     dsn: str  # the invitations role's own database URL, to watch its outbox drain
+    postgres_dir: Path | None  # the embedded cluster's data directory (None: an external PostgreSQL)
 
 
 def run(target: Target, lines: int, limit: float, seed: int) -> Result:
@@ -115,13 +123,14 @@ def run(target: Target, lines: int, limit: float, seed: int) -> Result:
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     body = json.dumps({"roster": roster(lines, seed), "default_note": "We look forward to seeing you."}).encode()
     before = rss_mb(pid)
-    service_cpu, database_cpu = cpu_seconds([pid]), cpu_seconds(postgres_pids())
+    service_cpu, database_cpu = cpu_seconds([pid]), cpu_seconds(postgres_pids(target.postgres_dir))
     psutil.cpu_percent()
     started = time.perf_counter()
     response = client.post(f"{url}/v1/practices/{practice}/invite-batches", content=body, headers=headers)
     took = time.perf_counter() - started
     busy = psutil.cpu_percent()
-    service_cpu, database_cpu = cpu_seconds([pid]) - service_cpu, cpu_seconds(postgres_pids()) - database_cpu
+    service_cpu = cpu_seconds([pid]) - service_cpu
+    database_cpu = cpu_seconds(postgres_pids(target.postgres_dir)) - database_cpu
     answer = response.json()
     batch = f"{url}/v1/practices/{practice}/invite-batches/{answer.get('batch_id')}"
 
@@ -181,7 +190,15 @@ def main() -> int:
     print("starting the local stack…", flush=True)
     with local_stack() as stack, httpx.Client(timeout=120) as client:
         dsn = stack.service_env["invitations"]["DATABASE_URL"]
-        target = Target(client, stack.urls["invitations"], stack.jwt_secret, stack.supervisor.pid("invitations"), dsn)
+        postgres = stack.infra.postgres
+        target = Target(
+            client,
+            stack.urls["invitations"],
+            stack.jwt_secret,
+            stack.supervisor.pid("invitations"),
+            dsn,
+            postgres.data_dir if postgres is not None else None,
+        )
         # A service in use is warm (imports done, statements prepared, worker threads started): so is this one.
         run(target, 100, 5.0, seed=99)
         results = [run(target, lines, limit, seed) for seed, (lines, limit) in enumerate(RUNS)]
