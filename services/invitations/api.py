@@ -163,7 +163,11 @@ def _patient(principal: Principal) -> tuple[uuid.UUID, str]:
     if not principal.email:
         message = "the patient token carries no email claim; sign in again"
         raise unprocessable(f"The request cannot be served: {message}.", [("token.email", "claim", message)])
-    return patient_id, principal.email
+    try:
+        return patient_id, _EMAIL.validate_python(principal.email)
+    except ValueError:
+        message = "the patient token's email claim is not an email address"
+        raise unprocessable(f"The request cannot be served: {message}.", [("token.email", "claim", message)]) from None
 
 
 def _answer(body: AcceptBody) -> Answer:

@@ -11,7 +11,9 @@ import httpx
 import pytest
 
 from collabkare.stack.infra import Infrastructure
+from services.runtime.auth import mint_token
 from tests.integration.invitations_harness import Service, patient, running_service, staff
+from tests.support import JWT_SECRET
 
 ACCEPT = "/v1/invites/accept"
 
@@ -166,3 +168,16 @@ async def test_tokens_that_were_never_issued_are_not_found(service: Service) -> 
     assert (await _status(service, invite_id))["failed_attempts"] == 0
     empty = await _accept(service, "")
     assert empty.status_code == 422 and empty.json()["errors"][0]["field"] == "token"
+
+
+async def test_a_patient_token_needs_a_patient_id_and_an_email(service: Service) -> None:
+    _, invite_id, token = await _roster_invite(service, "ann@example.com")
+    cases = [
+        ("token.sub", mint_token(JWT_SECRET, "not-a-uuid", ["patient"], email="ann@example.com")),
+        ("token.email", mint_token(JWT_SECRET, str(uuid.uuid4()), ["patient"])),
+        ("token.email", mint_token(JWT_SECRET, str(uuid.uuid4()), ["patient"], email="not an email")),
+    ]
+    for field, bearer in cases:
+        response = await service.http.post(ACCEPT, json={"token": token}, headers={"Authorization": f"Bearer {bearer}"})
+        assert response.status_code == 422 and response.json()["errors"][0]["field"] == field
+    assert (await _status(service, invite_id))["status"] == "pending"
