@@ -115,8 +115,9 @@ async def access_history(
             "The request is not valid: email: not an email address", [("email", "email", "not an email address")]
         ) from None
     invites = await handlers.access_history(pool, practice_id, address)
-    now = datetime.now(UTC)
-    return HistoryView(email=address, items=[InviteView.of(invite, now) for invite in invites])
+    now, by_id = datetime.now(UTC), {invite.id: invite for invite in invites}
+    items = [InviteView.of(i, now, by_id.get(i.replaced_by) if i.replaced_by else None) for i in invites]
+    return HistoryView(email=address, items=items)
 
 
 @router.post(
@@ -151,7 +152,7 @@ async def resend_invite(
         raise Problem(404, "No such invite.") from None
     except (AlreadyConnected, AlreadyInvited, NotChangeable, AlreadyReplaced) as error:
         raise _conflict(error) from None
-    return ResendView(previous=InviteView.of(old), invite=InviteView.of(new))
+    return ResendView(previous=InviteView.of(old, replacement=new), invite=InviteView.of(new))
 
 
 def _patient(principal: Principal) -> tuple[uuid.UUID, str]:

@@ -30,6 +30,8 @@ class InviteView(BaseModel):
     line_number: int | None
     resends: uuid.UUID | None = Field(description="The invite this one replaced (a resend)")
     replaced_by: uuid.UUID | None = Field(description="The invite that replaced this one (a resend)")
+    resent_by: str | None = Field(default=None, description="Who resent this invite (in the access history)")
+    resent_at: datetime | None = Field(default=None, description="When it was resent (in the access history)")
     revoked_by: str | None
     revoked_at: datetime | None
     accepted_by: str | None
@@ -38,7 +40,7 @@ class InviteView(BaseModel):
     locked: bool = Field(description="Locked after too many wrong identity answers")
 
     @classmethod
-    def of(cls, invite: Invite, now: datetime | None = None) -> InviteView:
+    def of(cls, invite: Invite, now: datetime | None = None, replacement: Invite | None = None) -> InviteView:
         now = now or datetime.now(UTC)
         status = invite.current_status(now)
         return cls(
@@ -58,6 +60,8 @@ class InviteView(BaseModel):
             line_number=invite.line_number,
             resends=invite.replaces,
             replaced_by=invite.replaced_by,
+            resent_by=replacement.created_by if replacement else None,
+            resent_at=replacement.created_at if replacement else None,
             revoked_by=invite.revoked_by,
             revoked_at=invite.revoked_at,
             accepted_by=invite.accepted_by,

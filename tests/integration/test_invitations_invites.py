@@ -195,6 +195,8 @@ async def test_resend_revokes_and_sends_a_new_token_and_history_keeps_everything
         (first["id"], "revoked", "staff-1", "staff-2"),
     ]
     assert all(h["sent_at"] and h["expires_at"] for h in history) and history[1]["revoked_at"]
+    assert (history[1]["resent_by"], history[1]["resent_at"]) == ("staff-4", third["sent_at"])
+    assert history[0]["resent_by"] is None and history[2]["resent_by"] is None, "revoked, not resent"
     requested = await service.requested(practice)
     urls = {requested[i]["payload"]["accept_url"] for i in (first["id"], second["id"], third["id"])}
     assert len(urls) == 3, "every invite has its own token"
@@ -218,6 +220,7 @@ async def test_resend_works_on_an_expired_invite(service: Service) -> None:
     resent = await _act(service, practice, invite["id"], "resend", "mgr")
     assert resent.status_code == 201, resent.text
     assert resent.json()["previous"]["status"] == "expired" and resent.json()["invite"]["status"] == "pending"
+    assert resent.json()["previous"]["resent_by"] == "mgr" and resent.json()["previous"]["revoked_by"] is None
     expired = [e["payload"]["invite_id"] for e in await service.events(practice, "InviteExpired")]
     assert expired == [invite["id"]], "expired once, by the sweeper or the resend, never both"
     assert await service.events(practice, "InviteRevoked") == []
