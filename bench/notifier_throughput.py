@@ -26,20 +26,16 @@ from typing import Any
 
 import asyncpg
 import httpx
-import psutil
-from aiokafka import AIOKafkaProducer
 
+from bench._notifier_support import ceiling, cpu_snapshot, prebuilt_messages, publish, wait_for
 from collabkare.seeding import patient_registered, practice_registered
 from collabkare.stack.broker import create_topics
 from collabkare.stack.infra import Infrastructure, start_infrastructure
 from collabkare.stack.ports import free_port
-from schemas import Envelope, InviteRequested, topic_for
+from schemas import Envelope, InviteRequested
 from schemas.events import InviteRequestedPayload
 from schemas.topics import TOPICS, all_topic_names
 from services.notifier.app import MIGRATIONS
-from services.notifier.domain import Claimed, NewDelivery, delivery_id_for
-from services.notifier.mailer import Mailer
-from services.notifier.messages import Renderer
 from services.notifier.settings import NotifierSettings
 from services.runtime.migrations import migrate
 
@@ -61,46 +57,6 @@ runpy.run_module("services.notifier", run_name="__main__")
 stop()
 """
 PASSWORD = "bench-notifier"  # noqa: S105 - the notifier role of a throwaway local database
-
-
-async def publish(bootstrap: str, prefix: str, events: list[Envelope]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024)
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(
-                prefix + topic_for(e.event_type), value=e.model_dump_json().encode(), key=e.aggregate_key().encode()
-            )
-            for e in events
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-async def wait_for(what: str, check: Any, timeout: float, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"benchmark: timed out waiting until {what}")
-        await asyncio.sleep(every)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children (PostgreSQL forks a backend per connection)."""
-    try:
-        process = psutil.Process(pid)
-        total = sum(process.cpu_times()[:2])
-        for child in process.children(recursive=True):
-            total += sum(child.cpu_times()[:2])
-        return total
-    except psutil.Error:
-        return 0.0
-
-
-def cpu_snapshot(infra: Infrastructure) -> dict[str, float]:
-    assert infra.supervisor is not None
-    return {name: cpu_seconds(pid) for name, pid in infra.supervisor.pids().items()}
 
 
 async def notifier_run(infra: Infrastructure, env: dict[str, str], count: int, profile: bool) -> dict[str, Any]:
@@ -188,56 +144,6 @@ async def notifier_run(infra: Infrastructure, env: dict[str, str], count: int, p
         "statuses": statuses,
         "cpu_seconds": {name: round(cpu_after.get(name, 0) - before, 2) for name, before in cpu_before.items()},
     }
-
-
-def prebuilt_messages(settings: NotifierSettings, count: int) -> list[tuple[str, bytes]]:
-    """The same kind of message the notifier sends (an invite, ~5 kB), rendered before the clock starts."""
-    renderer = Renderer(settings.smtp_from)
-    messages = []
-    for i in range(count):
-        event_id = uuid.uuid4()
-        delivery = NewDelivery(
-            id=delivery_id_for(event_id),
-            source_event_id=event_id,
-            source_event_type="InviteRequested",
-            kind="invite",
-            recipient=f"ceiling-{i:05d}@example.com",
-            practice_id=uuid.uuid4(),
-            correlation_id="bench",
-            note="Welcome to Riverside - we look forward to seeing you." if i % 2 else None,
-            accept_url=f"https://app.collabkare.example/invites/accept?token={secrets.token_urlsafe(24)}",
-            expires_at=datetime.now(UTC) + timedelta(days=7),
-        )
-        claimed = Claimed(delivery, 1, True, "en", None, "Riverside Family Practice", None)
-        messages.append((delivery.recipient, renderer.render(claimed)))
-    return messages
-
-
-async def ceiling(settings: NotifierSettings, messages: list[tuple[str, bytes]], how: str) -> float:
-    """Emails/s pushing pre-built messages over SMTP_POOL_SIZE reused connections; nothing else happens."""
-    sender = Renderer(settings.smtp_from).envelope_sender
-    queue = list(reversed(messages))
-    mailer = Mailer(settings)
-
-    async def lean() -> None:
-        connection = mailer.connection()
-        while queue:
-            recipient, message = queue.pop()
-            result = await connection.send(sender, recipient, message)
-            assert result.attempt.value == "sent", result
-        await connection.quit()
-
-    async def sendmail() -> None:
-        smtp = mailer.new_client()
-        await smtp.connect()
-        while queue:
-            recipient, message = queue.pop()
-            await smtp.sendmail(sender, [recipient], message)
-        await smtp.quit()
-
-    started = time.perf_counter()
-    await asyncio.gather(*((lean if how == "lean" else sendmail)() for _ in range(settings.smtp_pool_size)))
-    return len(messages) / (time.perf_counter() - started)
 
 
 async def run(
