@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
@@ -21,6 +22,21 @@ from services.notifier.domain import (
 SCHEMA = "notifier"
 CHANNEL = "notifier_deliveries"  # NOTIFY'd by a statement trigger when deliveries are queued
 OPEN = ("pending", "sending")
+
+
+async def listen(pool: asyncpg.Pool, callback: Callable[..., object]) -> asyncpg.Connection:
+    """A pooled connection kept LISTENing on CHANNEL (released by `unlisten`)."""
+    connection: asyncpg.Connection = await pool.acquire()
+    await connection.add_listener(CHANNEL, callback)
+    return connection
+
+
+async def unlisten(pool: asyncpg.Pool, connection: asyncpg.Connection | None, callback: Callable[..., object]) -> None:
+    if connection is not None:
+        with contextlib.suppress(Exception):
+            await connection.remove_listener(CHANNEL, callback)
+        with contextlib.suppress(Exception):
+            await pool.release(connection, timeout=2)
 
 
 async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry]) -> None:

@@ -95,7 +95,7 @@ class _Run:
             while not self.stopping:
                 try:
                     if listener is None:
-                        listener = await self._listen()
+                        listener = await repository.listen(self.pool, self._notified)
                     self.room.clear()
                     free = self.sender.capacity - self.outstanding
                     if free < min_chunk:
@@ -116,23 +116,11 @@ class _Run:
                 except Exception as error:  # the database is away (or a bug): back off, never stop claiming
                     failures += 1
                     log.warning("sender.claim_failed", error=repr(error)[:300], attempt=failures)
-                    await self._unlisten(listener)
+                    await repository.unlisten(self.pool, listener, self._notified)
                     listener = None
                     await asyncio.sleep(min(30.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0))
         finally:
-            await self._unlisten(listener)
-
-    async def _listen(self) -> asyncpg.Connection:
-        connection: asyncpg.Connection = await self.pool.acquire()
-        await connection.add_listener(repository.CHANNEL, self._notified)
-        return connection
-
-    async def _unlisten(self, connection: asyncpg.Connection | None) -> None:
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.remove_listener(repository.CHANNEL, self._notified)
-            with contextlib.suppress(Exception):
-                await self.pool.release(connection, timeout=2)
+            await repository.unlisten(self.pool, listener, self._notified)
 
     def _notified(self, *_: object) -> None:
         self.wake.set()
