@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from aiokafka import TopicPartition
 
 from collabkare.client import CollabKare
 from collabkare.seeding import patient_registered, practice_registered, publish
@@ -227,3 +228,56 @@ def went_down_and_up(statuses: list[int]) -> bool:
         return False
     last_down = len(statuses) - 1 - statuses[::-1].index(503)
     return 200 in statuses[last_down:]
+
+
+def pipeline_state(stack: RunningStack, batch_id: str) -> str:
+    """Where a batch's work stands, stage by stage (for a drill's failure message)."""
+    batch = uuid.UUID(batch_id)
+    queries = {
+        "invitations outbox": "SELECT count(*)::text AS n FROM invitations.outbox",
+        "invites by delivery": "SELECT string_agg(delivery || '=' || n, ' ') AS n FROM"
+        " (SELECT delivery, count(*) AS n FROM invitations.invites WHERE batch_id = $1 GROUP BY 1) s",
+        "notifier deliveries by status": "SELECT string_agg(status || '=' || n, ' ') AS n FROM"
+        " (SELECT status, count(*) AS n FROM notifier.deliveries WHERE batch_id = $1 GROUP BY 1) s",
+        "notifier outbox": "SELECT count(*)::text AS n FROM notifier.outbox",
+    }
+    parts = []
+    for name, query in queries.items():
+        try:
+            rows = fetch(stack, query, batch) if "$1" in query else fetch(stack, query)
+            parts.append(f"{name}: {rows[0]['n']}")
+        except Exception as error:
+            parts.append(f"{name}: {type(error).__name__}")
+    return "; ".join(parts)
+
+
+async def _kafka_state(bootstrap: str, prefix: str) -> str:
+    from aiokafka import AIOKafkaConsumer
+
+    from schemas.topics import CONSUMER_GROUPS
+
+    parts = []
+    for group, topics in CONSUMER_GROUPS.items():
+        # No subscription: committed() and end_offsets() read the group's offsets without joining it.
+        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=prefix + group, enable_auto_commit=False)
+        await reader.start()
+        try:
+            for topic in topics:
+                partitions = sorted(reader.partitions_for_topic(prefix + topic) or set())
+                tps = [TopicPartition(prefix + topic, p) for p in partitions]
+                ends = await reader.end_offsets(tps)
+                committed = [await reader.committed(tp) for tp in tps]
+                parts.append(f"{group} on {topic}: end {[ends[tp] for tp in tps]}, committed {committed}")
+        except Exception as error:
+            parts.append(f"{group}: {type(error).__name__}: {error}")
+        finally:
+            await reader.stop()
+    return "\n".join(parts)
+
+
+def kafka_state(stack: RunningStack) -> str:
+    """Consumer groups, their committed offsets and the topics' end offsets (for a drill's failure message)."""
+    try:
+        return asyncio.run(asyncio.wait_for(_kafka_state(stack.infra.kafka_bootstrap, stack.topic_prefix), 30))
+    except Exception as error:
+        return f"kafka state: {type(error).__name__}: {error}"

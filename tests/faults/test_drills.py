@@ -30,7 +30,9 @@ from tests.faults.harness import (
     Watcher,
     duplicates,
     fetch,
+    kafka_state,
     log_tails,
+    pipeline_state,
     ready,
     wait_for,
     went_down_and_up,
@@ -342,6 +344,9 @@ def test_postgres_restart_apis_answer_or_503(stack: RunningStack, postgres_resta
     )
 
 
+# Last in the module on purpose: the embedded broker keeps everything in memory, so its restart forgets every
+# topic and committed offset. In about half the runs the consumers then skip the events published to the
+# recreated topics (see the report on issue #6), which would leave every later drill without deliveries.
 def test_broker_stopped_while_roster_is_submitted(stack: RunningStack) -> None:
     drill = Drill(stack, "brokerdown")
     emails = drill.register(500)
@@ -366,7 +371,8 @@ def test_broker_stopped_while_roster_is_submitted(stack: RunningStack) -> None:
         try:
             drill.wait_done(batch["batch_id"])
         except AssertionError as error:
-            raise AssertionError(f"{error}\n" + log_tails(stack, *SERVICES)) from None
+            state = pipeline_state(stack, batch["batch_id"]) + "\n" + kafka_state(stack)
+            raise AssertionError(f"{error}\n{state}\n" + log_tails(stack, *SERVICES, lines=10)) from None
     for name in SERVICES:
         assert went_down_and_up(watcher.statuses(f"{name} readyz")), (name, watcher.statuses(f"{name} readyz"))
     assert not watcher.unclear(), watcher.unclear()[:5]
