@@ -139,8 +139,9 @@ def _entries(lines: list[str], default_note: str | None, unique: dict[str, Entry
         if not line or line[0] == "#":
             continue
         address, comma, rest = line.partition(",")
-        address = address.strip()
-        note = (rest.strip() or None) if comma else None
+        note = None
+        if comma:  # without one the line is already trimmed
+            address, note = address.strip(), rest.strip() or None
         if not address:
             yield Entry(number, "", _echo(note, default_note), Verdict.INVALID, "no email address before the comma")
             continue
