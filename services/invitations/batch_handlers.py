@@ -77,8 +77,9 @@ async def preview(pool: asyncpg.Pool, practice_id: uuid.UUID, roster: Roster) ->
     return roster
 
 
-async def find_by_key(pool: asyncpg.Pool, practice_id: uuid.UUID, key: str, digest: bytes) -> BatchRecord | None:
-    batch = await batch_repository.find_batch_by_key(pool, practice_id, key)
+async def find_by_key(db: repository.Executor, practice_id: uuid.UUID, key: str, digest: bytes) -> BatchRecord | None:
+    """The practice's batch sent with this Idempotency-Key, if any; the same key with another roster is refused."""
+    batch = await batch_repository.find_batch_by_key(db, practice_id, key)
     if batch is not None and batch.request_digest != digest:
         raise IdempotencyKeyReused()
     return batch
@@ -122,8 +123,14 @@ async def submit_roster(
         context = BatchContext(batch.id, practice_id, actor, now, now + policy.ttl, policy.base_url, cause)
         await _store(db, roster.entries, context)
         await add_events(db, repository.SCHEMA, expired)
-    log.info("batch.submitted", practice_id=str(practice_id), batch_id=str(batch.id), rows=batch.total)
-    log.info("batch.invited", batch_id=str(batch.id), invites=batch.invited, expired_first=len(expired))
+    log.info(
+        "batch.submitted",
+        practice_id=str(practice_id),
+        batch_id=str(batch.id),
+        rows=batch.total,
+        invites=batch.invited,
+        expired_first=len(expired),
+    )
     if batch.invited >= ANALYZE_AFTER:
         task = asyncio.create_task(_after_bulk(pool))
         _background.add(task)
@@ -245,6 +252,7 @@ def _resend_plan(
     for row in rows:
         key, line = row["email"].lower(), row["line_number"]
         other = pending.get(key)
+        # A flagged row lets go of its old invite, so that a late outcome of that invite cannot overwrite it.
         if key in connected:
             flagged.append((line, Outcome.ALREADY_CONNECTED.value, ALREADY_CONNECTED_REASON, None, 0))
         elif other is not None and other.id != row["invite_id"]:

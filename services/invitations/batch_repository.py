@@ -57,7 +57,7 @@ FOR UPDATE OF r
 
 UPDATE_ROWS = """
 UPDATE invitations.batch_rows AS r
-SET outcome = u.outcome, reason = u.reason, invite_id = coalesce(u.invite_id, r.invite_id),
+SET outcome = u.outcome, reason = u.reason, invite_id = u.invite_id,
     attempts = r.attempts + u.added, updated_at = $2
 FROM unnest($3::int[], $4::text[], $5::text[], $6::uuid[], $7::int[])
     AS u(line_number, outcome, reason, invite_id, added)
@@ -168,7 +168,7 @@ async def update_rows(
     now: datetime,
     changes: Sequence[tuple[int, str, str | None, uuid.UUID | None, int]],
 ) -> None:
-    """(line_number, outcome, reason, new invite id or None, attempts to add) per row."""
+    """(line_number, outcome, reason, the row's invite from now on or None, attempts to add) per row."""
     if not changes:
         return
     columns = list(zip(*changes, strict=True))

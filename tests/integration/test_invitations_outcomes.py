@@ -203,6 +203,7 @@ async def test_resending_not_on_platform_rows(service: Service) -> None:
     by_email = {r["email"]: r for r in rows}
     assert (by_email["ann@example.com"]["outcome"], by_email["ann@example.com"]["attempts"]) == ("queued", 2)
     assert by_email["bob@example.com"]["outcome"] == "already_connected"
+    assert by_email["bob@example.com"]["invite_id"] is None, "a flagged row no longer follows its old invite"
     old_ann = uuid.UUID(first["ann@example.com"]["payload"]["invite_id"])
     new_ann = by_email["ann@example.com"]["invite_id"]
     assert new_ann != old_ann
@@ -223,7 +224,9 @@ async def test_resending_not_on_platform_rows(service: Service) -> None:
     # Still not registered: the new invite comes back not_on_platform; a late outcome of the old one is ignored.
     await _deliver(service, OUTCOMES, _outcome(again[str(new_ann)], "not_on_platform"))
     await _deliver(service, OUTCOMES, _outcome(first["ann@example.com"], "sent", minutes=9))
-    assert (await _rows(service, batch["batch_id"]))["ann@example.com"][0] == "not_on_platform"
+    await _deliver(service, OUTCOMES, _outcome(first["bob@example.com"], "sent", minutes=9))
+    after = await _rows(service, batch["batch_id"])
+    assert (after["ann@example.com"][0], after["bob@example.com"][0]) == ("not_on_platform", "already_connected")
     listing = await service.http.get(f"{base}/not-on-platform", headers=staff(practice))
     assert listing.text == "ann@example.com\n"
     third = (await service.http.post(f"{base}/resend-not-on-platform", headers=staff(practice))).json()
