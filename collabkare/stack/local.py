@@ -66,6 +66,7 @@ def local_stack(workdir: Path | None = None, topic_prefix: str = "") -> Iterator
     with start_infrastructure(workdir) as infra, Supervisor(workdir / "logs") as supervisor:
         database_url = _prepare_database(infra)
         jwt_secret = secrets.token_urlsafe(48)
+        identity_key = secrets.token_urlsafe(48)  # keys the invitations' SSN/DOB/phone digests
         role_passwords = {name: secrets.token_urlsafe(24) for name in MIGRATION_PLANS}
         asyncio.run(_prepare(infra, database_url, topic_prefix, role_passwords))
         public_base_url = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8080")
@@ -87,6 +88,7 @@ def local_stack(workdir: Path | None = None, topic_prefix: str = "") -> Iterator
                 "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
                 "KAFKA_TOPIC_PREFIX": topic_prefix,
                 "JWT_SECRET": jwt_secret,
+                "IDENTITY_HMAC_KEY": identity_key,
                 "SMTP_HOST": infra.smtp_host,
                 "SMTP_PORT": str(infra.smtp_port),
                 "PUBLIC_BASE_URL": public_base_url,
