@@ -23,6 +23,7 @@ up: install ## the local stack in the foreground until Ctrl-C
 	@$(VENV)/bin/collabkare stack up
 
 test: install ## the whole suite against real PostgreSQL, Kafka-protocol broker and SMTP
+	@bash tests/browser/install-chromium.sh
 	@$(PY) -m pytest -q
 
 lint: install ## ruff + mypy, both clean

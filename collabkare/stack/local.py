@@ -18,12 +18,15 @@ from pathlib import Path
 from collabkare.seeding import practice_registered, publish
 from collabkare.services import MIGRATION_PLANS, SERVICES
 from collabkare.stack.broker import create_topics
+from collabkare.stack.console import PORT_VARIABLE as CONSOLE_PORT_VARIABLE
+from collabkare.stack.console import console_port, cors_origins, start_console
 from collabkare.stack.errors import StackError
 from collabkare.stack.infra import Infrastructure, start_infrastructure
 from collabkare.stack.ports import ensure_port_free
 from collabkare.stack.processes import Supervisor, var_dir
 from collabkare.stack.settings_file import remove_stack_env, write_stack_env
 from schemas.topics import TOPICS, all_topic_names
+from services.runtime.auth import mint_token
 from services.runtime.migrations import migrate
 
 DATABASE = "collabkare"
@@ -40,6 +43,7 @@ class RunningStack:
     topic_prefix: str
     public_base_url: str
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    console_url: str | None = None
 
     def restart_service(self, name: str) -> None:
         self.supervisor.restart(name)
@@ -57,12 +61,19 @@ def _ports() -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def local_stack(workdir: Path | None = None, topic_prefix: str = "") -> Iterator[RunningStack]:
-    """Start everything; on exit (or any failure on the way) stop every process that was started."""
+def local_stack(
+    workdir: Path | None = None, topic_prefix: str = "", console_port: int | None = None
+) -> Iterator[RunningStack]:
+    """Start everything; on exit (or any failure on the way) stop every process that was started.
+
+    With `console_port`, the staff console is served there too and is the only origin the APIs allow (CORS).
+    """
     workdir = workdir or Path(os.environ.get("COLLABKARE_STACK_DIR", var_dir() / "stack"))
     ports = _ports()
     for service in SERVICES:
         ensure_port_free(ports[service.name], f"{service.name} API", service.port_variable)
+    if console_port is not None:
+        ensure_port_free(console_port, "staff console", CONSOLE_PORT_VARIABLE)
     with start_infrastructure(workdir) as infra, Supervisor(workdir / "logs") as supervisor:
         database_url = _prepare_database(infra)
         jwt_secret = secrets.token_urlsafe(48)
@@ -94,9 +105,13 @@ def local_stack(workdir: Path | None = None, topic_prefix: str = "") -> Iterator
                 "PUBLIC_BASE_URL": public_base_url,
                 "PYTHONUNBUFFERED": "1",
             }
+            if console_port is not None:
+                env["CORS_ORIGINS"] = cors_origins(console_port)
             stack.service_env[service.name] = env
             supervisor.start(service.name, [sys.executable, "-m", service.module], env=env)
         wait_ready(stack.urls, supervisor)
+        if console_port is not None:
+            stack.console_url = start_console(supervisor, console_port, stack.urls, demo_staff_token(jwt_secret))
         write_stack_env(
             {
                 "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
@@ -156,17 +171,20 @@ def seed_demo_practice(stack: RunningStack) -> None:
     asyncio.run(publish(stack.infra.kafka_bootstrap, stack.topic_prefix, [event]))
 
 
+def demo_staff_token(jwt_secret: str) -> str:
+    """A practice manager of the demo practice (8 h): what `make up` prints and the console uses by default."""
+    return mint_token(jwt_secret, "demo-manager", ["practice_manager"], practice_id=DEMO_PRACTICE_ID)
+
+
 def run_foreground() -> int:
     """`make up`: the stack in the foreground until Ctrl-C, with what a developer needs to use it."""
-    from services.runtime.auth import mint_token
-
     # Explicitly, because a stack started from a script in the background inherits SIGINT as ignored.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     print("starting the local stack…", flush=True)
-    with local_stack() as stack:
+    with local_stack(console_port=console_port()) as stack:
         seed_demo_practice(stack)
-        token = mint_token(stack.jwt_secret, "demo-manager", ["practice_manager"], practice_id=DEMO_PRACTICE_ID)
+        token = demo_staff_token(stack.jwt_secret)
         print(banner(stack, token), flush=True)
         try:
             while True:
@@ -185,6 +203,8 @@ def _interrupt(signum: int, frame: object) -> None:
 def banner(stack: RunningStack, token: str) -> str:
     infra = stack.infra
     lines = ["", "CollabKare local stack is ready", ""]
+    if stack.console_url:
+        lines += [f"  staff console  {stack.console_url}/   (open in a browser; uses the staff token below)", ""]
     for name, url in stack.urls.items():
         lines.append(f"  {name:<12} {url}   (OpenAPI UI: {url}/docs)")
     lines += [

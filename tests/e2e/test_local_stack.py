@@ -23,6 +23,7 @@ def _environment(workdir: Path) -> tuple[dict[str, str], dict[str, int]]:
     ports = {name: free_port() for name in ("connections", "invitations", "notifier")}
     env = {**os.environ, "COLLABKARE_STACK_DIR": str(workdir), "PYTHONUNBUFFERED": "1"}
     env.update({f"{name.upper()}_PORT": str(port) for name, port in ports.items()})
+    env["CONSOLE_PORT"] = str(free_port())  # `stack up` serves the staff console too
     return env, ports
 
 
@@ -74,6 +75,7 @@ def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
         text = "".join(output)
         assert "CollabKare local stack is ready" in text, text
         assert f"http://127.0.0.1:{ports['invitations']}" in text
+        assert f"staff console  http://127.0.0.1:{env['CONSOLE_PORT']}/" in text
         token_line = output[output.index("  staff token (practice_manager, 8 h):\n") + 1].strip()
         assert token_line.count(".") == 2, "the banner should print a JWT"
         minted = subprocess.run(
@@ -100,7 +102,7 @@ def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
     assert stack.returncode == 0, "".join(output) + remaining
     assert "no process left behind" in remaining
     time.sleep(0.5)
-    assert _leftovers(workdir, ports) == []
+    assert _leftovers(workdir, {**ports, "console": int(env["CONSOLE_PORT"])}) == []
 
 
 def test_busy_port_gives_one_clear_line(tmp_path: Path) -> None:

@@ -1,0 +1,135 @@
+// Patient access history: every invite for one email with its status and who did what; revoke, resend, and
+// Enable Patient Access (an individual invite with SSN, or date of birth and phone).
+
+import { api } from "./api.js";
+import { $, actionButton, announce, busy, clearError, el, formatDate, OUTCOME_LABELS, plural, showError, STATUS_LABELS } from "./ui.js";
+
+const REFRESH_MS = 2000;
+const REFRESHES = 30;
+let currentEmail = null;
+// While an invite's delivery is still queued, the history is read again so that its outcome fills in.
+let refresh = { timer: null, left: 0 };
+let rendered = null;
+
+export function initHistory() {
+  $("history-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const email = $("history-email").value.trim();
+    if (!email) {
+      showError($("history-error"), "Enter the patient's email to look up.");
+      $("history-email").focus();
+      return;
+    }
+    busy(event.submitter || $("history-form").querySelector("button"), () => lookUp(email, true));
+  });
+  $("invite-one-form").addEventListener("submit", inviteOne);
+}
+
+export function clearHistory() {
+  clearTimeout(refresh.timer);
+  currentEmail = null;
+  rendered = null;
+  $("history-result").hidden = true;
+  clearError($("history-error"));
+}
+
+async function lookUp(email, announceIt, refreshing = false) {
+  clearTimeout(refresh.timer);
+  if (!refreshing) refresh.left = REFRESHES;
+  clearError($("history-error"));
+  try {
+    const view = await api("invitations", "GET", "/invites", { query: { email } });
+    if (refreshing && view.email !== currentEmail) return;
+    currentEmail = view.email;
+    $("history-heading").textContent = `Access history for ${view.email}`;
+    render(view.items);
+    $("history").hidden = view.items.length === 0;
+    $("history-empty").hidden = view.items.length !== 0;
+    $("history-result").hidden = false;
+    if (announceIt) announce(`${plural(view.items.length, "invite", "invites")} for ${view.email}.`);
+    if (view.items.some((invite) => invite.delivery === "queued") && refresh.left-- > 0) {
+      refresh.timer = setTimeout(() => lookUp(view.email, false, true), REFRESH_MS);
+    }
+  } catch (error) {
+    showError($("history-error"), error);
+  }
+}
+
+// Re-rendered only when something changed, and a focused button keeps its focus (keyboard users).
+function render(items) {
+  const body = $("history").tBodies[0];
+  const next = JSON.stringify(items);
+  if (next === rendered) return;
+  rendered = next;
+  const focused = body.contains(document.activeElement) ? document.activeElement : null;
+  const place = focused && [focused.closest("tr").dataset.inviteId, focused.firstChild.textContent];
+  body.replaceChildren(...items.map(inviteRow));
+  if (place) {
+    const row = body.querySelector(`tr[data-invite-id="${place[0]}"]`);
+    const again = row && [...row.querySelectorAll("button")].find((b) => b.firstChild.textContent === place[1]);
+    if (again) again.focus();
+  }
+}
+
+function inviteRow(invite) {
+  const sent = formatDate(invite.sent_at);
+  const delivery = OUTCOME_LABELS[invite.delivery] || invite.delivery;
+  const actions = el("td", { className: "actions" });
+  if (invite.status === "pending") {
+    actions.append(actionButton("Revoke", `invite sent ${sent}`, () => act(invite, "revoke", actions), "danger"));
+  }
+  if (invite.status !== "accepted" && !invite.replaced_by) {
+    actions.append(actionButton("Resend", `invite sent ${sent}`, () => act(invite, "resend", actions)));
+  }
+  return el(
+    "tr",
+    { dataset: { inviteId: invite.id, status: invite.status } },
+    el("td", {}, sent),
+    el("td", {}, el("span", { className: `badge ${invite.status}` }, STATUS_LABELS[invite.status] || invite.status)),
+    el("td", {}, delivery, invite.delivery_reason ? ` (${invite.delivery_reason})` : ""),
+    el("td", {}, el("ul", { className: "trail" }, ...trail(invite).map((line) => el("li", {}, line)))),
+    el("td", {}, formatDate(invite.expires_at)),
+    actions,
+  );
+}
+
+function trail(invite) {
+  const lines = [`Sent by ${invite.sent_by} on ${formatDate(invite.sent_at)}${invite.resends ? " (a resend)" : ""}`];
+  if (invite.identity_factors.length) lines.push(`Checks at acceptance: ${invite.identity_factors.join(", ").replaceAll("_", " ")}`);
+  if (invite.revoked_by) lines.push(`Revoked by ${invite.revoked_by} on ${formatDate(invite.revoked_at)}`);
+  if (invite.resent_by) lines.push(`Resent by ${invite.resent_by} on ${formatDate(invite.resent_at)}`);
+  if (invite.accepted_by) lines.push(`Accepted by ${invite.accepted_by} on ${formatDate(invite.accepted_at)}`);
+  if (invite.expired_at) lines.push(`Expired on ${formatDate(invite.expired_at)}`);
+  if (invite.locked) lines.push("Locked after too many wrong identity answers");
+  return lines;
+}
+
+async function act(invite, action, cell) {
+  clearError($("history-error"));
+  try {
+    await busy(cell.querySelector("button"), () => api("invitations", "POST", `/invites/${invite.id}/${action}`));
+    announce(action === "revoke" ? `Revoked the invite sent ${formatDate(invite.sent_at)}.` : "Sent a new invite; the previous one no longer works.");
+    await lookUp(currentEmail, false);
+    $("history-title").focus();
+  } catch (error) {
+    showError($("history-error"), error);
+  }
+}
+
+async function inviteOne(event) {
+  event.preventDefault();
+  clearError($("invite-one-error"));
+  const body = { email: currentEmail };
+  for (const [field, id] of [["ssn", "invite-ssn"], ["date_of_birth", "invite-dob"], ["phone", "invite-phone"], ["note", "invite-note"]]) {
+    const value = $(id).value.trim();
+    if (value) body[field] = value;
+  }
+  try {
+    await busy(event.submitter, () => api("invitations", "POST", "/invites", { body }));
+    $("invite-one-form").reset();
+    announce(`Invite sent to ${currentEmail}; it is valid for 7 days.`);
+    await lookUp(currentEmail, false);
+  } catch (error) {
+    showError($("invite-one-error"), error);
+  }
+}

@@ -1,0 +1,178 @@
+"""The staff console in Debian's Chromium against the real local stack: the help articles' pages, end to end."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.browser.support import ConsoleStack, screenshot
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="BROWSER TESTS SKIPPED: playwright is not installed")
+expect = sync_api.expect
+
+pytestmark = pytest.mark.timeout(300)  # the first test also starts the stack
+RESULTS_TIMEOUT_MS = 90_000
+
+ROSTER = """\
+# Spring outreach: comment lines and blank lines are ignored
+ana@example.com, Welcome to Riverside, Ana, and see you on Monday
+bruno@example.com
+
+not-an-email
+ANA@example.com
+gina@example.com
+hank@example.com, Please join, we miss you
+"""
+
+
+def test_invite_patients_preview_send_results_and_copy_the_missing(page: Any, console_stack: ConsoleStack) -> None:
+    page.get_by_role("link", name="Invite Patients").click()
+    expect(page.get_by_role("heading", level=1, name="Invite Patients")).to_be_focused()
+
+    page.get_by_label("Patient roster").fill(ROSTER)
+    page.get_by_label("Default note").fill("Your care team at Riverside invites you to connect.")
+    expect(page.locator("#ready-counter")).to_have_text("4 patients ready")
+    problems = page.locator("#preview-problems li")
+    expect(problems).to_have_count(2)
+    expect(problems.nth(0)).to_contain_text("Line 5 not-an-email: invalid")
+    expect(problems.nth(1)).to_contain_text("Line 6 ANA@example.com: duplicate (duplicate of line 2")
+    screenshot(page, "invite-patients-preview")
+
+    page.get_by_role("button", name="Send invites").click()
+    expect(page.locator("#results-progress")).to_have_text(re.compile(r"^Done: all 6 rows"), timeout=RESULTS_TIMEOUT_MS)
+    counts = {
+        outcome: page.locator(f"#results-counts [data-outcome={outcome}] dd").inner_text()
+        for outcome in ("sent", "not_on_platform", "invalid", "duplicate")
+    }
+    assert counts == {"sent": "2", "not_on_platform": "2", "invalid": "1", "duplicate": "1"}
+    expect(page.locator("#results-counts > div")).to_have_count(4)
+    rows = page.locator("#result-rows tbody tr")
+    expect(rows).to_have_count(6)
+    outcomes = {row.get_attribute("data-line"): row.get_attribute("data-outcome") for row in rows.all()}
+    assert outcomes == {
+        "2": "sent",
+        "3": "sent",
+        "5": "invalid",
+        "6": "duplicate",
+        "7": "not_on_platform",
+        "8": "not_on_platform",
+    }
+    expect(rows.nth(0)).to_contain_text("Welcome to Riverside, Ana, and see you on Monday")
+    expect(page.get_by_role("status")).to_contain_text("All rows have an outcome: 2 sent, 2 not on collabkare yet")
+
+    page.get_by_role("button", name="Copy not-on-CollabKare list").click()
+    expect(page.get_by_role("status")).to_contain_text("Copied 2 emails to the clipboard")
+    assert page.evaluate("navigator.clipboard.readText()") == "gina@example.com\nhank@example.com\n"
+    screenshot(page, "invite-patients-results")
+
+
+def test_patient_connections_approve_and_reject(page: Any, console_stack: ConsoleStack) -> None:
+    erin = console_stack.ask_to_connect("erin@example.com", "I am a patient of Dr. Lee")
+    frank = console_stack.ask_to_connect("frank@example.com", "Please link my record")
+    page.get_by_role("link", name="Patient Connections").click()
+    page.get_by_role("button", name="Refresh").click()
+    expect(page.get_by_role("status")).to_have_text("2 pending requests.")
+    requests = page.locator("#requests tbody tr")
+    expect(requests).to_have_count(2)
+    screenshot(page, "patient-connections-pending")
+
+    # Approve with the keyboard: the button's name says whom it approves.
+    page.get_by_role("button", name="Approve erin@example.com").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("status")).to_contain_text("Approved erin@example.com")
+    expect(requests).to_have_count(1)
+    expect(page.get_by_role("button", name="Approve frank@example.com")).to_be_focused()
+
+    page.get_by_role("button", name="Reject frank@example.com").click()
+    reason = page.get_by_label("Reason (optional)")
+    expect(reason).to_be_focused()
+    reason.fill("We are not taking new patients this season.")
+    screenshot(page, "patient-connections-confirm-reject")
+    page.get_by_role("button", name="Confirm Reject").click()
+    expect(page.get_by_role("status")).to_contain_text("Rejected frank@example.com's request with your reason")
+    expect(page.get_by_text("No pending requests.")).to_be_visible()
+    screenshot(page, "patient-connections-decided")
+
+    decided = {
+        item["id"]: item
+        for status in ("approved", "rejected")
+        for item in console_stack.staff("connections", "GET", "/connection-requests", params={"status": status})[
+            "items"
+        ]
+    }
+    assert decided[erin["id"]]["status"] == "approved"
+    assert decided[frank["id"]]["status"] == "rejected"
+    assert decided[frank["id"]]["reason"] == "We are not taking new patients this season."
+
+
+def test_access_history_invite_revoke_and_resend(page: Any, console_stack: ConsoleStack) -> None:
+    page.get_by_role("link", name="Patient access history").click()
+    page.get_by_label("Patient email").fill("ivy@example.com")
+    page.get_by_label("Patient email").press("Enter")
+    expect(page.get_by_text("No invites for this patient yet.")).to_be_visible()
+
+    page.get_by_text("Enable Patient Access (send an invite)").click()
+    page.get_by_role("button", name="Send invite").click()
+    error = page.locator("#invite-one-error")
+    expect(error).to_contain_text("ssn: required unless date_of_birth and phone are given")
+
+    page.get_by_label("Date of birth").fill("1984-03-02")
+    page.get_by_label("Phone").fill("+1 555 010 7788")
+    page.get_by_role("button", name="Send invite").click()
+    invites = page.locator("#history tbody tr")
+    expect(invites).to_have_count(1)
+    expect(invites.nth(0)).to_have_attribute("data-status", "pending")
+    expect(invites.nth(0)).to_contain_text("Sent by demo-manager")
+
+    invites.nth(0).get_by_role("button", name=re.compile("^Revoke")).click()
+    expect(invites.nth(0)).to_have_attribute("data-status", "revoked")
+    expect(invites.nth(0)).to_contain_text("Revoked by demo-manager")
+
+    invites.nth(0).get_by_role("button", name=re.compile("^Resend")).click()
+    expect(invites).to_have_count(2)
+    expect(invites.nth(0)).to_have_attribute("data-status", "pending")
+    expect(invites.nth(1)).to_have_attribute("data-status", "revoked")
+    expect(invites.nth(1)).to_contain_text("Resent by demo-manager")
+    # The delivery outcome fills in by itself: the new invite's email went out.
+    expect(invites.nth(0).locator("td").nth(2)).to_have_text("Sent", timeout=RESULTS_TIMEOUT_MS)
+    screenshot(page, "patient-access-history")
+
+
+def test_a_pasted_token_is_used_and_errors_read_in_words(page: Any, console_stack: ConsoleStack) -> None:
+    page.get_by_role("link", name="Staff token").click()
+    forged = console_stack.staff_token().rsplit(".", 1)[0] + ".c2lnbmVkLWJ5LW5vYm9keQ"
+    page.get_by_label("Paste a staff token").fill(forged)
+    page.get_by_role("button", name="Use this token").click()
+    expect(page.get_by_role("alert")).to_contain_text("The token is not valid")
+    expect(page.get_by_role("alert")).to_contain_text("Paste a fresh staff token")
+    screenshot(page, "error-in-words")
+
+    page.get_by_role("link", name="Staff token").click()
+    page.get_by_label("Paste a staff token").fill(console_stack.staff_token("front_desk", "front-desk-1"))
+    page.get_by_role("button", name="Use this token").click()
+    expect(page.locator("#who")).to_contain_text("front-desk-1 · front_desk")
+    expect(page.get_by_role("heading", level=1, name="Pending Patient Connections")).to_be_focused()
+    expect(page.locator("#requests-error")).to_be_hidden()
+    page.get_by_role("link", name="Staff token").click()
+    expect(page.locator("#token-details")).to_contain_text("pasted in this tab")
+    screenshot(page, "staff-token")
+
+    page.get_by_role("link", name="Staff token").click()
+    page.get_by_role("button", name="Use the development token").click()
+    expect(page.locator("#who")).to_contain_text("demo-manager · practice_manager")
+
+
+def test_only_the_console_origin_may_call_the_apis(console_stack: ConsoleStack) -> None:
+    config = httpx.get(f"{console_stack.url}/config.json", timeout=10)
+    assert config.json()["invitations_url"] == console_stack.stack.urls["invitations"]
+    assert console_stack.stack.urls["invitations"] in config.headers["content-security-policy"]
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    for service in ("connections", "invitations"):
+        url = f"{console_stack.stack.urls[service]}/healthz"
+        allowed = httpx.options(url, headers={"Origin": console_stack.url, **preflight}, timeout=10)
+        assert allowed.headers.get("access-control-allow-origin") == console_stack.url
+        refused = httpx.options(url, headers={"Origin": "http://127.0.0.1:1", **preflight}, timeout=10)
+        assert "access-control-allow-origin" not in refused.headers
