@@ -99,6 +99,8 @@ def browser_context(console_stack: ConsoleStack, chromium: Path) -> Iterator[Any
 def page(browser_context: Any, console_stack: ConsoleStack, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A fresh tab on the console, its configuration loaded; a screenshot is kept when the test fails."""
     tab = browser_context.new_page()
+    script_errors: list[str] = []
+    tab.on("pageerror", lambda error: script_errors.append(str(error)))
     tab.set_default_timeout(15_000)
     tab.goto(console_stack.url + "/")
     tab.wait_for_selector("body[data-ready=true]")
@@ -108,6 +110,7 @@ def page(browser_context: Any, console_stack: ConsoleStack, request: pytest.Fixt
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         tab.screenshot(path=str(ARTIFACTS / f"FAILED-{request.node.name}.png"), full_page=True)
     tab.close()
+    assert script_errors == [], "uncaught errors in the console's JavaScript"
 
 
 @pytest.hookimpl(wrapper=True)
