@@ -6,8 +6,9 @@ import uuid
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, EmailStr, Field, TypeAdapter
+from pydantic import AwareDatetime, Field, TypeAdapter
 
+from schemas.email_address import EmailAddress
 from schemas.envelope import Contract, Envelope
 
 Note = Annotated[str, Field(max_length=500)]
@@ -21,7 +22,7 @@ Locale = Literal["en", "es"]
 class ConnectionRequestedPayload(Contract):
     request_id: uuid.UUID
     patient_id: uuid.UUID
-    patient_email: EmailStr
+    patient_email: EmailAddress
     display_name: str | None = None
     message: Note | None = None
     requested_at: AwareDatetime
@@ -38,7 +39,7 @@ class ConnectionRequested(Envelope):
 class ConnectionApprovedPayload(Contract):
     connection_id: uuid.UUID
     patient_id: uuid.UUID
-    patient_email: EmailStr
+    patient_email: EmailAddress
     via: Literal["request", "invite"]
     request_id: uuid.UUID | None = Field(default=None, description="Set when via is request.")
     invite_id: uuid.UUID | None = Field(default=None, description="Set when via is invite.")
@@ -59,7 +60,7 @@ class ConnectionApproved(Envelope):
 class ConnectionRejectedPayload(Contract):
     request_id: uuid.UUID
     patient_id: uuid.UUID
-    patient_email: EmailStr
+    patient_email: EmailAddress
     rejected_by: str = Field(max_length=200)
     rejected_at: AwareDatetime
     reason: Note | None = None
@@ -78,7 +79,7 @@ class ConnectionRejected(Envelope):
 
 class InviteRequestedPayload(Contract):
     invite_id: uuid.UUID
-    email: EmailStr
+    email: EmailAddress
     note: Note | None = None
     accept_url: str = Field(max_length=2000, description="{PUBLIC_BASE_URL}/invites/accept?token=<token>")
     expires_at: AwareDatetime
@@ -98,7 +99,7 @@ class InviteRequested(Envelope):
 class InviteAcceptedPayload(Contract):
     invite_id: uuid.UUID
     patient_id: uuid.UUID
-    patient_email: EmailStr
+    patient_email: EmailAddress
     accepted_at: AwareDatetime
 
 
@@ -169,7 +170,7 @@ class DeliveryOutcome(Envelope):
 
 class PatientRegisteredPayload(Contract):
     patient_id: uuid.UUID
-    email: EmailStr
+    email: EmailAddress
     display_name: str | None = None
     locale: Locale = "en"
     date_of_birth: date | None = None
@@ -186,7 +187,7 @@ class PatientRegistered(Envelope):
 
 class PracticeRegisteredPayload(Contract):
     name: str = Field(min_length=1, max_length=200)
-    reply_to: EmailStr | None = None
+    reply_to: EmailAddress | None = None
     registered_at: AwareDatetime
 
 
