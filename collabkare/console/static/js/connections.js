@@ -32,6 +32,7 @@ async function load(cursor, announceCount) {
     if (announceCount) announce(`${plural(shown, "pending request", "pending requests")}${nextCursor ? " shown, more to load" : ""}.`);
   } catch (error) {
     showError($("requests-error"), error);
+    $("requests-empty").hidden = true; // not known to be empty: the list could not be read
   }
 }
 

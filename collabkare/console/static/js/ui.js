@@ -55,7 +55,8 @@ export function announce(message) {
 export function showError(box, error) {
   const message = typeof error === "string" ? error : error.message;
   const items = (error && error.errors) || [];
-  box.replaceChildren(el("p", {}, message), items.length ? el("ul", {}, ...items.map((item) => el("li", {}, item))) : null);
+  box.replaceChildren(el("p", {}, message));
+  if (items.length) box.append(el("ul", {}, ...items.map((item) => el("li", {}, item))));
   box.hidden = false;
 }
 
