@@ -30,6 +30,7 @@ from typing import Any
 import aiosmtplib
 import asyncpg
 import httpx
+import psutil
 from aiokafka import AIOKafkaProducer
 
 from bench._notifier_support import ceiling, prebuilt_messages
@@ -78,6 +79,7 @@ class Run:
     rss_mib: dict[str, dict[str, float]]
     cpu_seconds: dict[str, float]  # per process (with children) during the run; "bench" is this process
     load_average_before: list[float]
+    machine_busy_percent: float  # all cores during the run, whoever used them (other work on the box shows here)
     problems: list[str] = field(default_factory=list)
 
 
@@ -108,6 +110,7 @@ async def pipeline(stack: Any, practice: uuid.UUID, rows: int, text: str) -> Run
     progress: dict[str, Any] = {}
     async with httpx.AsyncClient(timeout=120) as http:
         with RssSampler(pids) as rss:
+            psutil.cpu_percent()
             wall = time.time()
             started = time.perf_counter()
             response = await http.post(base, content=body, headers=headers)
@@ -129,6 +132,7 @@ async def pipeline(stack: Any, practice: uuid.UUID, rows: int, text: str) -> Run
                     await asyncio.sleep(poll)
                 else:
                     problems.append(f"rows not final after {bound:.0f} s: {progress.get('counts')}")
+    busy = psutil.cpu_percent()
     cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
     cpu["bench"] = round(own_cpu_seconds() - cpu_before["bench"], 2)
     counts = {k: v for k, v in progress.get("counts", {}).items() if v}
@@ -159,6 +163,7 @@ async def pipeline(stack: Any, practice: uuid.UUID, rows: int, text: str) -> Run
         rss_mib=rss.figures(),
         cpu_seconds=cpu,
         load_average_before=load_before,
+        machine_busy_percent=busy,
         problems=problems,
     )
 
@@ -213,6 +218,20 @@ async def naive_baseline(stack: Any, settings: Any, rows: int) -> dict[str, Any]
     }
 
 
+async def measured_ceiling(
+    stack: Any, settings: Any, messages: list[tuple[str, bytes]]
+) -> tuple[float, dict[str, float]]:
+    """The raw ceiling's rate, and its CPU per email: this process sending, the SMTP catcher receiving."""
+    sink = process_pids(stack).get("smtp", -1)
+    client, received = own_cpu_seconds(), cpu_seconds(sink)
+    rate = await ceiling(settings, messages, "lean")
+    per_email = {
+        "sender": round((own_cpu_seconds() - client) / len(messages) * 1000, 3),
+        "smtp": round((cpu_seconds(sink) - received) / len(messages) * 1000, 3),
+    }
+    return rate, per_email
+
+
 async def measure(stack: Any, sizes: list[int], naive_rows: int, ceiling_messages: int) -> dict[str, Any]:
     from services.notifier.settings import NotifierSettings
 
@@ -229,7 +248,7 @@ async def measure(stack: Any, sizes: list[int], naive_rows: int, ceiling_message
     messages = prebuilt_messages(settings, ceiling_messages)
     await ceiling(settings, messages[: min(2000, ceiling_messages)], "lean")  # a fresh catcher is slower at first
     print(f"raw SMTP ceiling: {ceiling_messages:,} pre-built messages, {settings.smtp_pool_size} connections …")
-    before = await ceiling(settings, messages, "lean")
+    before, before_cpu = await measured_ceiling(stack, settings, messages)
     empty_mailbox(maildir)
 
     warm = await pipeline(stack, practice, WARM_UP_ROWS, rosters[WARM_UP_ROWS][0])  # imports, plans, pools
@@ -243,7 +262,7 @@ async def measure(stack: Any, sizes: list[int], naive_rows: int, ceiling_message
         )
 
     print("raw SMTP ceiling again …", flush=True)
-    after = await ceiling(settings, messages, "lean")
+    after, after_cpu = await measured_ceiling(stack, settings, messages)
     empty_mailbox(maildir)
     print(f"naive baseline: {naive_rows} rows one at a time …", flush=True)
     naive = await naive_baseline(stack, settings, naive_rows)
@@ -258,6 +277,7 @@ async def measure(stack: Any, sizes: list[int], naive_rows: int, ceiling_message
             "smtp_connections": settings.smtp_pool_size,
             "before_emails_per_second": round(before, 1),
             "after_emails_per_second": round(after, 1),
+            "cpu_ms_per_email": {"before": before_cpu, "after": after_cpu},
         },
         "naive": naive,
     }
@@ -302,14 +322,14 @@ def _target(name: str, value: float | None, unit: str, limit: float, below: bool
 
 def report(result: dict[str, Any]) -> str:
     head = ["rows", "submit s", "final s", "rows/s", "emails", "emails/s", "of ceiling", "x naive"]
-    head += [f"{name[:5]} MiB" for name in SERVICES] + ["load 1m"]
+    head += [f"{name[:5]} MiB" for name in SERVICES] + ["box busy %", "load 1m"]
     rows = []
     for run in result["runs"]:
         share = run.get("share_of_ceiling")
         row = [run["rows"], run["submit_seconds"], run["final_seconds"], run["rows_per_second"], run["emails"]]
         row += [run["emails_per_second"], f"{share:.0%}" if share is not None else None, run.get("times_naive")]
         row += [run["rss_mib"].get(name, {}).get("peak_mib") for name in SERVICES]
-        rows.append([*row, run["load_average_before"][0]])
+        rows.append([*row, run["machine_busy_percent"], run["load_average_before"][0]])
     ceiling, naive = result["ceiling"], result["naive"]
     before, after = ceiling["before_emails_per_second"], ceiling["after_emails_per_second"]
     stages = ", ".join(f"{stage} {ms}" for stage, ms in naive["ms_per_row"].items())
@@ -317,15 +337,24 @@ def report(result: dict[str, Any]) -> str:
         "end to end: roster POST -> every row final (sent); embedded PostgreSQL, Tansu broker, SMTP catcher",
         format_table(head, rows),
         "  final s: first poll that saw every row final; emails/s: emails caught / (last one caught - submit)",
-        "  MiB: peak RSS of each service during the run, sampled every 0.1 s; load 1m: before the run",
+        "  MiB: peak RSS of each service during the run, sampled every 0.1 s; box busy: both cores, all processes;",
+        "  load 1m: before the run",
         f"raw SMTP ceiling ({ceiling['messages']:,} pre-built messages over {ceiling['smtp_connections']} reused "
         f"connections): {before:,.0f}/s before the runs, {after:,.0f}/s after",
         f"naive baseline ({naive['rows']} rows, each: INSERT+COMMIT, send_and_wait, a new SMTP connection): "
         f"{naive['rows_per_second']:,.0f} rows/s; ms per row: {stages}",
-        "CPU seconds per process during each run (bench = this process):",
     ]
     for run in result["runs"]:
-        lines.append(f"  {run['rows']:>7,}: " + ", ".join(f"{k} {v}" for k, v in run["cpu_seconds"].items()))
+        rss = ", ".join(f"{k} {v['start_mib']} -> {v['peak_mib']} -> {v['end_mib']}" for k, v in run["rss_mib"].items())
+        lines.append(f"RSS MiB start -> peak -> end, {run['rows']:,} rows: {rss}")
+    cpu = ceiling["cpu_ms_per_email"]["before"]
+    lines.append(f"CPU ms per email of the raw ceiling: sender {cpu['sender']}, smtp catcher {cpu['smtp']}")
+    lines.append("CPU ms per row of each process during each run (bench = this process; stack = all but bench):")
+    for run in result["runs"]:
+        per_row = {k: round(v / run["rows"] * 1000, 3) for k, v in run["cpu_seconds"].items()}
+        stack = sum(v for k, v in run["cpu_seconds"].items() if k != "bench")
+        cores = f"; stack busy {stack / run['final_seconds']:.2f} cores" if run["final_seconds"] else ""
+        lines.append(f"  {run['rows']:>7,}: " + ", ".join(f"{k} {v}" for k, v in per_row.items()) + cores)
     lines.append("targets (issue #6; a measurement: a missed target does not fail the run):")
     for target in result["targets"]:
         value = target["value"]
