@@ -1,6 +1,6 @@
 """Load test: 20 concurrent staff users of one practice for ~30 s against the whole local stack.
 
-`python -m bench.load [--users 20] [--seconds 30] [--roster-lines 100] [--pending 3000] [--think-ms 0]`
+`python -m bench.load [--users 20] [--seconds 30] [--roster-lines 100] [--pending 1500] [--think-ms 0]`
 starts the local stack, registers a practice and patients, has patients ask to connect beforehand (pending
 requests, with patient tokens), then runs the users: each has its own staff token (front desk, practice
 manager or admin) and HTTP client and, without pause unless --think-ms, picks one action after another:
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--roster-lines", type=int, default=100)
     parser.add_argument("--registered", type=int, default=2000, help="registered patients rosters draw from")
-    parser.add_argument("--pending", type=int, default=3000, help="connection requests created before the load")
+    parser.add_argument("--pending", type=int, default=1500, help="connection requests created before the load")
     parser.add_argument("--think-ms", type=float, default=0.0, help="mean pause between a user's actions")
     parser.add_argument("--settle-seconds", type=float, default=120.0)
     args = parser.parse_args(argv)
