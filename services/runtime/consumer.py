@@ -22,6 +22,7 @@ from services.runtime.logging import get_logger
 from services.runtime.metrics import Metrics
 
 log = get_logger(__name__)
+_DECODE_SLICE = 64  # records parsed between two yields to the event loop
 
 # Applies a run of new events of one type; writes through the given connection, inside the inbox transaction.
 EventHandler = Callable[[asyncpg.Connection, list[Any]], Awaitable[None]]
@@ -93,7 +94,11 @@ class BatchConsumer:
 
     async def consume(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         wanted: list[tuple[ConsumerRecord[bytes, bytes], Envelope]] = []
-        for record in records:
+        for index, record in enumerate(records, 1):
+            if index % _DECODE_SLICE == 0:
+                # Parsing a full batch takes tens of milliseconds: let the service's other tasks (the
+                # notifier's SMTP connections, the HTTP API) run in between instead of stalling behind it.
+                await asyncio.sleep(0)
             try:
                 event = decode(record)
             except PoisonMessage as error:

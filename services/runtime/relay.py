@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from murmurhash2 import murmurhash2
 
 from services.runtime.kafka import KafkaSecurity
 from services.runtime.logging import get_logger
@@ -16,6 +17,18 @@ from services.runtime.metrics import Metrics
 from services.runtime.migrations import outbox_channel
 
 log = get_logger(__name__)
+_KAFKA_MURMUR2_SEED = 0x9747B28C
+
+
+def partition_for_key(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """Kafka's default partitioner (the Java client's and aiokafka's: murmur2 of the key), in C.
+
+    aiokafka computes the same hash in pure Python: a third of the relay's CPU per event. A keyless record
+    takes a random available partition, as with aiokafka's default.
+    """
+    if key is None:
+        return random.choice(available or all_partitions)
+    return all_partitions[(murmurhash2(key, _KAFKA_MURMUR2_SEED) & 0x7FFFFFFF) % len(all_partitions)]
 
 
 def new_producer(
@@ -31,6 +44,7 @@ def new_producer(
         max_batch_size=512 * 1024,
         request_timeout_ms=int(send_timeout_seconds * 1000),
         retry_backoff_ms=200,
+        partitioner=partition_for_key,
     )
 
 
@@ -130,7 +144,8 @@ class OutboxRelay:
             ]
             # Rows are deleted only once the broker has acknowledged every message of the batch.
             async with asyncio.timeout(self._send_timeout):
-                await asyncio.gather(*futures)
+                for future in futures:  # one after the other: gather() costs a callback per message
+                    await future
             await connection.execute(
                 f'DELETE FROM "{self._schema}".outbox WHERE id = ANY($1::bigint[])', [row["id"] for row in rows]
             )
