@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
+import time
 from collections.abc import Callable
 
 import asyncpg
@@ -15,6 +17,7 @@ from services.runtime.kafka import KafkaSecurity
 from services.runtime.logging import get_logger
 from services.runtime.metrics import Metrics
 from services.runtime.migrations import outbox_channel
+from services.runtime.outbox import pending_count
 
 log = get_logger(__name__)
 _KAFKA_MURMUR2_SEED = 0x9747B28C
@@ -62,8 +65,10 @@ class OutboxRelay:
         send_timeout_seconds: float = 10.0,
         metrics: Metrics | None = None,
         security: KafkaSecurity | None = None,
+        pending_report_seconds: float = 5.0,
     ) -> None:
         self._security = security
+        self._pending_report_seconds = pending_report_seconds
         self._metrics = metrics
         self._pool = pool
         self._schema = schema
@@ -77,6 +82,7 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self.published = 0
         self.broker_up = False
+        self._pending_reported_at = -math.inf
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._schema}")
@@ -95,6 +101,7 @@ class OutboxRelay:
         failures = 0
         listener: asyncpg.Connection | None = None
         while True:
+            await self._report_pending()
             try:
                 if listener is None:
                     listener = await self._listen()
@@ -119,6 +126,17 @@ class OutboxRelay:
                     await self._unlisten(listener)
                     listener = None
                 await asyncio.sleep(delay)
+
+    async def _report_pending(self) -> None:
+        """The outbox_pending gauge (outbox lag), refreshed at most every few seconds, broker up or not."""
+        if self._metrics is None or time.monotonic() - self._pending_reported_at < self._pending_report_seconds:
+            return
+        self._pending_reported_at = time.monotonic()
+        try:
+            async with self._pool.acquire(timeout=2) as connection:
+                self._metrics.outbox_pending.set(await pending_count(connection, self._schema))
+        except Exception as error:  # the database is away: the gauge keeps its last value
+            log.debug("outbox.pending_count_failed", schema=self._schema, error=repr(error)[:200])
 
     async def publish_batch(self) -> int:
         """Claim up to one batch, publish it and wait for every ack, then delete it: one transaction."""

@@ -10,8 +10,10 @@ import asyncpg
 import pytest
 
 from collabkare.stack.broker import create_topics
+from collabkare.stack.ports import free_port
 from schemas import InviteExpired, parse_event
 from services.runtime.database import create_pool, transaction
+from services.runtime.metrics import Metrics
 from services.runtime.outbox import add_events, pending_count
 from services.runtime.relay import OutboxRelay
 from tests.support import ScratchDatabase, read_topic
@@ -115,3 +117,37 @@ async def test_relay_waits_out_a_broker_outage_and_loses_nothing(database: Scrat
 
     records = await read_topic(bootstrap, topic_prefix + "invitations.v1", expect=len(during), timeout=15)
     assert {parse_event(r.value).event_id for r in records} >= {e.event_id for e in during}
+
+
+async def test_outbox_pending_gauge_shows_the_lag_while_the_broker_is_away(
+    database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """The gauge operators alert on: rows waiting while nothing answers on the bootstrap address, then 0."""
+    pool = await create_pool(database.url_for(SCHEMA), SCHEMA, 1, 4)
+    metrics = Metrics(SCHEMA)
+    async with transaction(pool) as connection:
+        await add_events(connection, SCHEMA, _events(7, uuid.uuid4()))
+
+    async def gauge_reaches(value: float) -> None:
+        async with asyncio.timeout(30):
+            while metrics.registry.get_sample_value("outbox_pending") != value:
+                await asyncio.sleep(0.05)
+
+    nobody = f"127.0.0.1:{free_port()}"
+    for bootstrap, expected in ((nobody, 7), (database.infra.kafka_bootstrap, 0)):
+        relay = OutboxRelay(
+            pool,
+            SCHEMA,
+            bootstrap,
+            lambda name: topic_prefix + name,
+            poll_seconds=0.1,
+            send_timeout_seconds=2.0,
+            metrics=metrics,
+            pending_report_seconds=0.1,
+        )
+        await relay.start()
+        try:
+            await gauge_reaches(expected)
+        finally:
+            await relay.stop()
+    await pool.close()
