@@ -27,13 +27,16 @@ def test_percentile_interpolates_between_closest_ranks() -> None:
 
 
 def test_format_table_aligns_columns_and_shows_missing_values() -> None:
-    table = format_table(["name", "n", "rate"], [["a", 1000, 12.345], ["longer", 7, None], ["b", True, 1234.5]])
+    table = format_table(
+        ["name", "n", "rate"], [["a", 1000, 12.345], ["longer", 7, None], ["b", True, 1234.5], ["c", 0, 2.5]]
+    )
     lines = table.splitlines()
     assert lines[0].split() == ["name", "n", "rate"]
     assert set(lines[1].replace(" ", "")) == {"-"}
-    assert lines[2].split() == ["a", "1,000", "12.35"]
+    assert lines[2].split() == ["a", "1,000", "12.3"]
     assert lines[3].split() == ["longer", "7", "-"]
     assert lines[4].split() == ["b", "yes", "1,234"]
+    assert lines[5].split() == ["c", "0", "2.50"]
     assert len({len(line) for line in lines[:2]}) == 1  # header as wide as the rule under it
     assert lines[2].index("1,000") + len("1,000") == lines[3].index("7") + 1  # right-aligned numbers
 
