@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from collabkare.stack.errors import StackError
+from collabkare.stack.managed import ManagedServer
 from collabkare.stack.ports import HOST, ensure_port_free
 from collabkare.stack.processes import Supervisor, var_dir
 
@@ -17,8 +18,10 @@ _ALREADY_EXISTS = 36
 _RETRIABLE = {5, 7, 8, 41}  # leader not available, request timed out, broker not available, not controller
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(ManagedServer):
     """Tansu on 127.0.0.1:`port`. Memory storage: a restart forgets every topic and record."""
+
+    name = NAME
 
     def __init__(
         self,
@@ -36,13 +39,6 @@ class EmbeddedBroker:
     def bootstrap_servers(self) -> str:
         return f"{HOST}:{self.port}"
 
-    def __enter__(self) -> EmbeddedBroker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def start(self) -> None:
         ensure_port_free(self.port, "embedded Kafka broker")
         url = f"tcp://{HOST}:{self.port}"
@@ -52,21 +48,8 @@ class EmbeddedBroker:
         self.supervisor.start(NAME, command, env={"RUST_LOG": "warn"})
         self._wait_ready()
 
-    def stop(self) -> None:
-        self.supervisor.stop(NAME)
-
-    def kill(self) -> None:
-        self.supervisor.kill(NAME)
-
-    def restart(self) -> None:
-        self.supervisor.restart(NAME)
-        self._wait_ready()
-
-    def alive(self) -> bool:
-        return self.supervisor.alive(NAME)
-
-    def _wait_ready(self) -> None:
-        self.supervisor.wait_ready(NAME, lambda: _accepts(self.port), self.startup_timeout)
+    def _answers(self) -> bool:
+        return _accepts(self.port)
 
 
 def _broker_binary() -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from collabkare.stack.errors import StackError
+from collabkare.stack.managed import ManagedServer
 from collabkare.stack.ports import HOST, ensure_port_free
 from collabkare.stack.processes import Supervisor, run_as
 
@@ -32,8 +33,10 @@ SETTINGS = {
 T = TypeVar("T")
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(ManagedServer):
     """A PostgreSQL cluster in `data_dir` on 127.0.0.1:`port`, superuser `postgres`, trust authentication."""
+
+    name = NAME
 
     def __init__(
         self,
@@ -53,13 +56,6 @@ class EmbeddedPostgres:
     def url(self) -> str:
         return f"postgresql://postgres@{HOST}:{self.port}/postgres"
 
-    def __enter__(self) -> EmbeddedPostgres:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def start(self) -> None:
         ensure_port_free(self.port, "embedded PostgreSQL")
         bin_dir = _bin_dir()
@@ -74,25 +70,12 @@ class EmbeddedPostgres:
         self.supervisor.start(NAME, command, user=self._user, stop_signal=signal.SIGINT)
         self._wait_ready()
 
-    def stop(self) -> None:
-        self.supervisor.stop(NAME)
-
-    def kill(self) -> None:
-        self.supervisor.kill(NAME)
-
-    def restart(self) -> None:
-        self.supervisor.restart(NAME)
-        self._wait_ready()
-
-    def alive(self) -> bool:
-        return self.supervisor.alive(NAME)
-
     def create_database(self, name: str) -> str:
         """Create database `name` unless it exists; returns its admin URL."""
         create_database(self.url, name)
         return f"postgresql://postgres@{HOST}:{self.port}/{name}"
 
-    def _wait_ready(self) -> None:
+    def _answers(self) -> bool:
         async def probe() -> bool:
             import asyncpg
 
@@ -100,7 +83,7 @@ class EmbeddedPostgres:
             await connection.close()
             return True
 
-        self.supervisor.wait_ready(NAME, lambda: _in_fresh_loop(probe), self.startup_timeout)
+        return _in_fresh_loop(probe)
 
     def _refuse_running_cluster(self) -> None:
         # A postmaster left over from a run that was killed hard still owns the directory.

@@ -23,6 +23,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from collabkare.stack.managed import ManagedServer
 from collabkare.stack.ports import HOST, ensure_port_free
 from collabkare.stack.processes import Supervisor
 
@@ -159,9 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.run(serve(args.host, args.port, args.dir, args.faults or args.dir.parent / "smtp-faults.json"))
 
 
-class EmbeddedSmtp:
+class EmbeddedSmtp(ManagedServer):
     """The catcher as a supervised child process on 127.0.0.1:`port`, writing into `maildir`."""
 
+    name = NAME
     host = HOST
 
     def __init__(
@@ -179,13 +181,6 @@ class EmbeddedSmtp:
         self.supervisor = supervisor or Supervisor(self.maildir.parent / "logs")
         self.startup_timeout = startup_timeout
 
-    def __enter__(self) -> EmbeddedSmtp:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def start(self, *, wait: bool = True) -> None:
         """Launch the catcher; with wait=False call wait_ready() later (it starts in parallel meanwhile)."""
         ensure_port_free(self.port, "SMTP catcher")
@@ -198,19 +193,6 @@ class EmbeddedSmtp:
         self.supervisor.start(NAME, command, env={"PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1"})
         if wait:
             self.wait_ready()
-
-    def stop(self) -> None:
-        self.supervisor.stop(NAME)
-
-    def kill(self) -> None:
-        self.supervisor.kill(NAME)
-
-    def restart(self) -> None:
-        self.supervisor.restart(NAME)
-        self.wait_ready()
-
-    def alive(self) -> bool:
-        return self.supervisor.alive(NAME)
 
     def set_faults(
         self, *, tempfail_count: int = 0, tempfail_code: int = 421, reject_recipients: list[str] | None = None
@@ -226,11 +208,12 @@ class EmbeddedSmtp:
         self.faults_path.unlink(missing_ok=True)
 
     def wait_ready(self) -> None:
-        def greets() -> bool:
-            with socket.create_connection((HOST, self.port), timeout=1) as connection:
-                return connection.recv(64).startswith(b"220")
+        """Block until the catcher greets: after start(wait=False), once the other servers are launched."""
+        self._wait_ready()
 
-        self.supervisor.wait_ready(NAME, greets, self.startup_timeout)
+    def _answers(self) -> bool:
+        with socket.create_connection((HOST, self.port), timeout=1) as connection:
+            return connection.recv(64).startswith(b"220")
 
 
 def read_caught(maildir: Path) -> list[EmailMessage]:
