@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,15 +10,11 @@ import asyncpg
 import pytest
 
 from collabkare.services import MIGRATION_PLANS as PLANS
-from collabkare.stack.broker import create_topics
 from collabkare.stack.infra import Infrastructure, start_infrastructure
-from schemas.topics import all_topic_names
 from services.runtime.migrations import migrate
-from tests.support import ScratchDatabase
+from tests.support import ROLE_PASSWORD, ScratchDatabase, new_topics, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
-# Service roles get this password so the same fixtures work against an external PostgreSQL.
-ROLE_PASSWORD = "collabkare-test"
 TEMPLATE = "collabkare_test_template"
 
 
@@ -47,23 +42,11 @@ async def template_database(infra: Infrastructure) -> str:
 
 @pytest.fixture
 async def database(infra: Infrastructure, template_database: str) -> AsyncIterator[ScratchDatabase]:
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(infra.database_url)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_database}")
-    finally:
-        await admin.close()
-    yield ScratchDatabase(infra, name, ROLE_PASSWORD)
-    admin = await asyncpg.connect(infra.database_url)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    async with scratch_database(infra, template_database) as scratch:
+        yield scratch
 
 
 @pytest.fixture
 async def topic_prefix(infra: Infrastructure) -> str:
     """Every test gets its own topics, so no event of another test reaches its consumers."""
-    prefix = f"t{uuid.uuid4().hex[:10]}."
-    await create_topics(infra.kafka_bootstrap, [(prefix + name, 3) for name in all_topic_names()], timeout=30)
-    return prefix
+    return await new_topics(infra)

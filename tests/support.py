@@ -1,21 +1,32 @@
-"""Helpers the tests share: per-test databases, service settings, reading topics back, minting tokens."""
+"""Helpers the tests share: per-test databases and topics, service settings, Kafka in and out, tokens."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+import asyncpg
+import jsonschema
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from collabkare.stack.broker import create_topics
 from collabkare.stack.infra import Infrastructure
+from schemas import Envelope, topic_for
+from schemas.topics import all_topic_names
 from services.runtime.auth import mint_token
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "json"
 JWT_SECRET = "test-secret-of-at-least-thirty-two-bytes!"
+# Service roles get this password so the same fixtures work against an external PostgreSQL.
+ROLE_PASSWORD = "collabkare-test"
+PARTITIONS = 3  # every topic a test creates has this many partitions
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,32 @@ class ScratchDatabase:
 
     def url_for(self, role: str) -> str:
         return self.infra.database_url_for(self.name, user=role, password=self.role_password)
+
+
+@asynccontextmanager
+async def scratch_database(infra: Infrastructure, template: str) -> AsyncIterator[ScratchDatabase]:
+    """A fresh database copied from the migrated `template`, dropped (connections and all) afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(infra.database_url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    finally:
+        await admin.close()
+    try:
+        yield ScratchDatabase(infra, name, ROLE_PASSWORD)
+    finally:
+        admin = await asyncpg.connect(infra.database_url)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+
+async def new_topics(infra: Infrastructure) -> str:
+    """Every topic under a fresh random prefix, so that no event of another test reaches these consumers."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    await create_topics(infra.kafka_bootstrap, [(prefix + name, PARTITIONS) for name in all_topic_names()], timeout=30)
+    return prefix
 
 
 def service_env(database: ScratchDatabase, service: str, prefix: str, **extra: Any) -> dict[str, str]:
@@ -89,5 +126,55 @@ async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None,
         await producer.stop()
 
 
+async def read_to_end(bootstrap: str, topic: str, timeout: float = 15.0) -> list[Any]:
+    """Read a topic with a real consumer from its start to its current end: exactly what it holds now."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[Any] = []
+        async with asyncio.timeout(timeout):
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                for batch in (await consumer.getmany(*partitions, timeout_ms=200)).values():
+                    records.extend(batch)
+        return sorted(records, key=lambda r: (r.timestamp, r.partition, r.offset))
+    finally:
+        await consumer.stop()
+
+
+async def publish(
+    bootstrap: str, prefix: str, events: Sequence[Envelope], raw: Sequence[tuple[str, bytes, bytes]] = ()
+) -> None:
+    """Put events on their topics keyed as their producers key them, and raw (topic, key, value) records; all acked."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                prefix + topic_for(e.event_type), value=e.model_dump_json().encode(), key=e.aggregate_key().encode()
+            )
+            for e in events
+        ]
+        futures += [await producer.send(prefix + topic, value=value, key=key) for topic, key, value in raw]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
 def committed_schema(event_type: str, version: int = 1) -> dict[str, Any]:
     return json.loads((SCHEMA_DIR / f"{event_type}.v{version}.json").read_text())
+
+
+@functools.cache
+def validator(event_type: str, *, formats: bool = True) -> Any:
+    """The committed JSON Schema of an event type, checked once (building it per event costs ~10 ms).
+
+    With `formats` the validator also checks string formats (date-time, email, uri) where it can.
+    """
+    schema = committed_schema(event_type)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER if formats else None)

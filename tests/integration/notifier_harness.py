@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import email.parser
 import email.policy
 import json
@@ -18,20 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 
-from collabkare.stack.broker import create_topics
 from collabkare.stack.infra import Infrastructure
-from schemas import ConnectionApproved, ConnectionRejected, Envelope, InviteRequested, topic_for
+from schemas import ConnectionApproved, ConnectionRejected, Envelope, InviteRequested
 from schemas.events import PatientRegistered, PatientRegisteredPayload, PracticeRegistered, PracticeRegisteredPayload
-from schemas.topics import all_topic_names
 from services.notifier.app import build_spec
 from services.notifier.settings import NotifierSettings
 from services.runtime.service import ServiceRuntime
-from tests.conftest import ROLE_PASSWORD
-from tests.integration.connections_harness import PARTITIONS, read_to_end, validator
-from tests.support import ScratchDatabase, service_env
+from tests.harness import scratch, serving
+from tests.support import ScratchDatabase, publish, read_to_end, service_env, validator
 
 FINAL = ("sent", "not_on_platform", "error")
 OUTCOMES = "notifier.outcomes.v1"
@@ -125,48 +120,6 @@ class Notifier:
         return [parse.parsebytes(raw) for raw in self.caught_raw(source_event_id)]
 
 
-async def publish(
-    bootstrap: str, prefix: str, events: Sequence[Envelope], raw: Sequence[tuple[str, bytes, bytes]] = ()
-) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(
-                prefix + topic_for(e.event_type), value=e.model_dump_json().encode(), key=e.aggregate_key().encode()
-            )
-            for e in events
-        ]
-        futures += [await producer.send(prefix + topic, value=value, key=key) for topic, key, value in raw]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-@asynccontextmanager
-async def scratch(infra: Infrastructure, template: str) -> AsyncIterator[tuple[ScratchDatabase, str, asyncpg.Pool]]:
-    """A fresh database (from the migrated template), fresh topics, and an admin pool on that database."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(infra.database_url)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
-    finally:
-        await admin.close()
-    database = ScratchDatabase(infra, name, ROLE_PASSWORD)
-    prefix = f"t{uuid.uuid4().hex[:10]}."
-    await create_topics(infra.kafka_bootstrap, [(prefix + t, PARTITIONS) for t in all_topic_names()], timeout=30)
-    pool = await asyncpg.create_pool(database.admin_url, min_size=1, max_size=3)
-    try:
-        yield database, prefix, pool
-    finally:
-        await pool.close()
-        admin = await asyncpg.connect(infra.database_url)
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await admin.close()
-
-
 @asynccontextmanager
 async def started(
     database: ScratchDatabase, prefix: str, admin: asyncpg.Pool, *, consuming: bool = True, **overrides: Any
@@ -178,14 +131,7 @@ async def started(
     """
     env = notifier_env(database, prefix, **overrides)
     settings = NotifierSettings.model_validate({key.lower(): value for key, value in env.items()})
-    spec = build_spec(settings)
-    runtime = ServiceRuntime(spec if consuming else dataclasses.replace(spec, subscriptions=()), settings)
-    runtime.consumers.retry_base_seconds = 0.01
-    app = runtime.http_app()
-    async with app.router.lifespan_context(app):
-        if consuming:
-            async with asyncio.timeout(30):
-                await runtime.consuming.wait()
+    async with serving(build_spec(settings), settings, consuming=consuming) as (runtime, app):
         yield Notifier(database, prefix, admin, runtime, app)
 
 

@@ -13,8 +13,8 @@ import pytest
 from collabkare.stack.infra import Infrastructure
 from schemas import InviteAccepted
 from schemas.events import InviteAcceptedPayload
-from tests.integration.connections_harness import Service, read_to_end, running_service
-from tests.support import produce, staff_token
+from tests.integration.connections_harness import Service, running_service
+from tests.support import produce, read_to_end, staff_token
 
 
 @pytest.fixture(scope="module")

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from collabkare.stack.infra import Infrastructure
-from services.runtime.auth import STAFF_ROLES, mint_token
+from tests.authz import Endpoint, callers, check_refusal, expected, headers
 from tests.integration.invitations_harness import Service, running_service
-from tests.support import JWT_SECRET, patient_token, staff_token
 
-OTHER_SECRET = "another-secret-that-is-at-least-32-bytes"
-MANAGEMENT_ROLES = sorted(STAFF_ROLES)
 PATIENT_EMAIL = "bob@example.com"  # the roster's second line: the patient callers are Bob
 
 
@@ -25,15 +21,7 @@ async def service(infra: Infrastructure, template_database: str) -> AsyncIterato
         yield running
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    method: str
-    path: str  # {practice}, {batch} and {invite} are filled in per test
-    body: dict[str, Any] | None
-    for_patients: bool
-    success: int
-
-
+# {practice}, {batch} and {invite} in paths, {token} in bodies, are filled in per test.
 _BATCH = "/v1/practices/{practice}/invite-batches/{batch}"
 _INVITE = "/v1/practices/{practice}/invites/{invite}"
 ENDPOINTS = {
@@ -53,41 +41,7 @@ ENDPOINTS = {
     "resend": Endpoint("POST", _INVITE + "/resend", None, False, 201),
     "accept": Endpoint("POST", "/v1/invites/accept", {"token": "{token}"}, True, 200),
 }
-
-
-def _management(role: str) -> Callable[[uuid.UUID, uuid.UUID], str]:
-    return lambda practice, _: staff_token(practice, role, f"{role}-1")
-
-
-# A caller: how to mint their token for (practice, patient), or None for no token at all.
-Caller = Callable[[uuid.UUID, uuid.UUID], str] | None
-CALLERS: dict[str, Caller] = {
-    "no token": None,
-    "bad signature": lambda practice, _: mint_token(OTHER_SECRET, "s", ["admin"], practice_id=practice),
-    "bad signature (patient)": lambda _, patient: mint_token(
-        OTHER_SECRET, str(patient), ["patient"], email=PATIENT_EMAIL
-    ),
-    "expired": lambda practice, _: mint_token(JWT_SECRET, "s", ["admin"], practice_id=practice, ttl_seconds=-60),
-    "expired (patient)": lambda _, patient: mint_token(
-        JWT_SECRET, str(patient), ["patient"], email=PATIENT_EMAIL, ttl_seconds=-60
-    ),
-    "patient token": lambda _, patient: patient_token(patient, PATIENT_EMAIL),
-    "staff of another practice": lambda _, __: staff_token(uuid.uuid4(), "admin"),
-    "non-management role": lambda practice, _: staff_token(practice, "clinician"),
-    **{f"role {role}": _management(role) for role in MANAGEMENT_ROLES},
-}
-
-
-def expected(endpoint: Endpoint, caller: str) -> int:
-    if caller.startswith(("no token", "bad signature", "expired")):
-        return 401
-    if endpoint.for_patients:
-        return endpoint.success if caller == "patient token" else 403
-    if caller == "staff of another practice":
-        return 404  # never 403: that would tell them the practice exists
-    if caller in ("patient token", "non-management role"):
-        return 403
-    return endpoint.success
+CALLERS = callers(PATIENT_EMAIL)
 
 
 async def _state(service: Service, practice: uuid.UUID) -> tuple[int, list[tuple[str, str]]]:
@@ -115,27 +69,19 @@ async def test_authorisation_matrix(service: Service, name: str, caller: str) ->
         token = requested[invites[PATIENT_EMAIL]]["payload"]["accept_url"].split("?token=")[1]
     before = await _state(service, practice)
 
-    mint = CALLERS[caller]
-    headers = {"Authorization": f"Bearer {mint(practice, patient)}"} if mint else {}
     path = endpoint.path.format(practice=practice, batch=batch["batch_id"], invite=invites["ann@example.com"])
     body = {k: v.format(token=token) for k, v in endpoint.body.items()} if endpoint.body else None
-    response = await service.http.request(endpoint.method, path, json=body, headers=headers)
+    response = await service.http.request(
+        endpoint.method, path, json=body, headers=headers(CALLERS[caller], practice, patient)
+    )
 
     status = expected(endpoint, caller)
     assert response.status_code == status, response.text
+    check_refusal(endpoint, response, status)
     if status >= 400:
-        answer = response.json()
-        assert response.headers["content-type"] == "application/problem+json"
-        assert answer["status"] == status and answer["detail"]
         # `instance` echoes the caller's own path; nothing else may carry the practice's data.
-        assert "example.com" not in response.text and batch["batch_id"] not in answer["detail"]
+        assert "example.com" not in response.text and batch["batch_id"] not in response.json()["detail"]
         assert await _state(service, practice) == before, "a refused call changed something"
-    if status == 401:
-        assert response.headers["www-authenticate"].startswith("Bearer")
-    if status == 403 and not endpoint.for_patients:
-        assert all(role in response.json()["detail"] for role in MANAGEMENT_ROLES), response.text
-    if status == 403 and endpoint.for_patients:
-        assert "patient" in response.json()["detail"]
     if status < 400:
         _check_success(
             name,

@@ -14,7 +14,6 @@ import pytest
 from collabkare.stack.infra import Infrastructure
 from services.notifier.mailer import Mailer
 from services.notifier.settings import NotifierSettings
-from tests.integration.connections_harness import read_to_end
 from tests.integration.notifier_harness import (
     Notifier,
     approved,
@@ -26,6 +25,7 @@ from tests.integration.notifier_harness import (
     running_notifier,
     unique_email,
 )
+from tests.support import read_to_end
 
 PRACTICE_NAME = "Clínica Peñalara & Hijos"
 

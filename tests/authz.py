@@ -1,0 +1,81 @@
+"""The authorisation matrix the services share: every kind of caller, and what each endpoint must answer them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from services.runtime.auth import STAFF_ROLES, mint_token
+from tests.support import JWT_SECRET, patient_token, staff_token
+
+OTHER_SECRET = "another-secret-that-is-at-least-32-bytes"
+MANAGEMENT_ROLES = sorted(STAFF_ROLES)
+
+# A caller: how to mint their token for (practice, patient), or None for no token at all.
+Caller = Callable[[uuid.UUID, uuid.UUID], str] | None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str  # placeholders such as {practice} are filled in per test
+    body: dict[str, Any] | None
+    for_patients: bool
+    success: int
+
+
+def _management(role: str) -> Callable[[uuid.UUID, uuid.UUID], str]:
+    return lambda practice, _: staff_token(practice, role, f"{role}-1")
+
+
+def callers(patient_email: str) -> dict[str, Caller]:
+    """Every kind of caller by name; the patient ones carry `patient_email`."""
+    return {
+        "no token": None,
+        "bad signature": lambda practice, _: mint_token(OTHER_SECRET, "s", ["admin"], practice_id=practice),
+        "bad signature (patient)": lambda _, patient: mint_token(
+            OTHER_SECRET, str(patient), ["patient"], email=patient_email
+        ),
+        "expired": lambda practice, _: mint_token(JWT_SECRET, "s", ["admin"], practice_id=practice, ttl_seconds=-60),
+        "expired (patient)": lambda _, patient: mint_token(
+            JWT_SECRET, str(patient), ["patient"], email=patient_email, ttl_seconds=-60
+        ),
+        "patient token": lambda _, patient: patient_token(patient, patient_email),
+        "staff of another practice": lambda _, __: staff_token(uuid.uuid4(), "admin"),
+        "non-management role": lambda practice, _: staff_token(practice, "clinician"),
+        **{f"role {role}": _management(role) for role in MANAGEMENT_ROLES},
+    }
+
+
+def headers(caller: Caller, practice: uuid.UUID, patient: uuid.UUID) -> dict[str, str]:
+    return {"Authorization": f"Bearer {caller(practice, patient)}"} if caller else {}
+
+
+def expected(endpoint: Endpoint, caller: str) -> int:
+    if caller.startswith(("no token", "bad signature", "expired")):
+        return 401
+    if endpoint.for_patients:
+        return endpoint.success if caller == "patient token" else 403
+    if caller == "staff of another practice":
+        return 404  # never 403: that would tell them the practice exists
+    if caller in ("patient token", "non-management role"):
+        return 403
+    return endpoint.success
+
+
+def check_refusal(endpoint: Endpoint, response: httpx.Response, status: int) -> None:
+    """What every refusal looks like: problem+json with a detail, a Bearer challenge, the roles that may."""
+    if status >= 400:
+        answer = response.json()
+        assert response.headers["content-type"] == "application/problem+json"
+        assert answer["status"] == status and answer["detail"]
+    if status == 401:
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    if status == 403 and not endpoint.for_patients:
+        assert all(role in response.json()["detail"] for role in MANAGEMENT_ROLES), response.text
+    if status == 403 and endpoint.for_patients:
+        assert "patient" in response.json()["detail"]
