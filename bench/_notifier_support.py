@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psutil
-from aiokafka import AIOKafkaProducer
 
+from collabkare.seeding import publish_pipelined
 from collabkare.stack.infra import Infrastructure
-from schemas import Envelope, topic_for
+from schemas import Envelope
 from services.notifier.domain import Claimed, NewDelivery, delivery_id_for
 from services.notifier.mailer import Mailer
 from services.notifier.messages import Renderer
@@ -21,18 +21,7 @@ from services.notifier.settings import NotifierSettings
 
 
 async def publish(bootstrap: str, prefix: str, events: list[Envelope]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024)
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(
-                prefix + topic_for(e.event_type), value=e.model_dump_json().encode(), key=e.aggregate_key().encode()
-            )
-            for e in events
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await publish_pipelined(bootstrap, prefix, events, max_batch_size=512 * 1024)
 
 
 async def wait_for(what: str, check: Any, timeout: float, every: float = 0.05) -> None:

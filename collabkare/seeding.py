@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -21,6 +24,32 @@ async def publish(bootstrap: str, prefix: str, events: list[Envelope]) -> None:
                 value=event.model_dump_json().encode(),
                 key=event.aggregate_key().encode(),
             )
+    finally:
+        await producer.stop()
+
+
+async def publish_pipelined(
+    bootstrap: str,
+    prefix: str,
+    events: Sequence[Envelope],
+    raw: Sequence[tuple[str, bytes, bytes]] = (),
+    **producer_options: Any,
+) -> None:
+    """As publish(), but every record is sent before any ack is awaited (thousands of events at once).
+
+    `raw` adds (topic, key, value) records as they are; all are acknowledged when this returns.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **producer_options)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                prefix + topic_for(e.event_type), value=e.model_dump_json().encode(), key=e.aggregate_key().encode()
+            )
+            for e in events
+        ]
+        futures += [await producer.send(prefix + topic, value=value, key=key) for topic, key, value in raw]
+        await asyncio.gather(*futures)
     finally:
         await producer.stop()
 

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +18,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from collabkare.stack.broker import create_topics
 from collabkare.stack.infra import Infrastructure
-from schemas import Envelope, topic_for
 from schemas.topics import all_topic_names
 from services.runtime.auth import mint_token
 
@@ -143,25 +142,6 @@ async def read_to_end(bootstrap: str, topic: str, timeout: float = 15.0) -> list
         return sorted(records, key=lambda r: (r.timestamp, r.partition, r.offset))
     finally:
         await consumer.stop()
-
-
-async def publish(
-    bootstrap: str, prefix: str, events: Sequence[Envelope], raw: Sequence[tuple[str, bytes, bytes]] = ()
-) -> None:
-    """Put events on their topics keyed as their producers key them, and raw (topic, key, value) records; all acked."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(
-                prefix + topic_for(e.event_type), value=e.model_dump_json().encode(), key=e.aggregate_key().encode()
-            )
-            for e in events
-        ]
-        futures += [await producer.send(prefix + topic, value=value, key=key) for topic, key, value in raw]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 def committed_schema(event_type: str, version: int = 1) -> dict[str, Any]:

@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from collabkare.seeding import publish_pipelined
 from collabkare.stack.infra import Infrastructure
 from schemas import Envelope
 from services.invitations.app import build_spec
 from services.invitations.settings import InvitationsSettings
 from tests.harness import ServiceUnderTest, asgi_client, scratch, serving
-from tests.support import patient_token, publish, service_env, staff_token
+from tests.support import patient_token, service_env, staff_token
 
 IDENTITY_KEY = "identity-key-for-tests-32-bytes-long!!"
 
@@ -39,7 +40,7 @@ class Service(ServiceUnderTest):
         """Put events on one of the service's input topics, keyed as their producers key them; all acked."""
         records = [(topic, event.aggregate_key().encode(), event.model_dump_json().encode()) for event in events]
         async with asyncio.timeout(60):
-            await publish(self.bootstrap, self.topic_prefix, [], records)
+            await publish_pipelined(self.bootstrap, self.topic_prefix, [], records)
 
     async def submit(
         self, practice_id: uuid.UUID, roster: str, default_note: str | None = None, **headers: str

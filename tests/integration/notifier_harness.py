@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI
 
+from collabkare.seeding import publish_pipelined
 from collabkare.stack.infra import Infrastructure
 from schemas import ConnectionApproved, ConnectionRejected, Envelope, InviteRequested
 from schemas.events import PatientRegistered, PatientRegisteredPayload, PracticeRegistered, PracticeRegisteredPayload
@@ -26,7 +27,7 @@ from services.notifier.app import build_spec
 from services.notifier.settings import NotifierSettings
 from services.runtime.service import ServiceRuntime
 from tests.harness import scratch, serving
-from tests.support import ScratchDatabase, publish, read_to_end, service_env, validator
+from tests.support import ScratchDatabase, read_to_end, service_env, validator
 
 FINAL = ("sent", "not_on_platform", "error")
 OUTCOMES = "notifier.outcomes.v1"
@@ -69,10 +70,12 @@ class Notifier:
         return self.infra.maildir
 
     async def publish(self, *events: Envelope) -> None:
-        await publish(self.infra.kafka_bootstrap, self.topic_prefix, list(events))
+        await publish_pipelined(self.infra.kafka_bootstrap, self.topic_prefix, events)
 
     async def publish_raw(self, topic: str, key: bytes, *values: bytes) -> None:
-        await publish(self.infra.kafka_bootstrap, self.topic_prefix, [], [(topic, key, value) for value in values])
+        await publish_pipelined(
+            self.infra.kafka_bootstrap, self.topic_prefix, [], [(topic, key, value) for value in values]
+        )
 
     async def deliveries(self, source_event_ids: Sequence[uuid.UUID], timeout: float = 20.0) -> list[asyncpg.Record]:
         """The delivery rows of these events once every one is final (whatever is there when time runs out)."""
