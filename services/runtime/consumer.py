@@ -13,6 +13,7 @@ from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaRoute
 from faststream.kafka.annotations import KafkaMessage
+from faststream.message import StreamMessage
 from pydantic import ValidationError
 
 from schemas import Envelope, dead_letter_topic, parse_event
@@ -90,6 +91,7 @@ class BatchConsumer:
             auto_offset_reset="earliest",
             ack_policy=self.subscription.ack_policy,
             description=self.subscription.description,
+            decoder=_records_as_they_are,
         )
 
     async def consume(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
@@ -172,6 +174,13 @@ class BatchConsumer:
         delay = min(30.0, self.context.retry_base_seconds * 2**failures) * random.uniform(0.5, 1.0)
         log.warning(what, group=self.subscription.group, error=repr(error)[:300], retry_in=round(delay, 2))
         await asyncio.sleep(delay)
+
+
+def _records_as_they_are(message: StreamMessage[Any]) -> None:
+    """FastStream's decoder would json.loads every record of the batch for a body argument `consume` does not
+    take (it reads `raw_message`, and `decode` parses each record once, with pydantic): a sixth of the
+    notifier's CPU went there."""
+    return None
 
 
 def decode(record: ConsumerRecord[bytes, bytes]) -> Envelope:
