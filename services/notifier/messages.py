@@ -79,11 +79,24 @@ def _fold(line: str, width: int = 78) -> str:
     return (_CRLF + " ").join(lines)
 
 
-@lru_cache(maxsize=1024)
 def address_header(name: str, display_name: str | None, address: str) -> bytes:
-    """An address header; the display name is quoted or RFC 2047-encoded as it needs (cached: few distinct)."""
-    display = " ".join(_CONTROL.sub(" ", display_name or "").split())
+    """An address header; the display name is quoted or RFC 2047-encoded as it needs."""
+    if not display_name:  # To: one per recipient, nothing to quote (formataddr returns a bare address as is)
+        return f"{name}: {address}{_CRLF}".encode("ascii")
+    return _named_address_header(name, display_name, address)
+
+
+@lru_cache(maxsize=1024)
+def _named_address_header(name: str, display_name: str, address: str) -> bytes:
+    """From and Reply-To: a few distinct practices, so cached."""
+    display = " ".join(_CONTROL.sub(" ", display_name).split())
     return f"{name}: {formataddr((display, address), 'utf-8')}{_CRLF}".encode("ascii")
+
+
+@lru_cache(maxsize=4096)
+def _html_value(value: str) -> str:
+    """A value escaped for the HTML part (cached: practice names, default notes and dates repeat in a roster)."""
+    return str(escape(value)).replace("\n", _CRLF)
 
 
 @dataclass(frozen=True)
@@ -177,7 +190,7 @@ class Renderer:
         )
         variant = self._variant(delivery.kind, locale, bool(raw[1]), bool(raw[2]), bool(raw[5]))
         text_values = [value.replace("\n", _CRLF) for value in raw]
-        html_values = [str(escape(value)).replace("\n", _CRLF) for value in raw]
+        html_values = [_html_value(value) for value in raw]
         text = binascii.b2a_qp(variant.text.fill(text_values).encode(), istext=True)
         html = binascii.b2a_qp(variant.html.fill(html_values).encode(), istext=True)
         # Quoted-printable never produces "=_", so this boundary cannot occur inside either part.
