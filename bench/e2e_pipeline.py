@@ -350,6 +350,7 @@ def report(result: dict[str, Any]) -> str:
     for run in result["runs"]:
         rss = ", ".join(f"{k} {v['start_mib']} -> {v['peak_mib']} -> {v['end_mib']}" for k, v in run["rss_mib"].items())
         lines.append(f"RSS MiB start -> peak -> end, {run['rows']:,} rows: {rss}")
+    lines.append("  (postgres: summed over its processes, so shared buffers count once per backend)")
     cpu = ceiling["cpu_ms_per_email"]["before"]
     lines.append(f"CPU ms per email of the raw ceiling: sender {cpu['sender']}, smtp catcher {cpu['smtp']}")
     lines.append("CPU ms per row of each process during each run (bench = this process; stack = all but bench):")
