@@ -34,6 +34,12 @@ class ManagedServer:
     def kill(self) -> None:
         self.supervisor.kill(self.name)
 
+    def freeze(self) -> None:
+        self.supervisor.freeze(self.name)
+
+    def thaw(self) -> None:
+        self.supervisor.thaw(self.name)
+
     def restart(self) -> None:
         self.supervisor.restart(self.name)
         self._wait_ready()

@@ -164,6 +164,7 @@ class Supervisor:
             return
         if process.poll() is None:
             _signal_group(process.pid, child.stop_signal)
+            _signal_group(process.pid, signal.SIGCONT)  # a frozen child (see `freeze`) must see the signal
             try:
                 process.wait(self.stop_timeout if timeout is None else timeout)
             except subprocess.TimeoutExpired:
@@ -183,6 +184,18 @@ class Supervisor:
         if child.process is not None and not child.reaped:
             _signal_group(child.process.pid, signal.SIGKILL)
         self.stop(name)
+
+    def freeze(self, name: str) -> None:
+        """SIGSTOP the group: the server keeps its state and its sockets but answers nothing (fault drills)."""
+        child = self._children[name]
+        if child.process is not None and not child.reaped:
+            _signal_group(child.process.pid, signal.SIGSTOP)
+
+    def thaw(self, name: str) -> None:
+        """SIGCONT: a frozen server carries on where it was."""
+        child = self._children[name]
+        if child.process is not None and not child.reaped:
+            _signal_group(child.process.pid, signal.SIGCONT)
 
     def restart(self, name: str) -> int:
         """Stop `name` (gracefully) and start it again with the same command; returns the new pid."""
