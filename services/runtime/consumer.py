@@ -101,6 +101,8 @@ class BatchConsumer:
                 # Parsing a full batch takes tens of milliseconds: let the service's other tasks (the
                 # notifier's SMTP connections, the HTTP API) run in between instead of stalling behind it.
                 await asyncio.sleep(0)
+            if _announced_type(record) not in (None, *self.subscription.handlers):
+                continue  # another consumer's event, by the type our relays put in the headers: not parsed
             try:
                 event = decode(record)
             except PoisonMessage as error:
@@ -174,6 +176,14 @@ class BatchConsumer:
         delay = min(30.0, self.context.retry_base_seconds * 2**failures) * random.uniform(0.5, 1.0)
         log.warning(what, group=self.subscription.group, error=repr(error)[:300], retry_in=round(delay, 2))
         await asyncio.sleep(delay)
+
+
+def _announced_type(record: ConsumerRecord[bytes, bytes]) -> str | None:
+    """The `event_type` header every outbox relay sets; None for records from producers that set none."""
+    for key, value in record.headers or ():
+        if key == "event_type":
+            return value.decode(errors="replace")
+    return None
 
 
 def _records_as_they_are(message: StreamMessage[Any]) -> None:

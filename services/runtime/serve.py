@@ -25,4 +25,7 @@ def serve(create_app: Callable[[S], FastAPI], settings_class: type[S]) -> None:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=20,
+        # Longer than the idle timeout of the proxies in front (60 s for most load balancers): a server
+        # closing an idle connection first races the proxy's next request on it (a dropped POST, a 502).
+        timeout_keep_alive=75,
     )

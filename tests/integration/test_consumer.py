@@ -122,6 +122,27 @@ async def test_malformed_message_goes_to_dead_letters_and_the_next_is_applied(
     assert headers["original_topic"] == (topic_prefix + "invitations.v1").encode()
 
 
+async def test_events_of_types_the_group_does_not_handle_are_skipped_by_their_header_unparsed(
+    consuming: tuple[ServiceRuntime, Effects], database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """Relays name each record's type in a header; another group's event is passed over without parsing, so
+    not even a broken one reaches this group's dead letters. A record without the header is parsed."""
+    bootstrap, topic = database.infra.kafka_bootstrap, topic_prefix + "invitations.v1"
+    not_ours = b'{"event_type": "InviteRevoked", "broken": true}'
+    await produce(bootstrap, topic, [(b"k", not_ours)], headers=[("event_type", b"InviteRevoked")])
+    ours = _expired()
+    await produce(
+        bootstrap, topic, [(b"k", ours.model_dump_json().encode())], headers=[("event_type", b"InviteExpired")]
+    )
+    unlabelled = b'{"event_type": "InviteRevoked", "broken": true}'
+    after = _expired()
+    await produce(bootstrap, topic, [(b"k", unlabelled), (b"k", after.model_dump_json().encode())])
+    rows = await _applied(database, expect=2)
+    assert sorted(str(r["event_id"]) for r in rows) == sorted([str(ours.event_id), str(after.event_id)])
+    dead = await read_topic(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=1)
+    assert [d.value for d in dead] == [unlabelled], "only the record without a type header is judged"
+
+
 async def test_failing_event_is_retried_then_dead_lettered_without_blocking_others(
     consuming: tuple[ServiceRuntime, Effects], database: ScratchDatabase, topic_prefix: str
 ) -> None:
