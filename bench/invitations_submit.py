@@ -209,7 +209,8 @@ def main() -> int:
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
     OUTPUT.write_text(json.dumps({"results": [asdict(r) for r in results], "load_average": load}, indent=2) + "\n")
     print(f"wrote {OUTPUT.relative_to(ROOT)}", flush=True)
-    return 0 if all(r.meets_target for r in results) else 1
+    # A measurement: a missed target is printed, not a failure; a submit that is not accepted is one.
+    return 0 if all(r.status == 202 for r in results) else 1
 
 
 if __name__ == "__main__":
