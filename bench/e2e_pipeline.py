@@ -34,9 +34,9 @@ import psutil
 from aiokafka import AIOKafkaProducer
 
 from bench._notifier_support import ceiling, prebuilt_messages
+from bench._results import save
 from bench._stack_support import (
     RESULTS,
-    ROOT,
     SERVICES,
     RssSampler,
     admin_url,
@@ -383,9 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = [f"{run['rows']:,} rows: {p}" for run in [result["warm_up"], *result["runs"]] for p in run["problems"]]
     result["pipeline_failures"] = failures
     print(report(result), flush=True)
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {OUTPUT.relative_to(ROOT)}", flush=True)
+    save(OUTPUT, result)
     if not failures:
         remove_workdir(stack)
     if failures:

@@ -17,6 +17,8 @@ import asyncpg
 import httpx
 import psutil
 
+from bench._results import save
+
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "var" / "bench" / "invitations_submit.json"
 # (lines, target for the 202 in seconds) from issue #4; a timed test would be flaky, a benchmark reports.
@@ -206,9 +208,7 @@ def main() -> int:
     print(report, flush=True)
     load = os.getloadavg()
     print(f"cpu count {os.cpu_count()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(json.dumps({"results": [asdict(r) for r in results], "load_average": load}, indent=2) + "\n")
-    print(f"wrote {OUTPUT.relative_to(ROOT)}", flush=True)
+    save(OUTPUT, {"results": [asdict(r) for r in results], "load_average": load})
     # A measurement: a missed target is printed, not a failure; a submit that is not accepted is one.
     return 0 if all(r.status == 202 for r in results) else 1
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import os
 import random
 import sys
@@ -29,9 +28,9 @@ from typing import Any
 
 import httpx
 
+from bench._results import save
 from bench._stack_support import (
     RESULTS,
-    ROOT,
     RssSampler,
     bench_stack,
     cpu_seconds,
@@ -370,9 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     if not problems:
         remove_workdir(stack)
     print(report(result), flush=True)
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {OUTPUT.relative_to(ROOT)}", flush=True)
+    save(OUTPUT, result)
     if problems:
         print("LOAD TEST FAILED: " + "; ".join(problems), file=sys.stderr, flush=True)
         return 1

@@ -12,7 +12,6 @@ minutes, so the median of the rounds is the figure. Prints a table, writes var/b
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import secrets
@@ -30,6 +29,7 @@ import httpx
 import uvloop
 
 from bench._notifier_support import ceiling, cpu_snapshot, prebuilt_messages, publish, wait_for
+from bench._results import save
 from collabkare.seeding import patient_registered, practice_registered
 from collabkare.stack.broker import create_topics
 from collabkare.stack.infra import Infrastructure, start_infrastructure
@@ -289,9 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.profile:
         shutil.rmtree(workdir, ignore_errors=True)  # kept when the run failed (or profiled): logs say why
     print(table(result))
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULT.relative_to(ROOT)}")
+    save(RESULT, result)
     return 0
 
 

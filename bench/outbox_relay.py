@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import json
 import os
 import shutil
 import time
@@ -25,6 +24,7 @@ import asyncpg
 import uvloop
 
 from bench._notifier_support import cpu_snapshot
+from bench._results import save
 from collabkare.stack.broker import create_topics
 from collabkare.stack.infra import start_infrastructure
 from schemas.topics import TOPICS
@@ -115,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['events_per_second']} events/s (DESIGN.md: 30-40k for a bare relay); "
         f"left in the outbox: {result['left_in_outbox']}\n  CPU: {cpu}"
     )
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULT.relative_to(ROOT)}")
+    save(RESULT, result)
     return 0
 
 
