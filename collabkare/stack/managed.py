@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar, Self
 
 from collabkare.stack.processes import Supervisor
 
 
-class ManagedServer:
+class ManagedServer(ABC):
     """One server run by `supervisor` under `name`; a subclass says how to launch it and when it answers.
 
     `start()` launches the child (with `Supervisor.start`) and then calls `_wait_ready()`; `restart()`
@@ -25,8 +26,9 @@ class ManagedServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Launch the child with `self.supervisor.start(...)`, then `self._wait_ready()`."""
 
     def stop(self) -> None:
         self.supervisor.stop(self.name)
@@ -50,6 +52,6 @@ class ManagedServer:
     def _wait_ready(self) -> None:
         self.supervisor.wait_ready(self.name, self._answers, self.startup_timeout)
 
+    @abstractmethod
     def _answers(self) -> bool:
         """One readiness probe: True, or an exception saying why not yet."""
-        raise NotImplementedError
