@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from bench._notifier_support import wait_for
+from collabkare.stack import mailbox as mailbox_file
 from schemas import Envelope, topic_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,15 +68,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
     return str(value)
-
-
-def caught_stamp(name: str) -> float | None:
-    """The time (epoch seconds) the SMTP catcher stored a message, from its file name; None if not one of its."""
-    stamp = name.split("-", 1)[0]
-    try:
-        return datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return None
 
 
 def load_average() -> list[float]:
@@ -181,23 +172,22 @@ async def publish_bulk(bootstrap: str, prefix: str, events: Sequence[Envelope]) 
 
 
 def mailbox(stack: Any) -> Path:
-    if stack.infra.maildir is None:
+    if stack.infra.mailbox is None:
         raise SystemExit("benchmark: needs the embedded SMTP catcher (unset SMTP_HOST) to count emails")
-    return Path(stack.infra.maildir)
+    return Path(stack.infra.mailbox)
 
 
-def caught(maildir: Path) -> list[float]:
-    """Store times of every message in the catcher's mailbox."""
-    with contextlib.suppress(FileNotFoundError), os.scandir(maildir) as entries:
-        stamps = (caught_stamp(e.name) for e in entries if e.name.endswith(".eml") and not e.name.startswith("."))
-        return [s for s in stamps if s is not None]
-    return []
+def caught(mbox: Path) -> tuple[int, float | None]:
+    """How many messages the catcher's mbox holds, and when it appended the last one (epoch seconds)."""
+    try:
+        last = mbox.stat().st_mtime
+    except FileNotFoundError:
+        return 0, None
+    return mailbox_file.count(mbox), last
 
 
-def empty_mailbox(maildir: Path) -> None:
-    """Delete caught mail, directory and all: a directory that held 100,000 files stays large after they are
-    deleted and slows the catcher's next writes. The catcher recreates it on its next message."""
-    shutil.rmtree(maildir, ignore_errors=True)
+def empty_mailbox(mbox: Path) -> None:
+    mailbox_file.empty(mbox)
 
 
 # --- resources -----------------------------------------------------------------------------------------------

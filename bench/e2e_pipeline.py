@@ -97,8 +97,8 @@ async def pipeline(stack: Any, practice: uuid.UUID, rows: int, text: str) -> Run
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     body = json.dumps({"roster": text, "default_note": "We look forward to seeing you."}).encode()
     base = f"{stack.urls['invitations']}/v1/practices/{practice}/invite-batches"
-    maildir = mailbox(stack)
-    empty_mailbox(maildir)
+    mbox = mailbox(stack)
+    empty_mailbox(mbox)
     poll = 0.1 if rows <= 10_000 else 0.25  # each poll counts the batch's rows per outcome: work for PostgreSQL
     bound = 60 + rows / 200  # generous: 100 rows/s would be a broken pipeline here
     pids = process_pids(stack)
@@ -138,16 +138,12 @@ async def pipeline(stack: Any, practice: uuid.UUID, rows: int, text: str) -> Run
     counts = {k: v for k, v in progress.get("counts", {}).items() if v}
     if final is not None and counts != {"sent": rows}:
         problems.append(f"expected every row sent, got {counts}")
-    stamps = caught(maildir)
-    for _ in range(20):  # every row is final, so every email was accepted; its file is renamed just before
-        if len(stamps) >= rows or final is None:
-            break
-        await asyncio.sleep(0.1)
-        stamps = caught(maildir)
-    if final is not None and len(stamps) != rows:
-        problems.append(f"the SMTP catcher caught {len(stamps)} emails for {rows} rows")
-    emails_seconds = max(stamps) - wall if stamps else None
-    empty_mailbox(maildir)
+    # Every row is final, so every email was accepted: the catcher appends a message before it answers 250.
+    emails, last_caught = caught(mbox)
+    if final is not None and emails != rows:
+        problems.append(f"the SMTP catcher caught {emails} emails for {rows} rows")
+    emails_seconds = last_caught - wall if last_caught is not None else None
+    empty_mailbox(mbox)
     return Run(
         rows=rows,
         status=response.status_code,
@@ -155,9 +151,9 @@ async def pipeline(stack: Any, practice: uuid.UUID, rows: int, text: str) -> Run
         final_seconds=round(final, 2) if final is not None else None,
         poll_seconds=poll,
         rows_per_second=round(rows / final, 1) if final else None,
-        emails=len(stamps),
+        emails=emails,
         emails_seconds=round(emails_seconds, 2) if emails_seconds is not None else None,
-        emails_per_second=round(len(stamps) / emails_seconds, 1) if emails_seconds else None,
+        emails_per_second=round(emails / emails_seconds, 1) if emails_seconds else None,
         counts=counts,
         server_errors=server_errors,
         rss_mib=rss.figures(),
@@ -244,12 +240,12 @@ async def measure(stack: Any, sizes: list[int], naive_rows: int, ceiling_message
     seeded = await seed_directory(stack, practice, emails)
     print(f"  the notifier's directory has them after {seeded:.1f} s ({len(emails) / seeded:,.0f}/s)", flush=True)
 
-    maildir = mailbox(stack)
+    mbox = mailbox(stack)
     messages = prebuilt_messages(settings, ceiling_messages)
     await ceiling(settings, messages[: min(2000, ceiling_messages)], "lean")  # a fresh catcher is slower at first
     print(f"raw SMTP ceiling: {ceiling_messages:,} pre-built messages, {settings.smtp_pool_size} connections …")
     before, before_cpu = await measured_ceiling(stack, settings, messages)
-    empty_mailbox(maildir)
+    empty_mailbox(mbox)
 
     warm = await pipeline(stack, practice, WARM_UP_ROWS, rosters[WARM_UP_ROWS][0])  # imports, plans, pools
     runs = []
@@ -263,7 +259,7 @@ async def measure(stack: Any, sizes: list[int], naive_rows: int, ceiling_message
 
     print("raw SMTP ceiling again …", flush=True)
     after, after_cpu = await measured_ceiling(stack, settings, messages)
-    empty_mailbox(maildir)
+    empty_mailbox(mbox)
     print(f"naive baseline: {naive_rows} rows one at a time …", flush=True)
     naive = await naive_baseline(stack, settings, naive_rows)
     return {

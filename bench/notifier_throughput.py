@@ -31,6 +31,7 @@ import uvloop
 from bench._notifier_support import ceiling, cpu_snapshot, prebuilt_messages, publish, wait_for
 from bench._results import save
 from collabkare.seeding import patient_registered, practice_registered
+from collabkare.stack import mailbox
 from collabkare.stack.broker import create_topics
 from collabkare.stack.infra import Infrastructure, start_infrastructure
 from collabkare.stack.ports import free_port
@@ -244,9 +245,9 @@ async def run(
 
 
 def _empty(infra: Infrastructure) -> None:
-    """Tens of thousands of .eml files nobody reads; a directory that held them stays slow, so it goes."""
-    if infra.maildir is not None:
-        shutil.rmtree(infra.maildir, ignore_errors=True)
+    """Tens of thousands of messages nobody reads: the catcher starts a new mbox."""
+    if infra.mailbox is not None:
+        mailbox.empty(infra.mailbox)
 
 
 def table(result: dict[str, Any]) -> str:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
+from email.message import EmailMessage
 from typing import Any
 
 from collabkare.client import CollabKare
 from collabkare.seeding import patient_registered, publish
 from collabkare.stack.local import DEMO_PRACTICE_ID, DEMO_PRACTICE_NAME, RunningStack, local_stack, seed_demo_practice
+from collabkare.stack.mailbox import read_caught
 
 DEFAULT_NOTE = "Your care team at Riverside invites you to connect your health record."
 ROSTER = """\
@@ -56,7 +55,7 @@ class Scenario:
         self.api = CollabKare(stack.urls, stack.jwt_secret, DEMO_PRACTICE_ID)
         self.patients: dict[str, uuid.UUID] = {}
         self.problems: list[str] = []
-        self.mail_before = set(_mail_files(stack))
+        self.mail_before = len(_caught(stack))  # the mbox only grows: what came after this many is the demo's
 
     def check(self, what: str, got: Any, expected: Any) -> None:
         mark = "ok " if got == expected else "BAD"
@@ -155,7 +154,7 @@ class Scenario:
         self.check("resend gives a new invite", resent["invite"]["id"] != first["id"], True)
 
     def _caught_recipients(self) -> set[str]:
-        return set(_recipients([f for f in _mail_files(self.stack) if f not in self.mail_before]))
+        return {str(message["To"]) for message in _caught(self.stack)[self.mail_before :]}
 
     def _verdict(self, address: str) -> str:
         rows = self.api.preview(address)["rows"]
@@ -179,19 +178,14 @@ class Scenario:
                 self.problems.append(f"line {row['line_number']} is {row['outcome']}, expected {expected}")
 
     def _print_mail(self) -> None:
-        files = [f for f in _mail_files(self.stack) if f not in self.mail_before]
-        if self.stack.infra.maildir is None:
+        if self.stack.infra.mailbox is None:
             print("== emails: the SMTP server is external; see its own mailbox")
             return
-        self._wait_for(
-            "all 8 emails caught", lambda: len([f for f in _mail_files(self.stack) if f not in self.mail_before]) >= 8
-        )
-        files = sorted(f for f in _mail_files(self.stack) if f not in self.mail_before)
-        parse = email.parser.BytesParser(policy=email.policy.default)
-        print(f"== emails caught by the SMTP catcher ({len(files)}):")
+        self._wait_for("all 8 emails caught", lambda: len(_caught(self.stack)) - self.mail_before >= 8)
+        messages = _caught(self.stack)[self.mail_before :]
+        print(f"== emails caught by the SMTP catcher ({len(messages)}):")
         recipients = []
-        for path in files:
-            message = parse.parsebytes(path.read_bytes())
+        for message in messages:
             recipients.append(str(message["To"]))
             print(f"   to {message['To']!s:<22} {message['Subject']}")
         # ivy may get two: her first invite can go out before staff revoke it.
@@ -213,11 +207,6 @@ class Scenario:
         )
 
 
-def _recipients(paths: list[Path]) -> list[str]:
-    parse = email.parser.BytesParser(policy=email.policy.default)
-    return [str(parse.parsebytes(path.read_bytes())["To"]) for path in paths]
-
-
 def _history_line(item: dict[str, Any]) -> str:
     line = f"sent by {item['sent_by']} at {item['sent_at'][:19]}"
     if item.get("revoked_by"):
@@ -227,9 +216,8 @@ def _history_line(item: dict[str, Any]) -> str:
     return line
 
 
-def _mail_files(stack: RunningStack) -> list[Path]:
-    maildir = stack.infra.maildir
-    return sorted(maildir.glob("*.eml")) if maildir and maildir.is_dir() else []
+def _caught(stack: RunningStack) -> list[EmailMessage]:
+    return read_caught(stack.infra.mailbox) if stack.infra.mailbox else []
 
 
 def run_demo() -> int:

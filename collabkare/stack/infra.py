@@ -30,7 +30,7 @@ class Infrastructure:
     kafka_bootstrap: str
     smtp_host: str
     smtp_port: int
-    maildir: Path | None
+    mailbox: Path | None  # the embedded catcher's mbox file (collabkare.stack.mailbox reads it)
     postgres: EmbeddedPostgres | None = None
     broker: EmbeddedBroker | None = None
     smtp: EmbeddedSmtp | None = None
@@ -82,7 +82,7 @@ def start_infrastructure(workdir: Path, *, keep_data: bool = False) -> Iterator[
             bootstrap,
             smtp_host,
             smtp_port,
-            smtp.maildir if smtp else None,
+            smtp.mailbox if smtp else None,
             postgres,
             broker,
             smtp,
@@ -128,7 +128,7 @@ def _smtp(supervisor: Supervisor, workdir: Path) -> tuple[EmbeddedSmtp | None, s
         _check_reachable("SMTP_HOST", host, int(port))
         return None, host, int(port)
     # No SMTP container: the catcher is as real a server as tests need, with or without Docker.
-    smtp = EmbeddedSmtp(free_port(), workdir / "mail", supervisor=supervisor)
+    smtp = EmbeddedSmtp(free_port(), workdir / "mail.mbox", supervisor=supervisor)
     smtp.start(wait=False)
     return smtp, smtp.host, smtp.port
 

@@ -212,7 +212,7 @@ def banner(stack: RunningStack, token: str) -> str:
         f"  PostgreSQL   {infra.database_url}",
         f"  Kafka        {infra.kafka_bootstrap}",
         f"  SMTP         {infra.smtp_host}:{infra.smtp_port}"
-        + (f"   caught mail: {infra.maildir}/*.eml" if infra.maildir else ""),
+        + (f"   caught mail: {infra.mailbox} (mbox)" if infra.mailbox else ""),
         f"  logs         {stack.supervisor.log_dir}/",
         "",
         f"  demo practice  {DEMO_PRACTICE_ID}  ({DEMO_PRACTICE_NAME})",

@@ -1,6 +1,7 @@
-"""An SMTP catcher keeping each message as an .eml file: the local mailbox, a benchmark sink, fault drills.
+"""An SMTP catcher appending every message to one mbox file: the local mailbox, a benchmark sink, fault drills.
 
-Run as `python -m collabkare.stack.smtp_catcher --host 127.0.0.1 --port N --dir DIR [--faults FILE]`.
+Run as `python -m collabkare.stack.smtp_catcher --host 127.0.0.1 --port N --mbox FILE [--faults FILE]`;
+`collabkare.stack.mailbox` reads the file back.
 The faults file is JSON, reread whenever it changes:
     {"tempfail_count": 3, "tempfail_code": 421, "reject_recipients": ["x@example.com"]}
 answers the next 3 DATA commands with 421 (or 451, connection kept) and RCPT TO x@example.com with 550.
@@ -10,27 +11,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import email.parser
-import email.policy
 import json
 import os
 import re
 import signal
 import socket
 import sys
-import time
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
+from collabkare.stack.mailbox import Spool
 from collabkare.stack.managed import ManagedServer
 from collabkare.stack.ports import HOST, ensure_port_free
 from collabkare.stack.processes import Supervisor
 
 NAME = "smtp"
-_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*<?([^>\r\n]*)", re.IGNORECASE | re.MULTILINE)
 _SIMPLE_ADDRESS = re.compile(r"\s*<([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+)>(.*)", re.DOTALL)
-_UNSAFE = re.compile(rb"[^A-Za-z0-9._@+=-]")
 
 
 class FaultFile:
@@ -65,13 +63,12 @@ class FaultFile:
             print(f"smtp_catcher: ignoring faults file {self.path}: {error!r}", file=sys.stderr, flush=True)
 
 
-class MaildirHandler:
-    """aiosmtpd handler: applies the fault rules, then writes each accepted message to its own file."""
+class SpoolHandler:
+    """aiosmtpd handler: applies the fault rules, then appends each accepted message to the mbox file."""
 
-    def __init__(self, maildir: Path, faults: FaultFile) -> None:
-        self.maildir = maildir
+    def __init__(self, spool: Spool, faults: FaultFile) -> None:
+        self.spool = spool
         self.faults = faults
-        self._sequence = 0
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         self.faults.refresh()
@@ -88,32 +85,8 @@ class MaildirHandler:
                 # 421 means "closing the channel": close once the reply has been written.
                 asyncio.get_running_loop().call_soon(server.transport.close)
             return f"{self.faults.tempfail_code} 4.3.2 try again later (fault drill)"
-        self._store(envelope.mail_from, envelope.rcpt_tos, envelope.original_content)
+        self.spool.append(envelope.mail_from, envelope.rcpt_tos, envelope.original_content)
         return "250 2.0.0 OK stored"
-
-    def _store(self, sender: str, recipients: list[str], content: bytes) -> None:
-        now = time.time()
-        self._sequence += 1
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
-        name = f"{stamp}-{self._sequence:08d}-{_safe_message_id(content)}.eml"
-        envelope = f"X-Envelope-From: {sender}\r\nX-Envelope-To: {', '.join(recipients)}\r\n".encode()
-        # Written under a dot-name and renamed, so that a reader never sees half a message.
-        partial = self.maildir / f".{name}.part"
-        try:
-            file = partial.open("wb")
-        except FileNotFoundError:  # someone emptied the mailbox by deleting the directory
-            self.maildir.mkdir(parents=True, exist_ok=True)
-            file = partial.open("wb")
-        with file:
-            file.write(envelope + content)
-        partial.rename(self.maildir / name)
-
-
-def _safe_message_id(content: bytes) -> str:
-    end = content.find(b"\r\n\r\n")
-    found = _MESSAGE_ID.search(content, 0, end if end >= 0 else len(content))
-    value = _UNSAFE.sub(b"_", found.group(1).strip())[:80] if found else b""
-    return value.decode() or "no-message-id"
 
 
 def _smtp_class() -> type:
@@ -129,10 +102,11 @@ def _smtp_class() -> type:
     return FastSMTP
 
 
-async def serve(host: str, port: int, maildir: Path, faults_path: Path | None) -> None:
+async def serve(host: str, port: int, mbox: Path, faults_path: Path | None) -> None:
     """Accept mail until SIGTERM or SIGINT."""
     smtp_class = _smtp_class()
-    handler = MaildirHandler(maildir, FaultFile(faults_path))
+    spool = Spool(mbox)
+    handler = SpoolHandler(spool, FaultFile(faults_path))
     loop = asyncio.get_running_loop()
     # An explicit hostname: aiosmtpd would otherwise resolve our FQDN for every connection.
     server = await loop.create_server(
@@ -142,26 +116,26 @@ async def serve(host: str, port: int, maildir: Path, faults_path: Path | None) -
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     print(
-        f"smtp_catcher: listening on {host}:{port}, writing to {maildir}, faults from {faults_path}",
+        f"smtp_catcher: listening on {host}:{port}, appending to {mbox}, faults from {faults_path}",
         flush=True,
     )
     await stopping.wait()
     server.close()
+    spool.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m collabkare.stack.smtp_catcher")
     parser.add_argument("--host", default=HOST)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--dir", type=Path, required=True, help="where .eml files go")
-    parser.add_argument("--faults", type=Path, help="JSON fault rules (default: DIR/../smtp-faults.json)")
+    parser.add_argument("--mbox", type=Path, required=True, help="the mbox file messages are appended to")
+    parser.add_argument("--faults", type=Path, help="JSON fault rules (default: smtp-faults.json beside the mbox)")
     args = parser.parse_args(argv)
-    args.dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(serve(args.host, args.port, args.dir, args.faults or args.dir.parent / "smtp-faults.json"))
+    uvloop.run(serve(args.host, args.port, args.mbox, args.faults or args.mbox.parent / "smtp-faults.json"))
 
 
 class EmbeddedSmtp(ManagedServer):
-    """The catcher as a supervised child process on 127.0.0.1:`port`, writing into `maildir`."""
+    """The catcher as a supervised child process on 127.0.0.1:`port`, appending to the mbox file `mailbox`."""
 
     name = NAME
     host = HOST
@@ -169,24 +143,24 @@ class EmbeddedSmtp(ManagedServer):
     def __init__(
         self,
         port: int,
-        maildir: Path,
+        mailbox: Path,
         *,
         faults_path: Path | None = None,
         supervisor: Supervisor | None = None,
         startup_timeout: float = 15.0,
     ) -> None:
         self.port = port
-        self.maildir = maildir.resolve()
-        self.faults_path = faults_path or self.maildir.parent / "smtp-faults.json"
-        self.supervisor = supervisor or Supervisor(self.maildir.parent / "logs")
+        self.mailbox = mailbox.resolve()
+        self.faults_path = faults_path or self.mailbox.parent / "smtp-faults.json"
+        self.supervisor = supervisor or Supervisor(self.mailbox.parent / "logs")
         self.startup_timeout = startup_timeout
 
     def start(self, *, wait: bool = True) -> None:
         """Launch the catcher; with wait=False call wait_ready() later (it starts in parallel meanwhile)."""
         ensure_port_free(self.port, "SMTP catcher")
-        self.maildir.mkdir(parents=True, exist_ok=True)
+        self.mailbox.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "collabkare.stack.smtp_catcher", "--host", HOST, "--port", str(self.port)]
-        command += ["--dir", str(self.maildir), "--faults", str(self.faults_path)]
+        command += ["--mbox", str(self.mailbox), "--faults", str(self.faults_path)]
         # The child must import this package even when it is not installed (a plain checkout).
         root = str(Path(__file__).resolve().parents[2])
         python_path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
@@ -214,14 +188,6 @@ class EmbeddedSmtp(ManagedServer):
     def _answers(self) -> bool:
         with socket.create_connection((HOST, self.port), timeout=1) as connection:
             return connection.recv(64).startswith(b"220")
-
-
-def read_caught(maildir: Path) -> list[EmailMessage]:
-    """Every message caught so far, oldest first (X-Envelope-From/To carry the SMTP envelope)."""
-    if not maildir.is_dir():
-        return []
-    parse = email.parser.BytesParser(_class=EmailMessage, policy=email.policy.default)
-    return [parse.parsebytes(path.read_bytes()) for path in sorted(maildir.glob("*.eml"))]
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from aiokafka import TopicPartition
 from collabkare.client import CollabKare
 from collabkare.seeding import patient_registered, practice_registered, publish
 from collabkare.stack.local import RunningStack
+from collabkare.stack.mailbox import read_raw
 
 FINAL = {"sent", "not_on_platform", "error", "invalid", "duplicate", "already_connected", "already_invited"}
 DATABASE = "collabkare"
@@ -64,12 +65,11 @@ def ready(url: str) -> int:
         return 0
 
 
-def mail_by_recipient(maildir: Path, recipients: set[str]) -> dict[str, list[str]]:
+def mail_by_recipient(mbox: Path, recipients: set[str]) -> dict[str, list[str]]:
     """Message-IDs caught per recipient (only the given recipients), from the envelope the catcher wrote."""
     found: dict[str, list[str]] = {}
-    for path in maildir.glob("*.eml"):
-        with path.open("rb") as file:
-            head = file.read(4096)
+    for raw in read_raw(mbox):
+        head = raw[: raw.find(b"\r\n\r\n")]
         to = _ENVELOPE_TO.search(head)
         if to is None:
             continue
@@ -163,8 +163,8 @@ class Drill:
         return by_email
 
     def caught(self) -> dict[str, list[str]]:
-        assert self.stack.infra.maildir is not None
-        return mail_by_recipient(self.stack.infra.maildir, set(self.patients))
+        assert self.stack.infra.mailbox is not None
+        return mail_by_recipient(self.stack.infra.mailbox, set(self.patients))
 
 
 @dataclass

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from collabkare.seeding import publish_pipelined
 from collabkare.stack.infra import Infrastructure
+from collabkare.stack.mailbox import read_raw
 from schemas import ConnectionApproved, ConnectionRejected, Envelope, InviteRequested
 from schemas.events import PatientRegistered, PatientRegisteredPayload, PracticeRegistered, PracticeRegisteredPayload
 from services.notifier.app import build_spec
@@ -65,9 +66,9 @@ class Notifier:
         return self.database.infra
 
     @property
-    def maildir(self) -> Path:
-        assert self.infra.maildir is not None, "these tests read mail from the embedded SMTP catcher"
-        return self.infra.maildir
+    def mailbox(self) -> Path:
+        assert self.infra.mailbox is not None, "these tests read mail from the embedded SMTP catcher"
+        return self.infra.mailbox
 
     async def publish(self, *events: Envelope) -> None:
         await publish_pipelined(self.infra.kafka_bootstrap, self.topic_prefix, events)
@@ -114,9 +115,9 @@ class Notifier:
             await asyncio.sleep(0.1)
 
     def caught_raw(self, source_event_id: uuid.UUID) -> list[bytes]:
-        """Emails at the sink carrying this event's Message-ID (the catcher names each file after it)."""
-        files = sorted(self.maildir.glob(f"*-{source_event_id}@collabkare.notifier.eml"))
-        return [path.read_bytes() for path in files]
+        """Emails at the sink carrying this event's Message-ID, as they arrived."""
+        message_id = f"<{source_event_id}@collabkare.notifier>".encode()
+        return [raw for raw in read_raw(self.mailbox) if message_id in raw[: raw.find(b"\r\n\r\n")]]
 
     def caught(self, source_event_id: uuid.UUID) -> list[EmailMessage]:
         parse = email.parser.BytesParser(_class=EmailMessage, policy=email.policy.default)

@@ -24,9 +24,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from collabkare.stack.broker import EmbeddedBroker, create_topics
 from collabkare.stack.errors import StackError
 from collabkare.stack.infra import Infrastructure, start_infrastructure
+from collabkare.stack.mailbox import read_caught
 from collabkare.stack.ports import ensure_port_free
 from collabkare.stack.processes import Supervisor
-from collabkare.stack.smtp_catcher import read_caught
 
 ROOT = Path(__file__).resolve().parents[2]
 # The embedded stack must be what these tests get, whatever the developer's shell points at.
@@ -103,17 +103,17 @@ async def test_broker_creates_topics_and_carries_a_message(infra: Infrastructure
 
 
 async def test_smtp_catcher_stores_what_it_accepts(infra: Infrastructure) -> None:
-    assert infra.maildir is not None
+    assert infra.mailbox is not None
     message = _message()
     await _send(infra, message)
-    caught = read_caught(infra.maildir)
+    caught = read_caught(infra.mailbox)
     assert [m["Subject"] for m in caught if m["Message-ID"] == message["Message-ID"]] == [message["Subject"]]
     assert caught[-1]["X-Envelope-To"] == "patient@example.com"
 
 
 async def test_smtp_fault_mode_tempfails_then_accepts(infra: Infrastructure) -> None:
-    assert infra.smtp is not None and infra.maildir is not None
-    before = len(read_caught(infra.maildir))
+    assert infra.smtp is not None and infra.mailbox is not None
+    before = len(read_caught(infra.mailbox))
     infra.smtp.set_faults(tempfail_count=1, tempfail_code=421)
     try:
         with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
@@ -122,7 +122,7 @@ async def test_smtp_fault_mode_tempfails_then_accepts(infra: Infrastructure) -> 
         await _send(infra, _message())
     finally:
         infra.smtp.clear_faults()
-    assert len(read_caught(infra.maildir)) == before + 1
+    assert len(read_caught(infra.mailbox)) == before + 1
 
 
 async def test_smtp_fault_mode_rejects_listed_recipients(infra: Infrastructure) -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
 
 import pytest
 
-from bench._stack_support import caught_stamp, format_table, percentile
+from bench._stack_support import format_table, percentile
 from bench.e2e_pipeline import evaluate, roster
 from bench.load import APPROVE, PREVIEW, Stats, make_roster
 
@@ -39,13 +38,6 @@ def test_format_table_aligns_columns_and_shows_missing_values() -> None:
     assert lines[5].split() == ["c", "0", "2.50"]
     assert len({len(line) for line in lines[:2]}) == 1  # header as wide as the rule under it
     assert lines[2].index("1,000") + len("1,000") == lines[3].index("7") + 1  # right-aligned numbers
-
-
-def test_caught_stamp_reads_the_catchers_file_names() -> None:
-    name = "20261121T221530.250000Z-00000042-abc_collabkare.notifier.eml"
-    assert caught_stamp(name) == datetime(2026, 11, 21, 22, 15, 30, 250000, tzinfo=UTC).timestamp()
-    assert caught_stamp(".20261121T221530.250000Z-00000042-x.eml.part") is None
-    assert caught_stamp("notes.txt") is None
 
 
 def test_stats_count_statuses_and_keep_failures() -> None:

@@ -1,0 +1,67 @@
+"""The SMTP catcher's mbox: what is appended is read back byte for byte, however its lines look."""
+
+from __future__ import annotations
+
+import mailbox as stdlib_mailbox
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from collabkare.stack import mailbox
+
+MESSAGE = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+def test_a_message_comes_back_with_its_envelope(tmp_path: Path) -> None:
+    spool = mailbox.Spool(tmp_path / "mail.mbox")
+    spool.append("a@example.com", ["b@example.com", "c@example.com"], MESSAGE)
+    spool.close()
+    [raw] = mailbox.read_raw(tmp_path / "mail.mbox")
+    assert raw.startswith(b"X-Envelope-From: a@example.com\r\nX-Envelope-To: b@example.com, c@example.com\r\n")
+    assert raw.endswith(b"\r\n" + MESSAGE)
+    [message] = mailbox.read_caught(tmp_path / "mail.mbox")
+    assert (message["Subject"], message["X-Envelope-To"]) == ("hi", "b@example.com, c@example.com")
+    assert message["X-Caught-At"].endswith("Z")
+
+
+_LINE = st.sampled_from([b"From here on", b">From quoted", b">>From twice", b"", b".", b"plain", b"From"])
+
+
+@given(st.lists(st.lists(_LINE, max_size=6).map(lambda lines: b"".join(line + b"\r\n" for line in lines)), max_size=4))
+def test_bodies_with_from_lines_round_trip(bodies: list[bytes]) -> None:
+    """mboxrd: a body line starting with `>*From ` gets one more `>` on disk and loses it when read."""
+    with tempfile.TemporaryDirectory() as directory:  # tmp_path is shared by every example of one test
+        path = Path(directory) / "mail.mbox"
+        spool = mailbox.Spool(path)
+        for body in bodies:
+            spool.append("a@example.com", ["b@example.com"], MESSAGE + body)
+        spool.close()
+        assert mailbox.count(path) == len(bodies)
+        assert [raw.split(b"\r\n", 3)[3] for raw in mailbox.read_raw(path)] == [MESSAGE + body for body in bodies]
+
+
+def test_the_standard_library_reads_it_too(tmp_path: Path) -> None:
+    spool = mailbox.Spool(tmp_path / "mail.mbox")
+    spool.append("a@example.com", ["b@example.com"], MESSAGE.replace(b"body", b"From the practice"))
+    spool.append("", ["c@example.com"], MESSAGE)
+    spool.close()
+    messages = list(stdlib_mailbox.mbox(tmp_path / "mail.mbox"))
+    assert [m["X-Envelope-To"] for m in messages] == ["b@example.com", "c@example.com"]
+    assert ">From the practice" in messages[0].get_payload()  # mboxrd quoting, as mail clients expect
+
+
+def test_emptying_the_mailbox_starts_a_new_file(tmp_path: Path) -> None:
+    path = tmp_path / "mail" / "mail.mbox"
+    spool = mailbox.Spool(path)
+    spool.append("a@example.com", ["b@example.com"], MESSAGE)
+    mailbox.empty(path)
+    assert mailbox.count(path) == 0 and mailbox.read_raw(path) == []
+    spool.append("a@example.com", ["c@example.com"], MESSAGE)
+    assert [m["X-Envelope-To"] for m in mailbox.read_caught(path)] == ["c@example.com"]
+    shutil.rmtree(path.parent)  # even the folder
+    spool.append("a@example.com", ["d@example.com"], MESSAGE)
+    spool.close()
+    assert [m["X-Envelope-To"] for m in mailbox.read_caught(path)] == ["d@example.com"]
