@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
 import socket
 import sys
@@ -28,7 +27,6 @@ from collabkare.stack.ports import HOST, ensure_port_free
 from collabkare.stack.processes import Supervisor
 
 NAME = "smtp"
-_SIMPLE_ADDRESS = re.compile(r"\s*<([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+)>(.*)", re.DOTALL)
 
 
 class FaultFile:
@@ -89,28 +87,16 @@ class SpoolHandler:
         return "250 2.0.0 OK stored"
 
 
-def _smtp_class() -> type:
-    from aiosmtpd.smtp import SMTP
-
-    class FastSMTP(SMTP):
-        # aiosmtpd parses every MAIL FROM and RCPT TO address with the e-mail header parser and builds a
-        # typing.Protocol class per call: most of its CPU per message. Plain <local@domain> needs a regex.
-        def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-            simple = _SIMPLE_ADDRESS.match(arg)
-            return (simple[1], simple[2]) if simple else super()._getaddr(arg)
-
-    return FastSMTP
-
-
 async def serve(host: str, port: int, mbox: Path, faults_path: Path | None) -> None:
     """Accept mail until SIGTERM or SIGINT."""
-    smtp_class = _smtp_class()
+    from collabkare.stack.smtp_protocol import CatcherSMTP
+
     spool = Spool(mbox)
     handler = SpoolHandler(spool, FaultFile(faults_path))
     loop = asyncio.get_running_loop()
     # An explicit hostname: aiosmtpd would otherwise resolve our FQDN for every connection.
     server = await loop.create_server(
-        lambda: smtp_class(handler, hostname="collabkare-smtp-catcher", enable_SMTPUTF8=True), host, port
+        lambda: CatcherSMTP(handler, hostname="collabkare-smtp-catcher", enable_SMTPUTF8=True), host, port
     )
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
