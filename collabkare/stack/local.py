@@ -60,6 +60,11 @@ def _ports() -> dict[str, int]:
     return ports
 
 
+def default_workdir() -> Path:
+    """Where the local stack keeps its logs and caught mail: COLLABKARE_STACK_DIR, else var/stack."""
+    return Path(os.environ.get("COLLABKARE_STACK_DIR", var_dir() / "stack"))
+
+
 @contextlib.contextmanager
 def local_stack(
     workdir: Path | None = None, topic_prefix: str = "", console_port: int | None = None
@@ -68,7 +73,7 @@ def local_stack(
 
     With `console_port`, the staff console is served there too and is the only origin the APIs allow (CORS).
     """
-    workdir = workdir or Path(os.environ.get("COLLABKARE_STACK_DIR", var_dir() / "stack"))
+    workdir = workdir or default_workdir()
     ports = _ports()
     for service in SERVICES:
         ensure_port_free(ports[service.name], f"{service.name} API", service.port_variable)

@@ -92,3 +92,22 @@ def count(path: Path) -> int:
 def empty(path: Path) -> None:
     """Forget every caught message; the catcher starts a new file with its next one."""
     path.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m collabkare.stack.mailbox [FILE]`: one line per caught message (default: the local stack's)."""
+    import argparse
+
+    from collabkare.stack.local import default_workdir
+
+    parser = argparse.ArgumentParser(prog="python -m collabkare.stack.mailbox", description=main.__doc__)
+    parser.add_argument("file", nargs="?", type=Path, default=default_workdir() / "mail.mbox")
+    path = parser.parse_args(argv).file
+    messages = read_caught(path)
+    for message in messages:
+        print(f"{message['X-Caught-At']}  to {message['To']!s:<32}  {message['Subject']}")
+    print(f"{len(messages)} message(s) in {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -65,3 +66,14 @@ def test_emptying_the_mailbox_starts_a_new_file(tmp_path: Path) -> None:
     spool.append("a@example.com", ["d@example.com"], MESSAGE)
     spool.close()
     assert [m["X-Envelope-To"] for m in mailbox.read_caught(path)] == ["d@example.com"]
+
+
+def test_the_command_lists_what_was_caught(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spool = mailbox.Spool(tmp_path / "mail.mbox")
+    spool.append("a@example.com", ["b@example.com"], MESSAGE)
+    spool.close()
+    mailbox.main([str(tmp_path / "mail.mbox")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [lines[0].split()[0], "to", "b@example.com", "hi"]
+    assert lines[0].split()[0].endswith("Z")  # X-Caught-At
+    assert lines[1] == f"1 message(s) in {tmp_path / 'mail.mbox'}"
