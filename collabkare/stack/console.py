@@ -27,8 +27,8 @@ def console_url(port: int) -> str:
 
 
 def cors_origins(port: int) -> str:
-    """CORS_ORIGINS for the services: the console's origin and nothing else."""
-    return json.dumps([console_url(port)])
+    """CORS_ORIGINS for the services: the console's origin, as printed or typed as localhost, and nothing else."""
+    return json.dumps([console_url(port), f"http://localhost:{port}"])
 
 
 def start_console(supervisor: Supervisor, port: int, urls: dict[str, str], staff_token: str) -> str:

@@ -176,5 +176,8 @@ def test_only_the_console_origin_may_call_the_apis(console_stack: ConsoleStack) 
         url = f"{console_stack.stack.urls[service]}/healthz"
         allowed = httpx.options(url, headers={"Origin": console_stack.url, **preflight}, timeout=10)
         assert allowed.headers.get("access-control-allow-origin") == console_stack.url
+        typed = console_stack.url.replace("127.0.0.1", "localhost")  # the same page, opened as localhost
+        also = httpx.options(url, headers={"Origin": typed, **preflight}, timeout=10)
+        assert also.headers.get("access-control-allow-origin") == typed
         refused = httpx.options(url, headers={"Origin": "http://127.0.0.1:1", **preflight}, timeout=10)
         assert "access-control-allow-origin" not in refused.headers
