@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import email.parser
+import email.policy
 import time
 import uuid
 from collections import Counter
@@ -11,8 +13,8 @@ from typing import Any
 
 from collabkare.client import CollabKare
 from collabkare.seeding import patient_registered, publish
+from collabkare.stack import mailbox
 from collabkare.stack.local import DEMO_PRACTICE_ID, DEMO_PRACTICE_NAME, RunningStack, local_stack, seed_demo_practice
-from collabkare.stack.mailbox import read_caught
 
 DEFAULT_NOTE = "Your care team at Riverside invites you to connect your health record."
 ROSTER = """\
@@ -55,7 +57,7 @@ class Scenario:
         self.api = CollabKare(stack.urls, stack.jwt_secret, DEMO_PRACTICE_ID)
         self.patients: dict[str, uuid.UUID] = {}
         self.problems: list[str] = []
-        self.mail_before = len(_caught(stack))  # the mbox only grows: what came after this many is the demo's
+        self.mail_before = _caught_count(stack)  # the mbox only grows: what comes after these is the demo's
 
     def check(self, what: str, got: Any, expected: Any) -> None:
         mark = "ok " if got == expected else "BAD"
@@ -153,9 +155,6 @@ class Scenario:
         self.check("access history", [i["status"] for i in history["items"]], ["pending", "revoked"])
         self.check("resend gives a new invite", resent["invite"]["id"] != first["id"], True)
 
-    def _caught_recipients(self) -> set[str]:
-        return {str(message["To"]) for message in _caught(self.stack)[self.mail_before :]}
-
     def _verdict(self, address: str) -> str:
         rows = self.api.preview(address)["rows"]
         return str(rows[0]["verdict"]) if rows else ""
@@ -181,8 +180,8 @@ class Scenario:
         if self.stack.infra.mailbox is None:
             print("== emails: the SMTP server is external; see its own mailbox")
             return
-        self._wait_for("all 8 emails caught", lambda: len(_caught(self.stack)) - self.mail_before >= 8)
-        messages = _caught(self.stack)[self.mail_before :]
+        self._wait_for("all 8 emails caught", lambda: _caught_count(self.stack) - self.mail_before >= 8)
+        messages = _caught_since(self.stack, self.mail_before)
         print(f"== emails caught by the SMTP catcher ({len(messages)}):")
         recipients = []
         for message in messages:
@@ -216,8 +215,15 @@ def _history_line(item: dict[str, Any]) -> str:
     return line
 
 
-def _caught(stack: RunningStack) -> list[EmailMessage]:
-    return read_caught(stack.infra.mailbox) if stack.infra.mailbox else []
+def _caught_count(stack: RunningStack) -> int:
+    return mailbox.count(stack.infra.mailbox) if stack.infra.mailbox else 0
+
+
+def _caught_since(stack: RunningStack, before: int) -> list[EmailMessage]:
+    """The messages caught after the first `before`, parsed (the file keeps earlier runs' mail too)."""
+    parse = email.parser.BytesParser(_class=EmailMessage, policy=email.policy.default)
+    raw = mailbox.read_raw(stack.infra.mailbox)[before:] if stack.infra.mailbox else []
+    return [parse.parsebytes(message) for message in raw]
 
 
 def run_demo() -> int:

@@ -7,21 +7,26 @@ Each record is a `From ` line, the SMTP envelope as two headers, the arrival tim
 exactly as received (CRLF line ends), a line starting with `From ` quoted with one more `>` (mboxrd), and
 a blank line. Any mail client opens the file; `read_caught` gives the messages back.
 
-A record is appended with a single write(2) before the catcher replies 250, so whoever learned that a
-message was accepted (the notifier recorded it `sent`) finds it in the file.
+A record is appended under an exclusive flock(2) before the catcher replies 250, so whoever learned that a
+message was accepted (the notifier recorded it `sent`) finds it in the file, and a reader (who takes a shared
+lock) never sees half a record. An empty message comes back as a blank line: the record needs its line end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
+import fcntl
 import os
 import re
 import time
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from typing import BinaryIO
 
-_SEPARATOR = re.compile(rb"^From [^\r\n]*\r?\n", re.MULTILINE)
+_SEPARATOR = re.compile(rb"^From [^\n]*\n", re.MULTILINE)
 _QUOTED = re.compile(rb"^>(>*From )", re.MULTILINE)
 _TO_QUOTE = re.compile(rb"^(>*From )", re.MULTILINE)
 
@@ -29,6 +34,8 @@ _TO_QUOTE = re.compile(rb"^(>*From )", re.MULTILINE)
 def record(sender: str, recipients: list[str], content: bytes, now: float) -> bytes:
     """One mbox record: the message, its envelope and the time it was caught (epoch seconds, to the µs)."""
     caught_at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+    # SMTP lets a quoted local part carry a bare CR: it must not end the `From ` line or a header early.
+    sender, recipients = _one_line(sender), [_one_line(r) for r in recipients]
     head = (
         f"From {sender or 'MAILER-DAEMON'} {time.asctime(time.gmtime(now))}\r\n"
         f"X-Envelope-From: {sender}\r\nX-Envelope-To: {', '.join(recipients)}\r\nX-Caught-At: {caught_at}\r\n"
@@ -37,6 +44,10 @@ def record(sender: str, recipients: list[str], content: bytes, now: float) -> by
         content = _TO_QUOTE.sub(rb">\1", content)
     ending = b"\r\n" if content.endswith(b"\n") else b"\r\n\r\n"
     return head + content + ending
+
+
+def _one_line(value: str) -> str:
+    return value.replace("\r", " ").replace("\n", " ") if "\r" in value or "\n" in value else value
 
 
 class Spool:
@@ -48,7 +59,13 @@ class Spool:
 
     def append(self, sender: str, recipients: list[str], content: bytes) -> None:
         fd = self._open()
-        os.write(fd, record(sender, recipients, content, time.time()))
+        data = memoryview(record(sender, recipients, content, time.time()))
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            while data:  # a short write (a full disk) raises on the next call rather than leave half a record
+                data = data[os.write(fd, data) :]
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -66,10 +83,8 @@ class Spool:
 
 def read_raw(path: Path) -> list[bytes]:
     """Every message caught so far, oldest first, as received with the X-Envelope-* and X-Caught-At headers."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
+    with _locked(path) as file:
+        data = file.read() if file else b""
     records = _SEPARATOR.split(data)[1:]
     return [_QUOTED.sub(rb"\1", raw[:-2] if raw.endswith(b"\r\n\r\n") else raw) for raw in records]
 
@@ -81,12 +96,27 @@ def read_caught(path: Path) -> list[EmailMessage]:
 
 
 def count(path: Path) -> int:
-    """How many messages the file holds, without parsing them (a line starting `From ` is a separator)."""
+    """How many messages the file holds, read a MiB at a time (a line starting `From ` is a separator)."""
+    total, tail = 0, b"\n"  # as if a line ended just before the file: its first line is a separator too
+    with _locked(path) as file:
+        while file and (chunk := file.read(1 << 20)):
+            data = tail + chunk
+            total += data.count(b"\nFrom ")
+            tail = data[-5:]  # shorter than the pattern: a match is counted once, in the chunk it ends in
+    return total
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[BinaryIO | None]:
+    """The file open for reading under a shared lock (the catcher appends under an exclusive one)."""
     try:
-        data = path.read_bytes()
+        file = path.open("rb")
     except FileNotFoundError:
-        return 0
-    return data.count(b"\nFrom ") + data.startswith(b"From ")
+        yield None
+        return
+    with file:
+        fcntl.flock(file, fcntl.LOCK_SH)
+        yield file
 
 
 def empty(path: Path) -> None:

@@ -19,8 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import uvloop
-
 from collabkare.stack.mailbox import Spool
 from collabkare.stack.managed import ManagedServer
 from collabkare.stack.ports import HOST, ensure_port_free
@@ -117,7 +115,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mbox", type=Path, required=True, help="the mbox file messages are appended to")
     parser.add_argument("--faults", type=Path, help="JSON fault rules (default: smtp-faults.json beside the mbox)")
     args = parser.parse_args(argv)
-    uvloop.run(serve(args.host, args.port, args.mbox, args.faults or args.mbox.parent / "smtp-faults.json"))
+    served = serve(args.host, args.port, args.mbox, args.faults or args.mbox.parent / "smtp-faults.json")
+    try:
+        import uvloop  # half the event loop's CPU per message; not on Windows
+    except ImportError:
+        asyncio.run(served)
+    else:
+        uvloop.run(served)
 
 
 class EmbeddedSmtp(ManagedServer):

@@ -9,7 +9,7 @@ import asyncio
 import re
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP
+from aiosmtpd.smtp import MISSING, SMTP, syntax
 
 _SIMPLE_ADDRESS = re.compile(r"\s*<([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+)>(.*)", re.DOTALL)
 RFC_LINE_LIMIT = 1001  # aiosmtpd's: 1,000 characters and the CRLF, give or take its own off-by-one
@@ -33,6 +33,7 @@ class CatcherSMTP(SMTP):
         simple = _SIMPLE_ADDRESS.match(arg)
         return (simple[1], simple[2]) if simple else super()._getaddr(arg)
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         # The checks and replies of aiosmtpd 1.4's smtp_DATA, in its order.
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
@@ -79,7 +80,7 @@ class CatcherSMTP(SMTP):
                 buffer += await reader.readuntil(b".\r\n")
             except asyncio.LimitOverrunError as error:  # 64 kB and no ".\r\n" yet: take them, read on
                 buffer += await reader.readexactly(error.consumed)
-            if limit and len(buffer) > limit + len(b"\r\n" + _END):
+            if limit and len(buffer) > limit + len(_END):  # the CRLF before the message, the '.\r\n' after
                 too_much = True
                 del buffer[: -len(_END)]  # only the tail matters now, to find the end marker
         return None if too_much else bytes(buffer[: -len(b".\r\n")])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mailbox as stdlib_mailbox
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,39 @@ def test_the_command_lists_what_was_caught(tmp_path: Path, capsys: pytest.Captur
     assert lines[0].split() == [lines[0].split()[0], "to", "b@example.com", "hi"]
     assert lines[0].split()[0].endswith("Z")  # X-Caught-At
     assert lines[1] == f"1 message(s) in {tmp_path / 'mail.mbox'}"
+
+
+def test_a_cr_in_the_envelope_cannot_merge_two_records(tmp_path: Path) -> None:
+    """SMTP accepts a bare CR inside a quoted local part; it must not end the From line early."""
+    spool = mailbox.Spool(tmp_path / "mail.mbox")
+    spool.append('"a\rFrom b"@example.com', ["c\r\nX-Evil: 1@example.com"], MESSAGE)
+    spool.append("a@example.com", ["b@example.com"], MESSAGE)
+    spool.close()
+    raw = mailbox.read_raw(tmp_path / "mail.mbox")
+    assert len(raw) == mailbox.count(tmp_path / "mail.mbox") == 2
+    assert raw[0].startswith(b'X-Envelope-From: "a From b"@example.com\r\nX-Envelope-To: c  X-Evil: 1@example.com\r\n')
+
+
+def test_a_reader_never_sees_half_a_record(tmp_path: Path) -> None:
+    """The writer appends under an exclusive lock, readers read under a shared one."""
+    path = tmp_path / "mail.mbox"
+    body = MESSAGE + b"z" * 70 + b"\r\n"
+    big = body * 100  # ~10 kB a record: more than one page
+    stop = threading.Event()
+
+    def write() -> None:
+        spool = mailbox.Spool(path)
+        while not stop.is_set():
+            spool.append("a@example.com", ["b@example.com"], big)
+        spool.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for _ in range(300):
+            raw = mailbox.read_raw(path)
+            assert all(message.endswith(big) for message in raw)
+            assert len(raw) <= mailbox.count(path)  # more may arrive in between
+    finally:
+        stop.set()
+        writer.join()

@@ -100,3 +100,27 @@ def test_limits_answer_like_aiosmtpd_and_the_connection_carries_on() -> None:
         stored, replies = asyncio.run(exchange(protocol, [too_long, too_big, fine], data_size_limit=2000))
         assert [r[:3] for r in replies] == [b"500", b"552", b"250"], protocol
         assert stored == [b"fine\r\n"]
+
+
+def test_the_size_limit_falls_where_aiosmtpd_puts_it() -> None:
+    messages = [b"x" * (size - 2) + b"\r\n" for size in range(97, 104)]
+    ours = asyncio.run(exchange(CatcherSMTP, messages, data_size_limit=100))
+    assert ours == asyncio.run(exchange(SMTP, messages, data_size_limit=100))
+    assert [reply[:3] for reply in ours[1]] == [b"250"] * 4 + [b"552"] * 3
+
+
+def test_help_still_knows_data() -> None:
+    async def help_data(protocol: type[SMTP]) -> bytes:
+        server = await asyncio.get_running_loop().create_server(lambda: protocol(Collect()), "127.0.0.1", 0)
+        try:
+            async with asyncio.timeout(10):
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+                await _reply(reader)
+                writer.write(b"HELP DATA\r\n")
+                answer = await _reply(reader)
+                writer.close()
+                return answer
+        finally:
+            server.close()
+
+    assert asyncio.run(help_data(CatcherSMTP)) == asyncio.run(help_data(SMTP)) == b"250 Syntax: DATA\r\n"
