@@ -20,6 +20,7 @@ from services.runtime.auth import TokenVerifier
 from services.runtime.consumer import BatchConsumer, ConsumerContext, Subscription
 from services.runtime.database import create_pool, database_reachable
 from services.runtime.http import create_http_app
+from services.runtime.jobs import Jobs
 from services.runtime.logging import configure_logging, get_logger
 from services.runtime.metrics import Metrics
 from services.runtime.migrations import MigrationPlan
@@ -82,6 +83,7 @@ class ServiceRuntime:
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self.consuming = asyncio.Event()
+        self.jobs = Jobs()
 
     def _declare_routes(self) -> None:
         for subscription in self.spec.subscriptions:
@@ -126,7 +128,9 @@ class ServiceRuntime:
         if self.spec.subscriptions:
             self._tasks.append(asyncio.create_task(self._start_consumers(), name="start-consumers"))
         for job in self.spec.background_jobs:
-            self._tasks.append(asyncio.create_task(job(self), name=getattr(job, "__name__", "job")))
+            name = getattr(job, "__qualname__", type(job).__name__)
+            run = functools.partial(job, self)
+            self._tasks.append(asyncio.create_task(self.jobs.keep_running(name, run), name=name))
         log.info("service.started", port=settings.port)
 
     async def _start_consumers(self) -> None:
@@ -188,6 +192,7 @@ class ServiceRuntime:
             readiness={
                 "database": self.database_ready,
                 "broker": self.broker_ready,
+                **({"jobs": self.jobs.ready} if self.spec.background_jobs else {}),
                 **{name: functools.partial(probe, self) for name, probe in self.spec.readiness.items()},
             },
             routers=self.spec.routers,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -151,3 +152,30 @@ async def test_malformed_input_names_the_field(client: httpx.AsyncClient) -> Non
     assert not_json.headers["content-type"] == "application/problem+json"
     unknown = await client.get("/v1/nothing-here")
     assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_background_job_that_dies_is_started_again(database: ScratchDatabase, topic_prefix: str) -> None:
+    env = service_env(database, "connections", topic_prefix)
+    settings = ConnectionsSettings(**{k.lower(): v for k, v in env.items()})
+    runs: list[int] = []
+    up = asyncio.Event()
+
+    async def flaky(runtime: ServiceRuntime) -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("a bug in the job")
+        up.set()
+        await asyncio.Event().wait()
+
+    spec = ServiceSpec("connections", "test", "test", MIGRATIONS, background_jobs=(flaky,))
+    app = ServiceRuntime(spec, settings).http_app()
+    async with app.router.lifespan_context(app):
+        async with asyncio.timeout(20):
+            await up.wait()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            ready = await http.get("/readyz")
+            deadline = time.monotonic() + 20
+            while ready.status_code != 200 and time.monotonic() < deadline:
+                ready = await http.get("/readyz")
+    assert len(runs) == 2
+    assert ready.json()["checks"] == {"database": True, "broker": True, "jobs": True}, ready.text
