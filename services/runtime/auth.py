@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -136,3 +137,30 @@ def patient(principal: Annotated[Principal, Depends(authenticated)]) -> Principa
 
 StaffMember = Annotated[Principal, Depends(practice_staff)]
 Patient = Annotated[Principal, Depends(patient)]
+
+
+def check_access_before_body(request: Request) -> None:
+    """Raise the 401/403/404 the route's access dependency would raise, for a body FastAPI could not parse.
+
+    FastAPI parses a JSON body before it runs any dependency, so malformed JSON would get 422 even without a
+    token, or with another practice's; every other request meets the access check first. Routes without one
+    are left alone.
+    """
+    route = request.scope.get("route")
+    calls = set(_dependency_calls(route.dependant)) if route is not None and hasattr(route, "dependant") else set()
+    if practice_staff in calls:
+        try:
+            practice_id = uuid.UUID(str(request.path_params.get("practice_id")))
+        except ValueError:
+            return  # the path's own 422 names it
+        practice_staff(authenticated(request), practice_id)
+    elif patient in calls:
+        patient(authenticated(request))
+    elif authenticated in calls:
+        authenticated(request)
+
+
+def _dependency_calls(dependant: Any) -> Iterator[Any]:
+    for dependency in dependant.dependencies:
+        yield dependency.call
+        yield from _dependency_calls(dependency)

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.runtime.auth import check_access_before_body
 from services.runtime.metrics import Metrics
 from services.runtime.problems import install_problem_handlers
 
@@ -75,7 +76,7 @@ def create_http_app(
     cors_origins: Sequence[str] = (),
 ) -> FastAPI:
     app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
-    install_problem_handlers(app)
+    install_problem_handlers(app, check_access=check_access_before_body)
     for router in routers:
         app.include_router(router)
 

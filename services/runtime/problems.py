@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -97,7 +98,10 @@ def field_errors(error: RequestValidationError) -> list[dict[str, str]]:
     return result
 
 
-def install_problem_handlers(app: FastAPI) -> None:
+def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], None] | None = None) -> None:
+    """problem+json for every error; `check_access(request)` runs first when a JSON body could not be parsed
+    (FastAPI parses it before any dependency), so that a missing token still answers 401, not 422."""
+
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
         return problem_response(
@@ -106,6 +110,11 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        if check_access is not None and any(error.get("type") == "json_invalid" for error in exc.errors()):
+            try:
+                check_access(request)
+            except Problem as refused:
+                return await on_problem(request, refused)
         errors = field_errors(exc)
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         return problem_response(request, 422, f"The request is not valid: {detail}", errors=errors)

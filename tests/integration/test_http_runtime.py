@@ -154,6 +154,43 @@ async def test_malformed_input_names_the_field(client: httpx.AsyncClient) -> Non
     assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/problem+json"
 
 
+@router.post("/v1/me/echo")
+async def my_echo(patient: Patient, body: Echo) -> dict[str, str]:
+    return {"reason": body.reason}
+
+
+@pytest.mark.parametrize(
+    ("case", "path", "token", "status"),
+    [
+        ("no token", f"/v1/practices/{PRACTICE}/echo", None, 401),
+        ("bad token", f"/v1/practices/{PRACTICE}/echo", "not-a-jwt", 401),
+        ("patient on a staff route", f"/v1/practices/{PRACTICE}/echo", "patient", 403),
+        ("another practice", f"/v1/practices/{uuid.uuid4()}/echo", "staff", 404),
+        ("staff on a patient route", "/v1/me/echo", "staff", 403),
+        ("no token, patient route", "/v1/me/echo", None, 401),
+        ("allowed: the body is at fault", f"/v1/practices/{PRACTICE}/echo", "staff", 422),
+        ("allowed, patient route", "/v1/me/echo", "patient", 422),
+    ],
+)
+async def test_malformed_json_meets_the_access_check_first(
+    client: httpx.AsyncClient, case: str, path: str, token: str | None, status: int
+) -> None:
+    """FastAPI parses JSON before any dependency: the access answer must not depend on the body being valid."""
+    tokens = {"staff": staff_token(PRACTICE), "patient": patient_token(uuid.uuid4(), "p@example.com")}
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {tokens.get(token, token)}"
+    response = await client.post(path, content=b"{nope", headers=headers)
+    assert response.status_code == status, (case, response.text)
+    assert response.headers["content-type"] == "application/problem+json"
+    if status == 422:
+        assert response.json()["errors"][0] == {
+            "field": "body",
+            "rule": "json",
+            "message": "the body is not valid JSON",
+        }
+
+
 async def test_a_background_job_that_dies_is_started_again(database: ScratchDatabase, topic_prefix: str) -> None:
     env = service_env(database, "connections", topic_prefix)
     settings = ConnectionsSettings(**{k.lower(): v for k, v in env.items()})
