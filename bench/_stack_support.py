@@ -186,10 +186,6 @@ def caught(mbox: Path) -> tuple[int, float | None]:
     return mailbox_file.count(mbox), last
 
 
-def empty_mailbox(mbox: Path) -> None:
-    mailbox_file.empty(mbox)
-
-
 # --- resources -----------------------------------------------------------------------------------------------
 
 

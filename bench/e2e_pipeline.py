@@ -43,7 +43,6 @@ from bench._stack_support import (
     bench_stack,
     caught,
     cpu_seconds,
-    empty_mailbox,
     format_table,
     load_average,
     mailbox,
@@ -52,6 +51,7 @@ from bench._stack_support import (
     remove_workdir,
     seed_directory,
 )
+from collabkare.stack import mailbox as mailbox_file
 
 OUTPUT = RESULTS / "e2e.json"
 TARGET_FINAL_SECONDS = 10.0  # 10,000 rows final within
@@ -98,7 +98,7 @@ async def pipeline(stack: Any, practice: uuid.UUID, rows: int, text: str) -> Run
     body = json.dumps({"roster": text, "default_note": "We look forward to seeing you."}).encode()
     base = f"{stack.urls['invitations']}/v1/practices/{practice}/invite-batches"
     mbox = mailbox(stack)
-    empty_mailbox(mbox)
+    mailbox_file.empty(mbox)
     poll = 0.1 if rows <= 10_000 else 0.25  # each poll counts the batch's rows per outcome: work for PostgreSQL
     bound = 60 + rows / 200  # generous: 100 rows/s would be a broken pipeline here
     pids = process_pids(stack)
@@ -143,7 +143,7 @@ async def pipeline(stack: Any, practice: uuid.UUID, rows: int, text: str) -> Run
     if final is not None and emails != rows:
         problems.append(f"the SMTP catcher caught {emails} emails for {rows} rows")
     emails_seconds = last_caught - wall if last_caught is not None else None
-    empty_mailbox(mbox)
+    mailbox_file.empty(mbox)
     return Run(
         rows=rows,
         status=response.status_code,
@@ -205,7 +205,7 @@ async def naive_baseline(stack: Any, settings: Any, rows: int) -> dict[str, Any]
         await producer.stop()
         await database.execute("DROP TABLE IF EXISTS bench_naive")
         await database.close()
-    empty_mailbox(mailbox(stack))
+    mailbox_file.empty(mailbox(stack))
     return {
         "rows": rows,
         "seconds": round(elapsed, 3),
@@ -245,7 +245,7 @@ async def measure(stack: Any, sizes: list[int], naive_rows: int, ceiling_message
     await ceiling(settings, messages[: min(2000, ceiling_messages)], "lean")  # a fresh catcher is slower at first
     print(f"raw SMTP ceiling: {ceiling_messages:,} pre-built messages, {settings.smtp_pool_size} connections …")
     before, before_cpu = await measured_ceiling(stack, settings, messages)
-    empty_mailbox(mbox)
+    mailbox_file.empty(mbox)
 
     warm = await pipeline(stack, practice, WARM_UP_ROWS, rosters[WARM_UP_ROWS][0])  # imports, plans, pools
     runs = []
@@ -259,7 +259,7 @@ async def measure(stack: Any, sizes: list[int], naive_rows: int, ceiling_message
 
     print("raw SMTP ceiling again …", flush=True)
     after, after_cpu = await measured_ceiling(stack, settings, messages)
-    empty_mailbox(mbox)
+    mailbox_file.empty(mbox)
     print(f"naive baseline: {naive_rows} rows one at a time …", flush=True)
     naive = await naive_baseline(stack, settings, naive_rows)
     return {

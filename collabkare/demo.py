@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
 import time
 import uuid
 from collections import Counter
@@ -220,10 +218,8 @@ def _caught_count(stack: RunningStack) -> int:
 
 
 def _caught_since(stack: RunningStack, before: int) -> list[EmailMessage]:
-    """The messages caught after the first `before`, parsed (the file keeps earlier runs' mail too)."""
-    parse = email.parser.BytesParser(_class=EmailMessage, policy=email.policy.default)
-    raw = mailbox.read_raw(stack.infra.mailbox)[before:] if stack.infra.mailbox else []
-    return [parse.parsebytes(message) for message in raw]
+    """The messages caught after the first `before` (the file keeps earlier runs' mail too)."""
+    return mailbox.read_caught(stack.infra.mailbox, since=before) if stack.infra.mailbox else []
 
 
 def run_demo() -> int:

@@ -89,10 +89,14 @@ def read_raw(path: Path) -> list[bytes]:
     return [_QUOTED.sub(rb"\1", raw[:-2] if raw.endswith(b"\r\n\r\n") else raw) for raw in records]
 
 
-def read_caught(path: Path) -> list[EmailMessage]:
-    """Every message caught so far, oldest first (X-Envelope-From/To carry the SMTP envelope)."""
-    parse = email.parser.BytesParser(_class=EmailMessage, policy=email.policy.default)
-    return [parse.parsebytes(raw) for raw in read_raw(path)]
+def read_caught(path: Path, since: int = 0) -> list[EmailMessage]:
+    """Every message caught so far, oldest first, from the `since`-th on (X-Envelope-From/To: the envelope)."""
+    return [parse(raw) for raw in read_raw(path)[since:]]
+
+
+def parse(raw: bytes) -> EmailMessage:
+    """One record of `read_raw` as an EmailMessage."""
+    return email.parser.BytesParser(_class=EmailMessage, policy=email.policy.default).parsebytes(raw)
 
 
 def count(path: Path) -> int:

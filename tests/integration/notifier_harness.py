@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
 import json
 import time
 import uuid
@@ -21,7 +19,7 @@ from fastapi import FastAPI
 
 from collabkare.seeding import publish_pipelined
 from collabkare.stack.infra import Infrastructure
-from collabkare.stack.mailbox import read_raw
+from collabkare.stack.mailbox import parse, read_raw
 from schemas import ConnectionApproved, ConnectionRejected, Envelope, InviteRequested
 from schemas.events import PatientRegistered, PatientRegisteredPayload, PracticeRegistered, PracticeRegisteredPayload
 from services.notifier.app import build_spec
@@ -120,8 +118,7 @@ class Notifier:
         return [raw for raw in read_raw(self.mailbox) if message_id in raw[: raw.find(b"\r\n\r\n")]]
 
     def caught(self, source_event_id: uuid.UUID) -> list[EmailMessage]:
-        parse = email.parser.BytesParser(_class=EmailMessage, policy=email.policy.default)
-        return [parse.parsebytes(raw) for raw in self.caught_raw(source_event_id)]
+        return [parse(raw) for raw in self.caught_raw(source_event_id)]
 
 
 @asynccontextmanager
