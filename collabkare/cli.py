@@ -16,7 +16,7 @@ from services.runtime.logging import configure_logging
 
 
 def _setting(name: str) -> str:
-    """From the environment, else from the running local stack's var/stack.env."""
+    """From the environment, else from the running local stack's stack.env (var/stack/, or COLLABKARE_STACK_DIR)."""
     value = os.environ.get(name) or read_stack_env().get(name)
     if not value:
         raise StackError(f"{name} is not set and no local stack is running (start one with `make up`)")

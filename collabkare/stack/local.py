@@ -23,8 +23,8 @@ from collabkare.stack.console import console_port, cors_origins, start_console
 from collabkare.stack.errors import StackError
 from collabkare.stack.infra import Infrastructure, start_infrastructure
 from collabkare.stack.ports import ensure_port_free
-from collabkare.stack.processes import Supervisor, var_dir
-from collabkare.stack.settings_file import remove_stack_env, write_stack_env
+from collabkare.stack.processes import Supervisor
+from collabkare.stack.settings_file import default_workdir, remove_stack_env, write_stack_env
 from schemas.topics import TOPICS, all_topic_names
 from services.runtime.auth import mint_token
 from services.runtime.migrations import migrate
@@ -58,11 +58,6 @@ def _ports() -> dict[str, int]:
             raise StackError(f"{service.port_variable}={raw!r}: expected a port number")
         ports[service.name] = int(raw)
     return ports
-
-
-def default_workdir() -> Path:
-    """Where the local stack keeps its logs and caught mail: COLLABKARE_STACK_DIR, else var/stack."""
-    return Path(os.environ.get("COLLABKARE_STACK_DIR", var_dir() / "stack"))
 
 
 @contextlib.contextmanager
@@ -118,17 +113,18 @@ def local_stack(
         if console_port is not None:
             stack.console_url = start_console(supervisor, console_port, stack.urls, demo_staff_token(jwt_secret))
         write_stack_env(
+            workdir,
             {
                 "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
                 "KAFKA_TOPIC_PREFIX": topic_prefix,
                 "JWT_SECRET": jwt_secret,
                 **{f"{name.upper()}_URL": url for name, url in stack.urls.items()},
-            }
+            },
         )
         try:
             yield stack
         finally:
-            remove_stack_env()
+            remove_stack_env(workdir)
 
 
 def _prepare_database(infra: Infrastructure) -> str:

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m collabkare.stack.mailbox [FILE]`: one line per caught message (default: the local stack's)."""
     import argparse
 
-    from collabkare.stack.local import default_workdir
+    from collabkare.stack.settings_file import default_workdir
 
     parser = argparse.ArgumentParser(prog="python -m collabkare.stack.mailbox", description=main.__doc__)
     parser.add_argument("file", nargs="?", type=Path, default=default_workdir() / "mail.mbox")

@@ -78,6 +78,8 @@ def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
         assert f"staff console  http://127.0.0.1:{env['CONSOLE_PORT']}/" in text
         token_line = output[output.index("  staff token (practice_manager, 8 h):\n") + 1].strip()
         assert token_line.count(".") == 2, "the banner should print a JWT"
+        # The CLI finds this stack through COLLABKARE_STACK_DIR: its stack.env sits in the stack's directory.
+        assert "JWT_SECRET=" in (workdir / "stack.env").read_text()
         minted = subprocess.run(
             [*CLI, "token", "patient", "--patient", str(uuid.uuid4()), "--email", "p@example.com"],
             env=env,
@@ -101,6 +103,7 @@ def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
         remaining, _ = stack.communicate(timeout=90)
     assert stack.returncode == 0, "".join(output) + remaining
     assert "no process left behind" in remaining
+    assert not (workdir / "stack.env").exists()
     time.sleep(0.5)
     assert _leftovers(workdir, {**ports, "console": int(env["CONSOLE_PORT"])}) == []
 
