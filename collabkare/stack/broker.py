@@ -19,7 +19,10 @@ _RETRIABLE = {5, 7, 8, 41}  # leader not available, request timed out, broker no
 
 
 class EmbeddedBroker(ManagedServer):
-    """Tansu on 127.0.0.1:`port`. Memory storage: a restart forgets every topic and record."""
+    """Tansu on 127.0.0.1:`port`. Memory storage: a restart forgets every topic and record.
+
+    `advertised_port`: the port clients are told to connect to (metadata), when something relays to this one.
+    """
 
     name = NAME
 
@@ -27,11 +30,13 @@ class EmbeddedBroker(ManagedServer):
         self,
         port: int,
         *,
+        advertised_port: int | None = None,
         supervisor: Supervisor | None = None,
         log_dir: Path | None = None,
         startup_timeout: float = 15.0,
     ) -> None:
         self.port = port
+        self.advertised_port = advertised_port or port
         self.supervisor = supervisor or Supervisor(log_dir or var_dir() / "logs")
         self.startup_timeout = startup_timeout
 
@@ -41,8 +46,8 @@ class EmbeddedBroker(ManagedServer):
 
     def start(self) -> None:
         ensure_port_free(self.port, "embedded Kafka broker")
-        url = f"tcp://{HOST}:{self.port}"
-        command = [_broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        url, advertised = f"tcp://{HOST}:{self.port}", f"tcp://{HOST}:{self.advertised_port}"
+        command = [_broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised]
         command += ["--storage-engine", "memory://tansu/"]
         # Tansu logs every request at info: at benchmark rates that is gigabytes of log.
         self.supervisor.start(NAME, command, env={"RUST_LOG": "warn"})

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +20,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from collabkare.client import CollabKare
+from collabkare.stack.broker import EmbeddedBroker
 from collabkare.stack.local import RunningStack, local_stack
 from collabkare.stack.ports import free_port
+from collabkare.stack.processes import Supervisor
 from schemas.topics import TOPICS, dead_letter_topic
+from tests.faults.door import BrokerDoor
 from tests.faults.harness import (
     DRILL_SECONDS,
     Drill,
@@ -54,10 +57,35 @@ DRILL_ENV = {
 pytestmark = pytest.mark.timeout(240)
 
 
+@dataclass
+class Broker:
+    """The embedded broker, reached only through its door (stopping the door stops the broker for clients)."""
+
+    server: EmbeddedBroker
+    door: BrokerDoor
+
+
 @pytest.fixture(scope="module")
-def stack() -> Iterator[RunningStack]:
+def workdir() -> Path:
+    return ROOT / "var" / f"faults-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def broker(workdir: Path) -> Iterator[Broker]:
+    with Supervisor(workdir / "logs") as supervisor:
+        door_port = free_port()
+        server = EmbeddedBroker(free_port(), advertised_port=door_port, supervisor=supervisor)
+        door = BrokerDoor(door_port, server.port, supervisor=supervisor)
+        server.start()
+        door.start()
+        yield Broker(server, door)
+
+
+@pytest.fixture(scope="module")
+def stack(workdir: Path, broker: Broker) -> Iterator[RunningStack]:
     env = {
-        "COLLABKARE_STACK_DIR": str(ROOT / "var" / f"faults-{uuid.uuid4().hex[:8]}"),
+        "COLLABKARE_STACK_DIR": str(workdir),
+        "KAFKA_BOOTSTRAP_SERVERS": broker.door.bootstrap_servers,
         **{f"{name.upper()}_PORT": str(free_port()) for name in SERVICES},
         **DRILL_ENV,
     }
@@ -337,23 +365,30 @@ def test_postgres_restart_apis_answer_or_503(stack: RunningStack, postgres_resta
     )
 
 
-# Last in the module on purpose: the embedded broker keeps everything in memory, so its restart forgets every
-# topic and committed offset. In about half the runs the consumers then skip the events published to the
-# recreated topics (see the report on issue #6), which would leave every later drill without deliveries.
-def test_broker_stopped_while_roster_is_submitted(stack: RunningStack) -> None:
-    """The broker stops answering (SIGSTOP) during a submit, then carries on (SIGCONT).
+def test_broker_stopped_while_roster_is_submitted(stack: RunningStack, broker: Broker) -> None:
+    """The broker stops (every connection cut, new ones refused) during a submit, then starts again.
 
-    Frozen rather than killed: the embedded broker keeps records in memory only, so a restart would come
-    back empty, topics, records and committed offsets gone, which no production Kafka does, and consumers
-    would then fetch from positions the new, empty logs have not reached yet. Frozen, it is unreachable
-    for every client (requests time out), and comes back with its data, as a restarted Kafka does.
+    Through its door (tests/faults/door.py): the embedded broker keeps records in memory only, so restarting
+    its process would bring it back without topics, records or committed offsets, which no production Kafka
+    does. Stopping the door is what a stopped broker looks like to every client; starting it again brings the
+    broker back with its data, as a restarted Kafka with its disks would.
     """
-    drill = Drill(stack, "brokerdown")
+    _broker_away_during_submit(stack, "brokerstop", broker.door.stop, broker.door.start)
+
+
+def test_broker_hangs_while_roster_is_submitted(stack: RunningStack, broker: Broker) -> None:
+    """The broker stops answering (SIGSTOP: connections stay open, requests time out), then carries on."""
+    _broker_away_during_submit(stack, "brokerhang", broker.server.freeze, broker.server.thaw)
+
+
+def _broker_away_during_submit(
+    stack: RunningStack, tag: str, away: Callable[[], None], back: Callable[[], None]
+) -> None:
+    drill = Drill(stack, tag)
     emails = drill.register(500)
-    assert stack.infra.broker is not None
     readyz = {f"{name} readyz": lambda http, n=name: http.get(f"{stack.urls[n]}/readyz") for name in SERVICES}
     with Watcher(readyz) as watcher:
-        stack.infra.broker.freeze()
+        away()
         try:
             for name in SERVICES:
                 wait_for(f"{name} /readyz 503 with the broker down", lambda n=name: ready(stack.urls[n]) == 503, 30)
@@ -362,7 +397,7 @@ def test_broker_stopped_while_roster_is_submitted(stack: RunningStack) -> None:
             assert drill.api.batch(batch["batch_id"])["done"] is False
             time.sleep(2.0)
         finally:
-            stack.infra.broker.thaw()
+            back()
         for name in SERVICES:
             wait_for(f"{name} /readyz 200 after the broker returned", lambda n=name: ready(stack.urls[n]) == 200, 60)
         try:
