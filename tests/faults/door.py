@@ -72,7 +72,10 @@ async def _serve(port: int, upstream_port: int) -> None:
             client.transport.abort()
             return
         open_sockets.add(upstream)
-        await asyncio.gather(_pipe(client_reader, upstream), _pipe(upstream_reader, client))
+        try:
+            await asyncio.gather(_pipe(client_reader, upstream), _pipe(upstream_reader, client))
+        finally:
+            open_sockets.difference_update((client, upstream))
 
     server = await asyncio.start_server(relay, HOST, port)
     stop = asyncio.Event()
