@@ -16,7 +16,7 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.message import StreamMessage
 from pydantic import ValidationError
 
-from schemas import Envelope, dead_letter_topic, parse_event
+from schemas import EVENT_TYPES, Envelope, dead_letter_topic, parse_event
 from services.runtime import inbox
 from services.runtime.database import TRANSIENT_ERRORS
 from services.runtime.logging import get_logger
@@ -101,8 +101,11 @@ class BatchConsumer:
                 # Parsing a full batch takes tens of milliseconds: let the service's other tasks (the
                 # notifier's SMTP connections, the HTTP API) run in between instead of stalling behind it.
                 await asyncio.sleep(0)
-            if _announced_type(record) not in (None, *self.subscription.handlers):
+            announced = _announced_type(record)
+            if announced in EVENT_TYPES and announced not in self.subscription.handlers:
                 continue  # another consumer's event, by the type our relays put in the headers: not parsed
+            # No header, one of ours, or a type no contract knows: parsed, so an unknown one is dead-lettered
+            # (with or without the header) instead of vanishing.
             try:
                 event = decode(record)
             except PoisonMessage as error:
@@ -154,21 +157,30 @@ class BatchConsumer:
     async def dead_letter(
         self, record: ConsumerRecord[bytes, bytes], reason: str, event: Envelope | None = None
     ) -> None:
-        headers = {
+        # The original record as it was (key, bytes, headers: a redrive can put it back as is), and why.
+        original = {key: value.decode(errors="replace") for key, value in record.headers or ()}
+        headers = original | {
             "dead_letter_reason": reason[:2000],
             "original_topic": record.topic,
             "original_partition": str(record.partition),
             "original_offset": str(record.offset),
             "consumer_group": self.subscription.group,
         }
-        await self.context.broker.publish(record.value or b"", topic=self.dead_letters, key=record.key, headers=headers)
+        await self.context.broker.publish(
+            record.value or b"",
+            topic=self.dead_letters,
+            key=record.key,
+            headers=headers,
+            # FastStream would otherwise stamp a fresh one; an unparsable record keeps what it carried, if any.
+            correlation_id=event.correlation_id if event else original.get("correlation_id"),
+        )
         self.context.metrics.dead_letters.labels(self.subscription.group).inc()
         log.error(
             "consumer.dead_lettered",
             group=self.subscription.group,
             topic=record.topic,
             offset=record.offset,
-            event_id=str(event.event_id) if event else None,
+            event_id=str(event.event_id) if event else original.get("event_id"),
             error=reason[:300],
         )
 

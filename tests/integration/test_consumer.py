@@ -110,9 +110,9 @@ async def test_malformed_message_goes_to_dead_letters_and_the_next_is_applied(
     good = _expired()
     garbage = b'{"event_type": "InviteExpired", "this is": "not an event"}'
     bootstrap = database.infra.kafka_bootstrap
-    await produce(
-        bootstrap, topic_prefix + "invitations.v1", [(b"k", garbage), (b"k", good.model_dump_json().encode())]
-    )
+    trace = ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    await produce(bootstrap, topic_prefix + "invitations.v1", [(b"k", garbage)], headers=[trace])
+    await produce(bootstrap, topic_prefix + "invitations.v1", [(b"k", good.model_dump_json().encode())])
     rows = await _applied(database, expect=1)
     assert [r["event_id"] for r in rows] == [good.event_id]
     dead = await read_topic(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=1)
@@ -120,6 +120,8 @@ async def test_malformed_message_goes_to_dead_letters_and_the_next_is_applied(
     headers = dict(dead[0].headers)
     assert b"not a valid event" in headers["dead_letter_reason"]
     assert headers["original_topic"] == (topic_prefix + "invitations.v1").encode()
+    assert headers["traceparent"] == trace[1], "the original record's headers are kept for a redrive"
+    assert dead[0].key == b"k"
 
 
 async def test_events_of_types_the_group_does_not_handle_are_skipped_by_their_header_unparsed(
@@ -137,10 +139,15 @@ async def test_events_of_types_the_group_does_not_handle_are_skipped_by_their_he
     unlabelled = b'{"event_type": "InviteRevoked", "broken": true}'
     after = _expired()
     await produce(bootstrap, topic, [(b"k", unlabelled), (b"k", after.model_dump_json().encode())])
+    # A type no contract knows is judged whether announced or not: dead-lettered, never silently passed over.
+    unknown = after.model_dump_json().replace('"InviteExpired"', '"PatientDeleted"').encode()
+    await produce(bootstrap, topic, [(b"k", unknown)], headers=[("event_type", b"PatientDeleted")])
+    await produce(bootstrap, topic, [(b"k", unknown)])
     rows = await _applied(database, expect=2)
     assert sorted(str(r["event_id"]) for r in rows) == sorted([str(ours.event_id), str(after.event_id)])
-    dead = await read_topic(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=1)
-    assert [d.value for d in dead] == [unlabelled], "only the record without a type header is judged"
+    dead = await read_topic(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=3)
+    assert [d.value for d in dead] == [unlabelled, unknown, unknown], "records with another group's type are skipped"
+    assert all(b"PatientDeleted" in dict(d.headers)["dead_letter_reason"] for d in dead[1:])
 
 
 async def test_failing_event_is_retried_then_dead_lettered_without_blocking_others(
@@ -160,4 +167,6 @@ async def test_failing_event_is_retried_then_dead_lettered_without_blocking_othe
     assert sorted(str(r["event_id"]) for r in rows) == sorted([str(flaky.event_id), str(fine.event_id)])
     dead = await read_topic(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=1)
     assert len(dead) == 1
-    assert b"cannot be applied" in dict(dead[0].headers)["dead_letter_reason"]
+    headers = dict(dead[0].headers)
+    assert b"cannot be applied" in headers["dead_letter_reason"]
+    assert headers["correlation_id"] == broken.correlation_id.encode()  # the event's, not a fresh one
