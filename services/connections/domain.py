@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import replace
 from datetime import datetime
@@ -23,6 +24,8 @@ PRODUCER = "connections"
 MAX_TEXT = 500  # longest message or reason, in characters (the events' Note type)
 _RESULT: dict[Decision, Status] = {"approve": Status.APPROVED, "reject": Status.REJECTED}
 
+_UNSENDABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
 
 class DomainError(Exception):
     """A rule refused the change; the message is safe to show to the caller."""
@@ -41,9 +44,13 @@ class AlreadyDecided(DomainError):
 
 
 def clean_text(text: str | None) -> str | None:
-    """Trim a free-text field; nothing left means no text at all."""
+    """Trim a free-text field; nothing left means no text at all. Control characters (other than tab and
+    line breaks) are refused: PostgreSQL cannot store U+0000, and none belongs in an email to a patient."""
     if text is None:
         return None
+    unsendable = _UNSENDABLE.search(text)
+    if unsendable is not None:
+        raise ValueError(f"the text contains a control character (U+{ord(unsendable.group()):04X})")
     return text.strip() or None
 
 

@@ -75,8 +75,8 @@ class TokenVerifier:
         except ValueError as error:
             raise _unauthorized("The token's practice_id claim is not a UUID.") from error
         subject = str(claims["sub"])
-        if not subject or len(subject) > MAX_SUBJECT_LENGTH:
-            raise _unauthorized(f"The token's sub claim must be 1 to {MAX_SUBJECT_LENGTH} characters.")
+        if not subject or len(subject) > MAX_SUBJECT_LENGTH or not subject.isprintable():
+            raise _unauthorized(f"The token's sub claim must be 1 to {MAX_SUBJECT_LENGTH} printable characters.")
         return Principal(subject, frozenset(roles), practice_id, claims.get("email"))
 
 

@@ -346,6 +346,9 @@ BAD_DECISIONS: dict[str, tuple[str, dict[str, Any], int, str | None]] = {
         "body",
     ),
     "JSON array": ("{id}/reject", {"json": ["no"]}, 422, None),
+    # PostgreSQL cannot store U+0000 (it was a 500); no control character belongs in the patient's email.
+    "NUL in the reason": ("{id}/reject", {"json": {"reason": "bad\u0000reason"}}, 422, "reason"),
+    "control character in the reason": ("{id}/reject", {"json": {"reason": "bell\u0007"}}, 422, "reason"),
 }
 
 
@@ -370,6 +373,7 @@ BAD_ASKS: dict[str, tuple[dict[str, Any], int, str | None]] = {
     "malformed practice id": ({"json": {"practice_id": "nope"}}, 422, "practice_id"),
     "missing practice id": ({"json": {"message": "hi"}}, 422, "practice_id"),
     "oversized message": ({"json": {"practice_id": "{practice}", "message": "m" * 501}}, 422, "message"),
+    "NUL in the message": ({"json": {"practice_id": "{practice}", "message": "hi\u0000there"}}, 422, "message"),
     "wrong content type": (
         {"content": b"practice_id={practice}", "headers": {"Content-Type": "text/plain"}},
         415,

@@ -108,6 +108,16 @@ def test_an_overlong_subject_is_refused() -> None:
     assert refused.value.status == 401 and "sub" in refused.value.detail
 
 
+@pytest.mark.parametrize("subject", ["staff\u0000one", "line\nbreak", "tab\there"])
+def test_a_subject_with_control_characters_is_refused(subject: str) -> None:
+    """The subject is stored as the actor of every change: PostgreSQL cannot store U+0000 (it was a 500)."""
+    secret = "s" * 40
+    verifier = TokenVerifier("HS256", "collabkare", "collabkare-api", secret=secret)
+    with pytest.raises(Problem) as refused:
+        verifier.verify(mint_token(secret, subject, ["admin"], practice_id=PRACTICE))
+    assert refused.value.status == 401 and "printable" in refused.value.detail
+
+
 def test_problem_extensions_cannot_clobber_standard_members() -> None:
     with pytest.raises(ValueError, match="status"):
         Problem(409, "conflict", status="rejected")
