@@ -21,7 +21,7 @@ class Decision(StrEnum):
     LOCKED = "locked"  # 403: too many wrong answers
     WRONG_FACTOR = "wrong_factor"  # 403, counted
     FACTOR_REQUIRED = "factor_required"  # 422, not counted: the patient gave nothing this invite can check
-    OTHER_EMAIL = "other_email"  # 403: an invite without factors is for the address it was sent to
+    OTHER_EMAIL = "other_email"  # 403: an invite is for the patient at the address it was sent to
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,11 @@ def accept(
     now: datetime,
     cause: Cause,
 ) -> Acceptance:
-    """Checks in this order: used, revoked, expired, locked, then the identity factor (or the email)."""
+    """Checks in this order: used, revoked, expired, locked, the patient's email, then the identity factor.
+
+    The email first and always: the token proves access to the mailbox, the factor that it is the patient;
+    neither lets another account take the invite (and a factor is never tried for an account it is not for).
+    """
     if invite.status is InviteStatus.ACCEPTED:
         return Acceptance(Decision.ALREADY_ACCEPTED, invite, changed=False)
     if invite.status is InviteStatus.REVOKED:
@@ -79,6 +83,8 @@ def accept(
         return Acceptance(Decision.EXPIRED, expired, changed=True, events=(event,))
     if invite.locked_at is not None:
         return Acceptance(Decision.LOCKED, invite, changed=False)
+    if patient_email.lower() != invite.email_key:
+        return Acceptance(Decision.OTHER_EMAIL, invite, changed=False)
     if invite.digests.required:
         checks = _checks(invite, answer, key)
         if not checks:
@@ -88,8 +94,6 @@ def accept(
             locked_at = now if attempts >= MAX_FACTOR_ATTEMPTS else None
             counted = replace(invite, failed_attempts=attempts, locked_at=locked_at)
             return Acceptance(Decision.WRONG_FACTOR, counted, changed=True)
-    elif patient_email.lower() != invite.email_key:
-        return Acceptance(Decision.OTHER_EMAIL, invite, changed=False)
     accepted = replace(invite, status=InviteStatus.ACCEPTED, accepted_at=now, accepted_by=str(patient_id))
     event = accepted_event(accepted, patient_id, patient_email, cause)
     return Acceptance(Decision.ACCEPTED, accepted, changed=True, events=(event,))

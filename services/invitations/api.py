@@ -187,7 +187,11 @@ def _answer(body: AcceptBody) -> Answer:
 @router.post(
     "/v1/invites/accept",
     summary="A patient accepts an invite with its token (and one identity factor when the invite has them)",
-    description="410 when expired or revoked; 403 on a wrong factor (locked after 5); 409 when already used.",
+    description=(
+        "The invite is for the patient at the address it was sent to: the token's email must be that address "
+        "(403 otherwise, whatever factor is given). 410 when expired or revoked; 403 on a wrong factor (locked "
+        "after 5); 409 when already used."
+    ),
     responses=problems(401, 403, 404, 409, 410, 422),
 )
 async def accept_invite(

@@ -163,7 +163,7 @@ def _accept(
 
 def test_accepting_with_a_matching_factor_publishes_invite_accepted() -> None:
     for answer in (Answer(ssn="123456789"), Answer(date_of_birth="1980-02-29", phone="15550101234")):
-        result = _accept(_factored(), answer, email="other@example.com")
+        result = _accept(_factored(), answer)
         assert result.decision is Decision.ACCEPTED and result.changed
         invite = result.invite
         assert invite.status is InviteStatus.ACCEPTED and invite.accepted_by == str(PATIENT)
@@ -182,6 +182,19 @@ def test_refusals_in_order() -> None:
     assert _accept(_factored(), half).decision is Decision.FACTOR_REQUIRED
     assert _accept(_invite(), email="mallory@example.com").decision is Decision.OTHER_EMAIL
     assert _accept(_invite(), email="ANN@example.com").decision is Decision.ACCEPTED
+
+
+def test_another_account_cannot_take_an_invite_even_with_the_right_factor() -> None:
+    """The token proves access to the mailbox, the factor that it is the patient: neither is enough alone.
+
+    Was accepted: whoever held the token and the factor connected their own account instead of the patient's.
+    """
+    for answer in (Answer(ssn="123456789"), Answer(date_of_birth="1980-02-29", phone="15550101234")):
+        result = _accept(_factored(), answer, email="mallory@example.com")
+        assert result.decision is Decision.OTHER_EMAIL and not result.changed and not result.events
+    # Refused before the factor is looked at: another account cannot use up the patient's tries either.
+    wrong = _accept(_factored(), Answer(ssn="999999999"), email="mallory@example.com")
+    assert wrong.decision is Decision.OTHER_EMAIL and wrong.invite.failed_attempts == 0
 
 
 def test_an_unswept_expired_invite_is_expired_on_the_spot() -> None:
