@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import threading
@@ -19,6 +20,9 @@ from typing import IO, Any
 from collabkare.stack.errors import StackError
 
 STOP_TIMEOUT_SECONDS = 10.0
+# util-linux's setpriv (Linux): a child gets its stop signal when the supervisor dies, even by kill -9, instead
+# of living on with the stack's ports. Where it is missing (macOS), children outlive a supervisor killed hard.
+_SETPRIV = shutil.which("setpriv")
 
 
 def var_dir() -> Path:
@@ -101,9 +105,17 @@ class Supervisor:
         child.log.write(banner.encode())
         child.log.flush()
         identity = run_as(child.user)
+        command = child.command
+        if _SETPRIV is not None:
+            # setpriv would start fine and then fail to run a missing program: say so here, as Popen would.
+            if shutil.which(command[0], path=child.env.get("PATH")) is None:
+                child.log.close()
+                reason = "Permission denied" if os.path.exists(command[0]) else "No such file or directory"
+                raise StackError(f"cannot start {child.name}: {command[0]}: {reason}")
+            command = [_SETPRIV, "--pdeathsig", child.stop_signal.name.removeprefix("SIG"), "--", *command]
         try:
             child.process = subprocess.Popen(  # noqa: S603 - commands are built by this package, never from input
-                child.command,
+                command,
                 env=child.env,
                 cwd=child.cwd,
                 stdin=subprocess.DEVNULL,

@@ -244,3 +244,34 @@ def test_containers_without_docker_is_an_error_not_a_fallback(
     expected = r"^TEST_INFRA=containers but Docker does not answer"
     with pytest.raises(StackError, match=expected), start_infrastructure(workdir / "containers"):
         pass
+
+
+_SUPERVISOR_SCRIPT = """
+import sys, time
+from pathlib import Path
+from collabkare.stack.processes import Supervisor
+supervisor = Supervisor(Path(sys.argv[1]))
+print(supervisor.start("sleeper", [sys.executable, "-c", "import time; time.sleep(120)"]), flush=True)
+time.sleep(120)
+"""
+
+
+def test_children_stop_when_the_supervisor_is_killed_hard(tmp_path: Path) -> None:
+    """kill -9 of `collabkare stack up` used to leave every child running, holding the stack's ports."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("util-linux's setpriv is not installed here: children outlive a supervisor killed with -9")
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", _SUPERVISOR_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert supervisor.stdout is not None
+        child = psutil.Process(int(supervisor.stdout.readline()))
+        assert child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+        supervisor.kill()
+        supervisor.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while child.is_running() and child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, "the child outlived its supervisor"
+    finally:
+        supervisor.kill()
