@@ -13,13 +13,23 @@ from services.invitations.roster import Entry, Verdict
 ALREADY_CONNECTED_REASON = "this patient is already connected to the practice"
 
 
+# Deliveries that never reached the patient: no CollabKare account used the address, or the email failed.
+UNDELIVERED = frozenset({"not_on_platform", "error"})
+
+
 @dataclass(frozen=True)
 class PendingInvite:
-    """An invite that blocks a new one: pending and not yet expired."""
+    """A pending, unexpired invite: it blocks a new one unless it never reached the patient."""
 
     id: uuid.UUID
     created_at: datetime
     expires_at: datetime
+    delivery: str = "queued"
+
+    @property
+    def replaceable(self) -> bool:
+        """Never delivered: a new invite (staff pasting the patient again once registered) replaces it."""
+        return self.delivery in UNDELIVERED
 
 
 def already_invited_reason(pending: PendingInvite) -> str:
@@ -29,19 +39,29 @@ def already_invited_reason(pending: PendingInvite) -> str:
     )
 
 
-def flag_known(unique: dict[str, Entry], connected: set[str], invited: dict[str, PendingInvite]) -> None:
+def flag_known(
+    unique: dict[str, Entry], connected: set[str], invited: dict[str, PendingInvite]
+) -> dict[int, uuid.UUID]:
     """Ready entries whose patient is connected, or holds a pending invite, are flagged instead of invited.
 
-    Walks what the database knows, not the roster: usually far fewer.
+    A pending invite that never reached the patient does not block: the entry stays ready and its new invite
+    replaces that one. Returns {line number: the undelivered invite it replaces}. Walks what the database
+    knows, not the roster: usually far fewer.
     """
+    replaces: dict[int, uuid.UUID] = {}
     for key, pending in invited.items():
         entry = unique.get(key)
-        if entry is not None and key not in connected:
+        if entry is None or key in connected:
+            continue
+        if pending.replaceable:
+            replaces[entry.line_number] = pending.id
+        else:
             entry.verdict, entry.reason = Verdict.ALREADY_INVITED, already_invited_reason(pending)
     for key in connected:
         entry = unique.get(key)
         if entry is not None:
             entry.verdict, entry.reason = Verdict.ALREADY_CONNECTED, ALREADY_CONNECTED_REASON
+    return replaces
 
 
 def count_verdicts(entries: Iterable[Entry]) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import gc
 import uuid
 from collections.abc import Sequence
@@ -66,9 +67,12 @@ class Resent:
     already_invited: int
 
 
-async def _flag(db: asyncpg.Connection | asyncpg.Pool, practice_id: uuid.UUID, roster: Roster, now: datetime) -> None:
+async def _flag(
+    db: asyncpg.Connection | asyncpg.Pool, practice_id: uuid.UUID, roster: Roster, now: datetime
+) -> dict[int, uuid.UUID]:
+    """Flag connected and invited patients; returns {line: the undelivered invite its new one replaces}."""
     connected, invited = await repository.known(db, practice_id, roster.unique, now)
-    flag_known(roster.unique, connected, invited)
+    return flag_known(roster.unique, connected, invited)
 
 
 async def preview(pool: asyncpg.Pool, practice_id: uuid.UUID, roster: Roster) -> Roster:
@@ -105,8 +109,8 @@ async def submit_roster(
             existing = await find_by_key(db, practice_id, idempotency_key, digest)
             if existing is not None:
                 return Submission(existing, replayed=True, verdicts={})
-        expired = await expire_overdue(db, practice_id, now, cause)
-        await _flag(db, practice_id, roster, now)
+        events = await expire_overdue(db, practice_id, now, cause)
+        replaces = await _flag(db, practice_id, roster, now)
         verdicts = count_verdicts(roster.entries)
         batch = BatchRecord(
             id=uuid.uuid4(),
@@ -121,15 +125,20 @@ async def submit_roster(
         )
         await batch_repository.insert_batch(db, batch, cause.correlation_id)
         context = BatchContext(batch.id, practice_id, actor, now, now + policy.ttl, policy.base_url, cause)
-        await _store(db, roster.entries, context)
-        await add_events(db, repository.SCHEMA, expired)
+        new_ids = await _store(db, roster.entries, context, replaces)
+        # Invites that never reached their patient give way to the new ones (revoked, pointing at them).
+        replaced = await batch_repository.replace_invites(
+            db, now, actor, [(old, new_ids[line]) for line, old in replaces.items()]
+        )
+        events += [_revoked(row, cause) for row in replaced if row["status"] == InviteStatus.REVOKED.value]
+        await add_events(db, repository.SCHEMA, events)
     log.info(
         "batch.submitted",
         practice_id=str(practice_id),
         batch_id=str(batch.id),
         rows=batch.total,
         invites=batch.invited,
-        expired_first=len(expired),
+        replaced_undelivered=len(replaced),
     )
     if batch.invited >= ANALYZE_AFTER:
         task = asyncio.create_task(_after_bulk(pool))
@@ -159,24 +168,32 @@ def release_memory() -> None:
             trim(0)
 
 
-async def _store(db: asyncpg.Connection, entries: list[Entry], context: BatchContext) -> None:
+async def _store(
+    db: asyncpg.Connection, entries: list[Entry], context: BatchContext, replaces: dict[int, uuid.UUID]
+) -> dict[int, uuid.UUID]:
     """COPY chunk by chunk, building the next chunk in a thread while PostgreSQL ingests this one.
 
     The event loop only hands prepared bytes to the socket, so the two cores work at once (Python building,
     PostgreSQL parsing and indexing), and memory holds two chunks' records rather than the whole roster's.
+    Returns the new invite of each line in `replaces`.
     """
     chunks = [entries[start : start + CHUNK] for start in range(0, len(entries), CHUNK)]
+    new_ids: dict[int, uuid.UUID] = {}
     if not chunks:
-        return
-    next_records = asyncio.ensure_future(asyncio.to_thread(build_records, chunks[0], context))
+        return new_ids
+    build = functools.partial(build_records, context=context, replaces=replaces)
+    next_records = asyncio.ensure_future(asyncio.to_thread(build, chunks[0]))
     try:
         for index in range(len(chunks)):
             records = await next_records
             if index + 1 < len(chunks):
-                next_records = asyncio.ensure_future(asyncio.to_thread(build_records, chunks[index + 1], context))
+                next_records = asyncio.ensure_future(asyncio.to_thread(build, chunks[index + 1]))
             await batch_repository.copy_records(db, records)
+            if replaces:
+                new_ids.update((line, records.invite_ids[line]) for line in replaces if line in records.invite_ids)
     finally:
         next_records.cancel()
+    return new_ids
 
 
 async def batch_summary(

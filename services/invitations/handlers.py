@@ -22,7 +22,7 @@ from services.invitations.domain import (
     InviteStatus,
     Outcome,
 )
-from services.invitations.events import accept_url, expired_event, requested_event, revoked_event_of
+from services.invitations.events import accept_url, expired_event, requested_event, revoked_event, revoked_event_of
 from services.invitations.identity import Digests
 from services.invitations.tokens import invite_id_of, new_token, token_hash
 from services.runtime.database import transaction
@@ -81,12 +81,22 @@ async def create_invite(
             raise AlreadyConnected()
         events = await expire_overdue(db, practice_id, now, cause)
         _, pending = await repository.known(db, practice_id, [key], now)
+        undelivered = pending.pop(key) if key in pending and pending[key].replaceable else None
         if key in pending:
             existing = await repository.find_invite(db, practice_id, pending[key].id)
             assert existing is not None
             raise AlreadyInvited(existing)
         invite = domain.new_invite(practice_id, email, note, actor=actor, now=now, ttl=policy.ttl, digests=digests)
         events.append(await _stage_new(db, invite, policy, cause))
+        if undelivered is not None:
+            # The pending invite never reached the patient (no account yet, or the email failed): this one
+            # replaces it, as a resend would.
+            replaced = await batch_repository.replace_invites(db, now, actor, [(undelivered.id, invite.id)])
+            events += [
+                revoked_event(row["id"], row["practice_id"], row["revoked_by"], row["revoked_at"], invite.id, cause)
+                for row in replaced
+                if row["status"] == InviteStatus.REVOKED.value
+            ]
         await add_events(db, repository.SCHEMA, events)
     log.info("invite.created", practice_id=str(practice_id), invite_id=str(invite.id))
     return invite

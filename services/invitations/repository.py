@@ -51,20 +51,22 @@ ORDER BY created_at DESC, id DESC
 # Which of these patients are connected (id NULL) or hold a pending, unexpired invite: one round trip, the
 # (up to 100,000) addresses sent once.
 KNOWN = """
-SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at
+SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at,
+       NULL::text AS delivery
 FROM invitations.connected_patients WHERE practice_id = $1 AND email_key = ANY($2::text[])
 UNION ALL
-SELECT email_key, id, created_at, expires_at FROM invitations.invites
+SELECT email_key, id, created_at, expires_at, delivery FROM invitations.invites
 WHERE practice_id = $1 AND status = 'pending' AND expires_at > $3 AND email_key = ANY($2::text[])
 """
 
 # The same for every patient of the practice, and how many that is: when the practice knows fewer patients
 # than the roster has, reading them all beats probing an index 100,000 times.
 KNOWN_ALL = """
-SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at
+SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at,
+       NULL::text AS delivery
 FROM invitations.connected_patients WHERE practice_id = $1
 UNION ALL
-SELECT email_key, id, created_at, expires_at FROM invitations.invites
+SELECT email_key, id, created_at, expires_at, delivery FROM invitations.invites
 WHERE practice_id = $1 AND status = 'pending' AND expires_at > $2
 """
 COUNT_KNOWN = """
@@ -220,7 +222,7 @@ async def known(
         if row["id"] is None:
             connected.add(row["email_key"])
         else:
-            pending[row["email_key"]] = PendingInvite(row["id"], row["created_at"], row["expires_at"])
+            pending[row["email_key"]] = PendingInvite(row["id"], row["created_at"], row["expires_at"], row["delivery"])
     return connected, pending
 
 

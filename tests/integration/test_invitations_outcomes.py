@@ -257,3 +257,65 @@ async def test_ten_thousand_outcomes_are_applied_in_batches(service: Service) ->
         f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}/not-on-platform", headers=staff(practice)
     )
     assert len(listing.text.splitlines()) == 2_500 and listing.text.endswith("\n")
+
+
+async def test_an_invite_that_never_reached_the_patient_gives_way_to_a_new_one(service: Service) -> None:
+    """Staff paste a patient again once they registered: was `already_invited` (a 409 for one invite) for 7 days,
+    though nothing had ever been sent. An invite still on its way, or delivered, keeps blocking."""
+    practice = uuid.uuid4()
+    await service.submit(
+        practice, "ann@example.com\nbob@example.com\ncat@example.com\ndan@example.com\neve@example.com"
+    )
+    first = await _by_email(service, practice)
+    await _deliver(
+        service,
+        OUTCOMES,
+        _outcome(first["ann@example.com"], "not_on_platform"),
+        _outcome(first["bob@example.com"], "error", "550 mailbox unavailable"),
+        _outcome(first["cat@example.com"], "sent"),
+        _outcome(first["dan@example.com"], "not_on_platform"),
+    )  # eve's is still queued
+    roster = "ann@example.com\nbob@example.com\ncat@example.com\neve@example.com"
+    preview = await service.http.post(
+        f"/v1/practices/{practice}/roster/preview", json={"roster": roster}, headers=staff(practice)
+    )
+    assert [r["verdict"] for r in preview.json()["rows"]] == ["ready", "ready", "already_invited", "already_invited"]
+
+    again = await service.submit(practice, roster)
+    rows = await _rows(service, again["batch_id"])
+    assert {email: outcome for email, (outcome, _) in rows.items()} == {
+        "ann@example.com": "queued",
+        "bob@example.com": "queued",
+        "cat@example.com": "already_invited",
+        "eve@example.com": "already_invited",
+    }
+    new = {e["payload"]["email"]: e["payload"]["invite_id"] for e in (await service.requested(practice)).values()}
+    replaced = await service.fetch(
+        "SELECT email, status, replaced_by FROM invitations.invites WHERE practice_id = $1 AND replaced_by IS NOT NULL",
+        practice,
+    )
+    assert {(r["email"], r["status"], str(r["replaced_by"])) for r in replaced} == {
+        ("ann@example.com", "revoked", new["ann@example.com"]),
+        ("bob@example.com", "revoked", new["bob@example.com"]),
+    }
+    revoked = await service.events(practice, "InviteRevoked")
+    assert {e["payload"]["replaced_by"] for e in revoked} == {new["ann@example.com"], new["bob@example.com"]}
+
+    # One invite at a time, the same: dan's never-delivered invite is replaced by one with identity factors.
+    single = await service.http.post(
+        f"/v1/practices/{practice}/invites",
+        json={"email": "dan@example.com", "ssn": "123456789"},
+        headers=staff(practice),
+    )
+    assert single.status_code == 201, single.text
+    old_dan = first["dan@example.com"]["payload"]["invite_id"]
+    row = await service.admin.fetchrow(
+        "SELECT status, replaced_by FROM invitations.invites WHERE id = $1", uuid.UUID(old_dan)
+    )
+    assert (row["status"], str(row["replaced_by"])) == ("revoked", single.json()["id"])
+    blocked = await service.http.post(
+        f"/v1/practices/{practice}/invites",
+        json={"email": "eve@example.com", "ssn": "123456789"},
+        headers=staff(practice),
+    )
+    assert blocked.status_code == 409, "an invite still on its way blocks a second one"
