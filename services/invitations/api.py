@@ -74,7 +74,10 @@ def _conflict(error: AlreadyConnected | AlreadyInvited | NotChangeable | Already
     "/v1/practices/{practice_id}/invites",
     status_code=201,
     summary="Invite one patient (email plus SSN, or date of birth and phone)",
-    description="Factors are stored only as keyed digests. 409 when the patient is connected or already invited.",
+    description=(
+        "Factors are stored only as keyed digests. 409 when the patient is connected or holds a pending invite "
+        "on its way or delivered; a pending invite that never reached them (not_on_platform, error) is replaced."
+    ),
     responses=problems(401, 403, 404, 409, 422),
 )
 async def create_invite(
