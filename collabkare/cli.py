@@ -26,9 +26,10 @@ def _setting(name: str) -> str:
 def cmd_token(args: argparse.Namespace) -> int:
     secret = _setting("JWT_SECRET")
     if args.kind == "staff":
-        token = mint_token(secret, args.subject or f"staff-{args.role}", [args.role], practice_id=args.practice)
+        subject = args.subject or f"staff-{args.role}"
+        token = mint_token(secret, subject, [args.role], practice_id=args.practice, ttl_seconds=args.minutes * 60)
     else:
-        token = mint_token(secret, str(args.patient), ["patient"], email=args.email)
+        token = mint_token(secret, str(args.patient), ["patient"], email=args.email, ttl_seconds=args.minutes * 60)
     print(token)
     return 0
 
@@ -45,7 +46,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
         patient_id = asyncio.run(
             publish_patient(bootstrap, prefix, args.email, locale=args.locale, patient_id=args.id, name=args.name)
         )
-        print(f"PatientRegistered {patient_id}")
+        print(f"PatientRegistered {patient_id}  (the patient id: `collabkare token patient --patient {patient_id}`)")
     return 0
 
 
@@ -85,6 +86,8 @@ def parser() -> argparse.ArgumentParser:
     patient = token_kinds.add_parser("patient")
     patient.add_argument("--patient", required=True, type=uuid.UUID)
     patient.add_argument("--email", required=True)
+    for kind in (staff, patient):
+        kind.add_argument("--minutes", type=int, default=8 * 60, help="valid this long (default 8 h; 0: expired)")
     token.set_defaults(handler=cmd_token)
 
     seed = commands.add_parser("seed", help="publish platform events (PracticeRegistered, PatientRegistered)")

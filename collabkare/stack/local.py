@@ -17,6 +17,7 @@ from pathlib import Path
 
 from collabkare.seeding import practice_registered, publish
 from collabkare.services import MIGRATION_PLANS, SERVICES
+from collabkare.stack import mailbox
 from collabkare.stack.broker import create_topics
 from collabkare.stack.console import PORT_VARIABLE as CONSOLE_PORT_VARIABLE
 from collabkare.stack.console import console_port, cors_origins, start_console
@@ -75,6 +76,9 @@ def local_stack(
     if console_port is not None:
         ensure_port_free(console_port, "staff console", CONSOLE_PORT_VARIABLE)
     with start_infrastructure(workdir) as infra, Supervisor(workdir / "logs") as supervisor:
+        if infra.mailbox is not None:
+            # The database starts empty each time: mail of an earlier run would only carry dead invite tokens.
+            mailbox.empty(infra.mailbox)
         database_url = _prepare_database(infra)
         jwt_secret = secrets.token_urlsafe(48)
         identity_key = secrets.token_urlsafe(48)  # keys the invitations' SSN/DOB/phone digests
