@@ -132,6 +132,9 @@ async def submit(
             if earlier is not None:
                 return await _replayed(pool, earlier, response)
         roster = await _parse(body)
+        if not roster.entries:
+            message = "no email line: only blank lines or comments (# ...)"
+            raise unprocessable(f"Nothing to send: the roster has {message}.", [("roster", "no_emails", message)])
         submission = await batch_handlers.submit_roster(
             pool,
             policy,

@@ -123,6 +123,8 @@ def practice_staff(
     if not principal.roles & STAFF_ROLES:
         needed = ", ".join(sorted(STAFF_ROLES))
         raise Problem(403, f"This action needs one of the practice-management roles: {needed}.")
+    if principal.practice_id is None:
+        raise Problem(403, "The token carries no practice_id claim: it names no practice whose staff it belongs to.")
     if principal.practice_id != practice_id:
         # Another practice's data is "not found", never "forbidden": existence is not leaked.
         raise Problem(404, "No such practice.")

@@ -219,6 +219,7 @@ async def test_malformed_bodies_name_the_field(service: Service) -> None:
         ({"roster": 5}, "roster"),
         ({"roster": "a@example.com", "default_note": "x" * 501}, "default_note"),
         ({"roster": "a@example.com", "extra": 1}, "extra"),
+        ({"roster": "# nobody yet\n\n   \n"}, "roster"),  # was a 202 for an empty batch, done at once
     ]
     for body, field in cases:
         response = await service.http.post(url, json=body, headers=staff(practice))
@@ -232,6 +233,7 @@ async def test_malformed_bodies_name_the_field(service: Service) -> None:
         url, content=b"{nope", headers={**staff(practice), "Content-Type": "application/json"}
     )
     assert broken.status_code == 422 and broken.json()["errors"][0]["field"] == "body"
+    assert await service.fetchval("SELECT count(*) FROM invitations.batches WHERE practice_id = $1", practice) == 0
 
 
 async def test_results_summary_and_paginated_rows(service: Service) -> None:
