@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email.message
 import uuid
 from typing import Annotated, Any
 
@@ -15,6 +14,7 @@ from services.connections.domain import MAX_TEXT, AlreadyConnected, AlreadyDecid
 from services.connections.model import Cause, PatientRef, Status
 from services.connections.views import ConnectionRequestView, ConnectionView, PageView, decode_cursor, encode_cursor
 from services.runtime.auth import Patient, Principal, StaffMember
+from services.runtime.http import JsonOnly
 from services.runtime.problems import PROBLEM_JSON, Problem
 
 router = APIRouter(tags=["connections"])
@@ -49,21 +49,8 @@ def _cause(request: Request) -> Cause:
     return Cause(correlation_id=request.state.correlation_id)
 
 
-async def _json_only(request: Request) -> None:
-    """A body in any other media type is refused with 415 rather than guessed at."""
-    if not await request.body():
-        return
-    media = email.message.Message()
-    media["content-type"] = request.headers.get("content-type", "")
-    subtype = media.get_content_subtype()
-    if media.get_content_maintype() != "application" or not (subtype == "json" or subtype.endswith("+json")):
-        raise Problem(415, "The body must be application/json.", headers={"Accept-Post": "application/json"})
-
-
 Pool = Annotated[asyncpg.Pool, Depends(_pool)]
 Tracing = Annotated[Cause, Depends(_cause)]
-# A parameter after the principal, not a route dependency: route dependencies run before authentication.
-JsonOnly = Annotated[None, Depends(_json_only)]
 
 
 Limit = Annotated[int, Query(ge=1, le=200, description="Page size, 1 to 200.")]

@@ -22,6 +22,7 @@ from services.invitations.domain import (
 from services.invitations.handlers import InviteNotFound
 from services.invitations.views import AcceptedView, HistoryView, InviteView, ResendView
 from services.runtime.auth import Patient, Principal, StaffMember
+from services.runtime.http import JsonOnly
 from services.runtime.problems import Problem
 
 router = APIRouter(tags=["invites"])
@@ -78,10 +79,16 @@ def _conflict(error: AlreadyConnected | AlreadyInvited | NotChangeable | Already
         "Factors are stored only as keyed digests. 409 when the patient is connected or holds a pending invite "
         "on its way or delivered; a pending invite that never reached them (not_on_platform, error) is replaced."
     ),
-    responses=problems(401, 403, 404, 409, 422),
+    responses=problems(401, 403, 404, 409, 415, 422),
 )
 async def create_invite(
-    practice_id: uuid.UUID, staff: StaffMember, body: InviteBody, pool: Pool, policy: Policies, cause: Tracing
+    practice_id: uuid.UUID,
+    staff: StaffMember,
+    _json: JsonOnly,
+    body: InviteBody,
+    pool: Pool,
+    policy: Policies,
+    cause: Tracing,
 ) -> InviteView:
     missing = identity.missing_factors(
         ssn=bool(body.ssn), date_of_birth=bool(body.date_of_birth), phone=bool(body.phone)
@@ -195,10 +202,10 @@ def _answer(body: AcceptBody) -> Answer:
         "(403 otherwise, whatever factor is given). 410 when expired or revoked; 403 on a wrong factor (locked "
         "after 5); 409 when already used."
     ),
-    responses=problems(401, 403, 404, 409, 410, 422),
+    responses=problems(401, 403, 404, 409, 410, 415, 422),
 )
 async def accept_invite(
-    principal: Patient, body: AcceptBody, pool: Pool, policy: Policies, cause: Tracing
+    principal: Patient, _json: JsonOnly, body: AcceptBody, pool: Pool, policy: Policies, cause: Tracing
 ) -> AcceptedView:
     patient_id, email = _patient(principal)
     result = await handlers.accept_invite(

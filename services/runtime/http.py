@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import email.message
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,11 +20,26 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.runtime.auth import check_access_before_body
 from services.runtime.metrics import Metrics
-from services.runtime.problems import install_problem_handlers
+from services.runtime.problems import Problem, install_problem_handlers
 
 CORRELATION_HEADER = "X-Correlation-ID"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+async def _json_only(request: Request) -> None:
+    """A body in any other media type is refused with 415 rather than guessed at."""
+    if not await request.body():
+        return
+    media = email.message.Message()
+    media["content-type"] = request.headers.get("content-type", "")
+    subtype = media.get_content_subtype()
+    if media.get_content_maintype() != "application" or not (subtype == "json" or subtype.endswith("+json")):
+        raise Problem(415, "The body must be application/json.", headers={"Accept-Post": "application/json"})
+
+
+# A parameter after the principal, not a route dependency: route dependencies run before authentication.
+JsonOnly = Annotated[None, Depends(_json_only)]
 
 
 def correlation_id_from(given: str) -> str:

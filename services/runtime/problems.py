@@ -98,6 +98,9 @@ def field_errors(error: RequestValidationError) -> list[dict[str, str]]:
     return result
 
 
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"  # fastapi.routing, for a body json.loads cannot read
+
+
 def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], None] | None = None) -> None:
     """problem+json for every error; `check_access(request)` runs first when a JSON body could not be parsed
     (FastAPI parses it before any dependency), so that a missing token still answers 401, not 422."""
@@ -121,6 +124,17 @@ def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], 
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:
+            # A body json.loads refused without a JSONDecodeError (not UTF-8, nested too deep): FastAPI says
+            # 400 with no field; the same answer as any other body that is not JSON, access checked first.
+            if check_access is not None:
+                try:
+                    check_access(request)
+                except Problem as refused:
+                    return await on_problem(request, refused)
+            message = "the body is not valid JSON (UTF-8 text, nested at most a few hundred levels)"
+            errors = [{"field": "body", "rule": "json", "message": message}]
+            return problem_response(request, 422, f"The request is not valid: body: {message}", errors=errors)
         detail = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "Error")
         return problem_response(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
 

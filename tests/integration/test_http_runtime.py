@@ -150,6 +150,22 @@ async def test_malformed_input_names_the_field(client: httpx.AsyncClient) -> Non
     )
     assert not_json.status_code == 422
     assert not_json.headers["content-type"] == "application/problem+json"
+    # Bodies json.loads refuses without a JSONDecodeError were FastAPI's 400 with no field.
+    for unreadable in (b'{"reason": "\xff\xfe"}', b"[" * 100_000 + b"]" * 100_000):
+        answer = await client.post(
+            f"/v1/practices/{PRACTICE}/echo",
+            content=unreadable,
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["errors"] == [
+            {"field": "body", "rule": "json", "message": answer.json()["errors"][0]["message"]}
+        ]
+        assert "not valid JSON" in answer.json()["errors"][0]["message"]
+    anonymous = await client.post(
+        f"/v1/practices/{PRACTICE}/echo", content=b'{"reason": "\xff"}', headers={"Content-Type": "application/json"}
+    )
+    assert anonymous.status_code == 401, "the access check comes first, as for any other body that is not JSON"
     unknown = await client.get("/v1/nothing-here")
     assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/problem+json"
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from collabkare.stack.infra import Infrastructure
-from tests.integration.invitations_harness import IDENTITY_KEY, Service, running_service, staff
+from tests.integration.invitations_harness import IDENTITY_KEY, Service, patient, running_service, staff
 
 FACTORS = {"ssn": "123-45-6789", "date_of_birth": "1980-02-29", "phone": "(555) 010-1234"}
 
@@ -93,6 +93,20 @@ async def test_malformed_input_is_named_without_echoing_it(service: Service) -> 
     assert no_email.status_code == 422 and no_email.json()["errors"][0]["field"] == "email"
     bad_email = await _invite(service, practice, email="ann at example", ssn="123456789")
     assert bad_email.status_code == 422 and bad_email.json()["errors"][0]["field"] == "email"
+
+
+async def test_a_body_that_is_not_json_is_a_415_as_on_every_other_endpoint(service: Service) -> None:
+    """Was a 422 here and on acceptance, while the roster and connections endpoints answered 415."""
+    practice = uuid.uuid4()
+    text = {"Content-Type": "text/plain"}
+    invite = await service.http.post(
+        f"/v1/practices/{practice}/invites", content=b"ann@example.com", headers={**staff(practice), **text}
+    )
+    assert invite.status_code == 415 and invite.headers["accept-post"] == "application/json"
+    accept = await service.http.post(
+        "/v1/invites/accept", content=b"token", headers={**patient(uuid.uuid4(), "ann@example.com"), **text}
+    )
+    assert accept.status_code == 415 and accept.headers["content-type"] == "application/problem+json"
 
 
 async def test_identity_factors_are_stored_only_as_keyed_digests(service: Service) -> None:
