@@ -3,6 +3,7 @@
 from schemas.envelope import Envelope, new_event_id
 from schemas.events import (
     EVENT_TYPES,
+    EVENTS,
     AnyEvent,
     ConnectionApproved,
     ConnectionRejected,
@@ -14,12 +15,14 @@ from schemas.events import (
     InviteRevoked,
     PatientRegistered,
     PracticeRegistered,
+    event_union,
     parse_event,
 )
 from schemas.topics import CONSUMER_GROUPS, TOPICS, Topic, dead_letter_topic, topic_for
 
 __all__ = [
     "CONSUMER_GROUPS",
+    "EVENTS",
     "EVENT_TYPES",
     "TOPICS",
     "AnyEvent",
@@ -36,6 +39,7 @@ __all__ = [
     "PracticeRegistered",
     "Topic",
     "dead_letter_topic",
+    "event_union",
     "new_event_id",
     "parse_event",
     "topic_for",

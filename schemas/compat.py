@@ -12,11 +12,22 @@ Hence, for an existing schema version:
   events, and widening (now nullable, looser limits) sends old consumers values they reject;
 - in particular *adding* an enum value is incompatible: our consumers validate with pydantic `Literal`
   types, which reject unknown values, so such an event would land on the dead-letter topic;
+- `additionalProperties` may not change either: `false` (pydantic's extra="forbid") makes consumers reject
+  any property they do not know, so the next optional field, compatible by the rule above, would be
+  dead-lettered; under an old `false`, a new property is incompatible;
 - titles, descriptions, defaults and examples are documentation and may change freely.
 
-An incompatible change is published as a new `schema_version` (a new schema file), not as an edit.
-References (`$ref`) are resolved, so renaming a `$defs` entry alone changes nothing; unions of objects
-are compared in order.
+And for the topic map (`routing_incompatibilities`): an event may not move to another topic (its consumers
+subscribe by topic), and an event version may not change the field that keys its messages (the events about
+one aggregate would no longer share a partition, so their order would be lost).
+
+An incompatible change is published as a new `schema_version` (a new class and a new schema file next to the
+old ones), not as an edit. A new version is a new contract: it is not compared with the older versions,
+which stay as they are, each checked against its own history. References (`$ref`) are resolved, so renaming a
+`$defs` entry alone changes nothing; unions of objects are compared in order.
+
+`python -m schemas.generate` applies these rules between the models and every version of each file ever
+committed (the git history of schemas/json/), not only the file in the working tree.
 """
 
 from __future__ import annotations
@@ -73,6 +84,17 @@ class _Walk:
             return
         self.ancestors.add(key)
         old_required, new_required = set(old.get("required", ())), set(new.get("required", ()))
+        old_others, new_others = _additional(old), _additional(new)
+        if old_others is not new_others and (old_others is False or new_others is False):
+            self.problems.append(
+                f"{path or '<root>'}: "
+                + ("now rejects unknown properties" if new_others is False else "no longer rejects unknown properties")
+                + " (additionalProperties)"
+            )
+        elif isinstance(old_others, dict) and isinstance(new_others, dict):
+            self.compare(old_others, new_others, f"{path}.*" if path else "*")
+        elif isinstance(old_others, dict) or isinstance(new_others, dict):
+            self.problems.append(f"{path or '<root>'}: additionalProperties changed")
         for name in sorted(old_properties.keys() | new_properties.keys()):
             where = f"{path}.{name}" if path else name
             if name not in new_properties:
@@ -80,6 +102,9 @@ class _Walk:
             elif name not in old_properties:
                 if name in new_required:
                     self.problems.append(f"{where}: new required property")
+                elif old_others is False and new_others is False:
+                    # Consumers of the old schema reject any property they do not know.
+                    self.problems.append(f"{where}: new property, and the old schema rejects unknown properties")
             else:
                 if name in new_required - old_required:
                     self.problems.append(f"{where}: now required")
@@ -87,6 +112,48 @@ class _Walk:
                     self.problems.append(f"{where}: no longer required")
                 self.compare(old_properties[name], new_properties[name], where)
         self.ancestors.discard(key)
+
+
+def routing_incompatibilities(old: Schema, new: Schema) -> list[str]:
+    """Each change from the topic map `old` to `new` (schemas/json/topics.json documents) that moves an event to
+    another topic or keys its messages by another field."""
+    problems: list[str] = []
+    old_topics, new_topics = _topics_by_event(old), _topics_by_event(new)
+    for event_type, topics in sorted(old_topics.items()):
+        now = new_topics.get(event_type, ())
+        if now != topics:
+            problems.append(
+                f"{event_type}: topic changed (was {', '.join(topics)}, now {', '.join(now) or 'none'}):"
+                " its consumers subscribe by topic"
+            )
+    old_keys, new_keys = _keys_by_event(old), _keys_by_event(new)
+    for (event_type, version), key in sorted(old_keys.items()):
+        now_key = new_keys.get((event_type, version))
+        if now_key is not None and now_key != key:
+            problems.append(
+                f"{event_type} v{version}: message key changed (was {key}, now {now_key}):"
+                " the events about one aggregate would no longer share a partition, nor stay in order"
+            )
+    return problems
+
+
+def _topics_by_event(document: Schema) -> dict[str, tuple[str, ...]]:
+    topics: dict[str, list[str]] = {}
+    for topic in document.get("topics", ()):
+        for event_type in topic.get("events", ()):
+            topics.setdefault(event_type, []).append(topic["name"])
+    return {event_type: tuple(sorted(names)) for event_type, names in topics.items()}
+
+
+def _keys_by_event(document: Schema) -> dict[tuple[str, int], str]:
+    # Older topic maps have no "events" list: the keys were first recorded there with this check.
+    return {(event["event_type"], event["schema_version"]): event["key"] for event in document.get("events", ())}
+
+
+def _additional(schema: Schema) -> bool | Schema:
+    """What an object says of properties it does not list: True (allowed, the default), False, or a schema."""
+    others = schema.get("additionalProperties", True)
+    return others if isinstance(others, bool) or others != {} else True
 
 
 def _resolve(schema: Schema, root: Schema) -> Schema:

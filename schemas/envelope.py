@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -38,8 +38,15 @@ class Envelope(Contract):
 
     event_id: uuid.UUID = Field(default_factory=new_event_id, description="Unique per event; the inbox key.")
     event_type: str = Field(description="The event's name, e.g. ConnectionApproved.")
-    # A v2 of an event is a new class with Literal[2]: a v2 message then fails loudly in a v1 consumer.
-    schema_version: Literal[1] = Field(default=1, description="Version of this event's payload contract.")
+    # An incompatible change to an event is a new class next to the old one, with the same event_type and
+    # `schema_version: Literal[2] = 2`; both stay in schemas.events.AnyEvent, which tells them apart by
+    # (event_type, schema_version), so a consumer that knows both parses v1 and v2 messages alike, and a
+    # consumer that knows only v1 rejects a v2 message loudly (dead letter) instead of misreading it.
+    # Type checkers see an int so that such a class may narrow it; the wire contract is the Literal.
+    if TYPE_CHECKING:
+        schema_version: int = 1
+    else:
+        schema_version: Literal[1] = Field(default=1, description="Version of this event's payload contract.")
     occurred_at: AwareDatetime = Field(default_factory=utcnow, description="When the fact happened (UTC).")
     producer: str = Field(description="The service that published the event.")
     practice_id: uuid.UUID | None = Field(
@@ -52,9 +59,16 @@ class Envelope(Contract):
         default=None, max_length=128, description="The event id (or request id) that caused this event."
     )
 
-    # The payload field that keys the Kafka message. One key per topic, so that a topic's events about
-    # one thing (a patient's requests, an invite's lifecycle) stay in order on one partition.
+    # The payload field that keys the Kafka message ("" when the class overrides aggregate_key to use the
+    # envelope's practice_id). One key per topic, so that a topic's events about one thing (a patient's
+    # requests, an invite's lifecycle) stay in order on one partition. The key is part of the contract:
+    # schemas/json/topics.json records it, and `python -m schemas.generate` refuses to change it.
     key_field: ClassVar[str]
+
+    @classmethod
+    def key_path(cls) -> str:
+        """Where the Kafka message key comes from in the wire JSON, e.g. `payload.invite_id`."""
+        return f"payload.{cls.key_field}" if cls.key_field else "practice_id"
 
     def aggregate_key(self) -> str:
         """The Kafka message key: events about one aggregate stay in order on one partition."""

@@ -1,12 +1,14 @@
-"""Every event in the system, with its payload; `parse_event` turns wire bytes into the right class."""
+"""Every event in the system, with its payload; `parse_event` turns wire bytes into the right class and version."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import date
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import AwareDatetime, Field, TypeAdapter
+from pydantic import AwareDatetime, Discriminator, Field, GetCoreSchemaHandler, TypeAdapter
+from pydantic_core import CoreSchema
 
 from schemas.email_address import EmailAddress
 from schemas.envelope import Contract, Envelope
@@ -203,6 +205,45 @@ class PracticeRegistered(Envelope):
         return str(self.practice_id)
 
 
+def version_of(event: type[Envelope]) -> int:
+    version: int = event.model_fields["schema_version"].default
+    return version
+
+
+def _union(members: Iterable[Any]) -> Any:
+    return Union[tuple(members)]  # noqa: UP007 - a union built at run time has no `X | Y` spelling
+
+
+class _ByTypeAndVersion:
+    """Annotated metadata for a union of event classes: pick the class by `event_type`, then, for an event type
+    with several versions, by `schema_version`.
+
+    Both look-ups are pydantic's string-keyed discriminators, read straight from the JSON (no Python dict is
+    built first, as a callable discriminator would need), so parsing costs what it did with one version.
+    """
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        by_type: dict[str, dict[int, type[Envelope]]] = {}
+        for event in get_args(source):
+            event_type, version = event.model_fields["event_type"].default, version_of(event)
+            versions = by_type.setdefault(event_type, {})
+            if version in versions:
+                raise TypeError(f"{event_type} v{version} is both {versions[version].__name__} and {event.__name__}")
+            versions[version] = event
+        choices: list[Any] = [
+            next(iter(versions.values()))
+            if len(versions) == 1
+            else Annotated[_union(versions.values()), Discriminator("schema_version")]
+            for versions in by_type.values()
+        ]
+        return handler.generate_schema(Annotated[_union(choices), Discriminator("event_type")])
+
+
+BY_TYPE_AND_VERSION = _ByTypeAndVersion()
+
+
+# Every event class a consumer parses: the current version of each event and every older version whose
+# messages may still be on a topic. A new version is added next to the old one, never instead of it.
 AnyEvent = Annotated[
     ConnectionRequested
     | ConnectionApproved
@@ -214,28 +255,34 @@ AnyEvent = Annotated[
     | DeliveryOutcome
     | PatientRegistered
     | PracticeRegistered,
-    Field(discriminator="event_type"),
+    BY_TYPE_AND_VERSION,
 ]
 
-EVENT_TYPES: dict[str, type[Envelope]] = {
-    cls.model_fields["event_type"].default: cls
-    for cls in (
-        ConnectionRequested,
-        ConnectionApproved,
-        ConnectionRejected,
-        InviteRequested,
-        InviteAccepted,
-        InviteRevoked,
-        InviteExpired,
-        DeliveryOutcome,
-        PatientRegistered,
-        PracticeRegistered,
-    )
-}
+EVENTS: tuple[type[Envelope], ...] = get_args(get_args(AnyEvent)[0])
+
+
+def event_union(events: Iterable[type[Envelope]]) -> Any:
+    """The pydantic type that parses any of `events` (several versions of one event type included)."""
+    return Annotated[_union(events), BY_TYPE_AND_VERSION]
+
+
+def current_versions(events: Iterable[type[Envelope]]) -> dict[str, type[Envelope]]:
+    """Each event type's newest class: the one producers publish."""
+    current: dict[str, type[Envelope]] = {}
+    for event in events:
+        event_type = event.model_fields["event_type"].default
+        if event_type not in current or version_of(event) > version_of(current[event_type]):
+            current[event_type] = event
+    return current
+
+
+# event_type -> the class producers publish it as today (its newest version).
+EVENT_TYPES: dict[str, type[Envelope]] = current_versions(EVENTS)
 
 _ANY_EVENT: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
 
 
 def parse_event(raw: bytes | str) -> Envelope:
-    """Validate wire JSON into its event class; raises pydantic.ValidationError with the reason."""
+    """Validate wire JSON into its event class, of whichever version it is; raises pydantic.ValidationError with
+    the reason (an unknown event type or version included)."""
     return _ANY_EVENT.validate_json(raw)

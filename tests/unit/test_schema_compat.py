@@ -12,7 +12,7 @@ import pytest
 from pydantic import create_model
 
 from schemas import parse_event
-from schemas.compat import incompatibilities
+from schemas.compat import incompatibilities, routing_incompatibilities
 from schemas.envelope import Contract, Envelope
 from schemas.events import ConnectionApproved, ConnectionApprovedPayload
 from schemas.generate import JSON_DIR, event_schema
@@ -149,6 +149,37 @@ CASES: list[tuple[str, Schema, Schema, list[str]]] = [
             "$defs": {"Address": object_of({})},
         },
         ["home.street: removed", "work.street: removed"],
+    ),
+    (
+        "additionalProperties became false (extra=forbid)",
+        BASE,
+        {**BASE, "additionalProperties": False},
+        ["<root>: now rejects unknown properties"],
+    ),
+    (
+        "nested additionalProperties became false",
+        with_payload(BASE),
+        with_payload({**BASE, "additionalProperties": False}),
+        ["payload: now rejects unknown properties"],
+    ),
+    (
+        "additionalProperties no longer false",
+        {**BASE, "additionalProperties": False},
+        BASE,
+        ["<root>: no longer rejects unknown properties"],
+    ),
+    ("additionalProperties true spelled out", BASE, {**BASE, "additionalProperties": True}, []),
+    (
+        "optional property added where unknown properties are rejected",
+        {**BASE, "additionalProperties": False},
+        {**object_of({**BASE["properties"], "extra": {"type": "integer"}}, ("id",)), "additionalProperties": False},
+        ["extra: new property, and the old schema rejects unknown properties"],
+    ),
+    (
+        "map values retyped",
+        object_of({"counts": {"type": "object", "additionalProperties": {"type": "integer"}}}),
+        object_of({"counts": {"type": "object", "additionalProperties": {"type": "string"}}}),
+        ["counts.*: type changed"],
     ),
     (
         "two problems at once",
@@ -320,3 +351,82 @@ def test_consumers_reject_an_unknown_enum_value() -> None:
 
     with pytest.raises(pydantic.ValidationError, match="via"):
         parse_event(event.model_dump_json())
+
+
+# --- the topic map: topics and message keys ----------------------------------------------------------------
+
+
+def topic_map(topics: dict[str, list[str]], keys: dict[str, str] | None = None) -> Schema:
+    document: Schema = {"topics": [{"name": name, "events": events} for name, events in topics.items()]}
+    if keys is not None:
+        document["events"] = [
+            {"event_type": event, "schema_version": 1, "key": key, "topic": "t"} for event, key in keys.items()
+        ]
+    return document
+
+
+TOPIC_MAP = topic_map({"a.v1": ["A", "B"], "c.v1": ["C"]}, {"A": "payload.a_id", "B": "payload.a_id", "C": "x"})
+
+ROUTING_CASES: list[tuple[str, Schema, Schema, list[str]]] = [
+    ("identical", TOPIC_MAP, TOPIC_MAP, []),
+    (
+        "a new event on a new topic",
+        TOPIC_MAP,
+        topic_map(
+            {"a.v1": ["A", "B"], "c.v1": ["C"], "d.v1": ["D"]},
+            {"A": "payload.a_id", "B": "payload.a_id", "C": "x", "D": "y"},
+        ),
+        [],
+    ),
+    (
+        "event moved to another topic",
+        TOPIC_MAP,
+        topic_map({"a.v1": ["A"], "c.v1": ["C", "B"]}, {"A": "payload.a_id", "B": "payload.a_id", "C": "x"}),
+        ["B: topic changed (was a.v1, now c.v1)"],
+    ),
+    (
+        "topic renamed",
+        TOPIC_MAP,
+        topic_map({"a.v1": ["A", "B"], "c.v2": ["C"]}, {"A": "payload.a_id", "B": "payload.a_id", "C": "x"}),
+        ["C: topic changed (was c.v1, now c.v2)"],
+    ),
+    (
+        "event on no topic any more",
+        TOPIC_MAP,
+        topic_map({"a.v1": ["A", "B"]}, {"A": "payload.a_id", "B": "payload.a_id"}),
+        ["C: topic changed (was c.v1, now none)"],
+    ),
+    (
+        "message key changed",
+        TOPIC_MAP,
+        topic_map({"a.v1": ["A", "B"], "c.v1": ["C"]}, {"A": "payload.a_id", "B": "payload.email", "C": "x"}),
+        ["B v1: message key changed (was payload.a_id, now payload.email)"],
+    ),
+    (
+        "an older topic map without keys",
+        topic_map({"a.v1": ["A", "B"], "c.v1": ["C"]}),
+        TOPIC_MAP,
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"), [case[1:] for case in ROUTING_CASES], ids=[case[0] for case in ROUTING_CASES]
+)
+def test_topic_maps(old: Schema, new: Schema, expected: list[str]) -> None:
+    problems = routing_incompatibilities(old, new)
+
+    assert len(problems) == len(expected), problems
+    for problem, start in zip(problems, expected, strict=True):
+        assert problem.startswith(start), problems
+
+
+def test_a_model_with_extra_forbid_is_reported() -> None:
+    # Contract with extra="forbid" would give every schema additionalProperties: false.
+    class Forbidding(ConnectionApproved):
+        model_config = pydantic.ConfigDict(extra="forbid")
+
+    problems = incompatibilities(committed(), event_schema(Forbidding))
+
+    assert [problem.split(" (")[0] for problem in problems] == ["<root>: now rejects unknown properties"]

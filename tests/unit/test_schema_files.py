@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from schemas import parse_event
+from schemas.envelope import Envelope
 from schemas.events import (
     EVENT_TYPES,
+    EVENTS,
     ConnectionApproved,
     ConnectionApprovedPayload,
     ConnectionRejected,
@@ -35,7 +37,7 @@ from schemas.events import (
     PracticeRegisteredPayload,
 )
 from schemas.generate import JSON_DIR, TOPICS_FILE, main, render, schema_file_name
-from schemas.topics import all_topic_names
+from schemas.topics import all_topic_names, topic_for
 
 AT = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 ENVELOPE: dict[str, Any] = {
@@ -183,9 +185,15 @@ def test_generate_refuses_an_incompatible_change_and_writes_nothing(
     assert {path.name: path.read_text() for path in tmp_path.iterdir()} == before
 
 
+def event_type(event: type[Envelope]) -> str:
+    name: str = event.model_fields["event_type"].default
+    return name
+
+
 def test_files_are_named_by_event_type_and_version_and_formatted_for_stable_diffs() -> None:
     files = render()
     assert set(files) == {f"{name}.v1.json" for name in EVENT_TYPES} | {TOPICS_FILE}
+    assert set(files) == {schema_file_name(event_type(event), event) for event in EVENTS} | {TOPICS_FILE}
     for text in files.values():
         assert text == json.dumps(json.loads(text), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
@@ -196,6 +204,43 @@ def test_topics_file_lists_every_topic_and_dead_letter_topic() -> None:
     assert sorted(names) == sorted(all_topic_names())
     carried = [event for topic in document["topics"] for event in topic["events"]]
     assert sorted(carried) == sorted(EVENT_TYPES)
+
+
+def test_topics_file_lists_every_event_version_with_its_topic_and_message_key() -> None:
+    document = json.loads((JSON_DIR / TOPICS_FILE).read_text())
+
+    assert document["events"] == [
+        {
+            "event_type": event_type(event),
+            "schema_version": 1,
+            "schema": f"{event_type(event)}.v1.json",
+            "topic": topic_for(event_type(event)),
+            "key": event.key_path(),
+        }
+        for event in EVENTS
+    ]
+    assert {entry["event_type"]: entry["key"] for entry in document["events"]} == {
+        "ConnectionRequested": "payload.patient_id",
+        "ConnectionApproved": "payload.patient_id",
+        "ConnectionRejected": "payload.patient_id",
+        "InviteRequested": "payload.invite_id",
+        "InviteAccepted": "payload.invite_id",
+        "InviteRevoked": "payload.invite_id",
+        "InviteExpired": "payload.invite_id",
+        "DeliveryOutcome": "payload.source_event_id",
+        "PatientRegistered": "payload.patient_id",
+        "PracticeRegistered": "practice_id",
+    }
+
+
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda event: type(event).__name__)
+def test_the_recorded_key_path_is_where_the_message_key_comes_from(event: Any) -> None:
+    # key_path() is what the compatibility check guards; aggregate_key() is what the relay sends.
+    value: Any = json.loads(event.model_dump_json())
+    for part in type(event).key_path().split("."):
+        value = value[part]
+
+    assert event.aggregate_key() == str(value)
 
 
 def test_there_is_one_example_per_event_type() -> None:
