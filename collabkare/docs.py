@@ -177,15 +177,13 @@ def _event_message(name: str) -> dict[str, Any]:
 
 
 def _key(event: type[Envelope]) -> tuple[str, dict[str, Any]]:
-    """Which field of the event keys its Kafka record (`Envelope.aggregate_key`), and its JSON type."""
-    if event.key_field:
+    """Which field of the event keys its Kafka record (`Envelope.key_path`), and its JSON type."""
+    name = event.key_path()
+    schema = event.model_json_schema(mode="serialization")
+    field: dict[str, Any] = schema["properties"][name] if "." not in name else {}
+    if name.startswith("payload."):
         payload: type[BaseModel] = event.model_fields["payload"].annotation  # type: ignore[assignment]
-        name, field = f"payload.{event.key_field}", payload.model_json_schema()["properties"][event.key_field]
-    elif event.aggregate_key is not Envelope.aggregate_key and event.model_fields["practice_id"].is_required():
-        # PracticeRegistered: "keyed by the envelope's practice_id, which this event requires".
-        name, field = "practice_id", event.model_json_schema()["properties"]["practice_id"]
-    else:
-        raise ValueError(f"{event.__name__} names no key field")
+        field = payload.model_json_schema(mode="serialization")["properties"][name.removeprefix("payload.")]
     if field.get("type") != "string":
         raise ValueError(f"{event.__name__}'s key {name} is not a plain string: {field}")
     return name, {k: field[k] for k in ("type", "format") if k in field}
