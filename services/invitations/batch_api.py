@@ -188,7 +188,9 @@ async def batch_rows(
     batch_id: uuid.UUID,
     staff: StaffMember,
     pool: Pool,
-    outcome: Outcome | None = None,
+    outcome: Annotated[
+        list[Outcome] | None, Query(description="Only rows with this outcome; repeat it for rows with any of several")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size, 1 to 1000")] = 100,
     cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page")] = None,
 ) -> RowsPage:

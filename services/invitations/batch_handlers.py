@@ -207,11 +207,17 @@ async def batch_summary(
 
 
 async def list_rows(
-    pool: asyncpg.Pool, practice_id: uuid.UUID, batch_id: uuid.UUID, outcome: Outcome | None, after: int, limit: int
+    pool: asyncpg.Pool,
+    practice_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    outcomes: Sequence[Outcome] | None,
+    after: int,
+    limit: int,
 ) -> list[RowRecord]:
     if await batch_repository.find_batch(pool, practice_id, batch_id) is None:
         raise BatchNotFound()
-    return await batch_repository.list_rows(pool, batch_id, outcome.value if outcome else None, after, limit)
+    wanted = [outcome.value for outcome in outcomes] if outcomes else None
+    return await batch_repository.list_rows(pool, batch_id, wanted, after, limit)
 
 
 async def not_on_platform(pool: asyncpg.Pool, practice_id: uuid.UUID, batch_id: uuid.UUID) -> list[str]:

@@ -30,7 +30,7 @@ COUNT_OUTCOMES = "SELECT outcome, count(*) AS n FROM invitations.batch_rows WHER
 LIST_ROWS = """
 SELECT line_number, email, note, outcome, reason, duplicate_of, invite_id, attempts, updated_at
 FROM invitations.batch_rows
-WHERE batch_id = $1 AND ($2::text IS NULL OR outcome = $2) AND line_number > $3
+WHERE batch_id = $1 AND ($2::text[] IS NULL OR outcome = ANY($2::text[])) AND line_number > $3
 ORDER BY line_number
 LIMIT $4
 """
@@ -149,9 +149,11 @@ async def count_outcomes(db: Executor, batch_id: uuid.UUID) -> dict[str, int]:
 
 
 async def list_rows(
-    db: Executor, batch_id: uuid.UUID, outcome: str | None, after_line: int, limit: int
+    db: Executor, batch_id: uuid.UUID, outcomes: Sequence[str] | None, after_line: int, limit: int
 ) -> list[RowRecord]:
-    return [RowRecord(**dict(row)) for row in await db.fetch(LIST_ROWS, batch_id, outcome, after_line, limit)]
+    """Rows after `after_line`, in line order; with `outcomes`, only rows with one of them."""
+    found = await db.fetch(LIST_ROWS, batch_id, list(outcomes) if outcomes else None, after_line, limit)
+    return [RowRecord(**dict(row)) for row in found]
 
 
 async def not_on_platform_emails(db: Executor, batch_id: uuid.UUID) -> list[str]:

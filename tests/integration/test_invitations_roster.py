@@ -266,6 +266,9 @@ async def test_results_summary_and_paginated_rows(service: Service) -> None:
     invalid = (await service.http.get(f"{base}/rows?outcome=invalid", headers=staff(practice))).json()
     assert [(r["line_number"], r["outcome"]) for r in invalid["items"]] == [(5, "invalid")]
     assert invalid["items"][0]["reason"].startswith("not a valid email address")
+    # Repeated, the filter takes rows with any of the outcomes (it used to keep only the last value, silently).
+    either = await service.http.get(f"{base}/rows?outcome=invalid&outcome=duplicate", headers=staff(practice))
+    assert sorted(r["outcome"] for r in either.json()["items"]) == ["duplicate", "invalid"]
     assert (await service.http.get(f"{base}/rows?cursor=abc", headers=staff(practice))).status_code == 422
     assert (await service.http.get(f"{base}/rows?outcome=lost", headers=staff(practice))).status_code == 422
     empty = await service.http.get(f"{base}/not-on-platform", headers=staff(practice))
