@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, TypeAdapter
+from pydantic_core import PydanticCustomError
 
 from services.invitations import handlers, identity
 from services.invitations.acceptance import Answer, Decision, accepted_factors
@@ -29,33 +31,52 @@ router = APIRouter(tags=["invites"])
 _EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
 
 
+def _format(check: Callable[[Any], Any]) -> AfterValidator:
+    """A factor checked and normalised while the body is validated, so every malformed field is named at once
+    (rule `format`), and never with its value."""
+
+    def validate(value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        try:
+            return check(value)
+        except identity.FactorError as error:
+            raise PydanticCustomError("format", str(error)) from None
+
+    return AfterValidator(validate)
+
+
+def _birth_date(value: date) -> date:
+    identity.check_birth_date(value, datetime.now(UTC).date())
+    return value
+
+
+Ssn = Annotated[Factor, _format(identity.normalize_ssn)]
+Phone = Annotated[Factor, _format(identity.normalize_phone)]
+BirthDate = Annotated[date | None, _format(_birth_date)]
+
+
 class InviteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     email: EmailStr
-    ssn: Factor = Field(default=None, description="123-45-6789 or 123456789; or give date_of_birth and phone")
-    date_of_birth: date | None = None
-    phone: Factor = Field(default=None, description="With the country code, or 10 digits for +1")
+    ssn: Ssn = Field(default=None, description="123-45-6789 or 123456789; or give date_of_birth and phone")
+    date_of_birth: BirthDate = None
+    phone: Phone = Field(default=None, description="With the country code, or 10 digits for +1")
     note: Note = None
 
 
 class AcceptBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     token: str = Field(min_length=1, max_length=200, description="The token from the accept link")
-    ssn: Factor = None
-    date_of_birth: date | None = None
-    phone: Factor = None
+    ssn: Ssn = None
+    date_of_birth: BirthDate = None
+    phone: Phone = None
 
 
-def _factors(body: InviteBody | AcceptBody, today: date) -> tuple[str | None, str | None, str | None]:
-    """Normalised (ssn, date_of_birth, phone); 422 naming a malformed one without echoing its value."""
-    try:
-        ssn = identity.normalize_ssn(body.ssn) if body.ssn else None
-        dob = identity.check_birth_date(body.date_of_birth, today) if body.date_of_birth else None
-        phone = identity.normalize_phone(body.phone) if body.phone else None
-    except identity.FactorError as error:
-        detail = f"The request is not valid: {error.field}: {error}"
-        raise unprocessable(detail, [(error.field, "format", str(error))]) from None
-    return ssn, dob, phone
+def _factors(body: InviteBody | AcceptBody) -> tuple[str | None, str | None, str | None]:
+    """(ssn, date_of_birth, phone), normalised when the body was validated."""
+    dob = body.date_of_birth.isoformat() if body.date_of_birth else None
+    return body.ssn, dob, body.phone
 
 
 def _conflict(error: AlreadyConnected | AlreadyInvited | NotChangeable | AlreadyReplaced) -> Problem:
@@ -96,7 +117,7 @@ async def create_invite(
     if missing:
         names = " and ".join(field for field, _ in missing) if len(missing) == 1 else "ssn, or date_of_birth and phone"
         raise unprocessable(f"Missing: {names}.", [(field, "required", message) for field, message in missing])
-    ssn, dob, phone = _factors(body, datetime.now(UTC).date())
+    ssn, dob, phone = _factors(body)
     digests = identity.digests(policy.identity_key, ssn=ssn, date_of_birth=dob, phone=phone)
     try:
         invite = await handlers.create_invite(
@@ -190,7 +211,7 @@ def _answer(body: AcceptBody) -> Answer:
         other = "date_of_birth" if body.date_of_birth else "phone"
         message = f"required with {other}"
         raise unprocessable(f"Missing: {field}.", [(field, "required", message)])
-    ssn, dob, phone = _factors(body, datetime.now(UTC).date())
+    ssn, dob, phone = _factors(body)
     return Answer(ssn=ssn, date_of_birth=dob, phone=phone)
 
 
