@@ -71,6 +71,7 @@ class _Run:
         self.outstanding = 0  # claimed and not yet recorded
         self.stopping = False
         self.workers_done = False  # the recorder may end only once no worker can add a result
+        self.smtp_trouble: str | None = None  # why no SMTP connection is usable, while that lasts (logged once)
         size = self.settings.smtp_pool_size
         self.connections: list[SmtpConnection] = [sender.mailer.connection() for _ in range(size)]
         self.current: list[Claimed | None] = [None] * size
@@ -139,12 +140,24 @@ class _Run:
             self.current[index] = None
             self.results.append((claimed, result))
             self.results_ready.set()
+            self._note_smtp_state(result)
             if result.attempt is Attempt.UNREACHABLE:
                 # The server is not there: this connection waits before trying again rather than spin.
                 unreachable += 1
                 await asyncio.sleep(min(30.0, 0.5 * 2**unreachable) * random.uniform(0.5, 1.0))
             else:
                 unreachable = 0
+
+    def _note_smtp_state(self, result: SendResult) -> None:
+        """One warning when the SMTP server becomes unusable (refused, down, bad login: the reply says which),
+        one line when it works again; /readyz only says `smtp: false`."""
+        if result.attempt is Attempt.UNREACHABLE:
+            if self.smtp_trouble is None:
+                log.warning("smtp.unavailable", smtp_reply=result.reply[:300], retry="without counting attempts")
+            self.smtp_trouble = result.reply
+        elif self.smtp_trouble is not None and result.attempt is Attempt.SENT:
+            log.info("smtp.available_again", after=self.smtp_trouble[:300])
+            self.smtp_trouble = None
 
     async def _attempt(self, connection: SmtpConnection, claimed: Claimed) -> SendResult:
         problem = domain.content_problem(claimed, datetime.now(UTC))
@@ -192,9 +205,17 @@ class _Run:
         for final in finals:
             self.metrics.email(final.claimed.delivery.kind, final.outcome)
             if final.outcome == "error":
-                log.info("delivery.failed", delivery_id=str(final.claimed.delivery.id), attempts=final.attempts)
+                log.warning(
+                    "delivery.failed",
+                    delivery_id=str(final.claimed.delivery.id),
+                    attempts=final.attempts,
+                    smtp_reply=(final.reply or "")[:300],  # emails in a reply are masked by the log pipeline
+                )
         for retry in retries:
             self.metrics.retry(retry.claimed.delivery.kind)
+        if retries and self.smtp_trouble is None:
+            # A 4xx or a timeout (an unusable server is logged once, as smtp.unavailable): retried later.
+            log.info("delivery.retrying", count=len(retries), smtp_reply=retries[0].last_error[:300])
         log.debug("delivery.recorded", final=len(finals), retries=len(retries))
 
     async def _reap_loop(self) -> None:

@@ -28,9 +28,11 @@ class NotifierSettings(RuntimeSettings):
         default=0.0, ge=0, description="Emails per second per process (token bucket); 0 = unlimited"
     )
     smtp_rate_burst: int = Field(default=0, ge=0, description="Bucket size; 0 = one second's worth of the rate")
-    smtp_max_attempts: int = Field(default=5, ge=1, le=50)
+    # A 4xx (greylisting, a provider's throttle) often lasts minutes: with these defaults a delivery is tried
+    # 10 times over 15 to 30 minutes (5, 10, 20 … s, capped at 600 s, each with jitter) before it is an error.
+    smtp_max_attempts: int = Field(default=10, ge=1, le=50)
     smtp_timeout_seconds: float = Field(default=30.0, gt=0)
-    smtp_retry_base_seconds: float = Field(default=2.0, gt=0, description="First retry delay; doubles each time")
+    smtp_retry_base_seconds: float = Field(default=5.0, gt=0, description="First retry delay; doubles each time")
     smtp_retry_max_seconds: float = Field(default=600.0, gt=0)
 
     sender_batch_size: int = Field(default=500, ge=1, le=5000, description="Deliveries claimed per round at most")

@@ -136,3 +136,26 @@ def test_outcome_event_is_caused_by_the_source_and_copies_the_invite_coordinates
     assert payload.message_id == f"<{event.event_id}@collabkare.notifier>"
     absent = outcome_event(not_on_platform(claimed, NOW)).payload
     assert (absent.outcome, absent.message_id, absent.attempts) == ("not_on_platform", None, 0)
+
+
+class _Edge(random.Random):
+    """Jitter pinned to one end of its range."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def uniform(self, a: float, b: float) -> float:
+        return self.value
+
+
+def test_by_default_a_4xx_is_retried_for_15_to_30_minutes_before_it_is_an_error() -> None:
+    """Greylisting or a provider's throttle lasts minutes: the defaults gave up within 15-30 seconds."""
+    from services.notifier.settings import NotifierSettings
+
+    fields = NotifierSettings.model_fields
+    attempts = fields["smtp_max_attempts"].default
+    base, cap = fields["smtp_retry_base_seconds"].default, fields["smtp_retry_max_seconds"].default
+    for jitter, low, high in ((0.5, 15 * 60, 16 * 60), (1.0, 30 * 60, 31 * 60)):
+        waited = sum(backoff_seconds(n, base, cap, _Edge(jitter)) for n in range(1, attempts))
+        assert low <= waited <= high, (jitter, waited)
