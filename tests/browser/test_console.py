@@ -61,7 +61,13 @@ def test_invite_patients_preview_send_results_and_copy_the_missing(page: Any, co
         "8": "not_on_platform",
     }
     expect(rows.nth(0)).to_contain_text("Welcome to Riverside, Ana, and see you on Monday")
-    expect(page.get_by_role("status")).to_contain_text("All rows have an outcome: 2 sent, 2 not on collabkare yet")
+    expect(page.get_by_role("status")).to_contain_text("All rows have an outcome: 2 sent, 2 not on CollabKare yet")
+    # A second click sends nothing twice: the same roster and note find the batch already sent (it made a second
+    # batch in which every patient was "already invited", and the first one's results were gone).
+    page.get_by_role("button", name="Send invites").click()
+    expect(page.get_by_role("status")).to_contain_text("This roster and note were already sent")
+    expect(page.locator("#results-progress")).to_have_text(re.compile(r"^Done: all 6 rows"), timeout=RESULTS_TIMEOUT_MS)
+    expect(page.locator("#results-counts [data-outcome=sent] dd")).to_have_text("2")
 
     page.get_by_role("button", name="Copy not-on-CollabKare list").click()
     expect(page.get_by_role("status")).to_contain_text("Copied 2 emails to the clipboard")
@@ -139,6 +145,11 @@ def test_access_history_invite_revoke_and_resend(page: Any, console_stack: Conso
     # The delivery outcome fills in by itself: the new invite's email went out.
     expect(invites.nth(0).locator("td").nth(2)).to_have_text("Sent", timeout=RESULTS_TIMEOUT_MS)
     screenshot(page, "patient-access-history")
+    # A refusal leaves no earlier success in the status line to contradict the red box.
+    expect(page.get_by_role("status")).not_to_have_text("")
+    page.get_by_role("button", name="Send invite", exact=True).click()
+    expect(page.locator("#invite-one-error")).to_be_visible()
+    expect(page.get_by_role("status")).to_have_text("")
 
 
 def test_a_pasted_token_is_used_and_errors_read_in_words(page: Any, console_stack: ConsoleStack) -> None:

@@ -9,9 +9,11 @@ const PROBLEMS_SHOWN = 200;
 let timer = null;
 let inFlight = null;
 let sequence = 0;
-// One Idempotency-Key per roster text: re-sending after a network failure cannot create a second batch.
+// One Idempotency-Key per roster text and note: sending them again (a network failure, a second click) finds
+// the batch already sent instead of making a second one in which every patient is "already invited".
 let sendKey = null;
 let sendKeyFor = null;
+let sentBatch = null;
 
 export function initInvite() {
   $("roster").addEventListener("input", schedulePreview);
@@ -92,9 +94,14 @@ async function send(event) {
     const batch = await busy($("send-invites"), () =>
       api("invitations", "POST", "/invite-batches", { body: request, headers: { "Idempotency-Key": sendKey } }),
     );
-    sendKeyFor = null;
-    announce(`Sending invites: ${plural(batch.patients_ready, "patient", "patients")} to invite. Results follow below.`);
-    showResults(batch);
+    const again = batch.batch_id === sentBatch;
+    if (again) {
+      announce("This roster and note were already sent: the results below are that batch's. Change the roster to send another.");
+    } else {
+      announce(`Sending invites: ${plural(batch.patients_ready, "patient", "patients")} to invite. Results follow below.`);
+    }
+    sentBatch = batch.batch_id;
+    showResults(batch, again);
   } catch (error) {
     showError($("invite-error"), error);
   }

@@ -21,9 +21,10 @@ export function initResults() {
   });
 }
 
-export function showResults(batch) {
+// `announced`: the caller has said what the panel shows (a batch sent again), so its end is not announced.
+export function showResults(batch, announced = false) {
   stopPolling();
-  current = { id: batch.batch_id, rowsWanted: ROWS_PAGE, timer: null, polls: 0, announced: false, batch };
+  current = { id: batch.batch_id, rowsWanted: ROWS_PAGE, timer: null, polls: 0, announced, batch };
   $("results").hidden = false;
   $("copy-fallback").hidden = true;
   $("results-filter").value = "";
@@ -66,7 +67,7 @@ async function poll(state) {
 }
 
 function summary(counts) {
-  return ORDER.filter((outcome) => counts[outcome]).map((outcome) => `${counts[outcome]} ${OUTCOME_LABELS[outcome].toLowerCase()}`).join(", ");
+  return ORDER.filter((outcome) => counts[outcome]).map((outcome) => `${counts[outcome]} ${lowerFirst(OUTCOME_LABELS[outcome])}`).join(", ");
 }
 
 function render(batch) {
@@ -153,4 +154,9 @@ async function resendNotOnPlatform() {
   } catch (error) {
     showError($("results-error"), error);
   }
+}
+
+// "Not on CollabKare yet" -> "not on CollabKare yet": the product's name keeps its capitals.
+function lowerFirst(label) {
+  return label.charAt(0).toLowerCase() + label.slice(1);
 }

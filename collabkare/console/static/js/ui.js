@@ -54,6 +54,9 @@ export function announce(message) {
 
 export function showError(box, error) {
   const message = typeof error === "string" ? error : error.message;
+  // The box (role=alert) says it; an earlier success left in the status line would contradict it.
+  clearTimeout(announceTimer);
+  $("status").textContent = "";
   const items = (error && error.errors) || [];
   box.replaceChildren(el("p", {}, message));
   if (items.length) box.append(el("ul", {}, ...items.map((item) => el("li", {}, item))));
