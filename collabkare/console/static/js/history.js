@@ -88,7 +88,8 @@ function inviteRow(invite) {
     el("td", {}, el("span", { className: `badge ${invite.status}` }, STATUS_LABELS[invite.status] || invite.status)),
     el("td", {}, delivery, invite.delivery_reason ? ` (${invite.delivery_reason})` : ""),
     el("td", {}, el("ul", { className: "trail" }, ...trail(invite).map((line) => el("li", {}, line)))),
-    el("td", {}, formatDate(invite.expires_at)),
+    // Only a pending invite will still expire; the others say in their trail what ended them.
+    el("td", {}, invite.status === "pending" ? formatDate(invite.expires_at) : "—"),
     actions,
   );
 }
@@ -98,7 +99,8 @@ function trail(invite) {
   if (invite.identity_factors.length) lines.push(`Checks at acceptance: ${invite.identity_factors.join(", ").replaceAll("_", " ")}`);
   if (invite.revoked_by) lines.push(`Revoked by ${invite.revoked_by} on ${formatDate(invite.revoked_at)}`);
   if (invite.resent_by) lines.push(`Resent by ${invite.resent_by} on ${formatDate(invite.resent_at)}`);
-  if (invite.accepted_by) lines.push(`Accepted by ${invite.accepted_by} on ${formatDate(invite.accepted_at)}`);
+  // accepted_by is the patient's account id; an invite can only be accepted from the address it was sent to.
+  if (invite.accepted_by) lines.push(`Accepted by the patient on ${formatDate(invite.accepted_at)}`);
   if (invite.expired_at) lines.push(`Expired on ${formatDate(invite.expired_at)}`);
   if (invite.locked) lines.push("Locked after too many wrong identity answers");
   return lines;

@@ -57,7 +57,8 @@ export function showError(box, error) {
   // The box (role=alert) says it; an earlier success left in the status line would contradict it.
   clearTimeout(announceTimer);
   $("status").textContent = "";
-  const items = (error && error.errors) || [];
+  // The detail often already says what a field error says: list only what it does not.
+  const items = ((error && error.errors) || []).filter((item) => !message.includes(item));
   box.replaceChildren(el("p", {}, message));
   if (items.length) box.append(el("ul", {}, ...items.map((item) => el("li", {}, item))));
   box.hidden = false;
