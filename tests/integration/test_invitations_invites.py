@@ -94,9 +94,9 @@ async def test_malformed_input_is_named_without_echoing_it(service: Service) -> 
     bad_email = await _invite(service, practice, email="ann at example", ssn="123456789")
     assert bad_email.status_code == 422 and bad_email.json()["errors"][0]["field"] == "email"
     # Every malformed field at once (the phone used to be named only once the date was fixed).
-    both = await _invite(service, practice, email="ann@example.com", date_of_birth="03/02/1990", phone="abc")
+    both = await _invite(service, practice, email="ann@example.com", date_of_birth="03/02/1990", phone="call me")
     assert both.status_code == 422 and [e["field"] for e in both.json()["errors"]] == ["date_of_birth", "phone"]
-    assert "abc" not in both.text and "03/02/1990" not in both.text
+    assert "call me" not in both.text and "03/02/1990" not in both.text  # (a hex-like value may be in the URL)
 
 
 async def test_a_body_that_is_not_json_is_a_415_as_on_every_other_endpoint(service: Service) -> None:
