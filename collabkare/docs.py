@@ -179,11 +179,9 @@ def _event_message(name: str) -> dict[str, Any]:
 def _key(event: type[Envelope]) -> tuple[str, dict[str, Any]]:
     """Which field of the event keys its Kafka record (`Envelope.key_path`), and its JSON type."""
     name = event.key_path()
-    schema = event.model_json_schema(mode="serialization")
-    field: dict[str, Any] = schema["properties"][name] if "." not in name else {}
-    if name.startswith("payload."):
-        payload: type[BaseModel] = event.model_fields["payload"].annotation  # type: ignore[assignment]
-        field = payload.model_json_schema(mode="serialization")["properties"][name.removeprefix("payload.")]
+    owner, _, field_name = name.rpartition(".")  # "payload.invite_id", or "practice_id" on the envelope
+    model: type[BaseModel] = event.model_fields["payload"].annotation if owner else event  # type: ignore[assignment]
+    field: dict[str, Any] = model.model_json_schema(mode="serialization")["properties"][field_name]
     if field.get("type") != "string":
         raise ValueError(f"{event.__name__}'s key {name} is not a plain string: {field}")
     return name, {k: field[k] for k in ("type", "format") if k in field}

@@ -105,6 +105,15 @@ def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], 
     """problem+json for every error; `check_access(request)` runs first when a JSON body could not be parsed
     (FastAPI parses it before any dependency), so that a missing token still answers 401, not 422."""
 
+    def access_refused(request: Request) -> Problem | None:
+        """The 401/403/404 the route's access check gives, for a body that could not be read as JSON."""
+        if check_access is not None:
+            try:
+                check_access(request)
+            except Problem as refused:
+                return refused
+        return None
+
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
         return problem_response(
@@ -113,11 +122,8 @@ def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], 
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        if check_access is not None and any(error.get("type") == "json_invalid" for error in exc.errors()):
-            try:
-                check_access(request)
-            except Problem as refused:
-                return await on_problem(request, refused)
+        if any(error.get("type") == "json_invalid" for error in exc.errors()) and (refused := access_refused(request)):
+            return await on_problem(request, refused)
         errors = field_errors(exc)
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         return problem_response(request, 422, f"The request is not valid: {detail}", errors=errors)
@@ -127,11 +133,8 @@ def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], 
         if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:
             # A body json.loads refused without a JSONDecodeError (not UTF-8, nested too deep): FastAPI says
             # 400 with no field; the same answer as any other body that is not JSON, access checked first.
-            if check_access is not None:
-                try:
-                    check_access(request)
-                except Problem as refused:
-                    return await on_problem(request, refused)
+            if refused := access_refused(request):
+                return await on_problem(request, refused)
             message = "the body is not valid JSON (UTF-8 text, nested at most a few hundred levels)"
             errors = [{"field": "body", "rule": "json", "message": message}]
             return problem_response(request, 422, f"The request is not valid: body: {message}", errors=errors)
