@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import replace
 from datetime import datetime
@@ -19,12 +18,11 @@ from services.connections.model import (
     PatientRef,
     Status,
 )
+from services.runtime.text import unsendable_character
 
 PRODUCER = "connections"
 MAX_TEXT = 500  # longest message or reason, in characters (the events' Note type)
 _RESULT: dict[Decision, Status] = {"approve": Status.APPROVED, "reject": Status.REJECTED}
-
-_UNSENDABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 class DomainError(Exception):
@@ -48,9 +46,9 @@ def clean_text(text: str | None) -> str | None:
     line breaks) are refused: PostgreSQL cannot store U+0000, and none belongs in an email to a patient."""
     if text is None:
         return None
-    unsendable = _UNSENDABLE.search(text)
+    unsendable = unsendable_character(text)
     if unsendable is not None:
-        raise ValueError(f"the text contains a control character (U+{ord(unsendable.group()):04X})")
+        raise ValueError(f"the text contains a control character ({unsendable})")
     return text.strip() or None
 
 

@@ -10,14 +10,13 @@ from enum import StrEnum
 from email_validator import EmailNotValidError, validate_email
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
+from services.runtime.text import UNSENDABLE, unsendable_character
+
 MAX_NOTE = 500  # characters, after trimming (the events' Note type)
 MAX_LINES = 100_000
 MAX_BYTES = 5 * 1024 * 1024  # of roster text, UTF-8 encoded
 BOM = "\ufeff"
 
-# C0 controls other than tab (CR and LF end a line), DEL and lone surrogates: PostgreSQL cannot store NUL
-# or unpaired surrogates, and none of them belongs in an email someone will read.
-_UNSENDABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 # A conservative subset of addresses that email-validator accepts unchanged except for the lower-cased domain:
@@ -96,15 +95,15 @@ def check_note(note: str) -> str | None:
     """The reason a (trimmed) note cannot be sent, or None."""
     if len(note) > MAX_NOTE:
         return f"the note is {len(note)} characters long; at most {MAX_NOTE} are allowed"
-    unsendable = _UNSENDABLE.search(note)
+    unsendable = unsendable_character(note)
     if unsendable is not None:
-        return f"the note contains a control character (U+{ord(unsendable.group()):04X})"
+        return f"the note contains a control character ({unsendable})"
     return None
 
 
 def storable(text: str) -> str:
     """The text with characters PostgreSQL cannot store replaced, for echoing invalid input back."""
-    return _UNSENDABLE.sub("\ufffd", text) if _UNSENDABLE.search(text) else text
+    return UNSENDABLE.sub("\ufffd", text) if UNSENDABLE.search(text) else text
 
 
 def split_lines(text: str) -> list[str]:
