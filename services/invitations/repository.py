@@ -103,13 +103,14 @@ WITH outcome AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) AS o(invite_id, outcome, reason, at)
 ), changed AS (
     UPDATE invitations.invites AS i
-    SET delivery = o.outcome, delivery_reason = o.reason, delivered_at = o.at
+    SET delivery = o.outcome, delivery_reason = o.reason,
+        delivered_at = CASE WHEN o.outcome = 'sent' THEN o.at END  -- only a sent email was delivered
     FROM outcome AS o
     WHERE i.id = o.invite_id AND {_RANK.format("o.outcome")} > {_RANK.format("i.delivery")}
-    RETURNING i.id, i.batch_id, i.line_number, i.delivery, i.delivery_reason, i.delivered_at
+    RETURNING i.id, i.batch_id, i.line_number, i.delivery, i.delivery_reason, o.at
 ), rows AS (
     UPDATE invitations.batch_rows AS r
-    SET outcome = c.delivery, reason = c.delivery_reason, updated_at = c.delivered_at
+    SET outcome = c.delivery, reason = c.delivery_reason, updated_at = c.at
     FROM changed AS c
     WHERE r.batch_id = c.batch_id AND r.line_number = c.line_number AND r.invite_id = c.id
     RETURNING 1

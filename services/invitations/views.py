@@ -21,7 +21,7 @@ class InviteView(BaseModel):
     status: InviteStatus
     delivery: Outcome = Field(description="queued until the notifier reports sent, not_on_platform or error")
     delivery_reason: str | None
-    delivered_at: datetime | None
+    delivered_at: datetime | None = Field(description="When the SMTP server accepted the email (delivery `sent` only)")
     identity_factors: list[str] = Field(description="What acceptance checks: ssn, and/or date_of_birth and phone")
     sent_by: str
     sent_at: datetime

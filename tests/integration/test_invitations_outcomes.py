@@ -106,9 +106,12 @@ async def test_outcomes_are_written_back_to_rows_and_invites(service: Service) -
         "dan@example.com": ("queued", None),
     }
     invites = await service.fetch(
-        "SELECT email, status, delivery, delivery_reason FROM invitations.invites WHERE practice_id = $1", practice
+        "SELECT email, status, delivery, delivered_at FROM invitations.invites WHERE practice_id = $1", practice
     )
-    assert {r["email"]: (r["status"], r["delivery"]) for r in invites}["cat@example.com"] == ("pending", "error")
+    by_email = {r["email"]: (r["status"], r["delivery"], r["delivered_at"]) for r in invites}
+    assert by_email["cat@example.com"] == ("pending", "error", None), "an error is not a delivery"
+    assert by_email["bob@example.com"] == ("pending", "not_on_platform", None)
+    assert by_email["ann@example.com"] == ("pending", "sent", T0)
     base = f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}"
     summary = (await service.http.get(base, headers=staff(practice))).json()
     assert (summary["queued"], summary["done"]) == (1, False)
