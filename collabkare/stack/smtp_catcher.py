@@ -66,6 +66,14 @@ class SpoolHandler:
         self.spool = spool
         self.faults = faults
 
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """aiosmtpd's EHLO reply, offering PIPELINING (RFC 2920) as every mainstream server does: aiosmtpd
+        already reads pipelined commands in order, it just never said so."""
+        session.host_name = hostname  # what aiosmtpd does itself when no handler takes EHLO
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         self.faults.refresh()
         if address.lower() in self.faults.rejected:

@@ -15,6 +15,7 @@ from aiosmtplib import SMTPResponse
 
 from services.notifier.domain import Attempt, SendResult, classify_reply
 from services.notifier.settings import NotifierSettings
+from services.notifier.smtp_wire import Wire
 
 _PROBE_TTL_SECONDS = 5.0  # /readyz may be polled every second; the SMTP server need not see each poll
 _NOT_AS_CONFIGURED = frozenset({530, 535, 538})  # RFC 4954 / 3207: authentication or TLS required, bad login
@@ -62,57 +63,62 @@ class TokenBucket:
 
 
 class SmtpConnection:
-    """One reused connection: connects lazily, reconnects after any failure, never raises on send."""
+    """One reused connection: connects lazily, reconnects after any failure, never raises on send.
+
+    aiosmtplib connects (TLS, STARTTLS, EHLO, AUTH); `smtp_wire.Wire` then carries the messages, pipelined
+    where the server offers PIPELINING.
+    """
 
     def __init__(self, mailer: Mailer) -> None:
         self._mailer = mailer
-        self._smtp: aiosmtplib.SMTP | None = None
+        self._wire: Wire | None = None
 
     async def send(self, sender: str, recipient: str, message: bytes) -> SendResult:
         try:
-            smtp = await self._connected()
+            wire = await self._connected()
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             self.close()
             return SendResult(Attempt.UNREACHABLE, _describe(error))
         try:
-            # MAIL/RCPT/DATA directly: sendmail() parses both addresses three times, a quarter of its CPU;
-            # these addresses were validated when the event was parsed. One deadline for the transaction
-            # instead of a wait_for() per reply: a third of the client's CPU per message goes to those.
+            # One deadline for the whole transaction, not one per reply.
             async with asyncio.timeout(self._mailer.settings.smtp_timeout_seconds):
-                response = await smtp.execute_command(b"MAIL", b"FROM:<" + sender.encode("ascii") + b">", timeout=None)
-                if response.code != 250:
-                    return await self._refused(smtp, response)
-                response = await smtp.execute_command(b"RCPT", b"TO:<" + recipient.encode("ascii") + b">", timeout=None)
-                if response.code not in (250, 251):
-                    return await self._refused(smtp, response)
-                response = await smtp.data(message, timeout=None)
-            return SendResult(Attempt.SENT, _reply(response.code, response.message))
-        except aiosmtplib.SMTPResponseException as error:
-            return await self._refused(smtp, SMTPResponse(error.code, error.message))
+                accepted, response = await wire.transaction(sender, recipient, message)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             # A timeout or a dropped connection: the server may or may not have kept the message.
             self.close()
             return SendResult(Attempt.TRANSIENT, _describe(error))
-        except ValueError as error:  # an address aiosmtplib refuses to put on a command line
+        except ValueError as error:  # an address no command line can carry
             return SendResult(Attempt.PERMANENT, f"invalid address: {error}")
+        if accepted:
+            return SendResult(Attempt.SENT, _reply(response.code, response.message))
+        return await self._refused(wire, response)
 
-    async def _connected(self) -> aiosmtplib.SMTP:
-        if self._smtp is not None and self._smtp.is_connected:
-            return self._smtp
+    async def _connected(self) -> Wire:
+        if self._wire is not None and self._wire.usable:
+            return self._wire
         self.close()
-        self._smtp = smtp = self._mailer.new_client()
-        await smtp.connect()
-        if smtp.is_ehlo_or_helo_needed:
-            await smtp.ehlo()
-        return smtp
+        smtp = self._mailer.new_client()
+        try:
+            await smtp.connect()
+            if smtp.is_ehlo_or_helo_needed:
+                await smtp.ehlo()
+            self._wire = Wire.take_over(smtp)
+        except BaseException:
+            smtp.close()
+            raise
+        return self._wire
 
-    async def _refused(self, smtp: aiosmtplib.SMTP, response: SMTPResponse) -> SendResult:
-        if smtp.is_connected:
+    async def _refused(self, wire: Wire, response: SMTPResponse) -> SendResult:
+        if wire.usable:
             # Reset the envelope so the connection can carry the next message; a failing reset drops it.
             try:
-                await smtp.rset()
+                async with asyncio.timeout(self._mailer.settings.smtp_timeout_seconds):
+                    if (await wire.command(b"RSET\r\n")).code != 250:
+                        self.close()
             except (aiosmtplib.SMTPException, OSError, TimeoutError):
                 self.close()
+        else:
+            self.close()
         if response.code in _NOT_AS_CONFIGURED:
             # "Authenticate / STARTTLS first", "bad credentials": the server refuses us, not this message.
             # Retried like an unreachable server (not counted) instead of failing the whole backlog.
@@ -120,15 +126,15 @@ class SmtpConnection:
         return SendResult(classify_reply(response.code), _reply(response.code, response.message))
 
     def close(self) -> None:
-        if self._smtp is not None:
-            smtp, self._smtp = self._smtp, None
-            smtp.close()
+        if self._wire is not None:
+            wire, self._wire = self._wire, None
+            wire.close()
 
     async def quit(self, timeout: float = 2.0) -> None:
-        if self._smtp is not None and self._smtp.is_connected:
+        if self._wire is not None and self._wire.usable:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(timeout):
-                    await self._smtp.quit()
+                    await self._wire.command(b"QUIT\r\n")
         self.close()
 
 

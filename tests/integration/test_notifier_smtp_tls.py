@@ -36,6 +36,16 @@ class Inbox:
         return "250 2.0.0 OK"
 
 
+class PipeliningInbox(Inbox):
+    """The same, offering PIPELINING: the notifier then pipelines over the TLS transport it took over."""
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
 def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
     ok = isinstance(auth_data, LoginPassword) and auth_data == (b"notifier", b"s3cret")
     return AuthResult(success=ok, handled=False, auth_data=auth_data)
@@ -80,9 +90,9 @@ def _settings(port: int, **values: Any) -> NotifierSettings:
     return NotifierSettings.model_validate({**base, **values})
 
 
-@pytest.fixture
-def starttls_server(server_tls: ssl.SSLContext) -> Iterator[tuple[int, Inbox]]:
-    inbox, port = Inbox(), free_port()
+@pytest.fixture(params=[Inbox, PipeliningInbox], ids=["one-by-one", "pipelined"])
+def starttls_server(server_tls: ssl.SSLContext, request: pytest.FixtureRequest) -> Iterator[tuple[int, Inbox]]:
+    inbox, port = request.param(), free_port()
     controller = Controller(
         inbox,
         hostname="127.0.0.1",
@@ -100,9 +110,9 @@ def starttls_server(server_tls: ssl.SSLContext) -> Iterator[tuple[int, Inbox]]:
         controller.stop()
 
 
-@pytest.fixture
-def implicit_tls_server(server_tls: ssl.SSLContext) -> Iterator[tuple[int, Inbox]]:
-    inbox, port = Inbox(), free_port()
+@pytest.fixture(params=[Inbox, PipeliningInbox], ids=["one-by-one", "pipelined"])
+def implicit_tls_server(server_tls: ssl.SSLContext, request: pytest.FixtureRequest) -> Iterator[tuple[int, Inbox]]:
+    inbox, port = request.param(), free_port()
     controller = Controller(inbox, hostname="127.0.0.1", port=port, server_hostname="tls-test", ssl_context=server_tls)
     controller.start()
     try:
@@ -118,8 +128,12 @@ async def test_starttls_and_login_then_send_over_one_reused_connection(starttls_
     for _ in range(2):
         result = await connection.send("a@collabkare.example", "b@example.com", MESSAGE)
         assert result.attempt is Attempt.SENT, result
+    refused = await connection.send("a@collabkare.example", "b@example.com>", MESSAGE)
+    assert refused.attempt is Attempt.PERMANENT
+    result = await connection.send("a@collabkare.example", "c@example.com", MESSAGE)
+    assert result.attempt is Attempt.SENT, result
     await connection.quit()
-    assert [(tls, auth) for _, tls, auth in inbox.received] == [(True, (b"notifier", b"s3cret"))] * 2
+    assert [(tls, auth) for _, tls, auth in inbox.received] == [(True, (b"notifier", b"s3cret"))] * 3
     assert inbox.received[0][0] == MESSAGE
     assert await mailer.reachable() is True
     # One TLS context for every connection: aiosmtplib would otherwise build one per connection (~30 ms CPU).

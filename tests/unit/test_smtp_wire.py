@@ -1,0 +1,329 @@
+"""The notifier's SMTP hot path (services/notifier/smtp_wire.py) against real servers on loopback sockets.
+
+A scripted server shows what arrives on the wire (pipelined or one command at a time) and answers what a test
+needs; the SMTP catcher (aiosmtpd underneath) shows the stored bytes. Reply parsing is also checked on its own
+with every way TCP can cut the replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from collabkare.stack import mailbox
+from collabkare.stack.smtp_catcher import FaultFile, SpoolHandler
+from collabkare.stack.smtp_protocol import CatcherSMTP
+from services.notifier.domain import Attempt
+from services.notifier.mailer import Mailer
+from services.notifier.settings import NotifierSettings
+from services.notifier.smtp_wire import Wire, data_lines
+
+MESSAGE = b"From: a@collabkare.example\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
+SENDER = "notices@collabkare.example"
+
+
+def _settings(port: int, **values: Any) -> NotifierSettings:
+    base = {
+        "database_url": "postgresql://notifier@127.0.0.1/unused",
+        "kafka_bootstrap_servers": "127.0.0.1:1",
+        "jwt_secret": "x" * 32,
+        "smtp_host": "127.0.0.1",
+        "smtp_port": port,
+        "smtp_timeout_seconds": 5,
+    }
+    return NotifierSettings.model_validate({**base, **values})
+
+
+class Scripted:
+    """A tiny SMTP server that records what arrives on the wire and answers as a test scripts it.
+
+    `answer(line)` overrides the reply to a command (None: the usual one, which follows the transaction's
+    state as a real server's does). Offering PIPELINING, it reads on after MAIL until it holds the DATA line
+    before answering any of them, as RFC 2920 allows: `batched` records whether they all came at once (the
+    wait is bounded). Without it, `sequential` records that nothing else was waiting when it answered.
+    """
+
+    def __init__(
+        self, *, pipelining: bool, answer: Callable[[bytes], bytes | None] = lambda line: None, stall: bool = False
+    ) -> None:
+        self.pipelining = pipelining
+        self.answer = answer
+        self.stall = stall  # never answer a message
+        self.lines: list[bytes] = []
+        self.messages: list[bytes] = []
+        self.batched: list[bool] = []
+        self.sequential: list[bool] = []
+        self.connections = 0
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        writer.write(b"220 scripted ESMTP\r\n")
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await self._session(reader, writer)
+        writer.close()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        mail = recipients = False
+        while line := await reader.readline():
+            batch = [line]
+            if line[:4].upper() == b"MAIL" and self.pipelining:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        while (more := await reader.readline()) and more[:4].upper() != b"DATA":
+                            batch.append(more)
+                        batch.append(more)
+                self.batched.append(len(batch) == 3)
+            else:
+                self.sequential.append(not reader._buffer)
+            for command in batch:
+                self.lines.append(command)
+                verb = command[:4].upper()
+                if verb == b"EHLO":
+                    offer = b"250-PIPELINING\r\n" if self.pipelining else b""
+                    writer.write(b"250-scripted\r\n" + offer + b"250 OK\r\n")
+                    continue
+                usual = {
+                    b"MAIL": b"250 2.1.0 OK",
+                    b"RCPT": b"250 2.1.5 OK" if mail else b"503 5.5.1 need MAIL",
+                    b"DATA": b"354 go ahead" if recipients else b"554 5.5.1 no valid recipients",
+                    b"QUIT": b"221 bye",
+                }.get(verb, b"250 OK")
+                reply = self.answer(command) or usual
+                mail = (mail or (verb == b"MAIL" and reply[:1] == b"2")) and verb != b"RSET"
+                recipients = (recipients or (verb == b"RCPT" and reply[:1] == b"2")) and verb not in (b"RSET", b"MAIL")
+                writer.write(reply + b"\r\n")
+                if reply.startswith((b"421", b"221")):
+                    return
+                if verb == b"DATA" and reply.startswith(b"354"):
+                    self.messages.append(await reader.readuntil(b"\r\n.\r\n"))
+                    if self.stall:
+                        await asyncio.Event().wait()
+                    writer.write(b"250 2.0.0 queued\r\n")
+                    mail = recipients = False
+
+
+@asynccontextmanager
+async def serving(server: Scripted) -> AsyncIterator[int]:
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    try:
+        yield listener.sockets[0].getsockname()[1]
+    finally:
+        listener.close()
+
+
+async def _send(port: int, *recipients: str, message: bytes = MESSAGE, **settings: Any) -> list[Any]:
+    mailer = Mailer(_settings(port, **settings))
+    connection = mailer.connection()
+    try:
+        async with asyncio.timeout(20):
+            return [await connection.send(SENDER, recipient, message) for recipient in recipients]
+    finally:
+        await connection.quit()
+
+
+async def test_pipelines_mail_rcpt_and_data_when_the_server_offers_it() -> None:
+    server = Scripted(pipelining=True)
+    async with serving(server) as port:
+        results = await _send(port, "ann@example.com", "bob@example.com")
+    assert [r.attempt for r in results] == [Attempt.SENT, Attempt.SENT]
+    assert results[0].reply == "250 2.0.0 queued"
+    assert server.batched == [True, True], "MAIL, RCPT and DATA arrive before the server answers any of them"
+    assert len(server.messages) == 2 and server.connections == 1
+
+
+async def test_one_command_at_a_time_when_the_server_does_not_offer_pipelining() -> None:
+    server = Scripted(pipelining=False)
+    async with serving(server) as port:
+        results = await _send(port, "ann@example.com", "bob@example.com")
+    assert [r.attempt for r in results] == [Attempt.SENT, Attempt.SENT]
+    assert server.sequential and all(server.sequential), "no command was written before the previous reply"
+    assert [line.split(b":")[0] for line in server.lines[1:4]] == [b"MAIL FROM", b"RCPT TO", b"DATA\r\n"]
+    assert len(server.messages) == 2
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_a_refused_recipient_is_permanent_and_the_connection_carries_the_next_message(pipelining: bool) -> None:
+    def answer(line: bytes) -> bytes | None:
+        if line.startswith(b"RCPT TO:<gone@"):
+            return b"550 5.1.1 <gone@example.com>: no such user"
+        return None
+
+    server = Scripted(pipelining=pipelining, answer=answer)
+    async with serving(server) as port:
+        gone, ann = await _send(port, "gone@example.com", "ann@example.com")
+    assert (gone.attempt, gone.reply) == (Attempt.PERMANENT, "550 5.1.1 <gone@example.com>: no such user")
+    assert ann.attempt is Attempt.SENT
+    assert server.connections == 1 and b"RSET\r\n" in server.lines
+    assert len(server.messages) == 1
+
+
+async def test_a_temporary_refusal_is_transient() -> None:
+    server = Scripted(pipelining=True, answer=lambda line: b"451 4.3.0 try later" if line.startswith(b"MAIL") else None)
+    async with serving(server) as port:
+        (result,) = await _send(port, "ann@example.com")
+    assert (result.attempt, result.reply) == (Attempt.TRANSIENT, "451 4.3.0 try later")
+    assert server.messages == []
+
+
+async def test_421_closes_and_the_next_message_goes_over_a_new_connection() -> None:
+    refusals = iter([b"421 4.3.2 shutting down"])
+
+    def answer(line: bytes) -> bytes | None:
+        return next(refusals, None) if line.startswith(b"MAIL") else None
+
+    server = Scripted(pipelining=True, answer=answer)
+    async with serving(server) as port:
+        first, second = await _send(port, "ann@example.com", "bob@example.com")
+    assert (first.attempt, first.reply) == (Attempt.TRANSIENT, "421 4.3.2 shutting down")
+    assert second.attempt is Attempt.SENT
+    assert server.connections == 2 and len(server.messages) == 1
+
+
+async def test_data_accepted_after_a_refused_recipient_sends_no_message() -> None:
+    """A server breaking RFC 2920 (354 with no valid recipient): the connection is dropped, nothing is sent."""
+
+    def answer(line: bytes) -> bytes | None:
+        return {b"RCPT TO:<gone": b"550 5.1.1 no", b"DATA": b"354 go ahead"}.get(line[:13].rstrip(b"\r\n"))
+
+    server = Scripted(pipelining=True, answer=answer)
+    async with serving(server) as port:
+        first, second = await _send(port, "gone@example.com", "ann@example.com")
+    assert (first.attempt, first.reply) == (Attempt.PERMANENT, "550 5.1.1 no")
+    assert second.attempt is Attempt.SENT
+    assert server.connections == 2
+    assert len(server.messages) == 1 and b"ann@example.com" not in server.messages[0]  # only the second message
+
+
+async def test_a_server_that_never_answers_the_message_times_out_as_transient() -> None:
+    server = Scripted(pipelining=True, stall=True)
+    async with serving(server) as port:
+        (result,) = await _send(port, "ann@example.com", smtp_timeout_seconds=0.5)
+    assert result.attempt is Attempt.TRANSIENT and "Timeout" in result.reply, result
+
+
+async def test_an_address_that_could_inject_a_command_is_refused_before_anything_is_written() -> None:
+    server = Scripted(pipelining=True)
+    async with serving(server) as port:
+        results = await _send(port, "ann@example.com>\r\nRCPT TO:<evil@example.com", "b\u00e9@example.com")
+    assert [r.attempt for r in results] == [Attempt.PERMANENT, Attempt.PERMANENT]
+    assert all(r.reply.startswith("invalid address") for r in results)
+    assert not any(b"evil" in line for line in server.lines) and server.messages == []
+
+
+async def test_a_reply_sent_while_idle_makes_the_next_message_reconnect() -> None:
+    """An idle-timeout 421 arrives between messages: it must not be taken for the next MAIL's reply."""
+    server = Scripted(pipelining=True)
+    async with serving(server) as port:
+        connection = Mailer(_settings(port)).connection()
+        try:
+            async with asyncio.timeout(20):
+                assert (await connection.send(SENDER, "ann@example.com", MESSAGE)).attempt is Attempt.SENT
+                server.writers[0].write(b"421 4.4.2 idle too long\r\n")  # and the connection stays open
+                await asyncio.sleep(0.2)
+                assert (await connection.send(SENDER, "bob@example.com", MESSAGE)).attempt is Attempt.SENT
+        finally:
+            await connection.quit()
+    assert server.connections == 2 and len(server.messages) == 2
+
+
+async def test_the_catcher_stores_pipelined_messages_dot_stuffing_undone(tmp_path: Path) -> None:
+    box = tmp_path / "mail.mbox"
+    handler = SpoolHandler(mailbox.Spool(box), FaultFile(None))
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(lambda: CatcherSMTP(handler, hostname="catcher"), "127.0.0.1", 0)
+    messages = [
+        MESSAGE,
+        b"Subject: dots\r\n\r\n.leading dot\r\n..two\r\n.\r\nend",  # a lone dot line, no final CRLF
+        b"Subject: bare\nline feeds\n",
+    ]
+    try:
+        connection = Mailer(_settings(listener.sockets[0].getsockname()[1])).connection()
+        async with asyncio.timeout(20):
+            results = [await connection.send(SENDER, f"r{i}@example.com", m) for i, m in enumerate(messages)]
+        await connection.quit()
+    finally:
+        listener.close()
+    assert [r.attempt for r in results] == [Attempt.SENT] * 3
+    stored = mailbox.read_raw(box)  # each record: the catcher's X-Envelope-* headers, then the bytes received
+    expected = [
+        MESSAGE,
+        b"Subject: dots\r\n\r\n.leading dot\r\n..two\r\n.\r\nend\r\n",
+        b"Subject: bare\r\nline feeds\r\n",
+    ]
+    assert len(stored) == 3
+    for record, message in zip(stored, expected, strict=True):
+        assert record.endswith(b"\r\n" + message), (record, message)
+
+
+def test_data_lines_stuff_dots_and_end_with_the_lone_dot() -> None:
+    assert data_lines(b".a\r\nb\r\n.\r\n") == b"..a\r\nb\r\n..\r\n.\r\n"
+    assert data_lines(b"a\nb") == b"a\r\nb\r\n.\r\n"
+    assert data_lines(b"a\rb\r\n") == b"a\r\nb\r\n.\r\n"
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+        self.protocol: Any = None
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+_LINE_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40).map(str.strip)
+_REPLY = st.tuples(st.integers(200, 599), st.lists(_LINE_TEXT, min_size=1, max_size=4))
+
+
+@given(replies=st.lists(_REPLY, min_size=1, max_size=6), cuts=st.lists(st.integers(0, 400), max_size=12))
+@settings(max_examples=200, deadline=None)
+def test_replies_are_parsed_however_tcp_cuts_them(replies: list[tuple[int, list[str]]], cuts: list[int]) -> None:
+    wire_bytes = b"".join(
+        b"".join(f"{code}{'-' if i < len(lines) - 1 else ' '}{line}\r\n".encode() for i, line in enumerate(lines))
+        for code, lines in replies
+    )
+    wire = Wire(_Transport(), pipelining=True)
+    start = 0
+    for cut in sorted({min(c, len(wire_bytes)) for c in cuts} | {len(wire_bytes)}):
+        wire.data_received(wire_bytes[start:cut])
+        start = cut
+    parsed = asyncio.run(wire._read(len(replies)))
+    assert [(r.code, r.message) for r in parsed] == [(code, "\n".join(lines)) for code, lines in replies]
+    assert wire.usable
+
+
+def test_a_line_that_is_not_a_reply_closes_the_connection() -> None:
+    transport = _Transport()
+    wire = Wire(transport, pipelining=True)
+    wire.data_received(b"HTTP/1.1 400 Bad Request\r\n")
+    assert transport.closed and not wire.usable
+
+
+def test_an_endless_reply_closes_the_connection() -> None:
+    transport = _Transport()
+    wire = Wire(transport, pipelining=True)
+    for _ in range(100):
+        wire.data_received(b"250-" + b"x" * 1000 + b"\r\n")
+    assert transport.closed
