@@ -123,7 +123,8 @@ def test_access_history_invite_revoke_and_resend(page: Any, console_stack: Conso
     page.get_by_text("Enable Patient Access (send an invite)").click()
     page.get_by_role("button", name="Send invite").click()
     error = page.locator("#invite-one-error")
-    expect(error).to_contain_text("ssn: required unless date_of_birth and phone are given")
+    expect(error).to_contain_text("Missing: SSN, or date of birth and phone.")  # the form's words, not the API's
+    expect(error).to_contain_text("SSN: required unless date of birth and phone are given")
 
     page.get_by_label("Date of birth").fill("1984-03-02")
     page.get_by_label("Phone").fill("+1 555 010 7788")

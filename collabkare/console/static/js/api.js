@@ -97,6 +97,14 @@ export async function api(service, method, path, { body, query = {}, headers = {
   return as === "text" ? response.text() : response.json();
 }
 
+// The API names fields as integrators send them; staff read the form's words instead.
+const FIELD_WORDS = { ssn: "SSN", date_of_birth: "date of birth", default_note: "default note" };
+const FIELD_NAMES = new RegExp(`\\b(${Object.keys(FIELD_WORDS).join("|")})\\b`, "g");
+
+function inFormWords(text) {
+  return String(text).replace(FIELD_NAMES, (name) => FIELD_WORDS[name]);
+}
+
 async function problemFrom(response, service) {
   let problem = {};
   try {
@@ -104,10 +112,10 @@ async function problemFrom(response, service) {
   } catch {
     // not problem+json (a proxy's error page): the status line says enough
   }
-  let detail = problem.detail || problem.title || `The ${service} service answered ${response.status}.`;
+  let detail = inFormWords(problem.detail || problem.title || `The ${service} service answered ${response.status}.`);
   if (response.status === 401) detail += " Paste a fresh staff token on the Staff token page.";
   const errors = Array.isArray(problem.errors)
-    ? problem.errors.map((e) => (e.field ? `${e.field}: ${e.message}` : String(e.message)))
+    ? problem.errors.map((e) => inFormWords(e.field ? `${e.field}: ${e.message}` : e.message))
     : [];
   return new ApiError(detail, errors, response.status);
 }
