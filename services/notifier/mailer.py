@@ -16,6 +16,7 @@ from aiosmtplib import SMTPResponse
 from services.notifier.domain import Attempt, SendResult, classify_reply
 from services.notifier.settings import NotifierSettings
 from services.notifier.smtp_wire import Wire
+from services.runtime.text import UNSENDABLE
 
 _PROBE_TTL_SECONDS = 5.0  # /readyz may be polled every second; the SMTP server need not see each poll
 _NOT_AS_CONFIGURED = frozenset({530, 535, 538})  # RFC 4954 / 3207: authentication or TLS required, bad login
@@ -119,6 +120,9 @@ class SmtpConnection:
                 self.close()
         else:
             self.close()
+        if 200 <= response.code < 300:
+            # A server breaking the protocol (a 250 where DATA needs 354, a 252 to RCPT): nothing was sent.
+            return SendResult(Attempt.TRANSIENT, f"unexpected reply {_reply(response.code, response.message)}")
         if response.code in _NOT_AS_CONFIGURED:
             # "Authenticate / STARTTLS first", "bad credentials": the server refuses us, not this message.
             # Retried like an unreachable server (not counted) instead of failing the whole backlog.
@@ -202,10 +206,16 @@ class Mailer:
 
 
 def _reply(code: int, message: str) -> str:
-    return f"{code} {' '.join(message.split())}"
+    return _storable(f"{code} {' '.join(message.split())}")
 
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, aiosmtplib.SMTPResponseException):
         return _reply(error.code, error.message)
-    return f"{type(error).__name__}: {error}"[:300]
+    return _storable(f"{type(error).__name__}: {error}"[:300])
+
+
+def _storable(text: str) -> str:
+    """A server's words as PostgreSQL can store them: a NUL or an undecodable byte (aiosmtplib keeps those as
+    lone surrogates) would fail the whole batch of results being recorded, again and again."""
+    return UNSENDABLE.sub("\ufffd", text)

@@ -18,6 +18,7 @@ from aiosmtplib import SMTPResponse
 from aiosmtplib.protocol import normalize_message_line_endings
 
 _MAX_REPLY_BYTES = 32 * 1024  # a reply (with its continuation lines) longer than this is not SMTP
+_MAX_QUEUED_REPLIES = 8  # a transaction awaits 3 at most: more is a server talking to itself
 _UNSAFE = frozenset(b"<>\x7f" + bytes(range(0x21)))  # in an address these would end or inject a command
 
 
@@ -35,6 +36,8 @@ class Wire(asyncio.Protocol):
         self._replies: collections.deque[SMTPResponse] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._lost = False
+        self._why = "Connection lost"  # said by Disconnected once the connection is gone
+        self._owed = 0  # replies to commands written and not yet read: not usable for a new message until 0
         transport.set_protocol(self)
 
     @classmethod
@@ -48,7 +51,8 @@ class Wire(asyncio.Protocol):
     @property
     def usable(self) -> bool:
         """Open, and with no reply nobody asked for (a server's idle-timeout 421, say): safe for a message."""
-        return not self._lost and not self._transport.is_closing() and not self._replies and not self._buffer
+        lost = self._lost or self._transport.is_closing()
+        return not lost and not self._owed and not self._replies and not self._buffer
 
     # asyncio.Protocol
 
@@ -59,8 +63,8 @@ class Wire(asyncio.Protocol):
             if reply is None:
                 break
             self._replies.append(reply)
-        if len(self._buffer) > _MAX_REPLY_BYTES:
-            self._transport.abort()  # connection_lost wakes the reader
+        if len(self._buffer) > _MAX_REPLY_BYTES or len(self._replies) > _MAX_QUEUED_REPLIES:
+            self._give_up("the server sent more than SMTP replies")
             return
         self._wake()
 
@@ -68,6 +72,8 @@ class Wire(asyncio.Protocol):
         return False  # close the transport: connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and not self._lost:
+            self._why = f"Connection lost: {type(exc).__name__}: {exc}"[:300]
         self._lost = True
         self._wake()
 
@@ -77,9 +83,18 @@ class Wire(asyncio.Protocol):
         """One message: (True, the 250 to the message) or (False, the first refusal). Raises Disconnected when the
         connection ends first, ValueError for an address no command line can carry."""
         envelope = [b"MAIL FROM:<" + _address(sender) + b">\r\n", b"RCPT TO:<" + _address(recipient) + b">\r\n"]
+        try:
+            return await self._transaction(envelope, message)
+        except BaseException:
+            # Cancelled or failed with replies still owed: the next message must not read them as its own.
+            if self._owed:
+                self.close()
+            raise
+
+    async def _transaction(self, envelope: list[bytes], message: bytes) -> tuple[bool, SMTPResponse]:
         expected: list[tuple[int, ...]] = [(250,), (250, 251), (354,)]
         if self.pipelining:
-            self._write(b"".join(envelope) + b"DATA\r\n")
+            self._write(b"".join(envelope) + b"DATA\r\n", replies=3)
             replies = await self._read(3)
             for reply, codes in zip(replies, expected, strict=False):
                 if reply.code not in codes:
@@ -88,7 +103,7 @@ class Wire(asyncio.Protocol):
                         self.close()
                     return False, reply
             if len(replies) < 3:
-                raise Disconnected("Connection lost")
+                raise Disconnected(self._why)
         else:
             for command, codes in zip([*envelope, b"DATA\r\n"], expected, strict=True):
                 reply = await self.command(command)
@@ -99,10 +114,10 @@ class Wire(asyncio.Protocol):
 
     async def command(self, line: bytes) -> SMTPResponse:
         """Write a command line (CRLF included) and read its one reply."""
-        self._write(line)
+        self._write(line, replies=1)
         replies = await self._read(1)
         if not replies:
-            raise Disconnected("Connection lost")
+            raise Disconnected(self._why)
         return replies[0]
 
     def close(self) -> None:
@@ -110,9 +125,10 @@ class Wire(asyncio.Protocol):
 
     # Internals
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, *, replies: int) -> None:
         if self._lost or self._transport.is_closing():
-            raise Disconnected("Connection lost")
+            raise Disconnected(self._why)
+        self._owed += replies
         self._transport.write(data)
 
     async def _read(self, count: int) -> list[SMTPResponse]:
@@ -121,6 +137,7 @@ class Wire(asyncio.Protocol):
         while len(replies) < count:
             if self._replies:
                 replies.append(self._replies.popleft())
+                self._owed = max(0, self._owed - 1)
             elif self._lost:
                 break
             else:
@@ -130,6 +147,13 @@ class Wire(asyncio.Protocol):
                 finally:
                     self._waiter = None
         return replies
+
+    def _give_up(self, why: str) -> None:
+        self._why = why
+        self._lost = True
+        del self._buffer[:]
+        self._transport.abort()
+        self._wake()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -146,14 +170,13 @@ class Wire(asyncio.Protocol):
             line = bytes(self._buffer[start:end]).rstrip(b"\r")
             start = end + 1
             if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in (b"", b" ", b"-"):
-                self._transport.abort()
-                del self._buffer[:]
+                self._give_up(f"Malformed SMTP reply line: {line[:100].decode('ascii', 'replace')}")
                 return None
             lines.append(line[4:].strip())
             if line[3:4] != b"-":
                 del self._buffer[:start]
-                text = b"\n".join(lines).decode("utf-8", "surrogateescape")
-                return SMTPResponse(int(line[:3]), text)
+                # Replies end up in the database and in logs: undecodable bytes become U+FFFD, not surrogates.
+                return SMTPResponse(int(line[:3]), b"\n".join(lines).decode("utf-8", "replace"))
 
 
 def data_lines(message: bytes) -> bytes:

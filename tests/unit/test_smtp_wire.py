@@ -25,6 +25,7 @@ from services.notifier.domain import Attempt
 from services.notifier.mailer import Mailer
 from services.notifier.settings import NotifierSettings
 from services.notifier.smtp_wire import Wire, data_lines
+from services.runtime.text import unsendable_character
 
 MESSAGE = b"From: a@collabkare.example\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
 SENDER = "notices@collabkare.example"
@@ -327,3 +328,53 @@ def test_an_endless_reply_closes_the_connection() -> None:
     for _ in range(100):
         wire.data_received(b"250-" + b"x" * 1000 + b"\r\n")
     assert transport.closed
+
+
+async def test_replies_in_latin1_or_with_a_nul_become_storable_text() -> None:
+    """A NUL or an undecodable byte in a reply would fail the whole batch of results PostgreSQL records."""
+    answers = {b"RCPT TO:<ann@": b"550 5.1.1 Empf\xe4nger unbekannt", b"RCPT TO:<bob@": b"452 4.2.2 mailbox full\x00"}
+    server = Scripted(pipelining=True, answer=lambda line: answers.get(line[:13]))
+    async with serving(server) as port:
+        ann, bob = await _send(port, "ann@example.com", "bob@example.com")
+    assert (ann.attempt, ann.reply) == (Attempt.PERMANENT, "550 5.1.1 Empf\ufffdnger unbekannt")
+    assert bob.attempt is Attempt.TRANSIENT and unsendable_character(bob.reply) is None, bob.reply
+
+
+async def test_a_send_cancelled_mid_transaction_never_lends_its_envelope_to_the_next() -> None:
+    """The sender cancels workers at shutdown: replies still owed must not be read as the next message's."""
+    server = Scripted(pipelining=True, stall=True)
+    async with serving(server) as port:
+        connection = Mailer(_settings(port)).connection()
+        try:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(connection.send(SENDER, "ann@example.com", MESSAGE), 0.5)
+            server.stall = False
+            async with asyncio.timeout(20):
+                result = await connection.send(SENDER, "bob@example.com", b"Subject: bob\r\n\r\nfor Bob\r\n")
+        finally:
+            await connection.quit()
+    assert result.attempt is Attempt.SENT
+    assert server.connections == 2, "the cancelled connection was not reused"
+    assert server.messages[-1] == b"Subject: bob\r\n\r\nfor Bob\r\n.\r\n"
+
+
+async def test_a_2xx_where_a_refusal_or_354_belongs_is_retried_not_counted_as_sent() -> None:
+    server = Scripted(pipelining=False, answer=lambda line: b"250 2.0.0 OK" if line.startswith(b"DATA") else None)
+    async with serving(server) as port:
+        (result,) = await _send(port, "ann@example.com")
+    assert (result.attempt, result.reply) == (Attempt.TRANSIENT, "unexpected reply 250 2.0.0 OK")
+    assert server.messages == []
+
+
+async def test_a_malformed_reply_says_so() -> None:
+    server = Scripted(pipelining=True, answer=lambda line: b"hello?" if line.startswith(b"MAIL") else None)
+    async with serving(server) as port:
+        (result,) = await _send(port, "ann@example.com")
+    assert result.attempt is Attempt.TRANSIENT and "Malformed SMTP reply line: hello?" in result.reply, result
+
+
+def test_a_server_talking_to_itself_is_cut_off() -> None:
+    transport = _Transport()
+    wire = Wire(transport, pipelining=True)
+    wire.data_received(b"250 OK\r\n" * 20)
+    assert transport.closed and not wire.usable
