@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, cast
 
+from email_validator import EmailNotValidError, validate_email
+
 from schemas import ConnectionApproved, ConnectionRejected, DeliveryOutcome, Envelope, InviteRequested
 from schemas.events import DeliveryOutcomePayload, PatientRegistered, PracticeRegistered
 
@@ -139,11 +141,23 @@ class Claimed:
         return message_id_for(self.delivery.source_event_id)
 
 
+def smtp_address(address: str) -> str | None:
+    """The address as MAIL/RCPT and a To: header carry it without SMTPUTF8: as it is when ASCII, with an
+    internationalised domain in its IDNA form (ann@bücher.de -> ann@xn--bcher-kva.de); None when the mailbox
+    name before the @ is not ASCII."""
+    if address.isascii():
+        return address
+    try:
+        return validate_email(address, check_deliverability=False).ascii_email
+    except EmailNotValidError:
+        return None
+
+
 def content_problem(claimed: Claimed, now: datetime) -> str | None:
     """Why this delivery can never be sent, whatever the server says; None when it can be tried."""
     delivery = claimed.delivery
-    if not delivery.recipient.isascii():
-        return "recipient address needs SMTPUTF8, which this notifier does not use"
+    if smtp_address(delivery.recipient) is None:
+        return "the recipient's mailbox name is not ASCII, which needs SMTPUTF8; this notifier does not use it"
     if delivery.kind == "invite":
         url = delivery.accept_url or ""
         if not url.startswith(("https://", "http://")) or not url.isprintable() or " " in url:

@@ -21,7 +21,7 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup, escape
 
-from services.notifier.domain import Claimed, Locale
+from services.notifier.domain import Claimed, Locale, smtp_address
 
 TEMPLATES = Path(__file__).parent / "templates"
 FIELDS = ("practice_name", "patient_name", "note", "accept_url", "expires_on", "reason")
@@ -197,7 +197,7 @@ class Renderer:
         boundary = f"=_ck_{delivery.source_event_id.hex}".encode("ascii")
         headers = [
             self._from,
-            address_header("To", None, delivery.recipient),
+            address_header("To", None, smtp_address(delivery.recipient) or delivery.recipient),
             address_header("Reply-To", claimed.practice_name, claimed.reply_to) if claimed.reply_to else b"",
             encode_header("Subject", variant.subject.fill(raw)),
             self._date_header(),

@@ -170,7 +170,8 @@ class _Run:
             return SendResult(Attempt.PERMANENT, f"the message could not be built ({type(error).__name__})")
         await self.sender.mailer.bucket.acquire()
         started = time.perf_counter()
-        result = await connection.send(self.sender.renderer.envelope_sender, claimed.delivery.recipient, message)
+        recipient = domain.smtp_address(claimed.delivery.recipient) or claimed.delivery.recipient
+        result = await connection.send(self.sender.renderer.envelope_sender, recipient, message)
         if result.attempt is not Attempt.UNREACHABLE:
             self.metrics.send_seconds.observe(time.perf_counter() - started)
         return result

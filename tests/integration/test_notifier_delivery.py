@@ -156,6 +156,22 @@ async def test_spanish_templates_chosen_by_the_patients_locale(notifier: Notifie
     assert b"\r\nSubject: =?utf-8?b?" in raw and raw.isascii(), "non-ASCII travels as RFC 2047 words and QP"
 
 
+async def test_an_internationalised_domain_goes_in_its_idna_form_a_non_ascii_mailbox_is_an_error(
+    notifier: Notifier, clinic: uuid.UUID
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    idn, local = f"ana-{tag}@bücher.example", f"josé-{tag}@example.com"
+    sent, refused = invite(clinic, idn, None), invite(clinic, local, None)
+    await notifier.publish(patient(idn, "en"), patient(local, "en"), sent, refused)
+
+    assert (await notifier.delivery(sent.event_id))["status"] == "sent"
+    [message] = notifier.caught(sent.event_id)
+    assert message["To"] == message["X-Envelope-To"] == f"ana-{tag}@xn--bcher-kva.example"
+    row = await notifier.delivery(refused.event_id)
+    assert (row["status"], row["attempts"]) == ("error", 1)
+    assert "SMTPUTF8" in row["last_error"] and notifier.caught(refused.event_id) == []
+
+
 async def test_invite_to_an_email_nobody_registered_sends_nothing(notifier: Notifier, clinic: uuid.UUID) -> None:
     stranger = unique_email("nobody")
     event = invite(clinic, stranger, "hello")

@@ -24,6 +24,7 @@ from services.notifier.domain import (
     not_on_platform,
     outcome_event,
     patient_entries,
+    smtp_address,
 )
 from tests.integration.notifier_harness import invite, patient, rejected
 
@@ -119,6 +120,24 @@ def test_an_invite_that_expired_in_the_queue_is_not_sent() -> None:
     assert late is not None
     assert content_problem(claimed, late - timedelta(seconds=1)) is None
     assert "expired" in (content_problem(claimed, late) or "")
+
+
+@pytest.mark.parametrize(
+    ("address", "on_the_wire"),
+    [
+        ("ann@example.com", "ann@example.com"),
+        ("Ann.Lee@Example.COM", "Ann.Lee@Example.COM"),  # ASCII goes as written
+        ("ann@bücher.de", "ann@xn--bcher-kva.de"),  # an internationalised domain in its IDNA form
+        ("ann@BÜCHER.de", "ann@xn--bcher-kva.de"),
+        ("josé@example.com", None),  # a non-ASCII mailbox name needs SMTPUTF8
+    ],
+)
+def test_the_address_smtp_carries(address: str, on_the_wire: str | None) -> None:
+    assert smtp_address(address) == on_the_wire
+    claimed = _claimed()
+    claimed = replace(claimed, delivery=replace(claimed.delivery, recipient=address))
+    problem = content_problem(claimed, NOW)
+    assert (problem is None) if on_the_wire else "SMTPUTF8" in (problem or "")
 
 
 def test_outcome_event_is_caused_by_the_source_and_copies_the_invite_coordinates() -> None:
