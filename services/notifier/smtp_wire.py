@@ -50,7 +50,8 @@ class Wire(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        """Open, and with no reply nobody asked for (a server's idle-timeout 421, say): safe for a message."""
+        """Open, no reply still owed (a send cancelled half-way) and none nobody asked for (a server's idle-timeout
+        421, say): safe for a new message."""
         lost = self._lost or self._transport.is_closing()
         return not lost and not self._owed and not self._replies and not self._buffer
 

@@ -32,6 +32,19 @@ FINAL = ("sent", "not_on_platform", "error")
 OUTCOMES = "notifier.outcomes.v1"
 
 
+def smtp_settings(port: int, **values: Any) -> NotifierSettings:
+    """Settings for the mailer alone against an SMTP server on loopback (no database or broker is reached)."""
+    base = {
+        "database_url": "postgresql://notifier@127.0.0.1/unused",
+        "kafka_bootstrap_servers": "127.0.0.1:1",
+        "jwt_secret": "x" * 32,
+        "smtp_host": "127.0.0.1",
+        "smtp_port": port,
+        "smtp_timeout_seconds": 5,
+    }
+    return NotifierSettings.model_validate({**base, **values})
+
+
 def notifier_env(database: ScratchDatabase, prefix: str, **overrides: Any) -> dict[str, str]:
     """Environment of a notifier under test: fast polls and retries, the session's SMTP catcher."""
     infra = database.infra

@@ -20,6 +20,7 @@ from collabkare.stack.ports import free_port
 from services.notifier.domain import Attempt
 from services.notifier.mailer import Mailer
 from services.notifier.settings import NotifierSettings
+from tests.integration.notifier_harness import smtp_settings
 
 MESSAGE = b"From: a@collabkare.example\r\nTo: b@example.com\r\nSubject: tls\r\n\r\nover TLS\r\n"
 
@@ -78,16 +79,7 @@ def server_tls(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
 
 
 def _settings(port: int, **values: Any) -> NotifierSettings:
-    base = {
-        "database_url": "postgresql://notifier@127.0.0.1/unused",
-        "kafka_bootstrap_servers": "127.0.0.1:1",
-        "jwt_secret": "x" * 32,
-        "smtp_host": "127.0.0.1",
-        "smtp_port": port,
-        "smtp_timeout_seconds": 5,
-        "smtp_validate_certs": False,  # self-signed here; real providers are verified
-    }
-    return NotifierSettings.model_validate({**base, **values})
+    return smtp_settings(port, smtp_validate_certs=False, **values)  # self-signed here; real providers are verified
 
 
 @pytest.fixture(params=[Inbox, PipeliningInbox], ids=["one-by-one", "pipelined"])

@@ -23,24 +23,12 @@ from collabkare.stack.smtp_catcher import FaultFile, SpoolHandler
 from collabkare.stack.smtp_protocol import CatcherSMTP
 from services.notifier.domain import Attempt
 from services.notifier.mailer import Mailer
-from services.notifier.settings import NotifierSettings
 from services.notifier.smtp_wire import Wire, data_lines
 from services.runtime.text import unsendable_character
+from tests.integration.notifier_harness import smtp_settings
 
 MESSAGE = b"From: a@collabkare.example\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
 SENDER = "notices@collabkare.example"
-
-
-def _settings(port: int, **values: Any) -> NotifierSettings:
-    base = {
-        "database_url": "postgresql://notifier@127.0.0.1/unused",
-        "kafka_bootstrap_servers": "127.0.0.1:1",
-        "jwt_secret": "x" * 32,
-        "smtp_host": "127.0.0.1",
-        "smtp_port": port,
-        "smtp_timeout_seconds": 5,
-    }
-    return NotifierSettings.model_validate({**base, **values})
 
 
 class Scripted:
@@ -123,7 +111,7 @@ async def serving(server: Scripted) -> AsyncIterator[int]:
 
 
 async def _send(port: int, *recipients: str, message: bytes = MESSAGE, **settings: Any) -> list[Any]:
-    mailer = Mailer(_settings(port, **settings))
+    mailer = Mailer(smtp_settings(port, **settings))
     connection = mailer.connection()
     try:
         async with asyncio.timeout(20):
@@ -225,7 +213,7 @@ async def test_a_reply_sent_while_idle_makes_the_next_message_reconnect() -> Non
     """An idle-timeout 421 arrives between messages: it must not be taken for the next MAIL's reply."""
     server = Scripted(pipelining=True)
     async with serving(server) as port:
-        connection = Mailer(_settings(port)).connection()
+        connection = Mailer(smtp_settings(port)).connection()
         try:
             async with asyncio.timeout(20):
                 assert (await connection.send(SENDER, "ann@example.com", MESSAGE)).attempt is Attempt.SENT
@@ -248,7 +236,7 @@ async def test_the_catcher_stores_pipelined_messages_dot_stuffing_undone(tmp_pat
         b"Subject: bare\nline feeds\n",
     ]
     try:
-        connection = Mailer(_settings(listener.sockets[0].getsockname()[1])).connection()
+        connection = Mailer(smtp_settings(listener.sockets[0].getsockname()[1])).connection()
         async with asyncio.timeout(20):
             results = [await connection.send(SENDER, f"r{i}@example.com", m) for i, m in enumerate(messages)]
         await connection.quit()
@@ -344,7 +332,7 @@ async def test_a_send_cancelled_mid_transaction_never_lends_its_envelope_to_the_
     """The sender cancels workers at shutdown: replies still owed must not be read as the next message's."""
     server = Scripted(pipelining=True, stall=True)
     async with serving(server) as port:
-        connection = Mailer(_settings(port)).connection()
+        connection = Mailer(smtp_settings(port)).connection()
         try:
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(connection.send(SENDER, "ann@example.com", MESSAGE), 0.5)
