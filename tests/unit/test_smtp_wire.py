@@ -218,7 +218,8 @@ async def test_a_reply_sent_while_idle_makes_the_next_message_reconnect() -> Non
             async with asyncio.timeout(20):
                 assert (await connection.send(SENDER, "ann@example.com", MESSAGE)).attempt is Attempt.SENT
                 server.writers[0].write(b"421 4.4.2 idle too long\r\n")  # and the connection stays open
-                await asyncio.sleep(0.2)
+                while connection._wire is not None and connection._wire.usable:  # until it has arrived
+                    await asyncio.sleep(0.01)
                 assert (await connection.send(SENDER, "bob@example.com", MESSAGE)).attempt is Attempt.SENT
         finally:
             await connection.quit()
@@ -334,10 +335,14 @@ async def test_a_send_cancelled_mid_transaction_never_lends_its_envelope_to_the_
     async with serving(server) as port:
         connection = Mailer(smtp_settings(port)).connection()
         try:
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(connection.send(SENDER, "ann@example.com", MESSAGE), 0.5)
-            server.stall = False
             async with asyncio.timeout(20):
+                first = asyncio.create_task(connection.send(SENDER, "ann@example.com", MESSAGE))
+                while not server.messages:  # the message is on the server, its 250 owed for ever
+                    await asyncio.sleep(0.01)
+                first.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await first
+                server.stall = False
                 result = await connection.send(SENDER, "bob@example.com", b"Subject: bob\r\n\r\nfor Bob\r\n")
         finally:
             await connection.quit()
