@@ -11,7 +11,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -111,11 +111,26 @@ def create_http_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    leave_out = Query(
+        None,
+        description="Checks to leave out, as Kubernetes' own /readyz?exclude= does: a readiness probe leaves out "
+        f"what every pod shares and the API can do without ({', '.join(readiness)})",
+    )
+
     @app.get("/readyz", tags=["operations"], summary="Dependencies reachable", response_model=None)
-    async def readyz() -> JSONResponse:
-        checks = {name: await check() for name, check in readiness.items()}
+    async def readyz(
+        exclude: list[str] | None = leave_out,
+    ) -> JSONResponse:
+        left_out = set(exclude or ())
+        unknown = sorted(left_out - readiness.keys())
+        if unknown:
+            message = f"no such check: {', '.join(unknown)}; the checks are {', '.join(readiness)}"
+            raise Problem(422, message, errors=[{"field": "exclude", "rule": "enum", "message": message}])
+        checks = {name: await check() for name, check in readiness.items() if name not in left_out}
         ready = all(checks.values())
         body: dict[str, Any] = {"status": "ready" if ready else "unavailable", "checks": checks}
+        if left_out:
+            body["excluded"] = sorted(left_out)
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)

@@ -119,6 +119,26 @@ def test_every_workload_is_hardened(validation: Validation, target: str) -> None
 
 
 @pytest.mark.parametrize("target", ["dev", "prod"])
+def test_no_selector_takes_in_a_migration_job_pod(validation: Validation, target: str) -> None:
+    """A Service routing to a running migration pod, or a disruption budget counting finished ones (it then
+    allows no eviction at all: a Job has no scale), would break traffic and node drains."""
+    documents = load(validation, target)
+    job_pods = [job["spec"]["template"]["metadata"]["labels"] for job in of_kind(documents, "Job").values()]
+    selectors = [(d["kind"], d["metadata"]["name"], d["spec"]["selector"]) for d in documents if d["kind"] == "Service"]
+    selectors += [
+        (d["kind"], d["metadata"]["name"], d["spec"]["selector"]["matchLabels"])
+        for d in documents
+        if d["kind"] in ("Deployment", "PodDisruptionBudget")
+    ]
+    assert job_pods and len(selectors) == 9
+    for kind, name, selector in selectors:
+        for labels in job_pods:
+            assert not selector.items() <= labels.items(), f"{kind} {name} selects the job pod {labels}"
+        deployment = of_kind(documents, "Deployment")[name]
+        assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items(), (kind, name)
+
+
+@pytest.mark.parametrize("target", ["dev", "prod"])
 def test_services_probe_drain_and_spread(validation: Validation, target: str) -> None:
     documents = load(validation, target)
     common = config(documents, "collabkare-config")
@@ -130,7 +150,9 @@ def test_services_probe_drain_and_spread(validation: Validation, target: str) ->
         assert container["args"] == [name]
         assert container["ports"][0]["containerPort"] == port
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
-        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+        # The probe leaves out what every pod shares (the API accepts work while the broker is away).
+        expected = "/readyz?exclude=broker&exclude=smtp" if name == "notifier" else "/readyz?exclude=broker"
+        assert container["readinessProbe"]["httpGet"]["path"] == expected, name
         assert "startupProbe" in container, name
         # uvicorn's graceful shutdown (20 s) plus the broker's consumer drain (15 s) plus the preStop pause.
         assert pod["terminationGracePeriodSeconds"] >= 45, name

@@ -66,6 +66,34 @@ async def test_probes_and_metrics(client: httpx.AsyncClient) -> None:
     assert 'route="/readyz"' in metrics.text
 
 
+async def test_readyz_leaves_out_the_checks_a_probe_excludes(database: ScratchDatabase, topic_prefix: str) -> None:
+    """Kubernetes' convention (/readyz?exclude=): the probes leave out what every pod shares and the API can do
+    without (the broker: the outbox keeps accepted work), so such an outage does not empty the Service."""
+    env = service_env(database, "connections", topic_prefix)
+    settings = ConnectionsSettings(**{k.lower(): v for k, v in env.items()})
+
+    async def relay_down(_: ServiceRuntime) -> bool:
+        return False
+
+    spec = ServiceSpec("connections", "test", "test", MIGRATIONS, readiness={"relay": relay_down})
+    app = ServiceRuntime(spec, settings).http_app()
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        deadline = time.monotonic() + 20
+        partial = await http.get("/readyz", params={"exclude": "relay"})
+        while partial.status_code != 200 and time.monotonic() < deadline:
+            partial = await http.get("/readyz", params={"exclude": "relay"})
+        full = await http.get("/readyz")
+        only_database = await http.get("/readyz", params=[("exclude", "relay"), ("exclude", "broker")])
+        unknown = await http.get("/readyz", params={"exclude": "smpt"})
+    assert partial.status_code == 200, partial.text
+    assert partial.json() == {"status": "ready", "checks": {"database": True, "broker": True}, "excluded": ["relay"]}
+    assert full.status_code == 503 and full.json()["checks"]["relay"] is False
+    assert only_database.json()["checks"] == {"database": True}
+    assert unknown.status_code == 422 and unknown.headers["content-type"].startswith("application/problem+json")
+    assert unknown.json()["errors"][0]["field"] == "exclude" and "smpt" in unknown.json()["detail"]
+
+
 async def test_correlation_id_is_echoed_and_unsafe_ones_replaced(client: httpx.AsyncClient) -> None:
     given = await client.get("/healthz", headers={"X-Correlation-ID": "abc-123"})
     assert given.headers["X-Correlation-ID"] == "abc-123"
