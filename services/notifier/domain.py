@@ -141,23 +141,21 @@ class Claimed:
         return message_id_for(self.delivery.source_event_id)
 
 
-def smtp_address(address: str) -> str | None:
-    """The address as MAIL/RCPT and a To: header carry it without SMTPUTF8: as it is when ASCII, with an
-    internationalised domain in its IDNA form (ann@bücher.de -> ann@xn--bcher-kva.de); None when the mailbox
-    name before the @ is not ASCII."""
+def smtp_address(address: str) -> str:
+    """The address as MAIL/RCPT and a To: header carry it: as it is when ASCII, with an internationalised domain
+    in its IDNA form (ann@bücher.de -> ann@xn--bcher-kva.de) so that any server takes it; an address whose mailbox
+    name is not ASCII stays as it is and needs a server offering SMTPUTF8 (RFC 6531)."""
     if address.isascii():
         return address
     try:
-        return validate_email(address, check_deliverability=False).ascii_email
+        return validate_email(address, check_deliverability=False).ascii_email or address
     except EmailNotValidError:
-        return None
+        return address
 
 
 def content_problem(claimed: Claimed, now: datetime) -> str | None:
     """Why this delivery can never be sent, whatever the server says; None when it can be tried."""
     delivery = claimed.delivery
-    if smtp_address(delivery.recipient) is None:
-        return "the recipient's mailbox name is not ASCII, which needs SMTPUTF8; this notifier does not use it"
     if delivery.kind == "invite":
         url = delivery.accept_url or ""
         if not url.startswith(("https://", "http://")) or not url.isprintable() or " " in url:

@@ -82,7 +82,8 @@ def _fold(line: str, width: int = 78) -> str:
 def address_header(name: str, display_name: str | None, address: str) -> bytes:
     """An address header; the display name is quoted or RFC 2047-encoded as it needs."""
     if not display_name:  # To: one per recipient, nothing to quote (formataddr returns a bare address as is)
-        return f"{name}: {address}{_CRLF}".encode("ascii")
+        # A mailbox name that is not ASCII goes as UTF-8 (RFC 6532): only sent to a server offering SMTPUTF8.
+        return f"{name}: {address}{_CRLF}".encode()
     return _named_address_header(name, display_name, address)
 
 
@@ -197,7 +198,7 @@ class Renderer:
         boundary = f"=_ck_{delivery.source_event_id.hex}".encode("ascii")
         headers = [
             self._from,
-            address_header("To", None, smtp_address(delivery.recipient) or delivery.recipient),
+            address_header("To", None, smtp_address(delivery.recipient)),
             address_header("Reply-To", claimed.practice_name, claimed.reply_to) if claimed.reply_to else b"",
             encode_header("Subject", variant.subject.fill(raw)),
             self._date_header(),

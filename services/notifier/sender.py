@@ -170,7 +170,7 @@ class _Run:
             return SendResult(Attempt.PERMANENT, f"the message could not be built ({type(error).__name__})")
         await self.sender.mailer.bucket.acquire()
         started = time.perf_counter()
-        recipient = domain.smtp_address(claimed.delivery.recipient) or claimed.delivery.recipient
+        recipient = domain.smtp_address(claimed.delivery.recipient)
         result = await connection.send(self.sender.renderer.envelope_sender, recipient, message)
         if result.attempt is not Attempt.UNREACHABLE:
             self.metrics.send_seconds.observe(time.perf_counter() - started)

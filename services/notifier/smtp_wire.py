@@ -29,8 +29,9 @@ class Disconnected(aiosmtplib.SMTPServerDisconnected):
 class Wire(asyncio.Protocol):
     """The protocol of a connection taken over from aiosmtplib: writes commands, parses replies as they come."""
 
-    def __init__(self, transport: asyncio.Transport, *, pipelining: bool) -> None:
+    def __init__(self, transport: asyncio.Transport, *, pipelining: bool, smtputf8: bool = False) -> None:
         self.pipelining = pipelining
+        self.smtputf8 = smtputf8  # the server takes UTF-8 mailbox names (RFC 6531)
         self._transport = transport
         self._buffer = bytearray()
         self._replies: collections.deque[SMTPResponse] = collections.deque()
@@ -46,7 +47,11 @@ class Wire(asyncio.Protocol):
         that client must not be used afterwards."""
         if smtp.transport is None or smtp.transport.is_closing():
             raise Disconnected("Connection lost")
-        return cls(cast(asyncio.Transport, smtp.transport), pipelining=smtp.supports_extension("pipelining"))
+        return cls(
+            cast(asyncio.Transport, smtp.transport),
+            pipelining=smtp.supports_extension("pipelining"),
+            smtputf8=smtp.supports_extension("smtputf8"),
+        )
 
     @property
     def usable(self) -> bool:
@@ -83,7 +88,9 @@ class Wire(asyncio.Protocol):
     async def transaction(self, sender: str, recipient: str, message: bytes) -> tuple[bool, SMTPResponse]:
         """One message: (True, the 250 to the message) or (False, the first refusal). Raises Disconnected when the
         connection ends first, ValueError for an address no command line can carry."""
-        envelope = [b"MAIL FROM:<" + _address(sender) + b">\r\n", b"RCPT TO:<" + _address(recipient) + b">\r\n"]
+        mail_from, rcpt_to = self._address(sender), self._address(recipient)
+        utf8 = b" SMTPUTF8" if not (mail_from + rcpt_to).isascii() else b""
+        envelope = [b"MAIL FROM:<" + mail_from + b">" + utf8 + b"\r\n", b"RCPT TO:<" + rcpt_to + b">\r\n"]
         try:
             return await self._transaction(envelope, message)
         except BaseException:
@@ -125,6 +132,15 @@ class Wire(asyncio.Protocol):
         self._transport.close()
 
     # Internals
+
+    def _address(self, address: str) -> bytes:
+        """The address for a command line; ValueError (the caller's "invalid address") when none can carry it."""
+        if not address.isascii() and not self.smtputf8:
+            raise ValueError("its mailbox name is not ASCII and the SMTP server does not offer SMTPUTF8")
+        encoded = address.encode("utf-8", "strict")
+        if not encoded or any(byte in _UNSAFE for byte in encoded) or not address.isprintable():
+            raise ValueError("the address contains a character an SMTP command cannot carry")
+        return encoded
 
     def _write(self, data: bytes, *, replies: int) -> None:
         if self._lost or self._transport.is_closing():
@@ -190,10 +206,3 @@ def data_lines(message: bytes) -> bytes:
     if message.startswith(b"."):
         message = b"." + message
     return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
-
-
-def _address(address: str) -> bytes:
-    encoded = address.encode("ascii")  # UnicodeEncodeError is a ValueError: the caller's "invalid address"
-    if not encoded or any(byte in _UNSAFE for byte in encoded):
-        raise ValueError("the address contains a character an SMTP command cannot carry")
-    return encoded

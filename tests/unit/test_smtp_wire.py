@@ -41,9 +41,15 @@ class Scripted:
     """
 
     def __init__(
-        self, *, pipelining: bool, answer: Callable[[bytes], bytes | None] = lambda line: None, stall: bool = False
+        self,
+        *,
+        pipelining: bool,
+        answer: Callable[[bytes], bytes | None] = lambda line: None,
+        stall: bool = False,
+        smtputf8: bool = False,
     ) -> None:
         self.pipelining = pipelining
+        self.smtputf8 = smtputf8
         self.answer = answer
         self.stall = stall  # never answer a message
         self.lines: list[bytes] = []
@@ -78,7 +84,9 @@ class Scripted:
                 self.lines.append(command)
                 verb = command[:4].upper()
                 if verb == b"EHLO":
-                    offer = b"250-PIPELINING\r\n" if self.pipelining else b""
+                    offer = (b"250-PIPELINING\r\n" if self.pipelining else b"") + (
+                        b"250-SMTPUTF8\r\n" if self.smtputf8 else b""
+                    )
                     writer.write(b"250-scripted\r\n" + offer + b"250 OK\r\n")
                     continue
                 usual = {
@@ -207,6 +215,21 @@ async def test_an_address_that_could_inject_a_command_is_refused_before_anything
     assert [r.attempt for r in results] == [Attempt.PERMANENT, Attempt.PERMANENT]
     assert all(r.reply.startswith("invalid address") for r in results)
     assert not any(b"evil" in line for line in server.lines) and server.messages == []
+
+
+async def test_a_utf8_mailbox_goes_over_smtputf8_and_only_to_a_server_offering_it() -> None:
+    offering, refusing = Scripted(pipelining=True, smtputf8=True), Scripted(pipelining=True)
+    async with serving(offering) as port:
+        (sent,) = await _send(port, "josé@example.com")
+    async with serving(refusing) as port:
+        (refused,) = await _send(port, "josé@example.com")
+    assert sent.attempt is Attempt.SENT
+    assert offering.lines[1:3] == [
+        f"MAIL FROM:<{SENDER}> SMTPUTF8\r\n".encode(),
+        "RCPT TO:<josé@example.com>\r\n".encode(),
+    ]
+    assert refused.attempt is Attempt.PERMANENT and "does not offer SMTPUTF8" in refused.reply
+    assert [line[:4] for line in refusing.lines] == [b"EHLO", b"QUIT"], "nothing of the transaction was written"
 
 
 async def test_a_reply_sent_while_idle_makes_the_next_message_reconnect() -> None:
