@@ -4,7 +4,8 @@ aiosmtplib opens the connection (TLS, STARTTLS, EHLO, AUTH: the parts worth a we
 takes the transport over. aiosmtplib awaits one reply per command and cannot pipeline: its protocol drops a
 reply that arrives before the previous one was read. With PIPELINING (RFC 2920, offered by every mainstream
 server) a message costs two round trips instead of four: MAIL + RCPT + DATA in one write, then the message.
-That halves what each email waits on the network, and the writes and wake-ups on both ends.
+That halves what each email waits on the network, and the writes and wake-ups on both ends. A mailbox name
+that is not ASCII goes with SMTPUTF8 (RFC 6531) where the server offers it, and nowhere else.
 """
 
 from __future__ import annotations
