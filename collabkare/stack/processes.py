@@ -23,6 +23,8 @@ STOP_TIMEOUT_SECONDS = 10.0
 # util-linux's setpriv (Linux): a child gets its stop signal when the supervisor dies, even by kill -9, instead
 # of living on with the stack's ports. Where it is missing (macOS), children outlive a supervisor killed hard.
 _SETPRIV = shutil.which("setpriv")
+# setpriv arms that signal and then runs the command; a supervisor killed in between orphans the child.
+ARM_TIMEOUT_SECONDS = 5.0
 
 
 def var_dir() -> Path:
@@ -128,6 +130,8 @@ class Supervisor:
             child.log.close()
             raise StackError(f"cannot start {child.name}: {child.command[0]}: {error.strerror}") from None
         child.expected, child.reaped = True, False
+        if _SETPRIV is not None:
+            _wait_until_past(child.process.pid, Path(_SETPRIV).resolve())
 
     def pid(self, name: str) -> int:
         process = self._children[name].process
@@ -234,6 +238,22 @@ class Supervisor:
         code = child.process.returncode if child.process else None
         tail = self.log_tail(child.name)
         return f"{child.name} exited unexpectedly (code {code}): see {child.log_path}, last line: {tail}"
+
+
+def _wait_until_past(pid: int, wrapper: Path) -> None:
+    """Return once `pid` no longer runs `wrapper` (Popen returns once it has started it), or has exited.
+
+    setpriv arms the death signal before it runs the command, so a supervisor killed after start() returned
+    never leaves that child behind.
+    """
+    deadline = time.monotonic() + ARM_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            if Path(os.readlink(f"/proc/{pid}/exe")) != wrapper:
+                return
+        except OSError:  # exited (or /proc hides it): nothing left to wait for
+            return
+        time.sleep(0.001)
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:
