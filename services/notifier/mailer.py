@@ -155,7 +155,7 @@ class Mailer:
     def tls_context(self) -> ssl.SSLContext:
         """Built once: aiosmtplib would otherwise build one per connection (~30 ms of CPU each)."""
         if self._tls_context is None:
-            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.settings.smtp_ca_file)
             if not self.settings.smtp_validate_certs:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE

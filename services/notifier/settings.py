@@ -7,7 +7,7 @@ from typing import Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from services.runtime.settings import RuntimeSettings
+from services.runtime.settings import CaFile, RuntimeSettings
 
 
 class NotifierSettings(RuntimeSettings):
@@ -21,6 +21,10 @@ class NotifierSettings(RuntimeSettings):
     smtp_starttls: bool = Field(default=False, description="Upgrade with STARTTLS after connecting")
     smtp_tls: bool = Field(default=False, description="Implicit TLS from the first byte (usually port 465)")
     smtp_validate_certs: bool = True
+    smtp_ca_file: CaFile | None = Field(
+        default=None,
+        description="PEM file of the CAs that sign the relay's certificate, trusted instead of the system's",
+    )
     smtp_from: str = Field(default="CollabKare <no-reply@collabkare.example>", min_length=3)
     smtp_local_hostname: str = Field(default="collabkare-notifier", description="Our name in EHLO")
     smtp_pool_size: int = Field(default=8, ge=1, le=64, description="Reused SMTP connections per process")
@@ -62,6 +66,11 @@ class NotifierSettings(RuntimeSettings):
     def _tls_modes_exclusive(self) -> Self:
         if self.smtp_tls and self.smtp_starttls:
             raise ValueError("SMTP_TLS and SMTP_STARTTLS: choose one (implicit TLS or STARTTLS)")
+        if self.smtp_ca_file is not None and not (self.smtp_validate_certs and (self.smtp_tls or self.smtp_starttls)):
+            raise ValueError(
+                "SMTP_CA_FILE: it checks the relay's certificate, so it needs SMTP_STARTTLS or SMTP_TLS on "
+                "and SMTP_VALIDATE_CERTS left on"
+            )
         if (self.smtp_username is None) != (self.smtp_password is None):
             raise ValueError("SMTP_USERNAME and SMTP_PASSWORD: set both or neither")
         return self

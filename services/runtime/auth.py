@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import ssl
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,7 +13,10 @@ from typing import Annotated, Any
 import jwt
 from fastapi import Depends, Path, Request
 
+from services.runtime.logging import get_logger
 from services.runtime.problems import Problem
+
+log = get_logger(__name__)
 
 STAFF_ROLES = frozenset({"front_desk", "practice_manager", "admin"})
 PATIENT_ROLE = "patient"
@@ -38,12 +43,16 @@ class TokenVerifier:
         audience: str,
         secret: str | None = None,
         jwks_url: str | None = None,
+        jwks_ca_file: os.PathLike[str] | None = None,
     ) -> None:
         self.algorithm = algorithm
         self.issuer = issuer
         self.audience = audience
         self._secret = secret
-        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300) if jwks_url else None
+        self._jwks = None
+        if jwks_url:
+            trust = ssl.create_default_context(cafile=jwks_ca_file)
+            self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=5, ssl_context=trust)
 
     def _key(self, token: str) -> Any:
         if self.algorithm == "HS256":
@@ -64,6 +73,14 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError as error:
             raise _unauthorized("The token has expired.") from error
+        except jwt.PyJWKClientConnectionError as error:
+            # The identity provider is away, not the token wrong: a 401 would sign every user out.
+            log.warning("jwks_unavailable", error=str(error))
+            raise Problem(
+                503,
+                "The identity provider's key set could not be fetched; try again shortly.",
+                headers={"Retry-After": "5"},
+            ) from error
         except (jwt.InvalidTokenError, jwt.PyJWKClientError) as error:
             raise _unauthorized(f"The token is not valid: {error}.") from error
         roles = claims.get("roles", [])

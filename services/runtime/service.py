@@ -80,6 +80,7 @@ class ServiceRuntime:
             settings.jwt_audience,
             secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
             jwks_url=settings.jwt_jwks_url,
+            jwks_ca_file=settings.jwt_jwks_ca_file,
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self.consuming = asyncio.Event()

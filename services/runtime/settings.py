@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import ssl
 import sys
-from typing import Literal, Self, TypeVar
+from pathlib import Path
+from typing import Annotated, Literal, Self, TypeVar
 
-from pydantic import Field, PostgresDsn, SecretStr, ValidationError, model_validator
+from pydantic import AfterValidator, Field, FilePath, PostgresDsn, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.runtime.kafka import KafkaSecurity
 
 # HMAC secrets for JWTs must carry at least 256 bits.
 MIN_SECRET_BYTES = 32
+
+
+def _holds_certificates(path: Path) -> Path:
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError as error:
+        raise ValueError(f"{path} holds no PEM certificate ({error.reason or error})") from None
+    return path
+
+
+# A private CA (a hospital's own relay or identity provider): PEM certificates, trusted instead of the system's.
+CaFile = Annotated[FilePath, AfterValidator(_holds_certificates)]
 
 
 class RuntimeSettings(BaseSettings):
@@ -47,6 +61,9 @@ class RuntimeSettings(BaseSettings):
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     jwt_secret: SecretStr | None = Field(default=None, description="HS256 key, at least 32 bytes")
     jwt_jwks_url: str | None = Field(default=None, description="RS256 key set URL")
+    jwt_jwks_ca_file: CaFile | None = Field(
+        default=None, description="PEM file of the CAs that sign the key set's HTTPS certificate"
+    )
     jwt_issuer: str = "collabkare"
     jwt_audience: str = "collabkare-api"
     cors_origins: list[str] = Field(default_factory=list)
@@ -59,6 +76,10 @@ class RuntimeSettings(BaseSettings):
                 raise ValueError("JWT_SECRET: expected at least 32 bytes (256 bits) when JWT_ALGORITHM=HS256")
         elif not self.jwt_jwks_url:
             raise ValueError("JWT_JWKS_URL: expected a JWKS URL when JWT_ALGORITHM=RS256")
+        if self.jwt_jwks_ca_file is not None and not (self.jwt_jwks_url or "").startswith("https://"):
+            raise ValueError(
+                "JWT_JWKS_CA_FILE: it checks the key set's HTTPS certificate; JWT_JWKS_URL is not https://"
+            )
         self.kafka_security  # noqa: B018 - validates the KAFKA_SSL_* / KAFKA_SASL_* combination at start-up
         if self.database_pool_min > self.database_pool_max:
             raise ValueError("DATABASE_POOL_MIN: expected at most DATABASE_POOL_MAX")

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import ssl
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from collabkare.stack.ports import free_port
 from services.notifier.domain import Attempt
 from services.notifier.mailer import Mailer
 from services.notifier.settings import NotifierSettings
 from tests.integration.notifier_harness import smtp_settings
+from tests.tls import PrivateCA, private_ca
 
 MESSAGE = b"From: a@collabkare.example\r\nTo: b@example.com\r\nSubject: tls\r\n\r\nover TLS\r\n"
 
@@ -53,44 +47,25 @@ def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth_
 
 
 @pytest.fixture(scope="module")
-def server_tls(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
-    """A self-signed certificate for 127.0.0.1, as a server-side TLS context."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    directory: Path = tmp_path_factory.mktemp("tls")
-    (directory / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (directory / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
-    return context
+def ca(tmp_path_factory: pytest.TempPathFactory) -> PrivateCA:
+    """The relay's certificate (127.0.0.1) comes from a private CA, as a hospital's own relay's would."""
+    return private_ca(tmp_path_factory.mktemp("tls"))
 
 
-def _settings(port: int, **values: Any) -> NotifierSettings:
-    return smtp_settings(port, smtp_validate_certs=False, **values)  # self-signed here; real providers are verified
+def _settings(port: int, ca: PrivateCA | None = None, **values: Any) -> NotifierSettings:
+    """Certificates checked against `ca` (SMTP_CA_FILE) when it is given; against the system's CAs otherwise."""
+    return smtp_settings(port, **({"smtp_ca_file": ca.ca_file} if ca else {}), **values)
 
 
 @pytest.fixture(params=[Inbox, PipeliningInbox], ids=["one-by-one", "pipelined"])
-def starttls_server(server_tls: ssl.SSLContext, request: pytest.FixtureRequest) -> Iterator[tuple[int, Inbox]]:
+def starttls_server(ca: PrivateCA, request: pytest.FixtureRequest) -> Iterator[tuple[int, Inbox]]:
     inbox, port = request.param(), free_port()
     controller = Controller(
         inbox,
         hostname="127.0.0.1",
         port=port,
         server_hostname="tls-test",
-        tls_context=server_tls,
+        tls_context=ca.server_context(),
         require_starttls=True,
         authenticator=authenticate,
         auth_require_tls=True,
@@ -103,9 +78,11 @@ def starttls_server(server_tls: ssl.SSLContext, request: pytest.FixtureRequest) 
 
 
 @pytest.fixture(params=[Inbox, PipeliningInbox], ids=["one-by-one", "pipelined"])
-def implicit_tls_server(server_tls: ssl.SSLContext, request: pytest.FixtureRequest) -> Iterator[tuple[int, Inbox]]:
+def implicit_tls_server(ca: PrivateCA, request: pytest.FixtureRequest) -> Iterator[tuple[int, Inbox]]:
     inbox, port = request.param(), free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port, server_hostname="tls-test", ssl_context=server_tls)
+    controller = Controller(
+        inbox, hostname="127.0.0.1", port=port, server_hostname="tls-test", ssl_context=ca.server_context()
+    )
     controller.start()
     try:
         yield port, inbox
@@ -113,9 +90,11 @@ def implicit_tls_server(server_tls: ssl.SSLContext, request: pytest.FixtureReque
         controller.stop()
 
 
-async def test_starttls_and_login_then_send_over_one_reused_connection(starttls_server: tuple[int, Inbox]) -> None:
+async def test_starttls_and_login_then_send_over_one_reused_connection(
+    starttls_server: tuple[int, Inbox], ca: PrivateCA
+) -> None:
     port, inbox = starttls_server
-    mailer = Mailer(_settings(port, smtp_starttls=True, smtp_username="notifier", smtp_password="s3cret"))
+    mailer = Mailer(_settings(port, ca, smtp_starttls=True, smtp_username="notifier", smtp_password="s3cret"))
     connection = mailer.connection()
     for _ in range(2):
         result = await connection.send("a@collabkare.example", "b@example.com", MESSAGE)
@@ -133,10 +112,10 @@ async def test_starttls_and_login_then_send_over_one_reused_connection(starttls_
 
 
 async def test_a_wrong_password_is_an_unreachable_server_not_a_failed_email(
-    starttls_server: tuple[int, Inbox],
+    starttls_server: tuple[int, Inbox], ca: PrivateCA
 ) -> None:
     port, inbox = starttls_server
-    mailer = Mailer(_settings(port, smtp_starttls=True, smtp_username="notifier", smtp_password="wrong"))
+    mailer = Mailer(_settings(port, ca, smtp_starttls=True, smtp_username="notifier", smtp_password="wrong"))
     result = await mailer.connection().send("a@collabkare.example", "b@example.com", MESSAGE)
     assert result.attempt is Attempt.UNREACHABLE and result.reply.startswith("535")
     assert await mailer.reachable() is False and inbox.received == []
@@ -153,9 +132,27 @@ async def test_a_server_wanting_starttls_first_is_not_ready_and_fails_no_email(
     assert inbox.received == []
 
 
-async def test_implicit_tls(implicit_tls_server: tuple[int, Inbox]) -> None:
+async def test_implicit_tls(implicit_tls_server: tuple[int, Inbox], ca: PrivateCA) -> None:
     port, inbox = implicit_tls_server
-    mailer = Mailer(_settings(port, smtp_tls=True))
+    mailer = Mailer(_settings(port, ca, smtp_tls=True))
     result = await mailer.connection().send("a@collabkare.example", "b@example.com", MESSAGE)
     assert result.attempt is Attempt.SENT, result
     assert [tls for _, tls, _ in inbox.received] == [True]
+
+
+async def _nothing_sent_unless_unchecked(port: int, inbox: Inbox, mode: str) -> None:
+    """Without SMTP_CA_FILE the system's CAs decide: they do not know this relay's, so no email goes out."""
+    mailer = Mailer(_settings(port, **{mode: True}))
+    result = await mailer.connection().send("a@collabkare.example", "b@example.com", MESSAGE)
+    assert result.attempt is Attempt.UNREACHABLE and "CERTIFICATE_VERIFY_FAILED" in result.reply, result
+    assert await mailer.reachable() is False and inbox.received == []
+    unchecked = Mailer(_settings(port, **{mode: True}, smtp_validate_certs=False))  # the operator's explicit choice
+    assert (await unchecked.connection().send("a@collabkare.example", "b@example.com", MESSAGE)).attempt is Attempt.SENT
+
+
+async def test_starttls_to_a_certificate_nobody_vouches_for_sends_nothing(starttls_server: tuple[int, Inbox]) -> None:
+    await _nothing_sent_unless_unchecked(*starttls_server, "smtp_starttls")
+
+
+async def test_tls_to_a_certificate_nobody_vouches_for_sends_nothing(implicit_tls_server: tuple[int, Inbox]) -> None:
+    await _nothing_sent_unless_unchecked(*implicit_tls_server, "smtp_tls")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import threading
 import time
 import uuid
@@ -17,14 +19,14 @@ from jwt.algorithms import RSAAlgorithm
 
 from services.runtime.auth import TokenVerifier, mint_token
 from services.runtime.problems import Problem
+from tests.tls import PrivateCA, private_ca
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 PRACTICE = uuid.uuid4()
 
 
-@pytest.fixture(scope="module")
-def jwks_url() -> Iterator[str]:
+def _serve_jwks(tls: ssl.SSLContext | None = None) -> tuple[HTTPServer, str]:
     public = json.loads(RSAAlgorithm.to_jwk(KEY.public_key()))
     body = json.dumps({"keys": [{**public, "kid": "k1", "use": "sig", "alg": "RS256"}]}).encode()
 
@@ -39,9 +41,27 @@ def jwks_url() -> Iterator[str]:
             pass
 
     server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    scheme = "https" if tls else "http"
+    return server, f"{scheme}://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+
+
+@pytest.fixture(scope="module")
+def jwks_url() -> Iterator[str]:
+    server, url = _serve_jwks()
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def https_jwks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, PrivateCA]]:
+    """The key set over HTTPS with a certificate from a private CA, as a hospital's identity provider may serve it."""
+    ca = private_ca(tmp_path_factory.mktemp("jwks-tls"))
+    server, url = _serve_jwks(ca.server_context())
+    yield url, ca
     server.shutdown()
     server.server_close()
 
@@ -87,6 +107,26 @@ def test_rs256_refusals(jwks_url: str, case: str) -> None:
     with pytest.raises(Problem) as refused:
         verifier.verify(token)
     assert refused.value.status == 401
+
+
+def test_a_key_set_behind_a_private_ca_is_trusted_through_its_ca_file(https_jwks: tuple[str, PrivateCA]) -> None:
+    url, ca = https_jwks
+    token = jwt.encode(_claims(), KEY, algorithm="RS256", headers={"kid": "k1"})
+    verifier = TokenVerifier("RS256", "collabkare", "collabkare-api", jwks_url=url, jwks_ca_file=ca.ca_file)
+    assert verifier.verify(token).subject == "staff-9"
+
+
+def test_an_unreachable_or_untrusted_key_set_is_a_503_not_a_401(https_jwks: tuple[str, PrivateCA]) -> None:
+    """401 tells a client its token is bad (it signs the user out); the identity provider being away is not that."""
+    url, _ = https_jwks
+    token = jwt.encode(_claims(), KEY, algorithm="RS256", headers={"kid": "k1"})
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{closed.getsockname()[1]}/jwks.json"
+    for where in (url, nobody):  # a certificate the system does not trust; nothing listening
+        with pytest.raises(Problem) as unavailable:
+            TokenVerifier("RS256", "collabkare", "collabkare-api", jwks_url=where).verify(token)
+        assert unavailable.value.status == 503 and unavailable.value.headers == {"Retry-After": "5"}
 
 
 def test_hs256_roundtrip_and_claims() -> None:

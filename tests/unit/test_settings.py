@@ -5,6 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from services.notifier.settings import NotifierSettings
+from services.runtime.settings import RuntimeSettings, describe_errors
+from tests.tls import private_ca
 
 GOOD = {
     "DATABASE_URL": "postgresql://connections@127.0.0.1:5432/collabkare",
@@ -54,3 +62,35 @@ def test_short_jwt_secret_is_refused() -> None:
     assert result.returncode == 2
     assert "JWT_SECRET: expected at least 32 bytes" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _problems(cls: type[RuntimeSettings], **values: Any) -> list[str]:
+    try:
+        cls.model_validate({name.lower(): value for name, value in GOOD.items()} | values)
+    except ValidationError as error:
+        return describe_errors(error)
+    return []
+
+
+def test_a_ca_file_must_exist_and_hold_certificates(tmp_path: Path) -> None:
+    ca = private_ca(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a certificate")
+    assert _problems(NotifierSettings, smtp_starttls=True, smtp_ca_file=ca.ca_file) == []
+    [missing] = _problems(NotifierSettings, smtp_starttls=True, smtp_ca_file=tmp_path / "absent.pem")
+    assert missing.startswith("SMTP_CA_FILE: ") and "file" in missing
+    assert _problems(NotifierSettings, smtp_tls=True, smtp_ca_file=tmp_path / "notes.txt") == [
+        f"SMTP_CA_FILE: {tmp_path / 'notes.txt'} holds no PEM certificate (NO_CERTIFICATE_OR_CRL_FOUND)"
+    ]
+
+
+def test_a_ca_file_that_would_check_nothing_is_refused(tmp_path: Path) -> None:
+    """A CA file with TLS off (or certificates unchecked) is an operator who believes the relay is verified."""
+    ca = private_ca(tmp_path)
+    for values in ({}, {"smtp_starttls": True, "smtp_validate_certs": False}):
+        [problem] = _problems(NotifierSettings, smtp_ca_file=ca.ca_file, **values)
+        assert problem.startswith("SMTP_CA_FILE: it checks the relay's certificate, so it needs SMTP_STARTTLS")
+    rs256 = {"jwt_algorithm": "RS256", "jwt_jwks_ca_file": ca.ca_file}
+    assert _problems(RuntimeSettings, **rs256, jwt_jwks_url="https://id.example/jwks.json") == []
+    assert _problems(RuntimeSettings, **rs256, jwt_jwks_url="http://id.example/jwks.json") == [
+        "JWT_JWKS_CA_FILE: it checks the key set's HTTPS certificate; JWT_JWKS_URL is not https://"
+    ]
