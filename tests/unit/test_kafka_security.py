@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from faststream.security import BaseSecurity, SASLScram512
 from pydantic import SecretStr, ValidationError
 
 from services.runtime.kafka import KafkaSecurity
+from tests.tls import private_ca
 from tests.unit.test_settings import GOOD, _start
 
 
 @pytest.fixture(scope="module")
 def ca_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kafka-test-ca")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
+    return private_ca(tmp_path_factory.mktemp("ca")).ca_file
 
 
 def test_plaintext_by_default() -> None:
@@ -53,7 +31,7 @@ def test_tls_loads_the_ca_once_and_verifies_hosts(ca_file: Path) -> None:
     context = options["ssl_context"]
     assert isinstance(context, ssl.SSLContext)
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-    assert any(c["subject"] == ((("commonName", "kafka-test-ca"),),) for c in context.get_ca_certs())
+    assert any(c["subject"] == ((("commonName", "CollabKare test CA"),),) for c in context.get_ca_certs())
     assert security.aiokafka_options()["ssl_context"] is context, "one context per process, not per client"
     fast = security.faststream_security()
     assert isinstance(fast, BaseSecurity) and fast.use_ssl and fast.ssl_context is context
