@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from pydantic import AwareDatetime, BaseModel
@@ -61,12 +61,13 @@ def decode_cursor(cursor: str | None) -> Position | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         at, _, row_id = raw.partition("|")
-        position = Position(datetime.fromisoformat(at), uuid.UUID(row_id))
-    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+        moment = datetime.fromisoformat(at)
+        if moment.tzinfo is None:
+            raise ValueError("no time zone")
+        # In UTC here: year 1 at +14:00 (or 9999 at -14:00) is outside what a timestamp can hold.
+        return Position(moment.astimezone(UTC), uuid.UUID(row_id))
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as error:
         raise _bad_cursor() from error
-    if position.at.tzinfo is None:
-        raise _bad_cursor()
-    return position
 
 
 def _bad_cursor() -> Problem:

@@ -23,12 +23,14 @@ from services.invitations.domain import Outcome
 from services.invitations.roster import MAX_BYTES, MAX_LINES, Roster, RosterTooLarge, Verdict, parse_roster
 from services.invitations.views import BatchView, PreviewView, ResentView, RowsPage, RowView
 from services.runtime.auth import StaffMember
+from services.runtime.http import takes_bodies_up_to
 from services.runtime.problems import Problem
 
 router = APIRouter(tags=["rosters"])
 # The JSON around a 5 MB roster: escaped line breaks and quotes make it larger than the roster itself.
 MAX_BODY = 2 * MAX_BYTES + 64 * 1024
 _KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_LINE_NUMBER = re.compile(r"[0-9]{1,6}")  # a roster has at most 100,000 lines
 _BASE = "/v1/practices/{practice_id}/invite-batches"
 
 
@@ -44,8 +46,8 @@ _ROSTER_REQUEST: dict[str, Any] = {
 
 
 async def _roster(request: Request) -> RosterBody:
-    """The body, read with a size cap (a 413 before the whole of an oversized upload is held in memory)."""
-    body = await read_json_body(request, MAX_BODY, _too_large(f"The request body is larger than {MAX_BODY:,} bytes."))
+    """The body (LimitBody answers 413 before an oversized upload is held in memory)."""
+    body = await read_json_body(request)
     try:
         return RosterBody.model_validate_json(body)
     except ValidationError as error:
@@ -75,6 +77,7 @@ def _digest(body: RosterBody) -> bytes:
     openapi_extra=_ROSTER_REQUEST,
     responses=problems(401, 403, 404, 413, 415, 422),
 )
+@takes_bodies_up_to(MAX_BODY)
 async def preview(practice_id: uuid.UUID, staff: StaffMember, request: Request, pool: Pool) -> Response:
     roster = await batch_handlers.preview(pool, practice_id, await _parse(await _roster(request)))
     counts = count_verdicts(roster.entries)
@@ -108,6 +111,7 @@ async def preview(practice_id: uuid.UUID, staff: StaffMember, request: Request, 
     openapi_extra=_ROSTER_REQUEST,
     responses=problems(401, 403, 404, 413, 415, 422),
 )
+@takes_bodies_up_to(MAX_BODY)
 async def submit(
     practice_id: uuid.UUID,
     staff: StaffMember,
@@ -196,7 +200,7 @@ async def batch_rows(
 ) -> RowsPage:
     after = 0
     if cursor is not None:
-        if not cursor.isdigit():
+        if not _LINE_NUMBER.fullmatch(cursor):
             message = "not a cursor this API returned; use next_cursor from the previous page"
             raise unprocessable(f"The request is not valid: cursor: {message}", [("cursor", "cursor", message)])
         after = int(cursor)

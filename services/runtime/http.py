@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -19,12 +19,17 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.runtime.auth import check_access_before_body
+from services.runtime.logging import get_logger
 from services.runtime.metrics import Metrics
-from services.runtime.problems import Problem, install_problem_handlers
+from services.runtime.problems import BodyTooLarge, Problem, install_problem_handlers, problem_response
 
 CORRELATION_HEADER = "X-Correlation-ID"
+# Every JSON body but a roster's is a few kB: a larger one gets a 413 before it is held in memory. A route that
+# takes more says so with `takes_bodies_up_to`.
+MAX_JSON_BODY = 64 * 1024
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 ReadinessCheck = Callable[[], Awaitable[bool]]
+_log = get_logger(__name__)
 
 
 async def _json_only(request: Request) -> None:
@@ -63,22 +68,79 @@ class Correlate:
         correlation_id = correlation_id_from(Headers(scope=scope).get(CORRELATION_HEADER, ""))
         scope.setdefault("state", {})["correlation_id"] = correlation_id
         started = time.perf_counter()
-        status = 500  # what the client sees when the app raises before answering
+        status, answered = 500, False  # what the client sees when the app raises before answering
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
                 MutableHeaders(scope=message)[CORRELATION_HEADER] = correlation_id
             await send(message)
 
         try:
             with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
-                await self.app(scope, receive, send_with_id)
+                try:
+                    await self.app(scope, receive, send_with_id)
+                except Exception:
+                    # A defect: logged here, with the correlation id the caller was given, and answered in the
+                    # same problem+json as every other error, never Starlette's plain-text page.
+                    _log.exception("http.unhandled", method=scope.get("method"), route=_route_of(scope))
+                    if answered:
+                        raise
+                    detail = f"Something went wrong on our side; quote correlation id {correlation_id} to support."
+                    await problem_response(Request(scope), 500, detail)(scope, receive, send_with_id)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = _route_of(scope)
             self.metrics.http_requests.labels(route, str(status)).inc()
             self.metrics.http_latency.labels(route).observe(time.perf_counter() - started)
+
+
+EndpointT = TypeVar("EndpointT", bound=Callable[..., Any])
+
+
+def takes_bodies_up_to(limit: int) -> Callable[[EndpointT], EndpointT]:
+    """Mark an endpoint that takes bodies larger than MAX_JSON_BODY (under its route decorator)."""
+
+    def mark(endpoint: EndpointT) -> EndpointT:
+        endpoint.max_body_bytes = limit  # type: ignore[attr-defined]
+        return endpoint
+
+    return mark
+
+
+class LimitBody:
+    """413 as soon as a body passes its route's limit: checked against Content-Length before a byte is read, and
+    counted as it arrives otherwise. Raised while the route reads the body, so the access check still comes first
+    (see problems.py) and an anonymous client never gets to fill the memory."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            endpoint = getattr(scope.get("route"), "endpoint", None)
+            limit: int = getattr(endpoint, "max_body_bytes", MAX_JSON_BODY)
+            if declared.isdigit() and int(declared) > limit:
+                raise BodyTooLarge(limit)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _route_of(scope: Scope) -> str:
+    return getattr(scope.get("route"), "path", "unmatched")
 
 
 def create_http_app(
@@ -96,6 +158,7 @@ def create_http_app(
     for router in routers:
         app.include_router(router)
 
+    app.add_middleware(LimitBody)
     app.add_middleware(Correlate, metrics=metrics)
 
     if cors_origins:

@@ -60,6 +60,15 @@ class Problem(Exception):
         self.extensions = extensions
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """A body past its route's limit (http.LimitBody). An HTTPException: FastAPI passes those through unchanged
+    when they come out of reading the body."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"The request body is larger than {limit:,} bytes, the most this endpoint takes.")
+        self.limit = limit
+
+
 def problem_response(
     request: Request,
     status: int,
@@ -138,6 +147,11 @@ def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], 
             message = "the body is not valid JSON (UTF-8 text, nested at most a few hundred levels)"
             errors = [{"field": "body", "rule": "json", "message": message}]
             return problem_response(request, 422, f"The request is not valid: body: {message}", errors=errors)
+        if isinstance(exc, BodyTooLarge):
+            # Met while FastAPI read the body, before the route's access check: that check first.
+            if refused := access_refused(request):
+                return await on_problem(request, refused)
+            return problem_response(request, 413, exc.detail, max_body_bytes=exc.limit)
         detail = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "Error")
         return problem_response(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -300,12 +301,21 @@ async def test_connections_list_pages(service: Service) -> None:
     assert second.json()["next_cursor"] is None
 
 
+def _cursor_of(moment: str) -> str:
+    return base64.urlsafe_b64encode(f"{moment}|{uuid.uuid4()}".encode()).decode().rstrip("=")
+
+
 _BAD_PAGING = [
     ({"limit": 0}, "limit"),
     ({"limit": 201}, "limit"),
     ({"limit": "ten"}, "limit"),
     ({"cursor": "not-a-cursor"}, "cursor"),
     ({"cursor": "MjAyNi0wMS0wMXxub3QtYS11dWlk"}, "cursor"),  # base64 of a date and a non-UUID
+    # Edited cursors whose moment no timestamp can hold once in UTC: they were 500s.
+    *(
+        ({"cursor": _cursor_of(moment)}, "cursor")
+        for moment in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00")
+    ),
 ]
 BAD_LIST_PARAMETERS = [
     *(("connection-requests", params, field) for params, field in [*_BAD_PAGING, ({"status": "maybe"}, "status")]),

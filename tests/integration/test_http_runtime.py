@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from services.connections.app import MIGRATIONS
 from services.connections.settings import ConnectionsSettings
 from services.runtime.auth import Patient, StaffMember, mint_token
+from services.runtime.http import MAX_JSON_BODY
 from services.runtime.service import ServiceRuntime, ServiceSpec
 from tests.support import JWT_SECRET, ScratchDatabase, patient_token, service_env, staff_token
 
@@ -179,7 +180,7 @@ async def test_malformed_input_names_the_field(client: httpx.AsyncClient) -> Non
     assert not_json.status_code == 422
     assert not_json.headers["content-type"] == "application/problem+json"
     # Bodies json.loads refuses without a JSONDecodeError were FastAPI's 400 with no field.
-    for unreadable in (b'{"reason": "\xff\xfe"}', b"[" * 100_000 + b"]" * 100_000):
+    for unreadable in (b'{"reason": "\xff\xfe"}', b"[" * 30_000 + b"]" * 30_000):
         answer = await client.post(
             f"/v1/practices/{PRACTICE}/echo",
             content=unreadable,
@@ -196,6 +197,50 @@ async def test_malformed_input_names_the_field(client: httpx.AsyncClient) -> Non
     assert anonymous.status_code == 401, "the access check comes first, as for any other body that is not JSON"
     unknown = await client.get("/v1/nothing-here")
     assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/problem+json"
+
+
+@router.get("/v1/defect")
+async def defect() -> None:
+    raise RuntimeError("a bug")
+
+
+async def test_an_unexpected_error_is_a_500_in_problem_json_with_the_correlation_id(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    response = await client.get("/v1/defect", headers={"X-Correlation-ID": "trace-me-42"})
+    assert response.status_code == 500 and response.headers["content-type"] == "application/problem+json"
+    assert response.headers["X-Correlation-ID"] == "trace-me-42" and "trace-me-42" in response.json()["detail"]
+    assert "a bug" not in response.text, "the defect's own words stay in the log"
+    logged = [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg["event"] == "http.unhandled"]
+    assert [(e["correlation_id"], e["route"]) for e in logged] == [("trace-me-42", "/v1/defect")]
+    assert "RuntimeError: a bug" in logged[0]["exception"]
+
+
+async def _chunks(size: int) -> AsyncIterator[bytes]:
+    yield b'{"reason": "'
+    for _ in range(size // 8192):
+        yield b"x" * 8192
+    yield b'"}'
+
+
+async def test_a_body_past_the_limit_is_a_413_and_never_held_whole(client: httpx.AsyncClient) -> None:
+    """Only the roster routes take large bodies; any other body past 64 KiB was read whole before the token was
+    even looked at (200 MB made a service hold 700 MB)."""
+    url, huge = f"/v1/practices/{PRACTICE}/echo", b'{"reason": "' + b"x" * MAX_JSON_BODY + b'"}'
+    json_type = {"Content-Type": "application/json"}
+    for body in (huge, _chunks(MAX_JSON_BODY * 4)):  # with a Content-Length; chunked, counted as it arrives
+        response = await client.post(url, content=body, headers={**json_type, **_auth(staff_token(PRACTICE))})
+        assert response.status_code == 413 and response.headers["content-type"] == "application/problem+json"
+        assert response.json()["max_body_bytes"] == MAX_JSON_BODY
+        assert (
+            response.json()["detail"] == "The request body is larger than 65,536 bytes, the most this endpoint takes."
+        )
+    for token, status in ((None, 401), (staff_token(uuid.uuid4()), 404), (patient_token(uuid.uuid4(), "p@x.io"), 403)):
+        headers = {**json_type, **(_auth(token) if token else {})}
+        assert (await client.post(url, content=huge, headers=headers)).status_code == status, "access first"
+    at_the_limit = b'{"reason": "ok"}'.ljust(MAX_JSON_BODY)
+    answer = await client.post(url, content=at_the_limit, headers={**json_type, **_auth(staff_token(PRACTICE))})
+    assert answer.status_code == 200, answer.text
 
 
 @router.post("/v1/me/echo")

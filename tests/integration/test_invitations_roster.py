@@ -207,7 +207,11 @@ async def test_size_limits_answer_413_with_the_limit(service: Service) -> None:
     response = await service.http.post(
         url, content=huge, headers={**staff(practice), "Content-Type": "application/json"}
     )
-    assert response.status_code == 413 and response.json()["max_bytes"] == MAX_BYTES
+    assert response.status_code == 413 and response.json()["max_body_bytes"] == MAX_BODY
+    assert (
+        response.json()["detail"]
+        == f"The request body is larger than {MAX_BODY:,} bytes, the most this endpoint takes."
+    )
     assert await service.fetchval("SELECT count(*) FROM invitations.batches WHERE practice_id = $1", practice) == 0
 
 
@@ -269,7 +273,9 @@ async def test_results_summary_and_paginated_rows(service: Service) -> None:
     # Repeated, the filter takes rows with any of the outcomes (it used to keep only the last value, silently).
     either = await service.http.get(f"{base}/rows?outcome=invalid&outcome=duplicate", headers=staff(practice))
     assert sorted(r["outcome"] for r in either.json()["items"]) == ["duplicate", "invalid"]
-    assert (await service.http.get(f"{base}/rows?cursor=abc", headers=staff(practice))).status_code == 422
+    for edited in ("abc", "2147483648", "\u0663", "\uff13", "3\n"):  # past int4; digits, but not 0-9: were 500s / pages
+        answer = await service.http.get(f"{base}/rows", params={"cursor": edited}, headers=staff(practice))
+        assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == "cursor", edited
     assert (await service.http.get(f"{base}/rows?outcome=lost", headers=staff(practice))).status_code == 422
     empty = await service.http.get(f"{base}/not-on-platform", headers=staff(practice))
     assert empty.status_code == 200 and empty.text == "" and empty.headers["content-type"].startswith("text/plain")
