@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import date
 
@@ -36,18 +37,29 @@ class Digests:
         return self.ssn is not None or (self.date_of_birth is not None and self.phone is not None)
 
 
+def _ascii_digits(text: str) -> str:
+    """The decimal digits of any script as 0-9: １２３ (full-width) or ١٢٣ (Arabic-Indic) is 123, so the digest of a
+    factor typed in one script matches the same factor typed in another."""
+    return "".join(str(unicodedata.decimal(c)) for c in _NOT_DIGIT.sub("", text))
+
+
 def normalize_ssn(text: str) -> str:
-    """Nine digits, written 123-45-6789 or 123456789."""
+    """Nine digits, written 123-45-6789 or 123456789, that the SSA could have issued."""
     value = text.strip()
     if not _SSN.fullmatch(value):
         raise FactorError("ssn", "expected nine digits, written 123-45-6789 or 123456789")
-    return _NOT_DIGIT.sub("", value)
+    digits = _ascii_digits(value)
+    area, group, serial = digits[:3], digits[3:5], digits[5:]
+    if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
+        # A placeholder such as 000-00-0000 would make the factor anyone's guess.
+        raise FactorError("ssn", "not a number the SSA issues (area 000, 666 or 900-999, group 00 or serial 0000)")
+    return digits
 
 
 def normalize_phone(text: str) -> str:
     """Digits only, with the country code: a 10-digit number is taken as North American (+1)."""
     value = text.strip()
-    digits = _NOT_DIGIT.sub("", value)
+    digits = _ascii_digits(value)
     if not _PHONE.fullmatch(value) or not 10 <= len(digits) <= 15:
         raise FactorError("phone", "expected a phone number of 10 to 15 digits, e.g. +1 555 010 1234")
     return "1" + digits if len(digits) == 10 and not value.startswith("+") else digits

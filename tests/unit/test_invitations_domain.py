@@ -235,6 +235,28 @@ def test_factors_are_normalised_before_hashing() -> None:
         identity.check_birth_date(NOW.date() + timedelta(days=1), NOW.date())
 
 
+def _in_script(text: str, zero: int) -> str:
+    return text.translate({ord(digit): zero + int(digit) for digit in "0123456789"})
+
+
+def test_digits_of_any_script_count_as_0_to_9() -> None:
+    """Full-width digits (a Japanese keyboard) made a digest no patient typing 0-9 could match: the invite locked."""
+    full_width, arabic_indic = 0xFF10, 0x0660
+    assert identity.normalize_ssn(_in_script("123-45-6789", full_width)) == "123456789"
+    assert identity.normalize_ssn(_in_script("123456789", arabic_indic)) == "123456789"
+    assert identity.normalize_phone(_in_script("5550102030", arabic_indic)) == "15550102030"
+
+
+@pytest.mark.parametrize(
+    "placeholder", ["000-00-0000", "000-12-3456", "666-12-3456", "912-34-5678", "123-00-4567", "123-45-0000"]
+)
+def test_numbers_the_ssa_never_issues_are_refused(placeholder: str) -> None:
+    """000-00-0000 typed as "unknown" would make the factor anyone's guess."""
+    with pytest.raises(identity.FactorError, match="not a number the SSA issues") as error:
+        identity.normalize_ssn(placeholder)
+    assert error.value.field == "ssn" and placeholder not in str(error.value)
+
+
 def test_digests_are_keyed_and_carry_no_value() -> None:
     first = identity.digest(KEY, "ssn", "123456789")
     assert first == identity.digest(KEY, "ssn", "123456789") and len(first) == 32
