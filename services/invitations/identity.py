@@ -38,8 +38,8 @@ class Digests:
 
 
 def _ascii_digits(text: str) -> str:
-    """The decimal digits of any script as 0-9: １２３ (full-width) or ١٢٣ (Arabic-Indic) is 123, so the digest of a
-    factor typed in one script matches the same factor typed in another."""
+    """The decimal digits of any script as 0-9 (full-width U+FF11 U+FF12 U+FF13 or Arabic-Indic U+0661 U+0662
+    U+0663 is 123), so the digest of a factor typed in one script matches the same factor typed in another."""
     return "".join(str(unicodedata.decimal(c)) for c in _NOT_DIGIT.sub("", text))
 
 

@@ -261,6 +261,14 @@ TRICKY: dict[str, tuple[str, str | None, list[Row]]] = {
         None,
         [(1, "invalid", "ann@example.com", "bell\ufffdhere", None)],
     ),
+    "a right-to-left override in a note": (
+        "ann@example.com, \u202eevil note\nbob@example.com, \u05e9\u05dc\u05d5\u05dd\u200f OK",
+        None,
+        [
+            (1, "invalid", "ann@example.com", "\ufffdevil note", None),
+            (2, "ready", "bob@example.com", "\u05e9\u05dc\u05d5\u05dd\u200f OK", None),
+        ],
+    ),
 }
 
 
