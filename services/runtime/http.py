@@ -153,7 +153,9 @@ def create_http_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     cors_origins: Sequence[str] = (),
 ) -> FastAPI:
-    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    # No redirect for a trailing slash: Starlette built its Location from the request's Host header (a 307 to
+    # any host a caller names); a path with one is simply not found.
+    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan, redirect_slashes=False)
     install_problem_handlers(app, check_access=check_access_before_body)
     for router in routers:
         app.include_router(router)

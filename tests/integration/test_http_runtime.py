@@ -197,6 +197,10 @@ async def test_malformed_input_names_the_field(client: httpx.AsyncClient) -> Non
     assert anonymous.status_code == 401, "the access check comes first, as for any other body that is not JSON"
     unknown = await client.get("/v1/nothing-here")
     assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/problem+json"
+    slashed = await client.get(
+        "/v1/me/", headers={"Host": "evil.example", **_auth(patient_token(uuid.uuid4(), "p@x.io"))}
+    )
+    assert slashed.status_code == 404 and "location" not in slashed.headers, "no redirect to the Host a caller names"
 
 
 @router.get("/v1/defect")
