@@ -41,7 +41,7 @@ class RejectBody(BaseModel):
 def _pool(request: Request) -> asyncpg.Pool:
     pool = request.app.state.runtime.pool
     if pool is None:
-        raise Problem(503, "The service is starting; try again shortly.")
+        raise Problem(503, "The service is starting; try again shortly.", headers={"Retry-After": "5"})
     return pool
 
 

@@ -21,9 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.runtime.auth import check_access_before_body
 from services.runtime.logging import get_logger
 from services.runtime.metrics import Metrics
+from services.runtime.openapi import CORRELATION_HEADER, complete
 from services.runtime.problems import BodyTooLarge, Problem, install_problem_handlers, problem_response
 
-CORRELATION_HEADER = "X-Correlation-ID"
 # Every JSON body but a roster's is a few kB: a larger one gets a 413 before it is held in memory. A route that
 # takes more says so with `takes_bodies_up_to`.
 MAX_JSON_BODY = 64 * 1024
@@ -157,6 +157,13 @@ def create_http_app(
     # any host a caller names); a path with one is simply not found.
     app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan, redirect_slashes=False)
     install_problem_handlers(app, check_access=check_access_before_body)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = complete(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     for router in routers:
         app.include_router(router)
 

@@ -11,11 +11,15 @@ from collections.abc import Iterator
 from typing import Any, cast
 from urllib.parse import unquote
 
+import httpx
+import jsonschema
 from aiokafka import ConsumerRecord
 
 from collabkare.docs import documents, runtimes
 from schemas import EVENT_TYPES, TOPICS, dead_letter_topic, topic_for
+from services.runtime.auth import mint_token
 from services.runtime.consumer import BatchConsumer
+from services.runtime.problems import PROBLEM_JSON
 from services.runtime.service import ServiceRuntime
 
 
@@ -208,3 +212,51 @@ DEAD_LETTER_HEADERS = (
     "original_offset",
     "consumer_group",
 )
+
+
+@functools.cache
+def _openapi() -> dict[str, dict[str, Any]]:
+    return {path.stem: json.loads(text) for path, text in documents().items() if path.parent.name == "openapi"}
+
+
+def test_every_error_is_a_documented_problem_and_every_api_route_takes_a_bearer_token() -> None:
+    """What a generated client needs: the token to send, and the one body every error (503 included) has."""
+    problem = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}}
+    for service, document in _openapi().items():
+        assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer", service
+        for route, operations in document["paths"].items():
+            for method, operation in operations.items():
+                where = f"{service} {method.upper()} {route}"
+                responses = operation["responses"]
+                if route.startswith("/v1/"):
+                    assert operation["security"] == [{"bearer": []}], where
+                    assert {"401", "500", "503"} <= responses.keys(), where
+                    assert "Retry-After" in responses["503"]["headers"], where
+                errors = {status: r for status, r in responses.items() if status >= "400" and route != "/readyz"}
+                assert all(r["content"] == problem for r in errors.values()), where
+                assert all("X-Correlation-ID" in r["headers"] for r in responses.values()), where
+
+
+async def test_real_problems_match_the_documented_schema() -> None:
+    document = _openapi()["invitations"]
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": "#/components/schemas/ProblemDetails", "components": document["components"]}
+    )
+    runtime = _runtimes()["invitations"]
+    app, secret = runtime.http_app(), runtime.settings.jwt_secret
+    assert secret is not None
+    token = mint_token(secret.get_secret_value(), "staff-1", ["admin"], practice_id=uuid.uuid4())
+    staff = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        answers = [
+            await http.get(f"/v1/practices/{uuid.uuid4()}/invites", params={"email": "a@example.com"}),
+            await http.get("/v1/practices/not-a-uuid/invites", params={"email": "a@example.com"}, headers=staff),
+            await http.get("/v1/nowhere"),
+            await http.get("/readyz", params={"exclude": "bogus"}),
+        ]
+    # No database here: the service answers as while it starts, 503 with Retry-After.
+    assert [a.status_code for a in answers] == [401, 503, 404, 422]
+    for answer in answers:
+        assert answer.headers["content-type"] == PROBLEM_JSON
+        validator.validate(answer.json())
+    assert answers[3].json()["errors"][0]["field"] == "exclude" and answers[1].headers["Retry-After"] == "5"
