@@ -103,7 +103,9 @@ def field_errors(error: RequestValidationError) -> list[dict[str, str]]:
         if item.get("type") == "json_invalid":
             result.append({"field": "body", "rule": "json", "message": "the body is not valid JSON"})
             continue
-        result.append({"field": field, "rule": str(item.get("type", "invalid")), "message": str(item.get("msg"))})
+        found = {"field": field, "rule": str(item.get("type", "invalid")), "message": str(item.get("msg"))}
+        if found not in result:  # a path parameter the access check reads too is validated twice
+            result.append(found)
     return result
 
 
