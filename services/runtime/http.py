@@ -139,6 +139,27 @@ class LimitBody:
         await self.app(scope, limited, send)
 
 
+class HeadAsGet:
+    """HEAD, which every general-purpose server must answer (RFC 9110 section 9.1), answered as the GET would be
+    without its body: FastAPI routes a HEAD nowhere (a 405)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        scope["method"] = "GET"
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app(scope, receive, headers_only)
+
+
 def _route_of(scope: Scope) -> str:
     return getattr(scope.get("route"), "path", "unmatched")
 
@@ -167,6 +188,7 @@ def create_http_app(
     for router in routers:
         app.include_router(router)
 
+    app.add_middleware(HeadAsGet)
     app.add_middleware(LimitBody)
     app.add_middleware(Correlate, metrics=metrics)
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from services.runtime.database import TRANSIENT_ERRORS
 
@@ -112,6 +113,16 @@ def field_errors(error: RequestValidationError) -> list[dict[str, str]]:
 _FASTAPI_BODY_ERROR = "There was an error parsing the body"  # fastapi.routing, for a body json.loads cannot read
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route takes on this path, asked of the routes themselves (they may be nested routers)."""
+    allowed = set()
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.add(method)
+    return sorted(allowed | ({"HEAD"} if "GET" in allowed else set()))
+
+
 def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], None] | None = None) -> None:
     """problem+json for every error; `check_access(request)` runs first when a JSON body could not be parsed
     (FastAPI parses it before any dependency), so that a missing token still answers 401, not 422."""
@@ -154,6 +165,12 @@ def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], 
             if refused := access_refused(request):
                 return await on_problem(request, refused)
             return problem_response(request, 413, exc.detail, max_body_bytes=exc.limit)
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route on this path only (RFC 9110: all of them).
+            allowed = ", ".join(_allowed_methods(request))
+            return problem_response(
+                request, 405, f"{request.method} is not allowed here: {allowed}", headers={"Allow": allowed}
+            )
         detail = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "Error")
         return problem_response(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
 

@@ -33,6 +33,11 @@ async def echo(practice_id: uuid.UUID, body: Echo, staff: StaffMember) -> dict[s
     return {"subject": staff.subject, "reason": body.reason}
 
 
+@router.get("/v1/practices/{practice_id}/echo")
+async def last_echo(practice_id: uuid.UUID, staff: StaffMember) -> dict[str, str]:
+    return {"subject": staff.subject}
+
+
 @router.get("/v1/me")
 async def me(patient: Patient) -> dict[str, str | None]:
     return {"subject": patient.subject, "email": patient.email}
@@ -166,7 +171,9 @@ async def test_malformed_input_names_the_field(client: httpx.AsyncClient) -> Non
     headers = _auth(staff_token(PRACTICE))
     bad_path = await client.post("/v1/practices/not-a-uuid/echo", json={"reason": "ok"}, headers=headers)
     assert bad_path.status_code == 422
-    assert [e["field"] for e in bad_path.json()["errors"]] == ["practice_id"], "once, though the access check reads it too"
+    assert [e["field"] for e in bad_path.json()["errors"]] == ["practice_id"], (
+        "once, though the access check reads it too"
+    )
     too_long = await client.post(f"/v1/practices/{PRACTICE}/echo", json={"reason": "far too long"}, headers=headers)
     assert too_long.status_code == 422
     assert too_long.json()["errors"][0] == {
@@ -201,6 +208,18 @@ async def test_malformed_input_names_the_field(client: httpx.AsyncClient) -> Non
         "/v1/me/", headers={"Host": "evil.example", **_auth(patient_token(uuid.uuid4(), "p@x.io"))}
     )
     assert slashed.status_code == 404 and "location" not in slashed.headers, "no redirect to the Host a caller names"
+
+
+async def test_allow_names_every_method_of_the_path_and_head_answers_as_get(client: httpx.AsyncClient) -> None:
+    staff = _auth(staff_token(PRACTICE))
+    refused = await client.delete(f"/v1/practices/{PRACTICE}/echo", headers=staff)
+    assert refused.status_code == 405 and refused.headers["content-type"] == "application/problem+json"
+    assert refused.headers["Allow"] == "GET, HEAD, POST", "Starlette named only the first route's (POST)"
+    head = await client.head(f"/v1/practices/{PRACTICE}/echo", headers=staff)
+    get = await client.get(f"/v1/practices/{PRACTICE}/echo", headers=staff)
+    assert head.status_code == get.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.content))
+    assert (await client.head(f"/v1/practices/{PRACTICE}/echo")).status_code == 401, "the same access check"
 
 
 @router.get("/v1/defect")
