@@ -8,6 +8,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
@@ -27,6 +28,9 @@ class ConsoleConfig:
     invitations_url: str
     # Development only: a staff token minted by the local stack, so the page works without pasting one.
     staff_token: str | None = None
+    # The names this server answers to: any other Host is refused, so a page on a rebound DNS name cannot read
+    # /config.json (and its token) from a browser on this machine.
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ConsoleConfig:
@@ -36,7 +40,9 @@ class ConsoleConfig:
             if not value.startswith(("http://", "https://")):
                 raise ConsoleConfigError(f"{name}={value!r}: expected the service's http(s) base URL")
             urls[name] = value
-        return cls(urls["CONNECTIONS_URL"], urls["INVITATIONS_URL"], env.get("CONSOLE_STAFF_TOKEN") or None)
+        hosts = tuple(name.strip() for name in env.get("CONSOLE_HOSTS", "").split(",") if name.strip())
+        token = env.get("CONSOLE_STAFF_TOKEN") or None
+        return cls(urls["CONNECTIONS_URL"], urls["INVITATIONS_URL"], token, *([hosts] if hosts else []))
 
     def security_headers(self) -> dict[str, str]:
         # The page may only talk to itself and the two APIs; no inline script, no framing.
@@ -89,4 +95,8 @@ def create_app(config: ConsoleConfig) -> Starlette:
         Route("/healthz", healthz),
         Mount("/", StaticFiles(directory=STATIC_DIR, html=True)),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(_HeadersMiddleware, headers=config.security_headers())])
+    middleware = [
+        Middleware(TrustedHostMiddleware, allowed_hosts=list(config.hosts)),
+        Middleware(_HeadersMiddleware, headers=config.security_headers()),
+    ]
+    return Starlette(routes=routes, middleware=middleware)

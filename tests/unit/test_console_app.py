@@ -12,7 +12,7 @@ ENV = {"CONNECTIONS_URL": "http://127.0.0.1:8001/", "INVITATIONS_URL": "http://1
 
 def _client(env: dict[str, str]) -> httpx.AsyncClient:
     app = create_app(ConsoleConfig.from_env(env))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://console")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000")
 
 
 def test_config_names_a_missing_or_malformed_url() -> None:
@@ -48,3 +48,13 @@ async def test_the_page_is_served_with_a_policy_that_allows_only_the_two_apis() 
     assert page.headers["x-content-type-options"] == "nosniff"
     assert script.headers["content-type"].startswith("text/javascript")
     assert missing.status_code == 404
+
+
+async def test_another_host_name_is_refused() -> None:
+    """DNS rebinding: a page served as evil.example, then resolved to 127.0.0.1, must not read the dev token."""
+    async with _client({**ENV, "CONSOLE_STAFF_TOKEN": "a.b.c"}) as client:
+        assert (await client.get("/config.json", headers={"Host": "evil.example:8000"})).status_code == 400
+        assert (await client.get("/config.json", headers={"Host": "localhost:8000"})).status_code == 200
+    async with _client({**ENV, "CONSOLE_HOSTS": "console.internal"}) as client:
+        assert (await client.get("/healthz", headers={"Host": "console.internal"})).status_code == 200
+        assert (await client.get("/healthz")).status_code == 400, "127.0.0.1 is no longer one of its names"
