@@ -83,7 +83,13 @@ class InviteRequestedPayload(Contract):
     invite_id: uuid.UUID
     email: EmailAddress
     note: Note | None = None
-    accept_url: str = Field(max_length=2000, description="{PUBLIC_BASE_URL}/invites/accept?token=<token>")
+    accept_url: str = Field(
+        max_length=2000,
+        description="{PUBLIC_BASE_URL}/invites/accept?token=<token>. The token is a live secret until the invite is "
+        "accepted, revoked or expired (the database keeps only its hash): whoever reads this topic must be trusted "
+        "like the invitations database. Accepting also takes the patient's own login under this email, and for an "
+        "individual invite an identity factor.",
+    )
     expires_at: AwareDatetime
     requested_by: str = Field(max_length=200)
     batch_id: uuid.UUID | None = Field(default=None, description="Set when the invite came from a roster.")
