@@ -73,6 +73,9 @@ def _digest(body: RosterBody) -> bytes:
 @router.post(
     "/v1/practices/{practice_id}/roster/preview",
     summary="Preview a roster: the patients-ready counter and a verdict for every line; nothing is sent",
+    description="`already_invited`: the patient holds a pending, unexpired invite that reached them. One that never "
+    "did (`not_on_platform`, `error`) does not block: the line is `ready`, and its new invite replaces (revokes) the "
+    "old one, which then names it in `replaced_by`.",
     response_model=PreviewView,
     openapi_extra=_ROSTER_REQUEST,
     responses=problems(401, 403, 404, 413, 415, 422),
@@ -230,6 +233,8 @@ async def not_on_platform(practice_id: uuid.UUID, batch_id: uuid.UUID, staff: St
     _BASE + "/{batch_id}/resend-not-on-platform",
     status_code=202,
     summary="Send new invites to the batch's not-on-platform rows (they go back to queued)",
+    description="Every such row gets a new invite (the old one is revoked); a patient who has still not "
+    "registered ends `not_on_platform` again, so press it once they have.",
     responses=problems(401, 403, 404, 422),
 )
 async def resend_not_on_platform(
