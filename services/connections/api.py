@@ -99,7 +99,10 @@ def _already_decided(error: AlreadyDecided) -> Problem:
     status_code=201,
     summary="A patient asks to connect to a practice",
     description="201 with the new pending request; 200 with the existing one when the patient already asked.",
-    responses={200: {"description": "The patient's pending request, unchanged"}, **_problems(401, 403, 409, 415, 422)},
+    responses={
+        200: {"description": "The patient's pending request, unchanged", "model": ConnectionRequestView},
+        **_problems(401, 403, 409, 415, 422),
+    },
 )
 async def ask_to_connect(
     principal: Patient, _json: JsonOnly, body: ConnectionRequestBody, pool: Pool, cause: Tracing, response: Response
