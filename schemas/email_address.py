@@ -39,4 +39,13 @@ def _validate(value: str) -> str:
     return value if _is_plain(value) else validate_email(value)[1]
 
 
-EmailAddress = Annotated[str, AfterValidator(_validate), WithJsonSchema({"type": "string", "format": "email"})]
+_RULES = (
+    "An address as the Python package email-validator accepts it (producers check with it before publishing): "
+    "international addresses are allowed, special-use domains "
+    f"({', '.join('.' + name for name in _SPECIAL_USE)}) are not."
+)
+EmailAddress = Annotated[
+    str,
+    AfterValidator(_validate),
+    WithJsonSchema({"type": "string", "format": "email", "description": _RULES}),
+]
