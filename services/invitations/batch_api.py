@@ -23,7 +23,7 @@ from services.invitations.domain import Outcome
 from services.invitations.roster import MAX_BYTES, MAX_LINES, Roster, RosterTooLarge, Verdict, parse_roster
 from services.invitations.views import BatchView, PreviewView, ResentView, RowsPage, RowView
 from services.runtime.auth import StaffMember
-from services.runtime.http import takes_bodies_up_to
+from services.runtime.middleware import takes_bodies_up_to
 from services.runtime.problems import Problem
 
 router = APIRouter(tags=["rosters"])

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from services.connections.app import MIGRATIONS
 from services.connections.settings import ConnectionsSettings
 from services.runtime.auth import Patient, StaffMember, mint_token
-from services.runtime.http import MAX_JSON_BODY
+from services.runtime.middleware import MAX_JSON_BODY
 from services.runtime.service import ServiceRuntime, ServiceSpec
 from tests.support import JWT_SECRET, ScratchDatabase, patient_token, service_env, staff_token
 
