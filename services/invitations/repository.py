@@ -32,8 +32,10 @@ INSERT_INVITE = """
 INSERT INTO invitations.invites
     (id, practice_id, email, email_key, note, token_hash, status, delivery, created_by, created_at, expires_at,
      batch_id, line_number, replaces, ssn_digest, dob_digest, phone_digest)
-VALUES ($1, $2, $3, lower($3), $4, $5, 'pending', 'queued', $6, $7, $8, $9, $10, $11, $12, $13, $14)
+VALUES ($1, $2, $3, $15, $4, $5, 'pending', 'queued', $6, $7, $8, $9, $10, $11, $12, $13, $14)
 """
+# Email keys are computed in Python (str.lower), never by PostgreSQL's lower(): under the C locale that one
+# lowercases ASCII only, so "Üser@…" would key differently here than in the roster and the inboxes.
 
 # Only the fields a state change can touch; the rest of an invite never changes after it is created.
 UPDATE_INVITE = """
@@ -120,8 +122,8 @@ SELECT (SELECT count(*) FROM changed) AS invites, (SELECT count(*) FROM rows) AS
 
 ADD_CONNECTED = """
 INSERT INTO invitations.connected_patients (practice_id, patient_id, email, email_key, connection_id, connected_at)
-SELECT p, pt, e, lower(e), c, t FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[])
-    AS x(p, pt, e, c, t)
+SELECT p, pt, e, k, c, t
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::timestamptz[]) AS x(p, pt, e, k, c, t)
 ON CONFLICT (practice_id, patient_id) DO NOTHING
 """
 
@@ -180,6 +182,7 @@ async def insert_invite(db: asyncpg.Connection, invite: Invite, token_hash: byte
         invite.digests.ssn,
         invite.digests.date_of_birth,
         invite.digests.phone,
+        invite.email_key,
     )
 
 
@@ -256,4 +259,5 @@ async def add_connected(
     connection_ids: list[uuid.UUID],
     connected_at: list[datetime],
 ) -> None:
-    await db.execute(ADD_CONNECTED, practice_ids, patient_ids, emails, connection_ids, connected_at)
+    keys = [email.lower() for email in emails]
+    await db.execute(ADD_CONNECTED, practice_ids, patient_ids, emails, keys, connection_ids, connected_at)

@@ -103,12 +103,18 @@ class PracticeEntry:
     registered_at: datetime
 
 
+def directory_key(email: str) -> str:
+    """The patient directory's key: the address in lower case, by Python (PostgreSQL's lower() under the C
+    locale lowercases ASCII only: "Üser@…" would never meet its entry)."""
+    return email.lower()
+
+
 def patient_entries(events: Iterable[PatientRegistered]) -> list[PatientEntry]:
     """One entry per email, the latest registration winning (one statement cannot update a row twice)."""
     latest: dict[str, PatientEntry] = {}
     for event in events:
         p = event.payload
-        entry = PatientEntry(p.email.lower(), p.patient_id, p.display_name, p.locale, p.registered_at)
+        entry = PatientEntry(directory_key(p.email), p.patient_id, p.display_name, p.locale, p.registered_at)
         if entry.email not in latest or latest[entry.email].registered_at <= entry.registered_at:
             latest[entry.email] = entry
     return list(latest.values())

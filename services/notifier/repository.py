@@ -16,6 +16,7 @@ from services.notifier.domain import (
     PracticeEntry,
     Retry,
     as_locale,
+    directory_key,
     message_id_for,
 )
 
@@ -83,22 +84,24 @@ async def insert_deliveries(db: asyncpg.Connection, deliveries: Sequence[NewDeli
         """
         INSERT INTO notifier.deliveries (
             id, source_event_id, source_event_type, kind, recipient, practice_id, correlation_id,
-            invite_id, batch_id, line_number, note, accept_url, expires_at, reason, message_id, not_before)
+            invite_id, batch_id, line_number, note, accept_url, expires_at, reason, message_id, recipient_key,
+            not_before)
         SELECT n.id, n.source_event_id, n.source_event_type, n.kind, n.recipient, n.practice_id, n.correlation_id,
                n.invite_id, n.batch_id, n.line_number, n.note, n.accept_url, n.expires_at, n.reason,
-               n.message_id,
-               CASE WHEN EXISTS (SELECT 1 FROM notifier.patients p WHERE p.email = lower(n.recipient))
+               n.message_id, n.recipient_key,
+               CASE WHEN EXISTS (SELECT 1 FROM notifier.patients p WHERE p.email = n.recipient_key)
                      AND EXISTS (SELECT 1 FROM notifier.practices r WHERE r.practice_id = n.practice_id)
-                    THEN now() ELSE now() + make_interval(secs => $16) END
+                    THEN now() ELSE now() + make_interval(secs => $17) END
         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[],
                     $8::uuid[], $9::uuid[], $10::int[], $11::text[], $12::text[], $13::timestamptz[], $14::text[],
-                    $15::text[])
+                    $15::text[], $16::text[])
              AS n(id, source_event_id, source_event_type, kind, recipient, practice_id, correlation_id,
-                  invite_id, batch_id, line_number, note, accept_url, expires_at, reason, message_id)
+                  invite_id, batch_id, line_number, note, accept_url, expires_at, reason, message_id, recipient_key)
         ON CONFLICT (id) DO NOTHING
         """,
         *columns,
         [message_id_for(d.source_event_id) for d in deliveries],
+        [directory_key(d.recipient) for d in deliveries],
         grace_seconds,
     )
     return int(result.rsplit(" ", 1)[-1])
@@ -116,7 +119,7 @@ async def claim_due(db: asyncpg.Connection, limit: int) -> list[Claimed]:
         WITH due AS (
             SELECT d.id, p.locale, p.email IS NOT NULL AS on_platform, p.display_name, r.name, r.reply_to
             FROM notifier.deliveries d
-            LEFT JOIN notifier.patients p ON p.email = lower(d.recipient)
+            LEFT JOIN notifier.patients p ON p.email = d.recipient_key
             LEFT JOIN notifier.practices r ON r.practice_id = d.practice_id
             WHERE d.status = 'pending' AND d.not_before <= now()
             ORDER BY d.not_before

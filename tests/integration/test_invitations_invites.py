@@ -172,6 +172,16 @@ async def test_one_pending_invite_per_patient_and_none_for_connected_patients(se
     assert elsewhere.status_code == 201
 
 
+async def test_the_same_patient_whatever_the_case_of_non_ascii_letters(service: Service) -> None:
+    """Keys were PostgreSQL's lower(), which under the C locale leaves "Ü" as it is: "ÜLA@…" and "üla@…" were two
+    patients to the invite, and the history of one did not show the other's."""
+    practice = uuid.uuid4()
+    first = await _created(service, practice, "ÜLA@example.com")
+    again = await _invite(service, practice, email="üla@example.com", ssn="123456789")
+    assert again.status_code == 409 and again.json()["invite"]["id"] == first["id"]
+    assert [item["id"] for item in await _history(service, practice, "Üla@example.com")] == [first["id"]]
+
+
 async def test_revoke_publishes_invite_revoked_once(service: Service) -> None:
     practice = uuid.uuid4()
     invite = await _created(service, practice, "ann@example.com")

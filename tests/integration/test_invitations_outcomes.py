@@ -172,12 +172,12 @@ async def test_repeated_and_late_outcomes_never_move_a_row_backwards(service: Se
 
 async def test_connection_approved_feeds_already_connected(service: Service) -> None:
     practice = uuid.uuid4()
-    approved = _approved(practice, "Dana.Lee@Example.com")
+    approved = _approved(practice, "Dana.Lée@Example.com")  # é: keyed by Python, not PostgreSQL's C-locale lower()
     await _deliver(service, "connections.v1", approved, _approved(None, "nobody@example.com"))
     await _deliver(service, "connections.v1", approved)  # redelivered: still one patient
     rows = await service.fetch("SELECT * FROM invitations.connected_patients WHERE practice_id = $1", practice)
-    assert [(r["email_key"], r["patient_id"]) for r in rows] == [("dana.lee@example.com", approved.payload.patient_id)]
-    batch = await service.submit(practice, "dana.lee@example.COM\neve@example.com")
+    assert [(r["email_key"], r["patient_id"]) for r in rows] == [("dana.lée@example.com", approved.payload.patient_id)]
+    batch = await service.submit(practice, "DANA.LÉE@example.COM\neve@example.com")
     assert batch["patients_ready"] == 1 and batch["counts"]["already_connected"] == 1
     assert [e["payload"]["email"] for e in (await service.requested(practice)).values()] == ["eve@example.com"]
 

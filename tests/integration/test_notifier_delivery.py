@@ -174,6 +174,19 @@ async def test_international_addresses_an_idna_domain_and_a_utf8_mailbox_over_sm
     assert message["To"] == message["X-Envelope-To"] == local
 
 
+async def test_a_directory_entry_is_found_whatever_the_case_of_its_letters(
+    notifier: Notifier, clinic: uuid.UUID
+) -> None:
+    """PostgreSQL's lower() under the C locale lowercases ASCII only: "Üser@Example.COM" ended not_on_platform."""
+    tag = uuid.uuid4().hex[:8]
+    registered, typed = f"üser-{tag}@example.com", f"ÜSER-{tag}@Example.COM"
+    event = invite(clinic, typed, None)
+    await notifier.publish(patient(registered, "en"), event)
+    assert (await notifier.delivery(event.event_id))["status"] == "sent"
+    [message] = notifier.caught(event.event_id)
+    assert message["To"] == f"ÜSER-{tag}@example.com", "the mailbox as the invite wrote it (a domain has no case)"
+
+
 async def test_invite_to_an_email_nobody_registered_sends_nothing(notifier: Notifier, clinic: uuid.UUID) -> None:
     stranger = unique_email("nobody")
     event = invite(clinic, stranger, "hello")
