@@ -39,10 +39,14 @@ _MONTHS = {
 }  # fmt: skip
 
 
-def format_date(moment: datetime, locale: Locale) -> str:
-    day = moment.astimezone(UTC)
-    month = _MONTHS[locale][day.month - 1]
-    return f"{day.day} de {month} de {day.year}" if locale == "es" else f"{month} {day.day}, {day.year}"
+def format_moment(moment: datetime, locale: Locale) -> str:
+    """The day and the time, in UTC and saying so: the patient's time zone is unknown, and a bare day would be
+    a day early or late for most of them."""
+    at = moment.astimezone(UTC)
+    month = _MONTHS[locale][at.month - 1]
+    if locale == "es":
+        return f"{at.day} de {month} de {at.year} a las {at:%H:%M} UTC"
+    return f"{month} {at.day}, {at.year} at {at:%H:%M} UTC"
 
 
 def encode_header(name: str, value: str) -> bytes:
@@ -186,7 +190,7 @@ class Renderer:
             _line(claimed.patient_name),
             _paragraph(delivery.note),
             delivery.accept_url or "",
-            format_date(delivery.expires_at, locale) if delivery.expires_at else "",
+            format_moment(delivery.expires_at, locale) if delivery.expires_at else "",
             _paragraph(delivery.reason),
         )
         variant = self._variant(delivery.kind, locale, bool(raw[1]), bool(raw[2]), bool(raw[5]))

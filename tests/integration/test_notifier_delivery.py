@@ -87,7 +87,7 @@ async def test_invite_email_names_the_practice_carries_note_link_expiry_and_outc
     plain, html = _parts(message)
     assert "Hello Ana Núñez," in plain and PRACTICE_NAME in plain
     assert note in plain, "the text part carries the note as written"
-    assert event.payload.accept_url in plain and "expires on March 7, 2031" in plain
+    assert event.payload.accept_url in plain and "expires on March 7, 2031 at 12:00 UTC" in plain
     assert "Welcome &lt;b&gt;aboard&lt;/b&gt; &amp; see &#34;you&#34;" in html and "<b>aboard" not in html
     assert f'href="{event.payload.accept_url}"' in html and "Cl\u00ednica Pe\u00f1alara &amp; Hijos" in html
 
@@ -149,7 +149,7 @@ async def test_spanish_templates_chosen_by_the_patients_locale(notifier: Notifie
     assert message["Content-Language"] == "es"
     plain, html = _parts(message)
     assert "Hola, Sofía:" in plain and "¡Bienvenida a la consulta!" in plain
-    assert "caduca el 7 de marzo de 2031" in plain and "Aceptar la invitación" in html
+    assert "caduca el 7 de marzo de 2031 a las 12:00 UTC" in plain and "Aceptar la invitación" in html
     [confirmation] = notifier.caught(yes.event_id)
     assert confirmation["Subject"] == f"Ya está conectado con {PRACTICE_NAME}"
     [raw] = notifier.caught_raw(yes.event_id)

@@ -6,14 +6,14 @@ import email.parser
 import email.policy
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 
 import pytest
 from pydantic import ValidationError
 
 from services.notifier.domain import Claimed, Locale, NewDelivery, delivery_id_for, message_id_for
-from services.notifier.messages import Renderer, encode_header, format_date
+from services.notifier.messages import Renderer, encode_header, format_moment
 from services.notifier.settings import NotifierSettings
 
 RENDERER = Renderer("CollabKare <no-reply@collabkare.example>")
@@ -73,7 +73,7 @@ def test_invite_is_multipart_text_and_html_with_every_field() -> None:
     assert "Hello Ana Núñez," in plain and "Riverside Family Practice invites you" in plain
     assert 'Bring your <insurance> card & "ID"' in plain
     assert "https://app.example/invites/accept?token=abc123&lang=en" in plain
-    assert "expires on December 1, 2026" in plain
+    assert "expires on December 1, 2026 at 23:30 UTC." in plain
     assert "Bring your &lt;insurance&gt; card &amp; &#34;ID&#34;" in html and "<insurance>" not in html
     assert 'href="https://app.example/invites/accept?token=abc123&amp;lang=en"' in html
     assert '<html lang="en">' in html
@@ -96,7 +96,7 @@ def test_spanish_invite_encodes_subject_and_body_and_formats_the_date() -> None:
     assert message["Reply-To"].addresses[0].display_name == "Clínica Peñalara"
     plain, html = _bodies(message)
     assert "Hola, Ana Núñez:" in plain and "¡Bienvenida, señora Núñez!" in plain
-    assert "Esta invitación caduca el 1 de diciembre de 2026." in plain
+    assert "Esta invitación caduca el 1 de diciembre de 2026 a las 23:30 UTC." in plain
     assert "Aceptar la invitación" in html and '<html lang="es">' in html
 
 
@@ -150,10 +150,11 @@ def test_multiline_reason_keeps_its_lines_in_both_parts() -> None:
     assert "white-space:pre-line" in html and "second line" in html
 
 
-def test_dates_in_each_language() -> None:
-    moment = datetime(2027, 1, 5, 3, tzinfo=UTC)
-    assert format_date(moment, "en") == "January 5, 2027"
-    assert format_date(moment, "es") == "5 de enero de 2027"
+def test_moments_in_each_language_say_their_time_zone() -> None:
+    """A UTC day alone was a day early or late for a patient in the Americas (M1 of the email review)."""
+    moment = datetime(2027, 1, 5, 3, 7, tzinfo=timezone(timedelta(hours=-5)))
+    assert format_moment(moment, "en") == "January 5, 2027 at 08:07 UTC"
+    assert format_moment(moment, "es") == "5 de enero de 2027 a las 08:07 UTC"
 
 
 def test_sender_must_be_an_address() -> None:
