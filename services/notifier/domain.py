@@ -241,8 +241,23 @@ def decide(
     return Retry(claimed, attempts, now + timedelta(seconds=delay), reply)
 
 
-def not_on_platform(claimed: Claimed, now: datetime) -> Final:
-    return Final(claimed, "not_on_platform", None, None, 0, now)
+UNKNOWN_PRACTICE = (
+    "the practice is not in CollabKare's practice directory (no PracticeRegistered), so the email could not say "
+    "who invites the patient; nothing was sent"
+)
+
+
+def not_to_send(claimed: Claimed, now: datetime) -> Final | None:
+    """The final outcome of an invite that must not go out, decided when it is claimed (after the directory's
+    grace period): to an email nobody registered, or from a practice the directory does not know (an invite
+    from "your practice" reads like phishing). None for everything else."""
+    if claimed.delivery.kind != "invite":
+        return None
+    if not claimed.on_platform:
+        return Final(claimed, "not_on_platform", None, None, 0, now)
+    if claimed.practice_name is None:
+        return Final(claimed, "error", UNKNOWN_PRACTICE, None, 0, now)
+    return None
 
 
 def outcome_event(final: Final) -> DeliveryOutcome:

@@ -85,15 +85,15 @@ class Backpressure:
 
 
 async def claim_deliveries(pool: asyncpg.Pool, limit: int) -> tuple[list[Claimed], list[Final]]:
-    """Claim due deliveries for sending; invites to emails the directory does not know end here as
-    not_on_platform, with their DeliveryOutcome, in the same transaction. Returns (to send, finished)."""
+    """Claim due deliveries for sending; invites the directories say must not go out (domain.not_to_send) end
+    here, with their DeliveryOutcome, in the same transaction. Returns (to send, finished)."""
     async with transaction(pool) as db:
         claimed = await repository.claim_due(db, limit)
         now = _now()
-        absent = [c for c in claimed if c.delivery.kind == "invite" and not c.on_platform]
-        finals = await _finish(db, [domain.not_on_platform(c, now) for c in absent])
-    absent_ids = {c.delivery.id for c in absent}
-    return [c for c in claimed if c.delivery.id not in absent_ids], finals
+        stopped = [final for c in claimed if (final := domain.not_to_send(c, now)) is not None]
+        finals = await _finish(db, stopped)
+    stopped_ids = {final.claimed.delivery.id for final in stopped}
+    return [c for c in claimed if c.delivery.id not in stopped_ids], finals
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import uuid
 from dataclasses import replace
@@ -21,7 +22,7 @@ from services.notifier.domain import (
     decide,
     delivery_for,
     delivery_id_for,
-    not_on_platform,
+    not_to_send,
     outcome_event,
     patient_entries,
     smtp_address,
@@ -153,8 +154,22 @@ def test_outcome_event_is_caused_by_the_source_and_copies_the_invite_coordinates
         4,
     )
     assert payload.message_id == f"<{event.event_id}@collabkare.notifier>"
-    absent = outcome_event(not_on_platform(claimed, NOW)).payload
+    stopped = not_to_send(dataclasses.replace(claimed, on_platform=False), NOW)
+    assert stopped is not None
+    absent = outcome_event(stopped).payload
     assert (absent.outcome, absent.message_id, absent.attempts) == ("not_on_platform", None, 0)
+
+
+def test_only_invites_the_directories_cannot_vouch_for_are_stopped() -> None:
+    """An invite from a practice the directory does not know went out from "your practice" (read as phishing)."""
+    invited, rejection = _claimed(), _claimed(rejected(uuid.uuid4(), "ana@example.com", None))
+    assert not_to_send(invited, NOW) is None and not_to_send(rejection, NOW) is None
+    unknown_practice = not_to_send(dataclasses.replace(invited, practice_name=None), NOW)
+    assert unknown_practice is not None and (unknown_practice.outcome, unknown_practice.attempts) == ("error", 0)
+    assert unknown_practice.reason is not None and "practice directory" in unknown_practice.reason
+    assert not_to_send(dataclasses.replace(rejection, practice_name=None, on_platform=False), NOW) is None, (
+        "connection emails always go out, with a neutral practice name"
+    )
 
 
 class _Edge(random.Random):
