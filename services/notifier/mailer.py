@@ -170,7 +170,7 @@ class Mailer:
             port=settings.smtp_port,
             username=settings.smtp_username,
             password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-            local_hostname=settings.smtp_local_hostname,  # socket.getfqdn() can block for seconds
+            local_hostname=settings.ehlo_name,  # not socket.getfqdn(), which can block for seconds
             timeout=timeout or settings.smtp_timeout_seconds,
             use_tls=settings.smtp_tls,
             start_tls=settings.smtp_starttls,

@@ -196,8 +196,8 @@ class Renderer:
         variant = self._variant(delivery.kind, locale, bool(raw[1]), bool(raw[2]), bool(raw[5]))
         text_values = [value.replace("\n", _CRLF) for value in raw]
         html_values = [_html_value(value) for value in raw]
-        text = binascii.b2a_qp(variant.text.fill(text_values).encode(), istext=True)
-        html = binascii.b2a_qp(variant.html.fill(html_values).encode(), istext=True)
+        text = _quoted_printable(variant.text.fill(text_values))
+        html = _quoted_printable(variant.html.fill(html_values))
         # Quoted-printable never produces "=_", so this boundary cannot occur inside either part.
         boundary = f"=_ck_{delivery.source_event_id.hex}".encode("ascii")
         headers = [
@@ -221,6 +221,13 @@ class Renderer:
                 b"\r\n--" + boundary + b"--\r\n",
             ]
         )
+
+
+def _quoted_printable(body: str) -> bytes:
+    """UTF-8, quoted-printable; a line starting "From " becomes "=46rom ", which an mbox on the way would otherwise
+    turn into ">From " (RFC 2049 section 3, item 8)."""
+    encoded = binascii.b2a_qp(body.encode(), istext=True)
+    return encoded.replace(b"\nFrom ", b"\n=46rom ") if b"From " in encoded else encoded
 
 
 def _line(value: str | None) -> str:

@@ -26,7 +26,11 @@ class NotifierSettings(RuntimeSettings):
         description="PEM file of the CAs that sign the relay's certificate, trusted instead of the system's",
     )
     smtp_from: str = Field(default="CollabKare <no-reply@collabkare.example>", min_length=3)
-    smtp_local_hostname: str = Field(default="collabkare-notifier", description="Our name in EHLO")
+    smtp_local_hostname: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Our name in EHLO, a fully qualified domain name; default: SMTP_FROM's domain",
+    )
     smtp_pool_size: int = Field(default=8, ge=1, le=64, description="Reused SMTP connections per process")
     smtp_rate_per_second: float = Field(
         default=0.0, ge=0, description="Emails per second per process (token bucket); 0 = unlimited"
@@ -61,6 +65,12 @@ class NotifierSettings(RuntimeSettings):
         if "@" not in address or not address.isascii():
             raise ValueError("expected 'Name <address@domain>' with an ASCII address")
         return value
+
+    @property
+    def ehlo_name(self) -> str:
+        """RFC 5321 wants a fully qualified name in EHLO (Postfix's reject_non_fqdn_helo_hostname and spam filters
+        hold a bare one against us); the sender's own domain is one, and needs no DNS lookup to find."""
+        return self.smtp_local_hostname or parseaddr(self.smtp_from)[1].rpartition("@")[2]
 
     @model_validator(mode="after")
     def _tls_modes_exclusive(self) -> Self:

@@ -359,6 +359,7 @@ BAD_DECISIONS: dict[str, tuple[str, dict[str, Any], int, str | None]] = {
     # PostgreSQL cannot store U+0000 (it was a 500); no control character belongs in the patient's email.
     "NUL in the reason": ("{id}/reject", {"json": {"reason": "bad\u0000reason"}}, 422, "reason"),
     "control character in the reason": ("{id}/reject", {"json": {"reason": "bell\u0007"}}, 422, "reason"),
+    "C1 control (NEL) in the reason": ("{id}/reject", {"json": {"reason": "next\u0085line"}}, 422, "reason"),
     "right-to-left override in the reason": ("{id}/reject", {"json": {"reason": "see \u202efdp.exe"}}, 422, "reason"),
 }
 

@@ -143,6 +143,14 @@ def test_long_headers_fold_and_decode_back() -> None:
         assert parsed["Subject"] == " ".join(value.split())
 
 
+def test_a_line_starting_from_is_encoded_so_no_mbox_turns_it_into_quoted_from() -> None:
+    claimed = _claimed("connection_rejected", reason="From the desk:\nFrom Monday on, call us")
+    raw = RENDERER.render(claimed)
+    assert b"\nFrom " not in raw.split(b"\r\n\r\n", 1)[1] and b"\r\n=46rom the desk:" in raw
+    plain, _ = _bodies(_parse(raw))
+    assert "From the desk:\nFrom Monday on, call us" in plain.replace("\r\n", "\n")
+
+
 def test_multiline_reason_keeps_its_lines_in_both_parts() -> None:
     claimed = _claimed("connection_rejected", reason="First line\r\nsecond line\rthird")
     plain, html = _bodies(_parse(RENDERER.render(claimed)))

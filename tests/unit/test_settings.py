@@ -94,3 +94,12 @@ def test_a_ca_file_that_would_check_nothing_is_refused(tmp_path: Path) -> None:
     assert _problems(RuntimeSettings, **rs256, jwt_jwks_url="http://id.example/jwks.json") == [
         "JWT_JWKS_CA_FILE: it checks the key set's HTTPS certificate; JWT_JWKS_URL is not https://"
     ]
+
+
+def test_the_ehlo_name_is_fully_qualified_by_default() -> None:
+    """RFC 5321 section 4.1.1.1: "collabkare-notifier" (the old default) is held against us by Postfix and filters."""
+    good = {name.lower(): value for name, value in GOOD.items()}
+    sender = NotifierSettings.model_validate({**good, "smtp_from": "Riverside <no-reply@mail.riverside.example>"})
+    assert sender.ehlo_name == "mail.riverside.example"
+    named = NotifierSettings.model_validate({**good, "smtp_local_hostname": "relay-client.hospital.example"})
+    assert named.ehlo_name == "relay-client.hospital.example"
