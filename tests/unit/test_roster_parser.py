@@ -45,7 +45,9 @@ def reference(text: str, default_note: str | None = None) -> list[Row]:
         except EmailNotValidError:
             rows.append((number, "invalid", "", note or default, None))
             continue
-        if note is not None and (len(note) > MAX_NOTE or re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", note)):
+        if note is not None and (
+            len(note) > MAX_NOTE or re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", note)
+        ):
             rows.append((number, "invalid", email, note, None))
             continue
         if email.lower() in first_seen:
