@@ -51,11 +51,15 @@ ORDER BY created_at DESC, id DESC
 """
 
 # Which of these patients are connected (id NULL) or hold a pending, unexpired invite: one round trip, the
-# (up to 100,000) addresses sent once.
+# (up to 100,000) addresses sent once. A patient who accepted an invite is connected from that moment, before
+# the ConnectionApproved it causes comes back (and however long connections or the broker take).
 KNOWN = """
 SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at,
        NULL::text AS delivery
 FROM invitations.connected_patients WHERE practice_id = $1 AND email_key = ANY($2::text[])
+UNION ALL
+SELECT email_key, NULL, NULL, NULL, NULL FROM invitations.invites
+WHERE practice_id = $1 AND status = 'accepted' AND email_key = ANY($2::text[])
 UNION ALL
 SELECT email_key, id, created_at, expires_at, delivery FROM invitations.invites
 WHERE practice_id = $1 AND status = 'pending' AND expires_at > $3 AND email_key = ANY($2::text[])
@@ -68,12 +72,15 @@ SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::times
        NULL::text AS delivery
 FROM invitations.connected_patients WHERE practice_id = $1
 UNION ALL
+SELECT email_key, NULL, NULL, NULL, NULL FROM invitations.invites WHERE practice_id = $1 AND status = 'accepted'
+UNION ALL
 SELECT email_key, id, created_at, expires_at, delivery FROM invitations.invites
 WHERE practice_id = $1 AND status = 'pending' AND expires_at > $2
 """
 COUNT_KNOWN = """
 SELECT (SELECT count(*) FROM invitations.connected_patients WHERE practice_id = $1)
-     + (SELECT count(*) FROM invitations.invites WHERE practice_id = $1 AND status = 'pending' AND expires_at > $2)
+     + (SELECT count(*) FROM invitations.invites
+        WHERE practice_id = $1 AND (status = 'accepted' OR status = 'pending' AND expires_at > $2))
 """
 _PROBE_LIMIT = 1000  # up to this many addresses, probing the indexes is always cheap
 

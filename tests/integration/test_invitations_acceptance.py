@@ -80,6 +80,23 @@ async def test_accepting_a_roster_invite_publishes_invite_accepted_and_is_single
     assert len(await service.events(practice, "InviteAccepted")) == 1
 
 
+async def test_a_patient_who_accepted_is_connected_before_connections_says_so(service: Service) -> None:
+    """Nothing here feeds ConnectionApproved back: the acceptance alone must flag the patient (a roster sent right
+    after, or while connections or the broker is away, invited every such patient again)."""
+    practice, _, token = await _roster_invite(service, "ann@example.com")
+    assert (await _accept(service, token)).status_code == 200
+    again = await service.submit(practice, "ANN@example.com\nbob@example.com")
+    assert again["patients_ready"] == 1 and again["counts"]["already_connected"] == 1
+    large = "\n".join(["ann@example.com", *(f"p{n}@example.com" for n in range(1200))])  # reads the practice whole
+    assert (await service.submit(practice, large))["counts"]["already_connected"] == 1
+    one = await service.http.post(
+        f"/v1/practices/{practice}/invites",
+        json={"email": "ann@example.com", "ssn": "123456789"},
+        headers=staff(practice),
+    )
+    assert one.status_code == 409 and one.json()["type"] == "urn:collabkare:problem:already-connected"
+
+
 async def test_two_patients_racing_for_one_token_get_one_acceptance(service: Service) -> None:
     practice, _, token = await _roster_invite(service, "ann@example.com")
     answers = await asyncio.gather(*(_accept(service, token) for _ in range(5)))
