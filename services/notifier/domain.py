@@ -260,6 +260,15 @@ def not_to_send(claimed: Claimed, now: datetime) -> Final | None:
     return None
 
 
+REVOKED = "the practice revoked the invite before its email went out; nothing was sent"
+
+
+def revoked(claimed: Claimed, now: datetime) -> Final:
+    """A pending invite email whose invite was revoked (on its own, or by a resend, whose new invite has its own
+    email): it ends here, with the attempts it had."""
+    return Final(claimed, "error", REVOKED, None, claimed.attempts, now)
+
+
 def outcome_event(final: Final) -> DeliveryOutcome:
     """The fact the invitations service writes back: caused by the source event, in its correlation."""
     delivery = final.claimed.delivery

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from schemas import Envelope, PatientRegistered, PracticeRegistered
+from schemas import Envelope, InviteRevoked, PatientRegistered, PracticeRegistered
 from services.notifier import domain, repository
 from services.notifier.domain import Claimed, Final, Retry, SendResult
 from services.runtime.database import TRANSIENT_ERRORS, transaction
@@ -49,6 +49,15 @@ class QueueDeliveries:
         if queued < len(deliveries):
             # The inbox already filters replays; this is the second guard (e.g. an inbox row pruned or lost).
             log.info("delivery.already_queued", count=len(deliveries) - queued)
+
+
+async def cancel_revoked(db: asyncpg.Connection, events: list[InviteRevoked]) -> None:
+    """Consumer handler: the email of a revoked invite is not sent if it has not gone yet (a resend would otherwise
+    send two). InviteRevoked follows its InviteRequested on the invite's partition, so the delivery is queued by
+    then; one a sender already holds goes out (the window is that one SMTP transaction)."""
+    claimed = await repository.lock_pending_for_invites(db, [event.payload.invite_id for event in events])
+    now = _now()
+    await _finish(db, [domain.revoked(c, now) for c in claimed])
 
 
 @dataclass(frozen=True)

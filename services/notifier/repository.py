@@ -166,6 +166,20 @@ def _claimed(row: asyncpg.Record) -> Claimed:
     )
 
 
+async def lock_pending_for_invites(db: asyncpg.Connection, invite_ids: Sequence[uuid.UUID]) -> list[Claimed]:
+    """The deliveries of these invites not yet handed to a sender, locked (one a sender holds is `sending`)."""
+    rows = await db.fetch(
+        """
+        SELECT d.*, NULL::boolean AS on_platform, NULL AS patient_name, NULL AS practice_name, NULL AS reply_to
+        FROM notifier.deliveries d
+        WHERE d.invite_id = ANY($1::uuid[]) AND d.status = 'pending'
+        FOR UPDATE
+        """,
+        list(invite_ids),
+    )
+    return [_claimed(row) for row in rows]
+
+
 async def finish(db: asyncpg.Connection, finals: Sequence[Final]) -> set[uuid.UUID]:
     """Record final outcomes, clearing the content; returns the ids this call finished (not finished before)."""
     if not finals:

@@ -21,12 +21,14 @@ def routes(settings: NotifierSettings) -> tuple[Subscription, ...]:
                 "PatientRegistered": handlers.record_patients,
                 "PracticeRegistered": handlers.record_practices,
                 "InviteRequested": queue,
+                "InviteRevoked": handlers.cancel_revoked,
                 "ConnectionApproved": queue,
                 "ConnectionRejected": queue,
             },
             description=(
                 "Keeps the patient and practice directories, and queues one email delivery per invite, "
-                "approval and rejection; the sender job sends them and publishes each DeliveryOutcome."
+                "approval and rejection (an invite revoked before its email went out ends error, unsent); the "
+                "sender job sends them and publishes each DeliveryOutcome."
             ),
             throttle=handlers.Backpressure(settings.pending_high_water, settings.pending_wait_max_seconds),
         ),

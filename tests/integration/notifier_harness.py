@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from collabkare.seeding import publish_pipelined
 from collabkare.stack.infra import Infrastructure
 from collabkare.stack.mailbox import parse, read_raw
-from schemas import ConnectionApproved, ConnectionRejected, Envelope, InviteRequested
+from schemas import ConnectionApproved, ConnectionRejected, Envelope, InviteRequested, InviteRevoked
 from schemas.events import PatientRegistered, PatientRegisteredPayload, PracticeRegistered, PracticeRegisteredPayload
 from services.notifier.app import build_spec
 from services.notifier.settings import NotifierSettings
@@ -202,6 +202,22 @@ def invite(practice_id: uuid.UUID, email: str, note: str | None = None, **payloa
                 "expires_at": datetime(2031, 3, 7, 12, tzinfo=UTC),
                 "requested_by": "staff-1",
                 **payload,
+            },
+        }
+    )
+
+
+def revoked(requested: InviteRequested, replaced_by: uuid.UUID | None = None) -> InviteRevoked:
+    return InviteRevoked.model_validate(
+        {
+            "producer": "invitations",
+            "practice_id": requested.practice_id,
+            "correlation_id": requested.correlation_id,
+            "payload": {
+                "invite_id": requested.payload.invite_id,
+                "revoked_by": "staff-2",
+                "revoked_at": datetime.now(UTC),
+                "replaced_by": replaced_by,
             },
         }
     )

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from collabkare.stack.infra import Infrastructure
+from services.notifier.domain import REVOKED
 from services.notifier.mailer import Mailer
 from services.notifier.settings import NotifierSettings
 from tests.integration.notifier_harness import (
@@ -22,6 +23,7 @@ from tests.integration.notifier_harness import (
     patient,
     practice,
     rejected,
+    revoked,
     running_notifier,
     unique_email,
 )
@@ -197,6 +199,32 @@ async def test_invite_to_an_email_nobody_registered_sends_nothing(notifier: Noti
     assert (payload["outcome"], payload["message_id"], payload["attempts"]) == ("not_on_platform", None, 0)
     assert payload["invite_id"] == str(event.payload.invite_id)
     assert notifier.caught(event.event_id) == []
+
+
+async def test_a_revoked_invite_is_not_emailed_and_a_resend_sends_one_email(
+    notifier: Notifier, clinic: uuid.UUID
+) -> None:
+    """Found by a concurrency review: the notifier did not read InviteRevoked, so an email still waiting (the
+    directory's grace period, a backlog) went out revoked, and a resend sent two."""
+    alone, resent = unique_email("revoked"), unique_email("resent")
+    first = invite(clinic, alone, None)
+    old, new = invite(clinic, resent, "v1"), invite(clinic, resent, "v2")
+    # Both recipients register within the grace period their first invite waits out: only revocations stop them.
+    await notifier.publish(first, revoked(first), old, revoked(old, new.payload.invite_id), new)
+    await notifier.publish(patient(alone, "en"), patient(resent, "en"))
+
+    assert (await notifier.delivery(new.event_id))["status"] == "sent"
+    for cancelled in (first, old):
+        row = await notifier.delivery(cancelled.event_id)
+        assert (row["status"], row["last_error"], row["accept_url"]) == ("error", REVOKED, None)
+        assert notifier.caught(cancelled.event_id) == []
+    outcomes = await notifier.outcomes({first.event_id, old.event_id})
+    assert {e["payload"]["outcome"] for e in outcomes.values()} == {"error"}
+    assert {e["payload"]["invite_id"] for e in outcomes.values()} == {
+        str(first.payload.invite_id),
+        str(old.payload.invite_id),
+    }
+    assert [m["To"] for m in notifier.caught(new.event_id)] == [resent]
 
 
 @pytest.mark.parametrize("code", [421, 451])
