@@ -94,6 +94,11 @@ class InviteRequestedPayload(Contract):
     requested_by: str = Field(max_length=200)
     batch_id: uuid.UUID | None = Field(default=None, description="Set when the invite came from a roster.")
     line_number: int | None = Field(default=None, ge=1, description="The roster line, when from a roster.")
+    identity_check: Literal["ssn", "date_of_birth_and_phone"] | None = Field(
+        default=None,
+        description="What the patient will be asked to confirm when accepting (an individual invite); none for a "
+        "roster invite. The values themselves never leave the invitations service.",
+    )
 
 
 class InviteRequested(Envelope):

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Literal
 
 from services.invitations.identity import Digests
 
@@ -118,6 +119,15 @@ class Invite:
     @property
     def email_key(self) -> str:
         return self.email.lower()
+
+    @property
+    def identity_check(self) -> Literal["ssn", "date_of_birth_and_phone"] | None:
+        """What accepting will ask the patient for (the email says so); None for a roster invite."""
+        if self.digests.ssn is not None:
+            return "ssn"
+        if self.digests.date_of_birth is not None and self.digests.phone is not None:
+            return "date_of_birth_and_phone"
+        return None
 
     def current_status(self, now: datetime) -> InviteStatus:
         """The status as it stands now: a pending invite past its expiry is expired, swept or not."""

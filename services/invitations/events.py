@@ -37,6 +37,7 @@ def requested_event(invite: Invite, url: str, cause: Cause) -> InviteRequested:
             requested_by=invite.created_by,
             batch_id=invite.batch_id,
             line_number=invite.line_number,
+            identity_check=invite.identity_check,
         ),
     )
 

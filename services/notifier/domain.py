@@ -57,6 +57,7 @@ class NewDelivery:
     accept_url: str | None = None
     expires_at: datetime | None = None
     reason: str | None = None
+    identity_check: str | None = None  # "ssn" or "date_of_birth_and_phone": what accepting will ask for
 
 
 def delivery_for(event: Envelope) -> NewDelivery:
@@ -83,6 +84,7 @@ def delivery_for(event: Envelope) -> NewDelivery:
         accept_url=invite.accept_url if invite else None,
         expires_at=invite.expires_at if invite else None,
         reason=(event.payload.reason or None) if isinstance(event, ConnectionRejected) else None,
+        identity_check=invite.identity_check if invite else None,
     )
 
 

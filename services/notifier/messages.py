@@ -142,17 +142,21 @@ class Renderer:
         self._from = address_header("From", display_name, address)
         self._templates = templates
         self._environment: jinja2.Environment | None = None
-        self._variants: dict[tuple[str, str, bool, bool, bool], Variant] = {}
+        self._variants: dict[tuple[str, str, bool, bool, bool, str | None], Variant] = {}
         self._date: tuple[int, bytes] = (0, b"")
 
-    def _variant(self, kind: str, locale: Locale, has_name: bool, has_note: bool, has_reason: bool) -> Variant:
-        key = (kind, locale, has_name, has_note, has_reason)
+    def _variant(
+        self, kind: str, locale: Locale, has_name: bool, has_note: bool, has_reason: bool, identity_check: str | None
+    ) -> Variant:
+        key = (kind, locale, has_name, has_note, has_reason, identity_check)
         variant = self._variants.get(key)
         if variant is None:
             variant = self._variants[key] = self._compile(*key)
         return variant
 
-    def _compile(self, kind: str, locale: str, has_name: bool, has_note: bool, has_reason: bool) -> Variant:
+    def _compile(
+        self, kind: str, locale: str, has_name: bool, has_note: bool, has_reason: bool, identity_check: str | None
+    ) -> Variant:
         if self._environment is None:
             self._environment = jinja2.Environment(
                 loader=jinja2.FileSystemLoader(self._templates),
@@ -163,7 +167,9 @@ class Renderer:
             )
         # Placeholders are Markup so that autoescaping leaves them intact; values are escaped when filled.
         context: dict[str, object] = {name: Markup(f"\x00{i}\x00") for i, name in enumerate(FIELDS)}  # noqa: S704
-        context.update(locale=locale, has_name=has_name, has_note=has_note, has_reason=has_reason)
+        context.update(
+            locale=locale, has_name=has_name, has_note=has_note, has_reason=has_reason, identity_check=identity_check
+        )
 
         def render(part: str) -> str:
             return self._environment.get_template(f"{locale}/{kind}.{part}.j2").render(context)  # type: ignore[union-attr]
@@ -193,7 +199,9 @@ class Renderer:
             format_moment(delivery.expires_at, locale) if delivery.expires_at else "",
             _paragraph(delivery.reason),
         )
-        variant = self._variant(delivery.kind, locale, bool(raw[1]), bool(raw[2]), bool(raw[5]))
+        variant = self._variant(
+            delivery.kind, locale, bool(raw[1]), bool(raw[2]), bool(raw[5]), delivery.identity_check
+        )
         text_values = [value.replace("\n", _CRLF) for value in raw]
         html_values = [_html_value(value) for value in raw]
         text = _quoted_printable(variant.text.fill(text_values))

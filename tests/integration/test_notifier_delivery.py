@@ -72,7 +72,7 @@ async def test_invite_email_names_the_practice_carries_note_link_expiry_and_outc
     email = unique_email("ana")
     batch_id = uuid.uuid4()
     note = 'Welcome <b>aboard</b> & see "you", Dr. Ruiz'
-    event = invite(clinic, email, note, batch_id=batch_id, line_number=7)
+    event = invite(clinic, email, note, batch_id=batch_id, line_number=7, identity_check="date_of_birth_and_phone")
     await notifier.publish(patient(email, "en", name="Ana Núñez"), event)
 
     row = await notifier.delivery(event.event_id)
@@ -90,6 +90,7 @@ async def test_invite_email_names_the_practice_carries_note_link_expiry_and_outc
     assert "Hello Ana Núñez," in plain and PRACTICE_NAME in plain
     assert note in plain, "the text part carries the note as written"
     assert event.payload.accept_url in plain and "expires on March 7, 2031 at 12:00 UTC" in plain
+    assert "asked to confirm your date of birth and phone number" in plain
     assert "Welcome &lt;b&gt;aboard&lt;/b&gt; &amp; see &#34;you&#34;" in html and "<b>aboard" not in html
     assert f'href="{event.payload.accept_url}"' in html and "Cl\u00ednica Pe\u00f1alara &amp; Hijos" in html
 

@@ -177,3 +177,22 @@ def test_sender_must_be_an_address() -> None:
                 "smtp_from": "CollabKare",
             }
         )
+
+
+@pytest.mark.parametrize(
+    ("identity_check", "locale", "sentence"),
+    [
+        ("ssn", "en", "When you accept, you will be asked to confirm your Social Security number."),
+        ("date_of_birth_and_phone", "en", "you will be asked to confirm your date of birth and phone number."),
+        ("ssn", "es", "Al aceptar, se le pedirá que confirme su número de Seguro Social."),
+        ("date_of_birth_and_phone", "es", "que confirme su fecha de nacimiento y su número de teléfono."),
+    ],
+)
+def test_an_individual_invite_says_what_accepting_will_ask_for(
+    identity_check: str, locale: Locale, sentence: str
+) -> None:
+    """The patient is asked for a factor on accepting; the email said nothing of it (the email review's L1)."""
+    plain, html = _bodies(_parse(RENDERER.render(_claimed(locale=locale, identity_check=identity_check))))
+    assert sentence in plain and sentence in html
+    roster_plain, _ = _bodies(_parse(RENDERER.render(_claimed(locale=locale))))
+    assert "Social" not in roster_plain and "confirm" not in roster_plain and "confirme" not in roster_plain
