@@ -60,7 +60,6 @@ def create_http_app(
     for router in routers:
         app.include_router(router)
 
-    app.add_middleware(HeadAsGet)
     app.add_middleware(LimitBody)
     app.add_middleware(Correlate, metrics=metrics)
 
@@ -72,6 +71,8 @@ def create_http_app(
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", CORRELATION_HEADER],
             expose_headers=[CORRELATION_HEADER],
         )
+
+    app.add_middleware(HeadAsGet)  # the last added is the outermost
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz() -> dict[str, str]:

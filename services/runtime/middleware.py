@@ -122,7 +122,9 @@ class LimitBody:
 
 class HeadAsGet:
     """HEAD, which every general-purpose server must answer (RFC 9110 section 9.1), answered as the GET would be
-    without its body: FastAPI routes a HEAD nowhere (a 405)."""
+    without its body: FastAPI routes a HEAD nowhere (a 405). The outermost of the app's middleware, so that every
+    answer (a 500 of Correlate's too) loses its body; the app gets a copy of the scope saying GET, and the server
+    keeps its own, which still says HEAD (uvicorn reads it to know that no body follows the headers)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -131,7 +133,7 @@ class HeadAsGet:
         if scope["type"] != "http" or scope["method"] != "HEAD":
             await self.app(scope, receive, send)
             return
-        scope["method"] = "GET"
+        scope = {**scope, "method": "GET"}
 
         async def headers_only(message: Message) -> None:
             if message["type"] == "http.response.body":

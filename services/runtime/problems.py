@@ -164,7 +164,10 @@ def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], 
             # Met while FastAPI read the body, before the route's access check: that check first.
             if refused := access_refused(request):
                 return await on_problem(request, refused)
-            return problem_response(request, 413, exc.detail, max_body_bytes=exc.limit)
+            # The rest of the body is not read: the connection must close, or its bytes would be read as the next
+            # request (and a client waiting for "100 Continue" would never send them, then hang on reuse).
+            headers = {"Connection": "close"}
+            return problem_response(request, 413, exc.detail, headers=headers, max_body_bytes=exc.limit)
         if exc.status_code == 405:
             # Starlette's Allow names the methods of the first route on this path only (RFC 9110: all of them).
             allowed = ", ".join(_allowed_methods(request))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -10,9 +11,11 @@ from collections.abc import AsyncIterator
 import httpx
 import jwt
 import pytest
+import uvicorn
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from collabkare.stack.ports import free_port
 from services.connections.app import MIGRATIONS
 from services.connections.settings import ConnectionsSettings
 from services.runtime.auth import Patient, StaffMember, mint_token
@@ -264,6 +267,56 @@ async def test_a_body_past_the_limit_is_a_413_and_never_held_whole(client: httpx
     at_the_limit = b'{"reason": "ok"}'.ljust(MAX_JSON_BODY)
     answer = await client.post(url, content=at_the_limit, headers={**json_type, **_auth(staff_token(PRACTICE))})
     assert answer.status_code == 200, answer.text
+
+
+async def test_head_a_500_and_a_413_keep_a_real_uvicorn_connection_sane(
+    database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """httpx's ASGI transport checks none of this. Under uvicorn a HEAD dropped the keep-alive connection (uvicorn
+    read the method from a scope the middleware had changed), a HEAD answered 500 wrote a body after its headers,
+    and a 413 sent before the body was read left the body to be read as the next request."""
+    env = service_env(database, "connections", topic_prefix)
+    settings = ConnectionsSettings(**{k.lower(): v for k, v in env.items()})
+    app = ServiceRuntime(ServiceSpec("connections", "test", "test", MIGRATIONS, routers=[router]), settings).http_app()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None))
+    serving = asyncio.create_task(server.serve())
+
+    def exchanges() -> tuple[list[tuple[str, int, bytes]], tuple[int, bool]]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        seen = []
+        for method, path in [("HEAD", "/healthz"), ("GET", "/healthz"), ("HEAD", "/v1/defect"), ("GET", "/healthz")]:
+            connection.request(method, path)
+            answer = connection.getresponse()
+            seen.append((f"{method} {path}", answer.status, answer.read()))
+        connection.close()
+        upload = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        upload.putrequest("POST", f"/v1/practices/{PRACTICE}/echo")
+        for name, value in {**_auth(staff_token(PRACTICE)), "Content-Type": "application/json"}.items():
+            upload.putheader(name, value)
+        upload.putheader("Content-Length", str(MAX_JSON_BODY * 10))
+        upload.endheaders()  # and no body: the answer must not wait for it
+        refused = upload.getresponse()
+        outcome = (refused.status, refused.will_close)
+        upload.close()
+        return seen, outcome
+
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            await asyncio.sleep(0.05)
+        seen, refused = await asyncio.wait_for(asyncio.to_thread(exchanges), 30)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 15)
+    assert seen == [
+        ("HEAD /healthz", 200, b""),
+        ("GET /healthz", 200, b'{"status":"ok"}'),
+        ("HEAD /v1/defect", 500, b""),
+        ("GET /healthz", 200, b'{"status":"ok"}'),
+    ]
+    assert refused == (413, True)
 
 
 @router.post("/v1/me/echo")
