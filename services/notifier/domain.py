@@ -143,6 +143,7 @@ class Claimed:
     patient_name: str | None
     practice_name: str | None
     reply_to: str | None
+    revoked: bool = False  # its invite was revoked while it was being sent (and that attempt did not end it)
 
     @property
     def message_id(self) -> str:
@@ -252,9 +253,12 @@ UNKNOWN_PRACTICE = (
 def not_to_send(claimed: Claimed, now: datetime) -> Final | None:
     """The final outcome of an invite that must not go out, decided when it is claimed (after the directory's
     grace period): to an email nobody registered, or from a practice the directory does not know (an invite
-    from "your practice" reads like phishing). None for everything else."""
+    from "your practice" reads like phishing), or of an invite revoked while an earlier attempt was under way.
+    None for everything else."""
     if claimed.delivery.kind != "invite":
         return None
+    if claimed.revoked:
+        return revoked(claimed, now)
     if not claimed.on_platform:
         return Final(claimed, "not_on_platform", None, None, 0, now)
     if claimed.practice_name is None:

@@ -54,10 +54,10 @@ class QueueDeliveries:
 async def cancel_revoked(db: asyncpg.Connection, events: list[InviteRevoked]) -> None:
     """Consumer handler: the email of a revoked invite is not sent if it has not gone yet (a resend would otherwise
     send two). InviteRevoked follows its InviteRequested on the invite's partition, so the delivery is queued by
-    then; one a sender already holds goes out (the window is that one SMTP transaction)."""
-    claimed = await repository.lock_pending_for_invites(db, [event.payload.invite_id for event in events])
+    then. One a sender holds goes out if that attempt succeeds; if it does not, the next claim ends it."""
+    pending = await repository.revoke_invites(db, [event.payload.invite_id for event in events])
     now = _now()
-    await _finish(db, [domain.revoked(c, now) for c in claimed])
+    await _finish(db, [domain.revoked(c, now) for c in pending])
 
 
 @dataclass(frozen=True)

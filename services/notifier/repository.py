@@ -120,7 +120,7 @@ async def claim_due(db: asyncpg.Connection, limit: int) -> list[Claimed]:
         WITH due AS (
             SELECT d.id, p.locale, p.email IS NOT NULL AS on_platform, p.display_name, r.name, r.reply_to
             FROM notifier.deliveries d
-            LEFT JOIN notifier.patients p ON p.email = d.recipient_key
+            LEFT JOIN notifier.patients p ON p.email = coalesce(d.recipient_key, lower(d.recipient))
             LEFT JOIN notifier.practices r ON r.practice_id = d.practice_id
             WHERE d.status = 'pending' AND d.not_before <= now()
             ORDER BY d.not_before
@@ -165,21 +165,23 @@ def _claimed(row: asyncpg.Record) -> Claimed:
         patient_name=row["patient_name"],
         practice_name=row["practice_name"],
         reply_to=row["reply_to"],
+        revoked=row["revoked_at"] is not None,
     )
 
 
-async def lock_pending_for_invites(db: asyncpg.Connection, invite_ids: Sequence[uuid.UUID]) -> list[Claimed]:
-    """The deliveries of these invites not yet handed to a sender, locked (one a sender holds is `sending`)."""
+async def revoke_invites(db: asyncpg.Connection, invite_ids: Sequence[uuid.UUID]) -> list[Claimed]:
+    """Mark the open deliveries of these invites revoked; returns those not yet handed to a sender, locked, to be
+    finished now. One a sender holds (`sending`) keeps the mark: if that attempt does not end it (a 4xx, a
+    shutdown, a crash), the next claim finishes it instead of sending it."""
     rows = await db.fetch(
         """
-        SELECT d.*, NULL::boolean AS on_platform, NULL AS patient_name, NULL AS practice_name, NULL AS reply_to
-        FROM notifier.deliveries d
-        WHERE d.invite_id = ANY($1::uuid[]) AND d.status = 'pending'
-        FOR UPDATE
+        UPDATE notifier.deliveries d SET revoked_at = now(), updated_at = now()
+        WHERE d.invite_id = ANY($1::uuid[]) AND d.status IN ('pending', 'sending')
+        RETURNING d.*, NULL::boolean AS on_platform, NULL AS patient_name, NULL AS practice_name, NULL AS reply_to
         """,
         list(invite_ids),
     )
-    return [_claimed(row) for row in rows]
+    return [_claimed(row) for row in rows if row["status"] == "pending"]
 
 
 async def finish(db: asyncpg.Connection, finals: Sequence[Final]) -> set[uuid.UUID]:

@@ -228,6 +228,38 @@ async def test_a_revoked_invite_is_not_emailed_and_a_resend_sends_one_email(
     assert [m["To"] for m in notifier.caught(new.event_id)] == [resent]
 
 
+async def test_an_invite_revoked_while_its_email_is_being_sent_is_not_sent_on_a_later_attempt(
+    notifier: Notifier, clinic: uuid.UUID
+) -> None:
+    """A code review found the revoke lost when the attempt under way did not end the delivery (a 4xx, a shutdown,
+    a crash): the retry sent it, minutes after the revoke. Here a sender "holds" the delivery when the revoke comes."""
+    email = unique_email("held")
+    event = invite(clinic, email, None)
+    await notifier.publish(event)  # not registered: it waits out the directory's grace period
+    held = None
+    for _ in range(200):  # as soon as it is queued, and before its grace period ends
+        held = await notifier.admin.fetchval(
+            "UPDATE notifier.deliveries SET status = 'sending', claimed_at = now() WHERE source_event_id = $1"
+            " AND status = 'pending' RETURNING id",
+            event.event_id,
+        )
+        if held is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert held is not None, "the delivery was never pending"
+    await notifier.publish(revoked(event))
+    for _ in range(200):
+        if await notifier.admin.fetchval("SELECT revoked_at FROM notifier.deliveries WHERE id = $1", held):
+            break
+        await asyncio.sleep(0.05)
+    # The attempt under way ends in a retry (as a 4xx would), and by then the patient has registered.
+    await notifier.publish(patient(email, "en"))
+    await notifier.admin.execute("UPDATE notifier.deliveries SET status = 'pending' WHERE id = $1", held)
+    row = await notifier.delivery(event.event_id)
+    assert (row["status"], row["last_error"]) == ("error", REVOKED)
+    assert notifier.caught(event.event_id) == []
+
+
 @pytest.mark.parametrize("code", [421, 451])
 async def test_temporary_failures_are_retried_into_exactly_one_email(
     notifier: Notifier, clinic: uuid.UUID, smtp_faults: Any, code: int

@@ -12,6 +12,7 @@ import pytest
 
 from schemas import ConnectionRejected, InviteRequested
 from services.notifier.domain import (
+    REVOKED,
     Attempt,
     Claimed,
     Final,
@@ -167,6 +168,8 @@ def test_only_invites_the_directories_cannot_vouch_for_are_stopped() -> None:
     unknown_practice = not_to_send(dataclasses.replace(invited, practice_name=None), NOW)
     assert unknown_practice is not None and (unknown_practice.outcome, unknown_practice.attempts) == ("error", 0)
     assert unknown_practice.reason is not None and "practice directory" in unknown_practice.reason
+    again = not_to_send(dataclasses.replace(invited, revoked=True), NOW)
+    assert again is not None and (again.outcome, again.reason) == ("error", REVOKED), "revoked during an attempt"
     assert not_to_send(dataclasses.replace(rejection, practice_name=None, on_platform=False), NOW) is None, (
         "connection emails always go out, with a neutral practice name"
     )

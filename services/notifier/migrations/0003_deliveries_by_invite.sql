@@ -1,2 +1,2 @@
--- InviteRevoked finds the invite's delivery while it is still pending (not yet sent): a small partial index.
-CREATE INDEX deliveries_pending_by_invite ON notifier.deliveries (invite_id) WHERE status = 'pending';
+-- InviteRevoked finds the invite's delivery while it is still open (pending, or being sent): a small partial index.
+CREATE INDEX deliveries_open_by_invite ON notifier.deliveries (invite_id) WHERE status IN ('pending', 'sending');
