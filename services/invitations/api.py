@@ -52,6 +52,7 @@ def _birth_date(value: date) -> date:
 
 
 Ssn = Annotated[Factor, _format(identity.normalize_ssn)]
+IssuedSsn = Annotated[Factor, _format(identity.normalize_issued_ssn)]
 Phone = Annotated[Factor, _format(identity.normalize_phone)]
 BirthDate = Annotated[date | None, _format(_birth_date)]
 
@@ -59,7 +60,7 @@ BirthDate = Annotated[date | None, _format(_birth_date)]
 class InviteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     email: EmailStr
-    ssn: Ssn = Field(default=None, description="123-45-6789 or 123456789; or give date_of_birth and phone")
+    ssn: IssuedSsn = Field(default=None, description="123-45-6789 or 123456789; or give date_of_birth and phone")
     date_of_birth: BirthDate = None
     phone: Phone = Field(default=None, description="With the country code, or 10 digits for +1")
     note: Note = None

@@ -44,14 +44,20 @@ def _ascii_digits(text: str) -> str:
 
 
 def normalize_ssn(text: str) -> str:
-    """Nine digits, written 123-45-6789 or 123456789, that the SSA could have issued."""
+    """Nine digits, written 123-45-6789 or 123456789 (a patient's answer: an invite made before the SSA rule
+    below may hold any nine digits)."""
     value = text.strip()
     if not _SSN.fullmatch(value):
         raise FactorError("ssn", "expected nine digits, written 123-45-6789 or 123456789")
-    digits = _ascii_digits(value)
+    return _ascii_digits(value)
+
+
+def normalize_issued_ssn(text: str) -> str:
+    """An SSN for a new invite: nine digits that the SSA could have issued. A placeholder such as 000-00-0000 would
+    make the factor anyone's guess."""
+    digits = normalize_ssn(text)
     area, group, serial = digits[:3], digits[3:5], digits[5:]
     if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
-        # A placeholder such as 000-00-0000 would make the factor anyone's guess.
         raise FactorError("ssn", "not a number the SSA issues (area 000, 666 or 900-999, group 00 or serial 0000)")
     return digits
 

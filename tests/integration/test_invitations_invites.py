@@ -79,6 +79,7 @@ async def test_malformed_input_is_named_without_echoing_it(service: Service) -> 
     practice = uuid.uuid4()
     cases = [
         ({"ssn": "12-345-678"}, "ssn"),
+        ({"ssn": "000-00-0000"}, "ssn"),  # a placeholder, not a number the SSA issues
         ({"date_of_birth": "2999-01-01", "phone": "5550101234"}, "date_of_birth"),
         ({"date_of_birth": "1980-13-40", "phone": "5550101234"}, "date_of_birth"),
         ({"date_of_birth": "1980-02-29", "phone": "010-1234"}, "phone"),

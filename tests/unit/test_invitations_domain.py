@@ -253,8 +253,10 @@ def test_digits_of_any_script_count_as_0_to_9() -> None:
 def test_numbers_the_ssa_never_issues_are_refused(placeholder: str) -> None:
     """000-00-0000 typed as "unknown" would make the factor anyone's guess."""
     with pytest.raises(identity.FactorError, match="not a number the SSA issues") as error:
-        identity.normalize_ssn(placeholder)
+        identity.normalize_issued_ssn(placeholder)
     assert error.value.field == "ssn" and placeholder not in str(error.value)
+    # A patient's answer is only read: an invite made before this rule may hold such a number (a review's finding).
+    assert identity.normalize_ssn(placeholder) == placeholder.replace("-", "")
 
 
 def test_digests_are_keyed_and_carry_no_value() -> None:
