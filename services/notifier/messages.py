@@ -26,7 +26,9 @@ from services.notifier.domain import Claimed, Locale, smtp_address
 TEMPLATES = Path(__file__).parent / "templates"
 FIELDS = ("practice_name", "patient_name", "note", "accept_url", "expires_on", "reason")
 _PLACEHOLDER = re.compile("\x00([0-9])\x00")
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+# Controls (C0 but tab and LF, DEL, C1) and the bidirectional overrides, embeddings and isolates: what the APIs
+# refuse in free text, also kept out of what arrives by events (practice and patient names, notes already sent).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _CRLF = "\r\n"
 # 39 bytes of UTF-8 make 52 base64 characters: "Subject: =?utf-8?b?…?=" stays under 78 characters a line.
 _WORD_BYTES = 39
@@ -245,5 +247,6 @@ def _line(value: str | None) -> str:
 def _paragraph(value: str | None) -> str:
     if not value:
         return ""
-    text = _CONTROL.sub(" ", value.replace("\r\n", "\n").replace("\r", "\n"))
+    text = value.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n").replace("\u2029", "\n")
+    text = _CONTROL.sub(" ", text)
     return "\n".join(line.rstrip() for line in text.strip().split("\n"))

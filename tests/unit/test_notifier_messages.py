@@ -196,3 +196,13 @@ def test_an_individual_invite_says_what_accepting_will_ask_for(
     assert sentence in plain and sentence in html
     roster_plain, _ = _bodies(_parse(RENDERER.render(_claimed(locale=locale))))
     assert "Social" not in roster_plain and "confirm" not in roster_plain and "confirme" not in roster_plain
+
+
+def test_names_from_events_lose_their_controls_and_direction_overrides() -> None:
+    """The APIs refuse these in free text; a practice or patient name arrives by event, unchecked by them."""
+    claimed = _claimed(practice_name="Clinic\u202e evil\u0085", patient_name="Ana\u2066 Lee", note="one\u2028two")
+    message = _parse(RENDERER.render(claimed))
+    plain, html = _bodies(message)
+    for forbidden in ("\u202e", "\u0085", "\u2066", "\u2028"):
+        assert forbidden not in str(message["Subject"]) and forbidden not in plain and forbidden not in html
+    assert "Clinic evil" in plain and "Hello Ana Lee," in plain and "one\ntwo" in plain.replace("\r\n", "\n")
