@@ -58,11 +58,9 @@ SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::times
        NULL::text AS delivery
 FROM invitations.connected_patients WHERE practice_id = $1 AND email_key = ANY($2::text[])
 UNION ALL
-SELECT email_key, NULL, NULL, NULL, NULL FROM invitations.invites
-WHERE practice_id = $1 AND status = 'accepted' AND email_key = ANY($2::text[])
-UNION ALL
-SELECT email_key, id, created_at, expires_at, delivery FROM invitations.invites
-WHERE practice_id = $1 AND status = 'pending' AND expires_at > $3 AND email_key = ANY($2::text[])
+SELECT email_key, CASE WHEN status = 'pending' THEN id END, created_at, expires_at, delivery FROM invitations.invites
+WHERE practice_id = $1 AND email_key = ANY($2::text[])
+  AND (status = 'accepted' OR status = 'pending' AND expires_at > $3)
 """
 
 # The same for every patient of the practice, and how many that is: when the practice knows fewer patients
@@ -72,10 +70,8 @@ SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::times
        NULL::text AS delivery
 FROM invitations.connected_patients WHERE practice_id = $1
 UNION ALL
-SELECT email_key, NULL, NULL, NULL, NULL FROM invitations.invites WHERE practice_id = $1 AND status = 'accepted'
-UNION ALL
-SELECT email_key, id, created_at, expires_at, delivery FROM invitations.invites
-WHERE practice_id = $1 AND status = 'pending' AND expires_at > $2
+SELECT email_key, CASE WHEN status = 'pending' THEN id END, created_at, expires_at, delivery FROM invitations.invites
+WHERE practice_id = $1 AND (status = 'accepted' OR status = 'pending' AND expires_at > $2)
 """
 COUNT_KNOWN = """
 SELECT (SELECT count(*) FROM invitations.connected_patients WHERE practice_id = $1)
