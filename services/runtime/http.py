@@ -14,8 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.runtime.auth import check_access_before_body
 from services.runtime.metrics import Metrics
-from services.runtime.middleware import Correlate, HeadAsGet, LimitBody
-from services.runtime.openapi import CORRELATION_HEADER, complete
+from services.runtime.middleware import CORRELATION_HEADER, Correlate, HeadAsGet, LimitBody
+from services.runtime.openapi import complete
 from services.runtime.problems import Problem, install_problem_handlers
 
 ReadinessCheck = Callable[[], Awaitable[bool]]

@@ -19,12 +19,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.runtime.logging import get_logger
 from services.runtime.metrics import Metrics
-from services.runtime.openapi import CORRELATION_HEADER
 from services.runtime.problems import BodyTooLarge, problem_response
 
 # Every JSON body but a roster's is a few kB: a larger one gets a 413 before it is held in memory. A route that
 # takes more says so with `takes_bodies_up_to`.
 MAX_JSON_BODY = 64 * 1024
+CORRELATION_HEADER = "X-Correlation-ID"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _log = get_logger(__name__)
 

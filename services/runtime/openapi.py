@@ -10,10 +10,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.runtime.middleware import CORRELATION_HEADER
 from services.runtime.problems import PROBLEM_JSON, TITLES
 
 _REF = "#/components/schemas/{model}"
-CORRELATION_HEADER = "X-Correlation-ID"
 _METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 
 
@@ -89,10 +89,10 @@ def _complete_operation(path: str, operation: dict[str, Any]) -> None:
     if path.startswith("/v1/"):
         operation["security"] = [{"bearer": []}]
         responses.setdefault("500", _problem("Internal server error: the detail quotes the correlation id"))
-        responses.setdefault(
-            "503",
-            _problem("A dependency (database, identity provider) is away: retry", **{"Retry-After": _RETRY_AFTER}),
-        )
+        away = _problem("A dependency (database, identity provider) is away: retry", **{"Retry-After": _RETRY_AFTER})
+        responses.setdefault("503", away)
+        if "requestBody" in operation:
+            responses.setdefault("413", _problem("The body is larger than this route takes (64 KiB unless it says)"))
     elif path == "/readyz":
         responses["503"] = {
             "description": "A dependency is away: the same body, status unavailable",
