@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 import asyncpg
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -15,16 +15,13 @@ from services.connections.model import Cause, PatientRef, Status
 from services.connections.views import ConnectionRequestView, ConnectionView, PageView, decode_cursor, encode_cursor
 from services.runtime.auth import Patient, Principal, StaffMember
 from services.runtime.http import JsonOnly
-from services.runtime.problems import PROBLEM_JSON, Problem
+from services.runtime.openapi import problems
+from services.runtime.problems import Problem
 
 router = APIRouter(tags=["connections"])
 _EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
 # Trimmed first, then measured; whitespace only counts as no text.
 Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TEXT), AfterValidator(clean_text)]
-
-
-def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"description": "problem+json (RFC 9457)", "content": {PROBLEM_JSON: {}}} for status in statuses}
 
 
 class ConnectionRequestBody(BaseModel):
@@ -101,7 +98,7 @@ def _already_decided(error: AlreadyDecided) -> Problem:
     description="201 with the new pending request; 200 with the existing one when the patient already asked.",
     responses={
         200: {"description": "The patient's pending request, unchanged", "model": ConnectionRequestView},
-        **_problems(401, 403, 409, 415, 422),
+        **problems(401, 403, 409, 415, 422),
     },
 )
 async def ask_to_connect(
@@ -127,7 +124,7 @@ async def ask_to_connect(
     "/v1/practices/{practice_id}/connection-requests",
     summary="Connection requests of the practice, newest first",
     description="Omit status to list every request. Pages are stable while new requests arrive.",
-    responses=_problems(401, 403, 404, 422),
+    responses=problems(401, 403, 404, 422),
 )
 async def list_requests(
     practice_id: uuid.UUID,
@@ -146,7 +143,7 @@ async def list_requests(
     "/v1/practices/{practice_id}/connection-requests/{request_id}/approve",
     summary="Approve a request: the patient is connected and notified",
     description="Approving an approved request answers 200 and changes nothing; a rejected one is 409.",
-    responses=_problems(401, 403, 404, 409, 422),
+    responses=problems(401, 403, 404, 409, 422),
 )
 async def approve(
     practice_id: uuid.UUID, request_id: uuid.UUID, staff: StaffMember, pool: Pool, cause: Tracing
@@ -164,7 +161,7 @@ async def approve(
     "/v1/practices/{practice_id}/connection-requests/{request_id}/reject",
     summary="Reject a request, with an optional reason the patient is told",
     description="Rejecting a rejected request answers 200 and changes nothing; an approved one is 409.",
-    responses=_problems(401, 403, 404, 409, 415, 422),
+    responses=problems(401, 403, 404, 409, 415, 422),
 )
 async def reject(
     practice_id: uuid.UUID,
@@ -190,7 +187,7 @@ async def reject(
 @router.get(
     "/v1/practices/{practice_id}/connections",
     summary="Patients connected to the practice, newest first",
-    responses=_problems(401, 403, 404, 422),
+    responses=problems(401, 403, 404, 422),
 )
 async def list_connections(
     practice_id: uuid.UUID, staff: StaffMember, pool: Pool, limit: Limit = 50, cursor: Cursor = None

@@ -13,7 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from services.invitations import handlers, identity
 from services.invitations.acceptance import Answer, Decision, accepted_factors
-from services.invitations.api_support import Factor, Note, Policies, Pool, Tracing, problems, unprocessable
+from services.invitations.api_support import Factor, Note, Policies, Pool, Tracing, unprocessable
 from services.invitations.domain import (
     AlreadyConnected,
     AlreadyInvited,
@@ -25,6 +25,7 @@ from services.invitations.handlers import InviteNotFound
 from services.invitations.views import AcceptedView, HistoryView, InviteView, ResendView
 from services.runtime.auth import Patient, Principal, StaffMember
 from services.runtime.http import JsonOnly
+from services.runtime.openapi import problems
 from services.runtime.problems import Problem
 
 router = APIRouter(tags=["invites"])

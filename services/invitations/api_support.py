@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import email.message
-from typing import Annotated, Any
+from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, Request
@@ -12,7 +12,7 @@ from pydantic import AfterValidator, Field, StringConstraints
 from services.invitations.domain import Cause
 from services.invitations.handlers import Policy
 from services.invitations.roster import MAX_NOTE, check_note
-from services.runtime.problems import PROBLEM_JSON, Problem
+from services.runtime.problems import Problem
 
 
 def _clean_note(note: str | None) -> str | None:
@@ -24,10 +24,6 @@ def _clean_note(note: str | None) -> str | None:
 
 Note = Annotated[str | None, AfterValidator(_clean_note), Field(description=f"Up to {MAX_NOTE} characters")]
 Factor = Annotated[str | None, StringConstraints(max_length=40)]
-
-
-def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"description": "problem+json (RFC 9457)", "content": {PROBLEM_JSON: {}}} for status in statuses}
 
 
 def _pool(request: Request) -> asyncpg.Pool:

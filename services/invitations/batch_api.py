@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.invitations import batch_handlers
-from services.invitations.api_support import Note, Policies, Pool, Tracing, problems, read_json_body, unprocessable
+from services.invitations.api_support import Note, Policies, Pool, Tracing, read_json_body, unprocessable
 from services.invitations.batch import count_verdicts
 from services.invitations.batch_handlers import BatchNotFound, IdempotencyKeyReused
 from services.invitations.batch_repository import BatchRecord
@@ -24,6 +24,7 @@ from services.invitations.roster import MAX_BYTES, MAX_LINES, Roster, RosterTooL
 from services.invitations.views import BatchView, PreviewView, ResentView, RowsPage, RowView
 from services.runtime.auth import StaffMember
 from services.runtime.middleware import takes_bodies_up_to
+from services.runtime.openapi import problems
 from services.runtime.problems import Problem
 
 router = APIRouter(tags=["rosters"])

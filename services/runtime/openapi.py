@@ -55,6 +55,11 @@ _CORRELATION = {
 }
 
 
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=` for the errors it answers (their ProblemDetails schema is filled in by `complete`)."""
+    return {status: {"description": "problem+json (RFC 9457)", "content": {PROBLEM_JSON: {}}} for status in statuses}
+
+
 def complete(document: dict[str, Any]) -> dict[str, Any]:
     """Add the shared parts to a FastAPI-generated document (in place) and return it."""
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
