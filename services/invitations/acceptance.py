@@ -9,7 +9,7 @@ from enum import StrEnum
 
 from schemas import Envelope
 from services.invitations import identity
-from services.invitations.domain import MAX_FACTOR_ATTEMPTS, Cause, Invite, InviteStatus
+from services.invitations.domain import MAX_FACTOR_ATTEMPTS, Cause, Invite, InviteStatus, email_key
 from services.invitations.events import accepted_event, expired_event
 
 
@@ -83,7 +83,7 @@ def accept(
         return Acceptance(Decision.EXPIRED, expired, changed=True, events=(event,))
     if invite.locked_at is not None:
         return Acceptance(Decision.LOCKED, invite, changed=False)
-    if patient_email.lower() != invite.email_key:
+    if email_key(patient_email) != invite.email_key:
         return Acceptance(Decision.OTHER_EMAIL, invite, changed=False)
     if invite.digests.required:
         checks = _checks(invite, answer, key)

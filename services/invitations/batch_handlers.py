@@ -240,7 +240,7 @@ async def resend_not_on_platform(
         if await batch_repository.find_batch(db, practice_id, batch_id) is None:
             raise BatchNotFound()
         rows = await batch_repository.lock_not_on_platform(db, batch_id)
-        keys = [row["email"].lower() for row in rows]
+        keys = [domain.email_key(row["email"]) for row in rows]
         events = await expire_overdue(db, practice_id, now, cause)
         connected, pending = await repository.known(db, practice_id, keys, now)
         entries, flagged, replaces = _resend_plan(rows, connected, pending)
@@ -273,7 +273,7 @@ def _resend_plan(
     flagged: list[RowChange] = []
     replaces: dict[int, uuid.UUID] = {}
     for row in rows:
-        key, line = row["email"].lower(), row["line_number"]
+        key, line = domain.email_key(row["email"]), row["line_number"]
         other = pending.get(key)
         # A flagged row lets go of its old invite, so that a late outcome of that invite cannot overwrite it.
         if key in connected:

@@ -15,6 +15,12 @@ MAX_FACTOR_ATTEMPTS = 5  # wrong identity answers before an invite locks
 NO_FACTORS = Digests()  # roster invites: the token (and the patient's account email) is the proof
 
 
+def email_key(address: str) -> str:
+    """Who "the same patient" is: the address, its case ignored. Python's str.lower, never PostgreSQL's lower()
+    (under the C locale that one leaves "Ü" as it is), wherever an address is compared or stored as a key."""
+    return address.lower()
+
+
 class InviteStatus(StrEnum):
     PENDING = "pending"
     ACCEPTED = "accepted"
@@ -118,7 +124,7 @@ class Invite:
 
     @property
     def email_key(self) -> str:
-        return self.email.lower()
+        return email_key(self.email)
 
     @property
     def identity_check(self) -> Literal["ssn", "date_of_birth_and_phone"] | None:

@@ -74,7 +74,7 @@ async def create_invite(
     cause: Cause,
 ) -> Invite:
     """One invite with identity factors; refused when the patient is connected or already holds a pending one."""
-    now, key = now_utc(), email.lower()
+    now, key = now_utc(), domain.email_key(email)
     async with transaction(pool) as db:
         await repository.lock_practice(db, practice_id)
         if (await repository.known(db, practice_id, [key], now))[0]:
@@ -103,7 +103,7 @@ async def create_invite(
 
 
 async def access_history(pool: asyncpg.Pool, practice_id: uuid.UUID, email: str) -> list[Invite]:
-    return await repository.history(pool, practice_id, email.lower())
+    return await repository.history(pool, practice_id, domain.email_key(email))
 
 
 async def revoke_invite(

@@ -10,7 +10,7 @@ from typing import TypeAlias
 import asyncpg
 
 from services.invitations.batch import PendingInvite
-from services.invitations.domain import Invite, InviteStatus, Outcome
+from services.invitations.domain import Invite, InviteStatus, Outcome, email_key
 from services.invitations.identity import Digests
 
 SCHEMA = "invitations"
@@ -34,8 +34,7 @@ INSERT INTO invitations.invites
      batch_id, line_number, replaces, ssn_digest, dob_digest, phone_digest)
 VALUES ($1, $2, $3, $15, $4, $5, 'pending', 'queued', $6, $7, $8, $9, $10, $11, $12, $13, $14)
 """
-# Email keys are computed in Python (str.lower), never by PostgreSQL's lower(): under the C locale that one
-# lowercases ASCII only, so "Üser@…" would key differently here than in the roster and the inboxes.
+# Email keys come from domain.email_key, never from PostgreSQL's lower() (see there).
 
 # Only the fields a state change can touch; the rest of an invite never changes after it is created.
 UPDATE_INVITE = """
@@ -262,5 +261,5 @@ async def add_connected(
     connection_ids: list[uuid.UUID],
     connected_at: list[datetime],
 ) -> None:
-    keys = [email.lower() for email in emails]
+    keys = [email_key(email) for email in emails]
     await db.execute(ADD_CONNECTED, practice_ids, patient_ids, emails, keys, connection_ids, connected_at)

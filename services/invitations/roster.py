@@ -10,6 +10,7 @@ from enum import StrEnum
 from email_validator import EmailNotValidError, validate_email
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
+from services.invitations.domain import email_key
 from services.runtime.text import UNSENDABLE, unsendable_character
 
 MAX_NOTE = 500  # characters, after trimming (the events' Note type)
@@ -153,7 +154,7 @@ def _entries(lines: list[str], default_note: str | None, unique: dict[str, Entry
             if problem is not None:
                 yield Entry(number, email, storable(note), Verdict.INVALID, problem)
                 continue
-        key = email.lower()
+        key = email_key(email)
         first = unique.get(key)
         if first is not None:
             reason = f"duplicate of line {first.line_number} (the same address, ignoring case)"
