@@ -103,11 +103,8 @@ async def test_two_processes_in_one_group_send_each_email_once(
 
                 await _until("both processes consume", 60, both_consuming)
                 await notifier.publish(*(patient(email) for email in emails))
-                await _until(
-                    "the directory is complete",
-                    30,
-                    lambda: _count(admin, "SELECT count(*) FROM notifier.patients WHERE email = ANY($1)", INVITES, emails),
-                )
+                invited = "SELECT count(*) FROM notifier.patients WHERE email = ANY($1)"
+                await _until("the directory is complete", 30, lambda: _count(admin, invited, INVITES, emails))
 
                 invites = [invite(clinic.practice_id, email) for email in emails]
                 await notifier.publish(*invites)
