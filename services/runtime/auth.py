@@ -52,7 +52,11 @@ class TokenVerifier:
         self._jwks = None
         if jwks_url:
             trust = ssl.create_default_context(cafile=jwks_ca_file)
-            self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=5, ssl_context=trust)
+            # A token with a kid the cached set lacks refetches the set at most once per cooldown: tokens with
+            # made-up kids must not turn every request into a call to the identity provider.
+            self._jwks = jwt.PyJWKClient(
+                jwks_url, cache_keys=True, lifespan=300, timeout=5, ssl_context=trust, cooldown_duration=30
+            )
 
     def _key(self, token: str) -> Any:
         if self.algorithm == "HS256":

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -127,11 +128,13 @@ def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], 
     """problem+json for every error; `check_access(request)` runs first when a JSON body could not be parsed
     (FastAPI parses it before any dependency), so that a missing token still answers 401, not 422."""
 
-    def access_refused(request: Request) -> Problem | None:
-        """The 401/403/404 the route's access check gives, for a body that could not be read as JSON."""
+    async def access_refused(request: Request) -> Problem | None:
+        """The 401/403/404 the route's access check gives, for a body that could not be read as JSON.
+
+        In a worker thread, as FastAPI runs the check for every other request: it may fetch the key set."""
         if check_access is not None:
             try:
-                check_access(request)
+                await run_in_threadpool(check_access, request)
             except Problem as refused:
                 return refused
         return None
@@ -144,7 +147,8 @@ def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], 
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        if any(error.get("type") == "json_invalid" for error in exc.errors()) and (refused := access_refused(request)):
+        unparsed = any(error.get("type") == "json_invalid" for error in exc.errors())
+        if unparsed and (refused := await access_refused(request)):
             return await on_problem(request, refused)
         errors = field_errors(exc)
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
@@ -155,14 +159,14 @@ def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], 
         if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:
             # A body json.loads refused without a JSONDecodeError (not UTF-8, nested too deep): FastAPI says
             # 400 with no field; the same answer as any other body that is not JSON, access checked first.
-            if refused := access_refused(request):
+            if refused := await access_refused(request):
                 return await on_problem(request, refused)
             message = "the body is not valid JSON (UTF-8 text, nested at most a few hundred levels)"
             errors = [{"field": "body", "rule": "json", "message": message}]
             return problem_response(request, 422, f"The request is not valid: body: {message}", errors=errors)
         if isinstance(exc, BodyTooLarge):
             # Met while FastAPI read the body, before the route's access check: that check first.
-            if refused := access_refused(request):
+            if refused := await access_refused(request):
                 return await on_problem(request, refused)
             # The rest of the body is not read: the connection must close, or its bytes would be read as the next
             # request (and a client waiting for "100 Continue" would never send them, then hang on reuse).

@@ -26,12 +26,15 @@ OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 PRACTICE = uuid.uuid4()
 
 
-def _serve_jwks(tls: ssl.SSLContext | None = None) -> tuple[HTTPServer, str]:
+def _serve_jwks(tls: ssl.SSLContext | None = None, fetches: list[str] | None = None) -> tuple[HTTPServer, str]:
+    """The key set (kid k1) on loopback; each GET is appended to `fetches` when given."""
     public = json.loads(RSAAlgorithm.to_jwk(KEY.public_key()))
     body = json.dumps({"keys": [{**public, "kid": "k1", "use": "sig", "alg": "RS256"}]}).encode()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if fetches is not None:
+                fetches.append(self.path)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -107,6 +110,26 @@ def test_rs256_refusals(jwks_url: str, case: str) -> None:
     with pytest.raises(Problem) as refused:
         verifier.verify(token)
     assert refused.value.status == 401
+
+
+def test_made_up_kids_do_not_make_every_request_fetch_the_key_set() -> None:
+    """A kid the cached set lacks refetches it once (a rotated key), then not again within the cooldown."""
+    fetches: list[str] = []
+    server, url = _serve_jwks(fetches=fetches)
+    try:
+        verifier = TokenVerifier("RS256", "collabkare", "collabkare-api", jwks_url=url)
+        assert verifier.verify(jwt.encode(_claims(), KEY, algorithm="RS256", headers={"kid": "k1"})).subject
+        assert len(fetches) == 1
+        for attempt in range(50):
+            made_up = jwt.encode(_claims(), KEY, algorithm="RS256", headers={"kid": f"made-up-{attempt}"})
+            with pytest.raises(Problem) as refused:
+                verifier.verify(made_up)
+            assert refused.value.status == 401
+        assert len(fetches) <= 2, f"{len(fetches)} fetches of the key set for 50 made-up kids"
+        assert verifier.verify(jwt.encode(_claims(), KEY, algorithm="RS256", headers={"kid": "k1"})).subject
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_key_set_behind_a_private_ca_is_trusted_through_its_ca_file(https_jwks: tuple[str, PrivateCA]) -> None:
