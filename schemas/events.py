@@ -99,6 +99,11 @@ class InviteRequestedPayload(Contract):
         description="What the patient will be asked to confirm when accepting (an individual invite); none for a "
         "roster invite. The values themselves never leave the invitations service.",
     )
+    replaces: uuid.UUID | None = Field(
+        default=None,
+        description="The invite this one replaces (a resend): that one is revoked or expired, and its link no longer "
+        "works; its InviteRevoked names this one in replaced_by.",
+    )
 
 
 class InviteRequested(Envelope):

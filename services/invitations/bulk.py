@@ -111,7 +111,7 @@ def build_records(
             f"{invite_id}\t{practice}\t{address}\t{copy_text(entry.key)}\t{text_note}\t\\\\x{digest}"
             f"{invite_tail}{line}\t{NULL if resends is None else resends}\n"
         )
-        json = payload(event_id, invite_id, email, notes.json(note), token, line)
+        json = payload(event_id, invite_id, email, notes.json(note), token, line, resends)
         events.append((event_id, _REQUESTED_TOPIC, str(invite_id), _REQUESTED, json))
         invite_ids[line] = invite_id
     return Records("".join(rows).encode(), "".join(invites).encode(), events, invite_ids)
@@ -153,14 +153,22 @@ class RequestedJson:
             f'"correlation_id":{enc(context.cause.correlation_id)},"causation_id":{enc(context.cause.causation_id)},'
             '"payload":{"invite_id":"%s","email":%s,"note":%s,'
             f'"accept_url":{url}%s","expires_at":{enc(context.expires_at)},"requested_by":{enc(context.actor)},'
-            f'"batch_id":{enc(context.batch_id)},"line_number":%d,"identity_check":null}}}}'
+            f'"batch_id":{enc(context.batch_id)},"line_number":%d,"identity_check":null,"replaces":%s}}}}'
         )
 
     def __call__(
-        self, event_id: uuid.UUID, invite_id: uuid.UUID, email: str, note_json: str, token: str, line: int
+        self,
+        event_id: uuid.UUID,
+        invite_id: uuid.UUID,
+        email: str,
+        note_json: str,
+        token: str,
+        line: int,
+        replaces: uuid.UUID | None = None,
     ) -> bytes:
         if email.isascii() and email.isprintable() and '"' not in email and "\\" not in email:
             address = f'"{email}"'
         else:
             address = pydantic_core.to_json(email).decode()
-        return (self._format % (event_id, invite_id, address, note_json, token, line)).encode()
+        resends = "null" if replaces is None else f'"{replaces}"'
+        return (self._format % (event_id, invite_id, address, note_json, token, line, resends)).encode()

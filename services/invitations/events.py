@@ -38,6 +38,7 @@ def requested_event(invite: Invite, url: str, cause: Cause) -> InviteRequested:
             batch_id=invite.batch_id,
             line_number=invite.line_number,
             identity_check=invite.identity_check,
+            replaces=invite.replaces,
         ),
     )
 

@@ -58,6 +58,7 @@ class NewDelivery:
     expires_at: datetime | None = None
     reason: str | None = None
     identity_check: str | None = None  # "ssn" or "date_of_birth_and_phone": what accepting will ask for
+    replaces: uuid.UUID | None = None  # the invite this one resends: the email says the earlier link is dead
 
 
 def delivery_for(event: Envelope) -> NewDelivery:
@@ -85,6 +86,7 @@ def delivery_for(event: Envelope) -> NewDelivery:
         expires_at=invite.expires_at if invite else None,
         reason=(event.payload.reason or None) if isinstance(event, ConnectionRejected) else None,
         identity_check=invite.identity_check if invite else None,
+        replaces=invite.replaces if invite else None,
     )
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, formataddr, parseaddr
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import jinja2
 from markupsafe import Markup, escape
@@ -133,6 +134,18 @@ class Variant:
     html: Compiled
 
 
+class Shape(NamedTuple):
+    """What the templates branch on (never the values): a template is rendered once per shape."""
+
+    kind: str
+    locale: Locale
+    has_name: bool
+    has_note: bool
+    has_reason: bool
+    identity_check: str | None  # "ssn" or "date_of_birth_and_phone": what accepting will ask for
+    resend: bool  # the invite replaces an earlier one, whose link no longer works
+
+
 class Renderer:
     """Turns a claimed delivery into the exact bytes handed to the SMTP server. No I/O until first use."""
 
@@ -144,21 +157,16 @@ class Renderer:
         self._from = address_header("From", display_name, address)
         self._templates = templates
         self._environment: jinja2.Environment | None = None
-        self._variants: dict[tuple[str, str, bool, bool, bool, str | None], Variant] = {}
+        self._variants: dict[Shape, Variant] = {}
         self._date: tuple[int, bytes] = (0, b"")
 
-    def _variant(
-        self, kind: str, locale: Locale, has_name: bool, has_note: bool, has_reason: bool, identity_check: str | None
-    ) -> Variant:
-        key = (kind, locale, has_name, has_note, has_reason, identity_check)
-        variant = self._variants.get(key)
+    def _variant(self, shape: Shape) -> Variant:
+        variant = self._variants.get(shape)
         if variant is None:
-            variant = self._variants[key] = self._compile(*key)
+            variant = self._variants[shape] = self._compile(shape)
         return variant
 
-    def _compile(
-        self, kind: str, locale: str, has_name: bool, has_note: bool, has_reason: bool, identity_check: str | None
-    ) -> Variant:
+    def _compile(self, shape: Shape) -> Variant:
         if self._environment is None:
             self._environment = jinja2.Environment(
                 loader=jinja2.FileSystemLoader(self._templates),
@@ -169,12 +177,11 @@ class Renderer:
             )
         # Placeholders are Markup so that autoescaping leaves them intact; values are escaped when filled.
         context: dict[str, object] = {name: Markup(f"\x00{i}\x00") for i, name in enumerate(FIELDS)}  # noqa: S704
-        context.update(
-            locale=locale, has_name=has_name, has_note=has_note, has_reason=has_reason, identity_check=identity_check
-        )
+        context.update(shape._asdict())
 
         def render(part: str) -> str:
-            return self._environment.get_template(f"{locale}/{kind}.{part}.j2").render(context)  # type: ignore[union-attr]
+            template = f"{shape.locale}/{shape.kind}.{part}.j2"
+            return self._environment.get_template(template).render(context)  # type: ignore[union-attr]
 
         text = render("txt").strip("\n") + "\n"
         html = render("html").strip("\n") + "\n"
@@ -201,8 +208,10 @@ class Renderer:
             format_moment(delivery.expires_at, locale) if delivery.expires_at else "",
             _paragraph(delivery.reason),
         )
+        has_name, has_note, has_reason = bool(raw[1]), bool(raw[2]), bool(raw[5])
+        resend = delivery.replaces is not None
         variant = self._variant(
-            delivery.kind, locale, bool(raw[1]), bool(raw[2]), bool(raw[5]), delivery.identity_check
+            Shape(delivery.kind, locale, has_name, has_note, has_reason, delivery.identity_check, resend)
         )
         text_values = [value.replace("\n", _CRLF) for value in raw]
         html_values = [_html_value(value) for value in raw]

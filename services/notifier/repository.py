@@ -78,26 +78,27 @@ async def insert_deliveries(db: asyncpg.Connection, deliveries: Sequence[NewDeli
         for name in (
             "id", "source_event_id", "source_event_type", "kind", "recipient", "practice_id", "correlation_id",
             "invite_id", "batch_id", "line_number", "note", "accept_url", "expires_at", "reason", "identity_check",
+            "replaces",
         )
     ]  # fmt: skip
     result = await db.execute(
         """
         INSERT INTO notifier.deliveries (
             id, source_event_id, source_event_type, kind, recipient, practice_id, correlation_id,
-            invite_id, batch_id, line_number, note, accept_url, expires_at, reason, identity_check, message_id,
-            recipient_key, not_before)
+            invite_id, batch_id, line_number, note, accept_url, expires_at, reason, identity_check, replaces,
+            message_id, recipient_key, not_before)
         SELECT n.id, n.source_event_id, n.source_event_type, n.kind, n.recipient, n.practice_id, n.correlation_id,
                n.invite_id, n.batch_id, n.line_number, n.note, n.accept_url, n.expires_at, n.reason,
-               n.identity_check, n.message_id, n.recipient_key,
+               n.identity_check, n.replaces, n.message_id, n.recipient_key,
                CASE WHEN EXISTS (SELECT 1 FROM notifier.patients p WHERE p.email = n.recipient_key)
                      AND EXISTS (SELECT 1 FROM notifier.practices r WHERE r.practice_id = n.practice_id)
-                    THEN now() ELSE now() + make_interval(secs => $18) END
+                    THEN now() ELSE now() + make_interval(secs => $19) END
         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[],
                     $8::uuid[], $9::uuid[], $10::int[], $11::text[], $12::text[], $13::timestamptz[], $14::text[],
-                    $15::text[], $16::text[], $17::text[])
+                    $15::text[], $16::uuid[], $17::text[], $18::text[])
              AS n(id, source_event_id, source_event_type, kind, recipient, practice_id, correlation_id,
                   invite_id, batch_id, line_number, note, accept_url, expires_at, reason, identity_check,
-                  message_id, recipient_key)
+                  replaces, message_id, recipient_key)
         ON CONFLICT (id) DO NOTHING
         """,
         *columns,
@@ -156,6 +157,7 @@ def _claimed(row: asyncpg.Record) -> Claimed:
         expires_at=row["expires_at"],
         reason=row["reason"],
         identity_check=row["identity_check"],
+        replaces=row["replaces"],
     )
     return Claimed(
         delivery=delivery,

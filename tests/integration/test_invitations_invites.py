@@ -236,6 +236,8 @@ async def test_resend_revokes_and_sends_a_new_token_and_history_keeps_everything
     requested = await service.requested(practice)
     urls = {requested[i]["payload"]["accept_url"] for i in (first["id"], second["id"], third["id"])}
     assert len(urls) == 3, "every invite has its own token"
+    replaces = [requested[i]["payload"]["replaces"] for i in (first["id"], second["id"], third["id"])]
+    assert replaces == [None, None, second["id"]], "a resend names the invite whose link it kills"
     revocations = {
         e["payload"]["invite_id"]: e["payload"]["replaced_by"] for e in await service.events(practice, "InviteRevoked")
     }

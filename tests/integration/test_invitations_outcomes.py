@@ -220,6 +220,7 @@ async def test_resending_not_on_platform_rows(service: Service) -> None:
     again = await service.requested(practice)
     resent = again[str(new_ann)]["payload"]
     assert (resent["email"], resent["note"], resent["line_number"]) == ("ann@example.com", "Hi Ann", 1)
+    assert resent["replaces"] == str(old_ann), "the email can say that the earlier link no longer works"
     assert resent["accept_url"] != first["ann@example.com"]["payload"]["accept_url"]
     nothing = await service.http.post(f"{base}/resend-not-on-platform", headers=staff(practice))
     assert nothing.json()["resent"] == 0, "rows already back in the queue are not sent twice"

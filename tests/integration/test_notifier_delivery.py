@@ -209,7 +209,8 @@ async def test_a_revoked_invite_is_not_emailed_and_a_resend_sends_one_email(
     directory's grace period, a backlog) went out revoked, and a resend sent two."""
     alone, resent = unique_email("revoked"), unique_email("resent")
     first = invite(clinic, alone, None)
-    old, new = invite(clinic, resent, "v1"), invite(clinic, resent, "v2")
+    old = invite(clinic, resent, "v1")
+    new = invite(clinic, resent, "v2", replaces=old.payload.invite_id)
     # Both recipients register within the grace period their first invite waits out: only revocations stop them.
     await notifier.publish(first, revoked(first), old, revoked(old, new.payload.invite_id), new)
     await notifier.publish(patient(alone, "en"), patient(resent, "en"))
@@ -225,7 +226,10 @@ async def test_a_revoked_invite_is_not_emailed_and_a_resend_sends_one_email(
         str(first.payload.invite_id),
         str(old.payload.invite_id),
     }
-    assert [m["To"] for m in notifier.caught(new.event_id)] == [resent]
+    [email] = notifier.caught(new.event_id)
+    assert email["To"] == resent
+    plain = email.get_body(("plain",))
+    assert plain is not None and "that invitation's link no longer works: use this one." in plain.get_content()
 
 
 async def test_an_invite_revoked_while_its_email_is_being_sent_is_not_sent_on_a_later_attempt(

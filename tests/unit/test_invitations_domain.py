@@ -318,9 +318,16 @@ _text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=3
     st.sampled_from(["https://app.collabkare.example", "http://127.0.0.1:8080", 'https://x.example/a"%s\\']),
     _text.filter(lambda t: len(t) > 0),
     st.none() | _text.filter(lambda t: len(t) > 0),
+    st.none() | st.uuids(),
 )
 def test_bulk_event_json_is_exactly_what_the_model_writes(
-    email: str, note: str | None, line: int, base_url: str, correlation: str, causation: str | None
+    email: str,
+    note: str | None,
+    line: int,
+    base_url: str,
+    correlation: str,
+    causation: str | None,
+    replaces: uuid.UUID | None,
 ) -> None:
     email = check_email(email)[0] or ""  # the bulk path gets addresses the parser normalised
     assume(email)
@@ -344,12 +351,12 @@ def test_bulk_event_json_is_exactly_what_the_model_writes(
             "requested_by": actor,
             "batch_id": context.batch_id,
             "line_number": line,
+            "replaces": replaces,
         },
     )
     note_json = pydantic_core.to_json(note).decode()
-    assert (
-        RequestedJson(context)(event_id, invite_id, email, note_json, token, line) == model.model_dump_json().encode()
-    )
+    written = RequestedJson(context)(event_id, invite_id, email, note_json, token, line, replaces)
+    assert written == model.model_dump_json().encode()
 
 
 def _unescape(field: str) -> str | None:

@@ -198,6 +198,22 @@ def test_an_individual_invite_says_what_accepting_will_ask_for(
     assert "Social" not in roster_plain and "confirm" not in roster_plain and "confirme" not in roster_plain
 
 
+@pytest.mark.parametrize(
+    ("locale", "sentence"),
+    [
+        ("en", "invited you before, that invitation's link no longer works: use this one."),
+        ("es", "ya le había invitado antes, el enlace de esa invitación ya no funciona: use este."),
+    ],
+)
+def test_a_resent_invite_says_the_earlier_link_no_longer_works(locale: Locale, sentence: str) -> None:
+    """A patient holding two invitation emails must know which link works (revoke and resend, or a re-sent row)."""
+    plain, html = _bodies(_parse(RENDERER.render(_claimed(locale=locale, replaces=uuid.uuid4()))))
+    assert sentence in plain and sentence in html
+    assert "Riverside Family Practice " + ("invited" if locale == "en" else "ya") in plain
+    first_plain, first_html = _bodies(_parse(RENDERER.render(_claimed(locale=locale))))
+    assert "no longer works" not in first_plain + first_html and "ya no funciona" not in first_plain + first_html
+
+
 def test_names_from_events_lose_their_controls_and_direction_overrides() -> None:
     """The APIs refuse these in free text; a practice or patient name arrives by event, unchecked by them."""
     claimed = _claimed(practice_name="Clinic\u202e evil\u0085", patient_name="Ana\u2066 Lee", note="one\u2028two")
