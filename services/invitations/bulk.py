@@ -164,7 +164,7 @@ class RequestedJson:
         note_json: str,
         token: str,
         line: int,
-        replaces: uuid.UUID | None = None,
+        replaces: uuid.UUID | None,
     ) -> bytes:
         if email.isascii() and email.isprintable() and '"' not in email and "\\" not in email:
             address = f'"{email}"'
