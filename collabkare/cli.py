@@ -34,11 +34,21 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kafka() -> tuple[str, str]:
+    """The broker and topic prefix, both from the environment or both from the running stack: a prefix exported
+    in this shell must not send a seed to topics the local stack's services do not read."""
+    if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return bootstrap, os.environ.get("KAFKA_TOPIC_PREFIX", "")
+    stack = read_stack_env()
+    if not stack.get("KAFKA_BOOTSTRAP_SERVERS"):
+        raise StackError("KAFKA_BOOTSTRAP_SERVERS is not set and no local stack is running (start one with `make up`)")
+    return stack["KAFKA_BOOTSTRAP_SERVERS"], stack.get("KAFKA_TOPIC_PREFIX", "")
+
+
 def cmd_seed(args: argparse.Namespace) -> int:
     from collabkare.seeding import publish_patient, publish_practice
 
-    bootstrap = _setting("KAFKA_BOOTSTRAP_SERVERS")
-    prefix = os.environ.get("KAFKA_TOPIC_PREFIX") or read_stack_env().get("KAFKA_TOPIC_PREFIX", "")
+    bootstrap, prefix = _kafka()
     if args.kind == "practice":
         asyncio.run(publish_practice(bootstrap, prefix, args.id, args.name))
         print(f"PracticeRegistered {args.id} ({args.name})")
@@ -46,7 +56,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
         patient_id = asyncio.run(
             publish_patient(bootstrap, prefix, args.email, locale=args.locale, patient_id=args.id, name=args.name)
         )
-        print(f"PatientRegistered {patient_id}  (the patient id: `collabkare token patient --patient {patient_id}`)")
+        token = f"collabkare token patient --patient {patient_id} --email {args.email}"
+        print(f"PatientRegistered {patient_id}  (the patient id; a token for them: `{token}`)")
     return 0
 
 
@@ -54,7 +65,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from collabkare.services import MIGRATION_PLANS
     from services.runtime.migrations import migrate
 
-    url = os.environ.get("MIGRATION_DATABASE_URL") or _setting("DATABASE_URL")
+    url = (
+        os.environ.get("MIGRATION_DATABASE_URL")
+        or os.environ.get("DATABASE_URL")
+        or read_stack_env().get("MIGRATION_DATABASE_URL")
+    )
+    if not url:
+        raise StackError(
+            "MIGRATION_DATABASE_URL (or DATABASE_URL) is not set and no local stack is running: set it to a role "
+            "that may create the service's schema and role"
+        )
     password = os.environ.get(f"{args.service.upper()}_DB_PASSWORD")
     applied = asyncio.run(migrate(url, MIGRATION_PLANS[args.service], role_password=password))
     print(f"{args.service}: " + (", ".join(applied) if applied else "up to date"))

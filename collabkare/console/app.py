@@ -40,9 +40,11 @@ class ConsoleConfig:
             if not value.startswith(("http://", "https://")):
                 raise ConsoleConfigError(f"{name}={value!r}: expected the service's http(s) base URL")
             urls[name] = value
-        hosts = tuple(name.strip() for name in env.get("CONSOLE_HOSTS", "").split(",") if name.strip())
+        # More names, never fewer: the loopback names stay (the local stack's own health check uses 127.0.0.1).
+        more = [name.strip() for name in env.get("CONSOLE_HOSTS", "").split(",") if name.strip()]
+        hosts = tuple(dict.fromkeys([*cls.hosts, *more]))
         token = env.get("CONSOLE_STAFF_TOKEN") or None
-        return cls(urls["CONNECTIONS_URL"], urls["INVITATIONS_URL"], token, *([hosts] if hosts else []))
+        return cls(urls["CONNECTIONS_URL"], urls["INVITATIONS_URL"], token, hosts)
 
     def security_headers(self) -> dict[str, str]:
         # The page may only talk to itself and the two APIs; no inline script, no framing.

@@ -27,8 +27,10 @@ def console_url(port: int) -> str:
 
 
 def cors_origins(port: int) -> str:
-    """CORS_ORIGINS for the services: the console's origin, as printed or typed as localhost, and nothing else."""
-    return json.dumps([console_url(port), f"http://localhost:{port}"])
+    """CORS_ORIGINS for the services: the console's origin, as printed, typed as localhost or under one of the
+    names in CONSOLE_HOSTS (the console answers to those too), and nothing else."""
+    names = [HOST, "localhost", *(name.strip() for name in os.environ.get("CONSOLE_HOSTS", "").split(","))]
+    return json.dumps([f"http://{name}:{port}" for name in dict.fromkeys(names) if name])
 
 
 def start_console(supervisor: Supervisor, port: int, urls: dict[str, str], staff_token: str) -> str:

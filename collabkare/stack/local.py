@@ -43,6 +43,7 @@ class RunningStack:
     jwt_secret: str
     topic_prefix: str
     public_base_url: str
+    database_url: str  # the stack's database, as an administrator (the services each have their own role)
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)
     console_url: str | None = None
 
@@ -92,6 +93,7 @@ def local_stack(
             jwt_secret=jwt_secret,
             topic_prefix=topic_prefix,
             public_base_url=public_base_url,
+            database_url=database_url,
         )
         for service in SERVICES:
             env = {
@@ -122,6 +124,7 @@ def local_stack(
                 "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
                 "KAFKA_TOPIC_PREFIX": topic_prefix,
                 "JWT_SECRET": jwt_secret,
+                "MIGRATION_DATABASE_URL": database_url,
                 **{f"{name.upper()}_URL": url for name, url in stack.urls.items()},
             },
         )
@@ -211,10 +214,10 @@ def banner(stack: RunningStack, token: str) -> str:
     if stack.console_url:
         lines += [f"  staff console  {stack.console_url}/   (open in a browser; uses the staff token below)", ""]
     for name, url in stack.urls.items():
-        lines.append(f"  {name:<12} {url}   (OpenAPI UI: {url}/docs)")
+        lines.append(f"  {name:<12} {url}   (OpenAPI: {url}/openapi.json)")
     lines += [
         "",
-        f"  PostgreSQL   {infra.database_url}",
+        f"  PostgreSQL   {stack.database_url}",
         f"  Kafka        {infra.kafka_bootstrap}",
         f"  SMTP         {infra.smtp_host}:{infra.smtp_port}"
         + (f"   caught mail: {infra.mailbox} (mbox)" if infra.mailbox else ""),

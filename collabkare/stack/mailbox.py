@@ -140,7 +140,20 @@ def main(argv: list[str] | None = None) -> None:
     messages = read_caught(path)
     for message in messages:
         print(f"{message['X-Caught-At']}  to {message['To']!s:<32}  {message['Subject']}")
+        if token := accept_token(message):
+            print(f"    invite token: {token}")
     print(f"{len(messages)} message(s) in {path}")
+
+
+_ACCEPT_TOKEN = re.compile(r"/invites/accept\?token=([A-Za-z0-9_-]+)")
+
+
+def accept_token(message: EmailMessage) -> str | None:
+    """The token of an invite's accept link, decoded from the text part (the raw file holds it quoted-printable,
+    with `=3D` for `=` and soft line breaks): what `POST /v1/invites/accept` takes."""
+    body = message.get_body(("plain",))
+    found = _ACCEPT_TOKEN.search(body.get_content()) if isinstance(body, EmailMessage) else None
+    return found.group(1) if found else None
 
 
 if __name__ == "__main__":

@@ -95,8 +95,9 @@ class EmbeddedPostgres(ManagedServer):
         except (OSError, ValueError, IndexError):
             return
         raise StackError(
-            f"{self.data_dir} is in use by PostgreSQL pid {pid} (left over from an earlier run?): "
-            f"stop it (kill {pid}) or delete the directory"
+            f"{self.data_dir} is in use by PostgreSQL pid {pid}: another stack (`make up`, `make demo`) may be "
+            f"running from this directory; give this one its own with COLLABKARE_STACK_DIR (and other ports). "
+            f"If none is, it was left over from an earlier run: stop it (kill {pid})"
         )
 
     def _initdb(self, bin_dir: Path) -> None:

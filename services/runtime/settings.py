@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, Self, TypeVar
 
-from pydantic import AfterValidator, Field, FilePath, PostgresDsn, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    FilePath,
+    PostgresDsn,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.runtime.kafka import KafkaSecurity
 
@@ -26,6 +36,21 @@ def _holds_certificates(path: Path) -> Path:
 
 # A private CA (a hospital's own relay or identity provider): PEM certificates, trusted instead of the system's.
 CaFile = Annotated[FilePath, AfterValidator(_holds_certificates)]
+
+
+def _origin_list(value: object) -> object:
+    """A JSON list (`["https://a.example"]`) or, as most tools write it, comma-separated origins."""
+    if not isinstance(value, str):
+        return value
+    if value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"expected a JSON list of origins or comma-separated origins ({error})") from None
+    return [origin.strip() for origin in value.split(",") if origin.strip()]
+
+
+Origins = Annotated[list[str], NoDecode, BeforeValidator(_origin_list)]
 
 
 class RuntimeSettings(BaseSettings):
@@ -66,7 +91,7 @@ class RuntimeSettings(BaseSettings):
     )
     jwt_issuer: str = "collabkare"
     jwt_audience: str = "collabkare-api"
-    cors_origins: list[str] = Field(default_factory=list)
+    cors_origins: Origins = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _keys_match_algorithm(self) -> Self:

@@ -6,6 +6,8 @@ import mailbox as stdlib_mailbox
 import shutil
 import tempfile
 import threading
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from collabkare.stack import mailbox
+from services.notifier.domain import Claimed, NewDelivery, delivery_id_for
+from services.notifier.messages import Renderer
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
 
@@ -78,6 +82,36 @@ def test_the_command_lists_what_was_caught(tmp_path: Path, capsys: pytest.Captur
     assert lines[0].split() == [lines[0].split()[0], "to", "b@example.com", "hi"]
     assert lines[0].split()[0].endswith("Z")  # X-Caught-At
     assert lines[1] == f"1 message(s) in {tmp_path / 'mail.mbox'}"
+
+
+def test_the_command_prints_an_invites_token_decoded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The raw file holds the link quoted-printable (`=3D`, soft line breaks): copied from there, it is wrong."""
+    token = "LOiV_n7oR5KPQopmszTUzMfRHuJWRf-" * 3
+    event_id = uuid.uuid4()
+    delivery = NewDelivery(
+        id=delivery_id_for(event_id),
+        source_event_id=event_id,
+        source_event_type="InviteRequested",
+        kind="invite",
+        recipient="pat@example.com",
+        practice_id=uuid.uuid4(),
+        correlation_id="c",
+        invite_id=uuid.uuid4(),
+        accept_url=f"http://127.0.0.1:8080/invites/accept?token={token}",
+        expires_at=datetime(2026, 12, 1, tzinfo=UTC),
+    )
+    raw = Renderer("CollabKare <no-reply@collabkare.example>").render(
+        Claimed(delivery, 1, True, "en", None, "Riverside", None)
+    )
+    assert token.encode() not in raw, "the premise: the raw message does not hold the token as it is"
+    spool = mailbox.Spool(tmp_path / "mail.mbox")
+    spool.append("no-reply@collabkare.example", ["pat@example.com"], raw)
+    spool.append("a@example.com", ["b@example.com"], MESSAGE)
+    spool.close()
+    mailbox.main([str(tmp_path / "mail.mbox")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == f"    invite token: {token}"
+    assert len(lines) == 4, "no token line for a message without an accept link"
 
 
 def test_a_cr_in_the_envelope_cannot_merge_two_records(tmp_path: Path) -> None:

@@ -57,6 +57,20 @@ def test_malformed_values_say_what_is_expected() -> None:
     assert any(line.startswith("configuration error: DATABASE_URL: ") for line in lines)
 
 
+def test_cors_origins_take_a_json_list_or_commas_and_a_bad_list_is_one_line() -> None:
+    def origins(value: str) -> list[str]:
+        return RuntimeSettings.model_validate(
+            {name.lower(): v for name, v in GOOD.items()} | {"cors_origins": value}
+        ).cors_origins
+
+    assert origins('["https://a.example", "https://b.example"]') == ["https://a.example", "https://b.example"]
+    assert origins("https://a.example, https://b.example") == ["https://a.example", "https://b.example"]
+    assert origins("https://a.example") == ["https://a.example"]
+    result = _start({**GOOD, "CORS_ORIGINS": '["https://a.example"'})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("configuration error: CORS_ORIGINS: expected a JSON list"), result.stderr
+
+
 def test_short_jwt_secret_is_refused() -> None:
     result = _start({**GOOD, "JWT_SECRET": "short"})
     assert result.returncode == 2
