@@ -76,8 +76,11 @@ async def _wait_for_directory(notifier_database_url: str, timeout: float) -> Non
 
 @pytest.fixture(scope="package")
 def browser_context(console_stack: ConsoleStack, chromium: Path) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # expect() waits 5 s by default, not the page's default timeout: an API round trip through a loaded
+    # machine's stack (a preview, an approve, a revoke) can take longer. Results waits keep their own timeout.
+    expect.set_options(timeout=15_000)
     with tempfile.TemporaryDirectory(prefix="console-chromium-") as profile, sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             profile,

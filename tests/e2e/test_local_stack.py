@@ -12,11 +12,15 @@ import uuid
 from pathlib import Path
 
 import psutil
+import pytest
 
 from collabkare.stack.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "collabkare.cli"]
+# The whole stack from cold, as processes: the waits below (a 240 s demo, 180 s to the banner) must not be cut
+# short by pytest's 120 s default, which a loaded 2-core machine can reach (55 s here under two busy loops).
+pytestmark = pytest.mark.timeout(360)
 
 
 def _environment(workdir: Path) -> tuple[dict[str, str], dict[str, int]]:

@@ -185,9 +185,11 @@ def _status(process: psutil.Process) -> str:
 
 
 CHILD_PROGRAM = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 from collabkare.stack.processes import Supervisor
+# As from a terminal: under nohup (SIGHUP ignored, inherited) the supervisor rightly leaves SIGHUP alone.
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 try:
     with Supervisor(Path(sys.argv[1])) as supervisor:
         supervisor.start("sleeper", ["sleep", "60"])
