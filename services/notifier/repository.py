@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Callable, Sequence
 
@@ -19,6 +18,7 @@ from services.notifier.domain import (
     directory_key,
     message_id_for,
 )
+from services.runtime import database
 
 SCHEMA = "notifier"
 CHANNEL = "notifier_deliveries"  # NOTIFY'd by a statement trigger when deliveries are queued
@@ -27,17 +27,11 @@ OPEN = ("pending", "sending")
 
 async def listen(pool: asyncpg.Pool, callback: Callable[..., object]) -> asyncpg.Connection:
     """A pooled connection kept LISTENing on CHANNEL (released by `unlisten`)."""
-    connection: asyncpg.Connection = await pool.acquire()
-    await connection.add_listener(CHANNEL, callback)
-    return connection
+    return await database.listen(pool, CHANNEL, callback)
 
 
 async def unlisten(pool: asyncpg.Pool, connection: asyncpg.Connection | None, callback: Callable[..., object]) -> None:
-    if connection is not None:
-        with contextlib.suppress(Exception):
-            await connection.remove_listener(CHANNEL, callback)
-        with contextlib.suppress(Exception):
-            await pool.release(connection, timeout=2)
+    await database.unlisten(pool, connection, CHANNEL, callback)
 
 
 async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry]) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -50,3 +51,26 @@ async def database_reachable(pool: asyncpg.Pool | None, timeout: float = 2.0) ->
             return await connection.fetchval("SELECT 1") == 1
     except Exception:
         return False
+
+
+async def listen(pool: asyncpg.Pool, channel: str, callback: Callable[..., object]) -> asyncpg.Connection:
+    """A pooled connection kept LISTENing on `channel` until `unlisten`. Given back to the pool if LISTEN fails or
+    is cancelled (a service stopped just after it started): a connection lost there held pool.close() for 10 s."""
+    connection: asyncpg.Connection = await pool.acquire()
+    try:
+        await connection.add_listener(channel, callback)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await pool.release(connection, timeout=2)
+        raise
+    return connection
+
+
+async def unlisten(
+    pool: asyncpg.Pool, connection: asyncpg.Connection | None, channel: str, callback: Callable[..., object]
+) -> None:
+    if connection is not None:
+        with contextlib.suppress(Exception):
+            await connection.remove_listener(channel, callback)
+        with contextlib.suppress(Exception):
+            await pool.release(connection, timeout=2)

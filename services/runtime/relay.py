@@ -13,6 +13,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from murmurhash2 import murmurhash2
 
+from services.runtime.database import listen, unlisten
 from services.runtime.kafka import KafkaSecurity
 from services.runtime.logging import get_logger
 from services.runtime.metrics import Metrics
@@ -180,15 +181,10 @@ class OutboxRelay:
         self._wake.clear()
 
     async def _listen(self) -> asyncpg.Connection:
-        connection: asyncpg.Connection = await self._pool.acquire()
-        await connection.add_listener(outbox_channel(self._schema), self._on_notify)
-        return connection
+        return await listen(self._pool, outbox_channel(self._schema), self._on_notify)
 
     async def _unlisten(self, connection: asyncpg.Connection) -> None:
-        with contextlib.suppress(Exception):
-            await connection.remove_listener(outbox_channel(self._schema), self._on_notify)
-        with contextlib.suppress(Exception):
-            await self._pool.release(connection, timeout=2)
+        await unlisten(self._pool, connection, outbox_channel(self._schema), self._on_notify)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

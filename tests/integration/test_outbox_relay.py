@@ -161,3 +161,24 @@ async def test_outbox_pending_gauge_shows_the_lag_while_the_broker_is_away(
         finally:
             await relay.stop()
     await pool.close()
+
+
+async def test_a_relay_stopped_as_it_starts_gives_its_connection_back(
+    database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """A relay cancelled while its LISTEN was on the wire kept that connection: pool.close() then waited out its
+    10 s bound at every stop of a service that had just started (found as slow test teardowns)."""
+    pool = await create_pool(database.url_for(SCHEMA), SCHEMA, 1, 4)
+    try:
+        for delay in [0.0, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.008, 0.012, 0.02, 0.05] * 3:
+            relay = _relay(pool, database.infra.kafka_bootstrap, topic_prefix)
+            try:
+                async with asyncio.timeout(15):  # a pool emptied by lost connections blocks the next LISTEN
+                    await relay.start()
+                    await asyncio.sleep(delay)
+                    await relay.stop()
+            except TimeoutError:
+                pytest.fail(f"the relay could not start and stop within 15 s (stopped at {delay} s)")
+            assert pool.get_idle_size() == pool.get_size(), f"a connection still out after a stop at {delay} s"
+    finally:
+        pool.terminate()  # close() would wait forever for a connection that was never given back
