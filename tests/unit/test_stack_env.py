@@ -27,3 +27,16 @@ def test_the_cli_reads_the_stack_named_by_collabkare_stack_dir(tmp_path: Path, m
     assert read_stack_env() == {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1234"}
     monkeypatch.delenv("COLLABKARE_STACK_DIR")
     assert default_workdir().parts[-2:] == ("var", "stack")
+
+
+def test_seeds_take_broker_and_prefix_from_one_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefix exported in the shell sent `collabkare seed` to topics the running stack's services do not read."""
+    from collabkare.cli import _kafka
+
+    monkeypatch.setenv("COLLABKARE_STACK_DIR", str(tmp_path))
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("KAFKA_TOPIC_PREFIX", "alice.")
+    write_stack_env(tmp_path, {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1234", "KAFKA_TOPIC_PREFIX": ""})
+    assert _kafka() == ("127.0.0.1:1234", "")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.internal:9092")
+    assert _kafka() == ("kafka.internal:9092", "alice."), "an external broker goes with the shell's prefix"
