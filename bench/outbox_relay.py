@@ -2,7 +2,7 @@
 
 `python -m bench.outbox_relay [--count N] [--batch-size B] [--profile]` starts its own PostgreSQL and broker,
 stages N InviteRequested-sized rows in an outbox with COPY (as a roster submit does), then times one
-`OutboxRelay` from start until the outbox is empty. DESIGN.md measured 30-40k events/s for a bare relay on
+`OutboxRelay` from start until the outbox is empty. The design measured 30-40k events/s for a bare relay on
 this machine; the relay is on the path of every roster row twice (InviteRequested, DeliveryOutcome).
 Prints the figures and writes var/bench/outbox_relay.json.
 """
@@ -93,7 +93,7 @@ async def run(count: int, batch_size: int, profile: bool, workdir: Path) -> dict
             "relay (this process)": round(relay_cpu, 2),
             **{name: round(cpu_after.get(name, 0) - before, 2) for name, before in cpu_before.items()},
         },
-        "design_reference_events_per_second": "30,000-40,000 (DESIGN.md, a bare relay)",
+        "design_reference_events_per_second": "30,000-40,000 (the design's measurement of a bare relay)",
         "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = ", ".join(f"{name} {seconds}s" for name, seconds in result["cpu_seconds"].items())
     print(
         f"outbox relay: {result['count']} events in batches of {result['batch_size']}: {result['seconds']} s, "
-        f"{result['events_per_second']} events/s (DESIGN.md: 30-40k for a bare relay); "
+        f"{result['events_per_second']} events/s (the design: 30-40k for a bare relay); "
         f"left in the outbox: {result['left_in_outbox']}\n  CPU: {cpu}"
     )
     save(RESULT, result)
