@@ -18,6 +18,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+
+
+def host_names(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The names the console answers to: the loopback names, and those CONSOLE_HOSTS adds (comma-separated).
+
+    More names, never fewer: the local stack's own health check uses 127.0.0.1."""
+    added = (name.strip() for name in env.get("CONSOLE_HOSTS", "").split(","))
+    return tuple(dict.fromkeys([*LOOPBACK_NAMES, *(name for name in added if name)]))
+
+
 class ConsoleConfigError(ValueError):
     """A missing or malformed setting, named in one line."""
 
@@ -30,7 +41,7 @@ class ConsoleConfig:
     staff_token: str | None = None
     # The names this server answers to: any other Host is refused, so a page on a rebound DNS name cannot read
     # /config.json (and its token) from a browser on this machine.
-    hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    hosts: tuple[str, ...] = LOOPBACK_NAMES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ConsoleConfig:
@@ -40,11 +51,8 @@ class ConsoleConfig:
             if not value.startswith(("http://", "https://")):
                 raise ConsoleConfigError(f"{name}={value!r}: expected the service's http(s) base URL")
             urls[name] = value
-        # More names, never fewer: the loopback names stay (the local stack's own health check uses 127.0.0.1).
-        more = [name.strip() for name in env.get("CONSOLE_HOSTS", "").split(",") if name.strip()]
-        hosts = tuple(dict.fromkeys([*cls.hosts, *more]))
         token = env.get("CONSOLE_STAFF_TOKEN") or None
-        return cls(urls["CONNECTIONS_URL"], urls["INVITATIONS_URL"], token, hosts)
+        return cls(urls["CONNECTIONS_URL"], urls["INVITATIONS_URL"], token, host_names(env))
 
     def security_headers(self) -> dict[str, str]:
         # The page may only talk to itself and the two APIs; no inline script, no framing.

@@ -7,6 +7,7 @@ import os
 import sys
 import urllib.request
 
+from collabkare.console.app import host_names
 from collabkare.stack.errors import StackError
 from collabkare.stack.ports import HOST
 from collabkare.stack.processes import Supervisor
@@ -29,8 +30,7 @@ def console_url(port: int) -> str:
 def cors_origins(port: int) -> str:
     """CORS_ORIGINS for the services: the console's origin, as printed, typed as localhost or under one of the
     names in CONSOLE_HOSTS (the console answers to those too), and nothing else."""
-    names = [HOST, "localhost", *(name.strip() for name in os.environ.get("CONSOLE_HOSTS", "").split(","))]
-    return json.dumps([f"http://{name}:{port}" for name in dict.fromkeys(names) if name])
+    return json.dumps([f"http://{name}:{port}" for name in host_names(os.environ)])
 
 
 def start_console(supervisor: Supervisor, port: int, urls: dict[str, str], staff_token: str) -> str:
