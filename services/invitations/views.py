@@ -19,7 +19,14 @@ class InviteView(BaseModel):
     email: str
     note: str | None
     status: InviteStatus
-    delivery: Outcome = Field(description="queued until the notifier reports sent, not_on_platform or error")
+    delivery: Outcome = Field(
+        description=(
+            "The email's fate: queued until the notifier reports sent, not_on_platform (no CollabKare account "
+            "has this email, so nothing was delivered) or error. The invite's status is separate: it stays "
+            "pending until accepted, revoked or expired, so resend it (or invite the email again) once the "
+            "patient has registered."
+        )
+    )
     delivery_reason: str | None
     delivered_at: datetime | None = Field(description="When the SMTP server accepted the email (delivery `sent` only)")
     identity_factors: list[str] = Field(description="What acceptance checks: ssn, and/or date_of_birth and phone")
