@@ -7,7 +7,7 @@ from typing import Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from services.runtime.settings import CaFile, RuntimeSettings
+from services.runtime.settings import CaFile, RuntimeSettings, is_loopback
 
 
 class NotifierSettings(RuntimeSettings):
@@ -83,4 +83,11 @@ class NotifierSettings(RuntimeSettings):
             )
         if (self.smtp_username is None) != (self.smtp_password is None):
             raise ValueError("SMTP_USERNAME and SMTP_PASSWORD: set both or neither")
+        plaintext = not (self.smtp_tls or self.smtp_starttls)
+        if self.smtp_username is not None and plaintext and not is_loopback(self.smtp_host):
+            # The password, the patients' addresses and live invite links would cross the network in clear.
+            raise ValueError(
+                "SMTP_USERNAME and SMTP_PASSWORD: sent only over TLS; set SMTP_STARTTLS or SMTP_TLS "
+                "(plain SMTP with a login only to this machine)"
+            )
         return self

@@ -31,11 +31,15 @@ DROPPED_KEYS = frozenset(
         "authorization",
         "body",
         "payload",
+        "input",  # pydantic's errors(): the value that failed validation
     }
 )
 EMAIL = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
 SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
 PHONE = re.compile(r"(?:\+\d{1,3}[\s.\-]?)?\(?\b\d{3}\)?[\s.\-]?\d{3}[\s.\-]?\d{4}\b")
+# A pydantic ValidationError's text quotes the value it refused ("[type=…, input_value='Jane Doe', input_type=str]"),
+# whether it arrives as repr(error), str(error) or a traceback: a name or a note in any of them.
+PYDANTIC_INPUT = re.compile(r"input_value=.*?(?=, input_type=|$)")  # $: a text cut short (repr(error)[:300])
 # Values the runtime itself sets; scrubbing them would only garble them (a timestamp is not a phone number).
 TRUSTED_KEYS = frozenset({"timestamp", "level", "service", "event_id", "correlation_id", "logger"})
 
@@ -46,8 +50,11 @@ def mask_email(address: str) -> str:
 
 
 def scrub_text(text: str) -> str:
-    """Mask emails, drop SSN- and phone-shaped numbers, and strip CR/LF so a caller cannot forge lines."""
+    """Mask emails, drop SSN- and phone-shaped numbers and the values pydantic errors quote, and strip CR/LF so a
+    caller cannot forge lines."""
     text = text.replace("\r", " ").replace("\n", " ")
+    if "input_value=" in text:
+        text = PYDANTIC_INPUT.sub("input_value=[redacted]", text)
     text = SSN.sub("[redacted]", text)
     text = PHONE.sub("[redacted]", text)
     return mask_email(text)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import ssl
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, Self, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -36,6 +38,20 @@ def _holds_certificates(path: Path) -> Path:
 
 # A private CA (a hospital's own relay or identity provider): PEM certificates, trusted instead of the system's.
 CaFile = Annotated[FilePath, AfterValidator(_holds_certificates)]
+
+
+def is_loopback(host: str) -> bool:
+    """True for a name of this machine (localhost, 127.0.0.0/8, ::1): nobody can listen in on the way there."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback_url(url: str) -> bool:
+    return is_loopback(urlsplit(url).hostname or "")
 
 
 def _origin_list(value: object) -> object:
@@ -71,9 +87,9 @@ class RuntimeSettings(BaseSettings):
     kafka_topic_prefix: str = Field(default="", description="Prepended to every topic (shared clusters, tests)")
     kafka_send_timeout_seconds: float = Field(default=10.0, gt=0)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_ssl_cafile: str | None = None
-    kafka_ssl_certfile: str | None = None
-    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_cafile: CaFile | None = None
+    kafka_ssl_certfile: FilePath | None = None
+    kafka_ssl_keyfile: FilePath | None = None
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
@@ -101,6 +117,10 @@ class RuntimeSettings(BaseSettings):
                 raise ValueError("JWT_SECRET: expected at least 32 bytes (256 bits) when JWT_ALGORITHM=HS256")
         elif not self.jwt_jwks_url:
             raise ValueError("JWT_JWKS_URL: expected a JWKS URL when JWT_ALGORITHM=RS256")
+        jwks_url = self.jwt_jwks_url or ""
+        if jwks_url and not jwks_url.startswith("https://") and not is_loopback_url(jwks_url):
+            # Whoever sits between the pod and the identity provider could hand over their own key and sign tokens.
+            raise ValueError("JWT_JWKS_URL: expected an https:// URL (plain http only to this machine)")
         if self.jwt_jwks_ca_file is not None and not (self.jwt_jwks_url or "").startswith("https://"):
             raise ValueError(
                 "JWT_JWKS_CA_FILE: it checks the key set's HTTPS certificate; JWT_JWKS_URL is not https://"
@@ -114,9 +134,9 @@ class RuntimeSettings(BaseSettings):
     def kafka_security(self) -> KafkaSecurity:
         return KafkaSecurity(
             protocol=self.kafka_security_protocol,
-            ssl_cafile=self.kafka_ssl_cafile,
-            ssl_certfile=self.kafka_ssl_certfile,
-            ssl_keyfile=self.kafka_ssl_keyfile,
+            ssl_cafile=_text(self.kafka_ssl_cafile),
+            ssl_certfile=_text(self.kafka_ssl_certfile),
+            ssl_keyfile=_text(self.kafka_ssl_keyfile),
             sasl_mechanism=self.kafka_sasl_mechanism,
             sasl_username=self.kafka_sasl_username,
             sasl_password=self.kafka_sasl_password,
@@ -124,6 +144,10 @@ class RuntimeSettings(BaseSettings):
 
     def topic(self, name: str) -> str:
         return f"{self.kafka_topic_prefix}{name}"
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+from typing import Annotated
 
 import pytest
+from pydantic import BaseModel, Field, ValidationError
 
 from services.runtime.logging import configure_logging, get_logger, mask_email
 
@@ -51,3 +53,33 @@ def test_planted_phi_is_masked_or_dropped(captured: io.StringIO) -> None:
 def test_mask_email_keeps_the_first_letter_and_the_domain() -> None:
     assert mask_email("jane@example.com") == "j***@example.com"
     assert mask_email("write to a.b+c@mail.example.org now") == "write to a***@mail.example.org now"
+
+
+def test_a_validation_error_never_quotes_the_value_it_refused(captured: io.StringIO) -> None:
+    """pydantic puts the refused value in its error text: a name or a note, in a repr, a traceback or errors()."""
+
+    class Patient(BaseModel):
+        display_name: int
+        note: Annotated[str, Field(max_length=3)]
+
+    with pytest.raises(ValidationError) as caught:
+        Patient(display_name=NAME, note=NOTE)  # type: ignore[arg-type]
+    error = caught.value
+    assert NAME in repr(error) and NOTE in str(error), "the premise: pydantic quotes both"
+    log = get_logger("test")
+    log.warning("consumer.apply_failed", error=repr(error)[:300])
+    log.warning("consumer.apply_failed", error=repr(error)[:120])  # cut inside the first quoted value
+    log.warning("batch.rejected", errors=error.errors())
+    try:
+        raise RuntimeError("while applying") from error
+    except RuntimeError:
+        log.exception("consumer.crashed")
+
+    output = captured.getvalue()
+    for secret in (NAME, "Jane", NOTE, "knee"):
+        assert secret not in output, f"{secret!r} leaked into the logs"
+    lines = [json.loads(line) for line in output.splitlines()]
+    assert len(lines) == 4
+    assert "input_value=[redacted], input_type=str" in lines[0]["error"]
+    assert "display_name" in lines[0]["error"], "which field failed stays readable"
+    assert lines[2]["errors"][0]["loc"] == ["display_name"]

@@ -105,9 +105,44 @@ def test_a_ca_file_that_would_check_nothing_is_refused(tmp_path: Path) -> None:
         assert problem.startswith("SMTP_CA_FILE: it checks the relay's certificate, so it needs SMTP_STARTTLS")
     rs256 = {"jwt_algorithm": "RS256", "jwt_jwks_ca_file": ca.ca_file}
     assert _problems(RuntimeSettings, **rs256, jwt_jwks_url="https://id.example/jwks.json") == []
-    assert _problems(RuntimeSettings, **rs256, jwt_jwks_url="http://id.example/jwks.json") == [
+    assert _problems(RuntimeSettings, **rs256, jwt_jwks_url="http://127.0.0.1:9000/jwks.json") == [
         "JWT_JWKS_CA_FILE: it checks the key set's HTTPS certificate; JWT_JWKS_URL is not https://"
     ]
+
+
+def test_the_key_set_comes_over_https_unless_it_is_on_this_machine() -> None:
+    """Over plain http, anyone on the way to the identity provider could hand over a key and sign any token."""
+    rs256 = {"jwt_algorithm": "RS256"}
+    for url in (
+        "https://id.example/jwks.json",
+        "http://127.0.0.1:9000/jwks",
+        "http://localhost/jwks",
+        "http://[::1]/k",
+    ):
+        assert _problems(RuntimeSettings, **rs256, jwt_jwks_url=url) == [], url
+    for url in ("http://id.example/jwks.json", "http://10.0.0.7/jwks", "ftp://id.example/jwks"):
+        assert _problems(RuntimeSettings, **rs256, jwt_jwks_url=url) == [
+            "JWT_JWKS_URL: expected an https:// URL (plain http only to this machine)"
+        ], url
+
+
+def test_kafka_tls_files_are_checked_at_start(tmp_path: Path) -> None:
+    """A wrong path is one line naming the variable at start, not a traceback when the first client connects."""
+    ca = private_ca(tmp_path)
+    tls = {"kafka_security_protocol": "SSL"}
+    assert _problems(RuntimeSettings, **tls, kafka_ssl_cafile=ca.ca_file) == []
+    [missing] = _problems(RuntimeSettings, **tls, kafka_ssl_cafile=tmp_path / "absent.pem")
+    assert missing.startswith("KAFKA_SSL_CAFILE: ") and "file" in missing
+    (tmp_path / "notes.txt").write_text("not a certificate")
+    [not_pem] = _problems(RuntimeSettings, **tls, kafka_ssl_cafile=tmp_path / "notes.txt")
+    assert not_pem.startswith("KAFKA_SSL_CAFILE: ") and "holds no PEM certificate" in not_pem
+    problems = _problems(
+        RuntimeSettings, **tls, kafka_ssl_certfile=tmp_path / "client.crt", kafka_ssl_keyfile=tmp_path / "client.key"
+    )
+    assert [p.split(":")[0] for p in problems] == ["KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"]
+    result = _start({**GOOD, "KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": str(tmp_path / "absent.pem")})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("configuration error: KAFKA_SSL_CAFILE: "), result.stderr
 
 
 def test_the_ehlo_name_is_fully_qualified_by_default() -> None:
@@ -117,3 +152,14 @@ def test_the_ehlo_name_is_fully_qualified_by_default() -> None:
     assert sender.ehlo_name == "mail.riverside.example"
     named = NotifierSettings.model_validate({**good, "smtp_local_hostname": "relay-client.hospital.example"})
     assert named.ehlo_name == "relay-client.hospital.example"
+
+
+def test_an_smtp_login_goes_only_over_tls_unless_the_relay_is_on_this_machine() -> None:
+    login = {"smtp_username": "notifier", "smtp_password": "s3cret"}
+    for host in ("127.0.0.1", "localhost", "::1"):
+        assert _problems(NotifierSettings, smtp_host=host, **login) == [], host
+    assert _problems(NotifierSettings, smtp_host="mail.example", smtp_starttls=True, **login) == []
+    assert _problems(NotifierSettings, smtp_host="mail.example", smtp_tls=True, smtp_port=465, **login) == []
+    assert _problems(NotifierSettings, smtp_host="mail.example") == [], "no login: plain SMTP stays possible"
+    [problem] = _problems(NotifierSettings, smtp_host="mail.example", **login)
+    assert problem.startswith("SMTP_USERNAME and SMTP_PASSWORD: sent only over TLS; set SMTP_STARTTLS or SMTP_TLS")
