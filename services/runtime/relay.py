@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 import random
 import time
@@ -52,8 +53,20 @@ def new_producer(
     )
 
 
+def batch_lock_key(schema: str) -> int:
+    """The advisory lock every relay of one outbox takes for each batch (a signed 64-bit key, fixed forever)."""
+    digest = hashlib.blake2b(f"collabkare.outbox.{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 class OutboxRelay:
-    """One relay per service process; several processes may run relays on the same outbox safely."""
+    """One relay per service process. Several processes' relays on one outbox take turns, a batch at a time.
+
+    Two batches in flight at once would reach the broker in either order: an invite's InviteRevoked could
+    overtake its InviteRequested on their partition. So each batch holds a transaction-level advisory lock;
+    a relay that finds it taken waits for the next notification or poll. One relay publishes tens of
+    thousands of events a second, so taking turns costs no throughput that matters.
+    """
 
     def __init__(
         self,
@@ -84,6 +97,7 @@ class OutboxRelay:
         self.published = 0
         self.broker_up = False
         self._pending_reported_at = -math.inf
+        self._lock_key = batch_lock_key(schema)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._schema}")
@@ -140,9 +154,13 @@ class OutboxRelay:
             log.debug("outbox.pending_count_failed", schema=self._schema, error=repr(error)[:200])
 
     async def publish_batch(self) -> int:
-        """Claim up to one batch, publish it and wait for every ack, then delete it: one transaction."""
+        """Claim up to one batch, publish it and wait for every ack, then delete it: one transaction.
+
+        0 when another relay of this outbox is publishing a batch: the rows wait their turn, in order."""
         assert self._producer is not None
         async with self._pool.acquire() as connection, connection.transaction():
+            if not await connection.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_key):
+                return 0
             rows = await connection.fetch(
                 f"""
                 SELECT id, topic, message_key, event_type, event_id, payload

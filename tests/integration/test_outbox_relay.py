@@ -15,7 +15,7 @@ from schemas import InviteExpired, parse_event
 from services.runtime.database import create_pool, transaction
 from services.runtime.metrics import Metrics
 from services.runtime.outbox import add_events, pending_count
-from services.runtime.relay import OutboxRelay
+from services.runtime.relay import OutboxRelay, batch_lock_key
 from tests.support import ScratchDatabase, read_to_end
 
 SCHEMA = "invitations"
@@ -56,10 +56,30 @@ async def _wait_until_empty(pool: asyncpg.Pool, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.1)
 
 
-async def test_two_racing_relays_publish_every_row_exactly_once(database: ScratchDatabase, topic_prefix: str) -> None:
+def _lifecycles(invites: int, steps: int, practice_id: uuid.UUID) -> list[InviteExpired]:
+    """`steps` events about each of `invites` invites (one Kafka key each), interleaved: invite 0 step 0,
+    invite 1 step 0, …, invite 0 step 1, …; the correlation id says which step each is."""
+    keys = [uuid.uuid4() for _ in range(invites)]
+    return [
+        InviteExpired(
+            producer=SCHEMA,
+            practice_id=practice_id,
+            correlation_id=f"step-{step}",
+            payload={"invite_id": key, "expired_at": "2026-11-21T10:00:00Z"},
+        )
+        for step in range(steps)
+        for key in keys
+    ]
+
+
+async def test_two_racing_relays_publish_every_row_once_and_in_order(
+    database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """Two processes' relays on one outbox: every row once, and each key's events in the order they were written
+    (two batches in flight at once could reach the broker in either order: a revoke before its invite)."""
     bootstrap = database.infra.kafka_bootstrap
     pool = await create_pool(database.url_for(SCHEMA), SCHEMA, 2, 6)
-    events = _events(3000, uuid.uuid4())
+    events = _lifecycles(invites=40, steps=75, practice_id=uuid.uuid4())
     # A generous ack deadline: a batch timed out on a slow machine is published again (at least once, by design),
     # which this test would report as a race between the relays.
     relays = [_relay(pool, bootstrap, topic_prefix, batch_size=100, send_timeout=30.0) for _ in range(2)]
@@ -67,29 +87,55 @@ async def test_two_racing_relays_publish_every_row_exactly_once(database: Scratc
         for relay in relays:
             await relay.start()
         # Both producers connected first: 3,000 rows take one relay a tenth of a second, so a relay still
-        # connecting (a busy broker) would find nothing left, and the race this test is about would not happen.
+        # connecting (a busy broker) would find nothing left, and there would be no race.
         async with asyncio.timeout(30):
             while not all(relay.broker_up for relay in relays):
                 await asyncio.sleep(0.05)
         # Written in several transactions while both relays are already running.
-        for start in range(0, len(events), 500):
+        for start in range(0, len(events), 250):
             async with transaction(pool) as connection:
-                await add_events(connection, SCHEMA, events[start : start + 500])
+                await add_events(connection, SCHEMA, events[start : start + 250])
         await _wait_until_empty(pool)
     finally:
         for relay in relays:
             await relay.stop()
         await pool.close()
 
-    assert all(relay.published > 0 for relay in relays), "both relays should have taken a share"
+    assert sum(relay.published for relay in relays) == len(events)
     # Both relays have stopped: read exactly what the topic holds (no consumer-group join eating a fixed budget).
     records = await read_to_end(bootstrap, topic_prefix + "invitations.v1", timeout=60)
     counts = Counter(parse_event(r.value).event_id for r in records)
     assert set(counts) == {e.event_id for e in events}
     assert max(counts.values()) == 1, "an outbox row was published twice"
-    by_id = {e.event_id: e for e in events}
-    for record in records[:50]:
-        assert record.key == by_id[parse_event(record.value).event_id].aggregate_key().encode()
+    steps_by_key: dict[bytes, list[int]] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        event = parse_event(record.value)
+        assert record.key == event.aggregate_key().encode()
+        steps_by_key.setdefault(record.key, []).append(int(event.correlation_id.removeprefix("step-")))
+    assert len(steps_by_key) == 40
+    for key, steps in steps_by_key.items():
+        assert steps == list(range(75)), f"invite {key.decode()}: events out of the order they were written in"
+
+
+async def test_a_relay_waits_its_turn_while_another_publishes(database: ScratchDatabase, topic_prefix: str) -> None:
+    """The batch lock: while one relay's batch is in flight (its transaction open), another publishes nothing."""
+    bootstrap = database.infra.kafka_bootstrap
+    pool = await create_pool(database.url_for(SCHEMA), SCHEMA, 2, 6)
+    relay = _relay(pool, bootstrap, topic_prefix)
+    events = _events(10, uuid.uuid4())
+    try:
+        async with transaction(pool) as connection:
+            await add_events(connection, SCHEMA, events)
+        relay._producer = await relay._start_producer()
+        async with transaction(pool) as holder:  # another relay, mid-batch
+            assert await holder.fetchval("SELECT pg_try_advisory_xact_lock($1)", batch_lock_key(SCHEMA))
+            assert await relay.publish_batch() == 0
+            async with pool.acquire() as connection:
+                assert await pending_count(connection, SCHEMA) == len(events)
+        assert await relay.publish_batch() == len(events), "the lock goes with the other batch's transaction"
+    finally:
+        await relay.stop()
+        await pool.close()
 
 
 async def test_relay_waits_out_a_broker_outage_and_loses_nothing(database: ScratchDatabase, topic_prefix: str) -> None:
