@@ -278,11 +278,13 @@ def _resend_plan(
         # A flagged row lets go of its old invite, so that a late outcome of that invite cannot overwrite it.
         if key in connected:
             flagged.append((line, Outcome.ALREADY_CONNECTED.value, ALREADY_CONNECTED_REASON, None, 0))
-        elif other is not None and other.id != row["invite_id"]:
+        elif other is not None and other.id != row["invite_id"] and not other.replaceable:
             flagged.append((line, Outcome.ALREADY_INVITED.value, already_invited_reason(other), None, 0))
         else:
+            # The row's own invite, or the patient's pending invite that never reached them either (an invite
+            # sent on its own since): the new one replaces it.
             entries.append(Entry(line, row["email"], row["note"], Verdict.READY, key=key))
-            replaces[line] = row["invite_id"]
+            replaces[line] = other.id if other is not None else row["invite_id"]
     return entries, flagged, replaces
 
 

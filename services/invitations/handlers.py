@@ -86,11 +86,20 @@ async def create_invite(
             existing = await repository.find_invite(db, practice_id, pending[key].id)
             assert existing is not None
             raise AlreadyInvited(existing)
-        invite = domain.new_invite(practice_id, email, note, actor=actor, now=now, ttl=policy.ttl, digests=digests)
+        # A pending invite that never reached the patient (no account yet, or the email failed) is replaced by
+        # this one, as a resend would: both sides name each other (replaces / replaced_by).
+        invite = domain.new_invite(
+            practice_id,
+            email,
+            note,
+            actor=actor,
+            now=now,
+            ttl=policy.ttl,
+            digests=digests,
+            replaces=undelivered.id if undelivered is not None else None,
+        )
         events.append(await _stage_new(db, invite, policy, cause))
         if undelivered is not None:
-            # The pending invite never reached the patient (no account yet, or the email failed): this one
-            # replaces it, as a resend would.
             replaced = await batch_repository.replace_invites(db, now, actor, [(undelivered.id, invite.id)])
             events += [
                 revoked_event(row["id"], row["practice_id"], row["revoked_by"], row["revoked_at"], invite.id, cause)

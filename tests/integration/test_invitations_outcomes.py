@@ -295,12 +295,56 @@ async def test_an_invite_that_never_reached_the_patient_gives_way_to_a_new_one(s
         "SELECT status, replaced_by FROM invitations.invites WHERE id = $1", uuid.UUID(old_dan)
     )
     assert (row["status"], str(row["replaced_by"])) == ("revoked", single.json()["id"])
+    assert single.json()["resends"] == old_dan, "both invites name each other, as a resend's do"
+    dan_requested = (await service.requested(practice))[single.json()["id"]]["payload"]
+    assert dan_requested["replaces"] == old_dan
     blocked = await service.http.post(
         f"/v1/practices/{practice}/invites",
         json={"email": "eve@example.com", "ssn": "123456789"},
         headers=staff(practice),
     )
     assert blocked.status_code == 409, "an invite still on its way blocks a second one"
+
+
+async def test_resending_a_row_replaces_the_patients_later_invite_that_never_reached_them_either(
+    service: Service,
+) -> None:
+    """A roster row not on platform; then an invite on its own, not on platform either, replaced the row's. Once the
+    patient registers, re-sending the row sends a new invite in place of that later one: not `already_invited`."""
+    practice = uuid.uuid4()
+    batch = await service.submit(practice, "gil@example.com")
+    base = f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}"
+    first = await _by_email(service, practice)
+    await _deliver(service, OUTCOMES, _outcome(first["gil@example.com"], "not_on_platform"))
+    single = await service.http.post(
+        f"/v1/practices/{practice}/invites",
+        json={"email": "gil@example.com", "ssn": "123456789"},
+        headers=staff(practice),
+    )
+    assert single.status_code == 201, single.text
+    single_id = single.json()["id"]
+    await _deliver(service, OUTCOMES, _outcome((await service.requested(practice))[single_id], "not_on_platform"))
+
+    response = await service.http.post(f"{base}/resend-not-on-platform", headers=staff(practice))
+    assert response.status_code == 202, response.text
+    assert response.json() == {"batch_id": batch["batch_id"], "resent": 1, "already_connected": 0, "already_invited": 0}
+    [row] = await service.fetch(
+        "SELECT outcome, invite_id FROM invitations.batch_rows WHERE batch_id = $1", uuid.UUID(batch["batch_id"])
+    )
+    assert row["outcome"] == "queued" and str(row["invite_id"]) not in {
+        single_id,
+        first["gil@example.com"]["payload"]["invite_id"],
+    }
+    later = await service.admin.fetchrow(
+        "SELECT status, replaced_by FROM invitations.invites WHERE id = $1", uuid.UUID(single_id)
+    )
+    assert (later["status"], later["replaced_by"]) == ("revoked", row["invite_id"])
+    resent = (await service.requested(practice))[str(row["invite_id"])]["payload"]
+    assert resent["replaces"] == single_id
+    pending = await service.fetchval(
+        "SELECT count(*) FROM invitations.invites WHERE practice_id = $1 AND status = 'pending'", practice
+    )
+    assert pending == 1, "still one pending invite per patient"
 
 
 async def test_ten_thousand_outcomes_are_applied_in_batches(service: Service) -> None:
