@@ -29,7 +29,9 @@ def cmd_token(args: argparse.Namespace) -> int:
         subject = args.subject or f"staff-{args.role}"
         token = mint_token(secret, subject, [args.role], practice_id=args.practice, ttl_seconds=args.minutes * 60)
     else:
-        token = mint_token(secret, str(args.patient), ["patient"], email=args.email, ttl_seconds=args.minutes * 60)
+        token = mint_token(
+            secret, str(args.patient), ["patient"], email=args.email, name=args.name, ttl_seconds=args.minutes * 60
+        )
     print(token)
     return 0
 
@@ -106,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
     patient = token_kinds.add_parser("patient")
     patient.add_argument("--patient", required=True, type=uuid.UUID)
     patient.add_argument("--email", required=True)
+    patient.add_argument("--name", help="the name claim: how the patient's connection requests are shown to staff")
     for kind in (staff, patient):
         kind.add_argument("--minutes", type=int, default=8 * 60, help="valid this long (default 8 h; 0: expired)")
     token.set_defaults(handler=cmd_token)

@@ -65,7 +65,18 @@ def _patient_ref(principal: Principal) -> PatientRef:
         address = _EMAIL.validate_python(principal.email)
     except ValueError:
         raise _token_claim("email", "the patient token's email claim is not an email address") from None
-    return PatientRef(patient_id=patient_id, email=address)
+    return PatientRef(patient_id=patient_id, email=address, display_name=display_name(principal.name))
+
+
+MAX_DISPLAY_NAME = 200
+
+
+def display_name(claim: str | None) -> str | None:
+    """The token's name claim as staff see it: one line, no control characters, at most 200 characters."""
+    if not claim:
+        return None
+    name = " ".join("".join(c if c.isprintable() else " " for c in claim).split())[:MAX_DISPLAY_NAME].strip()
+    return name or None
 
 
 def _token_claim(claim: str, message: str) -> Problem:
@@ -95,7 +106,11 @@ def _already_decided(error: AlreadyDecided) -> Problem:
     "/v1/connection-requests",
     status_code=201,
     summary="A patient asks to connect to a practice",
-    description="201 with the new pending request; 200 with the existing one when the patient already asked.",
+    description=(
+        "201 with the new pending request; 200 with the existing one when the patient already asked. The patient "
+        "is the token's: `sub` (the patient id), `email`, and `name` if it carries one (the request's display_name, "
+        "as staff see it)."
+    ),
     responses={
         200: {"description": "The patient's pending request, unchanged", "model": ConnectionRequestView},
         **problems(401, 403, 409, 415, 422),

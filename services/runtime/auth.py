@@ -31,6 +31,7 @@ class Principal:
     roles: frozenset[str]
     practice_id: uuid.UUID | None = None
     email: str | None = None
+    name: str | None = None  # OpenID Connect's `name` claim: how a patient's requests are shown to staff
 
 
 class TokenVerifier:
@@ -98,7 +99,10 @@ class TokenVerifier:
         subject = str(claims["sub"])
         if not subject or len(subject) > MAX_SUBJECT_LENGTH or not subject.isprintable():
             raise _unauthorized(f"The token's sub claim must be 1 to {MAX_SUBJECT_LENGTH} printable characters.")
-        return Principal(subject, frozenset(roles), practice_id, claims.get("email"))
+        name = claims.get("name")
+        return Principal(
+            subject, frozenset(roles), practice_id, claims.get("email"), name if isinstance(name, str) else None
+        )
 
 
 def mint_token(
@@ -108,6 +112,7 @@ def mint_token(
     *,
     practice_id: uuid.UUID | str | None = None,
     email: str | None = None,
+    name: str | None = None,
     issuer: str = "collabkare",
     audience: str = "collabkare-api",
     ttl_seconds: int = 8 * 3600,
@@ -120,6 +125,8 @@ def mint_token(
         claims["practice_id"] = str(practice_id)
     if email is not None:
         claims["email"] = email
+    if name is not None:
+        claims["name"] = name
     return jwt.encode(claims, secret, algorithm="HS256")
 
 

@@ -78,6 +78,25 @@ async def test_patient_asks_and_connection_requested_is_published(service: Servi
     assert await _audit(service, practice) == [("requested", str(patient))]
 
 
+async def test_the_tokens_name_claim_is_how_staff_see_the_request(service: Service) -> None:
+    """OpenID Connect's `name` claim becomes the request's display_name (one line, no control characters)."""
+    practice, named, unnamed = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for patient, email, name in ((named, "ann@example.com", "  Ann\u0007  Lee\r\n"), (unnamed, "bo@example.com", None)):
+        response = await service.http.post(
+            "/v1/connection-requests",
+            json={"practice_id": str(practice)},
+            headers={"Authorization": f"Bearer {patient_token(patient, email, name=name)}"},
+        )
+        assert response.status_code == 201, response.text
+    listed = await service.http.get(f"{_base(practice)}?status=pending", headers=_staff(practice))
+    assert {i["patient_email"]: i["display_name"] for i in listed.json()["items"]} == {
+        "ann@example.com": "Ann Lee",
+        "bo@example.com": None,
+    }
+    events = {e["payload"]["patient_email"]: e["payload"]["display_name"] for e in await service.events(practice)}
+    assert events == {"ann@example.com": "Ann Lee", "bo@example.com": None}
+
+
 async def test_asking_twice_returns_the_pending_request_without_a_second_event(service: Service) -> None:
     practice, patient = uuid.uuid4(), uuid.uuid4()
     first = await service.ask(practice, patient)
