@@ -14,6 +14,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from schemas import ConnectionApproved, ConnectionRejected, DeliveryOutcome, Envelope, InviteRequested
 from schemas.events import DeliveryOutcomePayload, PatientRegistered, PracticeRegistered
+from services.runtime.logging import mask_email
 
 Kind = Literal["invite", "connection_approved", "connection_rejected"]
 Outcome = Literal["sent", "not_on_platform", "error"]
@@ -278,7 +279,10 @@ def revoked(claimed: Claimed, now: datetime) -> Final:
 
 
 def outcome_event(final: Final) -> DeliveryOutcome:
-    """The fact the invitations service writes back: caused by the source event, in its correlation."""
+    """The fact the invitations service writes back: caused by the source event, in its correlation.
+
+    A server's reply often quotes the recipient ("550 5.1.1 <ann@example.com>: ..."): the event, read across the
+    platform and carrying no email by contract, gets the address masked; the delivery row keeps the reply whole."""
     delivery = final.claimed.delivery
     return DeliveryOutcome(
         producer="notifier",
@@ -292,7 +296,7 @@ def outcome_event(final: Final) -> DeliveryOutcome:
             source_event_type=delivery.source_event_type,
             kind=delivery.kind,
             outcome=final.outcome,
-            reason=final.reason,
+            reason=mask_email(final.reason) if final.reason and "@" in final.reason else final.reason,
             invite_id=delivery.invite_id,
             batch_id=delivery.batch_id,
             line_number=delivery.line_number,

@@ -295,6 +295,8 @@ async def test_permanent_rejection_is_an_error_with_the_servers_reply(
     payload = (await notifier.outcomes({event.event_id}))[event.event_id]["payload"]
     assert payload["outcome"] == "error" and payload["message_id"] is None
     assert payload["reason"].startswith("550 5.1.1") and "recipient rejected" in payload["reason"]
+    assert email not in payload["reason"] and f"<{email[0]}***@" in payload["reason"], "the event masks the address"
+    assert email in row["smtp_reply"] and email in row["last_error"], "the delivery row keeps the reply whole"
     assert notifier.caught(event.event_id) == []
 
 
