@@ -154,8 +154,10 @@ def test_services_probe_drain_and_spread(validation: Validation, target: str) ->
         expected = "/readyz?exclude=broker&exclude=smtp" if name == "notifier" else "/readyz?exclude=broker"
         assert container["readinessProbe"]["httpGet"]["path"] == expected, name
         assert "startupProbe" in container, name
-        # uvicorn's graceful shutdown (20 s) plus the broker's consumer drain (15 s) plus the preStop pause.
-        assert pod["terminationGracePeriodSeconds"] >= 45, name
+        # Every shutdown bound reached (the manifests' comments add them up): 65 s, 102 s for the notifier's sender.
+        assert pod["terminationGracePeriodSeconds"] >= (105 if name == "notifier" else 70), name
+        # The autoscaler owns the replica count: a `replicas` here would reset it at every `kubectl apply`.
+        assert "replicas" not in deployment["spec"], name
         zones = [c for c in pod["topologySpreadConstraints"] if c["topologyKey"] == "topology.kubernetes.io/zone"]
         assert zones and zones[0]["labelSelector"]["matchLabels"]["app.kubernetes.io/name"] == name
         assert "DATABASE_URL" in env_names(container), name
@@ -168,7 +170,7 @@ def test_services_probe_drain_and_spread(validation: Validation, target: str) ->
 def test_prod_is_replicated_with_rs256_and_tls(validation: Validation) -> None:
     documents = load(validation, "prod")
     for name, deployment in of_kind(documents, "Deployment").items():
-        assert deployment["spec"]["replicas"] >= 2, name
+        assert "replicas" not in deployment["spec"], f"{name}: the autoscaler's minReplicas sets the floor"
         (container,) = containers(deployment)
         assert "JWT_SECRET" not in env_names(container), f"{name}: no HS256 key in production"
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
@@ -257,7 +259,10 @@ def test_topics_match_the_contract(validation: Validation, target: str) -> None:
     for name, topic in topics.items():
         if name in TOPICS:
             assert topic["spec"]["partitions"] == TOPICS[name].partitions, name
-        assert int(topic["spec"]["config"]["retention.ms"]) >= 7 * 24 * 3600 * 1000, name
+        if name in platform:  # the notifier's directories are rebuilt from them: every registration, however old
+            assert topic["spec"]["config"]["cleanup.policy"] == "compact", name
+        else:
+            assert int(topic["spec"]["config"]["retention.ms"]) >= 7 * 24 * 3600 * 1000, name
         replicas = topic["spec"]["replicas"]
         assert replicas == (1 if target == "dev" else 3), name
         assert topic["spec"]["config"]["min.insync.replicas"] == (1 if target == "dev" else 2), name
