@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +38,27 @@ def outbox_channel(schema: str) -> str:
     return f"{schema}_outbox"
 
 
-async def migrate(admin_dsn: str, plan: MigrationPlan, role_password: str | None = None) -> list[str]:
+# A step waits at most this long for a table lock, then rolls back and tries again later: an ALTER TABLE queued
+# behind a long transaction of a running service would otherwise stall every later query on that table.
+LOCK_TIMEOUT_SECONDS = 5.0
+LOCK_ATTEMPTS = 20
+LOCK_RETRY_SECONDS = 3.0
+
+
+async def migrate(
+    admin_dsn: str,
+    plan: MigrationPlan,
+    role_password: str | None = None,
+    *,
+    lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS,
+    lock_attempts: int = LOCK_ATTEMPTS,
+    lock_retry_seconds: float = LOCK_RETRY_SECONDS,
+) -> list[str]:
     """Create the role and schema if missing and apply pending steps; returns the versions applied.
 
     Safe to run from several processes at once: a session advisory lock per schema serialises them,
-    and each step runs in its own transaction together with its bookkeeping row.
+    and each step runs in its own transaction together with its bookkeeping row. Safe beside running
+    services: a step that cannot get its locks within `lock_timeout_seconds` rolls back and is tried again.
     """
     connection = await asyncpg.connect(admin_dsn, timeout=10)
     try:
@@ -50,18 +71,29 @@ async def migrate(admin_dsn: str, plan: MigrationPlan, role_password: str | None
         for version, sql in plan.steps():
             if version in applied:
                 continue
-            async with connection.transaction():
-                await connection.execute(f'SET LOCAL ROLE "{plan.schema}"')
-                await connection.execute(f'SET LOCAL search_path TO "{plan.schema}"')
-                await connection.execute(sql)
-                await connection.execute(
-                    f'INSERT INTO "{plan.schema}".schema_migrations (version) VALUES ($1)', version
-                )
+            for attempt in range(1, lock_attempts + 1):
+                try:
+                    await _apply(connection, plan.schema, version, sql, lock_timeout_seconds)
+                    break
+                except asyncpg.LockNotAvailableError:
+                    if attempt == lock_attempts:
+                        raise
+                    log.warning("migration.lock_busy", schema=plan.schema, version=version, attempt=attempt)
+                    await asyncio.sleep(lock_retry_seconds)
             log.info("migration.applied", schema=plan.schema, version=version)
             done.append(version)
         return done
     finally:
         await connection.close()
+
+
+async def _apply(connection: asyncpg.Connection, schema: str, version: str, sql: str, lock_timeout: float) -> None:
+    async with connection.transaction():
+        await connection.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms'")
+        await connection.execute(f'SET LOCAL ROLE "{schema}"')
+        await connection.execute(f'SET LOCAL search_path TO "{schema}"')
+        await connection.execute(sql)
+        await connection.execute(f'INSERT INTO "{schema}".schema_migrations (version) VALUES ($1)', version)
 
 
 async def _ensure_role_and_schema(connection: asyncpg.Connection, schema: str, password: str | None) -> None:
@@ -71,7 +103,8 @@ async def _ensure_role_and_schema(connection: asyncpg.Connection, schema: str, p
         with contextlib.suppress(asyncpg.DuplicateObjectError):
             await connection.execute(f'CREATE ROLE "{schema}" LOGIN')
     if password is not None:
-        await connection.execute(f'ALTER ROLE "{schema}" PASSWORD {_literal(password)}')
+        # The verifier, not the password: a statement log (log_statement = ddl) or pg_stat_statements keeps it.
+        await connection.execute(f'ALTER ROLE "{schema}" PASSWORD {_literal(scram_verifier(password))}')
     await connection.execute(f'GRANT "{schema}" TO CURRENT_USER')
     await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}" AUTHORIZATION "{schema}"')
     await connection.execute(f'REVOKE ALL ON SCHEMA "{schema}" FROM PUBLIC')
@@ -80,6 +113,25 @@ async def _ensure_role_and_schema(connection: asyncpg.Connection, schema: str, p
         "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
     )
     await connection.execute(f'ALTER TABLE "{schema}".schema_migrations OWNER TO "{schema}"')
+
+
+SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
+
+
+def scram_verifier(password: str, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for this password (RFC 5802, 7677), computed here.
+
+    PostgreSQL normalises a password with SASLprep before hashing it, which leaves ASCII unchanged; a password
+    with other characters is sent as it is, for the server to normalise and hash.
+    """
+    if not password.isascii():
+        return password
+    salt = salt or os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, SCRAM_ITERATIONS)
+    stored_key = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    salt_text, stored_text, server_text = (base64.b64encode(value).decode() for value in (salt, stored_key, server_key))
+    return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{salt_text}${stored_text}:{server_text}"
 
 
 def _literal(text: str) -> str:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
+from pathlib import Path
 
 import asyncpg
 import pytest
 
-from services.runtime.migrations import migrate
+from services.runtime.migrations import MigrationPlan, migrate, scram_verifier
 from tests.conftest import PLANS, ROLE_PASSWORD
 from tests.support import ScratchDatabase
 
@@ -75,3 +77,56 @@ def test_migrate_command_creates_the_role_and_schema(infra) -> None:  # type: ig
     assert first.stdout.strip().startswith("notifier: 0000_messaging")
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert again.stdout.strip() == "notifier: up to date"
+
+
+async def test_the_role_password_is_sent_as_a_scram_verifier(infra) -> None:  # type: ignore[no-untyped-def]
+    """A statement log (log_statement = ddl) keeps ALTER ROLE as sent: it carries the verifier, not the password;
+    and the verifier is the one PostgreSQL itself computes for that password and salt."""
+    url = await _fresh_database(infra)
+    password = f"pw-{uuid.uuid4().hex}"
+    assert scram_verifier("pässwort") == "pässwort", "not ASCII: PostgreSQL normalises (SASLprep) and hashes it"
+    await migrate(url, PLANS["connections"], role_password=password)
+    admin = await asyncpg.connect(url)
+    try:
+        stored = await admin.fetchval("SELECT rolpassword FROM pg_authid WHERE rolname = 'connections'")
+        await admin.execute("SET password_encryption = 'scram-sha-256'")
+        probe = f"scram_probe_{uuid.uuid4().hex[:8]}"
+        await admin.execute(f"CREATE ROLE {probe} PASSWORD '{password}'")
+        theirs = await admin.fetchval("SELECT rolpassword FROM pg_authid WHERE rolname = $1", probe)
+        await admin.execute(f"DROP ROLE {probe}")
+    finally:
+        await admin.close()
+    assert stored.startswith("SCRAM-SHA-256$4096:") and password not in stored
+    salt = base64.b64decode(theirs.split("$")[1].split(":")[1])
+    assert scram_verifier(password, salt=salt) == theirs, "the same verifier as PostgreSQL computes"
+
+
+async def test_a_step_waits_for_its_locks_only_briefly_and_tries_again(infra, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A migration queued behind a running service's transaction gives up its lock request after the lock timeout
+    (so the service's other queries are not stalled behind it) and is applied once that transaction ends."""
+    url = await _fresh_database(infra)
+    await migrate(url, PLANS["connections"], role_password=ROLE_PASSWORD)
+    later = MigrationPlan("connections", tmp_path)  # the applied steps, and one more
+    holder = await asyncpg.connect(url)
+    transaction = holder.transaction()
+    await transaction.start()
+    await holder.execute("SELECT count(*) FROM connections.connection_requests")  # ACCESS SHARE until it ends
+    (tmp_path / "9999_add_a_column.sql").write_text("ALTER TABLE connection_requests ADD COLUMN lock_test int;")
+    try:
+        migration = asyncio.create_task(
+            migrate(url, later, lock_timeout_seconds=0.2, lock_attempts=50, lock_retry_seconds=0.1)
+        )
+        await asyncio.sleep(1.0)
+        assert not migration.done(), "the step cannot have its lock while the transaction holds the table"
+        reader = await asyncpg.connect(url)
+        try:  # a query arriving meanwhile is not stuck behind the waiting ALTER for longer than its lock timeout
+            async with asyncio.timeout(5):
+                await reader.fetchval("SELECT count(*) FROM connections.connection_requests")
+        finally:
+            await reader.close()
+        await transaction.rollback()
+        async with asyncio.timeout(30):
+            applied = await migration
+        assert applied == ["9999_add_a_column"]
+    finally:
+        await holder.close()
