@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import weakref
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class NotifierMetrics:
-    """emails_total{kind,outcome}, email_retries_total{kind}, email_send_seconds."""
+    """emails_total{kind,outcome}, email_retries_total{kind}, email_send_seconds, email_backlog."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.emails = Counter(
@@ -19,6 +19,11 @@ class NotifierMetrics:
             "email_send_seconds",
             "One SMTP transaction, MAIL FROM to the reply after DATA",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=registry,
+        )
+        self.backlog = Gauge(
+            "email_backlog",
+            "Deliveries not yet final (pending or being sent), counted every 5 s: grows while SMTP is away",
             registry=registry,
         )
         # labels() takes a lock and builds a key on every call; a handful of children serve every email.

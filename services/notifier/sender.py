@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 _FLUSH_SECONDS = 0.1  # results wait this long to share a transaction; nothing is recorded later than that
+_BACKLOG_REPORT_SECONDS = 5.0
 _STOP_SECONDS = 10.0  # at shutdown, how long a message already on the wire may take to finish
 
 
@@ -220,10 +221,17 @@ class _Run:
         log.debug("delivery.recorded", final=len(finals), retries=len(retries))
 
     async def _reap_loop(self) -> None:
+        """Every few seconds the backlog gauge; every quarter lease, deliveries a dead process left `sending`."""
         lease = self.settings.sending_lease_seconds
+        reap_every = min(60.0, max(0.5, lease / 4))
+        next_reap = time.monotonic() + reap_every
         while True:
-            await asyncio.sleep(min(60.0, max(0.5, lease / 4)))
+            await asyncio.sleep(min(_BACKLOG_REPORT_SECONDS, reap_every))
             try:
+                self.metrics.backlog.set(await repository.open_count(self.pool))
+                if time.monotonic() < next_reap:
+                    continue
+                next_reap = time.monotonic() + reap_every
                 expired = await handlers.expire_leases(self.pool, lease)
             except Exception as error:
                 log.warning("sender.lease_check_failed", error=repr(error)[:300])

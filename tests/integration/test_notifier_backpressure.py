@@ -7,8 +7,12 @@ import collections
 import time
 import uuid
 
+import httpx
+import pytest
+
 from collabkare.stack.infra import Infrastructure
 from schemas import InviteRequested
+from services.notifier import sender
 from tests.integration.notifier_harness import Notifier, invite, patient, practice, scratch, started, unique_email
 
 RATE = 40  # emails per second the "provider" allows
@@ -34,9 +38,18 @@ def _sent_once(notifier: Notifier, invites: list[InviteRequested]) -> collection
     return collections.Counter(len(notifier.caught_raw(event.event_id)) for event in invites)
 
 
+async def _backlog_gauge(notifier: Notifier) -> float:
+    assert notifier.app is not None
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=notifier.app), base_url="http://test") as http:
+        text = (await http.get("/metrics")).text
+    [line] = [line for line in text.splitlines() if line.startswith("email_backlog ")]
+    return float(line.split()[1])
+
+
 async def test_a_slow_smtp_server_holds_consumption_back_instead_of_growing_the_backlog(
-    infra: Infrastructure, template_database: str
+    infra: Infrastructure, template_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(sender, "_BACKLOG_REPORT_SECONDS", 0.1)  # the gauge is counted every 5 s in service
     async with (
         scratch(infra, template_database) as (database, prefix, admin),
         started(
@@ -51,9 +64,10 @@ async def test_a_slow_smtp_server_holds_consumption_back_instead_of_growing_the_
         _, invites = await _seed(notifier, 120)
         started_at = time.monotonic()
         await notifier.publish(*invites)
-        highest, held_back = 0, False
+        highest, held_back, gauge_highest = 0, False, 0.0
         deadline = started_at + 30
         while time.monotonic() < deadline:
+            gauge_highest = max(gauge_highest, await _backlog_gauge(notifier))
             row = await admin.fetchrow(
                 "SELECT count(*) FILTER (WHERE status IN ('pending', 'sending')) AS open, count(*) AS queued "
                 "FROM notifier.deliveries"
@@ -65,6 +79,11 @@ async def test_a_slow_smtp_server_holds_consumption_back_instead_of_growing_the_
                 break
             await asyncio.sleep(0.02)
         elapsed = time.monotonic() - started_at
+        async with asyncio.timeout(10):  # bounded: the next count after the last email
+            while await _backlog_gauge(notifier) != 0:
+                await asyncio.sleep(0.05)
+
+    assert 0 < gauge_highest <= HIGH_WATER - 1 + CONSUMER_BATCH, f"email_backlog showed {gauge_highest} at most"
 
     assert highest <= HIGH_WATER - 1 + CONSUMER_BATCH, f"backlog reached {highest}"
     assert held_back, "the backlog never met the mark while events were left in Kafka"
