@@ -23,7 +23,7 @@ class NotifierMetrics:
         )
         self.backlog = Gauge(
             "email_backlog",
-            "Deliveries not yet final (pending or being sent), counted every 5 s: grows while SMTP is away",
+            "Deliveries not yet final (pending or being sent) across every notifier process, counted every 5 s",
             registry=registry,
         )
         # labels() takes a lock and builds a key on every call; a handful of children serve every email.
