@@ -11,6 +11,7 @@ from services.invitations.settings import InvitationsSettings
 from services.runtime.logging import get_logger
 from services.runtime.migrations import MigrationPlan
 from services.runtime.service import ServiceRuntime, ServiceSpec
+from services.runtime.settings import is_loopback_url
 
 MIGRATIONS = MigrationPlan(schema="invitations", directory=Path(__file__).parent / "migrations")
 log = get_logger(__name__)
@@ -36,4 +37,9 @@ def create_app(settings: InvitationsSettings) -> FastAPI:
     if settings.identity_key_is_derived:
         # Development only: the digests then depend on JWT_SECRET; production sets its own key.
         log.warning("settings.identity_key_derived", hint="set IDENTITY_HMAC_KEY (at least 32 bytes)")
+    if "public_base_url" not in settings.model_fields_set:
+        # Development's default: every invite email would carry a link that works only on this machine.
+        log.warning("settings.public_base_url_default", url=settings.public_base_url, hint="set PUBLIC_BASE_URL")
+    elif not settings.public_base_url.startswith("https://") and not is_loopback_url(settings.public_base_url):
+        log.warning("settings.public_base_url_plain_http", hint="invite tokens would cross the network in clear")
     return build_runtime(settings).http_app()

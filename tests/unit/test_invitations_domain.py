@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 from schemas import InviteRequested
 from services.invitations import identity
 from services.invitations.acceptance import Acceptance, Answer, Decision, accept
+from services.invitations.app import create_app
 from services.invitations.bulk import BatchContext, RequestedJson, build_records, copy_text
 from services.invitations.domain import (
     DELIVERY_RANK,
@@ -34,6 +37,7 @@ from services.invitations.domain import (
 from services.invitations.roster import Entry, Verdict, check_email, parse_roster
 from services.invitations.settings import InvitationsSettings
 from services.invitations.tokens import TOKEN_LENGTH, invite_id_of, make_token, new_token, ordered_ids, token_hash
+from services.runtime.logging import configure_logging
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 TTL = timedelta(days=7)
@@ -411,3 +415,23 @@ def test_identity_key_must_be_long_enough_and_is_required_without_a_dev_secret()
     assert derived.identity_key() != b"j" * 32 and derived.invite_ttl == timedelta(days=7)
     with pytest.raises(ValueError, match="http"):
         InvitationsSettings(**_BASE, public_base_url="ftp://x")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "warning"),
+    [
+        (None, "settings.public_base_url_default"),
+        ("http://app.collabkare.example", "settings.public_base_url_plain_http"),
+        ("https://app.collabkare.example", None),
+        ("http://127.0.0.1:8080", None),
+    ],
+)
+def test_start_up_warns_when_invite_links_would_not_work_or_travel_in_clear(
+    url: str | None, warning: str | None
+) -> None:
+    stream = io.StringIO()
+    configure_logging("invitations", "INFO", stream=stream)
+    values = {**_BASE, "identity_hmac_key": "i" * 32} | ({"public_base_url": url} if url else {})
+    create_app(InvitationsSettings(**values))  # type: ignore[arg-type]
+    events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+    assert [e for e in events if e.startswith("settings.public_base_url")] == ([warning] if warning else [])
