@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email.message
 from typing import Annotated
 
 import asyncpg
@@ -12,6 +11,7 @@ from pydantic import AfterValidator, Field, StringConstraints
 from services.invitations.domain import Cause
 from services.invitations.handlers import Policy
 from services.invitations.roster import MAX_NOTE, check_note
+from services.runtime.http import require_json
 from services.runtime.problems import Problem
 
 
@@ -49,10 +49,7 @@ Tracing = Annotated[Cause, Depends(_cause)]
 
 async def read_json_body(request: Request) -> bytes:
     """The body of a route that reads its own after the access check: 415 for another media type."""
-    media = email.message.Message()
-    media["content-type"] = request.headers.get("content-type", "")
-    if media.get_content_type() != "application/json":
-        raise Problem(415, "The body must be application/json.", headers={"Accept-Post": "application/json"})
+    require_json(request)
     return await request.body()
 
 

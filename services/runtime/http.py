@@ -21,15 +21,19 @@ from services.runtime.problems import Problem, install_problem_handlers
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
 
-async def _json_only(request: Request) -> None:
-    """A body in any other media type is refused with 415 rather than guessed at."""
-    if not await request.body():
-        return
+def require_json(request: Request) -> None:
+    """415 unless the body is declared application/json (or a +json type): never guessed at."""
     media = email.message.Message()
     media["content-type"] = request.headers.get("content-type", "")
     subtype = media.get_content_subtype()
     if media.get_content_maintype() != "application" or not (subtype == "json" or subtype.endswith("+json")):
         raise Problem(415, "The body must be application/json.", headers={"Accept-Post": "application/json"})
+
+
+async def _json_only(request: Request) -> None:
+    """A body in any other media type is refused with 415 rather than guessed at."""
+    if await request.body():
+        require_json(request)
 
 
 # A parameter after the principal, not a route dependency: route dependencies run before authentication.

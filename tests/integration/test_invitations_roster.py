@@ -233,6 +233,9 @@ async def test_malformed_bodies_name_the_field(service: Service) -> None:
         url, content=b"a@example.com", headers={**staff(practice), "Content-Type": "text/plain"}
     )
     assert text.status_code == 415
+    for media in ("application/json; charset=utf-8", "application/merge-patch+json"):  # as every other route
+        typed = await service.http.post(url, content=b"{}", headers={**staff(practice), "Content-Type": media})
+        assert typed.status_code == 422, media  # the media type is taken; the empty roster is not
     broken = await service.http.post(
         url, content=b"{nope", headers={**staff(practice), "Content-Type": "application/json"}
     )
