@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 
@@ -38,3 +39,30 @@ async def claim_new(
             seen.add(event.event_id)
             result.append(event)
     return result
+
+
+async def prune(pool: asyncpg.Pool, schema: str, older_than: datetime, chunk: int = 10_000) -> int:
+    """Forget events applied before `older_than`, a chunk per transaction (no long lock); returns how many.
+
+    Safe once no topic can deliver them again: their retention (14 days) is over. A replay from a compacted
+    topic, or an event older than that, meets the handlers' own guards (the notifier's delivery ids, the
+    invitations' outcome precedence), which make a second application change nothing.
+    """
+    pruned = 0
+    while True:
+        async with pool.acquire() as connection:
+            deleted = await connection.fetchval(
+                f"""
+                WITH old AS (
+                    SELECT ctid FROM "{schema}".inbox WHERE applied_at < $1 LIMIT $2
+                ), gone AS (
+                    DELETE FROM "{schema}".inbox WHERE ctid IN (SELECT ctid FROM old) RETURNING 1
+                )
+                SELECT count(*) FROM gone
+                """,
+                older_than,
+                chunk,
+            )
+        pruned += deleted
+        if deleted < chunk:
+            return pruned

@@ -8,6 +8,7 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -16,9 +17,10 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
 from schemas import EVENT_TYPES, TOPICS, dead_letter_topic
+from services.runtime import inbox
 from services.runtime.auth import TokenVerifier
 from services.runtime.consumer import BatchConsumer, ConsumerContext, Subscription
-from services.runtime.database import create_pool, database_reachable
+from services.runtime.database import TRANSIENT_ERRORS, create_pool, database_reachable
 from services.runtime.http import create_http_app
 from services.runtime.jobs import Jobs
 from services.runtime.logging import configure_logging, get_logger
@@ -45,6 +47,24 @@ class ServiceSpec:
     subscriptions: Sequence[Subscription] = ()
     background_jobs: Sequence[BackgroundJob] = field(default_factory=tuple)
     readiness: Mapping[str, ReadinessProbe] = field(default_factory=dict)
+
+
+INBOX_PRUNE_SECONDS = 3600.0
+
+
+async def prune_inbox(runtime: ServiceRuntime) -> None:
+    """Background job of every service: hourly, forget inbox entries older than INBOX_RETENTION_DAYS."""
+    assert runtime.pool is not None, "started before the database pool"
+    while True:
+        horizon = datetime.now(UTC) - timedelta(days=runtime.settings.inbox_retention_days)
+        try:
+            pruned = await inbox.prune(runtime.pool, runtime.schema, horizon)
+        except (asyncpg.PostgresError, *TRANSIENT_ERRORS) as error:  # the database is away: next time
+            log.warning("inbox.prune_failed", error=repr(error)[:300])
+        else:
+            if pruned:
+                log.info("inbox.pruned", count=pruned)
+        await asyncio.sleep(INBOX_PRUNE_SECONDS)
 
 
 class ServiceRuntime:
@@ -128,7 +148,7 @@ class ServiceRuntime:
         await self.relay.start()
         if self.spec.subscriptions:
             self._tasks.append(asyncio.create_task(self._start_consumers(), name="start-consumers"))
-        for job in self.spec.background_jobs:
+        for job in (*self.spec.background_jobs, prune_inbox):
             name = getattr(job, "__qualname__", type(job).__name__)
             run = functools.partial(job, self)
             self._tasks.append(asyncio.create_task(self.jobs.keep_running(name, run), name=name))

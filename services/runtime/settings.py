@@ -98,6 +98,9 @@ class RuntimeSettings(BaseSettings):
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
     consumer_batch_size: int = Field(default=500, ge=1, le=10000)
     consumer_max_attempts: int = Field(default=5, ge=1)
+    inbox_retention_days: float = Field(
+        default=30, ge=1, description="Applied event ids are forgotten after this long: more than the topics keep"
+    )
 
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     jwt_secret: SecretStr | None = Field(default=None, description="HS256 key, at least 32 bytes")

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
 from schemas import InviteExpired
 from services.connections.settings import ConnectionsSettings
+from services.runtime import inbox
 from services.runtime.consumer import Subscription
+from services.runtime.database import create_pool
 from services.runtime.migrations import MigrationPlan
 from services.runtime.service import ServiceRuntime, ServiceSpec
 from tests.conftest import PLANS
@@ -170,3 +173,28 @@ async def test_failing_event_is_retried_then_dead_lettered_without_blocking_othe
     headers = dict(dead[0].headers)
     assert b"cannot be applied" in headers["dead_letter_reason"]
     assert headers["correlation_id"] == broken.correlation_id.encode()  # the event's, not a fresh one
+
+
+async def test_inbox_entries_past_their_retention_are_pruned_in_chunks(database: ScratchDatabase) -> None:
+    """Applied event ids are kept only as long as a topic could deliver them again (INBOX_RETENTION_DAYS)."""
+    admin = await asyncpg.connect(database.admin_url)
+    pool = await create_pool(database.url_for(GROUP), GROUP, 1, 2)
+    now = datetime.now(UTC)
+    try:
+        rows = [("old", uuid.uuid4(), "InviteExpired", now - timedelta(days=40)) for _ in range(7)]
+        rows += [("recent", uuid.uuid4(), "InviteExpired", now - timedelta(days=3)) for _ in range(5)]
+        await admin.copy_records_to_table(
+            "inbox", schema_name=GROUP, records=rows, columns=["consumer", "event_id", "event_type", "applied_at"]
+        )
+        assert await inbox.prune(pool, GROUP, now - timedelta(days=30), chunk=3) == 7  # chunks of 3, 3 and 1
+        left = await admin.fetch(f'SELECT consumer FROM "{GROUP}".inbox')
+        assert sorted({r["consumer"] for r in left}) == ["recent"] and len(left) == 5
+        assert await inbox.prune(pool, GROUP, now - timedelta(days=30)) == 0
+    finally:
+        await pool.close()
+        await admin.close()
+
+
+async def test_every_service_runs_the_inbox_pruner(consuming: tuple[ServiceRuntime, Effects]) -> None:
+    runtime, _ = consuming
+    assert runtime.jobs.running.get("prune_inbox") is True
