@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated
 
 import asyncpg
@@ -87,6 +88,10 @@ def _token_claim(claim: str, message: str) -> Problem:
     )
 
 
+# As every other timestamp of the API ("…Z"), not datetime.isoformat()'s "+00:00".
+_UTC_TIME = TypeAdapter(datetime)
+
+
 def _not_found() -> Problem:
     return Problem(404, "No such connection request.")
 
@@ -128,7 +133,7 @@ async def ask_to_connect(
             str(error),
             type_="urn:collabkare:problem:already-connected",
             connection_id=str(error.connection.id),
-            connected_at=error.connection.connected_at.isoformat(),
+            connected_at=_UTC_TIME.dump_python(error.connection.connected_at, mode="json"),
         ) from None
     if not created:
         response.status_code = 200

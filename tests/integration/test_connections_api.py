@@ -127,6 +127,7 @@ async def test_asking_while_connected_is_409(service: Service) -> None:
     assert response.headers["content-type"] == PROBLEM
     assert "already connected" in response.json()["detail"]
     assert response.json()["connection_id"] == approved.json()["connection_id"]
+    assert response.json()["connected_at"] == approved.json()["decided_at"], "the same form as every timestamp"
     rows = await service.fetch("SELECT status FROM connections.connection_requests WHERE practice_id = $1", practice)
     assert [r["status"] for r in rows] == ["approved"]
     assert [e["event_type"] for e in await service.events(practice)] == ["ConnectionRequested", "ConnectionApproved"]
