@@ -229,9 +229,12 @@ class _Run:
             await asyncio.sleep(min(_BACKLOG_REPORT_SECONDS, reap_every))
             try:
                 self.metrics.backlog.set(await repository.open_count(self.pool))
-                if time.monotonic() < next_reap:
-                    continue
-                next_reap = time.monotonic() + reap_every
+            except Exception as error:  # the database is away: the gauge keeps its last value, the claimer says so
+                log.debug("sender.backlog_count_failed", error=repr(error)[:200])
+            if time.monotonic() < next_reap:
+                continue
+            next_reap = time.monotonic() + reap_every
+            try:
                 expired = await handlers.expire_leases(self.pool, lease)
             except Exception as error:
                 log.warning("sender.lease_check_failed", error=repr(error)[:300])
