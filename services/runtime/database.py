@@ -20,6 +20,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
+    # A connection whose server went away mid-operation (a PostgreSQL restart) can be left in a state asyncpg
+    # then refuses to use ("cannot switch to state 12; another operation is in progress", MagicStack/asyncpg#1069);
+    # the pool replaces it on release. Seen by the PostgreSQL restart drill as a 500 from a GET.
+    asyncpg.InternalClientError,
 )
 
 
