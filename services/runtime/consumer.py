@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from schemas import EVENT_TYPES, Envelope, dead_letter_topic, parse_event
 from services.runtime import inbox
-from services.runtime.database import TRANSIENT_ERRORS
+from services.runtime.database import is_transient
 from services.runtime.logging import get_logger
 from services.runtime.metrics import Metrics
 
@@ -125,12 +125,12 @@ class BatchConsumer:
             try:
                 await self._apply_once([event for _, event in items])
                 return
-            except TRANSIENT_ERRORS as error:
-                # The database or broker is away: wait for it, however long, and lose nothing.
-                failures += 1
-                await self._backoff(failures, "consumer.dependency_down", error)
             except Exception as error:
                 failures += 1
+                if is_transient(error):
+                    # The database or broker is away: wait for it, however long, and lose nothing.
+                    await self._backoff(failures, "consumer.dependency_down", error)
+                    continue
                 if failures < self.context.max_attempts:
                     await self._backoff(failures, "consumer.apply_failed", error)
                     continue

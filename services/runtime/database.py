@@ -20,11 +20,16 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
-    # A connection whose server went away mid-operation (a PostgreSQL restart) can be left in a state asyncpg
-    # then refuses to use ("cannot switch to state 12; another operation is in progress", MagicStack/asyncpg#1069);
-    # the pool replaces it on release. Seen by the PostgreSQL restart drill as a 500 from a GET.
-    asyncpg.InternalClientError,
 )
+
+
+def is_transient(error: BaseException) -> bool:
+    """TRANSIENT_ERRORS, and a connection a PostgreSQL restart broke mid-operation: asyncpg then refuses to use it
+    ("cannot switch to state 12; another operation (2) is in progress", MagicStack/asyncpg#1069) and the pool
+    replaces it on release. Its other InternalClientErrors (a missing codec, …) are bugs, not outages."""
+    if isinstance(error, asyncpg.InternalClientError):
+        return "cannot switch to state" in str(error)
+    return isinstance(error, TRANSIENT_ERRORS)
 
 
 async def create_pool(dsn: str, service: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
@@ -34,7 +39,14 @@ async def create_pool(dsn: str, service: str, min_size: int = 2, max_size: int =
         max_size=max_size,
         command_timeout=60,
         timeout=10,
-        server_settings={"application_name": service},
+        server_settings={
+            "application_name": service,
+            # A client that vanished (a dead node, a cut network) is noticed in about 90 s, not the OS's 2 hours:
+            # its locks (the relay's batch lock, a claim's row locks) and LISTEN go with it.
+            "tcp_keepalives_idle": "60",
+            "tcp_keepalives_interval": "10",
+            "tcp_keepalives_count": "3",
+        },
     )
     assert pool is not None
     return pool

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -12,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from services.runtime.database import TRANSIENT_ERRORS
+from services.runtime.database import TRANSIENT_ERRORS, is_transient
 
 PROBLEM_JSON = "application/problem+json"
 TITLES = {
@@ -193,6 +194,13 @@ def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], 
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+
+    async def on_client_state(request: Request, exc: Exception) -> JSONResponse:
+        if is_transient(exc):
+            return await on_unavailable(request, exc)
+        raise exc  # a bug: the middleware logs it and answers 500
+
     for unavailable in TRANSIENT_ERRORS:
         if issubclass(unavailable, Exception):
             app.add_exception_handler(unavailable, on_unavailable)
+    app.add_exception_handler(asyncpg.InternalClientError, on_client_state)

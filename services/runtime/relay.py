@@ -157,8 +157,14 @@ class OutboxRelay:
         """Claim up to one batch, publish it and wait for every ack, then delete it: one transaction.
 
         0 when another relay of this outbox is publishing a batch: the rows wait their turn, in order."""
-        assert self._producer is not None
+        producer = self._producer
+        assert producer is not None
         async with self._pool.acquire() as connection, connection.transaction():
+            # The batch lock lives as long as this transaction. Should this process die or lose the network
+            # while it waits for acks, PostgreSQL ends the session after this long and the lock is free again:
+            # the other processes' relays would otherwise wait for TCP to notice, hours.
+            idle = int(self._send_timeout * 3 * 1000)
+            await connection.execute(f"SET LOCAL idle_in_transaction_session_timeout = {idle}")
             if not await connection.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_key):
                 return 0
             rows = await connection.fetch(
@@ -170,19 +176,28 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            futures = [
-                await self._producer.send(
-                    self._topic(row["topic"]),
-                    value=row["payload"],
-                    key=row["message_key"].encode(),
-                    headers=[("event_type", row["event_type"].encode()), ("event_id", str(row["event_id"]).encode())],
-                )
-                for row in rows
-            ]
-            # Rows are deleted only once the broker has acknowledged every message of the batch.
-            async with asyncio.timeout(self._send_timeout):
-                for future in futures:  # one after the other: gather() costs a callback per message
-                    await future
+            try:
+                # Rows are deleted only once the broker has acknowledged every message of the batch.
+                async with asyncio.timeout(self._send_timeout):
+                    futures = [
+                        await producer.send(
+                            self._topic(row["topic"]),
+                            value=row["payload"],
+                            key=row["message_key"].encode(),
+                            headers=[
+                                ("event_type", row["event_type"].encode()),
+                                ("event_id", str(row["event_id"]).encode()),
+                            ],
+                        )
+                        for row in rows
+                    ]
+                    for future in futures:  # one after the other: gather() costs a callback per message
+                        await future
+            except Exception:
+                # Stopped while the lock is still held: whatever of this batch is still on its way lands before
+                # another relay's next batch can follow it (the retry then only adds duplicates, after).
+                await self._close_producer()
+                raise
             await connection.execute(
                 f'DELETE FROM "{self._schema}".outbox WHERE id = ANY($1::bigint[])', [row["id"] for row in rows]
             )

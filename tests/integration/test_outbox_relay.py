@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
+import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -19,6 +24,7 @@ from services.runtime.relay import OutboxRelay, batch_lock_key
 from tests.support import ScratchDatabase, read_to_end
 
 SCHEMA = "invitations"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _events(count: int, practice_id: uuid.UUID) -> list[InviteExpired]:
@@ -228,3 +234,57 @@ async def test_a_relay_stopped_as_it_starts_gives_its_connection_back(
             assert pool.get_idle_size() == pool.get_size(), f"a connection still out after a stop at {delay} s"
     finally:
         pool.terminate()  # close() would wait forever for a connection that was never given back
+
+
+_FROZEN_RELAY = """
+import asyncio, sys
+from services.runtime.database import create_pool
+from services.runtime.relay import OutboxRelay
+
+class Hanging:  # a producer whose sends never complete: the batch stays open, holding the batch lock
+    async def send(self, *args, **kwargs):
+        await asyncio.sleep(3600)
+
+async def main():
+    pool = await create_pool(sys.argv[1], "frozen-relay", 1, 2)
+    relay = OutboxRelay(pool, "invitations", "127.0.0.1:9", str, send_timeout_seconds=float(sys.argv[2]))
+    relay._producer = Hanging()
+    await relay.publish_batch()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_relay_frozen_mid_batch_frees_the_batch_lock_for_the_others(
+    database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """A process stopped dead (a lost node, SIGSTOP) while its batch is open: PostgreSQL ends its idle transaction
+    after three send timeouts, and another relay publishes. Without that, the others would wait for TCP: hours."""
+    send_timeout = 3.0
+    pool = await create_pool(database.url_for(SCHEMA), SCHEMA, 1, 4)
+    events = _events(3, uuid.uuid4())
+    async with transaction(pool) as connection:
+        await add_events(connection, SCHEMA, events)
+    frozen = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _FROZEN_RELAY, database.url_for(SCHEMA), str(send_timeout), cwd=ROOT
+    )
+    relay = _relay(pool, database.infra.kafka_bootstrap, topic_prefix)
+    try:
+        async with asyncio.timeout(30):  # the child takes the lock well within its own send timeout
+            while not await pool.fetchval(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = 'frozen-relay'"
+            ):
+                await asyncio.sleep(0.02)
+        os.kill(frozen.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        await relay.start()
+        await _wait_until_empty(pool, timeout=60)
+        waited = time.monotonic() - stopped_at
+    finally:
+        frozen.kill()
+        await asyncio.wait_for(frozen.wait(), 10)
+        await relay.stop()
+        await pool.close()
+    assert relay.published == len(events), "the rows the frozen relay had claimed were published by the other"
+    assert waited < 60, f"the lock was freed after {waited:.0f} s"

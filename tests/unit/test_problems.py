@@ -7,7 +7,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.runtime.database import TRANSIENT_ERRORS
+from services.runtime.database import is_transient
 from services.runtime.problems import install_problem_handlers
 
 
@@ -22,7 +22,7 @@ from services.runtime.problems import install_problem_handlers
     ],
 )
 async def test_a_database_going_away_is_a_503_with_retry_after(error: Exception) -> None:
-    assert isinstance(error, TRANSIENT_ERRORS)
+    assert is_transient(error)
     app = FastAPI()
     install_problem_handlers(app)
 
@@ -35,3 +35,19 @@ async def test_a_database_going_away_is_a_503_with_retry_after(error: Exception)
     assert response.status_code == 503, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["retry-after"] == "5"
+
+
+async def test_an_asyncpg_client_bug_stays_a_500() -> None:
+    """Only the broken-connection state error is an outage; asyncpg's other internal errors are bugs to see."""
+    error = asyncpg.InternalClientError("no encoder for OID 1234")
+    assert not is_transient(error)
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.get("/thing")
+    async def thing() -> None:
+        raise error
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        assert (await http.get("/thing")).status_code == 500
