@@ -25,14 +25,25 @@ class PendingInvite:
     created_at: datetime
     expires_at: datetime
     delivery: str = "queued"
+    checks_identity: bool = False  # an individual invite: accepting it asks for the SSN, or date of birth and phone
 
     @property
     def replaceable(self) -> bool:
         """Never delivered: a new invite (staff pasting the patient again once registered) replaces it."""
         return self.delivery in UNDELIVERED
 
+    @property
+    def replaceable_by_roster(self) -> bool:
+        """A roster invite checks no identity factor: it never takes the place of one that does."""
+        return self.replaceable and not self.checks_identity
+
 
 def already_invited_reason(pending: PendingInvite) -> str:
+    if pending.replaceable and pending.checks_identity:
+        return (
+            f"an invite sent on its own on {pending.created_at:%Y-%m-%d}, with an identity check, never reached the "
+            "patient; resend that invite from the patient's access history (a roster invite would drop the check)"
+        )
     return (
         f"a pending invite sent {pending.created_at:%Y-%m-%d} is valid until {pending.expires_at:%Y-%m-%d %H:%M} UTC;"
         " it was not sent again"
@@ -44,16 +55,16 @@ def flag_known(
 ) -> dict[int, uuid.UUID]:
     """Ready entries whose patient is connected, or holds a pending invite, are flagged instead of invited.
 
-    A pending invite that never reached the patient does not block: the entry stays ready and its new invite
-    replaces that one. Returns {line number: the undelivered invite it replaces}. Walks what the database
-    knows, not the roster: usually far fewer.
+    A pending invite that never reached the patient does not block, unless it checks identity factors: the entry
+    stays ready and its new invite replaces that one. Returns {line number: the undelivered invite it replaces}.
+    Walks what the database knows, not the roster: usually far fewer.
     """
     replaces: dict[int, uuid.UUID] = {}
     for key, pending in invited.items():
         entry = unique.get(key)
         if entry is None or key in connected:
             continue
-        if pending.replaceable:
+        if pending.replaceable_by_roster:
             replaces[entry.line_number] = pending.id
         else:
             entry.verdict, entry.reason = Verdict.ALREADY_INVITED, already_invited_reason(pending)

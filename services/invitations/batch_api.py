@@ -76,7 +76,8 @@ def _digest(body: RosterBody) -> bytes:
     summary="Preview a roster: the patients-ready counter and a verdict for every line; nothing is sent",
     description="`already_invited`: the patient holds a pending, unexpired invite that reached them. One that never "
     "did (`not_on_platform`, `error`) does not block: the line is `ready`, and its new invite replaces (revokes) the "
-    "old one, which then names it in `replaced_by`.",
+    "old one, which then names it in `replaced_by`; unless that one was sent on its own with an identity check "
+    "(SSN, or date of birth and phone), which a roster invite would drop: `already_invited`, resend that invite.",
     response_model=PreviewView,
     openapi_extra=_ROSTER_REQUEST,
     responses=problems(401, 403, 404, 413, 415, 422),
@@ -235,7 +236,8 @@ async def not_on_platform(practice_id: uuid.UUID, batch_id: uuid.UUID, staff: St
     status_code=202,
     summary="Send new invites to the batch's not-on-platform rows (they go back to queued)",
     description="Every such row gets a new invite (the old one is revoked); a patient who has still not "
-    "registered ends `not_on_platform` again, so press it once they have.",
+    "registered ends `not_on_platform` again, so press it once they have. A row whose patient was since invited "
+    "on their own, with an identity check, is flagged `already_invited` instead: resend that invite.",
     responses=problems(401, 403, 404, 422),
 )
 async def resend_not_on_platform(

@@ -278,7 +278,7 @@ def _resend_plan(
         # A flagged row lets go of its old invite, so that a late outcome of that invite cannot overwrite it.
         if key in connected:
             flagged.append((line, Outcome.ALREADY_CONNECTED.value, ALREADY_CONNECTED_REASON, None, 0))
-        elif other is not None and other.id != row["invite_id"] and not other.replaceable:
+        elif other is not None and other.id != row["invite_id"] and not other.replaceable_by_roster:
             flagged.append((line, Outcome.ALREADY_INVITED.value, already_invited_reason(other), None, 0))
         else:
             # The row's own invite, or the patient's pending invite that never reached them either (an invite

@@ -54,10 +54,11 @@ ORDER BY created_at DESC, id DESC
 # the ConnectionApproved it causes comes back (and however long connections or the broker take).
 KNOWN = """
 SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at,
-       NULL::text AS delivery
+       NULL::text AS delivery, false AS checks_identity
 FROM invitations.connected_patients WHERE practice_id = $1 AND email_key = ANY($2::text[])
 UNION ALL
-SELECT email_key, CASE WHEN status = 'pending' THEN id END, created_at, expires_at, delivery FROM invitations.invites
+SELECT email_key, CASE WHEN status = 'pending' THEN id END, created_at, expires_at, delivery,
+       ssn_digest IS NOT NULL OR dob_digest IS NOT NULL AS checks_identity FROM invitations.invites
 WHERE practice_id = $1 AND email_key = ANY($2::text[])
   AND (status = 'accepted' OR status = 'pending' AND expires_at > $3)
 """
@@ -66,10 +67,11 @@ WHERE practice_id = $1 AND email_key = ANY($2::text[])
 # than the roster has, reading them all beats probing an index 100,000 times.
 KNOWN_ALL = """
 SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at,
-       NULL::text AS delivery
+       NULL::text AS delivery, false AS checks_identity
 FROM invitations.connected_patients WHERE practice_id = $1
 UNION ALL
-SELECT email_key, CASE WHEN status = 'pending' THEN id END, created_at, expires_at, delivery FROM invitations.invites
+SELECT email_key, CASE WHEN status = 'pending' THEN id END, created_at, expires_at, delivery,
+       ssn_digest IS NOT NULL OR dob_digest IS NOT NULL AS checks_identity FROM invitations.invites
 WHERE practice_id = $1 AND (status = 'accepted' OR status = 'pending' AND expires_at > $2)
 """
 COUNT_KNOWN = """
@@ -228,7 +230,9 @@ async def known(
         if row["id"] is None:
             connected.add(row["email_key"])
         else:
-            pending[row["email_key"]] = PendingInvite(row["id"], row["created_at"], row["expires_at"], row["delivery"])
+            pending[row["email_key"]] = PendingInvite(
+                row["id"], row["created_at"], row["expires_at"], row["delivery"], row["checks_identity"]
+            )
     return connected, pending
 
 

@@ -306,11 +306,10 @@ async def test_an_invite_that_never_reached_the_patient_gives_way_to_a_new_one(s
     assert blocked.status_code == 409, "an invite still on its way blocks a second one"
 
 
-async def test_resending_a_row_replaces_the_patients_later_invite_that_never_reached_them_either(
-    service: Service,
-) -> None:
-    """A roster row not on platform; then an invite on its own, not on platform either, replaced the row's. Once the
-    patient registers, re-sending the row sends a new invite in place of that later one: not `already_invited`."""
+async def test_a_roster_never_takes_the_place_of_an_identity_checked_invite(service: Service) -> None:
+    """A roster row not on platform; then an invite sent on its own (identity factors), not on platform either,
+    replaced the row's. Once the patient registers, neither re-sending the row nor pasting the patient again may
+    swap that invite for a roster invite, which would drop the identity check: staff resend that invite."""
     practice = uuid.uuid4()
     batch = await service.submit(practice, "gil@example.com")
     base = f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}"
@@ -327,24 +326,23 @@ async def test_resending_a_row_replaces_the_patients_later_invite_that_never_rea
 
     response = await service.http.post(f"{base}/resend-not-on-platform", headers=staff(practice))
     assert response.status_code == 202, response.text
-    assert response.json() == {"batch_id": batch["batch_id"], "resent": 1, "already_connected": 0, "already_invited": 0}
+    assert response.json() == {"batch_id": batch["batch_id"], "resent": 0, "already_connected": 0, "already_invited": 1}
     [row] = await service.fetch(
-        "SELECT outcome, invite_id FROM invitations.batch_rows WHERE batch_id = $1", uuid.UUID(batch["batch_id"])
+        "SELECT outcome, reason FROM invitations.batch_rows WHERE batch_id = $1", uuid.UUID(batch["batch_id"])
     )
-    assert row["outcome"] == "queued" and str(row["invite_id"]) not in {
-        single_id,
-        first["gil@example.com"]["payload"]["invite_id"],
-    }
-    later = await service.admin.fetchrow(
-        "SELECT status, replaced_by FROM invitations.invites WHERE id = $1", uuid.UUID(single_id)
+    assert row["outcome"] == "already_invited" and "resend that invite" in row["reason"]
+    preview = await service.http.post(
+        f"/v1/practices/{practice}/roster/preview", json={"roster": "gil@example.com"}, headers=staff(practice)
     )
-    assert (later["status"], later["replaced_by"]) == ("revoked", row["invite_id"])
-    resent = (await service.requested(practice))[str(row["invite_id"])]["payload"]
-    assert resent["replaces"] == single_id
-    pending = await service.fetchval(
-        "SELECT count(*) FROM invitations.invites WHERE practice_id = $1 AND status = 'pending'", practice
+    assert [r["verdict"] for r in preview.json()["rows"]] == ["already_invited"]
+
+    resent = await service.http.post(f"/v1/practices/{practice}/invites/{single_id}/resend", headers=staff(practice))
+    assert resent.status_code == 201, resent.text
+    history = await service.http.get(
+        f"/v1/practices/{practice}/invites", params={"email": "gil@example.com"}, headers=staff(practice)
     )
-    assert pending == 1, "still one pending invite per patient"
+    pending = [i for i in history.json()["items"] if i["status"] == "pending"]
+    assert [(i["identity_factors"], i["resends"]) for i in pending] == [(["ssn"], single_id)], "the check stays"
 
 
 async def test_ten_thousand_outcomes_are_applied_in_batches(service: Service) -> None:
