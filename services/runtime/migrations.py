@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +41,9 @@ def outbox_channel(schema: str) -> str:
 
 # A step waits at most this long for a table lock, then rolls back and tries again later: an ALTER TABLE queued
 # behind a long transaction of a running service would otherwise stall every later query on that table.
-LOCK_TIMEOUT_SECONDS = 5.0
-LOCK_ATTEMPTS = 20
-LOCK_RETRY_SECONDS = 3.0
+LOCK_TIMEOUT_SECONDS = 1.0
+LOCK_ATTEMPTS = 60
+LOCK_RETRY_SECONDS = 2.0  # with jitter: two migrations of one table do not retry in step
 
 
 async def migrate(
@@ -79,7 +80,7 @@ async def migrate(
                     if attempt == lock_attempts:
                         raise
                     log.warning("migration.lock_busy", schema=plan.schema, version=version, attempt=attempt)
-                    await asyncio.sleep(lock_retry_seconds)
+                    await asyncio.sleep(lock_retry_seconds * random.uniform(0.5, 1.5))
             log.info("migration.applied", schema=plan.schema, version=version)
             done.append(version)
         return done
