@@ -17,7 +17,9 @@ import asyncpg
 from services.runtime.logging import get_logger
 
 log = get_logger(__name__)
-MESSAGING_SQL = Path(__file__).parent / "sql" / "messaging.sql"
+SQL = Path(__file__).parent / "sql"
+# Steps every service shares, applied before its own files; appended to, never edited or reordered.
+SHARED_STEPS = (("0000_messaging", "messaging.sql"), ("0000_messaging_inbox_applied_at", "inbox_applied_at.sql"))
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,10 @@ class MigrationPlan:
 
     def steps(self) -> list[tuple[str, str]]:
         """(version, sql) pairs: the shared messaging tables first, then the service's own files."""
-        quoted = f'"{self.schema}"'
-        messaging = MESSAGING_SQL.read_text().format(schema=quoted, channel=outbox_channel(self.schema))
+        names = {"schema": f'"{self.schema}"', "channel": outbox_channel(self.schema)}
+        shared = [(version, (SQL / name).read_text().format(**names)) for version, name in SHARED_STEPS]
         files = sorted(self.directory.glob("[0-9][0-9][0-9][0-9]_*.sql"))
-        return [("0000_messaging", messaging), *((f.stem, f.read_text()) for f in files)]
+        return [*shared, *((f.stem, f.read_text()) for f in files)]
 
 
 def outbox_channel(schema: str) -> str:

@@ -99,7 +99,7 @@ class RuntimeSettings(BaseSettings):
     consumer_batch_size: int = Field(default=500, ge=1, le=10000)
     consumer_max_attempts: int = Field(default=5, ge=1)
     inbox_retention_days: float = Field(
-        default=30, ge=1, description="Applied event ids are forgotten after this long: more than the topics keep"
+        default=30, ge=15, description="Applied event ids are forgotten after this long; the topics keep 14 days"
     )
 
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
