@@ -77,7 +77,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             "MIGRATION_DATABASE_URL (or DATABASE_URL) is not set and no local stack is running: set it to a role "
             "that may create the service's schema and role"
         )
-    password = os.environ.get(f"{args.service.upper()}_DB_PASSWORD")
+    variable = f"{args.service.upper()}_DB_PASSWORD"
+    password = os.environ.get(variable)
+    if password is not None and not (password.isascii() and password.isprintable()):
+        raise StackError(f"{variable}: expected printable ASCII (the role's SCRAM verifier is computed here)")
     applied = asyncio.run(migrate(url, MIGRATION_PLANS[args.service], role_password=password))
     print(f"{args.service}: " + (", ".join(applied) if applied else "up to date"))
     return 0

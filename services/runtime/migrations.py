@@ -124,11 +124,11 @@ SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
 def scram_verifier(password: str, salt: bytes | None = None) -> str:
     """The SCRAM-SHA-256 verifier PostgreSQL stores for this password (RFC 5802, 7677), computed here.
 
-    PostgreSQL normalises a password with SASLprep before hashing it, which leaves ASCII unchanged; a password
-    with other characters is sent as it is, for the server to normalise and hash.
+    PostgreSQL normalises a password with SASLprep before hashing it, which leaves ASCII unchanged; other
+    characters are refused rather than sent in clear for the server to normalise.
     """
-    if not password.isascii():
-        return password
+    if not password.isascii() or not password.isprintable():
+        raise ValueError("the role password must be printable ASCII (its SCRAM verifier is computed here)")
     salt = salt or os.urandom(16)
     salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, SCRAM_ITERATIONS)
     stored_key = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
