@@ -53,8 +53,10 @@ class QueueDeliveries:
 
 async def cancel_revoked(db: asyncpg.Connection, events: list[InviteRevoked]) -> None:
     """Consumer handler: the email of a revoked invite is not sent if it has not gone yet (a resend would otherwise
-    send two). InviteRevoked follows its InviteRequested on the invite's partition, so the delivery is queued by
-    then. One a sender holds goes out if that attempt succeeds; if it does not, the next claim ends it."""
+    send two). InviteRevoked follows its InviteRequested on the invite's partition, so the delivery is usually
+    queued by then; the revoke is remembered either way, so a delivery queued after it (its InviteRequested
+    republished after a failed publish) ends unsent too. One a sender holds goes out if that attempt succeeds; if
+    it does not, the next claim ends it."""
     pending = await repository.revoke_invites(db, [event.payload.invite_id for event in events])
     now = _now()
     await _finish(db, [domain.revoked(c, now) for c in pending])

@@ -80,13 +80,15 @@ async def insert_deliveries(db: asyncpg.Connection, deliveries: Sequence[NewDeli
         INSERT INTO notifier.deliveries (
             id, source_event_id, source_event_type, kind, recipient, practice_id, correlation_id,
             invite_id, batch_id, line_number, note, accept_url, expires_at, reason, identity_check, replaces,
-            message_id, recipient_key, not_before)
+            message_id, recipient_key, not_before, revoked_at)
         SELECT n.id, n.source_event_id, n.source_event_type, n.kind, n.recipient, n.practice_id, n.correlation_id,
                n.invite_id, n.batch_id, n.line_number, n.note, n.accept_url, n.expires_at, n.reason,
                n.identity_check, n.replaces, n.message_id, n.recipient_key,
                CASE WHEN EXISTS (SELECT 1 FROM notifier.patients p WHERE p.email = n.recipient_key)
                      AND EXISTS (SELECT 1 FROM notifier.practices r WHERE r.practice_id = n.practice_id)
-                    THEN now() ELSE now() + make_interval(secs => $19) END
+                    THEN now() ELSE now() + make_interval(secs => $19) END,
+               -- Its InviteRevoked came first (a publish retried after a failure): ended at its claim, unsent.
+               (SELECT v.revoked_at FROM notifier.revoked_invites v WHERE v.invite_id = n.invite_id)
         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[],
                     $8::uuid[], $9::uuid[], $10::int[], $11::text[], $12::text[], $13::timestamptz[], $14::text[],
                     $15::text[], $16::uuid[], $17::text[], $18::text[])
@@ -169,6 +171,10 @@ async def revoke_invites(db: asyncpg.Connection, invite_ids: Sequence[uuid.UUID]
     """Mark the open deliveries of these invites revoked; returns those not yet handed to a sender, locked, to be
     finished now. One a sender holds (`sending`) keeps the mark: if that attempt does not end it (a 4xx, a
     shutdown, a crash), the next claim finishes it instead of sending it."""
+    await db.execute(
+        "INSERT INTO notifier.revoked_invites (invite_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING",
+        list(invite_ids),
+    )
     rows = await db.fetch(
         """
         UPDATE notifier.deliveries d SET revoked_at = now(), updated_at = now()

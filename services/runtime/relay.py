@@ -65,7 +65,9 @@ class OutboxRelay:
     Two batches in flight at once would reach the broker in either order: an invite's InviteRevoked could
     overtake its InviteRequested on their partition. So each batch holds a transaction-level advisory lock;
     a relay that finds it taken waits for the next notification or poll. One relay publishes tens of
-    thousands of events a second, so taking turns costs no throughput that matters.
+    thousands of events a second, so taking turns costs no throughput that matters. Order still yields to a
+    failed publish (the batch is sent again, after what may have followed it) and to a rolling upgrade from a
+    release without the lock: consumers do not depend on it for correctness (the notifier remembers revokes).
     """
 
     def __init__(

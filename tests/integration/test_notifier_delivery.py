@@ -234,6 +234,23 @@ async def test_a_revoked_invite_is_not_emailed_and_a_resend_sends_one_email(
     assert plain is not None and "that invitation's link no longer works: use this one." in plain.get_content()
 
 
+async def test_an_invite_revoked_before_its_request_arrives_is_not_emailed(
+    notifier: Notifier, clinic: uuid.UUID
+) -> None:
+    """A publish retried after a failure can put an InviteRevoked on the partition before its InviteRequested:
+    the revoke is remembered, and the late request ends unsent."""
+    email = unique_email("overtaken")
+    await notifier.publish(patient(email, "en"))
+    late = invite(clinic, email, None)
+    await notifier.publish(revoked(late))
+    await notifier.publish(late)
+    row = await notifier.delivery(late.event_id)
+    assert (row["status"], row["last_error"]) == ("error", REVOKED)
+    assert notifier.caught(late.event_id) == []
+    [outcome] = (await notifier.outcomes({late.event_id})).values()
+    assert outcome["payload"]["outcome"] == "error" and outcome["payload"]["reason"] == REVOKED
+
+
 async def test_an_invite_revoked_while_its_email_is_being_sent_is_not_sent_on_a_later_attempt(
     notifier: Notifier, clinic: uuid.UUID
 ) -> None:
