@@ -67,7 +67,7 @@ class OutboxRelay:
     a relay that finds it taken waits for the next notification or poll. One relay publishes tens of
     thousands of events a second, so taking turns costs no throughput that matters. Order still yields to a
     failed publish (the batch is sent again, after what may have followed it) and to a rolling upgrade from a
-    release without the lock: consumers do not depend on it for correctness (the notifier remembers revokes).
+    release without the lock: this project's consumers do not need it to be right (the notifier remembers revokes).
     """
 
     def __init__(
