@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -277,14 +276,12 @@ async def test_a_relay_frozen_mid_batch_frees_the_batch_lock_for_the_others(
             ):
                 await asyncio.sleep(0.02)
         os.kill(frozen.pid, signal.SIGSTOP)
-        stopped_at = time.monotonic()
         await relay.start()
+        # Bounded, not timed: without PostgreSQL ending the frozen transaction the lock is never freed here.
         await _wait_until_empty(pool, timeout=60)
-        waited = time.monotonic() - stopped_at
     finally:
         frozen.kill()
         await asyncio.wait_for(frozen.wait(), 10)
         await relay.stop()
         await pool.close()
     assert relay.published == len(events), "the rows the frozen relay had claimed were published by the other"
-    assert waited < 60, f"the lock was freed after {waited:.0f} s"
