@@ -242,6 +242,7 @@ from services.runtime.relay import OutboxRelay
 
 class Hanging:  # a producer whose sends never complete: the batch stays open, holding the batch lock
     async def send(self, *args, **kwargs):
+        print("sending", flush=True)  # the rows are claimed: the session now waits, idle in its transaction
         await asyncio.sleep(3600)
 
 async def main():
@@ -259,23 +260,33 @@ async def test_a_relay_frozen_mid_batch_frees_the_batch_lock_for_the_others(
 ) -> None:
     """A process stopped dead (a lost node, SIGSTOP) while its batch is open: PostgreSQL ends its idle transaction
     after three send timeouts, and another relay publishes. Without that, the others would wait for TCP: hours."""
-    send_timeout = 3.0
+    send_timeout = 5.0  # the frozen relay's: its transaction may stay idle 3x this long, 15 s
     pool = await create_pool(database.url_for(SCHEMA), SCHEMA, 1, 4)
     events = _events(3, uuid.uuid4())
     async with transaction(pool) as connection:
         await add_events(connection, SCHEMA, events)
     frozen = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _FROZEN_RELAY, database.url_for(SCHEMA), str(send_timeout), cwd=ROOT
+        sys.executable,
+        "-c",
+        _FROZEN_RELAY,
+        database.url_for(SCHEMA),
+        str(send_timeout),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
     )
     relay = _relay(pool, database.infra.kafka_bootstrap, topic_prefix)
     try:
-        async with asyncio.timeout(30):  # the child takes the lock well within its own send timeout
-            while not await pool.fetchval(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = 'frozen-relay'"
-            ):
-                await asyncio.sleep(0.02)
+        assert frozen.stdout is not None
+        # Stopped once its query is answered, not in the middle of one: asyncpg prepares a statement with Flush,
+        # not Sync, and PostgreSQL arms the idle-in-transaction timeout only at a Sync (there, a dead node is
+        # still found by the TCP keepalives; a process frozen at that very instant is not).
+        async with asyncio.timeout(30):
+            assert await frozen.stdout.readline() == b"sending\n"
         os.kill(frozen.pid, signal.SIGSTOP)
+        assert await pool.fetchval(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = 'frozen-relay'"
+        ), "the frozen relay holds the batch lock"
         await relay.start()
         # Bounded, not timed: without PostgreSQL ending the frozen transaction the lock is never freed here.
         await _wait_until_empty(pool, timeout=60)
