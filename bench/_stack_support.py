@@ -117,7 +117,8 @@ def process_pids(stack: Any) -> dict[str, int]:
 
 async def seed_directory(stack: Any, practice_id: uuid.UUID, emails: Sequence[str], timeout: float = 300) -> float:
     """PracticeRegistered and one PatientRegistered per email, produced in bulk; waits until the notifier has
-    them all in its directory (so that every invite is really sent). Returns the seconds it took."""
+    them all in its directory (so that every invite is really sent) and the connections service knows the practice
+    (so that patients may ask to connect to it). Returns the seconds it took."""
     from collabkare.seeding import patient_registered, practice_registered
 
     started = time.perf_counter()
@@ -134,9 +135,13 @@ async def seed_directory(stack: Any, practice_id: uuid.UUID, emails: Sequence[st
                 "SELECT count(*) FROM notifier.practices WHERE practice_id = $1", practice_id
             )
             patients = int(await admin.fetchval("SELECT count(*) FROM notifier.patients"))
-            return bool(practices) and patients >= base_patients + len(set(emails))
+            # The connections service learns of the practice too: patients may then ask to connect to it.
+            asking = await admin.fetchval(
+                "SELECT count(*) FROM connections.practices WHERE practice_id = $1", practice_id
+            )
+            return bool(practices and asking) and patients >= base_patients + len(set(emails))
 
-        await wait_for("the notifier's directory has every patient", known, timeout, every=0.25)
+        await wait_for("the notifier's and connections' directories have them", known, timeout, every=0.25)
     finally:
         await admin.close()
     return time.perf_counter() - started

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
+
 from collabkare.seeding import practice_registered, publish
 from collabkare.services import MIGRATION_PLANS, SERVICES
 from collabkare.stack import mailbox
@@ -174,9 +176,26 @@ def _ready(url: str) -> bool:
         return False
 
 
-def seed_demo_practice(stack: RunningStack) -> None:
+def seed_demo_practice(stack: RunningStack, timeout: float = 30.0) -> None:
+    """Registers the demo practice on the platform topic and waits until the connections service knows it: a
+    patient may ask to connect to it as soon as this returns."""
     event = practice_registered(DEMO_PRACTICE_ID, DEMO_PRACTICE_NAME)
     asyncio.run(publish(stack.infra.kafka_bootstrap, stack.topic_prefix, [event]))
+    asyncio.run(_wait_for_practice(stack.database_url, DEMO_PRACTICE_ID, timeout))
+
+
+async def _wait_for_practice(database_url: str, practice_id: uuid.UUID, timeout: float) -> None:
+    connection = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while not await connection.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM connections.practices WHERE practice_id = $1)", practice_id
+        ):
+            if time.monotonic() > deadline:
+                raise StackError(f"the connections service did not learn of the demo practice in {timeout:.0f} s")
+            await asyncio.sleep(0.1)
+    finally:
+        await connection.close()
 
 
 def demo_staff_token(jwt_secret: str) -> str:

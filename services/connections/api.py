@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, StringConstraints, TypeAdapter
 
 from services.connections import handlers
-from services.connections.domain import MAX_TEXT, AlreadyConnected, AlreadyDecided, clean_text
+from services.connections.domain import MAX_TEXT, AlreadyConnected, AlreadyDecided, UnknownPractice, clean_text
 from services.connections.model import Cause, PatientRef, Status
 from services.connections.views import ConnectionRequestView, ConnectionView, PageView, decode_cursor, encode_cursor
 from services.runtime.auth import Patient, Principal, StaffMember
@@ -114,7 +114,8 @@ def _already_decided(error: AlreadyDecided) -> Problem:
     description=(
         "201 with the new pending request; 200 with the existing one when the patient already asked. The patient "
         "is the token's: `sub` (the patient id), `email`, and `name` if it carries one (the request's display_name, "
-        "as staff see it)."
+        "as staff see it). The practice must be one the platform registered (PracticeRegistered): any other "
+        "`practice_id` is a 422 naming it (rule `registered_practice`)."
     ),
     responses={
         200: {"description": "The patient's pending request, unchanged", "model": ConnectionRequestView},
@@ -134,6 +135,12 @@ async def ask_to_connect(
             type_="urn:collabkare:problem:already-connected",
             connection_id=str(error.connection.id),
             connected_at=_UTC_TIME.dump_python(error.connection.connected_at, mode="json"),
+        ) from None
+    except UnknownPractice as error:
+        raise Problem(
+            422,
+            str(error),
+            errors=[{"field": "practice_id", "rule": "registered_practice", "message": str(error)}],
         ) from None
     if not created:
         response.status_code = 200

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
-from schemas import ConnectionApproved, ConnectionRejected, ConnectionRequested, InviteAccepted
+from schemas import ConnectionApproved, ConnectionRejected, ConnectionRequested, InviteAccepted, PracticeRegistered
 from schemas.events import ConnectionApprovedPayload, ConnectionRejectedPayload, ConnectionRequestedPayload
 from services.connections.model import (
     AuditEntry,
@@ -35,6 +36,11 @@ class AlreadyConnected(DomainError):
         self.connection = connection
 
 
+class UnknownPractice(DomainError):
+    def __init__(self) -> None:
+        super().__init__("No practice with this id is registered on CollabKare.")
+
+
 class AlreadyDecided(DomainError):
     def __init__(self, request: ConnectionRequest) -> None:
         super().__init__(f"The connection request was already {request.status.value}.")
@@ -52,17 +58,32 @@ def clean_text(text: str | None) -> str | None:
     return text.strip() or None
 
 
+def registered_practices(events: Iterable[PracticeRegistered]) -> list[tuple[uuid.UUID, datetime]]:
+    """(practice id, registered at) once per practice, the latest registration of the batch: one statement
+    cannot upsert the same row twice."""
+    latest: dict[uuid.UUID, datetime] = {}
+    for event in events:
+        at = event.payload.registered_at
+        if event.practice_id not in latest or latest[event.practice_id] < at:
+            latest[event.practice_id] = at
+    return list(latest.items())
+
+
 def request_connection(
     practice_id: uuid.UUID,
     patient: PatientRef,
     message: str | None,
     *,
+    practice_known: bool,
     pending: ConnectionRequest | None,
     connected: Connection | None,
     now: datetime,
     cause: Cause,
 ) -> Change:
-    """A patient asks to connect; asking again returns the pending request unchanged."""
+    """A patient asks to connect to a practice of the platform's directory; asking again returns the pending
+    request unchanged."""
+    if not practice_known:
+        raise UnknownPractice()
     if connected is not None:
         raise AlreadyConnected(connected)
     if pending is not None:

@@ -9,7 +9,7 @@ from typing import Generic, TypeVar
 
 import asyncpg
 
-from schemas import InviteAccepted
+from schemas import InviteAccepted, PracticeRegistered
 from services.connections import domain, repository
 from services.connections.model import (
     Cause,
@@ -57,6 +57,11 @@ async def _write(db: asyncpg.Connection, change: Change) -> None:
     await add_events(db, repository.SCHEMA, change.events)
 
 
+async def record_practices(db: asyncpg.Connection, events: list[PracticeRegistered]) -> None:
+    """Consumer handler: the platform's practices, which patients may ask to connect to."""
+    await repository.upsert_practices(db, domain.registered_practices(events))
+
+
 async def request_connection(
     pool: asyncpg.Pool, practice_id: uuid.UUID, patient: PatientRef, message: str | None, cause: Cause
 ) -> tuple[ConnectionRequest, bool]:
@@ -66,6 +71,7 @@ async def request_connection(
             practice_id,
             patient,
             message,
+            practice_known=await repository.practice_known(db, practice_id),
             pending=await repository.find_pending_request(db, practice_id, patient.patient_id),
             connected=await repository.find_connection(db, practice_id, patient.patient_id),
             now=_now(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 
@@ -50,6 +51,16 @@ RECORD_DECISION = """
 UPDATE connections.connection_requests
 SET status = $3, decided_by = $4, decided_at = $5, reason = $6, connection_id = $7
 WHERE practice_id = $1 AND id = $2 AND status = 'pending'
+"""
+
+PRACTICE_KNOWN = "SELECT EXISTS (SELECT 1 FROM connections.practices WHERE practice_id = $1)"
+
+# A practice registered again (a re-publish, a replay) keeps one row; an older event never overwrites a newer one.
+UPSERT_PRACTICES = """
+INSERT INTO connections.practices (practice_id, registered_at)
+SELECT * FROM unnest($1::uuid[], $2::timestamptz[])
+ON CONFLICT (practice_id) DO UPDATE SET registered_at = EXCLUDED.registered_at
+    WHERE connections.practices.registered_at < EXCLUDED.registered_at
 """
 
 FIND_CONNECTION = f"""
@@ -210,3 +221,11 @@ async def list_connections(
         LIST_CONNECTIONS, practice_id, after.at if after else None, after.id if after else None, limit
     )
     return [_connection(row) for row in rows]
+
+
+async def practice_known(db: asyncpg.Connection, practice_id: uuid.UUID) -> bool:
+    return bool(await db.fetchval(PRACTICE_KNOWN, practice_id))
+
+
+async def upsert_practices(db: asyncpg.Connection, practices: Sequence[tuple[uuid.UUID, datetime]]) -> None:
+    await db.execute(UPSERT_PRACTICES, [p[0] for p in practices], [p[1] for p in practices])

@@ -10,8 +10,11 @@ GROUP = "connections"
 ROUTES: tuple[Subscription, ...] = (
     Subscription(
         group=GROUP,
-        topics=("invitations.v1",),
-        handlers={"InviteAccepted": handlers.connect_invited},
-        description="An accepted invite connects the patient to the practice and announces ConnectionApproved.",
+        topics=("invitations.v1", "platform.practices.v1"),
+        handlers={"InviteAccepted": handlers.connect_invited, "PracticeRegistered": handlers.record_practices},
+        description=(
+            "An accepted invite connects the patient to the practice and announces ConnectionApproved; the "
+            "platform's practices are the ones patients may ask to connect to."
+        ),
     ),
 )

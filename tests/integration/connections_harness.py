@@ -20,8 +20,17 @@ class Service(ServiceUnderTest):
     topic = "connections.v1"
     keyed_by = "patient"
 
+    async def practice(self) -> uuid.UUID:
+        """A new practice in the service's directory, as its PracticeRegistered would put it there (HTTP tests do
+        not consume; test_connections_consumer proves the event path)."""
+        practice_id = uuid.uuid4()
+        await self.admin.execute(
+            "INSERT INTO connections.practices (practice_id, registered_at) VALUES ($1, now())", practice_id
+        )
+        return practice_id
+
     async def ask(self, practice_id: uuid.UUID, patient_id: uuid.UUID | None = None, **body: Any) -> dict[str, Any]:
-        """A pending request from a (new) patient; the answer's JSON."""
+        """A pending request from a (new) patient to a practice of the directory; the answer's JSON."""
         patient_id = patient_id or uuid.uuid4()
         token = patient_token(patient_id, f"p{patient_id.hex[:8]}@example.com")
         response = await self.http.post(

@@ -57,7 +57,7 @@ async def _audit(service: Service, practice_id: uuid.UUID) -> list[tuple[str, st
 
 
 async def test_patient_asks_and_connection_requested_is_published(service: Service) -> None:
-    practice, patient = uuid.uuid4(), uuid.uuid4()
+    practice, patient = await service.practice(), uuid.uuid4()
     token = patient_token(patient, "Ann.Lee@example.com")
     response = await service.http.post(
         "/v1/connection-requests",
@@ -80,7 +80,7 @@ async def test_patient_asks_and_connection_requested_is_published(service: Servi
 
 async def test_the_tokens_name_claim_is_how_staff_see_the_request(service: Service) -> None:
     """OpenID Connect's `name` claim becomes the request's display_name (one line, no control characters)."""
-    practice, named, unnamed = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    practice, named, unnamed = await service.practice(), uuid.uuid4(), uuid.uuid4()
     for patient, email, name in ((named, "ann@example.com", "  Ann\u0007  Lee\r\n"), (unnamed, "bo@example.com", None)):
         response = await service.http.post(
             "/v1/connection-requests",
@@ -98,7 +98,7 @@ async def test_the_tokens_name_claim_is_how_staff_see_the_request(service: Servi
 
 
 async def test_asking_twice_returns_the_pending_request_without_a_second_event(service: Service) -> None:
-    practice, patient = uuid.uuid4(), uuid.uuid4()
+    practice, patient = await service.practice(), uuid.uuid4()
     first = await service.ask(practice, patient)
     token = patient_token(patient, "p@example.com")
     again = await service.http.post(
@@ -115,7 +115,7 @@ async def test_asking_twice_returns_the_pending_request_without_a_second_event(s
 
 
 async def test_asking_while_connected_is_409(service: Service) -> None:
-    practice, patient = uuid.uuid4(), uuid.uuid4()
+    practice, patient = await service.practice(), uuid.uuid4()
     asked = await service.ask(practice, patient)
     approved = await _decide(service, practice, asked["id"], "approve")
     assert approved.status_code == 200
@@ -134,7 +134,7 @@ async def test_asking_while_connected_is_409(service: Service) -> None:
 
 
 async def test_patient_token_without_email_is_refused_and_writes_nothing(service: Service) -> None:
-    practice = uuid.uuid4()
+    practice = await service.practice()
     token = mint_token(JWT_SECRET, str(uuid.uuid4()), ["patient"])  # no email claim
     response = await service.http.post(
         "/v1/connection-requests", json={"practice_id": str(practice)}, headers={"Authorization": f"Bearer {token}"}
@@ -146,8 +146,28 @@ async def test_patient_token_without_email_is_refused_and_writes_nothing(service
     assert await service.fetch("SELECT 1 FROM connections.connection_requests WHERE practice_id = $1", practice) == []
 
 
-async def test_approve_connects_the_patient_and_publishes_what_the_notifier_needs(service: Service) -> None:
+async def test_asking_a_practice_the_platform_never_registered_is_a_422_naming_it(service: Service) -> None:
     practice, patient = uuid.uuid4(), uuid.uuid4()
+    response = await service.http.post(
+        "/v1/connection-requests",
+        json={"practice_id": str(practice), "message": "hello"},
+        headers={"Authorization": f"Bearer {patient_token(patient, 'ann@example.com')}"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["errors"] == [
+        {
+            "field": "practice_id",
+            "rule": "registered_practice",
+            "message": "No practice with this id is registered on CollabKare.",
+        }
+    ]
+    assert await service.fetch("SELECT 1 FROM connections.connection_requests WHERE practice_id = $1", practice) == []
+    assert await service.events(practice) == []
+
+
+async def test_approve_connects_the_patient_and_publishes_what_the_notifier_needs(service: Service) -> None:
+    practice, patient = await service.practice(), uuid.uuid4()
     asked = await service.ask(practice, patient)
     response = await _decide(
         service, practice, asked["id"], "approve", "manager-7", headers={"X-Correlation-ID": "ok-1"}
@@ -174,7 +194,7 @@ async def test_approve_connects_the_patient_and_publishes_what_the_notifier_need
 
 
 async def test_reject_trims_the_reason_and_publishes_it(service: Service) -> None:
-    practice = uuid.uuid4()
+    practice = await service.practice()
     asked = await service.ask(practice)
     response = await _decide(service, practice, asked["id"], "reject", json={"reason": "  Not a patient here.  "})
     assert response.status_code == 200, response.text
@@ -190,7 +210,7 @@ async def test_reject_trims_the_reason_and_publishes_it(service: Service) -> Non
     "body", [None, {}, {"reason": None}, {"reason": "   "}], ids=["no body", "{}", "null", "blank"]
 )
 async def test_reject_without_a_reason_publishes_a_null_reason(service: Service, body: dict[str, Any] | None) -> None:
-    practice = uuid.uuid4()
+    practice = await service.practice()
     asked = await service.ask(practice)
     kwargs: dict[str, Any] = {} if body is None else {"json": body}
     response = await _decide(service, practice, asked["id"], "reject", **kwargs)
@@ -201,7 +221,7 @@ async def test_reject_without_a_reason_publishes_a_null_reason(service: Service,
 
 
 async def test_reason_of_exactly_500_characters_is_accepted(service: Service) -> None:
-    practice = uuid.uuid4()
+    practice = await service.practice()
     asked = await service.ask(practice)
     response = await _decide(service, practice, asked["id"], "reject", json={"reason": "r" * 500 + "   "})
     assert response.status_code == 200
@@ -210,7 +230,7 @@ async def test_reason_of_exactly_500_characters_is_accepted(service: Service) ->
 
 @pytest.mark.parametrize("action", ["approve", "reject"])
 async def test_the_same_decision_twice_is_idempotent(service: Service, action: str) -> None:
-    practice = uuid.uuid4()
+    practice = await service.practice()
     asked = await service.ask(practice)
     first = await _decide(service, practice, asked["id"], action, "staff-a", json={"reason": "first"})
     second = await _decide(service, practice, asked["id"], action, "staff-b", json={"reason": "second"})
@@ -227,7 +247,7 @@ async def test_the_same_decision_twice_is_idempotent(service: Service, action: s
 async def test_the_opposite_decision_is_409_with_the_current_state(
     service: Service, first: str, then: str, state: str
 ) -> None:
-    practice = uuid.uuid4()
+    practice = await service.practice()
     asked = await service.ask(practice)
     assert (await _decide(service, practice, asked["id"], first)).status_code == 200
     refused = await _decide(service, practice, asked["id"], then, "staff-2")
@@ -244,7 +264,7 @@ async def test_the_opposite_decision_is_409_with_the_current_state(
 
 async def test_two_opposite_decisions_at_the_same_moment_have_exactly_one_winner(service: Service) -> None:
     assert service.runtime.settings.database_pool_max >= 2
-    practice = uuid.uuid4()
+    practice = await service.practice()
     for _ in range(10):
         asked = await service.ask(practice)
         approve, reject = await asyncio.gather(
@@ -265,7 +285,7 @@ async def test_two_opposite_decisions_at_the_same_moment_have_exactly_one_winner
 
 
 async def test_two_approvals_at_the_same_moment_connect_once(service: Service) -> None:
-    practice = uuid.uuid4()
+    practice = await service.practice()
     for _ in range(5):
         asked = await service.ask(practice)
         answers = await asyncio.gather(*(_decide(service, practice, asked["id"], "approve") for _ in range(2)))
@@ -277,7 +297,7 @@ async def test_two_approvals_at_the_same_moment_connect_once(service: Service) -
 
 
 async def test_pending_list_is_newest_first_and_pages_stay_stable_while_requests_arrive(service: Service) -> None:
-    practice = uuid.uuid4()
+    practice = await service.practice()
     older = [(await service.ask(practice))["id"] for _ in range(7)]
     decided = await service.ask(practice)
     await _decide(service, practice, decided["id"], "approve")
@@ -307,7 +327,7 @@ async def test_pending_list_is_newest_first_and_pages_stay_stable_while_requests
 
 
 async def test_connections_list_pages(service: Service) -> None:
-    practice = uuid.uuid4()
+    practice = await service.practice()
     for _ in range(3):
         asked = await service.ask(practice)
         await _decide(service, practice, asked["id"], "approve")
@@ -347,7 +367,7 @@ BAD_LIST_PARAMETERS = [
 async def test_bad_list_parameters_name_the_field(
     service: Service, path: str, params: dict[str, Any], field: str
 ) -> None:
-    practice = uuid.uuid4()
+    practice = await service.practice()
     response = await service.http.get(f"/v1/practices/{practice}/{path}", params=params, headers=_staff(practice))
     assert response.status_code == 422
     assert response.headers["content-type"] == PROBLEM
@@ -387,7 +407,7 @@ BAD_DECISIONS: dict[str, tuple[str, dict[str, Any], int, str | None]] = {
 @pytest.mark.parametrize("case", list(BAD_DECISIONS))
 async def test_bad_decision_input_is_a_problem_and_changes_nothing(service: Service, case: str) -> None:
     target, kwargs, status, field = BAD_DECISIONS[case]
-    practice = uuid.uuid4()
+    practice = await service.practice()
     asked = await service.ask(practice)
     headers = {**_staff(practice), **kwargs.pop("headers", {})} if "headers" in kwargs else _staff(practice)
     response = await service.http.post(f"{_base(practice)}/{target.format(id=asked['id'])}", headers=headers, **kwargs)
@@ -418,7 +438,7 @@ BAD_ASKS: dict[str, tuple[dict[str, Any], int, str | None]] = {
 @pytest.mark.parametrize("case", list(BAD_ASKS))
 async def test_bad_ask_is_a_problem_and_changes_nothing(service: Service, case: str) -> None:
     kwargs, status, field = BAD_ASKS[case]
-    practice = uuid.uuid4()
+    practice = await service.practice()
     token = patient_token(uuid.uuid4(), "p@example.com")
     headers = {"Authorization": f"Bearer {token}", **kwargs.get("headers", {})}
     call: dict[str, Any] = {"headers": headers}
@@ -436,7 +456,7 @@ async def test_bad_ask_is_a_problem_and_changes_nothing(service: Service, case: 
 
 
 async def test_another_practices_request_is_not_found_from_your_own_practice(service: Service) -> None:
-    theirs, ours = uuid.uuid4(), uuid.uuid4()
+    theirs, ours = await service.practice(), await service.practice()
     asked = await service.ask(theirs)
     for action in ("approve", "reject"):
         response = await _decide(service, ours, asked["id"], action)
@@ -447,7 +467,7 @@ async def test_another_practices_request_is_not_found_from_your_own_practice(ser
 
 
 async def test_the_audit_log_is_append_only_even_for_the_services_own_role(service: Service) -> None:
-    practice = uuid.uuid4()
+    practice = await service.practice()
     asked = await service.ask(practice)
     await _decide(service, practice, asked["id"], "reject", json={"reason": "no"})
     own = await asyncpg.connect(service.database.url_for("connections"))

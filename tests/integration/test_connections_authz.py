@@ -35,7 +35,7 @@ CALLERS = callers("p@example.com")
 @pytest.mark.parametrize("name", list(ENDPOINTS))
 async def test_authorisation_matrix(service: Service, name: str, caller: str) -> None:
     endpoint = ENDPOINTS[name]
-    practice, patient = uuid.uuid4(), uuid.uuid4()
+    practice, patient = await service.practice(), uuid.uuid4()
     # Every staff endpoint gets a real pending request in the path's practice, so a refusal has something to leak.
     asked = await service.ask(practice)
     path = endpoint.path.format(practice=practice, request=asked["id"])

@@ -10,11 +10,12 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
+from collabkare.seeding import practice_registered, publish
 from collabkare.stack.infra import Infrastructure
 from schemas import InviteAccepted
 from schemas.events import InviteAcceptedPayload
 from tests.integration.connections_harness import Service, running_service
-from tests.support import produce, read_to_end, staff_token
+from tests.support import patient_token, produce, read_to_end, staff_token
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,23 @@ async def _applied(service: Service, event: InviteAccepted, timeout: float = 20.
             await asyncio.sleep(0.05)
 
 
+async def test_a_practice_registered_on_the_platform_topic_can_be_asked_to_connect(service: Service) -> None:
+    practice = uuid.uuid4()
+    token = {"Authorization": f"Bearer {patient_token(uuid.uuid4(), 'ann@example.com')}"}
+    before = await service.http.post("/v1/connection-requests", json={"practice_id": str(practice)}, headers=token)
+    assert before.status_code == 422, before.text
+    registered = practice_registered(practice, "Riverside Family Practice")
+    await publish(service.bootstrap, service.topic_prefix, [registered, registered])  # a re-publish is harmless
+    async with asyncio.timeout(20):
+        while not await service.fetch("SELECT 1 FROM connections.practices WHERE practice_id = $1", practice):
+            await asyncio.sleep(0.05)
+    after = await service.http.post("/v1/connection-requests", json={"practice_id": str(practice)}, headers=token)
+    assert after.status_code == 201, after.text
+    assert len(await service.fetch("SELECT 1 FROM connections.practices WHERE practice_id = $1", practice)) == 1
+
+
 async def test_redelivered_invite_accepted_connects_and_announces_once(service: Service) -> None:
-    practice, patient = uuid.uuid4(), uuid.uuid4()
+    practice, patient = await service.practice(), uuid.uuid4()
     accepted = _accepted(practice, patient)
     await _publish(service, accepted)
     await _applied(service, accepted)
@@ -88,7 +104,7 @@ async def test_redelivered_invite_accepted_connects_and_announces_once(service: 
 
 
 async def test_invite_accepted_for_a_patient_already_connected_changes_nothing(service: Service) -> None:
-    practice, patient = uuid.uuid4(), uuid.uuid4()
+    practice, patient = await service.practice(), uuid.uuid4()
     asked = await service.ask(practice, patient)
     approve = await service.http.post(
         f"/v1/practices/{practice}/connection-requests/{asked['id']}/approve",
@@ -110,7 +126,7 @@ async def test_invite_accepted_for_a_patient_already_connected_changes_nothing(s
 
 
 async def test_accepted_invite_answers_the_patients_pending_request(service: Service) -> None:
-    practice, patient = uuid.uuid4(), uuid.uuid4()
+    practice, patient = await service.practice(), uuid.uuid4()
     asked = await service.ask(practice, patient)
     accepted = _accepted(practice, patient)
     await _publish(service, accepted)

@@ -14,6 +14,7 @@ from services.connections.domain import (
     AlreadyConnected,
     AlreadyDecided,
     DomainError,
+    UnknownPractice,
     clean_text,
     connect_by_invite,
     decide,
@@ -29,7 +30,9 @@ PATIENT = PatientRef(uuid.uuid4(), "ann@example.com")
 
 
 def _pending() -> ConnectionRequest:
-    change = request_connection(PRACTICE, PATIENT, "hello", pending=None, connected=None, now=NOW, cause=CAUSE)
+    change = request_connection(
+        PRACTICE, PATIENT, "hello", practice_known=True, pending=None, connected=None, now=NOW, cause=CAUSE
+    )
     assert change.request is not None
     return change.request
 
@@ -68,7 +71,9 @@ def test_clean_text_trims_and_treats_blank_as_absent(given: str | None, kept: st
 
 
 def test_a_new_request_is_pending_and_announced() -> None:
-    change = request_connection(PRACTICE, PATIENT, "  hello  ", pending=None, connected=None, now=NOW, cause=CAUSE)
+    change = request_connection(
+        PRACTICE, PATIENT, "  hello  ", practice_known=True, pending=None, connected=None, now=NOW, cause=CAUSE
+    )
     assert change.changed and change.request is not None
     assert change.request.status is Status.PENDING and change.request.message == "hello"
     (event,) = change.events
@@ -81,14 +86,25 @@ def test_a_new_request_is_pending_and_announced() -> None:
 
 def test_asking_again_returns_the_pending_request_and_changes_nothing() -> None:
     pending = _pending()
-    change = request_connection(PRACTICE, PATIENT, "again", pending=pending, connected=None, now=LATER, cause=CAUSE)
+    change = request_connection(
+        PRACTICE, PATIENT, "again", practice_known=True, pending=pending, connected=None, now=LATER, cause=CAUSE
+    )
     assert not change.changed and change.request == pending and change.events == () and change.audit == ()
+
+
+def test_asking_a_practice_the_platform_never_registered_is_refused() -> None:
+    with pytest.raises(UnknownPractice):
+        request_connection(
+            PRACTICE, PATIENT, "hi", practice_known=False, pending=None, connected=None, now=NOW, cause=CAUSE
+        )
 
 
 def test_asking_while_connected_is_refused() -> None:
     connection = _connection()
     with pytest.raises(AlreadyConnected) as refused:
-        request_connection(PRACTICE, PATIENT, None, pending=None, connected=connection, now=NOW, cause=CAUSE)
+        request_connection(
+            PRACTICE, PATIENT, None, practice_known=True, pending=None, connected=connection, now=NOW, cause=CAUSE
+        )
     assert refused.value.connection == connection
 
 
