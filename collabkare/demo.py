@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections import Counter
@@ -12,6 +13,7 @@ from typing import Any
 from collabkare.client import CollabKare
 from collabkare.seeding import patient_registered, publish
 from collabkare.stack import mailbox
+from collabkare.stack.infra import provenance
 from collabkare.stack.local import DEMO_PRACTICE_ID, DEMO_PRACTICE_NAME, RunningStack, local_stack, seed_demo_practice
 
 DEFAULT_NOTE = "Your care team at Riverside invites you to connect your health record."
@@ -223,7 +225,9 @@ def _caught_since(stack: RunningStack, before: int) -> list[EmailMessage]:
 
 
 def run_demo() -> int:
-    print("== starting the local stack (PostgreSQL, Kafka-protocol broker, SMTP catcher, 3 services)", flush=True)
+    started, external = provenance(os.environ)
+    line = f"== starting the local stack ({', '.join([*started, '3 services'])})"
+    print(f"{line}; external: {', '.join(external)}" if external else line, flush=True)
     with local_stack() as stack:
         for name, url in stack.urls.items():
             print(f"   {name:<12} {url:<24} ready", flush=True)

@@ -252,8 +252,8 @@ def _dead_letter_message(subscription: Subscription) -> dict[str, Any]:
                 },
                 "content-type": {
                     "type": "string",
-                    "description": "Kept from the original record if it had one; otherwise empty (set by the "
-                    "publisher, the value being passed on as bytes).",
+                    "description": "Kept from the original record if it had one; otherwise "
+                    "application/octet-stream (the value is passed on as bytes, whatever they are).",
                 },
             },
             "required": [
@@ -262,6 +262,7 @@ def _dead_letter_message(subscription: Subscription) -> dict[str, Any]:
                 "original_partition",
                 "original_offset",
                 "consumer_group",
+                "content-type",
             ],
         },
         "payload": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +88,24 @@ def start_infrastructure(workdir: Path, *, keep_data: bool = False) -> Iterator[
             smtp,
             supervisor,
         )
+
+
+def provenance(environ: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(started here, external), named for a person, from the settings start_infrastructure reads: so the demo can
+    say what it will use before anything starts."""
+    container = " (container)" if environ.get("TEST_INFRA") == "containers" else ""
+    started: list[str] = []
+    external: list[str] = []
+    for setting, name in (("DATABASE_URL", "PostgreSQL"), ("KAFKA_BOOTSTRAP_SERVERS", "Kafka-protocol broker")):
+        if environ.get(setting):
+            external.append(f"{name} ({setting})")
+        else:
+            started.append(name + container)
+    if environ.get("SMTP_HOST"):
+        external.append("SMTP server (SMTP_HOST)")
+    else:
+        started.append("SMTP catcher")
+    return started, external
 
 
 def _remove(directories: list[Path]) -> None:

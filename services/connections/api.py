@@ -8,19 +8,18 @@ from typing import Annotated
 
 import asyncpg
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, StringConstraints, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, TypeAdapter
 
 from services.connections import handlers
 from services.connections.domain import MAX_TEXT, AlreadyConnected, AlreadyDecided, UnknownPractice, clean_text
 from services.connections.model import Cause, PatientRef, Status
 from services.connections.views import ConnectionRequestView, ConnectionView, PageView, decode_cursor, encode_cursor
-from services.runtime.auth import Patient, Principal, StaffMember
+from services.runtime.auth import Patient, StaffMember
 from services.runtime.http import JsonOnly
 from services.runtime.openapi import problems
 from services.runtime.problems import Problem
 
 router = APIRouter(tags=["connections"])
-_EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
 # Trimmed first, then measured; whitespace only counts as no text.
 Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TEXT), AfterValidator(clean_text)]
 
@@ -55,20 +54,6 @@ Limit = Annotated[int, Query(ge=1, le=200, description="Page size, 1 to 200.")]
 Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page.")]
 
 
-def _patient_ref(principal: Principal) -> PatientRef:
-    try:
-        patient_id = uuid.UUID(principal.subject)
-    except ValueError:
-        raise _token_claim("sub", "the patient token's subject is not a patient id (UUID)") from None
-    if not principal.email:
-        raise _token_claim("email", "the patient token carries no email claim; sign in again")
-    try:
-        address = _EMAIL.validate_python(principal.email)
-    except ValueError:
-        raise _token_claim("email", "the patient token's email claim is not an email address") from None
-    return PatientRef(patient_id=patient_id, email=address, display_name=display_name(principal.name))
-
-
 MAX_DISPLAY_NAME = 200
 
 
@@ -78,14 +63,6 @@ def display_name(claim: str | None) -> str | None:
         return None
     name = " ".join("".join(c if c.isprintable() else " " for c in claim).split())[:MAX_DISPLAY_NAME].strip()
     return name or None
-
-
-def _token_claim(claim: str, message: str) -> Problem:
-    return Problem(
-        422,
-        f"The request cannot be served: {message}.",
-        errors=[{"field": f"token.{claim}", "rule": "claim", "message": message}],
-    )
 
 
 # As every other timestamp of the API ("…Z"), not datetime.isoformat()'s "+00:00".
@@ -123,11 +100,11 @@ def _already_decided(error: AlreadyDecided) -> Problem:
     },
 )
 async def ask_to_connect(
-    principal: Patient, _json: JsonOnly, body: ConnectionRequestBody, pool: Pool, cause: Tracing, response: Response
+    patient: Patient, _json: JsonOnly, body: ConnectionRequestBody, pool: Pool, cause: Tracing, response: Response
 ) -> ConnectionRequestView:
-    patient = _patient_ref(principal)
+    requester = PatientRef(patient_id=patient.patient_id, email=patient.email, display_name=display_name(patient.name))
     try:
-        request, created = await handlers.request_connection(pool, body.practice_id, patient, body.message, cause)
+        request, created = await handlers.request_connection(pool, body.practice_id, requester, body.message, cause)
     except AlreadyConnected as error:
         raise Problem(
             409,

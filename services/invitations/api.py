@@ -23,7 +23,7 @@ from services.invitations.domain import (
 )
 from services.invitations.handlers import InviteNotFound
 from services.invitations.views import AcceptedView, HistoryView, InviteView, ResendView
-from services.runtime.auth import Patient, Principal, StaffMember
+from services.runtime.auth import Patient, StaffMember
 from services.runtime.http import JsonOnly
 from services.runtime.openapi import problems
 from services.runtime.problems import Problem
@@ -188,22 +188,6 @@ async def resend_invite(
     return ResendView(previous=InviteView.of(old, replacement=new), invite=InviteView.of(new))
 
 
-def _patient(principal: Principal) -> tuple[uuid.UUID, str]:
-    try:
-        patient_id = uuid.UUID(principal.subject)
-    except ValueError:
-        message = "the patient token's subject is not a patient id (UUID)"
-        raise unprocessable(f"The request cannot be served: {message}.", [("token.sub", "claim", message)]) from None
-    if not principal.email:
-        message = "the patient token carries no email claim; sign in again"
-        raise unprocessable(f"The request cannot be served: {message}.", [("token.email", "claim", message)])
-    try:
-        return patient_id, _EMAIL.validate_python(principal.email)
-    except ValueError:
-        message = "the patient token's email claim is not an email address"
-        raise unprocessable(f"The request cannot be served: {message}.", [("token.email", "claim", message)]) from None
-
-
 def _answer(body: AcceptBody) -> Answer:
     if body.ssn and (body.date_of_birth or body.phone):
         message = "give ssn, or date_of_birth and phone, not both"
@@ -228,11 +212,16 @@ def _answer(body: AcceptBody) -> Answer:
     responses=problems(401, 403, 404, 409, 410, 415, 422),
 )
 async def accept_invite(
-    principal: Patient, _json: JsonOnly, body: AcceptBody, pool: Pool, policy: Policies, cause: Tracing
+    patient: Patient, _json: JsonOnly, body: AcceptBody, pool: Pool, policy: Policies, cause: Tracing
 ) -> AcceptedView:
-    patient_id, email = _patient(principal)
     result = await handlers.accept_invite(
-        pool, policy, body.token, patient_id=patient_id, patient_email=email, answer=_answer(body), cause=cause
+        pool,
+        policy,
+        body.token,
+        patient_id=patient.patient_id,
+        patient_email=patient.email,
+        answer=_answer(body),
+        cause=cause,
     )
     if result is None:
         raise Problem(404, "No such invite: the link is not valid.")

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import jwt
 from fastapi import Depends, Path, Request
+from pydantic import EmailStr, TypeAdapter
 
 from services.runtime.logging import get_logger
 from services.runtime.problems import Problem
@@ -23,6 +24,7 @@ PATIENT_ROLE = "patient"
 # Subjects are recorded as actors (decided_by, requested_by) and carried in events, which bound them at 200.
 MAX_SUBJECT_LENGTH = 200
 _REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud"]
+_EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,15 @@ class Principal:
     practice_id: uuid.UUID | None = None
     email: str | None = None
     name: str | None = None  # OpenID Connect's `name` claim: how a patient's requests are shown to staff
+
+
+@dataclass(frozen=True)
+class PatientIdentity:
+    """The patient a patient token names: its `sub` (the patient id), its `email` (normalised) and `name`."""
+
+    patient_id: uuid.UUID
+    email: str
+    name: str | None = None
 
 
 class TokenVerifier:
@@ -159,14 +170,26 @@ def practice_staff(
     return principal
 
 
-def patient(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+def patient(principal: Annotated[Principal, Depends(authenticated)]) -> PatientIdentity:
+    """A patient token whose claims identify the patient. A token whose claims cannot is invalid (401), as one
+    with a bad signature is; checked with the token, so before the body, and never a 422 about the request."""
     if PATIENT_ROLE not in principal.roles:
         raise Problem(403, "This action needs a patient token (role patient).")
-    return principal
+    try:
+        patient_id = uuid.UUID(principal.subject)
+    except ValueError:
+        raise _unauthorized("The patient token's sub claim must be a patient id (a UUID).") from None
+    if not principal.email:
+        raise _unauthorized("The patient token's email claim is required: it is the patient's address.")
+    try:
+        email = _EMAIL.validate_python(principal.email)
+    except ValueError:
+        raise _unauthorized("The patient token's email claim must be an email address.") from None
+    return PatientIdentity(patient_id, email, principal.name)
 
 
 StaffMember = Annotated[Principal, Depends(practice_staff)]
-Patient = Annotated[Principal, Depends(patient)]
+Patient = Annotated[PatientIdentity, Depends(patient)]
 
 
 def check_access_before_body(request: Request) -> None:

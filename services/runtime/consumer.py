@@ -160,6 +160,9 @@ class BatchConsumer:
         # The original record as it was (key, bytes, headers: a redrive can put it back as is), and why.
         original = {key: value.decode(errors="replace") for key, value in record.headers or ()}
         headers = original | {
+            # FastStream's producer names a content type only for what it encodes itself and sends "" for bytes,
+            # unless the headers given say otherwise: the original's type, or what the bytes are when it has none.
+            "content-type": original.get("content-type") or "application/octet-stream",
             "dead_letter_reason": reason[:2000],
             "original_topic": record.topic,
             "original_partition": str(record.partition),

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.runtime.middleware import CORRELATION_HEADER
-from services.runtime.problems import PROBLEM_JSON, TITLES
+from services.runtime.problems import MAX_INSTANCE, PROBLEM_JSON, TITLES
 
 _REF = "#/components/schemas/{model}"
 _METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
@@ -33,7 +33,9 @@ class ProblemDetails(BaseModel):
     title: str
     status: int
     detail: str
-    instance: str = Field(description="The request's path")
+    instance: str = Field(
+        max_length=MAX_INSTANCE, description=f"The request's path, its first {MAX_INSTANCE} characters when longer"
+    )
     errors: list[FieldError] | None = Field(default=None, description="422: each field at fault")
 
 

@@ -35,6 +35,8 @@ TITLES = {
 
 # RFC 9457's own members: an extension may not reuse these names.
 RESERVED_MEMBERS = frozenset({"type", "title", "status", "detail", "instance", "errors"})
+# The instance echoes a path the caller chose: cut there, so that no caller decides how large an error body is.
+MAX_INSTANCE = 512
 
 
 class Problem(Exception):
@@ -88,7 +90,7 @@ def problem_response(
         "title": TITLES.get(status, "Error"),
         "status": status,
         "detail": detail,
-        "instance": request.url.path,
+        "instance": request.url.path[:MAX_INSTANCE],
         **extensions,
     }
     if errors:

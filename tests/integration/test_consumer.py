@@ -124,6 +124,7 @@ async def test_malformed_message_goes_to_dead_letters_and_the_next_is_applied(
     assert b"not a valid event" in headers["dead_letter_reason"]
     assert headers["original_topic"] == (topic_prefix + "invitations.v1").encode()
     assert headers["traceparent"] == trace[1], "the original record's headers are kept for a redrive"
+    assert headers["content-type"] == b"application/octet-stream", "the original had none: bytes, whatever they are"
     assert dead[0].key == b"k"
 
 
@@ -165,6 +166,7 @@ async def test_failing_event_is_retried_then_dead_lettered_without_blocking_othe
         bootstrap,
         topic_prefix + "invitations.v1",
         [(b"k", e.model_dump_json().encode()) for e in (flaky, broken, fine)],
+        headers=[("content-type", b"application/json")],
     )
     rows = await _applied(database, expect=2)
     assert sorted(str(r["event_id"]) for r in rows) == sorted([str(flaky.event_id), str(fine.event_id)])
@@ -173,6 +175,7 @@ async def test_failing_event_is_retried_then_dead_lettered_without_blocking_othe
     headers = dict(dead[0].headers)
     assert b"cannot be applied" in headers["dead_letter_reason"]
     assert headers["correlation_id"] == broken.correlation_id.encode()  # the event's, not a fresh one
+    assert headers["content-type"] == b"application/json", "the original record's content type"
 
 
 async def test_inbox_entries_past_their_retention_are_pruned_in_chunks(database: ScratchDatabase) -> None:

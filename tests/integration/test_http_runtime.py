@@ -43,7 +43,7 @@ async def last_echo(practice_id: uuid.UUID, staff: StaffMember) -> dict[str, str
 
 @router.get("/v1/me")
 async def me(patient: Patient) -> dict[str, str | None]:
-    return {"subject": patient.subject, "email": patient.email}
+    return {"patient_id": str(patient.patient_id), "email": patient.email}
 
 
 @pytest.fixture
@@ -165,9 +165,19 @@ async def test_refusals_are_problem_json(client: httpx.AsyncClient, case: str) -
 async def test_patient_endpoint_takes_patient_tokens_only(client: httpx.AsyncClient) -> None:
     patient = uuid.uuid4()
     ok = await client.get("/v1/me", headers=_auth(patient_token(patient, "p@example.com")))
-    assert ok.json() == {"subject": str(patient), "email": "p@example.com"}
+    assert ok.json() == {"patient_id": str(patient), "email": "p@example.com"}
     refused = await client.get("/v1/me", headers=_auth(staff_token(PRACTICE)))
     assert refused.status_code == 403
+    # Claims that name no patient make the token invalid: 401 as for a bad signature, not the request's fault.
+    for bearer in (
+        mint_token(JWT_SECRET, "staff-1", ["patient"], email="p@example.com"),
+        mint_token(JWT_SECRET, str(patient), ["patient"]),
+        mint_token(JWT_SECRET, str(patient), ["patient"], email="p at example.com"),
+    ):
+        invalid = await client.get("/v1/me", headers=_auth(bearer))
+        assert invalid.status_code == 401, invalid.text
+        assert invalid.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+        assert invalid.headers["content-type"] == "application/problem+json"
 
 
 async def test_malformed_input_names_the_field(client: httpx.AsyncClient) -> None:
@@ -333,6 +343,7 @@ async def my_echo(patient: Patient, body: Echo) -> dict[str, str]:
         ("another practice", f"/v1/practices/{uuid.uuid4()}/echo", "staff", 404),
         ("staff on a patient route", "/v1/me/echo", "staff", 403),
         ("no token, patient route", "/v1/me/echo", None, 401),
+        ("a patient token naming no patient", "/v1/me/echo", "patient without email", 401),
         ("allowed: the body is at fault", f"/v1/practices/{PRACTICE}/echo", "staff", 422),
         ("allowed, patient route", "/v1/me/echo", "patient", 422),
     ],
@@ -341,7 +352,11 @@ async def test_malformed_json_meets_the_access_check_first(
     client: httpx.AsyncClient, case: str, path: str, token: str | None, status: int
 ) -> None:
     """FastAPI parses JSON before any dependency: the access answer must not depend on the body being valid."""
-    tokens = {"staff": staff_token(PRACTICE), "patient": patient_token(uuid.uuid4(), "p@example.com")}
+    tokens = {
+        "staff": staff_token(PRACTICE),
+        "patient": patient_token(uuid.uuid4(), "p@example.com"),
+        "patient without email": mint_token(JWT_SECRET, str(uuid.uuid4()), ["patient"]),
+    }
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers["Authorization"] = f"Bearer {tokens.get(token, token)}"

@@ -1,4 +1,4 @@
-"""What the problem handlers answer when the database is away: 503 with Retry-After, never a 500."""
+"""What the problem handlers answer: 503 with Retry-After when the database is away, never a 500; a bounded instance."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from fastapi import FastAPI
 
 from services.runtime.database import is_transient
-from services.runtime.problems import install_problem_handlers
+from services.runtime.problems import MAX_INSTANCE, Problem, install_problem_handlers
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,22 @@ async def test_an_asyncpg_client_bug_stays_a_500() -> None:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         assert (await http.get("/thing")).status_code == 500
+
+
+async def test_the_instance_is_the_path_cut_to_a_bounded_length() -> None:
+    """The caller chooses the path: echoed whole, it would make every error body as large as they like."""
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.get("/things/{name}")
+    async def thing(name: str) -> None:
+        raise Problem(404, "No such thing.")
+
+    long_path = "/things/" + "x" * 20_000
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        short = await http.get("/things/lamp")
+        routed = await http.get(long_path)
+        unrouted = await http.get("/nowhere/" + "y" * 20_000)
+    assert short.json()["instance"] == "/things/lamp"
+    assert routed.status_code == 404 and routed.json()["instance"] == long_path[:MAX_INSTANCE]
+    assert unrouted.status_code == 404 and unrouted.json()["instance"] == ("/nowhere/" + "y" * 20_000)[:MAX_INSTANCE]
