@@ -124,16 +124,16 @@ def _event_message(name: str) -> dict[str, Any]:
     else:
         origin = (
             f"Published on {topic.name} by the {topic.producer} service's outbox relay, keyed by {key_name} and "
-            "with the event_type and event_id headers."
+            "with the event_type, event_id and content-type headers."
         )
     headers: dict[str, Any] = {
         "type": "object",
         "description": "Kafka record headers; values are UTF-8 strings. "
         + (
             "Optional: the platform's producers may omit them (when set, they mean what they mean on the "
-            "services' own events, whose outbox relays always set both)."
+            "services' own events, whose outbox relays always set them)."
             if from_platform
-            else "The outbox relay sets both on every record."
+            else "The outbox relay sets all three on every record."
         ),
         "properties": {
             "event_type": {
@@ -147,10 +147,15 @@ def _event_message(name: str) -> dict[str, Any]:
                 "format": "uuid",
                 "description": "The envelope's event_id, as in the body.",
             },
+            "content-type": {
+                "type": "string",
+                "const": "application/json",
+                "description": "The value is the event's JSON, UTF-8.",
+            },
         },
     }
     if not from_platform:
-        headers["required"] = ["event_type", "event_id"]
+        headers["required"] = ["event_type", "event_id", "content-type"]
     return {
         "name": name,
         "title": name,

@@ -23,6 +23,8 @@ from services.runtime.outbox import pending_count
 
 log = get_logger(__name__)
 _KAFKA_MURMUR2_SEED = 0x9747B28C
+# Every payload is an event's JSON: said in the header FastStream, Spring and Kafka UIs read to decode a record.
+_JSON = ("content-type", b"application/json")
 
 
 def partition_for_key(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
@@ -189,6 +191,7 @@ class OutboxRelay:
                             headers=[
                                 ("event_type", row["event_type"].encode()),
                                 ("event_id", str(row["event_id"]).encode()),
+                                _JSON,
                             ],
                         )
                         for row in rows

@@ -116,6 +116,11 @@ async def test_two_racing_relays_publish_every_row_once_and_in_order(
     for record in sorted(records, key=lambda r: (r.partition, r.offset)):
         event = parse_event(record.value)
         assert record.key == event.aggregate_key().encode()
+        assert dict(record.headers) == {
+            "event_type": event.event_type.encode(),
+            "event_id": str(event.event_id).encode(),
+            "content-type": b"application/json",
+        }
         steps_by_key.setdefault(record.key, []).append(int(event.correlation_id.removeprefix("step-")))
     assert len(steps_by_key) == 40
     for key, steps in steps_by_key.items():

@@ -154,7 +154,8 @@ def test_every_event_message_documents_its_kafka_key_and_the_relay_headers() -> 
                 assert "required" not in headers, f"{event}: the platform's producers may omit the headers"
                 assert field.rsplit(".", 1)[-1] in message["description"]
             else:
-                assert sorted(headers["required"]) == ["event_id", "event_type"]
+                assert sorted(headers["required"]) == ["content-type", "event_id", "event_type"]
+                assert headers["properties"]["content-type"]["const"] == "application/json" == message["contentType"]
     assert seen == set(EVENT_TYPES), f"events no document describes: {set(EVENT_TYPES) - seen}"
 
 
