@@ -14,7 +14,7 @@ import psutil
 from collabkare.seeding import publish_pipelined
 from collabkare.stack.infra import Infrastructure
 from schemas import Envelope
-from services.notifier.domain import Claimed, NewDelivery, delivery_id_for
+from services.notifier.domain import Claimed, NewDelivery, delivery_id_for, message_id_for
 from services.notifier.mailer import Mailer
 from services.notifier.messages import Renderer
 from services.notifier.settings import NotifierSettings
@@ -63,6 +63,7 @@ def prebuilt_messages(settings: NotifierSettings, count: int) -> list[tuple[str,
             recipient=f"ceiling-{i:05d}@example.com",
             practice_id=uuid.uuid4(),
             correlation_id="bench",
+            message_id=message_id_for(event_id, settings.sender_domain),
             note="Welcome to Riverside - we look forward to seeing you." if i % 2 else None,
             accept_url=f"https://app.collabkare.example/invites/accept?token={secrets.token_urlsafe(24)}",
             expires_at=datetime.now(UTC) + timedelta(days=7),

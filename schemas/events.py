@@ -46,7 +46,11 @@ class ConnectionApprovedPayload(Contract):
     request_id: uuid.UUID | None = Field(default=None, description="Set when via is request.")
     invite_id: uuid.UUID | None = Field(default=None, description="Set when via is invite.")
     approved_by: str = Field(
-        max_length=200, description="Subject of the staff member, or the patient when via is invite."
+        max_length=200,
+        description=(
+            "Subject of the staff member who approved the request or sent the invite; the patient's id when via is "
+            "invite and the InviteAccepted did not say who sent it (events from before it carried invited_by)."
+        ),
     )
     approved_at: AwareDatetime
 
@@ -119,6 +123,14 @@ class InviteAcceptedPayload(Contract):
     patient_id: uuid.UUID
     patient_email: EmailAddress
     accepted_at: AwareDatetime
+    invited_by: str | None = Field(
+        default=None,
+        max_length=200,
+        description=(
+            "Subject of the staff member who sent the invite (its InviteRequested's requested_by); absent from "
+            "events published before this field was added."
+        ),
+    )
 
 
 class InviteAccepted(Envelope):

@@ -221,7 +221,9 @@ def connect_by_invite(
         patient_email=str(payload.patient_email),
         connected_at=payload.accepted_at,
         via="invite",
-        approved_by=actor,
+        # The practice's consent is the invite its staff member sent; the patient's is the acceptance (the audit
+        # entry below). An InviteAccepted from before it carried invited_by names no one: the patient stands in.
+        approved_by=payload.invited_by or actor,
         invite_id=payload.invite_id,
     )
     audit = [

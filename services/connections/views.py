@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, Field
 
 from services.connections.model import Position, Status
 from services.runtime.problems import Problem
@@ -38,7 +38,12 @@ class ConnectionView(BaseModel):
     patient_email: str
     connected_at: AwareDatetime
     via: str
-    approved_by: str
+    approved_by: str = Field(
+        description=(
+            "Who approved the connection: the staff member who approved the request or sent the invite (the "
+            "patient's id for an invite accepted before the invitations service said who sent it)"
+        )
+    )
     request_id: uuid.UUID | None
     invite_id: uuid.UUID | None
 

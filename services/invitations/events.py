@@ -92,5 +92,6 @@ def accepted_event(invite: Invite, patient_id: uuid.UUID, patient_email: str, ca
             patient_id=patient_id,
             patient_email=patient_email,
             accepted_at=invite.accepted_at,
+            invited_by=invite.created_by,
         ),
     )

@@ -27,7 +27,6 @@ KIND_OF_EVENT: dict[str, Kind] = {
 }
 # Fixed forever: delivery ids are derived from source event ids, so a replay finds the same row.
 _DELIVERY_NAMESPACE = uuid.UUID("0b7d4f1e-5c1a-4f3e-9a57-2f6c1d0e8b42")
-MESSAGE_ID_DOMAIN = "collabkare.notifier"
 MAX_REASON = 1000  # DeliveryOutcome.reason's limit
 
 
@@ -35,9 +34,11 @@ def delivery_id_for(source_event_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(_DELIVERY_NAMESPACE, str(source_event_id))
 
 
-def message_id_for(source_event_id: uuid.UUID) -> str:
-    """Derived from the event: a duplicate from the crash window carries the same Message-ID as the first."""
-    return f"<{source_event_id}@{MESSAGE_ID_DOMAIN}>"
+def message_id_for(source_event_id: uuid.UUID, domain: str) -> str:
+    """Derived from the event alone, under the sender's domain (RFC 5322 wants one we control; filters score a
+    Message-ID whose domain is not fully qualified): a duplicate from the crash window carries the same
+    Message-ID as the first."""
+    return f"<{source_event_id}@{domain}>"
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class NewDelivery:
     recipient: str
     practice_id: uuid.UUID | None
     correlation_id: str
+    # Fixed when queued and stored with the delivery: every attempt, and a crash-window duplicate, carries this one
+    # even if the sender's domain has changed since.
+    message_id: str
     invite_id: uuid.UUID | None = None
     batch_id: uuid.UUID | None = None
     line_number: int | None = None
@@ -62,7 +66,7 @@ class NewDelivery:
     replaces: uuid.UUID | None = None  # the invite this one resends: the email says the earlier link is dead
 
 
-def delivery_for(event: Envelope) -> NewDelivery:
+def delivery_for(event: Envelope, message_id_domain: str) -> NewDelivery:
     """The delivery an event asks for (built directly: dataclasses.replace costs more than the rest)."""
     invite = event.payload if isinstance(event, InviteRequested) else None
     if isinstance(event, ConnectionApproved | ConnectionRejected):
@@ -79,6 +83,7 @@ def delivery_for(event: Envelope) -> NewDelivery:
         recipient=recipient,
         practice_id=event.practice_id,
         correlation_id=event.correlation_id,
+        message_id=message_id_for(event.event_id, message_id_domain),
         invite_id=invite.invite_id if invite else None,
         batch_id=invite.batch_id if invite else None,
         line_number=invite.line_number if invite else None,
@@ -147,10 +152,6 @@ class Claimed:
     practice_name: str | None
     reply_to: str | None
     revoked: bool = False  # its invite was revoked while it was being sent (and that attempt did not end it)
-
-    @property
-    def message_id(self) -> str:
-        return message_id_for(self.delivery.source_event_id)
 
 
 def smtp_address(address: str) -> str:
@@ -300,7 +301,7 @@ def outcome_event(final: Final) -> DeliveryOutcome:
             invite_id=delivery.invite_id,
             batch_id=delivery.batch_id,
             line_number=delivery.line_number,
-            message_id=final.claimed.message_id if final.outcome == "sent" else None,
+            message_id=delivery.message_id if final.outcome == "sent" else None,
             attempts=final.attempts,
             decided_at=final.decided_at,
         ),

@@ -42,9 +42,10 @@ class QueueDeliveries:
     """
 
     directory_grace_seconds: float
+    message_id_domain: str
 
     async def __call__(self, db: asyncpg.Connection, events: list[Envelope]) -> None:
-        deliveries = [domain.delivery_for(event) for event in events]
+        deliveries = [domain.delivery_for(event, self.message_id_domain) for event in events]
         queued = await repository.insert_deliveries(db, deliveries, self.directory_grace_seconds)
         if queued < len(deliveries):
             # The inbox already filters replays; this is the second guard (e.g. an inbox row pruned or lost).

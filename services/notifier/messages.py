@@ -225,7 +225,7 @@ class Renderer:
             address_header("Reply-To", claimed.practice_name, claimed.reply_to) if claimed.reply_to else b"",
             encode_header("Subject", variant.subject.fill(raw)),
             self._date_header(),
-            f"Message-ID: {claimed.message_id}\r\nContent-Language: {locale}\r\n".encode("ascii"),
+            f"Message-ID: {delivery.message_id}\r\nContent-Language: {locale}\r\n".encode("ascii"),
             b"MIME-Version: 1.0\r\nAuto-Submitted: auto-generated\r\n",
             b'Content-Type: multipart/alternative;\r\n boundary="' + boundary + b'"\r\n\r\n',
         ]

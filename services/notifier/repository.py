@@ -16,7 +16,6 @@ from services.notifier.domain import (
     Retry,
     as_locale,
     directory_key,
-    message_id_for,
 )
 from services.runtime import database
 
@@ -72,7 +71,7 @@ async def insert_deliveries(db: asyncpg.Connection, deliveries: Sequence[NewDeli
         for name in (
             "id", "source_event_id", "source_event_type", "kind", "recipient", "practice_id", "correlation_id",
             "invite_id", "batch_id", "line_number", "note", "accept_url", "expires_at", "reason", "identity_check",
-            "replaces",
+            "replaces", "message_id",
         )
     ]  # fmt: skip
     result = await db.execute(
@@ -98,7 +97,6 @@ async def insert_deliveries(db: asyncpg.Connection, deliveries: Sequence[NewDeli
         ON CONFLICT (id) DO NOTHING
         """,
         *columns,
-        [message_id_for(d.source_event_id) for d in deliveries],
         [directory_key(d.recipient) for d in deliveries],
         grace_seconds,
     )
@@ -145,6 +143,7 @@ def _claimed(row: asyncpg.Record) -> Claimed:
         recipient=row["recipient"],
         practice_id=row["practice_id"],
         correlation_id=row["correlation_id"],
+        message_id=row["message_id"],
         invite_id=row["invite_id"],
         batch_id=row["batch_id"],
         line_number=row["line_number"],

@@ -67,10 +67,15 @@ class NotifierSettings(RuntimeSettings):
         return value
 
     @property
+    def sender_domain(self) -> str:
+        """SMTP_FROM's domain: one we control, and the right-hand side of the Message-IDs we make."""
+        return parseaddr(self.smtp_from)[1].rpartition("@")[2]
+
+    @property
     def ehlo_name(self) -> str:
         """RFC 5321 wants a fully qualified name in EHLO (Postfix's reject_non_fqdn_helo_hostname and spam filters
         hold a bare one against us); the sender's own domain is one, and needs no DNS lookup to find."""
-        return self.smtp_local_hostname or parseaddr(self.smtp_from)[1].rpartition("@")[2]
+        return self.smtp_local_hostname or self.sender_domain
 
     @model_validator(mode="after")
     def _tls_modes_exclusive(self) -> Self:

@@ -11,8 +11,9 @@ TOPICS = ("connections.v1", "invitations.v1", "platform.patients.v1", "platform.
 
 
 def routes(settings: NotifierSettings) -> tuple[Subscription, ...]:
-    """The ROUTES table; a function because the handlers carry settings (grace period, high-water mark)."""
-    queue = handlers.QueueDeliveries(settings.directory_grace_seconds)
+    """The ROUTES table; a function because the handlers carry settings (grace period, Message-ID domain,
+    high-water mark)."""
+    queue = handlers.QueueDeliveries(settings.directory_grace_seconds, settings.sender_domain)
     return (
         Subscription(
             group=GROUP,

@@ -126,8 +126,8 @@ class Notifier:
             await asyncio.sleep(0.1)
 
     def caught_raw(self, source_event_id: uuid.UUID) -> list[bytes]:
-        """Emails at the sink carrying this event's Message-ID, as they arrived."""
-        message_id = f"<{source_event_id}@collabkare.notifier>".encode()
+        """Emails at the sink whose Message-ID is this event's id (at whichever domain), as they arrived."""
+        message_id = f"Message-ID: <{source_event_id}@".encode()
         return [raw for raw in read_raw(self.mailbox) if message_id in raw[: raw.find(b"\r\n\r\n")]]
 
     def caught(self, source_event_id: uuid.UUID) -> list[EmailMessage]:

@@ -24,7 +24,12 @@ async def service(infra: Infrastructure, template_database: str) -> AsyncIterato
         yield running
 
 
-def _accepted(practice_id: uuid.UUID | None, patient_id: uuid.UUID, correlation_id: str = "accept-1") -> InviteAccepted:
+def _accepted(
+    practice_id: uuid.UUID | None,
+    patient_id: uuid.UUID,
+    correlation_id: str = "accept-1",
+    invited_by: str | None = "front-desk-3",
+) -> InviteAccepted:
     return InviteAccepted(
         producer="invitations",
         practice_id=practice_id,
@@ -34,6 +39,7 @@ def _accepted(practice_id: uuid.UUID | None, patient_id: uuid.UUID, correlation_
             patient_id=patient_id,
             patient_email=f"p{patient_id.hex[:6]}@example.com",
             accepted_at=datetime.now(UTC),
+            invited_by=invited_by,
         ),
     )
 
@@ -77,8 +83,9 @@ async def test_redelivered_invite_accepted_connects_and_announces_once(service: 
     accepted = _accepted(practice, patient)
     await _publish(service, accepted)
     await _applied(service, accepted)
-    # The same event again (a redelivery after the first was committed), then a marker behind it.
-    marker = _accepted(practice, uuid.uuid4())
+    # The same event again (a redelivery after the first was committed), then a marker behind it: one published
+    # before InviteAccepted said who sent the invite.
+    marker = _accepted(practice, uuid.uuid4(), invited_by=None)
     await _publish(service, accepted, marker)
     await _applied(service, marker)
 
@@ -95,12 +102,16 @@ async def test_redelivered_invite_accepted_connects_and_announces_once(service: 
     payload = approved["payload"]
     assert payload["via"] == "invite" and payload["invite_id"] == str(accepted.payload.invite_id)
     assert payload["request_id"] is None and payload["connection_id"] == str(rows[0]["id"])
-    assert payload["patient_email"] == accepted.payload.patient_email and payload["approved_by"] == str(patient)
+    assert payload["patient_email"] == accepted.payload.patient_email
+    assert payload["approved_by"] == "front-desk-3", "the staff member who sent the invite"
     listed = await service.http.get(
         f"/v1/practices/{practice}/connections",
         headers={"Authorization": f"Bearer {staff_token(practice)}"},
     )
-    assert {c["patient_id"] for c in listed.json()["items"]} == {str(patient), str(marker.payload.patient_id)}
+    assert {c["patient_id"]: c["approved_by"] for c in listed.json()["items"]} == {
+        str(patient): "front-desk-3",
+        str(marker.payload.patient_id): str(marker.payload.patient_id),  # no sender named: the patient stands in
+    }
 
 
 async def test_invite_accepted_for_a_patient_already_connected_changes_nothing(service: Service) -> None:

@@ -28,10 +28,10 @@ def _token(event: dict[str, Any]) -> str:
     return str(event["payload"]["accept_url"]).split("?token=", 1)[1]
 
 
-async def _roster_invite(service: Service, email: str) -> tuple[uuid.UUID, str, str]:
-    """(practice, invite id, token) of a fresh roster invite (no identity factors)."""
+async def _roster_invite(service: Service, email: str, sent_by: str = "staff-1") -> tuple[uuid.UUID, str, str]:
+    """(practice, invite id, token) of a fresh roster invite (no identity factors), sent by staff `sent_by`."""
     practice = uuid.uuid4()
-    await service.submit(practice, email)
+    await service.submit(practice, email, **staff(practice, subject=sent_by))
     ((invite_id, event),) = (await service.requested(practice)).items()
     return practice, invite_id, _token(event)
 
@@ -62,7 +62,7 @@ async def _status(service: Service, invite_id: str) -> Any:
 
 
 async def test_accepting_a_roster_invite_publishes_invite_accepted_and_is_single_use(service: Service) -> None:
-    practice, invite_id, token = await _roster_invite(service, "Ann@Example.com")
+    practice, invite_id, token = await _roster_invite(service, "Ann@Example.com", sent_by="front-desk-3")
     ann = uuid.uuid4()
     response = await service.http.post(
         ACCEPT, json={"token": token}, headers={**patient(ann, "ann@example.com"), "X-Correlation-ID": "accept-9"}
@@ -73,6 +73,7 @@ async def test_accepting_a_roster_invite_publishes_invite_accepted_and_is_single
     (event,) = await service.events(practice, "InviteAccepted")
     assert event["payload"]["invite_id"] == invite_id and event["payload"]["patient_id"] == str(ann)
     assert event["payload"]["patient_email"] == "ann@example.com" and event["correlation_id"] == "accept-9"
+    assert event["payload"]["invited_by"] == "front-desk-3", "the connection's approver, for the connections service"
     assert (await _status(service, invite_id))["accepted_by"] == str(ann)
 
     for again in (await _accept(service, token, patient_id=ann), await _accept(service, token)):
@@ -173,11 +174,15 @@ async def test_expired_and_revoked_invites_answer_410_saying_which(service: Serv
 
 
 async def test_a_resent_invite_retires_the_old_token(service: Service) -> None:
-    practice, invite_id, old = await _roster_invite(service, "ann@example.com")
-    resent = await service.http.post(f"/v1/practices/{practice}/invites/{invite_id}/resend", headers=staff(practice))
+    practice, invite_id, old = await _roster_invite(service, "ann@example.com", sent_by="front-desk-3")
+    resent = await service.http.post(
+        f"/v1/practices/{practice}/invites/{invite_id}/resend", headers=staff(practice, subject="manager-7")
+    )
     new = _token((await service.requested(practice))[resent.json()["invite"]["id"]])
     assert (await _accept(service, old)).status_code == 410
     assert (await _accept(service, new)).status_code == 200
+    (event,) = await service.events(practice, "InviteAccepted")
+    assert event["payload"]["invited_by"] == "manager-7", "the invite accepted is the one the resend sent"
 
 
 async def test_tokens_that_were_never_issued_are_not_found(service: Service) -> None:

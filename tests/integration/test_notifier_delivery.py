@@ -81,9 +81,10 @@ async def test_invite_email_names_the_practice_carries_note_link_expiry_and_outc
     assert (row["status"], row["attempts"], row["kind"]) == ("sent", 1, "invite")
     assert row["accept_url"] is None and row["note"] is None, "content (a live token, PHI) is cleared once final"
     [message] = notifier.caught(event.event_id)
-    assert message["Message-ID"] == f"<{event.event_id}@collabkare.notifier>" == row["message_id"]
-    assert message["To"] == email and message["X-Envelope-To"] == email
     assert message["From"] == "CollabKare <no-reply@collabkare.example>"
+    [sender] = message["From"].addresses
+    assert message["Message-ID"] == f"<{event.event_id}@{sender.domain}>" == row["message_id"], "SMTP_FROM's domain"
+    assert message["To"] == email and message["X-Envelope-To"] == email
     [reply_to] = message["Reply-To"].addresses
     assert (reply_to.display_name, reply_to.addr_spec) == (PRACTICE_NAME, "front-desk@penalara.example")
     assert message["Subject"] == f"{PRACTICE_NAME} invites you to connect on CollabKare"
@@ -281,6 +282,48 @@ async def test_an_invite_revoked_while_its_email_is_being_sent_is_not_sent_on_a_
     row = await notifier.delivery(event.event_id)
     assert (row["status"], row["last_error"]) == ("error", REVOKED)
     assert notifier.caught(event.event_id) == []
+
+
+async def test_every_copy_carries_the_message_id_its_delivery_was_queued_with(
+    notifier: Notifier, clinic: uuid.UUID
+) -> None:
+    """The Message-ID is stored when a delivery is queued and read back for each attempt, never recomputed: one
+    queued before SMTP_FROM changed keeps its domain, and the copy sent again from the crash window (the server
+    took the message, the process died before recording it) carries the same Message-ID as the first."""
+    email = unique_email("again")
+    event = invite(clinic, email)
+    await notifier.publish(event)  # not registered: it waits out the directory's grace period
+    queued_before = f"<{event.event_id}@mail.earlier-sender.example>"  # as queued under an earlier SMTP_FROM
+    held = None
+    for _ in range(1000):  # as soon as it is queued, and before its grace period ends
+        held = await notifier.admin.fetchval(
+            "UPDATE notifier.deliveries SET message_id = $2 WHERE source_event_id = $1 AND status = 'pending'"
+            " RETURNING id",
+            event.event_id,
+            queued_before,
+        )
+        if held is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert held is not None, "the delivery was never pending"
+    await notifier.publish(patient(email))
+    row = await notifier.delivery(event.event_id)
+    assert (row["status"], row["message_id"]) == ("sent", queued_before)
+    payload = (await notifier.outcomes({event.event_id}))[event.event_id]["payload"]
+    assert payload["message_id"] == queued_before
+
+    # The row as a lease expiry finds it when the recording was lost: pending again, its content still there.
+    await notifier.admin.execute(
+        "UPDATE notifier.deliveries SET status = 'pending', decided_at = NULL, not_before = now(), accept_url = $2"
+        " WHERE id = $1",
+        held,
+        event.payload.accept_url,
+    )
+    for _ in range(400):
+        if len(notifier.caught_raw(event.event_id)) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert [message["Message-ID"] for message in notifier.caught(event.event_id)] == [queued_before] * 2
 
 
 @pytest.mark.parametrize("code", [421, 451])

@@ -51,7 +51,7 @@ def _connection(via: str = "request") -> Connection:
     )
 
 
-def _accepted(practice_id: uuid.UUID | None = PRACTICE) -> InviteAccepted:
+def _accepted(practice_id: uuid.UUID | None = PRACTICE, invited_by: str | None = "staff-9") -> InviteAccepted:
     return InviteAccepted(
         producer="invitations",
         practice_id=practice_id,
@@ -61,6 +61,7 @@ def _accepted(practice_id: uuid.UUID | None = PRACTICE) -> InviteAccepted:
             patient_id=PATIENT.patient_id,
             patient_email=PATIENT.email,
             accepted_at=NOW,
+            invited_by=invited_by,
         ),
     )
 
@@ -166,12 +167,30 @@ def test_an_accepted_invite_connects_the_patient_and_carries_its_cause() -> None
     change = connect_by_invite(accepted, connected=None, pending=None, now=LATER)
     connection = change.new_connection
     assert connection is not None and connection.via == "invite" and connection.invite_id == accepted.payload.invite_id
-    assert connection.connected_at == NOW and connection.approved_by == str(PATIENT.patient_id)
+    assert connection.connected_at == NOW
     (event,) = change.events
     assert isinstance(event, ConnectionApproved)
     assert event.correlation_id == "accept-1" and event.causation_id == str(accepted.event_id)
     assert event.payload.via == "invite" and event.payload.request_id is None
     assert change.closed_requests == ()
+
+
+def test_an_invited_connection_is_approved_by_the_staff_member_who_sent_the_invite() -> None:
+    """It named the patient who accepted; staff expect the colleague who invited. The acceptance stays the
+    patient's, in the audit."""
+    change = connect_by_invite(_accepted(invited_by="staff-9"), connected=None, pending=None, now=LATER)
+    assert change.new_connection is not None and change.new_connection.approved_by == "staff-9"
+    (event,) = change.events
+    assert isinstance(event, ConnectionApproved) and event.payload.approved_by == "staff-9"
+    (accepted,) = change.audit
+    assert (accepted.action, accepted.actor) == ("invite_accepted", str(PATIENT.patient_id))
+
+
+def test_an_invite_accepted_before_events_named_its_sender_is_approved_by_the_patient() -> None:
+    change = connect_by_invite(_accepted(invited_by=None), connected=None, pending=None, now=LATER)
+    assert change.new_connection is not None and change.new_connection.approved_by == str(PATIENT.patient_id)
+    (event,) = change.events
+    assert isinstance(event, ConnectionApproved) and event.payload.approved_by == str(PATIENT.patient_id)
 
 
 def test_an_accepted_invite_answers_a_pending_request() -> None:

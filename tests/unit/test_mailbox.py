@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from collabkare.stack import mailbox
-from services.notifier.domain import Claimed, NewDelivery, delivery_id_for
+from services.notifier.domain import Claimed, NewDelivery, delivery_id_for, message_id_for
 from services.notifier.messages import Renderer
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -96,6 +96,7 @@ def test_the_command_prints_an_invites_token_decoded(tmp_path: Path, capsys: pyt
         recipient="pat@example.com",
         practice_id=uuid.uuid4(),
         correlation_id="c",
+        message_id=message_id_for(event_id, "collabkare.example"),
         invite_id=uuid.uuid4(),
         accept_url=f"http://127.0.0.1:8080/invites/accept?token={token}",
         expires_at=datetime(2026, 12, 1, tzinfo=UTC),

@@ -23,6 +23,7 @@ from services.notifier.domain import (
     decide,
     delivery_for,
     delivery_id_for,
+    message_id_for,
     not_to_send,
     outcome_event,
     patient_entries,
@@ -31,10 +32,11 @@ from services.notifier.domain import (
 from tests.integration.notifier_harness import invite, patient, rejected
 
 NOW = datetime(2026, 11, 21, 10, tzinfo=UTC)
+DOMAIN = "collabkare.example"
 
 
 def _claimed(event: InviteRequested | ConnectionRejected | None = None, attempts: int = 1) -> Claimed:
-    delivery = delivery_for(event or invite(uuid.uuid4(), "ana@example.com", "hi", line_number=3))
+    delivery = delivery_for(event or invite(uuid.uuid4(), "ana@example.com", "hi", line_number=3), DOMAIN)
     return Claimed(delivery, attempts, True, "en", None, "Riverside", None)
 
 
@@ -52,16 +54,26 @@ def _decide(claimed: Claimed, attempt: Attempt, reply: str = "x", max_attempts: 
 
 def test_a_delivery_is_derived_from_its_event_and_keeps_the_roster_coordinates() -> None:
     event = invite(uuid.uuid4(), "Ana@Example.com", "hello", batch_id=uuid.uuid4(), line_number=12)
-    delivery = delivery_for(event)
-    assert delivery.id == delivery_id_for(event.event_id) == delivery_for(event).id, "stable across replays"
+    delivery = delivery_for(event, DOMAIN)
+    assert delivery.id == delivery_id_for(event.event_id) == delivery_for(event, DOMAIN).id, "stable across replays"
     assert (delivery.kind, delivery.recipient, delivery.note) == ("invite", "Ana@example.com", "hello")
     assert (delivery.invite_id, delivery.batch_id, delivery.line_number) == (
         event.payload.invite_id,
         event.payload.batch_id,
         12,
     )
-    no = delivery_for(rejected(uuid.uuid4(), "b@example.com", ""))
+    no = delivery_for(rejected(uuid.uuid4(), "b@example.com", ""), DOMAIN)
     assert (no.kind, no.reason) == ("connection_rejected", None), "an empty reason is no reason"
+
+
+def test_the_message_id_is_the_source_event_id_at_the_senders_domain() -> None:
+    """It was "@collabkare.notifier", a domain nobody controls (RFC 5322; spam filters score a Message-ID whose
+    domain is not fully qualified). Only the event id and the domain go in: a replay makes the same one."""
+    event = invite(uuid.uuid4(), "ana@example.com")
+    delivery = delivery_for(event, "mail.riverside.example")
+    assert delivery.message_id == f"<{event.event_id}@mail.riverside.example>"
+    assert delivery.message_id == message_id_for(event.event_id, "mail.riverside.example")
+    assert delivery_for(event, "mail.riverside.example").message_id == delivery.message_id
 
 
 def test_the_latest_registration_of_an_email_wins() -> None:
@@ -154,7 +166,7 @@ def test_outcome_event_is_caused_by_the_source_and_copies_the_invite_coordinates
         event.payload.batch_id,
         4,
     )
-    assert payload.message_id == f"<{event.event_id}@collabkare.notifier>"
+    assert payload.message_id == claimed.delivery.message_id == f"<{event.event_id}@collabkare.example>"
     stopped = not_to_send(dataclasses.replace(claimed, on_platform=False), NOW)
     assert stopped is not None
     absent = outcome_event(stopped).payload

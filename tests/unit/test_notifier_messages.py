@@ -29,6 +29,7 @@ def _claimed(kind: str = "invite", locale: Locale = "en", **changes: object) -> 
         recipient="ana@example.com",
         practice_id=uuid.uuid4(),
         correlation_id="c-1",
+        message_id=message_id_for(event_id, "collabkare.example"),
         invite_id=uuid.uuid4(),
         note='Bring your <insurance> card & "ID"',
         accept_url="https://app.example/invites/accept?token=abc123&lang=en",
@@ -61,7 +62,7 @@ def test_invite_is_multipart_text_and_html_with_every_field() -> None:
     assert b"\n" not in raw.replace(b"\r\n", b""), "every line ends in CRLF"
     assert max(len(line) for line in raw.split(b"\r\n")) <= 78
     message = _parse(raw)
-    assert message["Message-ID"] == f"<{claimed.delivery.source_event_id}@collabkare.notifier>"
+    assert message["Message-ID"] == f"<{claimed.delivery.source_event_id}@collabkare.example>"
     assert message["From"] == "CollabKare <no-reply@collabkare.example>" and message["To"] == "ana@example.com"
     assert message["Subject"] == "Riverside Family Practice invites you to connect on CollabKare"
     assert message["Reply-To"].addresses[0].addr_spec == "desk@riverside.example"
@@ -79,11 +80,12 @@ def test_invite_is_multipart_text_and_html_with_every_field() -> None:
     assert '<html lang="en">' in html
 
 
-def test_message_id_is_derived_from_the_source_event() -> None:
-    claimed = _claimed()
-    assert claimed.message_id == message_id_for(claimed.delivery.source_event_id)
+def test_the_message_id_is_the_one_the_delivery_was_queued_with() -> None:
+    """Not recomputed when sending: a delivery queued before SMTP_FROM changed keeps its Message-ID on every
+    attempt, so a crash-window duplicate still matches the first copy."""
+    claimed = _claimed(message_id="<queued-before@collabkare.notifier>")
     again = _parse(RENDERER.render(claimed))["Message-ID"]
-    assert again == _parse(RENDERER.render(claimed))["Message-ID"] == claimed.message_id
+    assert again == _parse(RENDERER.render(claimed))["Message-ID"] == "<queued-before@collabkare.notifier>"
 
 
 def test_spanish_invite_encodes_subject_and_body_and_formats_the_date() -> None:

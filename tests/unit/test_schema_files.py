@@ -101,7 +101,11 @@ EXAMPLES = [
     InviteAccepted(
         **ENVELOPE,
         payload=InviteAcceptedPayload(
-            invite_id=new_id(), patient_id=new_id(), patient_email="new@example.com", accepted_at=AT
+            invite_id=new_id(),
+            patient_id=new_id(),
+            patient_email="new@example.com",
+            accepted_at=AT,
+            invited_by="staff-1",
         ),
     ),
     InviteRevoked(

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.notifier import handlers, subscribers
 from services.notifier.settings import NotifierSettings
 from services.runtime.settings import RuntimeSettings, describe_errors
 from tests.tls import private_ca
@@ -152,6 +153,22 @@ def test_the_ehlo_name_is_fully_qualified_by_default() -> None:
     assert sender.ehlo_name == "mail.riverside.example"
     named = NotifierSettings.model_validate({**good, "smtp_local_hostname": "relay-client.hospital.example"})
     assert named.ehlo_name == "relay-client.hospital.example"
+
+
+def test_message_ids_are_made_under_smtp_froms_domain() -> None:
+    """Not under SMTP_LOCAL_HOSTNAME: the Message-ID names the sender's domain, which the From: header shows."""
+    good = {name.lower(): value for name, value in GOOD.items()}
+    assert NotifierSettings.model_validate(good).sender_domain == "collabkare.example"
+    settings = NotifierSettings.model_validate(
+        {
+            **good,
+            "smtp_from": "Riverside <no-reply@mail.riverside.example>",
+            "smtp_local_hostname": "relay-client.hospital.example",
+        }
+    )
+    [subscription] = subscribers.routes(settings)
+    queue = subscription.handlers["InviteRequested"]
+    assert isinstance(queue, handlers.QueueDeliveries) and queue.message_id_domain == "mail.riverside.example"
 
 
 def test_an_smtp_login_goes_only_over_tls_unless_the_relay_is_on_this_machine() -> None:
