@@ -240,14 +240,20 @@ def connect_by_invite(
     closed: tuple[ConnectionRequest, ...] = ()
     if pending is not None:
         closed = (
-            replace(pending, status=Status.APPROVED, decided_by=actor, decided_at=now, connection_id=connection.id),
+            replace(
+                pending,
+                status=Status.APPROVED,
+                decided_by=connection.approved_by,  # the request is answered by the same consent as the connection
+                decided_at=now,
+                connection_id=connection.id,
+            ),
         )
         audit.append(
             AuditEntry(
                 connection.practice_id,
                 connection.patient_id,
                 "approved",
-                actor,
+                connection.approved_by,
                 now,
                 request_id=pending.id,
                 connection_id=connection.id,

@@ -148,7 +148,7 @@ async def test_accepted_invite_answers_the_patients_pending_request(service: Ser
     request = (
         await service.fetch("SELECT * FROM connections.connection_requests WHERE id = $1", uuid.UUID(asked["id"]))
     )[0]
-    assert request["status"] == "approved" and request["decided_by"] == str(patient)
+    assert request["status"] == "approved" and request["decided_by"] == "front-desk-3" == connection["approved_by"]
     assert request["connection_id"] == connection["id"]
 
     headers = {"Authorization": f"Bearer {staff_token(practice)}"}

@@ -199,8 +199,13 @@ def test_an_accepted_invite_answers_a_pending_request() -> None:
     assert change.new_connection is not None
     (closed,) = change.closed_requests
     assert closed.id == pending.id and closed.status is Status.APPROVED
-    assert closed.connection_id == change.new_connection.id and closed.decided_by == str(PATIENT.patient_id)
-    assert [a.action for a in change.audit] == ["invite_accepted", "approved"]
+    assert closed.connection_id == change.new_connection.id
+    # The patient accepted; the request is approved by the same staff consent as the connection: the invite.
+    assert closed.decided_by == "staff-9" == change.new_connection.approved_by
+    assert [(a.action, a.actor) for a in change.audit] == [
+        ("invite_accepted", str(PATIENT.patient_id)),
+        ("approved", "staff-9"),
+    ]
     assert len(change.events) == 1
 
 
