@@ -10,45 +10,12 @@ from collections import Counter
 from email.message import EmailMessage
 from typing import Any
 
-from collabkare.client import CollabKare
+from collabkare.client import ApiError, CollabKare
+from collabkare.demo_data import DEFAULT_NOTE, EXPECTED_OUTCOMES, IVY, REGISTERED, ROSTER
 from collabkare.seeding import patient_registered, publish
 from collabkare.stack import mailbox
 from collabkare.stack.infra import provenance
 from collabkare.stack.local import DEMO_PRACTICE_ID, DEMO_PRACTICE_NAME, RunningStack, local_stack, seed_demo_practice
-
-DEFAULT_NOTE = "Your care team at Riverside invites you to connect your health record."
-ROSTER = """\
-# Spring outreach. Comment lines and blank lines are ignored.
-ana@example.com, Welcome to Riverside, Ana, and see you on Monday, 9:30
-bruno@example.com
-
-carla@example.com, Hi Carla: your new portal is ready
-not-an-email
-ANA@example.com
-dev@example.com
-gina@example.com
-hank@example.com, Please join, we miss you
-"""
-# What every roster line must end as; a resend later turns gina (now registered) into sent.
-EXPECTED_OUTCOMES = {
-    2: "sent",
-    3: "sent",
-    5: "sent",
-    6: "invalid",
-    7: "duplicate",
-    8: "already_connected",
-    9: "not_on_platform",
-    10: "not_on_platform",
-}
-REGISTERED = {
-    "ana@example.com": "en",
-    "bruno@example.com": "es",
-    "carla@example.com": "en",
-    "dev@example.com": "en",
-    "erin@example.com": "en",
-    "frank@example.com": "es",
-    "ivy@example.com": "en",
-}
 
 
 class Scenario:
@@ -145,15 +112,59 @@ class Scenario:
 
     def _individual_invite(self) -> None:
         print("== individual invite for ivy@example.com (date of birth + phone): send, revoke, resend")
-        body = {"email": "ivy@example.com", "date_of_birth": "1984-03-02", "phone": "+1 555 010 7788"}
-        first = self.api.staff("invitations", "POST", "/invites", (201,), json=body)
+        first = self.api.staff("invitations", "POST", "/invites", (201,), json=IVY)
         self.api.staff("invitations", "POST", f"/invites/{first['id']}/revoke")
         resent = self.api.staff("invitations", "POST", f"/invites/{first['id']}/resend", (201,))
-        history = self.api.staff("invitations", "GET", "/invites", params={"email": "ivy@example.com"})
-        for item in history["items"]:
-            print(f"   invite {item['id']}  {item['status']:<8} {_history_line(item)}")
-        self.check("access history", [i["status"] for i in history["items"]], ["pending", "revoked"])
+        self._print_history()
+        self.check("access history", self._history_statuses(), ["pending", "revoked"])
         self.check("resend gives a new invite", resent["invite"]["id"] != first["id"], True)
+        self._accept_invite()
+
+    def _accept_invite(self) -> None:
+        """ivy opens the resent invite's email and accepts with her own login and the same identity factors."""
+        if self.stack.infra.mailbox is None:
+            print("== ivy's accept link is in the external SMTP server's mailbox: acceptance not shown")
+            return
+        print("== ivy accepts the resent invite: the link's token, her login, date of birth + phone")
+        self._wait_for("the resent invite's email sent", lambda: self._history()[0]["delivery"] == "sent")
+        to_ivy = [m for m in _caught_since(self.stack, self.mail_before) if str(m["To"]) == IVY["email"]]
+        # Newest first: the first invite's email, if it went out before the revoke, carries a dead link.
+        tokens = [token for m in reversed(to_ivy) if (token := mailbox.accept_token(m))]
+        answers = {"date_of_birth": IVY["date_of_birth"], "phone": IVY["phone"]}
+        for token in tokens:
+            try:
+                self.api.patient(
+                    self.patients[IVY["email"]], IVY["email"], "invitations", "POST", "/v1/invites/accept",
+                    json={"token": token, **answers}, expect=(200,),
+                )  # fmt: skip
+                break
+            except ApiError:
+                continue
+
+        def connected() -> dict[str, Any] | None:
+            items = self.api.staff("connections", "GET", "/connections")["items"]
+            return next((c for c in items if c["patient_email"] == IVY["email"]), None)
+
+        self._wait_for("ivy connected", lambda: connected() is not None)
+        connection = connected() or {}
+        self.check(
+            "ivy's connection (via, approved by)",
+            (connection.get("via"), connection.get("approved_by")),
+            ("invite", "demo-manager"),
+        )
+        self._print_history()
+        self.check("access history after accepting", self._history_statuses(), ["accepted", "revoked"])
+
+    def _history(self) -> list[dict[str, Any]]:
+        """ivy's access history, newest invite first."""
+        return list(self.api.staff("invitations", "GET", "/invites", params={"email": IVY["email"]})["items"])
+
+    def _history_statuses(self) -> list[str]:
+        return [item["status"] for item in self._history()]
+
+    def _print_history(self) -> None:
+        for item in self._history():
+            print(f"   invite {item['id']}  {item['status']:<8} {_history_line(item)}")
 
     def _verdict(self, address: str) -> str:
         rows = self.api.preview(address)["rows"]
@@ -180,14 +191,15 @@ class Scenario:
         if self.stack.infra.mailbox is None:
             print("== emails: the SMTP server is external; see its own mailbox")
             return
-        self._wait_for("all 8 emails caught", lambda: _caught_count(self.stack) - self.mail_before >= 8)
+        # Invites to ana, bruno, carla, gina and ivy; approvals to dev, erin and ivy; frank's rejection.
+        self._wait_for("all 9 emails caught", lambda: _caught_count(self.stack) - self.mail_before >= 9)
         messages = _caught_since(self.stack, self.mail_before)
         print(f"== emails caught by the SMTP catcher ({len(messages)}):")
         recipients = []
         for message in messages:
             recipients.append(str(message["To"]))
             print(f"   to {message['To']!s:<22} {message['Subject']}")
-        # ivy may get two: her first invite can go out before staff revoke it.
+        # ivy may get three: her first invite can go out before staff revoke it.
         self.check(
             "recipients",
             sorted(set(recipients)),
@@ -210,6 +222,8 @@ def _history_line(item: dict[str, Any]) -> str:
     line = f"sent by {item['sent_by']} at {item['sent_at'][:19]}"
     if item.get("revoked_by"):
         line += f"; revoked by {item['revoked_by']} at {item['revoked_at'][:19]}"
+    if item.get("accepted_at"):
+        line += f"; accepted at {item['accepted_at'][:19]}"
     if item.get("resends"):
         line += f"; resend of {str(item['resends'])[:8]}"
     return line
