@@ -7,7 +7,7 @@ import random
 import pytest
 
 from bench._stack_support import format_table, percentile
-from bench.e2e_pipeline import evaluate, roster
+from bench.e2e_pipeline import cpu_budget, evaluate, roster
 from bench.load import APPROVE, PREVIEW, Stats, make_roster
 
 
@@ -92,3 +92,21 @@ def test_evaluate_reports_each_target_against_the_best_ceiling() -> None:
     failed = evaluate(_result(final=None, rate=None, peak=100.0))
     assert [t["value"] for t in failed[:4]] == [None, None, None, None]
     assert not any(t["met"] for t in failed[:4])
+
+
+def test_cpu_budget_says_what_the_ratio_targets_ask_of_the_cores() -> None:
+    result = _result(final=6.0, rate=1500.0, peak=150.0)
+    result["machine"] = {"cpus": 2}
+    result["runs"][0]["cpu_seconds"] = {"notifier": 4.0, "smtp": 2.5, "postgres": 2.0, "bench": 0.5}  # type: ignore[index]
+    result["ceiling"] = {"before_emails_per_second": 4000.0, "after_emails_per_second": 5000.0}
+    result["naive"] = {"rows_per_second": 400.0}
+    assert cpu_budget(result) == {
+        "cores": 2,
+        "target_rows_per_second": 3000,  # 60% of the better ceiling
+        "budget_ms_per_row": 0.667,  # two cores' milliseconds per second over 3,000 rows a second
+        "spent_ms_per_row": 0.85,  # the stack without the bench: 8.5 s of CPU over 10,000 rows
+        "catcher_ms_per_row": 0.25,
+        "naive_target_rows_per_second": 6000,
+        "naive_target_above_ceiling": True,
+    }
+    assert cpu_budget(_result(final=None, rate=None, peak=1.0)) is None  # no CPU figures, no budget
