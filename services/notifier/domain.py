@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import random
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, cast
@@ -13,7 +12,7 @@ from typing import Literal, cast
 from email_validator import EmailNotValidError, validate_email
 
 from schemas import ConnectionApproved, ConnectionRejected, DeliveryOutcome, Envelope, InviteRequested
-from schemas.events import DeliveryOutcomePayload, PatientRegistered, PracticeRegistered
+from schemas.events import DeliveryOutcomePayload
 from services.runtime.logging import mask_email
 
 Kind = Literal["invite", "connection_approved", "connection_rejected"]
@@ -94,50 +93,6 @@ def delivery_for(event: Envelope, message_id_domain: str) -> NewDelivery:
         identity_check=invite.identity_check if invite else None,
         replaces=invite.replaces if invite else None,
     )
-
-
-@dataclass(frozen=True)
-class PatientEntry:
-    email: str  # lower-cased: the directory's key
-    patient_id: uuid.UUID
-    display_name: str | None
-    locale: Locale
-    registered_at: datetime
-
-
-@dataclass(frozen=True)
-class PracticeEntry:
-    practice_id: uuid.UUID
-    name: str
-    reply_to: str | None
-    registered_at: datetime
-
-
-def directory_key(email: str) -> str:
-    """The patient directory's key: the address in lower case, by Python (PostgreSQL's lower() under the C
-    locale lowercases ASCII only: "Üser@…" would never meet its entry)."""
-    return email.lower()
-
-
-def patient_entries(events: Iterable[PatientRegistered]) -> list[PatientEntry]:
-    """One entry per email, the latest registration winning (one statement cannot update a row twice)."""
-    latest: dict[str, PatientEntry] = {}
-    for event in events:
-        p = event.payload
-        entry = PatientEntry(directory_key(p.email), p.patient_id, p.display_name, p.locale, p.registered_at)
-        if entry.email not in latest or latest[entry.email].registered_at <= entry.registered_at:
-            latest[entry.email] = entry
-    return list(latest.values())
-
-
-def practice_entries(events: Iterable[PracticeRegistered]) -> list[PracticeEntry]:
-    latest: dict[uuid.UUID, PracticeEntry] = {}
-    for event in events:
-        p = event.payload
-        entry = PracticeEntry(event.practice_id, p.name, p.reply_to, p.registered_at)
-        if entry.practice_id not in latest or latest[entry.practice_id].registered_at <= entry.registered_at:
-            latest[entry.practice_id] = entry
-    return list(latest.values())
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from schemas import Envelope, InviteRevoked, PatientRegistered, PracticeRegistered
-from services.notifier import domain, repository
+from services.notifier import directory, domain, repository
 from services.notifier.domain import Claimed, Final, Retry, SendResult
 from services.runtime.database import TRANSIENT_ERRORS, transaction
 from services.runtime.logging import get_logger
@@ -26,12 +26,12 @@ def _now() -> datetime:
 
 async def record_patients(db: asyncpg.Connection, events: list[PatientRegistered]) -> None:
     """Consumer handler: the patient directory (who is on the platform, and their language)."""
-    await repository.upsert_patients(db, domain.patient_entries(events))
+    await repository.upsert_patients(db, directory.patient_entries(events))
 
 
 async def record_practices(db: asyncpg.Connection, events: list[PracticeRegistered]) -> None:
     """Consumer handler: the practice directory (the name each email gives, where replies go)."""
-    await repository.upsert_practices(db, domain.practice_entries(events))
+    await repository.upsert_practices(db, directory.practice_entries(events))
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,8 @@ from collections.abc import Callable, Sequence
 
 import asyncpg
 
-from services.notifier.domain import (
-    Claimed,
-    Final,
-    NewDelivery,
-    PatientEntry,
-    PracticeEntry,
-    Retry,
-    as_locale,
-    directory_key,
-)
+from services.notifier.directory import PatientEntry, PracticeEntry, directory_key
+from services.notifier.domain import Claimed, Final, NewDelivery, Retry, as_locale
 from services.runtime import database
 
 SCHEMA = "notifier"

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas import ConnectionRejected, InviteRequested
+from services.notifier.directory import patient_entries
 from services.notifier.domain import (
     REVOKED,
     Attempt,
@@ -26,7 +27,6 @@ from services.notifier.domain import (
     message_id_for,
     not_to_send,
     outcome_event,
-    patient_entries,
     smtp_address,
 )
 from tests.integration.notifier_harness import invite, patient, rejected

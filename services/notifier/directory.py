@@ -1,0 +1,56 @@
+"""The notifier's directories, kept from the platform's events: who is on CollabKare (and in which language), and
+each practice's name and reply address. Pure: the rows an event batch puts there."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from schemas.events import PatientRegistered, PracticeRegistered
+from services.notifier.domain import Locale
+
+
+@dataclass(frozen=True)
+class PatientEntry:
+    email: str  # lower-cased: the directory's key
+    patient_id: uuid.UUID
+    display_name: str | None
+    locale: Locale
+    registered_at: datetime
+
+
+@dataclass(frozen=True)
+class PracticeEntry:
+    practice_id: uuid.UUID
+    name: str
+    reply_to: str | None
+    registered_at: datetime
+
+
+def directory_key(email: str) -> str:
+    """The patient directory's key: the address in lower case, by Python (PostgreSQL's lower() under the C
+    locale lowercases ASCII only: "Üser@…" would never meet its entry)."""
+    return email.lower()
+
+
+def patient_entries(events: Iterable[PatientRegistered]) -> list[PatientEntry]:
+    """One entry per email, the latest registration winning (one statement cannot update a row twice)."""
+    latest: dict[str, PatientEntry] = {}
+    for event in events:
+        p = event.payload
+        entry = PatientEntry(directory_key(p.email), p.patient_id, p.display_name, p.locale, p.registered_at)
+        if entry.email not in latest or latest[entry.email].registered_at <= entry.registered_at:
+            latest[entry.email] = entry
+    return list(latest.values())
+
+
+def practice_entries(events: Iterable[PracticeRegistered]) -> list[PracticeEntry]:
+    latest: dict[uuid.UUID, PracticeEntry] = {}
+    for event in events:
+        p = event.payload
+        entry = PracticeEntry(event.practice_id, p.name, p.reply_to, p.registered_at)
+        if entry.practice_id not in latest or latest[entry.practice_id].registered_at <= entry.registered_at:
+            latest[entry.practice_id] = entry
+    return list(latest.values())
