@@ -115,8 +115,7 @@ class Scenario:
         first = self.api.staff("invitations", "POST", "/invites", (201,), json=IVY)
         self.api.staff("invitations", "POST", f"/invites/{first['id']}/revoke")
         resent = self.api.staff("invitations", "POST", f"/invites/{first['id']}/resend", (201,))
-        self._print_history()
-        self.check("access history", self._history_statuses(), ["pending", "revoked"])
+        self.check("access history", self._show_history(), ["pending", "revoked"])
         self.check("resend gives a new invite", resent["invite"]["id"] != first["id"], True)
         self._accept_invite()
 
@@ -145,38 +144,38 @@ class Scenario:
             items = self.api.staff("connections", "GET", "/connections")["items"]
             return next((c for c in items if c["patient_email"] == IVY["email"]), None)
 
-        self._wait_for("ivy connected", lambda: connected() is not None)
-        connection = connected() or {}
+        connection = self._wait_for("ivy connected", connected) or {}
         self.check(
             "ivy's connection (via, approved by)",
             (connection.get("via"), connection.get("approved_by")),
             ("invite", "demo-manager"),
         )
-        self._print_history()
-        self.check("access history after accepting", self._history_statuses(), ["accepted", "revoked"])
+        self.check("access history after accepting", self._show_history(), ["accepted", "revoked"])
 
     def _history(self) -> list[dict[str, Any]]:
         """ivy's access history, newest invite first."""
         return list(self.api.staff("invitations", "GET", "/invites", params={"email": IVY["email"]})["items"])
 
-    def _history_statuses(self) -> list[str]:
-        return [item["status"] for item in self._history()]
-
-    def _print_history(self) -> None:
-        for item in self._history():
+    def _show_history(self) -> list[str]:
+        """Prints ivy's access history (one read); returns its statuses, newest first."""
+        history = self._history()
+        for item in history:
             print(f"   invite {item['id']}  {item['status']:<8} {_history_line(item)}")
+        return [item["status"] for item in history]
 
     def _verdict(self, address: str) -> str:
         rows = self.api.preview(address)["rows"]
         return str(rows[0]["verdict"]) if rows else ""
 
-    def _wait_for(self, what: str, condition: Any, timeout: float = 30.0) -> None:
+    def _wait_for(self, what: str, condition: Any, timeout: float = 30.0) -> Any:
+        """The condition's first truthy value; None (and a BAD line) when it never came."""
         deadline = time.monotonic() + timeout
-        while not condition():
+        while not (value := condition()):
             if time.monotonic() > deadline:
                 self.check(what, False, True)
-                return
+                return None
             time.sleep(0.2)
+        return value
 
     def _print_rows(self, batch_id: str) -> None:
         print("   line  email                  outcome            reason")
