@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from collabkare.stack.broker import EmbeddedBroker
@@ -20,6 +21,29 @@ from collabkare.stack.smtp_catcher import EmbeddedSmtp
 
 POSTGRES_IMAGE = "postgres:17-alpine"
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
+Source = Literal["external", "container", "embedded"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where each part comes from: the one reading of the environment that starting and describing both use."""
+
+    database: Source
+    kafka: Source
+    smtp: Source  # never a container: the catcher is as real a server as tests need, with or without Docker
+
+
+def plan(environ: Mapping[str, str]) -> Plan:
+    """External where its setting is given; otherwise a container under TEST_INFRA=containers, else embedded."""
+    mode = environ.get("TEST_INFRA", "embedded")
+    if mode not in ("embedded", "containers"):
+        raise StackError(f"TEST_INFRA={mode}: expected 'embedded' or 'containers'")
+    started: Source = "container" if mode == "containers" else "embedded"
+    return Plan(
+        database="external" if environ.get("DATABASE_URL") else started,
+        kafka="external" if environ.get("KAFKA_BOOTSTRAP_SERVERS") else started,
+        smtp="external" if environ.get("SMTP_HOST") else "embedded",
+    )
 
 
 @dataclass
@@ -63,7 +87,9 @@ def start_infrastructure(workdir: Path, *, keep_data: bool = False) -> Iterator[
     The embedded PostgreSQL data directory is deleted on exit unless `keep_data`; logs and caught mail stay.
     """
     workdir = workdir.resolve()
-    containers = _containers_requested()
+    sources = plan(os.environ)
+    if "container" in (sources.database, sources.kafka):
+        _require_docker()
     with ExitStack() as stack:
         data_dirs: list[Path] = []
         if not keep_data:
@@ -71,10 +97,10 @@ def start_infrastructure(workdir: Path, *, keep_data: bool = False) -> Iterator[
             stack.callback(_remove, data_dirs)
         supervisor = stack.enter_context(Supervisor(workdir / "logs"))
         # The catcher (a Python interpreter starting) comes up while initdb runs.
-        smtp, smtp_host, smtp_port = _smtp(supervisor, workdir)
-        postgres, database_url = _database(stack, supervisor, workdir, containers)
+        smtp, smtp_host, smtp_port = _smtp(supervisor, workdir, sources.smtp)
+        postgres, database_url = _database(stack, supervisor, workdir, sources.database)
         data_dirs += [postgres.data_dir] if postgres else []
-        broker, bootstrap = _kafka(stack, supervisor, containers)
+        broker, bootstrap = _kafka(stack, supervisor, sources.kafka)
         if smtp is not None:
             smtp.wait_ready()
         yield Infrastructure(
@@ -91,20 +117,20 @@ def start_infrastructure(workdir: Path, *, keep_data: bool = False) -> Iterator[
 
 
 def provenance(environ: Mapping[str, str]) -> tuple[list[str], list[str]]:
-    """(started here, external), named for a person, from the settings start_infrastructure reads: so the demo can
-    say what it will use before anything starts."""
-    container = " (container)" if environ.get("TEST_INFRA") == "containers" else ""
+    """(started here, external), named for a person, from plan(): so the demo can say what it will use before
+    anything starts."""
+    sources = plan(environ)
     started: list[str] = []
     external: list[str] = []
-    for setting, name in (("DATABASE_URL", "PostgreSQL"), ("KAFKA_BOOTSTRAP_SERVERS", "Kafka-protocol broker")):
-        if environ.get(setting):
-            external.append(f"{name} ({setting})")
+    for source, here, outside in (
+        (sources.database, "PostgreSQL", "PostgreSQL (DATABASE_URL)"),
+        (sources.kafka, "Kafka-protocol broker", "Kafka-protocol broker (KAFKA_BOOTSTRAP_SERVERS)"),
+        (sources.smtp, "SMTP catcher", "SMTP server (SMTP_HOST)"),
+    ):
+        if source == "external":
+            external.append(outside)
         else:
-            started.append(name + container)
-    if environ.get("SMTP_HOST"):
-        external.append("SMTP server (SMTP_HOST)")
-    else:
-        started.append("SMTP catcher")
+            started.append(here + (" (container)" if source == "container" else ""))
     return started, external
 
 
@@ -114,58 +140,55 @@ def _remove(directories: list[Path]) -> None:
 
 
 def _database(
-    stack: ExitStack, supervisor: Supervisor, workdir: Path, containers: bool
+    stack: ExitStack, supervisor: Supervisor, workdir: Path, source: Source
 ) -> tuple[EmbeddedPostgres | None, str]:
-    if url := os.environ.get("DATABASE_URL"):
+    if source == "external":
+        url = os.environ["DATABASE_URL"]
         _check_reachable("DATABASE_URL", urlsplit(url).hostname, urlsplit(url).port or 5432)
         return None, url
-    if containers:
+    if source == "container":
         return None, _postgres_container(stack)
     postgres = EmbeddedPostgres(workdir / "postgres", free_port(), supervisor=supervisor)
     postgres.start()
     return postgres, postgres.url
 
 
-def _kafka(stack: ExitStack, supervisor: Supervisor, containers: bool) -> tuple[EmbeddedBroker | None, str]:
-    if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+def _kafka(stack: ExitStack, supervisor: Supervisor, source: Source) -> tuple[EmbeddedBroker | None, str]:
+    if source == "external":
+        bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
         host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
         _check_reachable("KAFKA_BOOTSTRAP_SERVERS", host.strip("[]"), int(port) if port.isdigit() else 9092)
         return None, bootstrap
-    if containers:
+    if source == "container":
         return None, _kafka_container(stack)
     broker = EmbeddedBroker(free_port(), supervisor=supervisor)
     broker.start()
     return broker, broker.bootstrap_servers
 
 
-def _smtp(supervisor: Supervisor, workdir: Path) -> tuple[EmbeddedSmtp | None, str, int]:
-    if host := os.environ.get("SMTP_HOST"):
+def _smtp(supervisor: Supervisor, workdir: Path, source: Source) -> tuple[EmbeddedSmtp | None, str, int]:
+    if source == "external":
+        host = os.environ["SMTP_HOST"]
         port = os.environ.get("SMTP_PORT", "25")
         if not port.isdigit():
             raise StackError(f"SMTP_PORT={port}: expected a port number")
         _check_reachable("SMTP_HOST", host, int(port))
         return None, host, int(port)
-    # No SMTP container: the catcher is as real a server as tests need, with or without Docker.
     smtp = EmbeddedSmtp(free_port(), workdir / "mail.mbox", supervisor=supervisor)
     smtp.start(wait=False)
     return smtp, smtp.host, smtp.port
 
 
-def _containers_requested() -> bool:
-    mode = os.environ.get("TEST_INFRA", "embedded")
-    if mode not in ("embedded", "containers"):
-        raise StackError(f"TEST_INFRA={mode}: expected 'embedded' or 'containers'")
-    if mode == "containers" and not (os.environ.get("DATABASE_URL") and os.environ.get("KAFKA_BOOTSTRAP_SERVERS")):
-        try:
-            import docker
+def _require_docker() -> None:
+    try:
+        import docker
 
-            docker.from_env(timeout=5).ping()
-        except Exception as error:  # no SDK, no socket, no daemon: all mean "no Docker here"
-            raise StackError(
-                f"TEST_INFRA=containers but Docker does not answer ({type(error).__name__}): "
-                "start Docker, or unset TEST_INFRA to use the embedded stack"
-            ) from None
-    return mode == "containers"
+        docker.from_env(timeout=5).ping()
+    except Exception as error:  # no SDK, no socket, no daemon: all mean "no Docker here"
+        raise StackError(
+            f"TEST_INFRA=containers but Docker does not answer ({type(error).__name__}): "
+            "start Docker, or unset TEST_INFRA to use the embedded stack"
+        ) from None
 
 
 def _postgres_container(stack: ExitStack) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collabkare.stack.infra import provenance
+import pytest
+
+from collabkare.stack.errors import StackError
+from collabkare.stack.infra import Plan, plan, provenance
 
 EXTERNAL = {"DATABASE_URL": "postgresql://db.internal/x", "KAFKA_BOOTSTRAP_SERVERS": "kafka.internal:9092"}
 
@@ -31,3 +34,13 @@ def test_external_database_and_broker_and_containers() -> None:
         ["Kafka-protocol broker (container)", "SMTP catcher"],
         ["PostgreSQL (DATABASE_URL)"],
     )
+
+
+def test_the_plan_is_what_both_starting_and_describing_read() -> None:
+    assert plan({}) == Plan(database="embedded", kafka="embedded", smtp="embedded")
+    assert plan(EXTERNAL | {"TEST_INFRA": "containers", "SMTP_HOST": "mail.internal"}) == Plan(
+        database="external", kafka="external", smtp="external"
+    )
+    assert plan({"TEST_INFRA": "containers"}) == Plan(database="container", kafka="container", smtp="embedded")
+    with pytest.raises(StackError, match="TEST_INFRA=docker: expected 'embedded' or 'containers'"):
+        plan({"TEST_INFRA": "docker"})
