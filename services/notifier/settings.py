@@ -5,6 +5,7 @@ from __future__ import annotations
 from email.utils import parseaddr
 from typing import Self
 
+from email_validator import EmailNotValidError, validate_email
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.runtime.settings import CaFile, RuntimeSettings, is_loopback
@@ -61,9 +62,17 @@ class NotifierSettings(RuntimeSettings):
     @field_validator("smtp_from")
     @classmethod
     def _sender_is_an_address(cls, value: str) -> str:
+        """An ASCII address at a fully qualified domain: its domain ends every Message-ID and names us in EHLO, so
+        `no-reply@localhost` (a name only this machine knows) would mark every email as coming from nowhere."""
         address = parseaddr(value)[1]
         if "@" not in address or not address.isascii():
             raise ValueError("expected 'Name <address@domain>' with an ASCII address")
+        try:
+            validate_email(address, check_deliverability=False)
+        except EmailNotValidError as error:
+            raise ValueError(
+                f"{address!r} is not a usable sender address at a fully qualified domain: {error}"
+            ) from None
         return value
 
     @property

@@ -167,18 +167,31 @@ def test_moments_in_each_language_say_their_time_zone() -> None:
     assert format_moment(moment, "es") == "5 de enero de 2027 a las 08:07 UTC"
 
 
-def test_sender_must_be_an_address() -> None:
-    with pytest.raises(ValueError, match="SMTP_FROM"):
-        Renderer("not an address")
-    with pytest.raises(ValidationError, match="smtp_from"):
+@pytest.mark.parametrize(
+    ("sender", "rule"),
+    [
+        ("CollabKare", "expected 'Name <address@domain>'"),
+        ("CollabKare <no-reply@localhost>", "It should have a period"),  # would end every Message-ID
+        ("CollabKare <no-reply@mail_host.example>", "invalid characters"),
+        ("CollabKare <no-reply@[192.0.2.1]>", "bracketed IP address"),
+    ],
+)
+def test_sender_must_be_an_address_at_a_fully_qualified_domain(sender: str, rule: str) -> None:
+    with pytest.raises(ValidationError, match="smtp_from") as raised:
         NotifierSettings.model_validate(
             {
                 "database_url": "postgresql://n@localhost/n",
                 "kafka_bootstrap_servers": "kafka:9092",
                 "jwt_secret": "x" * 32,
-                "smtp_from": "CollabKare",
+                "smtp_from": sender,
             }
         )
+    assert rule in str(raised.value)
+
+
+def test_the_renderer_refuses_a_sender_that_is_not_an_address() -> None:
+    with pytest.raises(ValueError, match="SMTP_FROM"):
+        Renderer("not an address")
 
 
 @pytest.mark.parametrize(
