@@ -162,7 +162,7 @@ class BatchConsumer:
         headers = original | {
             # FastStream's producer names a content type only for what it encodes itself and sends "" for bytes,
             # unless the headers given say otherwise: the original's type, or what the bytes are when it has none.
-            "content-type": original.get("content-type") or "application/octet-stream",
+            "content-type": declared_content_type(original) or "application/octet-stream",
             "dead_letter_reason": reason[:2000],
             "original_topic": record.topic,
             "original_partition": str(record.partition),
@@ -191,6 +191,15 @@ class BatchConsumer:
         delay = min(30.0, self.context.retry_base_seconds * 2**failures) * random.uniform(0.5, 1.0)
         log.warning(what, group=self.subscription.group, error=repr(error)[:300], retry_in=round(delay, 2))
         await asyncio.sleep(delay)
+
+
+def declared_content_type(headers: dict[str, str]) -> str | None:
+    """The content type a record's producer declared, under any of the spellings producers use (FastStream's
+    `content-type`, `Content-Type`, Spring Kafka's `contentType`); None when it declared none."""
+    for key, value in headers.items():
+        if value and key.lower().replace("-", "") == "contenttype":
+            return value
+    return None
 
 
 def _announced_type(record: ConsumerRecord[bytes, bytes]) -> str | None:
