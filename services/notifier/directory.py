@@ -35,12 +35,19 @@ def directory_key(email: str) -> str:
     return email.lower()
 
 
+def storable(text: str) -> str:
+    """A name as PostgreSQL's text can hold it: without NUL, which JSON allows and a platform producer may send.
+    The renderer drops every other control character from names anyway; a patient must not be lost over one."""
+    return text.replace("\x00", "")
+
+
 def patient_entries(events: Iterable[PatientRegistered]) -> list[PatientEntry]:
     """One entry per email, the latest registration winning (one statement cannot update a row twice)."""
     latest: dict[str, PatientEntry] = {}
     for event in events:
         p = event.payload
-        entry = PatientEntry(directory_key(p.email), p.patient_id, p.display_name, p.locale, p.registered_at)
+        name = storable(p.display_name) if p.display_name is not None else None
+        entry = PatientEntry(directory_key(p.email), p.patient_id, name, p.locale, p.registered_at)
         if entry.email not in latest or latest[entry.email].registered_at <= entry.registered_at:
             latest[entry.email] = entry
     return list(latest.values())
@@ -50,7 +57,7 @@ def practice_entries(events: Iterable[PracticeRegistered]) -> list[PracticeEntry
     latest: dict[uuid.UUID, PracticeEntry] = {}
     for event in events:
         p = event.payload
-        entry = PracticeEntry(event.practice_id, p.name, p.reply_to, p.registered_at)
+        entry = PracticeEntry(event.practice_id, storable(p.name), p.reply_to, p.registered_at)
         if entry.practice_id not in latest or latest[entry.practice_id].registered_at <= entry.registered_at:
             latest[entry.practice_id] = entry
     return list(latest.values())

@@ -193,6 +193,19 @@ async def test_a_directory_entry_is_found_whatever_the_case_of_its_letters(
     assert message["To"] == f"ÜSER-{tag}@example.com", "the mailbox as the invite wrote it (a domain has no case)"
 
 
+async def test_a_nul_in_a_platform_name_loses_neither_the_patient_nor_the_practice(notifier: Notifier) -> None:
+    """JSON and the published schema allow U+0000, PostgreSQL's text does not: these registrations went to dead
+    letters after five attempts, and every invite to that patient then ended not_on_platform."""
+    email = unique_email("nul")
+    clinic = practice("Nul\x00Clinic")
+    event = invite(clinic.practice_id, email, None)
+    await notifier.publish(clinic, patient(email, "en", name="Ann\x00Lee"), event)
+    assert (await notifier.delivery(event.event_id))["status"] == "sent"
+    [message] = notifier.caught(event.event_id)
+    assert "NulClinic" in message["Subject"] and "\x00" not in message.as_string()
+    assert "Ann" in message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
 async def test_invite_to_an_email_nobody_registered_sends_nothing(notifier: Notifier, clinic: uuid.UUID) -> None:
     stranger = unique_email("nobody")
     event = invite(clinic, stranger, "hello")
