@@ -43,6 +43,11 @@ VALUE_KEYWORDS = (
     "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minItems", "maxItems", "uniqueItems",
 )  # fmt: skip
 _NULL = json.dumps({"type": "null"})
+# Formats that name what one validator always accepted. Every email field comes from schemas.email_address, whose
+# validator (email-validator) has accepted international addresses from the start; its documents said `email`
+# (ASCII only, in JSON Schema) until 2026-12-06, when they were corrected to `idn-email` without a new version:
+# the values on the wire did not change, only their description did.
+_SAME_FORMAT = {"email": "idn-email"}
 
 
 def incompatibilities(old: Schema, new: Schema) -> list[str]:
@@ -192,6 +197,8 @@ def _kind(variant: Schema) -> str | None:
 def _signature(variant: Schema) -> str:
     # Properties and items are compared one by one further down, so only the outer keywords count here.
     values = {key: variant[key] for key in VALUE_KEYWORDS if key in variant}
+    if "format" in values:
+        values["format"] = _SAME_FORMAT.get(values["format"], values["format"])
     return json.dumps({**values, "type": _kind(variant)}, sort_keys=True)
 
 

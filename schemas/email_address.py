@@ -41,11 +41,13 @@ def _validate(value: str) -> str:
 
 _RULES = (
     "An address as the Python package email-validator accepts it (producers check with it before publishing): "
-    "international addresses are allowed, special-use domains "
-    f"({', '.join('.' + name for name in _SPECIAL_USE)}) are not."
+    "international addresses are allowed (hence idn-email, RFC 6531), special-use domains "
+    f"({', '.join('.' + name for name in _SPECIAL_USE)}) are not. Compare addresses without regard to case: the "
+    "domain is lower-cased, the local part keeps the case it was given (a roster line, a patient's login), so one "
+    "patient's address may differ in case from one event to the next."
 )
 EmailAddress = Annotated[
     str,
     AfterValidator(_validate),
-    WithJsonSchema({"type": "string", "format": "email", "description": _RULES}),
+    WithJsonSchema({"type": "string", "format": "idn-email", "description": _RULES}),
 ]

@@ -106,7 +106,9 @@ class InviteRequestedPayload(Contract):
     replaces: uuid.UUID | None = Field(
         default=None,
         description="The invite this one replaces (a resend): that one is revoked or expired, and its link no longer "
-        "works; its InviteRevoked names this one in replaced_by.",
+        "works. This field is the link between the two: when the replaced invite was still pending, its InviteRevoked, "
+        "published with this event, also names this one in replaced_by; an invite revoked or expired before the "
+        "resend had its InviteRevoked or InviteExpired already, which names no successor.",
     )
 
 
@@ -145,7 +147,11 @@ class InviteRevokedPayload(Contract):
     invite_id: uuid.UUID
     revoked_by: str = Field(max_length=200)
     revoked_at: AwareDatetime
-    replaced_by: uuid.UUID | None = Field(default=None, description="The new invite when this was a resend.")
+    replaced_by: uuid.UUID | None = Field(
+        default=None,
+        description="The new invite, when this revocation is part of resending a pending invite. A resend after a "
+        "revocation or an expiry is linked only by the new InviteRequested's replaces.",
+    )
 
 
 class InviteRevoked(Envelope):

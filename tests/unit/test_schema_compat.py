@@ -67,6 +67,19 @@ CASES: list[tuple[str, Schema, Schema, list[str]]] = [
         ["id: type changed"],
     ),
     (
+        # A correction, not a change: one validator (schemas.email_address) produced both; see compat._SAME_FORMAT.
+        "email documented as idn-email",
+        object_of({"email": {"type": "string", "format": "email"}}),
+        object_of({"email": {"type": "string", "format": "idn-email"}}),
+        [],
+    ),
+    (
+        "email made another format",
+        object_of({"email": {"type": "string", "format": "email"}}),
+        object_of({"email": {"type": "string", "format": "hostname"}}),
+        ["email: type changed"],
+    ),
+    (
         "no longer nullable",
         BASE,
         object_of({**BASE["properties"], "note": {"type": "string"}}, ("id",)),
