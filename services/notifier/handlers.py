@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -96,11 +97,11 @@ class Backpressure:
             log.debug("delivery.backpressure_released", high_water=self.high_water)
 
 
-async def claim_deliveries(pool: asyncpg.Pool, limit: int) -> tuple[list[Claimed], list[Final]]:
+async def claim_deliveries(pool: asyncpg.Pool, limit: int, owner: uuid.UUID) -> tuple[list[Claimed], list[Final]]:
     """Claim due deliveries for sending; invites the directories say must not go out (domain.not_to_send) end
     here, with their DeliveryOutcome, in the same transaction. Returns (to send, finished)."""
     async with transaction(pool) as db:
-        claimed = await repository.claim_due(db, limit)
+        claimed = await repository.claim_due(db, limit, owner)
         now = _now()
         stopped = [final for c in claimed if (final := domain.not_to_send(c, now)) is not None]
         finals = await _finish(db, stopped)
@@ -116,7 +117,7 @@ class RetryPolicy:
 
 
 async def record_attempts(
-    pool: asyncpg.Pool, attempts: Sequence[tuple[Claimed, SendResult]], policy: RetryPolicy
+    pool: asyncpg.Pool, attempts: Sequence[tuple[Claimed, SendResult]], policy: RetryPolicy, owner: uuid.UUID
 ) -> tuple[list[Final], list[Retry]]:
     """One transaction for a batch of SMTP results: final outcomes with their events, and retries."""
     now = _now()
@@ -137,16 +138,20 @@ async def record_attempts(
             retries.append(decision)
     async with transaction(pool) as db:
         finished = await _finish(db, finals)
-        await repository.reschedule(db, retries)
+        await repository.reschedule(db, retries, owner)
     return finished, retries
 
 
-async def release(pool: asyncpg.Pool, claimed: Sequence[Claimed]) -> None:
+async def release(pool: asyncpg.Pool, claimed: Sequence[Claimed], owner: uuid.UUID) -> None:
     """Give back claims never attempted (shutting down): due now, and the attempt not counted."""
     now = _now()
     retries = [Retry(c, c.attempts - 1, now, "released unsent at shutdown") for c in claimed]
     async with transaction(pool) as db:
-        await repository.reschedule(db, retries)
+        await repository.reschedule(db, retries, owner)
+
+
+async def renew_leases(pool: asyncpg.Pool, owner: uuid.UUID, held: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    return await repository.renew_leases(pool, owner, held)
 
 
 async def expire_leases(pool: asyncpg.Pool, lease_seconds: float) -> int:

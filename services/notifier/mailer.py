@@ -74,12 +74,16 @@ class SmtpConnection:
         self._mailer = mailer
         self._wire: Wire | None = None
 
+    async def open(self) -> SendResult | None:
+        """Connected and ready for a message (None), or why the server cannot be used (UNREACHABLE): so that a
+        sender can decide whether to send at the last moment, with only the transaction's deadline still ahead."""
+        opened = await self._open()
+        return opened if isinstance(opened, SendResult) else None
+
     async def send(self, sender: str, recipient: str, message: bytes) -> SendResult:
-        try:
-            wire = await self._connected()
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-            self.close()
-            return SendResult(Attempt.UNREACHABLE, _describe(error))
+        wire = await self._open()
+        if isinstance(wire, SendResult):
+            return wire
         try:
             # One deadline for the whole transaction, not one per reply.
             async with asyncio.timeout(self._mailer.settings.smtp_timeout_seconds):
@@ -93,6 +97,13 @@ class SmtpConnection:
         if accepted:
             return SendResult(Attempt.SENT, _reply(response.code, response.message))
         return await self._refused(wire, response)
+
+    async def _open(self) -> Wire | SendResult:
+        try:
+            return await self._connected()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            self.close()
+            return SendResult(Attempt.UNREACHABLE, _describe(error))
 
     async def _connected(self) -> Wire:
         if self._wire is not None and self._wire.usable:

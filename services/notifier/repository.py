@@ -100,8 +100,9 @@ async def open_count(db: asyncpg.Connection | asyncpg.Pool) -> int:
     return int(await db.fetchval("SELECT count(*) FROM notifier.deliveries WHERE status IN ('pending', 'sending')"))
 
 
-async def claim_due(db: asyncpg.Connection, limit: int) -> list[Claimed]:
-    """Lock up to `limit` due deliveries other senders have not locked, mark them sending, one attempt more."""
+async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> list[Claimed]:
+    """Lock up to `limit` due deliveries other senders have not locked, mark them sending by `owner` (one sender
+    process's run), one attempt more."""
     rows = await db.fetch(
         """
         WITH due AS (
@@ -115,13 +116,14 @@ async def claim_due(db: asyncpg.Connection, limit: int) -> list[Claimed]:
             FOR UPDATE OF d SKIP LOCKED
         )
         UPDATE notifier.deliveries d
-        SET status = 'sending', attempts = d.attempts + 1, claimed_at = now(), updated_at = now(),
+        SET status = 'sending', attempts = d.attempts + 1, claimed_at = now(), claimed_by = $2, updated_at = now(),
             locale = coalesce(due.locale, 'en')
         FROM due
         WHERE d.id = due.id
         RETURNING d.*, due.on_platform, due.display_name AS patient_name, due.name AS practice_name, due.reply_to
         """,
         limit,
+        owner,
     )
     return [_claimed(row) for row in rows]
 
@@ -185,7 +187,7 @@ async def finish(db: asyncpg.Connection, finals: Sequence[Final]) -> set[uuid.UU
         """
         UPDATE notifier.deliveries d
         SET status = f.outcome, attempts = f.attempts, last_error = f.reason, smtp_reply = f.reply,
-            decided_at = f.decided_at, updated_at = now(), claimed_at = NULL,
+            decided_at = f.decided_at, updated_at = now(), claimed_at = NULL, claimed_by = NULL,
             note = NULL, accept_url = NULL, reason = NULL
         FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[])
              AS f(id, outcome, attempts, reason, reply, decided_at)
@@ -202,30 +204,50 @@ async def finish(db: asyncpg.Connection, finals: Sequence[Final]) -> set[uuid.UU
     return {row["id"] for row in rows}
 
 
-async def reschedule(db: asyncpg.Connection, retries: Sequence[Retry]) -> None:
-    """Put deliveries back in the queue for a later attempt (a retry, or a claim given back unsent)."""
+async def reschedule(db: asyncpg.Connection, retries: Sequence[Retry], owner: uuid.UUID) -> None:
+    """Put deliveries back in the queue for a later attempt (a retry, or a claim given back unsent): only those
+    `owner` still holds; one whose lease expired and another sender claimed is that sender's now."""
     if not retries:
         return
     await db.execute(
         """
         UPDATE notifier.deliveries d
         SET status = 'pending', attempts = r.attempts, not_before = r.not_before, last_error = r.last_error,
-            claimed_at = NULL, updated_at = now()
+            claimed_at = NULL, claimed_by = NULL, updated_at = now()
         FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::text[]) AS r(id, attempts, not_before, last_error)
-        WHERE d.id = r.id AND d.status = 'sending'
+        WHERE d.id = r.id AND d.status = 'sending' AND d.claimed_by = $5
         """,
         [r.claimed.delivery.id for r in retries],
         [r.attempts for r in retries],
         [r.not_before for r in retries],
         [r.last_error for r in retries],
+        owner,
     )
 
 
+async def renew_leases(
+    db: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID, held: Sequence[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Renew the lease of each delivery `owner` holds and still owns; returns those. One it holds and no longer
+    owns expired while the process could not renew it (frozen, or the database away) and may be another's now."""
+    rows = await db.fetch(
+        """
+        UPDATE notifier.deliveries SET claimed_at = now()
+        WHERE id = ANY($2::uuid[]) AND status = 'sending' AND claimed_by = $1
+        RETURNING id
+        """,
+        owner,
+        list(held),
+    )
+    return {row["id"] for row in rows}
+
+
 async def expire_leases(db: asyncpg.Connection | asyncpg.Pool, lease_seconds: float) -> int:
-    """Deliveries left `sending` by a process that died go back to the queue (the documented duplicate window)."""
+    """Deliveries left `sending` by a process that died (so renewed by nobody) go back to the queue (the documented
+    duplicate window: one it had handed to the SMTP server just before it died is sent again)."""
     result = await db.execute(
         """
-        UPDATE notifier.deliveries SET status = 'pending', claimed_at = NULL, updated_at = now()
+        UPDATE notifier.deliveries SET status = 'pending', claimed_at = NULL, claimed_by = NULL, updated_at = now()
         WHERE status = 'sending' AND claimed_at < now() - make_interval(secs => $1)
         """,
         lease_seconds,

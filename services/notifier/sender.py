@@ -3,6 +3,11 @@
 Claimer → queue → one worker per SMTP connection → results → recorder, running side by side so that the
 connections never wait for the database. At most `capacity` deliveries are claimed and not yet recorded,
 so memory stays flat however large the backlog; several processes share the table through SKIP LOCKED.
+
+A claim is a lease (SENDING_LEASE_SECONDS) that this process renews while it holds the delivery, so a claim
+waiting its turn behind a slow SMTP server never expires into a second sender's hands; only a dead process's
+claims do. A delivery whose ownership was not confirmed within half a lease (the renewal failed, or the process
+was frozen and another took it over) is dropped unsent: its lease runs out and it is claimed again.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import math
 import random
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -70,6 +76,11 @@ class _Run:
         self.room = asyncio.Event()
         self.wake = asyncio.Event()
         self.outstanding = 0  # claimed and not yet recorded
+        self.owner = uuid.uuid4()  # this run's name on its claims (deliveries.claimed_by)
+        # When this run last knew it owned each delivery it holds (claimed, or its lease renewed): monotonic time.
+        self.confirmed: dict[uuid.UUID, float] = {}
+        self.fresh_seconds = self.settings.sending_lease_seconds / 2
+        self.dropped = 0  # deliveries dropped unsent since the last report
         self.stopping = False
         self.workers_done = False  # the recorder may end only once no worker can add a result
         self.smtp_trouble: str | None = None  # why no SMTP connection is usable, while that lasts (logged once)
@@ -104,12 +115,14 @@ class _Run:
                         await self.room.wait()
                         continue
                     self.wake.clear()  # before the query: a NOTIFY arriving during it must not be lost
-                    claimed, absent = await handlers.claim_deliveries(self.pool, free)
+                    asked = time.monotonic()
+                    claimed, absent = await handlers.claim_deliveries(self.pool, free, self.owner)
                     failures = 0
                     for final in absent:
                         self.metrics.email(final.claimed.delivery.kind, final.outcome)
                     self.outstanding += len(claimed)
                     for item in claimed:
+                        self.confirmed[item.delivery.id] = asked
                         self.queue.put_nowait(item)
                     if len(claimed) + len(absent) < free:
                         with contextlib.suppress(TimeoutError):
@@ -139,6 +152,9 @@ class _Run:
                 connection.close()
                 result = SendResult(Attempt.TRANSIENT, f"{type(error).__name__}")
             self.current[index] = None
+            if result is None:
+                self._drop(claimed)
+                continue
             self.results.append((claimed, result))
             self.results_ready.set()
             self._note_smtp_state(result)
@@ -148,6 +164,13 @@ class _Run:
                 await asyncio.sleep(min(30.0, 0.5 * 2**unreachable) * random.uniform(0.5, 1.0))
             else:
                 unreachable = 0
+
+    def _drop(self, claimed: Claimed) -> None:
+        """Forget a delivery unsent: its lease, no longer renewed by this run, expires and it is claimed again."""
+        self.dropped += 1  # reported by the reaper: a database outage could drop a whole claim at once
+        self.confirmed.pop(claimed.delivery.id, None)
+        self.outstanding -= 1
+        self.room.set()
 
     def _note_smtp_state(self, result: SendResult) -> None:
         """One warning when the SMTP server becomes unusable (refused, down, bad login: the reply says which),
@@ -160,7 +183,8 @@ class _Run:
             log.info("smtp.available_again", after=self.smtp_trouble[:300])
             self.smtp_trouble = None
 
-    async def _attempt(self, connection: SmtpConnection, claimed: Claimed) -> SendResult:
+    async def _attempt(self, connection: SmtpConnection, claimed: Claimed) -> SendResult | None:
+        """The result of one attempt; None when the delivery was not sent because this run may no longer own it."""
         problem = domain.content_problem(claimed, datetime.now(UTC))
         if problem is not None:
             return SendResult(Attempt.PERMANENT, problem)
@@ -170,6 +194,12 @@ class _Run:
             log.exception("delivery.render_failed", delivery_id=str(claimed.delivery.id))
             return SendResult(Attempt.PERMANENT, f"the message could not be built ({type(error).__name__})")
         await self.sender.mailer.bucket.acquire()
+        if (trouble := await connection.open()) is not None:
+            return trouble
+        # The last moment to decide: from here only the transaction's deadline passes before the server has the
+        # message, and the settings keep SMTP_TIMEOUT_SECONDS + 5 s within half a lease, so it is ours until then.
+        if time.monotonic() - self.confirmed.get(claimed.delivery.id, -math.inf) >= self.fresh_seconds:
+            return None
         started = time.perf_counter()
         recipient = domain.smtp_address(claimed.delivery.recipient)
         result = await connection.send(self.sender.renderer.envelope_sender, recipient, message)
@@ -190,6 +220,8 @@ class _Run:
                 await asyncio.sleep(_FLUSH_SECONDS)
             batch, self.results = self.results, []
             await self._record(batch)
+            for claimed, _ in batch:
+                self.confirmed.pop(claimed.delivery.id, None)
             self.outstanding -= len(batch)
             self.room.set()
 
@@ -197,7 +229,7 @@ class _Run:
         failures = 0
         while True:
             try:
-                finals, retries = await handlers.record_attempts(self.pool, batch, self.sender.policy)
+                finals, retries = await handlers.record_attempts(self.pool, batch, self.sender.policy, self.owner)
                 break
             except Exception as error:
                 # The emails are sent: keep trying to record them, never drop the results.
@@ -221,12 +253,16 @@ class _Run:
         log.debug("delivery.recorded", final=len(finals), retries=len(retries))
 
     async def _reap_loop(self) -> None:
-        """Every few seconds the backlog gauge; every quarter lease, deliveries a dead process left `sending`."""
+        """Every few seconds the backlog gauge; every quarter lease, this run's leases renewed, then deliveries a dead
+        process left `sending` put back in the queue."""
         lease = self.settings.sending_lease_seconds
         reap_every = min(60.0, max(0.5, lease / 4))
         next_reap = time.monotonic() + reap_every
         while True:
             await asyncio.sleep(min(_BACKLOG_REPORT_SECONDS, reap_every))
+            if self.dropped:
+                log.warning("sender.claims_dropped", count=self.dropped, reason="ownership not confirmed in time")
+                self.dropped = 0
             try:
                 self.metrics.backlog.set(await repository.open_count(self.pool))
             except Exception as error:  # the database is away: the gauge keeps its last value, the claimer says so
@@ -235,6 +271,7 @@ class _Run:
                 continue
             next_reap = time.monotonic() + reap_every
             try:
+                await self._renew()
                 expired = await handlers.expire_leases(self.pool, lease)
             except Exception as error:
                 log.warning("sender.lease_check_failed", error=repr(error)[:300])
@@ -242,6 +279,13 @@ class _Run:
             if expired:
                 log.warning("delivery.lease_expired", count=expired)
                 self.wake.set()
+
+    async def _renew(self) -> None:
+        asked = time.monotonic()
+        owned = await handlers.renew_leases(self.pool, self.owner, list(self.confirmed))
+        for delivery_id in owned:
+            if delivery_id in self.confirmed:  # not recorded (and forgotten) while the renewal ran
+                self.confirmed[delivery_id] = max(self.confirmed[delivery_id], asked)
 
     async def _shutdown(
         self,
@@ -273,7 +317,7 @@ class _Run:
         if unsent:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
-                    await handlers.release(self.pool, unsent)
+                    await handlers.release(self.pool, unsent, self.owner)
         await asyncio.gather(*(connection.quit() for connection in self.connections))
         log.info("sender.stopped", released=len(unsent))
 

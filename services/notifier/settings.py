@@ -87,6 +87,18 @@ class NotifierSettings(RuntimeSettings):
         return self.smtp_local_hostname or self.sender_domain
 
     @model_validator(mode="after")
+    def _a_lease_outlasts_a_send(self) -> Self:
+        # A sender sends a delivery only while it confirmed owning it less than half a lease ago; the SMTP transaction
+        # (one deadline) and recording its result (5 s of margin) must end before the lease can run out.
+        if self.sending_lease_seconds < 2 * self.smtp_timeout_seconds + 10:
+            raise ValueError(
+                f"SENDING_LEASE_SECONDS: at least 2 x SMTP_TIMEOUT_SECONDS + 10 s "
+                f"({2 * self.smtp_timeout_seconds + 10:g} s): a delivery still being sent could otherwise be "
+                "claimed by another sender and sent twice"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _tls_modes_exclusive(self) -> Self:
         if self.smtp_tls and self.smtp_starttls:
             raise ValueError("SMTP_TLS and SMTP_STARTTLS: choose one (implicit TLS or STARTTLS)")

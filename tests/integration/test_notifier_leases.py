@@ -1,0 +1,87 @@
+"""A claim is a lease its sender renews while it holds the delivery: a slow SMTP server never gets an email twice.
+
+Claims wait their turn in the sender's memory (up to SENDER_BATCH_SIZE of them for SMTP_POOL_SIZE connections).
+Before leases were renewed, the claims still waiting when the lease ran out went back to the queue, were claimed
+again (by the same process or another one) and each went out twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from pydantic import ValidationError
+
+from collabkare.stack.infra import Infrastructure
+from collabkare.stack.mailbox import parse
+from collabkare.stack.ports import free_port
+from services.notifier.settings import NotifierSettings
+from tests.integration.notifier_harness import invite, patient, practice, running_notifier, unique_email
+
+INVITES = 30
+SECONDS_PER_EMAIL = 0.5  # 30 emails over one connection: 15 s, past a 12 s lease
+
+
+class SlowRelay:
+    """aiosmtpd handler: answers each DATA after a pause, as a busy relay does; counts the Message-IDs it keeps."""
+
+    def __init__(self) -> None:
+        self.copies: collections.Counter[str] = collections.Counter()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(SECONDS_PER_EMAIL)
+        self.copies[str(parse(envelope.original_content)["Message-ID"])] += 1
+        return "250 2.0.0 OK"
+
+
+@pytest.fixture
+def slow_relay() -> Iterator[tuple[SlowRelay, int]]:
+    relay = SlowRelay()
+    controller = Controller(relay, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield relay, controller.port
+    finally:
+        controller.stop()
+
+
+async def test_claims_waiting_longer_than_the_lease_are_renewed_and_sent_once(
+    infra: Infrastructure, template_database: str, slow_relay: tuple[SlowRelay, int]
+) -> None:
+    relay, port = slow_relay
+    settings = {
+        "smtp_host": "127.0.0.1",
+        "smtp_port": port,
+        "smtp_pool_size": 1,
+        "sender_batch_size": INVITES,  # every invite claimed at once, waiting its turn
+        "smtp_timeout_seconds": 1,
+        "sending_lease_seconds": 12,  # the least the settings allow with that timeout; renewed every 3 s
+    }
+    async with running_notifier(infra, template_database, **settings) as notifier:
+        clinic = practice("Lease Clinic")
+        emails = [unique_email("lease") for _ in range(INVITES)]
+        invites = [invite(clinic.practice_id, email) for email in emails]  # type: ignore[arg-type]
+        await notifier.publish(clinic, *(patient(email) for email in emails), *invites)
+        rows = await notifier.deliveries([event.event_id for event in invites], timeout=90)
+        assert sorted(row["status"] for row in rows) == ["sent"] * INVITES
+        assert max(row["attempts"] for row in rows) == 1, "no claim expired and was claimed again"
+        # A copy claimed twice would still be waiting behind the first: give the connection time to send it.
+        deadline = time.monotonic() + 4 * SECONDS_PER_EMAIL
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+    assert len(relay.copies) == INVITES and set(relay.copies.values()) == {1}, "each Message-ID exactly once"
+
+
+def test_the_lease_must_outlast_a_send_and_its_recording() -> None:
+    """Half a lease after a sender last confirmed a claim, it no longer sends it; the transaction that may begin just
+    before then (SMTP_TIMEOUT_SECONDS) and its recording (5 s) must end before the lease can run out."""
+    base = {"database_url": "postgresql://n@127.0.0.1/n", "kafka_bootstrap_servers": "127.0.0.1:1"}
+    base |= {"jwt_secret": "x" * 32, "smtp_timeout_seconds": 30}
+    assert NotifierSettings.model_validate({**base, "sending_lease_seconds": 70}).sending_lease_seconds == 70
+    with pytest.raises(ValidationError, match=r"SENDING_LEASE_SECONDS: at least 2 x SMTP_TIMEOUT_SECONDS \+ 10 s"):
+        NotifierSettings.model_validate({**base, "sending_lease_seconds": 69})
