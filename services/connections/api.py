@@ -9,6 +9,7 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, TypeAdapter
+from pydantic_core import PydanticCustomError
 
 from services.connections import handlers
 from services.connections.domain import MAX_TEXT, AlreadyConnected, AlreadyDecided, UnknownPractice, clean_text
@@ -20,8 +21,17 @@ from services.runtime.openapi import problems
 from services.runtime.problems import Problem
 
 router = APIRouter(tags=["connections"])
+
+
+def _clean(text: str) -> str | None:
+    try:
+        return clean_text(text)
+    except ValueError as error:  # named by its rule, not pydantic's generic "value_error, Value error, …"
+        raise PydanticCustomError("control_character", str(error)) from None
+
+
 # Trimmed first, then measured; whitespace only counts as no text.
-Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TEXT), AfterValidator(clean_text)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TEXT), AfterValidator(_clean)]
 
 
 class ConnectionRequestBody(BaseModel):

@@ -8,7 +8,16 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 
 from services.invitations import handlers, identity
@@ -58,9 +67,20 @@ Phone = Annotated[Factor, _format(identity.normalize_phone)]
 BirthDate = Annotated[date | None, _format(_birth_date)]
 
 
+def _email(value: str) -> str:
+    try:
+        return _EMAIL.validate_python(value)
+    except ValidationError as error:  # pydantic names it "value_error": the rule is the address's format
+        reason = error.errors()[0].get("ctx", {}).get("reason", "")
+        raise PydanticCustomError("email", "not an email address: {reason}", {"reason": reason}) from None
+
+
+Email = Annotated[str, AfterValidator(_email), WithJsonSchema(_EMAIL.json_schema())]
+
+
 class InviteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    email: EmailStr
+    email: Email
     ssn: IssuedSsn = Field(default=None, description="123-45-6789 or 123456789; or give date_of_birth and phone")
     date_of_birth: BirthDate = None
     phone: Phone = Field(default=None, description="With the country code, or 10 digits for +1")

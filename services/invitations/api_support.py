@@ -7,6 +7,7 @@ from typing import Annotated
 import asyncpg
 from fastapi import Depends, Request
 from pydantic import AfterValidator, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 from services.invitations.domain import Cause
 from services.invitations.handlers import Policy
@@ -18,7 +19,8 @@ from services.runtime.problems import Problem
 def _clean_note(note: str | None) -> str | None:
     note = (note or "").strip() or None
     if note is not None and (problem := check_note(note)):
-        raise ValueError(problem)
+        # Named by its rule, not pydantic's generic "value_error" with a "Value error, " prefix.
+        raise PydanticCustomError("max_length" if len(note) > MAX_NOTE else "control_character", problem)
     return note
 
 

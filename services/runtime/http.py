@@ -73,7 +73,8 @@ def create_http_app(
             allow_origins=list(cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", CORRELATION_HEADER],
-            expose_headers=[CORRELATION_HEADER],
+            # What a browser client is told to read: the new resource, a replayed submit, when to retry a 503.
+            expose_headers=[CORRELATION_HEADER, "Location", "Idempotent-Replayed", "Retry-After"],
         )
 
     app.add_middleware(HeadAsGet)  # the last added is the outermost

@@ -193,3 +193,8 @@ def test_only_the_console_origin_may_call_the_apis(console_stack: ConsoleStack) 
         assert also.headers.get("access-control-allow-origin") == typed
         refused = httpx.options(url, headers={"Origin": "http://127.0.0.1:1", **preflight}, timeout=10)
         assert "access-control-allow-origin" not in refused.headers
+        # The console (any browser client) may read what the API documents: a batch's Location, a replayed
+        # submit's Idempotent-Replayed, a 503's Retry-After; only X-Correlation-ID was readable.
+        answer = httpx.get(url, headers={"Origin": console_stack.url}, timeout=10)
+        exposed = {name.strip().lower() for name in answer.headers["access-control-expose-headers"].split(",")}
+        assert exposed == {"x-correlation-id", "location", "idempotent-replayed", "retry-after"}

@@ -427,6 +427,9 @@ async def test_bad_decision_input_is_a_problem_and_changes_nothing(service: Serv
     assert response.json()["status"] == status and response.json()["detail"]
     if field is not None:
         assert field in [e["field"] for e in response.json()["errors"]]
+        assert all(
+            e["rule"] != "value_error" and not e["message"].startswith("Value error") for e in response.json()["errors"]
+        )
     assert (await _request_row(service, asked["id"]))["status"] == "pending"
     assert [e["event_type"] for e in await service.events(practice)] == ["ConnectionRequested"]
     assert len(await _audit(service, practice)) == 1

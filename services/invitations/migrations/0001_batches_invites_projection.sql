@@ -67,7 +67,7 @@ CREATE TABLE invites (
 );
 -- A patient's invites at a practice: access history and the "already invited" check. At most one pending
 -- invite per patient and practice is kept by the per-practice advisory lock every invite-creating use case
--- takes (docs/decisions/0003-one-pending-invite-by-lock.md): a second, unique index costs a 100,000-line
+-- takes (docs/decisions/0004-invitations-one-pending-invite-by-lock.md): a second, unique index costs a 100,000-line
 -- roster ~0.3 s of database time.
 CREATE INDEX invites_by_patient ON invites (practice_id, email_key);
 CREATE INDEX invites_due ON invites (expires_at) WHERE status = 'pending';
