@@ -84,7 +84,7 @@ class Backpressure:
         deadline = time.monotonic() + self.max_wait_seconds
         waited = False
         try:
-            while await repository.open_count(pool) >= self.high_water:
+            while await repository.sender_backlog(pool) >= self.high_water:
                 if time.monotonic() >= deadline:
                     log.warning("delivery.backpressure_timeout", high_water=self.high_water)
                     return

@@ -100,6 +100,22 @@ async def open_count(db: asyncpg.Connection | asyncpg.Pool) -> int:
     return int(await db.fetchval("SELECT count(*) FROM notifier.deliveries WHERE status IN ('pending', 'sending')"))
 
 
+async def sender_backlog(db: asyncpg.Connection | asyncpg.Pool) -> int:
+    """The open deliveries a sender has to work through, less those never tried that wait out the directories'
+    grace (an invite to an address nobody has registered yet): most end `not_on_platform` at their claim, without
+    SMTP, and counting them let one practice's roster of unregistered addresses hold every other practice's emails
+    back for a minute. A retry waiting for its time has an error recorded, and still counts."""
+    return int(
+        await db.fetchval(
+            """
+            SELECT count(*) FROM notifier.deliveries
+            WHERE status IN ('pending', 'sending')
+              AND NOT (status = 'pending' AND attempts = 0 AND last_error IS NULL AND not_before > now())
+            """
+        )
+    )
+
+
 async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> list[Claimed]:
     """Lock up to `limit` due deliveries other senders have not locked, mark them sending by `owner` (one sender
     process's run), one attempt more."""

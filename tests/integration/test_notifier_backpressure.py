@@ -123,3 +123,36 @@ async def test_a_restart_midway_sends_every_email_exactly_once(infra: Infrastruc
     assert left > 0, "the first notifier was stopped with work left"
     assert _sent_once(second, invites) == {1: len(invites)}
     assert len(outcomes) == len(invites), "one DeliveryOutcome per invite (a second one fails outcomes())"
+
+
+async def test_invites_waiting_for_the_directory_hold_back_no_other_email(
+    infra: Infrastructure, template_database: str
+) -> None:
+    """A roster of addresses nobody has registered waits out the directory's grace and ends not_on_platform without
+    SMTP; it counted toward the high-water mark and held every other practice's email back for up to a minute."""
+    async with (
+        scratch(infra, template_database) as (database, prefix, admin),
+        started(
+            database,
+            prefix,
+            admin,
+            pending_high_water=5,
+            pending_wait_max_seconds=120,  # longer than the grace: before the fix, the next email waited it out
+            directory_grace_seconds=30,
+            consumer_batch_size=CONSUMER_BATCH,
+        ) as notifier,
+    ):
+        clinic_id, [registered] = await _seed(notifier, 1)
+        strangers = [invite(clinic_id, unique_email("nobody")) for _ in range(20)]
+        await notifier.publish(*strangers)
+        async with asyncio.timeout(20):
+            while await admin.fetchval("SELECT count(*) FROM notifier.deliveries") < len(strangers):
+                await asyncio.sleep(0.05)
+        await notifier.publish(registered)
+        row = await notifier.delivery(registered.event_id, timeout=25)
+        waiting = await admin.fetchval(
+            "SELECT count(*) FROM notifier.deliveries WHERE status = 'pending' AND source_event_id = ANY($1::uuid[])",
+            [event.event_id for event in strangers],
+        )
+    assert row["status"] == "sent"
+    assert waiting == len(strangers), "the email went out while the unregistered addresses still waited"
