@@ -74,7 +74,7 @@ class ServiceRuntime:
         self.spec = spec
         self.settings = settings
         self.schema = spec.migrations.schema
-        self.metrics = Metrics(spec.name)
+        self.metrics = Metrics(spec.name, groups=[s.group for s in spec.subscriptions])
         self.pool: asyncpg.Pool | None = None
         self.relay: OutboxRelay | None = None
         self.kafka_security = settings.kafka_security  # one TLS context for every client of this process
