@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 _FASTSTREAM_SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+# Kafka's max.poll.interval.ms for every consumer group (its default, said once): a consumer that takes longer
+# than this over one batch is taken for dead and its partitions go to another member, batch and all.
+MAX_POLL_INTERVAL_SECONDS = 300.0
 
 
 class KafkaSecurity(BaseModel):
