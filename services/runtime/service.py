@@ -15,6 +15,7 @@ import asyncpg
 from fastapi import APIRouter, FastAPI
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
+from pydantic import PostgresDsn
 
 from schemas import EVENT_TYPES, TOPICS, dead_letter_topic
 from services.runtime import inbox
@@ -65,6 +66,21 @@ async def prune_inbox(runtime: ServiceRuntime) -> None:
             if pruned:
                 log.info("inbox.pruned", count=pruned)
         await asyncio.sleep(INBOX_PRUNE_SECONDS)
+
+
+class DependencyUnavailable(Exception):
+    """What the service cannot start without did not answer: the process says so in one log line and ends."""
+
+    def __init__(self, dependency: str, address: str, error: BaseException) -> None:
+        super().__init__(f"{dependency} at {address}: {error!r}")
+        self.dependency = dependency
+        self.address = address
+        self.error = error
+
+
+def _servers(url: PostgresDsn) -> str:
+    """host:port of each server DATABASE_URL names, and nothing of its credentials."""
+    return ",".join(f"{host['host']}:{host['port'] or 5432}" for host in url.hosts())
 
 
 class ServiceRuntime:
@@ -130,9 +146,14 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         settings = self.settings
-        self.pool = await create_pool(
-            str(settings.database_url), self.spec.name, settings.database_pool_min, settings.database_pool_max
-        )
+        try:
+            self.pool = await create_pool(
+                str(settings.database_url), self.spec.name, settings.database_pool_min, settings.database_pool_max
+            )
+        except (asyncpg.PostgresError, *TRANSIENT_ERRORS) as error:
+            # Refused, unknown host, wrong password, no such database: nothing works without it. The broker is
+            # different: the API serves and the outbox keeps events while it is away (_start_consumers).
+            raise DependencyUnavailable("database", _servers(settings.database_url), error) from error
         self.consumers.pool = self.pool
         self.relay = OutboxRelay(
             self.pool,
@@ -200,7 +221,16 @@ class ServiceRuntime:
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             configure_logging(self.spec.name, self.settings.log_level)
-            await self.start()
+            try:
+                await self.start()
+            except DependencyUnavailable as failure:
+                log.error(
+                    "service.start_failed",
+                    dependency=failure.dependency,
+                    address=failure.address,
+                    error=repr(failure.error)[:300],
+                )
+                raise
             try:
                 yield
             finally:
