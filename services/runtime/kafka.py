@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from functools import cached_property
 from typing import Any, Literal
 
+from aiokafka.client import AIOKafkaClient
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
@@ -57,7 +59,7 @@ class KafkaSecurity(BaseModel):
         return context
 
     def aiokafka_options(self) -> dict[str, Any]:
-        """Keyword arguments for AIOKafkaProducer / AIOKafkaConsumer / AIOKafkaAdminClient."""
+        """Keyword arguments for AIOKafkaProducer / AIOKafkaConsumer / AIOKafkaAdminClient / AIOKafkaClient."""
         options: dict[str, Any] = {"security_protocol": self.protocol}
         if self.uses_tls:
             options["ssl_context"] = self.ssl_context
@@ -81,3 +83,16 @@ class KafkaSecurity(BaseModel):
             ssl_context=self.ssl_context,
             use_ssl=self.uses_tls,
         )
+
+
+async def reach_cluster(bootstrap_servers: str, security: KafkaSecurity, timeout: float) -> None:
+    """Raise unless the cluster answers a metadata request within `timeout`. Asked by a bare client, closed however
+    the request ends: nothing is left for the garbage collector to find unclosed."""
+    client = AIOKafkaClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000), **security.aiokafka_options()
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            await client.bootstrap()
+    finally:
+        await client.close()

@@ -24,6 +24,7 @@ from services.runtime.consumer import BatchConsumer, ConsumerContext, Subscripti
 from services.runtime.database import TRANSIENT_ERRORS, create_pool, database_reachable
 from services.runtime.http import create_http_app
 from services.runtime.jobs import Jobs
+from services.runtime.kafka import reach_cluster
 from services.runtime.logging import configure_logging, get_logger
 from services.runtime.metrics import Metrics
 from services.runtime.migrations import MigrationPlan
@@ -181,6 +182,14 @@ class ServiceRuntime:
         while True:
             try:
                 async with asyncio.timeout(self.settings.kafka_send_timeout_seconds * 2):
+                    # FastStream never stops the producer of a start that failed: aiokafka then logged "Unclosed
+                    # AIOKafkaProducer" at error level once per attempt while the broker was away. So the broker
+                    # starts once the cluster has answered a client of ours, which is always closed.
+                    await reach_cluster(
+                        self.settings.kafka_bootstrap_servers,
+                        self.kafka_security,
+                        self.settings.kafka_send_timeout_seconds,
+                    )
                     await self.broker.start()
                 self.consuming.set()
                 log.info("consumer.started", groups=[s.group for s in self.spec.subscriptions])
