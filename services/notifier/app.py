@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from services.notifier import subscribers
 from services.notifier.mailer import Mailer
 from services.notifier.messages import Renderer
+from services.notifier.metrics import metrics_for
 from services.notifier.sender import Sender
 from services.notifier.settings import NotifierSettings
 from services.runtime.migrations import MigrationPlan
@@ -36,7 +37,10 @@ def build_spec(settings: NotifierSettings) -> ServiceSpec:
 
 
 def build_runtime(settings: NotifierSettings) -> ServiceRuntime:
-    return ServiceRuntime(build_spec(settings), settings)
+    runtime = ServiceRuntime(build_spec(settings), settings)
+    # Registered now, not when the sender first runs: /metrics shows the email series (at 0) from the start.
+    metrics_for(runtime.metrics.registry)
+    return runtime
 
 
 def create_app(settings: NotifierSettings) -> FastAPI:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import weakref
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.notifier.domain import Kind, Outcome
 
 
 class NotifierMetrics:
@@ -29,6 +32,12 @@ class NotifierMetrics:
         # labels() takes a lock and builds a key on every call; a handful of children serve every email.
         self._emails: dict[tuple[str, str], Counter] = {}
         self._retries: dict[str, Counter] = {}
+        # Every series at 0 from the start: `increase()` and the error share need a sample before the first
+        # email of a kind and outcome, or that first one (a pod's first error) never shows.
+        for kind in get_args(Kind):
+            self._retries[kind] = self.retries.labels(kind)
+            for outcome in get_args(Outcome):
+                self._emails[kind, outcome] = self.emails.labels(kind, outcome)
 
     def email(self, kind: str, outcome: str) -> None:
         child = self._emails.get((kind, outcome))

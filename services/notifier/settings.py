@@ -8,6 +8,7 @@ from typing import Self
 from email_validator import EmailNotValidError, validate_email
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from services.runtime.kafka import MAX_POLL_INTERVAL_SECONDS
 from services.runtime.settings import CaFile, RuntimeSettings, is_loopback
 
 
@@ -75,6 +76,18 @@ class NotifierSettings(RuntimeSettings):
             ) from None
         return value
 
+    @field_validator("pending_wait_max_seconds")
+    @classmethod
+    def _pause_within_max_poll_interval(cls, value: float) -> float:
+        """The pause happens while the consumer holds its batch: as long as Kafka's max poll interval, and the
+        group takes the consumer for dead and hands its partitions to another member, which pauses in turn."""
+        if value >= MAX_POLL_INTERVAL_SECONDS:
+            raise ValueError(
+                f"expected less than {MAX_POLL_INTERVAL_SECONDS:g} s, the consumers' max poll interval "
+                "(a consumer paused that long is taken for dead and leaves its group)"
+            )
+        return value
+
     @property
     def sender_domain(self) -> str:
         """SMTP_FROM's domain: one we control, and the right-hand side of the Message-IDs we make."""
@@ -107,6 +120,8 @@ class NotifierSettings(RuntimeSettings):
                 "SMTP_CA_FILE: it checks the relay's certificate, so it needs SMTP_STARTTLS or SMTP_TLS on "
                 "and SMTP_VALIDATE_CERTS left on"
             )
+        if self.smtp_retry_base_seconds > self.smtp_retry_max_seconds:
+            raise ValueError("SMTP_RETRY_BASE_SECONDS: expected at most SMTP_RETRY_MAX_SECONDS")
         if (self.smtp_username is None) != (self.smtp_password is None):
             raise ValueError("SMTP_USERNAME and SMTP_PASSWORD: set both or neither")
         plaintext = not (self.smtp_tls or self.smtp_starttls)

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from schemas import EVENT_TYPES, Envelope, dead_letter_topic, parse_event
 from services.runtime import inbox
 from services.runtime.database import is_transient
+from services.runtime.kafka import MAX_POLL_INTERVAL_SECONDS
 from services.runtime.logging import get_logger
 from services.runtime.metrics import Metrics
 
@@ -88,6 +89,7 @@ class BatchConsumer:
             group_id=self.context.topic(self.subscription.group),
             batch=True,
             max_records=batch_size,
+            max_poll_interval_ms=int(MAX_POLL_INTERVAL_SECONDS * 1000),
             auto_offset_reset="earliest",
             ack_policy=self.subscription.ack_policy,
             description=self.subscription.description,

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from functools import cached_property
 from typing import Any, Literal
 
+from aiokafka.client import AIOKafkaClient
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 _FASTSTREAM_SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+# Kafka's max.poll.interval.ms for every consumer group (its default, said once): a consumer that takes longer
+# than this over one batch is taken for dead and its partitions go to another member, batch and all.
+MAX_POLL_INTERVAL_SECONDS = 300.0
 
 
 class KafkaSecurity(BaseModel):
@@ -54,7 +59,7 @@ class KafkaSecurity(BaseModel):
         return context
 
     def aiokafka_options(self) -> dict[str, Any]:
-        """Keyword arguments for AIOKafkaProducer / AIOKafkaConsumer / AIOKafkaAdminClient."""
+        """Keyword arguments for AIOKafkaProducer / AIOKafkaConsumer / AIOKafkaAdminClient / AIOKafkaClient."""
         options: dict[str, Any] = {"security_protocol": self.protocol}
         if self.uses_tls:
             options["ssl_context"] = self.ssl_context
@@ -78,3 +83,16 @@ class KafkaSecurity(BaseModel):
             ssl_context=self.ssl_context,
             use_ssl=self.uses_tls,
         )
+
+
+async def reach_cluster(bootstrap_servers: str, security: KafkaSecurity, timeout: float) -> None:
+    """Raise unless the cluster answers a metadata request within `timeout`. Asked by a bare client, closed however
+    the request ends: nothing is left for the garbage collector to find unclosed."""
+    client = AIOKafkaClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000), **security.aiokafka_options()
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            await client.bootstrap()
+    finally:
+        await client.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, groups: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry()
         self.http_requests = Counter(
             "http_requests_total", "HTTP requests by route and status", ["route", "status"], registry=self.registry
@@ -23,6 +25,9 @@ class Metrics:
         self.dead_letters = Counter(
             "dead_letters_total", "Messages sent to the dead-letter topic", ["group"], registry=self.registry
         )
+        # At 0 from the start: `increase()` needs a sample before the first dead letter, or it never sees it.
+        for group in groups:
+            self.dead_letters.labels(group)
         self.outbox_published = Counter(
             "outbox_published_total", "Events published from the outbox", registry=self.registry
         )

@@ -7,18 +7,51 @@ from typing import TypeVar
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.runtime.logging import configure_logging
+from services.runtime.service import DependencyUnavailable
 from services.runtime.settings import RuntimeSettings, load_settings
 
 S = TypeVar("S", bound=RuntimeSettings)
+
+
+class QuietStartFailure:
+    """Starlette hands uvicorn the traceback of whatever failed start-up, and uvicorn logs it: kilobytes in one JSON
+    field. A dependency that did not answer has been named in one line already (service.start_failed), so its
+    failure reaches uvicorn without the traceback, which says nothing more; any other failure keeps it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def hold_start_failure(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)  # sent once it is known what failed: Starlette raises it right after
+            else:
+                await send(message)
+
+        failure: BaseException | None = None
+        try:
+            await self.app(scope, receive, hold_start_failure)
+        except BaseException as error:
+            failure = error
+            raise
+        finally:
+            for message in held:
+                await send({**message, "message": ""} if isinstance(failure, DependencyUnavailable) else message)
 
 
 def serve(create_app: Callable[[S], FastAPI], settings_class: type[S]) -> None:
     settings = load_settings(settings_class)
     configure_logging(settings.service_name, settings.log_level)
     uvicorn.run(
-        create_app(settings),
+        QuietStartFailure(create_app(settings)),
         host=settings.host,
         port=settings.port,
         log_config=None,

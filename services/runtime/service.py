@@ -15,6 +15,7 @@ import asyncpg
 from fastapi import APIRouter, FastAPI
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
+from pydantic import PostgresDsn
 
 from schemas import EVENT_TYPES, TOPICS, dead_letter_topic
 from services.runtime import inbox
@@ -23,6 +24,7 @@ from services.runtime.consumer import BatchConsumer, ConsumerContext, Subscripti
 from services.runtime.database import TRANSIENT_ERRORS, create_pool, database_reachable
 from services.runtime.http import create_http_app
 from services.runtime.jobs import Jobs
+from services.runtime.kafka import reach_cluster
 from services.runtime.logging import configure_logging, get_logger
 from services.runtime.metrics import Metrics
 from services.runtime.migrations import MigrationPlan
@@ -67,6 +69,21 @@ async def prune_inbox(runtime: ServiceRuntime) -> None:
         await asyncio.sleep(INBOX_PRUNE_SECONDS)
 
 
+class DependencyUnavailable(Exception):
+    """What the service cannot start without did not answer: the process says so in one log line and ends."""
+
+    def __init__(self, dependency: str, address: str, error: BaseException) -> None:
+        super().__init__(f"{dependency} at {address}: {error!r}")
+        self.dependency = dependency
+        self.address = address
+        self.error = error
+
+
+def _servers(url: PostgresDsn) -> str:
+    """host:port of each server DATABASE_URL names, and nothing of its credentials."""
+    return ",".join(f"{host['host']}:{host['port'] or 5432}" for host in url.hosts())
+
+
 class ServiceRuntime:
     """Built without I/O; `start()` opens connections, `stop()` closes them, each bounded in time."""
 
@@ -74,7 +91,7 @@ class ServiceRuntime:
         self.spec = spec
         self.settings = settings
         self.schema = spec.migrations.schema
-        self.metrics = Metrics(spec.name)
+        self.metrics = Metrics(spec.name, groups=[s.group for s in spec.subscriptions])
         self.pool: asyncpg.Pool | None = None
         self.relay: OutboxRelay | None = None
         self.kafka_security = settings.kafka_security  # one TLS context for every client of this process
@@ -130,9 +147,14 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         settings = self.settings
-        self.pool = await create_pool(
-            str(settings.database_url), self.spec.name, settings.database_pool_min, settings.database_pool_max
-        )
+        try:
+            self.pool = await create_pool(
+                str(settings.database_url), self.spec.name, settings.database_pool_min, settings.database_pool_max
+            )
+        except (asyncpg.PostgresError, *TRANSIENT_ERRORS) as error:
+            # Refused, unknown host, wrong password, no such database: nothing works without it. The broker is
+            # different: the API serves and the outbox keeps events while it is away (_start_consumers).
+            raise DependencyUnavailable("database", _servers(settings.database_url), error) from error
         self.consumers.pool = self.pool
         self.relay = OutboxRelay(
             self.pool,
@@ -160,6 +182,14 @@ class ServiceRuntime:
         while True:
             try:
                 async with asyncio.timeout(self.settings.kafka_send_timeout_seconds * 2):
+                    # FastStream never stops the producer of a start that failed: aiokafka then logged "Unclosed
+                    # AIOKafkaProducer" at error level once per attempt while the broker was away. So the broker
+                    # starts once the cluster has answered a client of ours, which is always closed.
+                    await reach_cluster(
+                        self.settings.kafka_bootstrap_servers,
+                        self.kafka_security,
+                        self.settings.kafka_send_timeout_seconds,
+                    )
                     await self.broker.start()
                 self.consuming.set()
                 log.info("consumer.started", groups=[s.group for s in self.spec.subscriptions])
@@ -200,7 +230,16 @@ class ServiceRuntime:
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             configure_logging(self.spec.name, self.settings.log_level)
-            await self.start()
+            try:
+                await self.start()
+            except DependencyUnavailable as failure:
+                log.error(
+                    "service.start_failed",
+                    dependency=failure.dependency,
+                    address=failure.address,
+                    error=repr(failure.error)[:300],
+                )
+                raise
             try:
                 yield
             finally:

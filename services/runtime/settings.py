@@ -72,7 +72,9 @@ Origins = Annotated[list[str], NoDecode, BeforeValidator(_origin_list)]
 class RuntimeSettings(BaseSettings):
     """Base of each service's settings class; environment variables carry the upper-case field names."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+    # No inf or nan in any float, here or in a service's settings: a timeout, interval or rate of `inf` would wait
+    # forever or overflow the first timedelta made of it, and no such setting means anything by nan.
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True, allow_inf_nan=False)
 
     service_name: str = "service"
     host: str = "127.0.0.1"

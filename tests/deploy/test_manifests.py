@@ -296,10 +296,15 @@ def test_compose_declares_the_contract_topics_and_runs_migrations_first() -> Non
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
     script = services["kafka-topics"]["command"][0]
-    created = dict(re.findall(r"^create ([\w.-]+) (\d+)$", script, re.M))
+    lines = re.findall(r"^(create|compacted) ([\w.-]+) (\d+)$", script, re.M)
+    created = {name: partitions for _, name, partitions in lines}
     assert set(created) == set(all_topic_names())
     for name, partitions in created.items():
         assert int(partitions) == (TOPICS[name].partitions if name in TOPICS else 3), name
+    # Compacted as in deploy/k8s: the notifier's directories are rebuilt from every registration, however old.
+    platform = {name for name, topic in TOPICS.items() if topic.producer == "platform"}
+    assert {name for how, name, _ in lines if how == "compacted"} == platform
+    assert "--add-config cleanup.policy=compact" in script.split("compacted() {", 1)[1].split("}", 1)[0]
     for service in SERVICES:
         definition = services[service]
         assert definition["command"] == [service]

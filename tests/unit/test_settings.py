@@ -8,10 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
 from services.notifier import handlers, subscribers
 from services.notifier.settings import NotifierSettings
+from services.runtime.consumer import BatchConsumer, ConsumerContext
+from services.runtime.kafka import MAX_POLL_INTERVAL_SECONDS
+from services.runtime.metrics import Metrics
 from services.runtime.settings import RuntimeSettings, describe_errors
 from tests.tls import private_ca
 
@@ -22,13 +26,13 @@ GOOD = {
 }
 
 
-def _start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _start(env: dict[str, str], service: str = "connections") -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in GOOD and k not in {"PORT", "JWT_ALGORITHM"}}
     return subprocess.run(
         [
             sys.executable,
             "-c",
-            "from services.connections.settings import ConnectionsSettings as S;"
+            f"from services.{service}.settings import {service.capitalize()}Settings as S;"
             "from services.runtime.settings import load_settings; load_settings(S)",
         ],
         env={**clean, **env},
@@ -180,3 +184,45 @@ def test_an_smtp_login_goes_only_over_tls_unless_the_relay_is_on_this_machine() 
     assert _problems(NotifierSettings, smtp_host="mail.example") == [], "no login: plain SMTP stays possible"
     [problem] = _problems(NotifierSettings, smtp_host="mail.example", **login)
     assert problem.startswith("SMTP_USERNAME and SMTP_PASSWORD: sent only over TLS; set SMTP_STARTTLS or SMTP_TLS")
+
+
+def test_numbers_must_be_finite() -> None:
+    """`inf` would wait forever (a timeout) or overflow the first timedelta made of it (INBOX_RETENTION_DAYS)."""
+    for variable in ("SMTP_TIMEOUT_SECONDS", "SMTP_RETRY_MAX_SECONDS", "KAFKA_SEND_TIMEOUT_SECONDS"):
+        for value in ("inf", "nan", "-inf"):
+            result = _start({**GOOD, variable: value}, "notifier")
+            assert result.returncode == 2, (variable, value, result.stderr)
+            [line] = result.stderr.splitlines()
+            assert line.startswith(f"configuration error: {variable}: "), line
+    [problem] = _problems(RuntimeSettings, inbox_retention_days=float("inf"))
+    assert problem == "INBOX_RETENTION_DAYS: Input should be a finite number"
+
+
+def test_the_backpressure_pause_stays_below_kafkas_max_poll_interval() -> None:
+    """A consumer that holds its batch longer than max.poll.interval.ms is taken for dead: its partitions move to
+    another pod, which pauses in turn."""
+    assert _problems(NotifierSettings, pending_wait_max_seconds=MAX_POLL_INTERVAL_SECONDS - 1) == []
+    result = _start({**GOOD, "PENDING_WAIT_MAX_SECONDS": f"{MAX_POLL_INTERVAL_SECONDS:g}"}, "notifier")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(
+        f"configuration error: PENDING_WAIT_MAX_SECONDS: expected less than {MAX_POLL_INTERVAL_SECONDS:g} s, "
+        "the consumers' max poll interval"
+    ), line
+
+
+def test_the_pause_is_checked_against_the_interval_the_consumers_are_given() -> None:
+    settings = NotifierSettings.model_validate({name.lower(): value for name, value in GOOD.items()})
+    [subscription] = subscribers.routes(settings)
+    context = ConsumerContext("notifier", KafkaBroker(settings.kafka_bootstrap_servers), settings.topic, Metrics("t"))
+    route = BatchConsumer(subscription, context).route(settings.consumer_batch_size)
+    assert route.kwargs["max_poll_interval_ms"] == MAX_POLL_INTERVAL_SECONDS * 1000
+
+
+def test_the_first_retry_delay_is_at_most_the_cap() -> None:
+    assert _problems(NotifierSettings, smtp_retry_base_seconds=600, smtp_retry_max_seconds=600) == []
+    result = _start({**GOOD, "SMTP_RETRY_BASE_SECONDS": "900", "SMTP_RETRY_MAX_SECONDS": "600"}, "notifier")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "configuration error: SMTP_RETRY_BASE_SECONDS: expected at most SMTP_RETRY_MAX_SECONDS"
+    )

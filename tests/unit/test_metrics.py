@@ -1,0 +1,42 @@
+"""The series the alerts in deploy/README.md read exist at 0 from the start: `increase()` sees the first event."""
+
+from __future__ import annotations
+
+import re
+from typing import get_args
+
+import httpx
+
+from collabkare.docs import runtimes
+from services.notifier.domain import Kind, Outcome
+from services.runtime.service import ServiceRuntime
+
+
+async def _scrape(runtime: ServiceRuntime) -> str:
+    """/metrics of a runtime that has not started: building one does no I/O, and neither does this."""
+    transport = httpx.ASGITransport(app=runtime.http_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        return (await http.get("/metrics")).text
+
+
+def _value(text: str, series: str) -> float | None:
+    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+    return None if match is None else float(match.group(1))
+
+
+async def test_every_consumer_groups_dead_letters_are_at_zero_before_the_first() -> None:
+    for name, runtime in runtimes().items():
+        groups = [subscription.group for subscription in runtime.spec.subscriptions]
+        assert groups, f"{name} consumes nothing?"
+        text = await _scrape(runtime)
+        for group in groups:
+            assert _value(text, f'dead_letters_total{{group="{group}"}}') == 0.0, (name, group)
+
+
+async def test_every_email_kind_and_outcome_is_at_zero_before_the_first() -> None:
+    text = await _scrape(runtimes()["notifier"])
+    for kind in get_args(Kind):
+        assert _value(text, f'email_retries_total{{kind="{kind}"}}') == 0.0, kind
+        for outcome in get_args(Outcome):
+            assert _value(text, f'emails_total{{kind="{kind}",outcome="{outcome}"}}') == 0.0, (kind, outcome)
+    assert "error" in get_args(Outcome), "the error-share alert reads outcome=error"
