@@ -6,8 +6,6 @@ import mailbox as stdlib_mailbox
 import shutil
 import tempfile
 import threading
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from collabkare.stack import mailbox
-from services.notifier.domain import Claimed, NewDelivery, delivery_id_for, message_id_for
 from services.notifier.messages import Renderer
+from tests.unit.notifier_factories import claimed_delivery
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
 
@@ -87,23 +85,10 @@ def test_the_command_lists_what_was_caught(tmp_path: Path, capsys: pytest.Captur
 def test_the_command_prints_an_invites_token_decoded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The raw file holds the link quoted-printable (`=3D`, soft line breaks): copied from there, it is wrong."""
     token = "LOiV_n7oR5KPQopmszTUzMfRHuJWRf-" * 3
-    event_id = uuid.uuid4()
-    delivery = NewDelivery(
-        id=delivery_id_for(event_id),
-        source_event_id=event_id,
-        source_event_type="InviteRequested",
-        kind="invite",
-        recipient="pat@example.com",
-        practice_id=uuid.uuid4(),
-        correlation_id="c",
-        message_id=message_id_for(event_id, "collabkare.example"),
-        invite_id=uuid.uuid4(),
-        accept_url=f"http://127.0.0.1:8080/invites/accept?token={token}",
-        expires_at=datetime(2026, 12, 1, tzinfo=UTC),
+    invite = claimed_delivery(
+        recipient="pat@example.com", accept_url=f"http://127.0.0.1:8080/invites/accept?token={token}"
     )
-    raw = Renderer("CollabKare <no-reply@collabkare.example>").render(
-        Claimed(delivery, 1, True, "en", None, "Riverside", None)
-    )
+    raw = Renderer("CollabKare <no-reply@collabkare.example>").render(invite)
     assert token.encode() not in raw, "the premise: the raw message does not hold the token as it is"
     spool = mailbox.Spool(tmp_path / "mail.mbox")
     spool.append("no-reply@collabkare.example", ["pat@example.com"], raw)

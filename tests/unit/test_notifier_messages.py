@@ -5,40 +5,18 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import uuid
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 
 import pytest
 from pydantic import ValidationError
 
-from services.notifier.domain import Claimed, Locale, NewDelivery, delivery_id_for, message_id_for
+from services.notifier.domain import Locale
 from services.notifier.messages import Renderer, encode_header, format_moment
 from services.notifier.settings import NotifierSettings
+from tests.unit.notifier_factories import claimed_delivery
 
 RENDERER = Renderer("CollabKare <no-reply@collabkare.example>")
-
-
-def _claimed(kind: str = "invite", locale: Locale = "en", **changes: object) -> Claimed:
-    event_id = uuid.uuid4()
-    delivery = NewDelivery(
-        id=delivery_id_for(event_id),
-        source_event_id=event_id,
-        source_event_type={"invite": "InviteRequested"}.get(kind, "ConnectionApproved"),
-        kind=kind,  # type: ignore[arg-type]
-        recipient="ana@example.com",
-        practice_id=uuid.uuid4(),
-        correlation_id="c-1",
-        message_id=message_id_for(event_id, "collabkare.example"),
-        invite_id=uuid.uuid4(),
-        note='Bring your <insurance> card & "ID"',
-        accept_url="https://app.example/invites/accept?token=abc123&lang=en",
-        expires_at=datetime(2026, 12, 1, 23, 30, tzinfo=UTC),
-    )
-    fields = {k: v for k, v in changes.items() if k in NewDelivery.__dataclass_fields__}
-    delivery = replace(delivery, **fields)  # type: ignore[arg-type]
-    claimed = Claimed(delivery, 1, True, locale, "Ana Núñez", "Riverside Family Practice", "desk@riverside.example")
-    return replace(claimed, **{k: v for k, v in changes.items() if k not in fields})  # type: ignore[arg-type]
 
 
 def _parse(raw: bytes) -> EmailMessage:
@@ -56,7 +34,7 @@ def _bodies(message: EmailMessage) -> tuple[str, str]:
 
 
 def test_invite_is_multipart_text_and_html_with_every_field() -> None:
-    claimed = _claimed()
+    claimed = claimed_delivery()
     raw = RENDERER.render(claimed)
     assert raw.isascii(), "7-bit on the wire: quoted-printable bodies, encoded headers"
     assert b"\n" not in raw.replace(b"\r\n", b""), "every line ends in CRLF"
@@ -83,13 +61,13 @@ def test_invite_is_multipart_text_and_html_with_every_field() -> None:
 def test_the_message_id_is_the_one_the_delivery_was_queued_with() -> None:
     """Not recomputed when sending: a delivery queued before SMTP_FROM changed keeps its Message-ID on every
     attempt, so a crash-window duplicate still matches the first copy."""
-    claimed = _claimed(message_id="<queued-before@collabkare.notifier>")
+    claimed = claimed_delivery(message_id="<queued-before@collabkare.notifier>")
     again = _parse(RENDERER.render(claimed))["Message-ID"]
     assert again == _parse(RENDERER.render(claimed))["Message-ID"] == "<queued-before@collabkare.notifier>"
 
 
 def test_spanish_invite_encodes_subject_and_body_and_formats_the_date() -> None:
-    claimed = _claimed(locale="es", practice_name="Clínica Peñalara", note="¡Bienvenida, señora Núñez!")
+    claimed = claimed_delivery(locale="es", practice_name="Clínica Peñalara", note="¡Bienvenida, señora Núñez!")
     raw = RENDERER.render(claimed)
     assert b"\r\nSubject: =?utf-8?b?" in raw and b"Pe=C3=B1alara" in raw
     message = _parse(raw)
@@ -105,7 +83,7 @@ def test_spanish_invite_encodes_subject_and_body_and_formats_the_date() -> None:
 @pytest.mark.parametrize("locale", ["en", "es"])
 @pytest.mark.parametrize("kind", ["invite", "connection_approved", "connection_rejected"])
 def test_every_kind_renders_in_both_languages(kind: str, locale: Locale) -> None:
-    claimed = _claimed(kind, locale, reason="Sin plazas" if kind == "connection_rejected" else None)
+    claimed = claimed_delivery(kind, locale, reason="Sin plazas" if kind == "connection_rejected" else None)
     plain, html = _bodies(_parse(RENDERER.render(claimed)))
     assert "Riverside Family Practice" in plain and "Riverside Family Practice" in html
     if kind == "connection_rejected":
@@ -113,23 +91,23 @@ def test_every_kind_renders_in_both_languages(kind: str, locale: Locale) -> None
 
 
 def test_optional_parts_leave_no_trace_when_absent() -> None:
-    claimed = _claimed(note=None, patient_name=None, reply_to=None)
+    claimed = claimed_delivery(note=None, patient_name=None, reply_to=None)
     message = _parse(RENDERER.render(claimed))
     plain, html = _bodies(message)
     assert plain.startswith("Hello,\r\n\r\nRiverside") or plain.startswith("Hello,\n\nRiverside")
     assert "A note from" not in plain and "blockquote" not in html and "None" not in plain
     assert message["Reply-To"] is None
-    rejected = _bodies(_parse(RENDERER.render(_claimed("connection_rejected", reason=None))))[0]
+    rejected = _bodies(_parse(RENDERER.render(claimed_delivery("connection_rejected", reason=None))))[0]
     assert "reason" not in rejected
 
 
 def test_unknown_practice_gets_a_neutral_name() -> None:
-    message = _parse(RENDERER.render(_claimed("connection_approved", practice_name=None, reply_to=None)))
+    message = _parse(RENDERER.render(claimed_delivery("connection_approved", practice_name=None, reply_to=None)))
     assert message["Subject"] == "You are now connected to your practice"
 
 
 def test_header_injection_through_a_practice_name_is_impossible() -> None:
-    claimed = _claimed(practice_name="Evil\r\nBcc: victim@example.com\r\nX-Evil: 1")
+    claimed = claimed_delivery(practice_name="Evil\r\nBcc: victim@example.com\r\nX-Evil: 1")
     message = _parse(RENDERER.render(claimed))
     assert message["Bcc"] is None and message["X-Evil"] is None
     assert message["Subject"].startswith("Evil Bcc: victim@example.com X-Evil: 1 invites you")
@@ -146,7 +124,7 @@ def test_long_headers_fold_and_decode_back() -> None:
 
 
 def test_a_line_starting_from_is_encoded_so_no_mbox_turns_it_into_quoted_from() -> None:
-    claimed = _claimed("connection_rejected", reason="From the desk:\nFrom Monday on, call us")
+    claimed = claimed_delivery("connection_rejected", reason="From the desk:\nFrom Monday on, call us")
     raw = RENDERER.render(claimed)
     assert b"\nFrom " not in raw.split(b"\r\n\r\n", 1)[1] and b"\r\n=46rom the desk:" in raw
     plain, _ = _bodies(_parse(raw))
@@ -154,7 +132,7 @@ def test_a_line_starting_from_is_encoded_so_no_mbox_turns_it_into_quoted_from() 
 
 
 def test_multiline_reason_keeps_its_lines_in_both_parts() -> None:
-    claimed = _claimed("connection_rejected", reason="First line\r\nsecond line\rthird")
+    claimed = claimed_delivery("connection_rejected", reason="First line\r\nsecond line\rthird")
     plain, html = _bodies(_parse(RENDERER.render(claimed)))
     assert "First line\nsecond line\nthird" in plain.replace("\r\n", "\n")
     assert "white-space:pre-line" in html and "second line" in html
@@ -207,9 +185,9 @@ def test_an_individual_invite_says_what_accepting_will_ask_for(
     identity_check: str, locale: Locale, sentence: str
 ) -> None:
     """The patient is asked for a factor on accepting; the email said nothing of it (the email review's L1)."""
-    plain, html = _bodies(_parse(RENDERER.render(_claimed(locale=locale, identity_check=identity_check))))
+    plain, html = _bodies(_parse(RENDERER.render(claimed_delivery(locale=locale, identity_check=identity_check))))
     assert sentence in plain and sentence in html
-    roster_plain, _ = _bodies(_parse(RENDERER.render(_claimed(locale=locale))))
+    roster_plain, _ = _bodies(_parse(RENDERER.render(claimed_delivery(locale=locale))))
     assert "Social" not in roster_plain and "confirm" not in roster_plain and "confirme" not in roster_plain
 
 
@@ -222,16 +200,18 @@ def test_an_individual_invite_says_what_accepting_will_ask_for(
 )
 def test_a_resent_invite_says_the_earlier_link_no_longer_works(locale: Locale, sentence: str) -> None:
     """A patient holding two invitation emails must know which link works (revoke and resend, or a re-sent row)."""
-    plain, html = _bodies(_parse(RENDERER.render(_claimed(locale=locale, replaces=uuid.uuid4()))))
+    plain, html = _bodies(_parse(RENDERER.render(claimed_delivery(locale=locale, replaces=uuid.uuid4()))))
     assert sentence in plain and sentence in html
     assert "Riverside Family Practice " + ("invited" if locale == "en" else "ya") in plain
-    first_plain, first_html = _bodies(_parse(RENDERER.render(_claimed(locale=locale))))
+    first_plain, first_html = _bodies(_parse(RENDERER.render(claimed_delivery(locale=locale))))
     assert "no longer works" not in first_plain + first_html and "ya no funciona" not in first_plain + first_html
 
 
 def test_names_from_events_lose_their_controls_and_direction_overrides() -> None:
     """The APIs refuse these in free text; a practice or patient name arrives by event, unchecked by them."""
-    claimed = _claimed(practice_name="Clinic\u202e evil\u0085", patient_name="Ana\u2066 Lee", note="one\u2028two")
+    claimed = claimed_delivery(
+        practice_name="Clinic\u202e evil\u0085", patient_name="Ana\u2066 Lee", note="one\u2028two"
+    )
     message = _parse(RENDERER.render(claimed))
     plain, html = _bodies(message)
     for forbidden in ("\u202e", "\u0085", "\u2066", "\u2028"):

@@ -8,18 +8,18 @@ PostgreSQL: tests/integration/test_notifier_leases.py.
 from __future__ import annotations
 
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from services.notifier.domain import Attempt, Claimed, NewDelivery, SendResult, delivery_id_for, message_id_for
+from services.notifier.domain import Attempt, Claimed, SendResult
 from services.notifier.mailer import Mailer
 from services.notifier.messages import Renderer
 from services.notifier.metrics import metrics_for
 from services.notifier.sender import Sender, _Run
 from services.notifier.settings import NotifierSettings
+from tests.unit.notifier_factories import claimed_delivery
 
 SETTINGS = NotifierSettings(
     database_url="postgresql://x@127.0.0.1/x",
@@ -42,22 +42,8 @@ class Connection:
         return SendResult(Attempt.SENT, "250 2.0.0 OK")
 
 
-def _claimed() -> Claimed:
-    event_id = uuid.uuid4()
-    delivery = NewDelivery(
-        id=delivery_id_for(event_id),
-        source_event_id=event_id,
-        source_event_type="InviteRequested",
-        kind="invite",
-        recipient="ana@example.com",
-        practice_id=uuid.uuid4(),
-        correlation_id="c-1",
-        message_id=message_id_for(event_id, "collabkare.example"),
-        invite_id=uuid.uuid4(),
-        accept_url="https://app.example/invites/accept?token=abc123",
-        expires_at=datetime.now(UTC) + timedelta(days=7),
-    )
-    return Claimed(delivery, 1, True, "en", "Ana", "Riverside Family Practice", None)
+def _invite() -> Claimed:
+    return claimed_delivery(expires_at=datetime.now(UTC) + timedelta(days=7))
 
 
 def _run() -> _Run:
@@ -67,15 +53,15 @@ def _run() -> _Run:
 
 
 async def test_a_claim_confirmed_less_than_half_a_lease_ago_is_sent() -> None:
-    run, connection, claimed = _run(), Connection(), _claimed()
+    run, connection, claimed = _run(), Connection(), _invite()
     run.confirmed[claimed.delivery.id] = time.monotonic() - SETTINGS.sending_lease_seconds / 2 + 5
     result = await run._attempt(connection, claimed)  # type: ignore[arg-type]
-    assert result is not None and result.attempt is Attempt.SENT and connection.sent == ["ana@example.com"]
+    assert result is not None and result.attempt is Attempt.SENT and connection.sent == [claimed.delivery.recipient]
 
 
 async def test_a_claim_not_confirmed_for_half_a_lease_or_never_is_not_sent() -> None:
     run, connection = _run(), Connection()
-    stale, unknown = _claimed(), _claimed()
+    stale, unknown = _invite(), _invite()
     run.confirmed[stale.delivery.id] = time.monotonic() - SETTINGS.sending_lease_seconds / 2
     assert await run._attempt(connection, stale) is None  # type: ignore[arg-type]
     assert await run._attempt(connection, unknown) is None  # type: ignore[arg-type]
@@ -83,7 +69,7 @@ async def test_a_claim_not_confirmed_for_half_a_lease_or_never_is_not_sent() -> 
 
 
 def test_a_dropped_claim_makes_room_and_is_reported_once() -> None:
-    run, claimed = _run(), _claimed()
+    run, claimed = _run(), _invite()
     run.confirmed[claimed.delivery.id] = 0.0
     run.outstanding = 1
     run._drop(claimed)
