@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +23,17 @@ from collabkare.stack.infra import Infrastructure
 from collabkare.stack.mailbox import parse
 from collabkare.stack.ports import free_port
 from services.notifier.settings import NotifierSettings
-from tests.integration.notifier_harness import invite, patient, practice, running_notifier, unique_email
+from tests.integration.notifier_harness import (
+    Notifier,
+    invite,
+    notifier_env,
+    patient,
+    practice,
+    running_notifier,
+    scratch,
+    unique_email,
+)
+from tests.integration.test_notifier_processes import notifier_processes
 
 INVITES = 30
 SECONDS_PER_EMAIL = 0.5  # 30 emails over one connection: 15 s, past a 12 s lease
@@ -85,3 +97,46 @@ def test_the_lease_must_outlast_a_send_and_its_recording() -> None:
     assert NotifierSettings.model_validate({**base, "sending_lease_seconds": 70}).sending_lease_seconds == 70
     with pytest.raises(ValidationError, match=r"SENDING_LEASE_SECONDS: at least 2 x SMTP_TIMEOUT_SECONDS \+ 10 s"):
         NotifierSettings.model_validate({**base, "sending_lease_seconds": 69})
+
+
+async def test_a_sender_frozen_past_its_lease_sends_nothing_another_took_over(
+    infra: Infrastructure, template_database: str, slow_relay: tuple[SlowRelay, int], tmp_path: Path
+) -> None:
+    """The reviewer's drill: a notifier stopped (SIGSTOP) while it holds claims loses them to another after the lease;
+    woken, it used to send every claim it still held, a second copy each. Now only the documented window may arrive
+    twice, an email on the wire when it froze and one sent but not yet recorded (results wait up to 0.1 s to share a
+    transaction): the rest it drops, unsent."""
+    relay, port = slow_relay
+    async with scratch(infra, template_database) as (database, prefix, admin):
+        notifier = Notifier(database, prefix, admin)
+        env = notifier_env(
+            database,
+            prefix,
+            smtp_host="127.0.0.1",
+            smtp_port=port,
+            smtp_pool_size=1,
+            sender_batch_size=INVITES,
+            smtp_timeout_seconds=1,
+            sending_lease_seconds=12,
+            log_level="WARNING",
+        )
+        clinic = practice("Frozen Clinic")
+        emails = [unique_email("frozen") for _ in range(INVITES)]
+        invites = [invite(clinic.practice_id, email) for email in emails]  # type: ignore[arg-type]
+        ids = [event.event_id for event in invites]
+        with notifier_processes(env, 1, tmp_path) as [first]:
+            await notifier.publish(clinic, *(patient(email) for email in emails), *invites)
+            async with asyncio.timeout(90):  # the consumer group's first join can take a while on Tansu
+                while sum(relay.copies.values()) < 2:
+                    await asyncio.sleep(0.1)
+            first.process.send_signal(signal.SIGSTOP)
+            held = await admin.fetchval("SELECT count(*) FROM notifier.deliveries WHERE status = 'sending'")
+            with notifier_processes(env, 1, tmp_path):
+                rows = await notifier.deliveries(ids, timeout=90)  # the second takes over once the lease runs out
+            first.process.send_signal(signal.SIGCONT)
+            await asyncio.sleep(6 * SECONDS_PER_EMAIL)  # what the first would send now, it sends within this
+    assert held > 2, "the frozen sender held claims it had not sent"
+    assert sorted(row["status"] for row in rows) == ["sent"] * INVITES
+    assert len(relay.copies) == INVITES
+    twice = [message_id for message_id, copies in relay.copies.items() if copies > 1]
+    assert len(twice) <= 2 and max(relay.copies.values()) <= 2, f"sent again after waking: {twice}"

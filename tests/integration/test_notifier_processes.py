@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -27,15 +28,22 @@ _SENT = re.compile(r'^emails_total\{kind="invite",outcome="sent"\} ([0-9.e+]+)$'
 _CONSUMED = re.compile(r'^events_consumed_total\{[^}]*event_type="PatientRegistered"[^}]*\} ([0-9.e+]+)$', re.M)
 
 
+@dataclass
+class NotifierProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
 @contextmanager
-def notifier_processes(env: dict[str, str], count: int, logs: Path) -> Iterator[list[str]]:
-    """`python -m services.notifier` `count` times; yields their base URLs; SIGTERM (then SIGKILL) at the end."""
+def notifier_processes(env: dict[str, str], count: int, logs: Path) -> Iterator[list[NotifierProcess]]:
+    """`python -m services.notifier` `count` times (logs named by `logs`' files already there, so that several
+    calls share a directory); SIGCONT, SIGTERM (then SIGKILL) at the end."""
     processes: list[subprocess.Popen[bytes]] = []
-    urls = []
+    running = []
     try:
-        for index in range(count):
+        for _ in range(count):
             port = free_port()
-            log = (logs / f"notifier-{index}.log").open("wb")
+            log = (logs / f"notifier-{len(list(logs.glob('notifier-*.log')))}.log").open("wb")
             processes.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "services.notifier"],
@@ -46,11 +54,12 @@ def notifier_processes(env: dict[str, str], count: int, logs: Path) -> Iterator[
                 )
             )
             log.close()
-            urls.append(f"http://127.0.0.1:{port}")
-        yield urls
+            running.append(NotifierProcess(f"http://127.0.0.1:{port}", processes[-1]))
+        yield running
     finally:
         for process in processes:
             if process.poll() is None:
+                process.send_signal(signal.SIGCONT)  # a test may have frozen it
                 process.send_signal(signal.SIGTERM)
         for process in processes:
             try:
@@ -82,7 +91,8 @@ async def test_two_processes_in_one_group_send_each_email_once(
         clinic = practice("Twin Process Clinic")
         assert clinic.practice_id is not None
         emails = [unique_email("twin") for _ in range(INVITES)]
-        with notifier_processes(env, 2, tmp_path) as urls:
+        with notifier_processes(env, 2, tmp_path) as processes:
+            urls = [running.url for running in processes]
             async with httpx.AsyncClient(timeout=5) as http:
 
                 async def both_ready() -> bool:
