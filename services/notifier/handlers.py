@@ -142,10 +142,10 @@ async def record_attempts(
     return finished, retries
 
 
-async def release(pool: asyncpg.Pool, claimed: Sequence[Claimed], owner: uuid.UUID) -> None:
-    """Give back claims never attempted (shutting down): due now, and the attempt not counted."""
+async def release(pool: asyncpg.Pool, claimed: Sequence[Claimed], owner: uuid.UUID, why: str) -> None:
+    """Give back claims never attempted (shutting down, or dropped): due now, and the attempt not counted."""
     now = _now()
-    retries = [Retry(c, c.attempts - 1, now, "released unsent at shutdown") for c in claimed]
+    retries = [Retry(c, c.attempts - 1, now, why) for c in claimed]
     async with transaction(pool) as db:
         await repository.reschedule(db, retries, owner)
 

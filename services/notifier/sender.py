@@ -77,10 +77,11 @@ class _Run:
         self.wake = asyncio.Event()
         self.outstanding = 0  # claimed and not yet recorded
         self.owner = uuid.uuid4()  # this run's name on its claims (deliveries.claimed_by)
-        # When this run last knew it owned each delivery it holds (claimed, or its lease renewed): monotonic time.
-        self.confirmed: dict[uuid.UUID, float] = {}
+        # Each delivery this run holds: the claim (a delivery claimed again supersedes the copy still queued) and when
+        # this run last knew it owned it (claimed, or its lease renewed), in monotonic time.
+        self.held: dict[uuid.UUID, tuple[Claimed, float]] = {}
         self.fresh_seconds = self.settings.sending_lease_seconds / 2
-        self.dropped = 0  # deliveries dropped unsent since the last report
+        self.dropped: list[Claimed] = []  # dropped unsent since the reaper last gave them back
         self.stopping = False
         self.workers_done = False  # the recorder may end only once no worker can add a result
         self.smtp_trouble: str | None = None  # why no SMTP connection is usable, while that lasts (logged once)
@@ -122,7 +123,7 @@ class _Run:
                         self.metrics.email(final.claimed.delivery.kind, final.outcome)
                     self.outstanding += len(claimed)
                     for item in claimed:
-                        self.confirmed[item.delivery.id] = asked
+                        self.held[item.delivery.id] = (item, asked)
                         self.queue.put_nowait(item)
                     if len(claimed) + len(absent) < free:
                         with contextlib.suppress(TimeoutError):
@@ -166,11 +167,20 @@ class _Run:
                 unreachable = 0
 
     def _drop(self, claimed: Claimed) -> None:
-        """Forget a delivery unsent: its lease, no longer renewed by this run, expires and it is claimed again."""
-        self.dropped += 1  # reported by the reaper: a database outage could drop a whole claim at once
-        self.confirmed.pop(claimed.delivery.id, None)
+        """Forget a claim unsent; the reaper gives it back if this run still owns it, else its lease expires."""
+        self.dropped.append(claimed)
+        self._let_go(claimed)
         self.outstanding -= 1
         self.room.set()
+
+    def _let_go(self, claimed: Claimed) -> None:
+        if self.held.get(claimed.delivery.id, (None, 0.0))[0] is claimed:  # not a newer claim of the same delivery
+            del self.held[claimed.delivery.id]
+
+    def _still_ours(self, claimed: Claimed) -> bool:
+        """This very claim (not a copy a newer claim superseded), its ownership confirmed within half a lease."""
+        held, confirmed = self.held.get(claimed.delivery.id, (None, -math.inf))
+        return held is claimed and time.monotonic() - confirmed < self.fresh_seconds
 
     def _note_smtp_state(self, result: SendResult) -> None:
         """One warning when the SMTP server becomes unusable (refused, down, bad login: the reply says which),
@@ -198,7 +208,7 @@ class _Run:
             return trouble
         # The last moment to decide: from here only the transaction's deadline passes before the server has the
         # message, and the settings keep SMTP_TIMEOUT_SECONDS + 5 s within half a lease, so it is ours until then.
-        if time.monotonic() - self.confirmed.get(claimed.delivery.id, -math.inf) >= self.fresh_seconds:
+        if not self._still_ours(claimed):
             return None
         started = time.perf_counter()
         recipient = domain.smtp_address(claimed.delivery.recipient)
@@ -221,7 +231,7 @@ class _Run:
             batch, self.results = self.results, []
             await self._record(batch)
             for claimed, _ in batch:
-                self.confirmed.pop(claimed.delivery.id, None)
+                self._let_go(claimed)
             self.outstanding -= len(batch)
             self.room.set()
 
@@ -253,28 +263,36 @@ class _Run:
         log.debug("delivery.recorded", final=len(finals), retries=len(retries))
 
     async def _reap_loop(self) -> None:
-        """Every few seconds the backlog gauge; every quarter lease, this run's leases renewed, then deliveries a dead
-        process left `sending` put back in the queue."""
+        """Every few seconds the backlog gauge; every quarter lease, this run's leases renewed, the claims it dropped
+        given back, then deliveries a dead process left `sending` put back in the queue.
+
+        After the database was away, leases are expired only once it has answered for a quarter lease again: the
+        other processes renew what they hold (and record what they sent meanwhile) first, instead of losing it to
+        whichever reaper comes back first."""
         lease = self.settings.sending_lease_seconds
         reap_every = min(60.0, max(0.5, lease / 4))
-        next_reap = time.monotonic() + reap_every
+        next_reap = answering_since = time.monotonic()
+        next_reap += reap_every
         while True:
             await asyncio.sleep(min(_BACKLOG_REPORT_SECONDS, reap_every))
-            if self.dropped:
-                log.warning("sender.claims_dropped", count=self.dropped, reason="ownership not confirmed in time")
-                self.dropped = 0
             try:
                 self.metrics.backlog.set(await repository.open_count(self.pool))
             except Exception as error:  # the database is away: the gauge keeps its last value, the claimer says so
                 log.debug("sender.backlog_count_failed", error=repr(error)[:200])
+                answering_since = math.inf
             if time.monotonic() < next_reap:
                 continue
             next_reap = time.monotonic() + reap_every
             try:
                 await self._renew()
+                await self._give_back_dropped()
+                answering_since = min(answering_since, time.monotonic())
+                if time.monotonic() - answering_since < reap_every:
+                    continue
                 expired = await handlers.expire_leases(self.pool, lease)
             except Exception as error:
                 log.warning("sender.lease_check_failed", error=repr(error)[:300])
+                answering_since = math.inf
                 continue
             if expired:
                 log.warning("delivery.lease_expired", count=expired)
@@ -282,10 +300,19 @@ class _Run:
 
     async def _renew(self) -> None:
         asked = time.monotonic()
-        owned = await handlers.renew_leases(self.pool, self.owner, list(self.confirmed))
+        owned = await handlers.renew_leases(self.pool, self.owner, list(self.held))
         for delivery_id in owned:
-            if delivery_id in self.confirmed:  # not recorded (and forgotten) while the renewal ran
-                self.confirmed[delivery_id] = max(self.confirmed[delivery_id], asked)
+            if (entry := self.held.get(delivery_id)) is not None:  # not recorded meanwhile
+                self.held[delivery_id] = (entry[0], max(entry[1], asked))
+
+    async def _give_back_dropped(self) -> None:
+        """Dropped claims this run still owns go back to the queue now, their attempt not counted (it never was one);
+        one held again by a newer claim stays, and one another sender took over is not ours to give."""
+        dropped, self.dropped = self.dropped, []  # on failure their leases expire instead
+        dropped = [claimed for claimed in dropped if claimed.delivery.id not in self.held]
+        if dropped:
+            log.warning("sender.claims_dropped", count=len(dropped), reason="ownership not confirmed in time")
+            await handlers.release(self.pool, dropped, self.owner, "given back unsent: ownership not confirmed in time")
 
     async def _shutdown(
         self,
@@ -317,7 +344,7 @@ class _Run:
         if unsent:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
-                    await handlers.release(self.pool, unsent, self.owner)
+                    await handlers.release(self.pool, unsent, self.owner, "released unsent at shutdown")
         await asyncio.gather(*(connection.quit() for connection in self.connections))
         log.info("sender.stopped", released=len(unsent))
 

@@ -7,12 +7,16 @@ PostgreSQL: tests/integration/test_notifier_leases.py.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+from services.notifier import handlers, repository
 from services.notifier.domain import Attempt, Claimed, SendResult
 from services.notifier.mailer import Mailer
 from services.notifier.messages import Renderer
@@ -54,7 +58,7 @@ def _run() -> _Run:
 
 async def test_a_claim_confirmed_less_than_half_a_lease_ago_is_sent() -> None:
     run, connection, claimed = _run(), Connection(), _invite()
-    run.confirmed[claimed.delivery.id] = time.monotonic() - SETTINGS.sending_lease_seconds / 2 + 5
+    run.held[claimed.delivery.id] = (claimed, time.monotonic() - SETTINGS.sending_lease_seconds / 2 + 5)
     result = await run._attempt(connection, claimed)  # type: ignore[arg-type]
     assert result is not None and result.attempt is Attempt.SENT and connection.sent == [claimed.delivery.recipient]
 
@@ -62,16 +66,76 @@ async def test_a_claim_confirmed_less_than_half_a_lease_ago_is_sent() -> None:
 async def test_a_claim_not_confirmed_for_half_a_lease_or_never_is_not_sent() -> None:
     run, connection = _run(), Connection()
     stale, unknown = _invite(), _invite()
-    run.confirmed[stale.delivery.id] = time.monotonic() - SETTINGS.sending_lease_seconds / 2
+    run.held[stale.delivery.id] = (stale, time.monotonic() - SETTINGS.sending_lease_seconds / 2)
     assert await run._attempt(connection, stale) is None  # type: ignore[arg-type]
     assert await run._attempt(connection, unknown) is None  # type: ignore[arg-type]
     assert connection.sent == []
 
 
-def test_a_dropped_claim_makes_room_and_is_reported_once() -> None:
+async def test_a_copy_a_newer_claim_of_the_same_delivery_superseded_is_not_sent() -> None:
+    """Claimed again after its lease ran out while an old copy still waited in the queue: only the new copy may go
+    (both used to pass the check, the delivery's id being fresh again)."""
+    run, connection = _run(), Connection()
+    old = _invite()
+    new = replace(old, attempts=2)
+    run.held[old.delivery.id] = (new, time.monotonic())
+    assert await run._attempt(connection, old) is None  # type: ignore[arg-type]
+    result = await run._attempt(connection, new)  # type: ignore[arg-type]
+    assert result is not None and result.attempt is Attempt.SENT and len(connection.sent) == 1
+
+
+def test_a_dropped_claim_makes_room_and_waits_to_be_given_back() -> None:
     run, claimed = _run(), _invite()
-    run.confirmed[claimed.delivery.id] = 0.0
+    run.held[claimed.delivery.id] = (claimed, 0.0)
     run.outstanding = 1
     run._drop(claimed)
-    assert (run.outstanding, run.dropped, run.confirmed) == (0, 1, {})
+    assert (run.outstanding, run.dropped, run.held) == (0, [claimed], {})
     assert run.room.is_set(), "the claimer may claim again"
+
+
+def test_dropping_a_superseded_copy_keeps_the_newer_claim() -> None:
+    run, old = _run(), _invite()
+    new = replace(old, attempts=2)
+    run.held[old.delivery.id] = (new, 1.0)
+    run.outstanding = 2
+    run._drop(old)
+    assert run.held == {old.delivery.id: (new, 1.0)} and run.outstanding == 1
+
+
+async def test_after_the_database_was_away_leases_expire_only_once_it_has_answered_a_quarter_lease(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every process's reaper comes back with the database; the first one back used to expire the leases of the
+    others before they could renew them or record what they had sent meanwhile (sent twice, then)."""
+    settings = NotifierSettings.model_construct(**{**dict(SETTINGS), "sending_lease_seconds": 2.0})  # reap every 0.5 s
+    sender = Sender(settings, Mailer(settings), Renderer(settings.smtp_from))
+    pool: Any = None
+    run = _Run(sender, pool, metrics_for(CollectorRegistry()))
+    calls: list[str] = []
+    counts = iter([True, False, True, True, True, True, True, True])  # the database away at the second count
+
+    async def open_count(_: object) -> int:
+        if not next(counts, True):
+            calls.append("away")
+            raise ConnectionRefusedError("the database is away")
+        return 0
+
+    async def renew_leases(*_: object) -> set[object]:
+        calls.append("renew")
+        return set()
+
+    async def expire_leases(*_: object) -> int:
+        calls.append("expire")
+        return 0
+
+    monkeypatch.setattr(repository, "open_count", open_count)
+    monkeypatch.setattr(handlers, "renew_leases", renew_leases)
+    monkeypatch.setattr(handlers, "expire_leases", expire_leases)
+    reaper = asyncio.create_task(run._reap_loop())
+    async with asyncio.timeout(30):
+        while calls.count("expire") < 2:
+            await asyncio.sleep(0.05)
+    reaper.cancel()
+    after = calls[calls.index("away") + 1 :]
+    assert calls[:2] == ["renew", "expire"], calls
+    assert after[:3] == ["renew", "renew", "expire"], f"the first reap after the outage expired nothing: {calls}"
