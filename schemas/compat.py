@@ -43,11 +43,12 @@ VALUE_KEYWORDS = (
     "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minItems", "maxItems", "uniqueItems",
 )  # fmt: skip
 _NULL = json.dumps({"type": "null"})
-# Formats that name what one validator always accepted. Every email field comes from schemas.email_address, whose
-# validator (email-validator) has accepted international addresses from the start; its documents said `email`
-# (ASCII only, in JSON Schema) until 2026-12-06, when they were corrected to `idn-email` without a new version:
-# the values on the wire did not change, only their description did.
-_SAME_FORMAT = {"email": "idn-email"}
+# Corrections of a format that misdescribed what the validator always accepted, old -> new, one way only. Every
+# email field comes from schemas.email_address, whose validator (email-validator) has accepted international
+# addresses from the start; its documents said `email` (ASCII only, in JSON Schema) until 2026-12-06, when they were
+# corrected to `idn-email` without a new version: the values on the wire did not change, only their description.
+# Going back to `email` would be a narrowing, and is refused like any other.
+_CORRECTED_FORMAT = {"email": "idn-email"}
 
 
 def incompatibilities(old: Schema, new: Schema) -> list[str]:
@@ -69,7 +70,7 @@ class _Walk:
         old_variants = sorted(_variants(old, self.roots[0]), key=_signature)
         new_variants = sorted(_variants(new, self.roots[1]), key=_signature)
         old_values, new_values = [_signature(v) for v in old_variants], [_signature(v) for v in new_variants]
-        if old_values != new_values:
+        if old_values != new_values and sorted(_signature(v, corrected=True) for v in old_variants) != new_values:
             self.problems.append(
                 f"{path or '<root>'}: {_change(set(old_values), set(new_values))}"
                 f" (was {_describe(old_values)}, now {_describe(new_values)})"
@@ -194,11 +195,11 @@ def _kind(variant: Schema) -> str | None:
     return variant.get("type")
 
 
-def _signature(variant: Schema) -> str:
+def _signature(variant: Schema, *, corrected: bool = False) -> str:
     # Properties and items are compared one by one further down, so only the outer keywords count here.
     values = {key: variant[key] for key in VALUE_KEYWORDS if key in variant}
-    if "format" in values:
-        values["format"] = _SAME_FORMAT.get(values["format"], values["format"])
+    if corrected and "format" in values:
+        values["format"] = _CORRECTED_FORMAT.get(values["format"], values["format"])
     return json.dumps({**values, "type": _kind(variant)}, sort_keys=True)
 
 

@@ -20,7 +20,7 @@ def _clean_note(note: str | None) -> str | None:
     note = (note or "").strip() or None
     if note is not None and (problem := check_note(note)):
         # Named by its rule, not pydantic's generic "value_error" with a "Value error, " prefix.
-        raise PydanticCustomError("max_length" if len(note) > MAX_NOTE else "control_character", problem)
+        raise PydanticCustomError("string_too_long" if len(note) > MAX_NOTE else "control_character", problem)
     return note
 
 

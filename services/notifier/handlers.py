@@ -69,9 +69,10 @@ class Backpressure:
     """Throttle of the subscription: hold consumption while the sender's backlog is above the high-water mark.
 
     Waiting happens outside any transaction and before the batch is applied, so the backlog exceeds the
-    mark by at most one consumed batch per process; Kafka keeps the rest. The wait per batch is bounded so
-    the consumer stays within Kafka's max poll interval; an SMTP outage longer than that lets the backlog
-    grow one batch per `max_wait_seconds`.
+    mark by at most one consumed batch per process; Kafka keeps the rest. Invites waiting out the directory's
+    grace are not counted (repository.sender_backlog): for DIRECTORY_GRACE_SECONDS they may go beyond it. The
+    wait per batch is bounded so the consumer stays within Kafka's max poll interval; an SMTP outage longer
+    than that lets the backlog grow one batch per `max_wait_seconds`.
     """
 
     high_water: int

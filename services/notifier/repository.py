@@ -101,16 +101,17 @@ async def open_count(db: asyncpg.Connection | asyncpg.Pool) -> int:
 
 
 async def sender_backlog(db: asyncpg.Connection | asyncpg.Pool) -> int:
-    """The open deliveries a sender has to work through, less those never tried that wait out the directories'
-    grace (an invite to an address nobody has registered yet): most end `not_on_platform` at their claim, without
-    SMTP, and counting them let one practice's roster of unregistered addresses hold every other practice's emails
-    back for a minute. A retry waiting for its time has an error recorded, and still counts."""
+    """The open deliveries a sender has to work through, less the invites never tried that wait out the directories'
+    grace (to an address nobody has registered yet): most end `not_on_platform` at their claim, without SMTP, and
+    counting them let one practice's roster of unregistered addresses hold every other practice's emails back for a
+    minute. A retry waiting for its time has an error recorded, and still counts; so do connection emails."""
     return int(
         await db.fetchval(
             """
             SELECT count(*) FROM notifier.deliveries
             WHERE status IN ('pending', 'sending')
-              AND NOT (status = 'pending' AND attempts = 0 AND last_error IS NULL AND not_before > now())
+              AND NOT (kind = 'invite' AND status = 'pending' AND attempts = 0 AND last_error IS NULL
+                       AND not_before > now())
             """
         )
     )

@@ -81,10 +81,11 @@ class NotifierSettings(RuntimeSettings):
     def _pause_within_max_poll_interval(cls, value: float) -> float:
         """The pause happens while the consumer holds its batch: as long as Kafka's max poll interval, and the
         group takes the consumer for dead and hands its partitions to another member, which pauses in turn."""
-        if value >= MAX_POLL_INTERVAL_SECONDS:
+        if value > MAX_POLL_INTERVAL_SECONDS - 60:  # the batch is still to be applied after the pause
             raise ValueError(
-                f"expected less than {MAX_POLL_INTERVAL_SECONDS:g} s, the consumers' max poll interval "
-                "(a consumer paused that long is taken for dead and leaves its group)"
+                f"expected at most {MAX_POLL_INTERVAL_SECONDS - 60:g} s: the consumers' max poll interval "
+                f"({MAX_POLL_INTERVAL_SECONDS:g} s) less a minute to apply the batch after the pause (a consumer "
+                "that takes longer is taken for dead and leaves its group)"
             )
         return value
 

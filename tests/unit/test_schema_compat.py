@@ -67,10 +67,22 @@ CASES: list[tuple[str, Schema, Schema, list[str]]] = [
         ["id: type changed"],
     ),
     (
-        # A correction, not a change: one validator (schemas.email_address) produced both; see compat._SAME_FORMAT.
+        # A correction, not a change: one validator (schemas.email_address) produced both; compat._CORRECTED_FORMAT.
         "email documented as idn-email",
         object_of({"email": {"type": "string", "format": "email"}}),
         object_of({"email": {"type": "string", "format": "idn-email"}}),
+        [],
+    ),
+    (
+        "idn-email narrowed back to email",
+        object_of({"email": {"type": "string", "format": "idn-email"}}),
+        object_of({"email": {"type": "string", "format": "email"}}),
+        ["email: type changed"],
+    ),
+    (
+        "email documented as idn-email, in a nullable field",
+        object_of({"reply_to": {"anyOf": [{"type": "string", "format": "email"}, NULL]}}),
+        object_of({"reply_to": {"anyOf": [{"type": "string", "format": "idn-email"}, NULL]}}),
         [],
     ),
     (
