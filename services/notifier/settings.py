@@ -103,7 +103,9 @@ class NotifierSettings(RuntimeSettings):
     @model_validator(mode="after")
     def _a_lease_outlasts_a_send(self) -> Self:
         # A sender sends a delivery only while it confirmed owning it less than half a lease ago; the SMTP transaction
-        # (one deadline) and recording its result (5 s of margin) must end before the lease can run out.
+        # (one deadline), with 5 s to spare, must end before the lease can run out. Until its result is recorded the
+        # sender keeps renewing the lease (sender.py: after a database outage, leases expire only a quarter lease
+        # after the database answers again, so the holders renew first).
         if self.sending_lease_seconds < 2 * self.smtp_timeout_seconds + 10:
             raise ValueError(
                 f"SENDING_LEASE_SECONDS: at least 2 x SMTP_TIMEOUT_SECONDS + 10 s "
