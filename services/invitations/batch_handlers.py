@@ -237,32 +237,39 @@ async def resend_not_on_platform(
 
     The old invites are revoked (InviteRevoked, replaced_by the new one). Patients connected or invited
     meanwhile are flagged on their row instead. The notifier decides again from its patient directory.
+    One transaction; the rows, once locked, are worked through CHUNK at a time, so that memory holds one chunk's
+    invites and events however many rows there are (all at once, four resends of 100,000 rows took 1.6 GiB).
     """
     now = now_utc()
+    resent = 0
+    flags: dict[str, int] = {}
     async with transaction(pool) as db:
         await repository.lock_practice(db, practice_id)
         if await batch_repository.find_batch(db, practice_id, batch_id) is None:
             raise BatchNotFound()
         rows = await batch_repository.lock_not_on_platform(db, batch_id)
-        keys = [domain.email_key(row["email"]) for row in rows]
-        events = await expire_overdue(db, practice_id, now, cause)
-        connected, pending = await repository.known(db, practice_id, keys, now)
-        entries, flagged, replaces = _resend_plan(rows, connected, pending)
+        await add_events(db, repository.SCHEMA, await expire_overdue(db, practice_id, now, cause))
         context = BatchContext(batch_id, practice_id, actor, now, now + policy.ttl, policy.base_url, cause)
-        # In a thread, as a submit builds them: the event loop keeps answering other requests meanwhile.
-        records = await asyncio.to_thread(build_records, entries, context, replaces)
-        new_ids = records.invite_ids
-        replaced = await batch_repository.replace_invites(
-            db, now, actor, [(replaces[line], new_ids[line]) for line in new_ids]
-        )
-        records.rows = b""  # the rows exist: they are updated below, not inserted
-        await batch_repository.copy_records(db, records)
-        changes: list[RowChange] = [(line, Outcome.QUEUED.value, None, new_ids[line], 1) for line in new_ids]
-        changes += flagged
-        await batch_repository.update_rows(db, batch_id, now, changes)
-        events += [_revoked(row, cause) for row in replaced if row["status"] == InviteStatus.REVOKED.value]
-        await add_events(db, repository.SCHEMA, events)
-    result = Resent(len(new_ids), *(sum(1 for c in flagged if c[1] == o.value) for o in _FLAGS))
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start : start + CHUNK]
+            keys = [domain.email_key(row["email"]) for row in chunk]
+            connected, pending = await repository.known(db, practice_id, keys, now)
+            entries, flagged, replaces = _resend_plan(chunk, connected, pending)
+            records = build_records(entries, context, replaces)
+            new_ids = records.invite_ids
+            replaced = await batch_repository.replace_invites(
+                db, now, actor, [(replaces[line], new_ids[line]) for line in new_ids]
+            )
+            records.rows = b""  # the rows exist: they are updated below, not inserted
+            await batch_repository.copy_records(db, records)
+            changes: list[RowChange] = [(line, Outcome.QUEUED.value, None, new_ids[line], 1) for line in new_ids]
+            await batch_repository.update_rows(db, batch_id, now, changes + flagged)
+            revoked = [_revoked(row, cause) for row in replaced if row["status"] == InviteStatus.REVOKED.value]
+            await add_events(db, repository.SCHEMA, revoked)
+            resent += len(new_ids)
+            for change in flagged:
+                flags[change[1]] = flags.get(change[1], 0) + 1
+    result = Resent(resent, *(flags.get(o.value, 0) for o in _FLAGS))
     log.info("batch.resent_not_on_platform", batch_id=str(batch_id), resent=result.resent)
     # As after a submit: statistics that see the rows' new outcomes, and the memory of 100,000 rows given back.
     _after_bulk_soon(pool, result.resent)

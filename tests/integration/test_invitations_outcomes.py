@@ -13,6 +13,7 @@ import pytest
 from collabkare.stack.infra import Infrastructure
 from schemas import ConnectionApproved, DeliveryOutcome, Envelope
 from schemas.events import ConnectionApprovedPayload, DeliveryOutcomePayload
+from services.invitations import batch_handlers
 from tests.integration.invitations_harness import Service, running_service, staff
 
 OUTCOMES = "notifier.outcomes.v1"
@@ -181,7 +182,10 @@ async def test_connection_approved_feeds_already_connected(service: Service) -> 
     assert [e["payload"]["email"] for e in (await service.requested(practice)).values()] == ["eve@example.com"]
 
 
-async def test_resending_not_on_platform_rows(service: Service) -> None:
+@pytest.mark.parametrize("chunk", [batch_handlers.CHUNK, 1], ids=["one-chunk", "a-chunk-a-row"])
+async def test_resending_not_on_platform_rows(service: Service, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worked through in chunks (a resend of 100,000 rows held them all in memory at once): the same answer."""
+    monkeypatch.setattr(batch_handlers, "CHUNK", chunk)
     practice = uuid.uuid4()
     batch = await service.submit(practice, "ann@example.com, Hi Ann\nbob@example.com\ncat@example.com")
     base = f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}"
