@@ -7,7 +7,8 @@ so memory stays flat however large the backlog; several processes share the tabl
 A claim is a lease (SENDING_LEASE_SECONDS) that this process renews while it holds the delivery, so a claim
 waiting its turn behind a slow SMTP server never expires into a second sender's hands; only a dead process's
 claims do. A delivery whose ownership was not confirmed within half a lease (the renewal failed, or the process
-was frozen and another took it over) is dropped unsent: its lease runs out and it is claimed again.
+was frozen and another took it over) is dropped unsent: given back if this process still owns it, otherwise
+another sender has it already.
 """
 
 from __future__ import annotations
@@ -271,8 +272,8 @@ class _Run:
         whichever reaper comes back first."""
         lease = self.settings.sending_lease_seconds
         reap_every = min(60.0, max(0.5, lease / 4))
-        next_reap = answering_since = time.monotonic()
-        next_reap += reap_every
+        answering_since = time.monotonic()  # when the database last began to answer this loop again
+        next_reap = answering_since + reap_every
         while True:
             await asyncio.sleep(min(_BACKLOG_REPORT_SECONDS, reap_every))
             try:
