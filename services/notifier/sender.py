@@ -6,9 +6,9 @@ so memory stays flat however large the backlog; several processes share the tabl
 
 A claim is a lease (SENDING_LEASE_SECONDS) that this process renews while it holds the delivery, so a claim
 waiting its turn behind a slow SMTP server never expires into a second sender's hands; only a dead process's
-claims do. A delivery whose ownership was not confirmed within half a lease (the renewal failed, or the process
-was frozen and another took it over) is dropped unsent: given back if this process still owns it, otherwise
-another sender has it already.
+claims do, a lease after it died. A delivery whose ownership was not confirmed within the freshness window (the
+lease less the SMTP deadline and 5 s: the renewal failed, or the process was frozen and another took it over) is
+dropped unsent: given back if this process still owns it, otherwise another sender has it already.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class _Run:
         # Each delivery this run holds: the claim (a delivery claimed again supersedes the copy still queued) and when
         # this run last knew it owned it (claimed, or its lease renewed), in monotonic time.
         self.held: dict[uuid.UUID, tuple[Claimed, float]] = {}
-        self.fresh_seconds = self.settings.sending_lease_seconds / 2
+        self.fresh_seconds = self.settings.lease_fresh_seconds
         self.dropped: list[Claimed] = []  # dropped unsent since the reaper last gave them back
         self.stopping = False
         self.workers_done = False  # the recorder may end only once no worker can add a result
@@ -179,7 +179,7 @@ class _Run:
             del self.held[claimed.delivery.id]
 
     def _still_ours(self, claimed: Claimed) -> bool:
-        """This very claim (not a copy a newer claim superseded), its ownership confirmed within half a lease."""
+        """This very claim (not a copy a newer claim superseded), its ownership confirmed within the fresh window."""
         held, confirmed = self.held.get(claimed.delivery.id, (None, -math.inf))
         return held is claimed and time.monotonic() - confirmed < self.fresh_seconds
 
@@ -208,7 +208,7 @@ class _Run:
         if (trouble := await connection.open()) is not None:
             return trouble
         # The last moment to decide: from here only the transaction's deadline passes before the server has the
-        # message, and the settings keep SMTP_TIMEOUT_SECONDS + 5 s within half a lease, so it is ours until then.
+        # message, and the freshness window leaves SMTP_TIMEOUT_SECONDS + 5 s of the lease, so it is ours until then.
         if not self._still_ours(claimed):
             return None
         started = time.perf_counter()
@@ -264,14 +264,14 @@ class _Run:
         log.debug("delivery.recorded", final=len(finals), retries=len(retries))
 
     async def _reap_loop(self) -> None:
-        """Every few seconds the backlog gauge; every quarter lease, this run's leases renewed, the claims it dropped
-        given back, then deliveries a dead process left `sending` put back in the queue.
+        """Every few seconds the backlog gauge; three times per freshness window, this run's leases renewed, the claims
+        it dropped given back, then deliveries a dead process left `sending` put back in the queue.
 
-        After the database was away, leases are expired only once it has answered for a quarter lease again: the
+        After the database was away, leases are expired only once it has answered for a renewal interval again: the
         other processes renew what they hold (and record what they sent meanwhile) first, instead of losing it to
         whichever reaper comes back first."""
         lease = self.settings.sending_lease_seconds
-        reap_every = min(60.0, max(0.5, lease / 4))
+        reap_every = min(60.0, max(0.5, self.settings.lease_renew_seconds))
         answering_since = time.monotonic()  # when the database last began to answer this loop again
         next_reap = answering_since + reap_every
         while True:

@@ -48,7 +48,7 @@ class NotifierSettings(RuntimeSettings):
     sender_batch_size: int = Field(default=500, ge=1, le=5000, description="Deliveries claimed per round at most")
     sender_poll_seconds: float = Field(default=1.0, gt=0)
     sending_lease_seconds: float = Field(
-        default=300.0, gt=0, description="A delivery left `sending` this long by a dead process is retried"
+        default=60.0, gt=0, description="A delivery left `sending` this long by a dead process is retried"
     )
     pending_high_water: int = Field(
         default=5000, ge=1, description="Consumption pauses while this many deliveries wait to be sent"
@@ -100,17 +100,28 @@ class NotifierSettings(RuntimeSettings):
         hold a bare one against us); the sender's own domain is one, and needs no DNS lookup to find."""
         return self.smtp_local_hostname or self.sender_domain
 
+    @property
+    def lease_fresh_seconds(self) -> float:
+        """A sender sends a delivery only while it confirmed owning it less than this ago: the SMTP transaction that
+        may begin just before then (one deadline, SMTP_TIMEOUT_SECONDS) ends 5 s before the lease can run out."""
+        return self.sending_lease_seconds - self.smtp_timeout_seconds - 5
+
+    @property
+    def lease_renew_seconds(self) -> float:
+        """How often a sender renews the leases it holds (and reaps dead ones): three times per freshness window, so
+        two renewals in a row can fail (a slow database) before a claim goes stale and is given back unsent."""
+        return self.lease_fresh_seconds / 3
+
     @model_validator(mode="after")
     def _a_lease_outlasts_a_send(self) -> Self:
-        # A sender sends a delivery only while it confirmed owning it less than half a lease ago; the SMTP transaction
-        # (one deadline), with 5 s to spare, must end before the lease can run out. Until its result is recorded the
-        # sender keeps renewing the lease (sender.py: after a database outage, leases expire only a quarter lease
-        # after the database answers again, so the holders renew first).
-        if self.sending_lease_seconds < 2 * self.smtp_timeout_seconds + 10:
+        # Until its result is recorded the sender keeps renewing the lease (sender.py: after a database outage,
+        # leases expire only once the database has answered for a renewal interval, so the holders renew first).
+        # A freshness window under 10 s would have the sender renew every few hundred milliseconds for nothing.
+        if self.lease_fresh_seconds < 10:
             raise ValueError(
-                f"SENDING_LEASE_SECONDS: at least 2 x SMTP_TIMEOUT_SECONDS + 10 s "
-                f"({2 * self.smtp_timeout_seconds + 10:g} s): a delivery still being sent could otherwise be "
-                "claimed by another sender and sent twice"
+                f"SENDING_LEASE_SECONDS: at least SMTP_TIMEOUT_SECONDS + 15 s "
+                f"({self.smtp_timeout_seconds + 15:g} s): a transaction and 5 s to record it must fit in the "
+                "lease with at least 10 s left to confirm the claim before sending, or it could be sent twice"
             )
         return self
 

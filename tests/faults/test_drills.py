@@ -45,8 +45,8 @@ from tests.support import read_to_end
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("connections", "invitations", "notifier")
 # Drill-sized timings: a delivery left `sending` by a killed notifier is retried after the lease (default
-# 300 s), at least twice the SMTP deadline plus 10 s (the settings refuse less); retries of 4xx answers start
-# sooner than the default 2 s.
+# 60 s), at least the SMTP deadline plus 15 s (the settings refuse less); retries of 4xx answers start
+# sooner than the default 5 s.
 DRILL_ENV = {
     "SENDING_LEASE_SECONDS": "30",
     "SMTP_TIMEOUT_SECONDS": "10",

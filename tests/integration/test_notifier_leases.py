@@ -35,8 +35,8 @@ from tests.integration.notifier_harness import (
 )
 from tests.integration.test_notifier_processes import notifier_processes
 
-INVITES = 30
-SECONDS_PER_EMAIL = 0.5  # 30 emails over one connection: 15 s, past a 12 s lease
+INVITES = 40
+SECONDS_PER_EMAIL = 0.5  # 40 emails over one connection: 20 s, past a 16 s lease
 
 
 class SlowRelay:
@@ -72,7 +72,7 @@ async def test_claims_waiting_longer_than_the_lease_are_renewed_and_sent_once(
         "smtp_pool_size": 1,
         "sender_batch_size": INVITES,  # every invite claimed at once, waiting its turn
         "smtp_timeout_seconds": 1,
-        "sending_lease_seconds": 12,  # the least the settings allow with that timeout; renewed every 3 s
+        "sending_lease_seconds": 16,  # the least the settings allow with that timeout; renewed every 3.3 s
     }
     async with running_notifier(infra, template_database, **settings) as notifier:
         clinic = practice("Lease Clinic")
@@ -90,13 +90,15 @@ async def test_claims_waiting_longer_than_the_lease_are_renewed_and_sent_once(
 
 
 def test_the_lease_must_outlast_a_send_and_its_recording() -> None:
-    """Half a lease after a sender last confirmed a claim, it no longer sends it; the transaction that may begin just
-    before then (SMTP_TIMEOUT_SECONDS) and its recording (5 s) must end before the lease can run out."""
+    """A sender sends a claim only within the freshness window after it last confirmed it; the transaction that may
+    begin just before then (SMTP_TIMEOUT_SECONDS) and its recording (5 s) must end before the lease can run out, and
+    the window must be long enough (10 s) to renew claims in without hammering the database."""
     base = {"database_url": "postgresql://n@127.0.0.1/n", "kafka_bootstrap_servers": "127.0.0.1:1"}
     base |= {"jwt_secret": "x" * 32, "smtp_timeout_seconds": 30}
-    assert NotifierSettings.model_validate({**base, "sending_lease_seconds": 70}).sending_lease_seconds == 70
-    with pytest.raises(ValidationError, match=r"SENDING_LEASE_SECONDS: at least 2 x SMTP_TIMEOUT_SECONDS \+ 10 s"):
-        NotifierSettings.model_validate({**base, "sending_lease_seconds": 69})
+    settings = NotifierSettings.model_validate({**base, "sending_lease_seconds": 45})
+    assert (settings.lease_fresh_seconds, settings.lease_renew_seconds) == (10, 10 / 3)
+    with pytest.raises(ValidationError, match=r"SENDING_LEASE_SECONDS: at least SMTP_TIMEOUT_SECONDS \+ 15 s \(45 s\)"):
+        NotifierSettings.model_validate({**base, "sending_lease_seconds": 44.9})
 
 
 async def test_a_sender_frozen_past_its_lease_sends_nothing_another_took_over(
@@ -117,7 +119,7 @@ async def test_a_sender_frozen_past_its_lease_sends_nothing_another_took_over(
             smtp_pool_size=1,
             sender_batch_size=INVITES,
             smtp_timeout_seconds=1,
-            sending_lease_seconds=12,
+            sending_lease_seconds=16,
             log_level="WARNING",
         )
         clinic = practice("Frozen Clinic")

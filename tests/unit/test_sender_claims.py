@@ -1,4 +1,5 @@
-"""The sender sends a claimed delivery only while it knows the claim is its own (confirmed within half a lease).
+"""The sender sends a claimed delivery only while it knows the claim is its own (confirmed within the freshness window:
+the lease less the SMTP deadline and 5 s).
 
 A process frozen longer than its lease (or cut off from the database) has lost its claims to another sender;
 what it still holds in memory must not go out a second time. The renewal that confirms the claims runs against
@@ -56,17 +57,17 @@ def _run() -> _Run:
     return _Run(sender, pool, metrics_for(CollectorRegistry()))
 
 
-async def test_a_claim_confirmed_less_than_half_a_lease_ago_is_sent() -> None:
+async def test_a_claim_confirmed_within_the_freshness_window_is_sent() -> None:
     run, connection, claimed = _run(), Connection(), _invite()
-    run.held[claimed.delivery.id] = (claimed, time.monotonic() - SETTINGS.sending_lease_seconds / 2 + 5)
+    run.held[claimed.delivery.id] = (claimed, time.monotonic() - SETTINGS.lease_fresh_seconds + 5)
     result = await run._attempt(connection, claimed)  # type: ignore[arg-type]
     assert result is not None and result.attempt is Attempt.SENT and connection.sent == [claimed.delivery.recipient]
 
 
-async def test_a_claim_not_confirmed_for_half_a_lease_or_never_is_not_sent() -> None:
+async def test_a_claim_not_confirmed_within_the_freshness_window_or_never_is_not_sent() -> None:
     run, connection = _run(), Connection()
     stale, unknown = _invite(), _invite()
-    run.held[stale.delivery.id] = (stale, time.monotonic() - SETTINGS.sending_lease_seconds / 2)
+    run.held[stale.delivery.id] = (stale, time.monotonic() - SETTINGS.lease_fresh_seconds)
     assert await run._attempt(connection, stale) is None  # type: ignore[arg-type]
     assert await run._attempt(connection, unknown) is None  # type: ignore[arg-type]
     assert connection.sent == []
@@ -102,12 +103,13 @@ def test_dropping_a_superseded_copy_keeps_the_newer_claim() -> None:
     assert run.held == {old.delivery.id: (new, 1.0)} and run.outstanding == 1
 
 
-async def test_after_the_database_was_away_leases_expire_only_once_it_has_answered_a_quarter_lease(
+async def test_after_the_database_was_away_leases_expire_only_once_it_has_answered_a_renewal_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every process's reaper comes back with the database; the first one back used to expire the leases of the
     others before they could renew them or record what they had sent meanwhile (sent twice, then)."""
-    settings = NotifierSettings.model_construct(**{**dict(SETTINGS), "sending_lease_seconds": 2.0})  # reap every 0.5 s
+    quick = {"sending_lease_seconds": 7.5, "smtp_timeout_seconds": 1.0}  # fresh for 1.5 s, renewed every 0.5 s
+    settings = NotifierSettings.model_construct(**{**dict(SETTINGS), **quick})
     sender = Sender(settings, Mailer(settings), Renderer(settings.smtp_from))
     pool: Any = None
     run = _Run(sender, pool, metrics_for(CollectorRegistry()))
