@@ -246,12 +246,21 @@ async def renew_leases(
     db: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID, held: Sequence[uuid.UUID]
 ) -> set[uuid.UUID]:
     """Renew the lease of each delivery `owner` holds and still owns; returns those. One it holds and no longer
-    owns expired while the process could not renew it (frozen, or the database away) and may be another's now."""
+    owns expired while the process could not renew it (frozen, or the database away) and may be another's now.
+
+    A row locked by another transaction (its result being recorded, a revoke marking it) is left for the next
+    renewal rather than waited for: a renewal that waited could go stale behind one lock, or deadlock with the
+    recorder's multi-row update taking the same rows in another order."""
     rows = await db.fetch(
         """
-        UPDATE notifier.deliveries SET claimed_at = now()
-        WHERE id = ANY($2::uuid[]) AND status = 'sending' AND claimed_by = $1
-        RETURNING id
+        UPDATE notifier.deliveries d SET claimed_at = now()
+        FROM (
+            SELECT id FROM notifier.deliveries
+            WHERE id = ANY($2::uuid[]) AND status = 'sending' AND claimed_by = $1
+            FOR UPDATE SKIP LOCKED
+        ) AS mine
+        WHERE d.id = mine.id
+        RETURNING d.id
         """,
         owner,
         list(held),

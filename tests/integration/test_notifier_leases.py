@@ -11,6 +11,7 @@ import asyncio
 import collections
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 from collabkare.stack.infra import Infrastructure
 from collabkare.stack.mailbox import parse
 from collabkare.stack.ports import free_port
+from services.notifier import repository
 from services.notifier.settings import NotifierSettings
 from tests.integration.notifier_harness import (
     Notifier,
@@ -142,3 +144,29 @@ async def test_a_sender_frozen_past_its_lease_sends_nothing_another_took_over(
     assert len(relay.copies) == INVITES
     twice = [message_id for message_id, copies in relay.copies.items() if copies > 1]
     assert len(twice) <= 2 and max(relay.copies.values()) <= 2, f"sent again after waking: {twice}"
+
+
+async def test_a_renewal_passes_over_a_row_another_transaction_has_locked(
+    infra: Infrastructure, template_database: str
+) -> None:
+    """The renewal used to wait for every row it renews: behind a long lock (a revoke, a recording) every claim went
+    stale, and with the recorder's own multi-row update it could deadlock. Now a locked row waits for the next one."""
+    owner, other = uuid.uuid4(), uuid.uuid4()
+    async with scratch(infra, template_database) as (_, _, admin):
+        ids = [uuid.uuid4() for _ in range(4)]
+        await admin.executemany(
+            """
+            INSERT INTO notifier.deliveries (id, source_event_id, source_event_type, kind, recipient, correlation_id,
+                message_id, status, claimed_at, claimed_by)
+            VALUES ($1, $1, 'InviteRequested', 'invite', 'pat@example.com', 'test', '<m@example.com>', 'sending',
+                now() - interval '20 seconds', $2)
+            """,
+            [(ids[0], owner), (ids[1], owner), (ids[2], owner), (ids[3], other)],
+        )
+        async with admin.acquire() as locker, locker.transaction():
+            await locker.execute("SELECT 1 FROM notifier.deliveries WHERE id = $1 FOR UPDATE", ids[0])
+            async with asyncio.timeout(30):  # the old renewal waited here until the lock was released
+                renewed_while_locked = await repository.renew_leases(admin, owner, ids)
+        renewed_after = await repository.renew_leases(admin, owner, ids)
+    assert renewed_while_locked == {ids[1], ids[2]}, "the locked row is skipped, the other sender's is not ours"
+    assert renewed_after == {ids[0], ids[1], ids[2]}
