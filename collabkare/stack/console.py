@@ -12,6 +12,7 @@ from collabkare.stack.errors import StackError
 from collabkare.stack.ports import HOST
 from collabkare.stack.processes import Supervisor
 
+NAME = "console"
 PORT_VARIABLE = "CONSOLE_PORT"
 DEFAULT_PORT = 8000
 
@@ -44,8 +45,8 @@ def start_console(supervisor: Supervisor, port: int, urls: dict[str, str], staff
         "CONSOLE_STAFF_TOKEN": staff_token,
         "PYTHONUNBUFFERED": "1",
     }
-    supervisor.start("console", [sys.executable, "-m", "collabkare.console"], env=env)
-    supervisor.wait_ready("console", lambda: _answers(f"{url}/healthz"), timeout=30)
+    supervisor.start(NAME, [sys.executable, "-m", "collabkare.console"], env=env)
+    supervisor.wait_ready(NAME, lambda: _answers(f"{url}/healthz"), timeout=30)
     return url
 
 

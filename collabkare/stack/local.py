@@ -21,12 +21,14 @@ from collabkare.seeding import practice_registered, publish
 from collabkare.services import MIGRATION_PLANS, SERVICES
 from collabkare.stack import mailbox
 from collabkare.stack.broker import create_topics
+from collabkare.stack.console import NAME as CONSOLE
 from collabkare.stack.console import PORT_VARIABLE as CONSOLE_PORT_VARIABLE
 from collabkare.stack.console import console_port, cors_origins, start_console
 from collabkare.stack.errors import StackError
 from collabkare.stack.infra import Infrastructure, start_infrastructure
 from collabkare.stack.ports import ensure_port_free
 from collabkare.stack.processes import Supervisor
+from collabkare.stack.revive import Reviver
 from collabkare.stack.settings_file import default_workdir, remove_stack_env, write_stack_env
 from schemas.topics import TOPICS, all_topic_names
 from services.runtime.auth import mint_token
@@ -35,6 +37,9 @@ from services.runtime.migrations import migrate
 DATABASE = "collabkare"
 DEMO_PRACTICE_ID = uuid.uuid5(uuid.NAMESPACE_URL, "https://collabkare.example/demo-practice")
 DEMO_PRACTICE_NAME = "Riverside Family Practice"
+# What `make up` restarts when it dies, as a Deployment restarts its pods: the stateless processes. Not the
+# infrastructure (postgres, broker, smtp): the broker keeps its topics in memory, so a new one would have none.
+RESTARTABLE = (*(service.name for service in SERVICES), CONSOLE)
 
 
 @dataclass
@@ -168,9 +173,9 @@ def wait_ready(urls: dict[str, str], supervisor: Supervisor, timeout: float = 90
             time.sleep(0.2)
 
 
-def _ready(url: str) -> bool:
+def _ready(url: str, path: str = "/readyz") -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:  # noqa: S310 - loopback URL we built
+        with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:  # noqa: S310 - loopback URL we built
             return bool(response.status == 200)
     except OSError:
         return False
@@ -213,14 +218,22 @@ def run_foreground() -> int:
         seed_demo_practice(stack)
         token = demo_staff_token(stack.jwt_secret)
         print(banner(stack, token), flush=True)
+        reviver = Reviver(stack.supervisor, RESTARTABLE, ready=lambda name: _answers(stack, name))
         try:
             while True:
-                stack.supervisor.check_alive()
+                stack.infra.check_alive()  # before the services, whose deaths may only follow from it
+                reviver.poll()
                 time.sleep(1)
         except KeyboardInterrupt:
             print("\nstopping…", flush=True)
     print("stopped; no process left behind.")
     return 0
+
+
+def _answers(stack: RunningStack, name: str) -> bool:
+    if name == CONSOLE:
+        return stack.console_url is not None and _ready(stack.console_url, "/healthz")
+    return _ready(stack.urls[name])
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -148,11 +148,23 @@ class Supervisor:
         child = self._children.get(name)
         return bool(child and child.process and child.process.poll() is None)
 
+    def exited(self) -> list[str]:
+        """The children that died without being asked to, in the order they were started."""
+        return [
+            child.name
+            for child in self._children.values()
+            if child.expected and child.process and child.process.poll() is not None
+        ]
+
     def check_alive(self) -> None:
         """Raise StackError for the first child that died without being asked to."""
-        for child in self._children.values():
-            if child.expected and child.process and child.process.poll() is not None:
-                raise StackError(self._death_notice(child))
+        if dead := self.exited():
+            raise StackError(self.death_notice(dead[0]))
+
+    def exit_code(self, name: str) -> int | None:
+        """The last process's exit status (negative: the signal that ended it); None while it runs."""
+        process = self._children[name].process
+        return process.poll() if process else None
 
     def wait_ready(self, name: str, check: Callable[[], bool], timeout: float, every: float = 0.05) -> None:
         """Poll `check` until it returns True; fail early if the child dies, or after `timeout` seconds."""
@@ -161,7 +173,7 @@ class Supervisor:
         last_error = ""
         while True:
             if child.process is None or child.process.poll() is not None:
-                raise StackError(self._death_notice(child))
+                raise StackError(self.death_notice(name))
             try:
                 if check():
                     return
@@ -234,10 +246,12 @@ class Supervisor:
             return " | ".join(tail[-lines:])
         return ""
 
-    def _death_notice(self, child: _Child) -> str:
+    def death_notice(self, name: str) -> str:
+        """One line on a child that ended: its exit code, its log and that log's last line."""
+        child = self._children[name]
         code = child.process.returncode if child.process else None
-        tail = self.log_tail(child.name)
-        return f"{child.name} exited unexpectedly (code {code}): see {child.log_path}, last line: {tail}"
+        tail = self.log_tail(name)
+        return f"{name} exited unexpectedly (code {code}): see {child.log_path}, last line: {tail}"
 
 
 def _wait_until_past(pid: int, wrapper: Path) -> None:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
+from typing import IO
 
 import psutil
 import pytest
 
+from collabkare.stack.infra import plan
 from collabkare.stack.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,28 +64,81 @@ def test_demo_runs_the_scenario_and_leaves_nothing(tmp_path: Path) -> None:
     assert _leftovers(workdir, ports) == []
 
 
+class _Output:
+    """A process's output, read by a thread: every wait for a line is bounded, even if the process hangs."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, text: str, timeout: float) -> str | None:
+        """The first line from here on that contains `text`; None at the end of the output or after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while (line := self._next(deadline - time.monotonic())) is not None:
+            if text in line:
+                return line
+        return None
+
+    def rest(self, timeout: float) -> str:
+        """Everything from here to the end of the output (or `timeout`)."""
+        deadline = time.monotonic() + timeout
+        start = len(self.lines)
+        while self._next(deadline - time.monotonic()) is not None:
+            pass
+        return "".join(self.lines[start:])
+
+    def _next(self, timeout: float) -> str | None:
+        try:
+            line = self._queue.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return None
+        if line is not None:
+            self.lines.append(line)
+        return line
+
+    def __str__(self) -> str:
+        return "".join(self.lines)
+
+
+def _child_pid(parent: int, module: str) -> int:
+    [child] = [
+        process.pid
+        for process in psutil.Process(parent).children(recursive=True)
+        if module in " ".join(process.cmdline())
+    ]
+    return child
+
+
+def _answers_ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
+    """`stack up` serves, restarts a service killed under it (as Kubernetes would) and stops on Ctrl-C."""
     workdir = ROOT / "var" / f"e2e-{uuid.uuid4().hex[:8]}"
     env, ports = _environment(workdir)
     stack = subprocess.Popen(
         [*CLI, "stack", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    output: list[str] = []
+    assert stack.stdout is not None
+    output = _Output(stack.stdout)
     try:
-        assert stack.stdout is not None
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            line = stack.stdout.readline()
-            if not line:
-                break
-            output.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        text = "".join(output)
+        output.wait_for("Ctrl-C stops everything", timeout=180)
+        text = str(output)
         assert "CollabKare local stack is ready" in text, text
         assert f"http://127.0.0.1:{ports['invitations']}" in text
         assert f"staff console  http://127.0.0.1:{env['CONSOLE_PORT']}/" in text
-        token_line = output[output.index("  staff token (practice_manager, 8 h):\n") + 1].strip()
+        token_line = output.lines[output.lines.index("  staff token (practice_manager, 8 h):\n") + 1].strip()
         assert token_line.count(".") == 2, "the banner should print a JWT"
         # The CLI finds this stack through COLLABKARE_STACK_DIR: its stack.env sits in the stack's directory.
         assert "JWT_SECRET=" in (workdir / "stack.env").read_text()
@@ -102,12 +160,60 @@ def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
             check=False,
         )
         assert seeded.returncode == 0 and seeded.stdout.startswith("PatientRegistered "), seeded.stderr
+
+        # A fault drill by hand: the notifier killed as a node would kill it. The stack says so and restarts it.
+        killed = _child_pid(stack.pid, "services.notifier")
+        os.kill(killed, signal.SIGKILL)
+        notice = output.wait_for("notifier exited", timeout=30)
+        assert notice is not None, str(output)
+        log = workdir / "logs" / "notifier.log"
+        assert notice == f"notifier exited unexpectedly (code -9, see {log}): restarting in 1 s\n", str(output)
+        for _ in range(240):  # bounded: about two minutes of polls
+            if _answers_ready(ports["notifier"]):  # after the notice: only the new process can answer
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the notifier did not answer /readyz again:\n{output}\n{log.read_text()[-3000:]}")
+        ready = output.wait_for("notifier is ready again", timeout=30)
+        assert ready is not None, str(output)
+        revived = _child_pid(stack.pid, "services.notifier")
+        assert revived != killed and ready == f"notifier is ready again (pid {revived})\n"
+        assert stack.poll() is None, str(output)
     finally:
         stack.send_signal(signal.SIGINT)
-        remaining, _ = stack.communicate(timeout=90)
-    assert stack.returncode == 0, "".join(output) + remaining
+        try:
+            stack.wait(timeout=90)
+        finally:
+            remaining = output.rest(timeout=10)
+    assert stack.returncode == 0, str(output)
     assert "no process left behind" in remaining
     assert not (workdir / "stack.env").exists()
+    time.sleep(0.5)
+    assert _leftovers(workdir, {**ports, "console": int(env["CONSOLE_PORT"])}) == []
+
+
+@pytest.mark.skipif(plan(os.environ).kafka != "embedded", reason="the broker is not a process of the stack")
+def test_stack_up_stops_when_the_broker_dies(tmp_path: Path) -> None:
+    """The infrastructure is not restarted (the broker keeps its topics in memory): its death ends `stack up`."""
+    workdir = ROOT / "var" / f"e2e-{uuid.uuid4().hex[:8]}"
+    env, ports = _environment(workdir)
+    stack = subprocess.Popen(
+        [*CLI, "stack", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert stack.stdout is not None
+    output = _Output(stack.stdout)
+    try:
+        assert output.wait_for("Ctrl-C stops everything", timeout=180) is not None, str(output)
+        os.kill(_child_pid(stack.pid, "memory://tansu/"), signal.SIGKILL)
+        stack.wait(timeout=90)  # on its own: no Ctrl-C
+    finally:
+        if stack.poll() is None:
+            stack.send_signal(signal.SIGINT)
+            stack.wait(timeout=90)
+    remaining = output.rest(timeout=10)
+    assert stack.returncode == 1, str(output)
+    assert "collabkare: broker exited unexpectedly (code -9)" in remaining, str(output)
+    assert "restarting" not in str(output)
     time.sleep(0.5)
     assert _leftovers(workdir, {**ports, "console": int(env["CONSOLE_PORT"])}) == []
 
