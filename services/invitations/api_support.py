@@ -1,19 +1,27 @@
-"""What every route of the service shares: dependencies (pool, policy, tracing), field types and problem helpers."""
+"""What every route of the service shares: dependencies (pool, policy, tracing, the roster budget), field types and
+problem helpers."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
 from pydantic import AfterValidator, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
+from services.invitations.admission import AdmissionRefused, RosterAdmission
 from services.invitations.domain import Cause
 from services.invitations.handlers import Policy
+from services.invitations.metrics import AdmissionCollector
 from services.invitations.roster import MAX_NOTE, check_note
+from services.invitations.settings import InvitationsSettings
 from services.runtime.http import require_json
-from services.runtime.problems import Problem
+from services.runtime.problems import PROBLEM_JSON, Problem
+from services.runtime.service import ServiceRuntime
 
 
 def _clean_note(note: str | None) -> str | None:
@@ -44,9 +52,62 @@ def _cause(request: Request) -> Cause:
     return Cause(correlation_id=request.state.correlation_id)
 
 
+_ADMISSIONS: weakref.WeakKeyDictionary[ServiceRuntime, RosterAdmission] = weakref.WeakKeyDictionary()
+
+
+def roster_admission(runtime: ServiceRuntime) -> RosterAdmission:
+    """The process's one budget of roster lines (one per runtime, so tests build many), its series in /metrics."""
+    admission = _ADMISSIONS.get(runtime)
+    if admission is None:
+        settings = runtime.settings
+        assert isinstance(settings, InvitationsSettings)
+        admission = RosterAdmission(settings.roster_lines_in_flight, settings.roster_admission_wait_seconds)
+        runtime.metrics.registry.register(AdmissionCollector(admission))
+        _ADMISSIONS[runtime] = admission
+    return admission
+
+
+async def _admission(request: Request) -> RosterAdmission:
+    # async: run on the event loop, never two at once in worker threads building two budgets.
+    return roster_admission(request.app.state.runtime)
+
+
 Pool = Annotated[asyncpg.Pool, Depends(_pool)]
 Policies = Annotated[Policy, Depends(_policy)]
 Tracing = Annotated[Cause, Depends(_cause)]
+Admission = Annotated[RosterAdmission, Depends(_admission)]
+
+
+# The 503 of the roster routes in their OpenAPI responses.
+BUSY: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "Too many roster lines are being worked on at once (type "
+        "`urn:collabkare:problem:rosters-busy`): nothing was done, send the same request again after Retry-After; "
+        "or a dependency is away",
+        "content": {PROBLEM_JSON: {}},
+    }
+}
+
+
+@asynccontextmanager
+async def admitted(admission: RosterAdmission, work: str, lines: int, characters: int = 0) -> AsyncIterator[None]:
+    """The roster's share of the process's budget while the block runs; a 503 when there is no room in time."""
+    try:
+        async with admission.admit(work, lines, characters):
+            yield
+    except AdmissionRefused as refused:  # raised on the way in only: nothing of the block has run
+        raise busy(refused) from None
+
+
+def busy(refused: AdmissionRefused) -> Problem:
+    """503 for a roster that found no room: nothing was done with it, and a retry (same Idempotency-Key) is safe."""
+    return Problem(
+        503,
+        "Too many large rosters are being worked on right now; nothing was done with this one. "
+        f"Try again in {refused.retry_after} seconds.",
+        type_="urn:collabkare:problem:rosters-busy",
+        headers={"Retry-After": str(refused.retry_after)},
+    )
 
 
 async def read_json_body(request: Request) -> bytes:

@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.invitations import api, batch_api, subscribers, sweeper
+from services.invitations.api_support import roster_admission
 from services.invitations.settings import InvitationsSettings
 from services.runtime.logging import get_logger
 from services.runtime.migrations import MigrationPlan
@@ -30,7 +31,10 @@ def build_spec(settings: InvitationsSettings) -> ServiceSpec:
 
 
 def build_runtime(settings: InvitationsSettings) -> ServiceRuntime:
-    return ServiceRuntime(build_spec(settings), settings)
+    runtime = ServiceRuntime(build_spec(settings), settings)
+    # Built now, not at the first roster: /metrics shows the budget (and no refusal yet) from the start.
+    roster_admission(runtime)
+    return runtime
 
 
 def create_app(settings: InvitationsSettings) -> FastAPI:

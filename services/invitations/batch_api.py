@@ -9,19 +9,35 @@ import uuid
 from typing import Annotated, Any
 
 import asyncpg
-import pydantic_core
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.invitations import batch_handlers
-from services.invitations.api_support import Note, Policies, Pool, Tracing, read_json_body, unprocessable
-from services.invitations.batch import count_verdicts
+from services.invitations.api_support import (
+    BUSY,
+    Admission,
+    Note,
+    Policies,
+    Pool,
+    Tracing,
+    admitted,
+    read_json_body,
+    unprocessable,
+)
 from services.invitations.batch_handlers import BatchNotFound, IdempotencyKeyReused
 from services.invitations.batch_repository import BatchRecord
 from services.invitations.domain import Outcome
-from services.invitations.roster import MAX_BYTES, MAX_LINES, Roster, RosterTooLarge, Verdict, parse_roster
-from services.invitations.views import BatchView, PreviewView, ResentView, RowsPage, RowView
+from services.invitations.roster import (
+    MAX_BYTES,
+    MAX_LINES,
+    Roster,
+    RosterTooLarge,
+    Verdict,
+    check_size,
+    parse_roster,
+)
+from services.invitations.views import BatchView, PreviewView, ResentView, RowsPage, RowView, preview_json
 from services.runtime.auth import StaffMember
 from services.runtime.middleware import takes_bodies_up_to
 from services.runtime.openapi import problems
@@ -59,6 +75,14 @@ def _too_large(detail: str) -> Problem:
     return Problem(413, detail, max_lines=MAX_LINES, max_bytes=MAX_BYTES)
 
 
+def _lines(body: RosterBody) -> int:
+    """The roster's lines, or its 413, answered before it waits for room (counted, not split)."""
+    try:
+        return check_size(body.roster)
+    except RosterTooLarge as error:
+        raise _too_large(str(error)) from None
+
+
 async def _parse(body: RosterBody) -> Roster:
     try:
         # In a worker thread: a 100,000-line parse must not stall the event loop (probes, consumers) for 0.5 s.
@@ -80,32 +104,17 @@ def _digest(body: RosterBody) -> bytes:
     "(SSN, or date of birth and phone), which a roster invite would drop: `already_invited`, resend that invite.",
     response_model=PreviewView,
     openapi_extra=_ROSTER_REQUEST,
-    responses=problems(401, 403, 404, 413, 415, 422),
+    responses={**problems(401, 403, 404, 413, 415, 422), **BUSY},
 )
 @takes_bodies_up_to(MAX_BODY)
-async def preview(practice_id: uuid.UUID, staff: StaffMember, request: Request, pool: Pool) -> Response:
-    roster = await batch_handlers.preview(pool, practice_id, await _parse(await _roster(request)))
-    counts = count_verdicts(roster.entries)
-    rows = [
-        {
-            "line_number": e.line_number,
-            "email": e.email,
-            "note": e.note,
-            "verdict": e.verdict.value,
-            "reason": e.reason,
-            "duplicate_of": e.duplicate_of,
-        }
-        for e in roster.entries
-    ]
-    body = {
-        "patients_ready": counts[Verdict.READY.value],
-        "lines": roster.lines,
-        "total": len(roster.entries),
-        "counts": counts,
-        "rows": rows,
-    }
-    # Serialised directly: validating 100,000 row models on the way out would cost more than the parse.
-    return Response(pydantic_core.to_json(body), media_type="application/json")
+async def preview(
+    practice_id: uuid.UUID, staff: StaffMember, request: Request, pool: Pool, admission: Admission
+) -> Response:
+    body = await _roster(request)
+    async with admitted(admission, "preview", _lines(body), len(body.roster)):
+        # The answer is built inside: its rows and JSON are most of a preview's memory.
+        answer = preview_json(await batch_handlers.preview(pool, practice_id, await _parse(body)))
+    return Response(answer, media_type="application/json")
 
 
 @router.post(
@@ -114,7 +123,7 @@ async def preview(practice_id: uuid.UUID, staff: StaffMember, request: Request, 
     summary="Send a roster: stores the batch, invites every ready line, answers at once",
     description="A repeated Idempotency-Key returns the first batch (header Idempotent-Replayed: true).",
     openapi_extra=_ROSTER_REQUEST,
-    responses=problems(401, 403, 404, 413, 415, 422),
+    responses={**problems(401, 403, 404, 413, 415, 422), **BUSY},
 )
 @takes_bodies_up_to(MAX_BODY)
 async def submit(
@@ -125,6 +134,7 @@ async def submit(
     pool: Pool,
     policy: Policies,
     cause: Tracing,
+    admission: Admission,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description="1-200 visible ASCII")] = None,
 ) -> BatchView:
     if idempotency_key is not None and not _KEY.match(idempotency_key):
@@ -140,20 +150,22 @@ async def submit(
             earlier = await batch_handlers.find_by_key(pool, practice_id, idempotency_key, digest)
             if earlier is not None:
                 return await _replayed(pool, earlier, response)
-        roster = await _parse(body)
-        if not roster.entries:
-            message = "no email line: only blank lines or comments (# ...)"
-            raise unprocessable(f"Nothing to send: the roster has {message}.", [("roster", "no_emails", message)])
-        submission = await batch_handlers.submit_roster(
-            pool,
-            policy,
-            practice_id,
-            roster,
-            idempotency_key=idempotency_key,
-            digest=digest,
-            actor=staff.subject,
-            cause=cause,
-        )
+        # Refused here, nothing is stored: the client's retry with the same Idempotency-Key is a first send.
+        async with admitted(admission, "submit", _lines(body), len(body.roster)):
+            roster = await _parse(body)
+            if not roster.entries:
+                message = "no email line: only blank lines or comments (# ...)"
+                raise unprocessable(f"Nothing to send: the roster has {message}.", [("roster", "no_emails", message)])
+            submission = await batch_handlers.submit_roster(
+                pool,
+                policy,
+                practice_id,
+                roster,
+                idempotency_key=idempotency_key,
+                digest=digest,
+                actor=staff.subject,
+                cause=cause,
+            )
     except IdempotencyKeyReused as error:
         rule = {"field": "Idempotency-Key", "rule": "reused", "message": str(error)}
         raise Problem(422, str(error), errors=[rule]) from None
@@ -238,15 +250,24 @@ async def not_on_platform(practice_id: uuid.UUID, batch_id: uuid.UUID, staff: St
     description="Every such row gets a new invite (the old one is revoked); a patient who has still not "
     "registered ends `not_on_platform` again, so press it once they have. A row whose patient was since invited "
     "on their own, with an identity check, is flagged `already_invited` instead: resend that invite.",
-    responses=problems(401, 403, 404, 422),
+    responses={**problems(401, 403, 404, 422), **BUSY},
 )
 async def resend_not_on_platform(
-    practice_id: uuid.UUID, batch_id: uuid.UUID, staff: StaffMember, pool: Pool, policy: Policies, cause: Tracing
+    practice_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    staff: StaffMember,
+    pool: Pool,
+    policy: Policies,
+    cause: Tracing,
+    admission: Admission,
 ) -> ResentView:
     try:
-        result = await batch_handlers.resend_not_on_platform(
-            pool, policy, practice_id, batch_id, actor=staff.subject, cause=cause
-        )
+        # Weighed by the rows it would resend: it holds them all (locked) while it works through them.
+        rows = await batch_handlers.not_on_platform_count(pool, practice_id, batch_id)
+        async with admitted(admission, "resend", rows):
+            result = await batch_handlers.resend_not_on_platform(
+                pool, policy, practice_id, batch_id, actor=staff.subject, cause=cause
+            )
     except BatchNotFound as error:
         raise Problem(404, str(error)) from None
     return ResentView(batch_id=batch_id, **vars(result))

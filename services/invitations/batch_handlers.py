@@ -230,6 +230,13 @@ async def not_on_platform(pool: asyncpg.Pool, practice_id: uuid.UUID, batch_id: 
     return await batch_repository.not_on_platform_emails(pool, batch_id)
 
 
+async def not_on_platform_count(pool: asyncpg.Pool, practice_id: uuid.UUID, batch_id: uuid.UUID) -> int:
+    """The rows a resend of the batch would take up now: what it weighs against the roster budget."""
+    if await batch_repository.find_batch(pool, practice_id, batch_id) is None:
+        raise BatchNotFound()
+    return (await batch_repository.count_outcomes(pool, batch_id)).get(Outcome.NOT_ON_PLATFORM.value, 0)
+
+
 async def resend_not_on_platform(
     pool: asyncpg.Pool, policy: Policy, practice_id: uuid.UUID, batch_id: uuid.UUID, *, actor: str, cause: Cause
 ) -> Resent:

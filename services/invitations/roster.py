@@ -117,17 +117,33 @@ def split_lines(text: str) -> list[str]:
     return lines
 
 
+def count_lines(text: str) -> int:
+    """len(split_lines(text)), without building the lines: counting breaks costs no memory."""
+    start = 1 if text.startswith(BOM) else 0
+    if len(text) == start:
+        return 0
+    breaks = text.count("\n") + text.count("\r") - text.count("\r\n")  # a CRLF is one break
+    return breaks if text.endswith(("\n", "\r")) else breaks + 1
+
+
+def check_size(text: str) -> int:
+    """The roster's lines; RosterTooLarge past MAX_BYTES or MAX_LINES (no per-line work: answered at once)."""
+    if len(text) > MAX_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise RosterTooLarge(f"The roster is larger than {MAX_BYTES // (1024 * 1024)} MB.", f"{MAX_BYTES} bytes")
+    lines = count_lines(text)
+    if lines > MAX_LINES:
+        detail = f"The roster has {lines:,} lines; at most {MAX_LINES:,} are allowed."
+        raise RosterTooLarge(detail, f"{MAX_LINES} lines")
+    return lines
+
+
 def parse_roster(text: str, default_note: str | None = None) -> Roster:
     """Every entry with its verdict: ready, invalid or duplicate (of an earlier valid line, ignoring case).
 
     Raises RosterTooLarge past MAX_BYTES or MAX_LINES, before any per-line work.
     """
-    if len(text) > MAX_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
-        raise RosterTooLarge(f"The roster is larger than {MAX_BYTES // (1024 * 1024)} MB.", f"{MAX_BYTES} bytes")
+    check_size(text)
     lines = split_lines(text)
-    if len(lines) > MAX_LINES:
-        detail = f"The roster has {len(lines):,} lines; at most {MAX_LINES:,} are allowed."
-        raise RosterTooLarge(detail, f"{MAX_LINES} lines")
     default = (default_note or "").strip() or None
     unique: dict[str, Entry] = {}
     return Roster(list(_entries(lines, default, unique)), len(lines), unique)

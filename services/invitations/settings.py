@@ -30,6 +30,15 @@ class InvitationsSettings(RuntimeSettings):
     )
     invite_ttl_days: float = Field(default=7, gt=0, le=365, description="An invite expires this long after sending")
     expiry_sweep_seconds: float = Field(default=60.0, gt=0, description="How often pending invites are expired")
+    roster_lines_in_flight: int = Field(
+        default=200_000,
+        ge=1_000,
+        description="Roster lines this process works on at once (preview, send, resend); a roster that finds no "
+        "room within ROSTER_ADMISSION_WAIT_SECONDS is answered 503 with Retry-After. Bounds the memory.",
+    )
+    roster_admission_wait_seconds: float = Field(
+        default=5.0, ge=0, le=60, description="How long a roster waits for room before its 503"
+    )
 
     @field_validator("public_base_url")
     @classmethod

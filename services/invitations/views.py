@@ -5,12 +5,14 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import pydantic_core
 from pydantic import BaseModel, Field
 
 from services.invitations.acceptance import accepted_factors
+from services.invitations.batch import count_verdicts
 from services.invitations.batch_repository import BatchRecord
 from services.invitations.domain import Invite, InviteStatus, Outcome
-from services.invitations.roster import Verdict
+from services.invitations.roster import Roster, Verdict
 
 
 class InviteView(BaseModel):
@@ -110,6 +112,31 @@ class PreviewView(BaseModel):
     total: int = Field(description="Entries: lines that are neither blank nor comments")
     counts: dict[Verdict, int]
     rows: list[VerdictView]
+
+
+def preview_json(roster: Roster) -> bytes:
+    """A PreviewView as JSON, built from the roster straight away."""
+    counts = count_verdicts(roster.entries)
+    rows = [
+        {
+            "line_number": e.line_number,
+            "email": e.email,
+            "note": e.note,
+            "verdict": e.verdict.value,
+            "reason": e.reason,
+            "duplicate_of": e.duplicate_of,
+        }
+        for e in roster.entries
+    ]
+    body = {
+        "patients_ready": counts[Verdict.READY.value],
+        "lines": roster.lines,
+        "total": len(roster.entries),
+        "counts": counts,
+        "rows": rows,
+    }
+    # Serialised directly: validating 100,000 row models on the way out would cost more than the parse.
+    return pydantic_core.to_json(body)
 
 
 _BATCHES = "/v1/practices/{practice_id}/invite-batches"

@@ -93,6 +93,8 @@ def _complete_operation(path: str, operation: dict[str, Any]) -> None:
         response = responses[status]
         if status == "401":
             response.setdefault("headers", {})["WWW-Authenticate"] = _CHALLENGE
+        if status == "503":  # a route that describes its own 503 keeps the header every 503 has
+            response.setdefault("headers", {})["Retry-After"] = _RETRY_AFTER
     if path.startswith("/v1/"):
         operation["security"] = [{"bearer": []}]
         responses.setdefault("500", _problem("Internal server error: the detail quotes the correlation id"))

@@ -40,3 +40,10 @@ async def test_every_email_kind_and_outcome_is_at_zero_before_the_first() -> Non
         for outcome in get_args(Outcome):
             assert _value(text, f'emails_total{{kind="{kind}",outcome="{outcome}"}}') == 0.0, (kind, outcome)
     assert "error" in get_args(Outcome), "the error-share alert reads outcome=error"
+
+
+async def test_every_roster_work_s_refusals_are_at_zero_before_the_first() -> None:
+    text = await _scrape(runtimes()["invitations"])
+    for work in ("preview", "submit", "resend"):
+        assert _value(text, f'roster_admissions_refused_total{{work="{work}"}}') == 0.0, work
+    assert _value(text, 'roster_lines_budget{lane="large"}') == 200_000.0

@@ -17,6 +17,8 @@ from services.invitations.roster import (
     Verdict,
     check_email,
     check_email_thoroughly,
+    check_size,
+    count_lines,
     parse_roster,
     split_lines,
 )
@@ -164,6 +166,16 @@ def test_line_endings_and_bom_do_not_change_verdicts(text: str) -> None:
 
 
 @PROPERTY
+@given(st.lists(st.sampled_from(["\r", "\n", "\r\n", "\ufeff", "a", " ", "#"])).map("".join))
+@example("")
+@example("\ufeff")
+@example("\r\r\n\n")
+def test_counting_lines_agrees_with_splitting_them(text: str) -> None:
+    # Admission weighs a roster by its lines before parsing it: the count must be the parser's.
+    assert count_lines(text) == len(split_lines(text))
+
+
+@PROPERTY
 @given(rosters())
 def test_every_verdict_has_its_line_and_a_reason_unless_ready(text: str) -> None:
     roster = parse_roster(text)
@@ -297,6 +309,9 @@ def test_limits() -> None:
     assert len(parse_roster(at_limit).entries) == MAX_LINES
     with pytest.raises(RosterTooLarge, match="100,001 lines"):
         parse_roster(at_limit + "b@example.com")
+    assert check_size(at_limit) == MAX_LINES
+    with pytest.raises(RosterTooLarge, match="100,001 lines"):
+        check_size("\r\n" * MAX_LINES + "b@example.com")
     with pytest.raises(RosterTooLarge, match="5 MB"):
         parse_roster("#" * (MAX_BYTES + 1))
     with pytest.raises(RosterTooLarge, match="5 MB"):
