@@ -12,6 +12,9 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -123,17 +126,47 @@ def _answers_ready(port: int) -> bool:
         return False
 
 
-def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
-    """`stack up` serves, restarts a service killed under it (as Kubernetes would) and stops on Ctrl-C."""
+@dataclass
+class _StackUp:
+    process: subprocess.Popen[str]
+    output: _Output
+    workdir: Path
+    env: dict[str, str]
+    ports: dict[str, int]
+    remaining: str = ""  # the output after the block: the stack's last lines
+
+    def leftovers(self) -> list[str]:
+        time.sleep(0.5)
+        return _leftovers(self.workdir, {**self.ports, "console": int(self.env["CONSOLE_PORT"])})
+
+
+@contextmanager
+def _stack_up() -> Iterator[_StackUp]:
+    """`collabkare stack up` in its own directory and ports, past its banner; interrupted (Ctrl-C) after the block
+    unless it ended by itself."""
     workdir = ROOT / "var" / f"e2e-{uuid.uuid4().hex[:8]}"
     env, ports = _environment(workdir)
-    stack = subprocess.Popen(
+    process = subprocess.Popen(
         [*CLI, "stack", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    assert stack.stdout is not None
-    output = _Output(stack.stdout)
+    assert process.stdout is not None
+    stack = _StackUp(process, _Output(process.stdout), workdir, env, ports)
     try:
-        output.wait_for("Ctrl-C stops everything", timeout=180)
+        assert stack.output.wait_for("Ctrl-C stops everything", timeout=180) is not None, str(stack.output)
+        yield stack
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=90)
+        finally:
+            stack.remaining = stack.output.rest(timeout=10)
+
+
+def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
+    """`stack up` serves, restarts a service killed under it (as Kubernetes would) and stops on Ctrl-C."""
+    with _stack_up() as stack:
+        output, env, ports, workdir = stack.output, stack.env, stack.ports, stack.workdir
         text = str(output)
         assert "CollabKare local stack is ready" in text, text
         assert f"http://127.0.0.1:{ports['invitations']}" in text
@@ -162,7 +195,7 @@ def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
         assert seeded.returncode == 0 and seeded.stdout.startswith("PatientRegistered "), seeded.stderr
 
         # A fault drill by hand: the notifier killed as a node would kill it. The stack says so and restarts it.
-        killed = _child_pid(stack.pid, "services.notifier")
+        killed = _child_pid(stack.process.pid, "services.notifier")
         os.kill(killed, signal.SIGKILL)
         notice = output.wait_for("notifier exited", timeout=30)
         assert notice is not None, str(output)
@@ -176,46 +209,25 @@ def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
             pytest.fail(f"the notifier did not answer /readyz again:\n{output}\n{log.read_text()[-3000:]}")
         ready = output.wait_for("notifier is ready again", timeout=30)
         assert ready is not None, str(output)
-        revived = _child_pid(stack.pid, "services.notifier")
+        revived = _child_pid(stack.process.pid, "services.notifier")
         assert revived != killed and ready == f"notifier is ready again (pid {revived})\n"
-        assert stack.poll() is None, str(output)
-    finally:
-        stack.send_signal(signal.SIGINT)
-        try:
-            stack.wait(timeout=90)
-        finally:
-            remaining = output.rest(timeout=10)
-    assert stack.returncode == 0, str(output)
-    assert "no process left behind" in remaining
-    assert not (workdir / "stack.env").exists()
-    time.sleep(0.5)
-    assert _leftovers(workdir, {**ports, "console": int(env["CONSOLE_PORT"])}) == []
+        assert stack.process.poll() is None, str(output)
+    assert stack.process.returncode == 0, str(stack.output)
+    assert "no process left behind" in stack.remaining
+    assert not (stack.workdir / "stack.env").exists()
+    assert stack.leftovers() == []
 
 
 @pytest.mark.skipif(plan(os.environ).kafka != "embedded", reason="the broker is not a process of the stack")
 def test_stack_up_stops_when_the_broker_dies(tmp_path: Path) -> None:
     """The infrastructure is not restarted (the broker keeps its topics in memory): its death ends `stack up`."""
-    workdir = ROOT / "var" / f"e2e-{uuid.uuid4().hex[:8]}"
-    env, ports = _environment(workdir)
-    stack = subprocess.Popen(
-        [*CLI, "stack", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert stack.stdout is not None
-    output = _Output(stack.stdout)
-    try:
-        assert output.wait_for("Ctrl-C stops everything", timeout=180) is not None, str(output)
-        os.kill(_child_pid(stack.pid, "memory://tansu/"), signal.SIGKILL)
-        stack.wait(timeout=90)  # on its own: no Ctrl-C
-    finally:
-        if stack.poll() is None:
-            stack.send_signal(signal.SIGINT)
-            stack.wait(timeout=90)
-    remaining = output.rest(timeout=10)
-    assert stack.returncode == 1, str(output)
-    assert "collabkare: broker exited unexpectedly (code -9)" in remaining, str(output)
-    assert "restarting" not in str(output)
-    time.sleep(0.5)
-    assert _leftovers(workdir, {**ports, "console": int(env["CONSOLE_PORT"])}) == []
+    with _stack_up() as stack:
+        os.kill(_child_pid(stack.process.pid, "memory://tansu/"), signal.SIGKILL)
+        stack.process.wait(timeout=90)  # on its own: no Ctrl-C
+    assert stack.process.returncode == 1, str(stack.output)
+    assert "collabkare: broker exited unexpectedly (code -9)" in stack.remaining, str(stack.output)
+    assert "restarting" not in str(stack.output)
+    assert stack.leftovers() == []
 
 
 def test_busy_port_gives_one_clear_line(tmp_path: Path) -> None:
