@@ -39,6 +39,7 @@ from services.invitations.roster import (
 )
 from services.invitations.views import BatchView, PreviewView, ResentView, RowsPage, RowView, preview_json
 from services.runtime.auth import StaffMember
+from services.runtime.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_client_leaves
 from services.runtime.middleware import takes_bodies_up_to
 from services.runtime.openapi import problems
 from services.runtime.problems import Problem
@@ -111,10 +112,18 @@ async def preview(
     practice_id: uuid.UUID, staff: StaffMember, request: Request, pool: Pool, admission: Admission
 ) -> Response:
     body = await _roster(request)
-    async with admitted(admission, "preview", _lines(body), len(body.roster)):
-        # The answer is built inside: its rows and JSON are most of a preview's memory.
-        answer = preview_json(await batch_handlers.preview(pool, practice_id, await _parse(body)))
-    return Response(answer, media_type="application/json")
+
+    async def answer() -> bytes:
+        async with admitted(admission, "preview", _lines(body), len(body.roster)):
+            # The answer is built inside: its rows and JSON are most of a preview's memory.
+            return preview_json(await batch_handlers.preview(pool, practice_id, await _parse(body)))
+
+    # The console previews as staff type, and drops the preview it no longer needs: one nobody waits for must
+    # neither hold the roster budget nor keep the database busy.
+    try:
+        return Response(await unless_client_leaves(request, answer()), media_type="application/json")
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 @router.post(

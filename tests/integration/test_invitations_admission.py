@@ -4,16 +4,20 @@ nothing of it is stored, and the client's retry (same Idempotency-Key) goes thro
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+import uvicorn
 
 from collabkare.stack.infra import Infrastructure
+from collabkare.stack.ports import free_port
+from services.invitations.api_support import roster_admission
 from services.invitations.repository import LOCK_PRACTICE
 from services.invitations.roster import MAX_LINES
 from tests.integration.invitations_harness import Service, running_service, staff
@@ -165,3 +169,51 @@ async def _waiting_for_lock(admin: asyncpg.Pool) -> bool:
         " WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
     )
     return bool(waiting)
+
+
+async def test_a_preview_its_client_dropped_leaves_the_queue_at_once(
+    infra: Infrastructure, template_database: str
+) -> None:
+    """The console drops a preview when the roster changes under it. Over a real connection (uvicorn), a preview
+    waiting for room went on waiting for nobody, ahead of the one the staff member now wants; now it leaves."""
+    async with running_service(
+        infra, template_database, consuming=False, roster_lines_in_flight=BUDGET, roster_admission_wait_seconds=30
+    ) as service:
+        admission = roster_admission(service.runtime)
+        port = free_port()
+        config = uvicorn.Config(
+            service.runtime.http_app(), host="127.0.0.1", port=port, lifespan="off", log_config=None
+        )
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        holder, waiter = uuid.uuid4(), uuid.uuid4()
+        try:
+            async with _practices_locked(service, [holder]):
+                held = _submit(service, holder, _roster(holder))  # admitted, then held at the practice's lock
+                await _until(lambda: admission.in_flight == LINES)
+                body = json.dumps({"roster": _roster(waiter)}).encode()
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                head = f"POST /v1/practices/{waiter}/roster/preview HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                auth = "".join(f"{name}: {value}\r\n" for name, value in staff(waiter).items())
+                writer.write(
+                    f"{head}{auth}Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                )
+                writer.write(body)
+                await writer.drain()
+                await _until(lambda: admission.large.waiting == 1)  # no room: 5,000 of 8,000 lines are held
+                writer.close()  # the console's AbortController
+                await writer.wait_closed()
+                await _until(lambda: admission.large.waiting == 0)
+            assert (await held).status_code == 202
+            assert admission.in_flight == 0
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(serving, 30)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(200):  # bounded: about ten seconds
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail("the condition never held")
