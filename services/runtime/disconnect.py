@@ -29,15 +29,12 @@ async def unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -
         await asyncio.wait({working, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
-        if not working.done():
-            working.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await gone
-    if working.cancelled() or not working.done():
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await working
-        raise ClientGone
-    return working.result()
+        working.cancel()  # nothing, if it has finished
+    if working.done():
+        return working.result()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await working  # its cancellation ends here, not behind our back
+    raise ClientGone
 
 
 async def _disconnect(request: Request) -> None:
