@@ -43,7 +43,11 @@ class ConnectionApprovedPayload(Contract):
     patient_id: uuid.UUID
     patient_email: EmailAddress
     via: Literal["request", "invite"]
-    request_id: uuid.UUID | None = Field(default=None, description="Set when via is request.")
+    request_id: uuid.UUID | None = Field(
+        default=None,
+        description="The connection request this approves: set when via is request, and when via is invite and the "
+        "patient had a request pending, which the accepted invite answered (the request is approved too).",
+    )
     invite_id: uuid.UUID | None = Field(default=None, description="Set when via is invite.")
     approved_by: str = Field(
         max_length=200,

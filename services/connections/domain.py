@@ -261,16 +261,18 @@ def connect_by_invite(
             )
         )
     cause = Cause(accepted.correlation_id, str(accepted.event_id))
+    # The event names the request it approved too: whoever follows requests by their events sees this one end.
+    answered = pending.id if pending is not None else None
     return Change(
         changed=True,
         new_connection=connection,
         closed_requests=closed,
         audit=tuple(audit),
-        events=(_approved_event(connection, cause),),
+        events=(_approved_event(connection, cause, answered),),
     )
 
 
-def _approved_event(connection: Connection, cause: Cause) -> ConnectionApproved:
+def _approved_event(connection: Connection, cause: Cause, answered: uuid.UUID | None = None) -> ConnectionApproved:
     return ConnectionApproved(
         producer=PRODUCER,
         practice_id=connection.practice_id,
@@ -282,7 +284,7 @@ def _approved_event(connection: Connection, cause: Cause) -> ConnectionApproved:
             patient_id=connection.patient_id,
             patient_email=connection.patient_email,
             via=connection.via,
-            request_id=connection.request_id,
+            request_id=connection.request_id or answered,
             invite_id=connection.invite_id,
             approved_by=connection.approved_by,
             approved_at=connection.connected_at,

@@ -206,7 +206,10 @@ def test_an_accepted_invite_answers_a_pending_request() -> None:
         ("invite_accepted", str(PATIENT.patient_id)),
         ("approved", "staff-9"),
     ]
-    assert len(change.events) == 1
+    (event,) = change.events
+    # The request's end is announced too: it names the request a consumer saw in ConnectionRequested.
+    assert isinstance(event, ConnectionApproved) and event.payload.request_id == pending.id
+    assert event.payload.via == "invite" and event.payload.invite_id == change.new_connection.invite_id
 
 
 def test_an_accepted_invite_for_a_connected_patient_is_a_no_op() -> None:
