@@ -54,7 +54,10 @@ _BASE = "/v1/practices/{practice_id}/invite-batches"
 
 class RosterBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    roster: str = Field(description=f"One email per line, optional note after the first comma; {MAX_LINES:,} lines")
+    roster: str = Field(
+        description=f"One email per line, optional note after the first comma; at most {MAX_LINES:,} lines and "
+        f"{MAX_BYTES // (1024 * 1024)} MB of UTF-8 text (a larger roster gets a 413 naming the limit: split it)"
+    )
     default_note: Note = None
 
 
