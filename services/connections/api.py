@@ -101,8 +101,9 @@ def _already_decided(error: AlreadyDecided) -> Problem:
     description=(
         "201 with the new pending request; 200 with the existing one when the patient already asked. The patient "
         "is the token's: `sub` (the patient id), `email`, and `name` if it carries one (the request's display_name, "
-        "as staff see it: on one line, control characters as spaces, cut at 200 characters). The practice must be one the platform registered (PracticeRegistered): any other "
-        "`practice_id` is a 422 naming it (rule `registered_practice`)."
+        "as staff see it: on one line, control characters as spaces, cut at 200 characters). The practice must be "
+        "one the platform registered (PracticeRegistered): any other `practice_id` is a 422 naming it (rule "
+        "`registered_practice`)."
     ),
     responses={
         200: {"description": "The patient's pending request, unchanged", "model": ConnectionRequestView},

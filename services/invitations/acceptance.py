@@ -9,7 +9,7 @@ from enum import StrEnum
 
 from schemas import Envelope
 from services.invitations import identity
-from services.invitations.domain import MAX_FACTOR_ATTEMPTS, Cause, Invite, InviteStatus, email_key
+from services.invitations.domain import MAX_FACTOR_ATTEMPTS, Cause, IdentityFactor, Invite, InviteStatus, email_key
 from services.invitations.events import accepted_event, expired_event
 
 
@@ -45,13 +45,13 @@ class Acceptance:
         return max(0, MAX_FACTOR_ATTEMPTS - self.invite.failed_attempts)
 
 
-def accepted_factors(invite: Invite) -> list[str]:
-    """The answers this invite can check, as the request fields that carry them."""
-    names = []
+def accepted_factors(invite: Invite) -> list[IdentityFactor]:
+    """The answers this invite can check, named as InviteRequested's identity_check names them."""
+    names: list[IdentityFactor] = []
     if invite.digests.ssn is not None:
         names.append("ssn")
     if invite.digests.date_of_birth is not None and invite.digests.phone is not None:
-        names.append("date_of_birth and phone")
+        names.append("date_of_birth_and_phone")
     return names
 
 

@@ -11,6 +11,8 @@ from typing import Literal
 
 from services.invitations.identity import Digests
 
+IdentityFactor = Literal["ssn", "date_of_birth_and_phone"]  # what accepting asks for, as events name it
+
 MAX_FACTOR_ATTEMPTS = 5  # wrong identity answers before an invite locks
 NO_FACTORS = Digests()  # roster invites: the token (and the patient's account email) is the proof
 
@@ -127,7 +129,7 @@ class Invite:
         return email_key(self.email)
 
     @property
-    def identity_check(self) -> Literal["ssn", "date_of_birth_and_phone"] | None:
+    def identity_check(self) -> IdentityFactor | None:
         """What accepting will ask the patient for (the email says so); None for a roster invite."""
         if self.digests.ssn is not None:
             return "ssn"

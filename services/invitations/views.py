@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from services.invitations.acceptance import accepted_factors
 from services.invitations.batch import count_verdicts
 from services.invitations.batch_repository import BatchRecord
-from services.invitations.domain import Invite, InviteStatus, Outcome
+from services.invitations.domain import IdentityFactor, Invite, InviteStatus, Outcome
 from services.invitations.roster import Roster, Verdict
 
 
@@ -31,7 +31,10 @@ class InviteView(BaseModel):
     )
     delivery_reason: str | None
     delivered_at: datetime | None = Field(description="When the SMTP server accepted the email (delivery `sent` only)")
-    identity_factors: list[str] = Field(description="What acceptance checks: ssn, and/or date_of_birth and phone")
+    identity_factors: list[IdentityFactor] = Field(
+        description="What acceptance checks: ssn, and/or date_of_birth_and_phone (the two together), as "
+        "InviteRequested's identity_check names them"
+    )
     sent_by: str
     sent_at: datetime
     expires_at: datetime

@@ -131,7 +131,7 @@ async def test_identity_factors_are_stored_only_as_keyed_digests(service: Servic
     assert response.status_code == 201, response.text
     invite = response.json()
     assert invite["status"] == "pending" and invite["delivery"] == "queued" and invite["email"] == "Ann.Lee@example.com"
-    assert invite["identity_factors"] == ["ssn", "date_of_birth and phone"] and invite["batch_id"] is None
+    assert invite["identity_factors"] == ["ssn", "date_of_birth_and_phone"] and invite["batch_id"] is None
     (event,) = (await service.requested(practice)).values()
     assert event["payload"]["invite_id"] == invite["id"] and event["payload"]["note"] == "Hello"
     assert event["payload"]["batch_id"] is None and event["payload"]["line_number"] is None
