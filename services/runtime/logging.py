@@ -34,9 +34,14 @@ DROPPED_KEYS = frozenset(
         "input",  # pydantic's errors(): the value that failed validation
     }
 )
-EMAIL = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+# Addresses are international (renée@bücher.de): \w is any script's letter or digit. A quoted local part ("jane
+# doe"@example.com) is masked whole.
+EMAIL = re.compile(r'(?:"[^"\r\n]*"|([\w%+\-])[\w.%+\-]*)@((?:[\w\-]+\.)+[\w\-]{2,})')
 SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
-PHONE = re.compile(r"(?:\+\d{1,3}[\s.\-]?)?\(?\b\d{3}\)?[\s.\-]?\d{3}[\s.\-]?\d{4}\b")
+PHONE = re.compile(
+    r"(?:\+\d{1,3}[\s.\-]?)?\(?\b\d{3}\)?[\s.\-]?\d{3}[\s.\-]?\d{4}\b"  # North American
+    r"|\+\d(?:[\s.\-]?\(?\d\)?){6,14}(?!\d)"  # international, +44 20 7946 0958: a plus, then 7 to 15 digits
+)
 # A pydantic ValidationError's text quotes the value it refused ("[type=…, input_value='Jane Doe', input_type=str]"),
 # whether it arrives as repr(error), str(error) or a traceback: a name or a note in any of them.
 PYDANTIC_INPUT = re.compile(r"input_value=.*?(?=, input_type=|$)")  # $: a text cut short (repr(error)[:300])
@@ -46,7 +51,11 @@ TRUSTED_KEYS = frozenset({"timestamp", "level", "service", "event_id", "correlat
 
 def mask_email(address: str) -> str:
     """j***@example.com: enough to tell addresses apart in an incident, not enough to contact anyone."""
-    return EMAIL.sub(r"\1***@\2", address)
+    return EMAIL.sub(_masked, address)
+
+
+def _masked(match: re.Match[str]) -> str:
+    return f"{match[1] or ''}***@{match[2]}"
 
 
 def scrub_text(text: str) -> str:

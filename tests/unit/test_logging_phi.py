@@ -55,6 +55,24 @@ def test_mask_email_keeps_the_first_letter_and_the_domain() -> None:
     assert mask_email("write to a.b+c@mail.example.org now") == "write to a***@mail.example.org now"
 
 
+def test_international_and_quoted_addresses_are_masked_too() -> None:
+    """The API takes international addresses (idn-email); an SMTP reply quoting one reached the logs and the
+    DeliveryOutcome's reason in clear, masked from its first ASCII run only."""
+    reply = "550 5.1.1 <renée.rejetée@example.com>: no such user"
+    assert mask_email(reply) == "550 5.1.1 <r***@example.com>: no such user"
+    assert mask_email("user@bücher.de") == "u***@bücher.de"
+    assert mask_email("为了@例子.广告 and Ωμέγα@παράδειγμα.δοκιμή") == "为***@例子.广告 and Ω***@παράδειγμα.δοκιμή"
+    assert mask_email('from "jane doe"@example.com') == "from ***@example.com"
+    assert mask_email("postgresql://svc@127.0.0.1:5432/db") == "postgresql://svc@127.0.0.1:5432/db", "no domain name"
+
+
+@pytest.mark.parametrize("phone", ["+44 20 7946 0958", "+33 1 42 68 53 00", "+49-30-901820", "+61 (2) 9374 4000"])
+def test_international_phone_numbers_are_redacted(captured: io.StringIO, phone: str) -> None:
+    get_logger("test").warning("smtp.failed", error=f"call {phone} to reach the patient")
+    (line,) = [json.loads(line) for line in captured.getvalue().splitlines()]
+    assert line["error"] == "call [redacted] to reach the patient"
+
+
 def test_a_validation_error_never_quotes_the_value_it_refused(captured: io.StringIO) -> None:
     """pydantic puts the refused value in its error text: a name or a note, in a repr, a traceback or errors()."""
 
