@@ -31,6 +31,7 @@ from services.notifier.mailer import Mailer, SmtpConnection
 from services.notifier.messages import Renderer
 from services.notifier.metrics import NotifierMetrics, metrics_for
 from services.notifier.settings import NotifierSettings
+from services.runtime.cancel import being_cancelled, cancel_within
 from services.runtime.logging import get_logger
 
 if TYPE_CHECKING:
@@ -243,6 +244,8 @@ class _Run:
                 finals, retries = await handlers.record_attempts(self.pool, batch, self.sender.policy, self.owner)
                 break
             except Exception as error:
+                if being_cancelled():
+                    raise  # stopping: the rows stay `sending` and their lease decides (the documented window)
                 # The emails are sent: keep trying to record them, never drop the results.
                 failures += 1
                 log.warning("sender.record_failed", error=repr(error)[:300], attempt=failures, count=len(batch))
@@ -351,8 +354,4 @@ class _Run:
 
 
 async def _cancel(*tasks: asyncio.Task[None]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await cancel_within(1.0, *tasks)  # one still waiting on a database that stopped answering ends with the pool

@@ -63,7 +63,9 @@ async def database_reachable(pool: asyncpg.Pool | None, timeout: float = 2.0) ->
     if pool is None:
         return False
     try:
-        async with asyncio.timeout(timeout), pool.acquire() as connection:
+        # The acquire's timeout bounds the release too: one cancelled by the timeout is waited for that long, then
+        # terminated (unbounded, a probe to a database that stopped answering hung for 20 s).
+        async with asyncio.timeout(timeout), pool.acquire(timeout=timeout) as connection:
             return await connection.fetchval("SELECT 1") == 1
     except Exception:
         return False
@@ -86,7 +88,10 @@ async def unlisten(
     pool: asyncpg.Pool, connection: asyncpg.Connection | None, channel: str, callback: Callable[..., object]
 ) -> None:
     if connection is not None:
+        # Bounded: an UNLISTEN to a database that stopped answering waited out the 60 s command timeout, and held a
+        # service's shutdown past its grace period. A release that times out terminates the connection.
         with contextlib.suppress(Exception):
-            await connection.remove_listener(channel, callback)
+            async with asyncio.timeout(2):
+                await connection.remove_listener(channel, callback)
         with contextlib.suppress(Exception):
             await pool.release(connection, timeout=2)

@@ -14,6 +14,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from murmurhash2 import murmurhash2
 
+from services.runtime.cancel import cancel_within
 from services.runtime.database import listen, unlisten
 from services.runtime.kafka import KafkaSecurity
 from services.runtime.logging import get_logger
@@ -106,11 +107,11 @@ class OutboxRelay:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._schema}")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Bounded: a relay cancelled inside a statement to a database that stopped answering waits for its rollback
+        (the pool's 60 s command timeout); it is left to end when the service terminates the pool."""
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_within(timeout, self._task)
         await self._close_producer()
 
     def wake(self) -> None:

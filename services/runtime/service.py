@@ -20,6 +20,7 @@ from pydantic import PostgresDsn
 from schemas import EVENT_TYPES, TOPICS, dead_letter_topic
 from services.runtime import inbox
 from services.runtime.auth import TokenVerifier
+from services.runtime.cancel import cancel_within
 from services.runtime.consumer import BatchConsumer, ConsumerContext, Subscription
 from services.runtime.database import TRANSIENT_ERRORS, create_pool, database_reachable
 from services.runtime.http import create_http_app
@@ -49,6 +50,8 @@ class ServiceSpec:
     subscriptions: Sequence[Subscription] = ()
     background_jobs: Sequence[BackgroundJob] = field(default_factory=tuple)
     readiness: Mapping[str, ReadinessProbe] = field(default_factory=dict)
+    # How long the background jobs may take to stop (deploy/k8s sums it into each grace period).
+    jobs_stop_seconds: float = 10.0
 
 
 INBOX_PRUNE_SECONDS = 3600.0
@@ -203,11 +206,10 @@ class ServiceRuntime:
                 await asyncio.sleep(min(10.0, 0.5 * failures))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        """Every step bounded, so that a database or broker that stopped answering cannot hold the process past its
+        grace period (deploy/k8s sums the bounds): the jobs `jobs_stop_seconds`, the broker 20 s, the relay 5 + 10 s,
+        the pool 10 s; a pool that does not close in time is terminated, which ends whatever still waited on it."""
+        stuck = await cancel_within(self.spec.jobs_stop_seconds, *self._tasks)
         self._tasks.clear()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(20):
@@ -217,7 +219,9 @@ class ServiceRuntime:
         if self.pool is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(10):
-                    await self.pool.close()
+                    await self.pool.close()  # cancelled, it terminates the pool
+        if stuck:
+            log.warning("service.stopped_with_tasks_stuck", tasks=sorted(task.get_name() for task in stuck))
         log.info("service.stopped")
 
     async def database_ready(self) -> bool:
