@@ -42,6 +42,18 @@ class KafkaSecurity(BaseModel):
             )
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE: set both or neither")
+        if not self.uses_tls and (self.ssl_cafile or self.ssl_certfile):
+            # Ignored, they would leave an operator believing the connections (invite links and all) were encrypted.
+            raise ValueError(
+                f"KAFKA_SSL_CAFILE, KAFKA_SSL_CERTFILE, KAFKA_SSL_KEYFILE: used only with KAFKA_SECURITY_PROTOCOL=SSL "
+                f"or SASL_SSL, and it is {self.protocol}"
+            )
+        if self.ssl_certfile and self.ssl_keyfile:
+            try:
+                self.ssl_context  # noqa: B018 - loads the pair now: a broken Secret is one line at start, not a traceback
+            except (ssl.SSLError, OSError) as error:
+                expected = "expected a PEM certificate and its private key"
+                raise ValueError(f"KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE: {expected} ({error})") from None
         return self
 
     @property

@@ -59,6 +59,42 @@ def test_incomplete_combinations_are_refused() -> None:
         KafkaSecurity(protocol="SSL", ssl_certfile="/etc/client.crt")
 
 
+def test_tls_files_without_a_tls_protocol_are_refused(ca_file: Path) -> None:
+    """They were ignored: the service connected in plaintext while its operator believed otherwise."""
+    with pytest.raises(ValidationError, match="used only with KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL"):
+        KafkaSecurity(ssl_cafile=str(ca_file))
+    with pytest.raises(ValidationError, match="and it is SASL_PLAINTEXT"):
+        KafkaSecurity(
+            protocol="SASL_PLAINTEXT",
+            ssl_cafile=str(ca_file),
+            sasl_mechanism="PLAIN",
+            sasl_username="u",
+            sasl_password=SecretStr("p"),
+        )
+
+
+def test_a_client_certificate_that_does_not_load_is_one_line_at_start(tmp_path: Path) -> None:
+    """A broken Secret (not PEM, or a key of another certificate) was a traceback from deep inside the first client."""
+    not_pem = tmp_path / "client.pem"
+    not_pem.write_text("not a certificate")
+    env = {**GOOD, "KAFKA_SECURITY_PROTOCOL": "SSL"}
+    result = _start({**env, "KAFKA_SSL_CERTFILE": str(not_pem), "KAFKA_SSL_KEYFILE": str(not_pem)})
+    assert result.returncode == 2
+    assert "KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE: expected a PEM certificate and its private key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_client_certificate_and_its_key_load(tmp_path: Path) -> None:
+    chain = private_ca(tmp_path)
+    security = KafkaSecurity(
+        protocol="SSL",
+        ssl_cafile=str(chain.ca_file),
+        ssl_certfile=str(chain.cert_file),
+        ssl_keyfile=str(chain.key_file),
+    )
+    assert isinstance(security.aiokafka_options()["ssl_context"], ssl.SSLContext)
+
+
 def test_start_up_names_the_missing_sasl_settings() -> None:
     result = _start({**GOOD, "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"})
     assert result.returncode == 2
