@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from email.utils import parseaddr
-from typing import Self
+from typing import Annotated, Self
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from services.runtime.kafka import MAX_POLL_INTERVAL_SECONDS
 from services.runtime.settings import CaFile, RuntimeSettings, is_loopback
+
+# RFC 5321's EHLO argument: a domain of at least two labels (letters, digits, hyphens; not `localhost`, which
+# Postfix's reject_non_fqdn_helo_hostname refuses), or an address literal.
+_EHLO_NAME = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z0-9-]*[A-Za-z0-9]"
+    r"|\[[0-9.]+\]|\[IPv6:[0-9A-Fa-f:.]+\]"
+)
+
+
+def _ehlo_name(value: str) -> str:
+    if not _EHLO_NAME.fullmatch(value):
+        raise ValueError(
+            "expected a fully qualified domain name (mail.example.org) or an address literal ([192.0.2.1]): "
+            "relays refuse a bare name such as localhost in EHLO"
+        )
+    return value
+
+
+EhloName = Annotated[str, AfterValidator(_ehlo_name)]
 
 
 class NotifierSettings(RuntimeSettings):
@@ -28,10 +48,10 @@ class NotifierSettings(RuntimeSettings):
         description="PEM file of the CAs that sign the relay's certificate, trusted instead of the system's",
     )
     smtp_from: str = Field(default="CollabKare <no-reply@collabkare.example>", min_length=3)
-    smtp_local_hostname: str | None = Field(
+    smtp_local_hostname: EhloName | None = Field(
         default=None,
-        min_length=1,
-        description="Our name in EHLO, a fully qualified domain name; default: SMTP_FROM's domain",
+        description="Our name in EHLO, a fully qualified domain name (or an address literal, [192.0.2.1]); default: "
+        "SMTP_FROM's domain",
     )
     smtp_pool_size: int = Field(default=8, ge=1, le=64, description="Reused SMTP connections per process")
     smtp_rate_per_second: float = Field(

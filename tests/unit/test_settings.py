@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
@@ -157,6 +158,19 @@ def test_the_ehlo_name_is_fully_qualified_by_default() -> None:
     assert sender.ehlo_name == "mail.riverside.example"
     named = NotifierSettings.model_validate({**good, "smtp_local_hostname": "relay-client.hospital.example"})
     assert named.ehlo_name == "relay-client.hospital.example"
+    for literal in ("[192.0.2.1]", "[IPv6:2001:db8::1]"):
+        assert NotifierSettings.model_validate({**good, "smtp_local_hostname": literal}).ehlo_name == literal
+
+
+def test_an_ehlo_name_that_is_not_fully_qualified_is_refused_at_start() -> None:
+    """The README says SMTP_LOCAL_HOSTNAME must be fully qualified; `localhost` started, and relays refuse it."""
+    good = {name.lower(): value for name, value in GOOD.items()}
+    for name in ("notifier", "bad name.example.org", "-x.example.org", "x.example."):
+        with pytest.raises(ValidationError, match="expected a fully qualified domain name"):
+            NotifierSettings.model_validate({**good, "smtp_local_hostname": name})
+    result = _start({**GOOD, "SMTP_LOCAL_HOSTNAME": "localhost"}, "notifier")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("configuration error: SMTP_LOCAL_HOSTNAME: expected a fully"), result.stderr
 
 
 def test_message_ids_are_made_under_smtp_froms_domain() -> None:
