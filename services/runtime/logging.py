@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -110,16 +111,49 @@ def configure_logging(service: str, level: str = "INFO", stream: TextIO | None =
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, _bind_service(service)],
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(allow=["repeated"]), _bind_service(service)],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, scrub_phi, renderer],
     )
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(formatter)
+    # With the broker away, aiokafka's coordinator logs the same error ~10 times a second: alert noise.
+    handler.addFilter(OnceEvery(REPEAT_SECONDS, loggers=("aiokafka", "faststream")))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     for noisy in ("aiokafka", "faststream", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+REPEAT_SECONDS = 10.0
+
+
+class OnceEvery(logging.Filter):
+    """Let a message of these loggers (and their children) through once per `seconds`, by logger, level and message
+    template; the line that ends a quiet spell says how many were dropped since, as `repeated`."""
+
+    def __init__(self, seconds: float, loggers: tuple[str, ...], clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.loggers = loggers
+        self.clock = clock
+        self.seen: dict[tuple[str, int, object], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.loggers):
+            return True
+        key = (record.name, record.levelno, record.msg)
+        now = self.clock()
+        last = self.seen.get(key)
+        if last is not None and now - last[0] < self.seconds:
+            self.seen[key] = (last[0], last[1] + 1)
+            return False
+        if last is not None and last[1]:
+            record.repeated = last[1]
+        if len(self.seen) > 1000:
+            self.seen.clear()  # templates are few; this only bounds a pathological logger
+        self.seen[key] = (now, 0)
+        return True
 
 
 def _bind_service(service: str) -> Any:

@@ -10,7 +10,7 @@ from typing import Annotated
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from services.runtime.logging import configure_logging, get_logger, mask_email
+from services.runtime.logging import OnceEvery, configure_logging, get_logger, mask_email
 
 EMAIL = "jane.doe@example.com"
 SSN = "123-45-6789"
@@ -101,3 +101,34 @@ def test_a_validation_error_never_quotes_the_value_it_refused(captured: io.Strin
     assert "input_value=[redacted], input_type=str" in lines[0]["error"]
     assert "display_name" in lines[0]["error"], "which field failed stays readable"
     assert lines[2]["errors"][0]["loc"] == ["display_name"]
+
+
+def test_a_third_party_error_repeated_many_times_a_second_is_one_line(captured: io.StringIO) -> None:
+    """With the broker away, aiokafka's coordinator logged "Heartbeat session expired" ~10 times a second at error
+    level: 203 lines in 110 s from one pod."""
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    for _ in range(50):
+        coordinator.error("Heartbeat session expired - marking coordinator %s dead", "node-1")
+    coordinator.error("Another problem")
+    lines = [json.loads(line) for line in captured.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == [
+        "Heartbeat session expired - marking coordinator node-1 dead",
+        "Another problem",
+    ]
+
+
+def test_the_line_after_a_quiet_spell_counts_what_was_dropped() -> None:
+    now = [0.0]
+    repeats = OnceEvery(10, loggers=("aiokafka",), clock=lambda: now[0])
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("aiokafka", logging.ERROR, __file__, 1, message, None, None)
+
+    assert repeats.filter(record("broker away"))
+    assert [repeats.filter(record("broker away")) for _ in range(3)] == [False] * 3
+    now[0] = 10.0
+    again = record("broker away")
+    assert repeats.filter(again) and again.repeated == 3
+    assert repeats.filter(record("something else")), "another message has its own count"
+    ours = logging.LogRecord("services.notifier", logging.ERROR, __file__, 1, "broker away", None, None)
+    assert all(repeats.filter(ours) for _ in range(3)), "our own lines are never dropped"
