@@ -45,6 +45,13 @@ class Acceptance:
         return max(0, MAX_FACTOR_ATTEMPTS - self.invite.failed_attempts)
 
 
+# The request fields that answer each factor.
+FACTOR_FIELDS: dict[IdentityFactor, tuple[str, ...]] = {
+    "ssn": ("ssn",),
+    "date_of_birth_and_phone": ("date_of_birth", "phone"),
+}
+
+
 def accepted_factors(invite: Invite) -> list[IdentityFactor]:
     """The answers this invite can check, named as InviteRequested's identity_check names them."""
     names: list[IdentityFactor] = []

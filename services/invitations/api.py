@@ -21,7 +21,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from services.invitations import handlers, identity
-from services.invitations.acceptance import Answer, Decision, accepted_factors
+from services.invitations.acceptance import FACTOR_FIELDS, Answer, Decision, accepted_factors
 from services.invitations.api_support import Factor, Note, Policies, Pool, Tracing, unprocessable
 from services.invitations.domain import (
     AlreadyConnected,
@@ -277,7 +277,7 @@ def _refusal(decision: Decision, invite: Invite, tries_left: int) -> Problem:
         return Problem(
             403, "This invite was sent to another email address than the one you signed in with.", type_=kind
         )
-    wanted = accepted_factors(invite)
-    message = f"this invite needs {' or '.join(wanted)}"
-    fields = [name for group in wanted for name in group.split(" and ")]
-    return unprocessable(f"Missing: {' or '.join(wanted)}.", [(field, "required", message) for field in fields])
+    wanted = [FACTOR_FIELDS[factor] for factor in accepted_factors(invite)]
+    needs = " or ".join(" and ".join(fields) for fields in wanted)
+    message = f"this invite needs {needs}"
+    return unprocessable(f"Missing: {needs}.", [(field, "required", message) for fields in wanted for field in fields])
