@@ -152,6 +152,21 @@ def test_access_history_invite_revoke_and_resend(page: Any, console_stack: Conso
     expect(page.locator("#invite-one-error")).to_be_visible()
     expect(page.get_by_role("status")).to_have_text("")
 
+    # Revoked, then invited anew from the form: the revoked invite offers no Resend, which would only be refused.
+    invites.nth(0).get_by_role("button", name=re.compile("^Revoke")).click()
+    expect(invites.nth(0)).to_have_attribute("data-status", "revoked")
+    expect(invites.nth(0).get_by_role("button", name=re.compile("^Resend"))).to_have_count(1)
+    page.get_by_label("Date of birth").fill("1984-03-02")
+    page.get_by_label("Phone").fill("+1 555 010 7788")
+    page.get_by_role("button", name="Send invite", exact=True).click()
+    expect(page.get_by_role("status")).to_contain_text("Invite sent to ivy@example.com; it is valid until")
+    expect(invites).to_have_count(3)
+    expect(invites.nth(0)).to_have_attribute("data-status", "pending")
+    expect(invites.nth(1)).to_have_attribute("data-status", "revoked")
+    for revoked in (invites.nth(1), invites.nth(2)):
+        expect(revoked.get_by_role("button", name=re.compile("^Resend"))).to_have_count(0)
+    expect(invites.nth(0).get_by_role("button", name=re.compile("^Resend"))).to_have_count(1)  # the pending one may
+
 
 def test_a_pasted_token_is_used_and_errors_read_in_words(page: Any, console_stack: ConsoleStack) -> None:
     page.get_by_role("link", name="Staff token").click()

@@ -63,7 +63,7 @@ function render(items) {
   rendered = next;
   const focused = body.contains(document.activeElement) ? document.activeElement : null;
   const place = focused && [focused.closest("tr").dataset.inviteId, focused.firstChild.textContent];
-  body.replaceChildren(...items.map(inviteRow));
+  body.replaceChildren(...items.map((invite) => inviteRow(invite, items)));
   if (place) {
     const row = body.querySelector(`tr[data-invite-id="${place[0]}"]`);
     const again = row && [...row.querySelectorAll("button")].find((b) => b.firstChild.textContent === place[1]);
@@ -71,14 +71,18 @@ function render(items) {
   }
 }
 
-function inviteRow(invite) {
+function inviteRow(invite, items) {
   const sent = formatDate(invite.sent_at);
-  const delivery = OUTCOME_LABELS[invite.delivery] || invite.delivery;
+  // An invite revoked before its email went out was not sent; that is no failure to report as "Error".
+  const unsent = invite.status === "revoked" && invite.delivery === "error";
+  const delivery = unsent ? "Not sent" : OUTCOME_LABELS[invite.delivery] || invite.delivery;
   const actions = el("td", { className: "actions" });
   if (invite.status === "pending") {
     actions.append(actionButton("Revoke", `invite sent ${sent}`, () => act(invite, "revoke", actions), "danger"));
   }
-  if (invite.status !== "accepted" && !invite.replaced_by) {
+  // Resend is refused while another invite is pending or once one was accepted: no button that can only fail.
+  const settled = items.some((other) => other !== invite && ["pending", "accepted"].includes(other.status));
+  if (invite.status !== "accepted" && !invite.replaced_by && !settled) {
     actions.append(actionButton("Resend", `invite sent ${sent}`, () => act(invite, "resend", actions)));
   }
   return el(
@@ -127,9 +131,9 @@ async function inviteOne(event) {
     if (value) body[field] = value;
   }
   try {
-    await busy(event.submitter, () => api("invitations", "POST", "/invites", { body }));
+    const invite = await busy(event.submitter, () => api("invitations", "POST", "/invites", { body }));
     $("invite-one-form").reset();
-    announce(`Invite sent to ${currentEmail}; it is valid for 7 days.`);
+    announce(`Invite sent to ${currentEmail}; it is valid until ${formatDate(invite.expires_at)}.`);
     await lookUp(currentEmail, false);
   } catch (error) {
     showError($("invite-one-error"), error);
