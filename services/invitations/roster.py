@@ -89,7 +89,23 @@ def check_email_thoroughly(text: str) -> tuple[str | None, str | None]:
     try:
         return validate_email(text, check_deliverability=False).normalized, None
     except EmailNotValidError as error:
-        return None, f"not a valid email address: {error}"
+        return None, f"not a valid email address: {_paste_hint(text) or error}"
+
+
+_NAMED = re.compile(r".*<\s*([^<>\s]+@[^<>\s]+)\s*>\s*")
+
+
+def _paste_hint(text: str) -> str | None:
+    """What to fix, for what pasting from a spreadsheet or a mail program leaves around an address; the validator
+    alone says "invalid characters: U+0009" or "must have an @-sign" of them."""
+    if "\t" in text:
+        return "a tab follows the address (a spreadsheet's second column?); put a personal note after a comma"
+    named = _NAMED.fullmatch(text)
+    if named is not None:
+        return f"write the address alone ({named.group(1)}), without a name or angle brackets"
+    if len(text) > 2 and text[0] == text[-1] and text[0] in "\"'":
+        return "remove the quotes around the address"
+    return None
 
 
 def check_note(note: str) -> str | None:

@@ -316,3 +316,21 @@ def test_limits() -> None:
         parse_roster("#" * (MAX_BYTES + 1))
     with pytest.raises(RosterTooLarge, match="5 MB"):
         parse_roster("é" * (MAX_BYTES // 2 + 1))  # two bytes each in UTF-8
+
+
+def test_what_pasting_leaves_around_an_address_is_named_with_its_fix() -> None:
+    """A spreadsheet's two columns, a mail program's "Name <address>", quotes: the validator's own words ("invalid
+    characters: SPACE, U+0009", "must have an @-sign") did not tell staff what to change."""
+    text = 'tab@example.com\tJane\nJane Doe <jane@example.com>\n"quoted@example.com"\n'
+    assert [(entry.verdict, entry.reason) for entry in parse_roster(text).entries] == [
+        (
+            Verdict.INVALID,
+            "not a valid email address: a tab follows the address (a spreadsheet's second column?); put a personal "
+            "note after a comma",
+        ),
+        (
+            Verdict.INVALID,
+            "not a valid email address: write the address alone (jane@example.com), without a name or angle brackets",
+        ),
+        (Verdict.INVALID, "not a valid email address: remove the quotes around the address"),
+    ]
