@@ -51,7 +51,7 @@ def _one_line(value: str) -> str:
 
 
 class Spool:
-    """The writing end, kept open; reopened when someone deletes the file (or its folder) to empty it."""
+    """The writing end, kept open; reopened when someone deletes or moves the file (or its folder) to empty it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -73,12 +73,21 @@ class Spool:
             os.close(fd)
 
     def _open(self) -> int:
-        if self._fd is not None and os.fstat(self._fd).st_nlink > 0:
+        if self._fd is not None and _same_file(os.fstat(self._fd), self.path):
             return self._fd
         self.close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         return self._fd
+
+
+def _same_file(held: os.stat_result, path: Path) -> bool:
+    """Whether `path` still names the open file: not once it was deleted, or moved aside (`mv mail.mbox old.mbox`)."""
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino)
 
 
 def read_raw(path: Path) -> list[bytes]:

@@ -71,6 +71,18 @@ def test_emptying_the_mailbox_starts_a_new_file(tmp_path: Path) -> None:
     assert [m["X-Envelope-To"] for m in mailbox.read_caught(path)] == ["d@example.com"]
 
 
+def test_moving_the_mailbox_aside_starts_a_new_file(tmp_path: Path) -> None:
+    """The catcher kept writing into the moved file: the README's mailbox path showed nothing new."""
+    path = tmp_path / "mail.mbox"
+    spool = mailbox.Spool(path)
+    spool.append("a@example.com", ["b@example.com"], MESSAGE)
+    path.rename(tmp_path / "old.mbox")
+    spool.append("a@example.com", ["c@example.com"], MESSAGE)
+    spool.close()
+    assert [m["X-Envelope-To"] for m in mailbox.read_caught(path)] == ["c@example.com"]
+    assert [m["X-Envelope-To"] for m in mailbox.read_caught(tmp_path / "old.mbox")] == ["b@example.com"]
+
+
 def test_the_command_lists_what_was_caught(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spool = mailbox.Spool(tmp_path / "mail.mbox")
     spool.append("a@example.com", ["b@example.com"], MESSAGE)
