@@ -72,11 +72,14 @@ def accept(
     now: datetime,
     cause: Cause,
 ) -> Acceptance:
-    """Checks in this order: used, revoked, expired, locked, the patient's email, then the identity factor.
+    """Checks in this order: the patient's email, used, revoked, expired, locked, then the identity factor.
 
     The email first and always: the token proves access to the mailbox, the factor that it is the patient;
-    neither lets another account take the invite (and a factor is never tried for an account it is not for).
+    neither lets another account take the invite, learn what became of it (accepted, revoked, expired, locked), or
+    try a factor (a factor is never tried for an account it is not for).
     """
+    if email_key(patient_email) != invite.email_key:
+        return Acceptance(Decision.OTHER_EMAIL, invite, changed=False)
     if invite.status is InviteStatus.ACCEPTED:
         return Acceptance(Decision.ALREADY_ACCEPTED, invite, changed=False)
     if invite.status is InviteStatus.REVOKED:
@@ -90,8 +93,6 @@ def accept(
         return Acceptance(Decision.EXPIRED, expired, changed=True, events=(event,))
     if invite.locked_at is not None:
         return Acceptance(Decision.LOCKED, invite, changed=False)
-    if email_key(patient_email) != invite.email_key:
-        return Acceptance(Decision.OTHER_EMAIL, invite, changed=False)
     if invite.digests.required:
         checks = _checks(invite, answer, key)
         if not checks:

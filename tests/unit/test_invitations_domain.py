@@ -201,6 +201,20 @@ def test_another_account_cannot_take_an_invite_even_with_the_right_factor() -> N
     assert wrong.decision is Decision.OTHER_EMAIL and wrong.invite.failed_attempts == 0
 
 
+def test_another_account_learns_nothing_of_what_became_of_the_invite() -> None:
+    """It was told accepted (409), revoked or expired (410) or locked (403) before being told it was not its invite."""
+    for invite in (
+        _invite(status=InviteStatus.ACCEPTED),
+        _invite(status=InviteStatus.REVOKED),
+        _invite(status=InviteStatus.EXPIRED),
+        _factored(locked_at=NOW),
+    ):
+        result = _accept(invite, Answer(ssn="123456789"), email="mallory@example.com")
+        assert result.decision is Decision.OTHER_EMAIL and not result.changed, invite.status
+    unswept = _accept(_invite(), email="mallory@example.com", when=NOW + TTL)
+    assert unswept.decision is Decision.OTHER_EMAIL and not unswept.changed, "left to the sweeper"
+
+
 def test_an_unswept_expired_invite_is_expired_on_the_spot() -> None:
     result = _accept(_invite(), when=NOW + TTL)
     assert result.decision is Decision.EXPIRED and result.changed
