@@ -35,10 +35,15 @@ DROPPED_KEYS = frozenset(
         "input",  # pydantic's errors(): the value that failed validation
     }
 )
-# Addresses are international (renée@bücher.de): \w is any script's letter or digit. A quoted local part ("jane
-# doe"@example.com) is masked whole.
-EMAIL = re.compile(r'(?:"[^"\r\n]*"|([\w%+\-])[\w.%+\-]*)@((?:[\w\-]+\.)+[\w\-]{2,})')
-SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
+# Addresses are international (renée@bücher.de, प्रिया@उदाहरण.भारत, kevin.o'hara@…): a local part is any run of
+# characters that cannot end an address in text (space, <>()[],;:"@\), whatever the script; a domain the same without
+# dots and quotes, in at least two labels. A quoted local part ("jane doe"@example.com) is masked whole.
+_LOCAL = r"[^\s<>()\[\],;:\"@\\]"
+_LABEL = r"[^\s<>()\[\],;:\"'@\\.]"
+EMAIL = re.compile(rf'(?:"[^"\r\n]*"|({_LOCAL}){_LOCAL}*)@((?:{_LABEL}+\.)+{_LABEL}{{2,}})')
+SSN = re.compile(r"\b\d{3}[- ]\d{2}[- ]\d{4}\b")
+# Dates of birth as people write them; an ISO timestamp (a "T" after the date) is not one.
+DATE = re.compile(r"\b(?:19|20)\d{2}-\d{2}-\d{2}\b(?!T)|\b\d{1,2}/\d{1,2}/(?:19|20)\d{2}\b")
 PHONE = re.compile(
     r"(?:\+\d{1,3}[\s.\-]?)?\(?\b\d{3}\)?[\s.\-]?\d{3}[\s.\-]?\d{4}\b"  # North American
     r"|\+\d(?:[\s.\-]?\(?\d\)?){6,14}(?!\d)"  # international, +44 20 7946 0958: a plus, then 7 to 15 digits
@@ -60,13 +65,14 @@ def _masked(match: re.Match[str]) -> str:
 
 
 def scrub_text(text: str) -> str:
-    """Mask emails, drop SSN- and phone-shaped numbers and the values pydantic errors quote, and strip CR/LF so a
-    caller cannot forge lines."""
+    """Mask emails, drop SSN-, phone- and date-shaped numbers and the values pydantic errors quote, and strip CR/LF so
+    a caller cannot forge lines."""
     text = text.replace("\r", " ").replace("\n", " ")
     if "input_value=" in text:
         text = PYDANTIC_INPUT.sub("input_value=[redacted]", text)
     text = SSN.sub("[redacted]", text)
     text = PHONE.sub("[redacted]", text)
+    text = DATE.sub("[redacted]", text)
     return mask_email(text)
 
 

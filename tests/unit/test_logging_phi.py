@@ -10,7 +10,7 @@ from typing import Annotated
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from services.runtime.logging import OnceEvery, configure_logging, get_logger, mask_email
+from services.runtime.logging import OnceEvery, configure_logging, get_logger, mask_email, scrub_text
 
 EMAIL = "jane.doe@example.com"
 SSN = "123-45-6789"
@@ -63,7 +63,20 @@ def test_international_and_quoted_addresses_are_masked_too() -> None:
     assert mask_email("user@bücher.de") == "u***@bücher.de"
     assert mask_email("为了@例子.广告 and Ωμέγα@παράδειγμα.δοκιμή") == "为***@例子.广告 and Ω***@παράδειγμα.δοκιμή"
     assert mask_email('from "jane doe"@example.com') == "from ***@example.com"
+    # Scripts whose vowel signs are not letters (Devanagari, Thai), and the punctuation an address may hold.
+    assert mask_email("<प्रिया@example.com>") == "<प***@example.com>"
+    assert mask_email("priya@उदाहरण.भारत") == "p***@उदाहरण.भारत"
+    assert mask_email("<สมชาย@example.com>") == "<ส***@example.com>"
+    assert mask_email("kevin.o'hara@example.com jane&doe@example.com x!y#z@example.com") == (
+        "k***@example.com j***@example.com x***@example.com"
+    )
+    assert mask_email("email='ann@example.com'") == "e***@example.com'", "whatever precedes it goes, never the name"
     assert mask_email("postgresql://svc@127.0.0.1:5432/db") == "postgresql://svc@127.0.0.1:5432/db", "no domain name"
+
+
+def test_dates_of_birth_and_spaced_ssns_are_redacted_timestamps_are_not() -> None:
+    assert scrub_text("dob 1975-04-05 or 04/05/1975, ssn 123 45 6789") == "dob [redacted] or [redacted], ssn [redacted]"
+    assert scrub_text("expires 2026-12-13T16:56:00+00:00") == "expires 2026-12-13T16:56:00+00:00"
 
 
 @pytest.mark.parametrize("phone", ["+44 20 7946 0958", "+33 1 42 68 53 00", "+49-30-901820", "+61 (2) 9374 4000"])
