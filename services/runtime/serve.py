@@ -9,6 +9,7 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.runtime.head_limit import BoundedHeadProtocol
 from services.runtime.logging import configure_logging
 from services.runtime.service import DependencyUnavailable
 from services.runtime.settings import RuntimeSettings, load_settings
@@ -61,4 +62,5 @@ def serve(create_app: Callable[[S], FastAPI], settings_class: type[S]) -> None:
         # Longer than the idle timeout of the proxies in front (60 s for most load balancers): a server
         # closing an idle connection first races the proxy's next request on it (a dropped POST, a 502).
         timeout_keep_alive=75,
+        http=BoundedHeadProtocol,  # httptools with a bound on the request's head
     )

@@ -1,0 +1,68 @@
+"""A bound on a request's head (request line and headers): uvicorn's httptools parser has none.
+
+A reviewer sent one 64 MB Authorization header: the service parsed it for 10 s (httptools grows the value a fragment
+at a time), grew by 130 MB it never gave back, and only then answered 401; a few at once would have the pod killed for
+its memory. Now a head past MAX_HEAD_BYTES is answered 431 and the connection closed, as soon as that much has
+arrived. Bodies are bounded elsewhere (middleware.LimitBody).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from services.runtime.logging import get_logger
+
+log = get_logger(__name__)
+
+# Far above any real head (proxies stop at 8-64 KiB; a JWT is a few KiB), and above one read of the event loop, so
+# that a read holding the end of one request and the start of the next is never mistaken for a long head.
+MAX_HEAD_BYTES = 256 * 1024
+LINGER_SECONDS = 2.0
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: application/problem+json\r\n"
+    b"connection: close\r\n"
+    b"content-length: %d\r\n\r\n%s"
+)
+_PROBLEM = (
+    b'{"type":"about:blank","title":"Request Header Fields Too Large","status":431,'
+    b'"detail":"The request line and headers are larger than %d bytes."}' % MAX_HEAD_BYTES
+)
+
+
+class BoundedHeadProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, counting what arrives while a request's head is incomplete."""
+
+    _in_head = False
+    _head_bytes = 0
+    _refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # what the client still sends is read and dropped until the connection closes
+        super().data_received(data)
+        if not self._in_head or self.transport.is_closing():
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            log.warning("http.head_too_large", received=self._head_bytes, limit=MAX_HEAD_BYTES)
+            self._refuse()
+
+    def _refuse(self) -> None:
+        """Answer 431 and close gently: closing with the client's bytes unread would reset the connection, and the
+        client, still sending, would lose the answer. So our side is shut, the rest read and dropped for a while."""
+        self._refused = True
+        self.transport.write(_TOO_LARGE % (len(_PROBLEM), _PROBLEM))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.close)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._head_bytes = True, 0
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
