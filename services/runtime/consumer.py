@@ -20,7 +20,7 @@ from schemas import EVENT_TYPES, Envelope, dead_letter_topic, parse_event
 from services.runtime import inbox
 from services.runtime.database import is_transient
 from services.runtime.kafka import MAX_POLL_INTERVAL_SECONDS
-from services.runtime.logging import get_logger
+from services.runtime.logging import get_logger, scrub_text
 from services.runtime.metrics import Metrics
 
 log = get_logger(__name__)
@@ -165,7 +165,9 @@ class BatchConsumer:
             # FastStream's producer names a content type only for what it encodes itself and sends "" for bytes,
             # unless the headers given say otherwise: the original's type, or what the bytes are when it has none.
             "content-type": declared_content_type(original) or "application/octet-stream",
-            "dead_letter_reason": reason[:2000],
+            # Scrubbed as a log line is: a header is what tools list and people copy into tickets; the payload, with
+            # whatever PHI it carries, stays where the topic's access rules keep it.
+            "dead_letter_reason": scrub_text(reason[:2000]),
             "original_topic": record.topic,
             "original_partition": str(record.partition),
             "original_offset": str(record.offset),

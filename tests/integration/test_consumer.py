@@ -43,7 +43,7 @@ class Effects:
         for event in events:
             invite = event.payload.invite_id
             if invite in self.fail_always:
-                raise RuntimeError("this event cannot be applied")
+                raise RuntimeError("this event cannot be applied: no patient jane.doe@example.com")
             if invite in self.fail_once:
                 self.fail_once.discard(invite)
                 raise RuntimeError("fails the first time only")
@@ -173,7 +173,7 @@ async def test_failing_event_is_retried_then_dead_lettered_without_blocking_othe
     dead = await read_topic(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=1)
     assert len(dead) == 1
     headers = dict(dead[0].headers)
-    assert b"cannot be applied" in headers["dead_letter_reason"]
+    assert b"cannot be applied: no patient j***@example.com" in headers["dead_letter_reason"], "scrubbed as logs are"
     assert headers["correlation_id"] == broken.correlation_id.encode()  # the event's, not a fresh one
     assert headers["content-type"] == b"application/json", "the original record's content type"
 
