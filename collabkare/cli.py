@@ -48,7 +48,7 @@ def _kafka() -> tuple[str, str]:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    from collabkare.seeding import publish_patient, publish_practice
+    from collabkare.seeding import publish_patient, publish_practice, seeded_patient_id
 
     bootstrap, prefix = _kafka()
     if args.kind == "practice":
@@ -56,7 +56,14 @@ def cmd_seed(args: argparse.Namespace) -> int:
         print(f"PracticeRegistered {args.id} ({args.name})")
     else:
         patient_id = asyncio.run(
-            publish_patient(bootstrap, prefix, args.email, locale=args.locale, patient_id=args.id, name=args.name)
+            publish_patient(
+                bootstrap,
+                prefix,
+                args.email,
+                locale=args.locale,
+                patient_id=args.id or seeded_patient_id(args.email),
+                name=args.name,
+            )
         )
         token = f"collabkare token patient --patient {patient_id} --email {args.email}"
         print(f"PatientRegistered {patient_id}  (the patient id; a token for them: `{token}`)")
@@ -124,7 +131,9 @@ def parser() -> argparse.ArgumentParser:
     seed_patient = seed_kinds.add_parser("patient")
     seed_patient.add_argument("email")
     seed_patient.add_argument("--locale", choices=["en", "es"], default="en")
-    seed_patient.add_argument("--id", type=uuid.UUID)
+    seed_patient.add_argument(
+        "--id", type=uuid.UUID, help="the patient id (default: one derived from the email, the same every time)"
+    )
     seed_patient.add_argument("--name")
     seed.set_defaults(handler=cmd_seed)
 

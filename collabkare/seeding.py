@@ -63,6 +63,15 @@ def practice_registered(practice_id: uuid.UUID, name: str) -> PracticeRegistered
     )
 
 
+_SEEDED_PATIENTS = uuid.UUID("5f1c2e0a-6b1d-4c8e-9a57-3d2b7c4e9f10")
+
+
+def seeded_patient_id(email: str) -> uuid.UUID:
+    """The id `collabkare seed patient` gives an email: the same every time (seeding it again re-registers the same
+    patient rather than minting another id, whose tokens would match the same email)."""
+    return uuid.uuid5(_SEEDED_PATIENTS, email.strip().lower())
+
+
 def patient_registered(
     email: str, *, locale: str = "en", patient_id: uuid.UUID | None = None, name: str | None = None
 ) -> PatientRegistered:

@@ -21,6 +21,7 @@ from typing import IO
 import psutil
 import pytest
 
+from collabkare.seeding import seeded_patient_id
 from collabkare.stack.infra import plan
 from collabkare.stack.ports import free_port
 
@@ -193,6 +194,7 @@ def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
             check=False,
         )
         assert seeded.returncode == 0 and seeded.stdout.startswith("PatientRegistered "), seeded.stderr
+        assert str(seeded_patient_id("P@example.com")) in seeded.stdout, "an email's id is the same every time"
 
         # A fault drill by hand: the notifier killed as a node would kill it. The stack says so and restarts it.
         killed = _child_pid(stack.process.pid, "services.notifier")
