@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from email.utils import parseaddr
 from typing import Annotated, Self
 
@@ -12,20 +11,19 @@ from pydantic import AfterValidator, Field, SecretStr, field_validator, model_va
 from services.runtime.kafka import MAX_POLL_INTERVAL_SECONDS
 from services.runtime.settings import CaFile, RuntimeSettings, is_loopback
 
-# RFC 5321's EHLO argument: a domain of at least two labels (letters, digits, hyphens; not `localhost`, which
-# Postfix's reject_non_fqdn_helo_hostname refuses), or an address literal.
-_EHLO_NAME = re.compile(
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z0-9-]*[A-Za-z0-9]"
-    r"|\[[0-9.]+\]|\[IPv6:[0-9A-Fa-f:.]+\]"
-)
-
 
 def _ehlo_name(value: str) -> str:
-    if not _EHLO_NAME.fullmatch(value):
+    """RFC 5321's EHLO argument: a fully qualified domain (not `localhost`, which Postfix's
+    reject_non_fqdn_helo_hostname refuses) or an address literal; checked by the validator SMTP_FROM's domain is."""
+    try:
+        if not value.isascii():
+            raise EmailNotValidError("not ASCII")
+        validate_email(f"ehlo@{value}", check_deliverability=False, allow_domain_literal=True)
+    except EmailNotValidError:
         raise ValueError(
             "expected a fully qualified domain name (mail.example.org) or an address literal ([192.0.2.1]): "
             "relays refuse a bare name such as localhost in EHLO"
-        )
+        ) from None
     return value
 
 
