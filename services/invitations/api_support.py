@@ -19,7 +19,7 @@ from services.invitations.handlers import Policy
 from services.invitations.metrics import AdmissionCollector
 from services.invitations.roster import MAX_NOTE, check_note
 from services.invitations.settings import InvitationsSettings
-from services.runtime.http import require_json
+from services.runtime.media import require_json
 from services.runtime.problems import PROBLEM_JSON, Problem
 from services.runtime.service import ServiceRuntime
 

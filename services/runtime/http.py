@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email.message
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
@@ -13,21 +12,13 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.runtime.auth import check_access_before_body
+from services.runtime.media import require_json
 from services.runtime.metrics import Metrics
 from services.runtime.middleware import CORRELATION_HEADER, Correlate, HeadAsGet, LimitBody
 from services.runtime.openapi import complete
 from services.runtime.problems import Problem, install_problem_handlers
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
-
-
-def require_json(request: Request) -> None:
-    """415 unless the body is declared application/json (or a +json type): never guessed at."""
-    media = email.message.Message()
-    media["content-type"] = request.headers.get("content-type", "")
-    subtype = media.get_content_subtype()
-    if media.get_content_maintype() != "application" or not (subtype == "json" or subtype.endswith("+json")):
-        raise Problem(415, "The body must be application/json.", headers={"Accept-Post": "application/json"})
 
 
 async def _json_only(request: Request) -> None:
@@ -53,7 +44,7 @@ def create_http_app(
     # No redirect for a trailing slash: Starlette built its Location from the request's Host header (a 307 to
     # any host a caller names); a path with one is simply not found.
     app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan, redirect_slashes=False)
-    install_problem_handlers(app, check_access=check_access_before_body)
+    install_problem_handlers(app, check_access=check_access_before_body, check_media=require_json)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -127,9 +127,15 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(allowed | ({"HEAD"} if "GET" in allowed else set()))
 
 
-def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], None] | None = None) -> None:
-    """problem+json for every error; `check_access(request)` runs first when a JSON body could not be parsed
-    (FastAPI parses it before any dependency), so that a missing token still answers 401, not 422."""
+def install_problem_handlers(
+    app: FastAPI,
+    *,
+    check_access: Callable[[Request], None] | None = None,
+    check_media: Callable[[Request], None] | None = None,
+) -> None:
+    """problem+json for every error. When a JSON body could not be parsed (FastAPI parses it before any
+    dependency), `check_access(request)` runs first, so that a missing token still answers 401, not 422; then
+    `check_media(request)`, so that a body declared in another charset answers 415, as it does when it parses."""
 
     async def access_refused(request: Request) -> Problem | None:
         """The 401/403/404 the route's access check gives, for a body that could not be read as JSON.
@@ -142,6 +148,17 @@ def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], 
                 return refused
         return None
 
+    async def refused_unread(request: Request) -> Problem | None:
+        """For a body that could not be read as JSON: the access check's answer, else the media type's."""
+        if refused := await access_refused(request):
+            return refused
+        if check_media is not None:
+            try:
+                check_media(request)
+            except Problem as wrong_media:
+                return wrong_media
+        return None
+
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
         return problem_response(
@@ -151,7 +168,7 @@ def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         unparsed = any(error.get("type") == "json_invalid" for error in exc.errors())
-        if unparsed and (refused := await access_refused(request)):
+        if unparsed and (refused := await refused_unread(request)):
             return await on_problem(request, refused)
         errors = field_errors(exc)
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
@@ -162,7 +179,7 @@ def install_problem_handlers(app: FastAPI, *, check_access: Callable[[Request], 
         if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:
             # A body json.loads refused without a JSONDecodeError (not UTF-8, nested too deep): FastAPI says
             # 400 with no field; the same answer as any other body that is not JSON, access checked first.
-            if refused := await access_refused(request):
+            if refused := await refused_unread(request):
                 return await on_problem(request, refused)
             message = "the body is not valid JSON (UTF-8 text, nested at most a few hundred levels)"
             errors = [{"field": "body", "rule": "json", "message": message}]

@@ -400,6 +400,16 @@ BAD_DECISIONS: dict[str, tuple[str, dict[str, Any], int, str | None]] = {
         None,
     ),
     "no content type": ("{id}/reject", {"content": b'{"reason": "no"}'}, 415, None),
+    # JSON is UTF-8: a Latin-1 body was read as UTF-8 (a 422 for its "é", or garbled text had it been valid).
+    "charset other than UTF-8": (
+        "{id}/reject",
+        {
+            "content": '{"reason": "Renée"}'.encode("latin-1"),
+            "headers": {"Content-Type": "application/json; charset=ISO-8859-1"},
+        },
+        415,
+        None,
+    ),
     "invalid JSON": (
         "{id}/reject",
         {"content": b'{"reason": ', "headers": {"Content-Type": "application/json"}},

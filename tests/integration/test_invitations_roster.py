@@ -233,9 +233,19 @@ async def test_malformed_bodies_name_the_field(service: Service) -> None:
         url, content=b"a@example.com", headers={**staff(practice), "Content-Type": "text/plain"}
     )
     assert text.status_code == 415
-    for media in ("application/json; charset=utf-8", "application/merge-patch+json"):  # as every other route
+    for media in (
+        "application/json; charset=utf-8",
+        'application/json; charset="UTF-8"',
+        "application/merge-patch+json",
+    ):
         typed = await service.http.post(url, content=b"{}", headers={**staff(practice), "Content-Type": media})
         assert typed.status_code == 422, media  # the media type is taken; the empty roster is not
+    # A spreadsheet's Latin-1 export was read as UTF-8: a 422 for its first "é", or garbled names.
+    latin = '{"roster": "Renée <renee@example.com>"}'.encode("cp1252")
+    exported = await service.http.post(
+        url, content=latin, headers={**staff(practice), "Content-Type": "application/json; charset=windows-1252"}
+    )
+    assert exported.status_code == 415 and "UTF-8" in exported.json()["detail"], exported.text
     broken = await service.http.post(
         url, content=b"{nope", headers={**staff(practice), "Content-Type": "application/json"}
     )
