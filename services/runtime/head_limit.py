@@ -32,8 +32,14 @@ _PROBLEM = (
 )
 
 
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop the parser: the head was refused."""
+
+
 class BoundedHeadProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, counting what arrives while a request's head is incomplete."""
+    """uvicorn's httptools protocol, counting what arrives while a request's head is incomplete (so that an
+    endless head is refused as it grows), and measuring each complete head (so that one which ended within the
+    read that took it past the limit is refused too: such a read was not counted)."""
 
     _in_head = False
     _head_bytes = 0
@@ -65,4 +71,14 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        # The request line and each "name: value" line, as received less optional whitespace.
+        size = len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > MAX_HEAD_BYTES:
+            log.warning("http.head_too_large", received=size, limit=MAX_HEAD_BYTES)
+            self._refuse()
+            raise _HeadTooLarge  # httptools stops and hands uvicorn a parser error: its 400 is not sent
         super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:
+            super().send_400_response(msg)
