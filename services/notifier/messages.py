@@ -57,6 +57,12 @@ def encode_header(name: str, value: str) -> bytes:
     value = " ".join(_CONTROL.sub(" ", value).split())  # no CR/LF reaches a header: no header injection
     if value.isascii() and "=?" not in value:
         return (_fold(f"{name}: {value}") + _CRLF).encode("ascii")
+    return f"{name}: {_encoded_words(value)}{_CRLF}".encode("ascii")
+
+
+def _encoded_words(value: str) -> str:
+    """RFC 2047 base64 words of at most 75 characters (39 bytes of UTF-8 each, never a character split), one per
+    folded line."""
     words: list[str] = []
     chunk: list[str] = []
     size = 0
@@ -68,8 +74,7 @@ def encode_header(name: str, value: str) -> bytes:
         chunk.append(char)
         size += width
     words.append("".join(chunk))
-    encoded = (f"=?utf-8?b?{base64.b64encode(word.encode()).decode('ascii')}?=" for word in words)
-    return f"{name}: {(_CRLF + ' ').join(encoded)}{_CRLF}".encode("ascii")
+    return (_CRLF + " ").join(f"=?utf-8?b?{base64.b64encode(word.encode()).decode('ascii')}?=" for word in words)
 
 
 def _fold(line: str, width: int = 78) -> str:
@@ -96,9 +101,23 @@ def address_header(name: str, display_name: str | None, address: str) -> bytes:
 
 @lru_cache(maxsize=1024)
 def _named_address_header(name: str, display_name: str, address: str) -> bytes:
-    """From and Reply-To: a few distinct practices, so cached."""
+    """From and Reply-To (an ASCII address): a few distinct practices, so cached. A name that is not plain ASCII
+    goes as encoded words of standard length, folded; so does one that merely looks like an encoded word, which
+    a mail client would otherwise decode and show as something else."""
     display = " ".join(_CONTROL.sub(" ", display_name).split())
-    return f"{name}: {formataddr((display, address), 'utf-8')}{_CRLF}".encode("ascii")
+    if display.isascii() and "=?" not in display:
+        return (_fold(f"{name}: {formataddr((display, address))}") + _CRLF).encode("ascii")
+    return f"{name}: {_encoded_words(display)}{_CRLF} <{address}>{_CRLF}".encode("ascii")
+
+
+def reply_to_header(practice_name: str | None, reply_to: str | None) -> bytes:
+    """Reply-To for the practice's address, with an internationalised domain in its IDNA form; none when the
+    mailbox name is not ASCII (it could go only as UTF-8, which not every server on the way takes): the email goes
+    out without it rather than not at all."""
+    address = smtp_address(reply_to) if reply_to else ""
+    if not address or not address.isascii():
+        return b""
+    return address_header("Reply-To", practice_name, address)
 
 
 @lru_cache(maxsize=4096)
@@ -222,7 +241,7 @@ class Renderer:
         headers = [
             self._from,
             address_header("To", None, smtp_address(delivery.recipient)),
-            address_header("Reply-To", claimed.practice_name, claimed.reply_to) if claimed.reply_to else b"",
+            reply_to_header(claimed.practice_name, claimed.reply_to),
             encode_header("Subject", variant.subject.fill(raw)),
             self._date_header(),
             f"Message-ID: {delivery.message_id}\r\nContent-Language: {locale}\r\n".encode("ascii"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.header
 import email.parser
 import email.policy
 import uuid
@@ -99,6 +100,38 @@ def test_optional_parts_leave_no_trace_when_absent() -> None:
     assert message["Reply-To"] is None
     rejected = _bodies(_parse(RENDERER.render(claimed_delivery("connection_rejected", reason=None))))[0]
     assert "reason" not in rejected
+
+
+@pytest.mark.parametrize(
+    "practice_name",
+    [
+        "Clínica de Medicina Familiar y Comunitaria San José",  # one 84-character encoded word, over RFC 2047's 75
+        "Clínica " * 24,  # a 564-character header line
+        "🏥" * 200,  # a line over 998 characters: the SMTP server refused the email
+        "=?utf-8?b?SGFja2Vk?= Clinic",  # an ASCII name a mail client would decode and show as "Hacked Clinic"
+        "Riverside Family Practice of the Greater Metropolitan Area, Northern Division, Suite 400 and Annex",
+    ],
+)
+def test_a_long_or_unusual_practice_name_in_reply_to_stays_within_the_line_and_word_limits(practice_name: str) -> None:
+    raw = RENDERER.render(claimed_delivery(practice_name=practice_name))
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 78
+    message = _parse(raw)
+    assert message["Reply-To"].addresses[0].addr_spec == "desk@riverside.example"
+    # Decoded as RFC 2047 says (the space between two encoded words is not part of the name); the email package's
+    # address parser keeps it, for its own generator's output too.
+    folded = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)["Reply-To"]
+    name, _, address = folded.replace("\r\n", "").rpartition(" <")
+    assert address == "desk@riverside.example>"
+    shown = str(email.header.make_header(email.header.decode_header(name)))
+    assert shown.strip('"') == " ".join(practice_name.split())
+
+
+def test_an_internationalised_reply_to_never_stops_the_email() -> None:
+    """Every email of a practice replying at desk@clínica.example ended error (formataddr takes ASCII only)."""
+    idn = _parse(RENDERER.render(claimed_delivery(reply_to="desk@clínica.example")))
+    assert idn["Reply-To"].addresses[0].addr_spec == "desk@xn--clnica-4va.example"
+    utf8_mailbox = RENDERER.render(claimed_delivery(reply_to="recepción@clínica.example"))
+    assert utf8_mailbox.isascii() and _parse(utf8_mailbox)["Reply-To"] is None  # sent without it, not refused
 
 
 def test_unknown_practice_gets_a_neutral_name() -> None:
