@@ -162,7 +162,7 @@ class Shape(NamedTuple):
     has_note: bool
     has_reason: bool
     identity_check: str | None  # "ssn" or "date_of_birth_and_phone": what accepting will ask for
-    resend: bool  # the invite replaces an earlier one, whose link no longer works
+    resend: bool  # the invite replaces an earlier one that was emailed, whose link no longer works
 
 
 class Renderer:
@@ -228,7 +228,7 @@ class Renderer:
             _paragraph(delivery.reason),
         )
         has_name, has_note, has_reason = bool(raw[1]), bool(raw[2]), bool(raw[5])
-        resend = delivery.replaces is not None
+        resend = claimed.earlier_sent
         variant = self._variant(
             Shape(delivery.kind, locale, has_name, has_note, has_reason, delivery.identity_check, resend)
         )

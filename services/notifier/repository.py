@@ -123,7 +123,10 @@ async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> lis
     rows = await db.fetch(
         """
         WITH due AS (
-            SELECT d.id, p.locale, p.email IS NOT NULL AS on_platform, p.display_name, r.name, r.reply_to
+            SELECT d.id, p.locale, p.email IS NOT NULL AS on_platform, p.display_name, r.name, r.reply_to,
+                   CASE WHEN d.replaces IS NULL THEN false
+                        ELSE EXISTS (SELECT 1 FROM notifier.deliveries e WHERE e.invite_id = d.replaces
+                                                                          AND e.status = 'sent') END AS earlier_sent
             FROM notifier.deliveries d
             LEFT JOIN notifier.patients p ON p.email = coalesce(d.recipient_key, lower(d.recipient))
             LEFT JOIN notifier.practices r ON r.practice_id = d.practice_id
@@ -137,7 +140,8 @@ async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> lis
             locale = coalesce(due.locale, 'en')
         FROM due
         WHERE d.id = due.id
-        RETURNING d.*, due.on_platform, due.display_name AS patient_name, due.name AS practice_name, due.reply_to
+        RETURNING d.*, due.on_platform, due.display_name AS patient_name, due.name AS practice_name, due.reply_to,
+                  due.earlier_sent
         """,
         limit,
         owner,
@@ -174,6 +178,7 @@ def _claimed(row: asyncpg.Record) -> Claimed:
         practice_name=row["practice_name"],
         reply_to=row["reply_to"],
         revoked=row["revoked_at"] is not None,
+        earlier_sent=bool(row.get("earlier_sent")),  # asked by the claim only: a revoked one is never rendered
     )
 
 

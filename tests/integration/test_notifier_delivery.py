@@ -245,6 +245,23 @@ async def test_a_revoked_invite_is_not_emailed_and_a_resend_sends_one_email(
     [email] = notifier.caught(new.event_id)
     assert email["To"] == resent
     plain = email.get_body(("plain",))
+    # The earlier invite never reached her: nothing to say about its link (it said so, to a first email).
+    assert plain is not None and "no longer works" not in plain.get_content()
+
+
+async def test_a_resend_says_the_earlier_link_no_longer_works_only_when_that_email_went_out(
+    notifier: Notifier, clinic: uuid.UUID
+) -> None:
+    email = unique_email("twice")
+    await notifier.publish(patient(email, "en"))
+    first = invite(clinic, email, "v1")
+    await notifier.publish(first)
+    assert (await notifier.delivery(first.event_id))["status"] == "sent"
+    second = invite(clinic, email, "v2", replaces=first.payload.invite_id)
+    await notifier.publish(revoked(first, second.payload.invite_id), second)
+    assert (await notifier.delivery(second.event_id))["status"] == "sent"
+    [resent] = notifier.caught(second.event_id)
+    plain = resent.get_body(("plain",))
     assert plain is not None and "that invitation's link no longer works: use this one." in plain.get_content()
 
 
