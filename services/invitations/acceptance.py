@@ -17,6 +17,7 @@ class Decision(StrEnum):
     ACCEPTED = "accepted"
     ALREADY_ACCEPTED = "already_accepted"  # 409: single use
     REVOKED = "revoked"  # 410
+    REPLACED = "replaced"  # 410: revoked or expired, and a newer invite sent in its place (a resend)
     EXPIRED = "expired"  # 410
     LOCKED = "locked"  # 403: too many wrong answers
     WRONG_FACTOR = "wrong_factor"  # 403, counted
@@ -83,10 +84,10 @@ def accept(
     if invite.status is InviteStatus.ACCEPTED:
         return Acceptance(Decision.ALREADY_ACCEPTED, invite, changed=False)
     if invite.status is InviteStatus.REVOKED:
-        return Acceptance(Decision.REVOKED, invite, changed=False)
+        return Acceptance(_ended(invite, Decision.REVOKED), invite, changed=False)
     if invite.current_status(now) is InviteStatus.EXPIRED:
         if invite.status is InviteStatus.EXPIRED:
-            return Acceptance(Decision.EXPIRED, invite, changed=False)
+            return Acceptance(_ended(invite, Decision.EXPIRED), invite, changed=False)
         # Past its time but not yet swept: expire it now, so the answer and the record agree.
         expired = replace(invite, status=InviteStatus.EXPIRED, expired_at=invite.expires_at)
         event: Envelope = expired_event(invite.id, invite.practice_id, invite.expires_at, cause)
@@ -105,6 +106,11 @@ def accept(
     accepted = replace(invite, status=InviteStatus.ACCEPTED, accepted_at=now, accepted_by=str(patient_id))
     event = accepted_event(accepted, patient_id, patient_email, cause)
     return Acceptance(Decision.ACCEPTED, accepted, changed=True, events=(event,))
+
+
+def _ended(invite: Invite, why: Decision) -> Decision:
+    """A revoked or expired invite that a resend replaced points the patient at the newer email instead."""
+    return Decision.REPLACED if invite.replaced_by is not None else why
 
 
 def _checks(invite: Invite, answer: Answer, key: bytes) -> list[bool]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Query
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
@@ -61,10 +63,25 @@ def _birth_date(value: date) -> date:
     return value
 
 
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _iso_date(value: Any) -> Any:
+    """A date as YYYY-MM-DD, said so: pydantic's own answer to 29/02/1980 is "invalid character in year"."""
+    if not isinstance(value, str) or not value:
+        return value
+    try:
+        if _ISO_DATE.fullmatch(value):
+            return date.fromisoformat(value)
+    except ValueError:
+        pass  # 1980-02-30
+    raise PydanticCustomError("format", "expected a real date as YYYY-MM-DD, e.g. 1980-02-29")
+
+
 Ssn = Annotated[Factor, _format(identity.normalize_ssn)]
 IssuedSsn = Annotated[Factor, _format(identity.normalize_issued_ssn)]
 Phone = Annotated[Factor, _format(identity.normalize_phone)]
-BirthDate = Annotated[date | None, _format(_birth_date)]
+BirthDate = Annotated[date | None, BeforeValidator(_iso_date), _format(_birth_date)]
 
 
 def _email(value: str) -> str:
@@ -226,7 +243,8 @@ def _answer(body: AcceptBody) -> Answer:
     summary="A patient accepts an invite with its token (and one identity factor when the invite has them)",
     description=(
         "The invite is for the patient at the address it was sent to: the token's email must be that address "
-        "(403 otherwise, whatever factor is given). 410 when expired or revoked; 403 on a wrong factor (locked "
+        "(403 otherwise, whatever factor is given). 410 when expired or revoked (`reason` expired or revoked), or when "
+        "a resend replaced it (`reason` replaced: the newer email's link works); 403 on a wrong factor (locked "
         "after 5); 409 when already used."
     ),
     responses=problems(401, 403, 404, 409, 410, 415, 422),
@@ -262,6 +280,13 @@ def _refusal(decision: Decision, invite: Invite, tries_left: int) -> Problem:
         )
     if decision is Decision.REVOKED:
         return Problem(410, "This invite was revoked by the practice.", type_=kind, reason="revoked")
+    if decision is Decision.REPLACED:
+        return Problem(
+            410,
+            "The practice sent a newer invite in place of this one; use the link in the most recent email.",
+            type_=kind,
+            reason="replaced",
+        )
     if decision is Decision.ALREADY_ACCEPTED:
         return Problem(409, "This invite has already been used.", type_=kind)
     if decision is Decision.LOCKED:
@@ -275,7 +300,7 @@ def _refusal(decision: Decision, invite: Invite, tries_left: int) -> Problem:
         return Problem(403, detail, type_=kind, tries_left=tries_left)
     if decision is Decision.OTHER_EMAIL:
         return Problem(
-            403, "This invite was sent to another email address than the one you signed in with.", type_=kind
+            403, "This invite was sent to a different email address from the one you signed in with.", type_=kind
         )
     wanted = [FACTOR_FIELDS[factor] for factor in accepted_factors(invite)]
     needs = " or ".join(" and ".join(fields) for fields in wanted)

@@ -108,7 +108,7 @@ async def test_two_patients_racing_for_one_token_get_one_acceptance(service: Ser
 async def test_a_roster_invite_is_for_the_address_it_was_sent_to(service: Service) -> None:
     _, invite_id, token = await _roster_invite(service, "ann@example.com")
     response = await _accept(service, token, email="mallory@example.com")
-    assert response.status_code == 403 and "another email address" in response.json()["detail"]
+    assert response.status_code == 403 and "a different email address" in response.json()["detail"]
     assert (await _status(service, invite_id))["status"] == "pending"
 
 
@@ -126,7 +126,7 @@ async def test_an_invite_with_factors_needs_one_matching_factor(service: Service
     assert (await _status(service, invite_id))["failed_attempts"] == 0, "incomplete answers are not counted"
     # Another account holding the token and the right factor is still another account (was accepted).
     other = await _accept(service, token, email="other@example.com", date_of_birth="1980-02-29", phone="5550101234")
-    assert other.status_code == 403 and "another email address" in other.json()["detail"]
+    assert other.status_code == 403 and "a different email address" in other.json()["detail"]
     ok = await _accept(service, token, date_of_birth="1980-02-29", phone="(555) 010-1234")
     assert ok.status_code == 200, ok.text
     _, _, by_ssn = await _individual_invite(service, "bob@example.com", ssn="587654321")
@@ -179,7 +179,11 @@ async def test_a_resent_invite_retires_the_old_token(service: Service) -> None:
         f"/v1/practices/{practice}/invites/{invite_id}/resend", headers=staff(practice, subject="manager-7")
     )
     new = _token((await service.requested(practice))[resent.json()["invite"]["id"]])
-    assert (await _accept(service, old)).status_code == 410
+    # Not "revoked by the practice", which read as if the practice had withdrawn: it has just sent a newer one.
+    retired = await _accept(service, old)
+    assert (retired.status_code, retired.json()["reason"]) == (410, "replaced")
+    assert retired.json()["type"] == "urn:collabkare:problem:invite-replaced"
+    assert "most recent email" in retired.json()["detail"]
     assert (await _accept(service, new)).status_code == 200
     (event,) = await service.events(practice, "InviteAccepted")
     assert event["payload"]["invited_by"] == "manager-7", "the invite accepted is the one the resend sent"

@@ -108,6 +108,9 @@ async def test_malformed_input_is_named_without_echoing_it(service: Service) -> 
     # Every malformed field at once (the phone used to be named only once the date was fixed).
     both = await _invite(service, practice, email="ann@example.com", date_of_birth="03/02/1990", phone="call me")
     assert both.status_code == 422 and [e["field"] for e in both.json()["errors"]] == ["date_of_birth", "phone"]
+    # Said what a date must look like: pydantic's own message was "invalid character in year".
+    assert both.json()["errors"][0]["rule"] == "format"
+    assert both.json()["errors"][0]["message"] == "expected a real date as YYYY-MM-DD, e.g. 1980-02-29"
     assert "call me" not in both.text and "03/02/1990" not in both.text  # (a hex-like value may be in the URL)
 
 

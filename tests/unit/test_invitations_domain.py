@@ -180,6 +180,9 @@ def test_refusals_in_order() -> None:
     assert _accept(_invite(status=InviteStatus.ACCEPTED)).decision is Decision.ALREADY_ACCEPTED
     assert _accept(_invite(status=InviteStatus.REVOKED)).decision is Decision.REVOKED
     assert _accept(_invite(status=InviteStatus.EXPIRED)).decision is Decision.EXPIRED
+    # A resend replaced it: the patient is pointed at the newer email, not told the practice withdrew.
+    for ended in (InviteStatus.REVOKED, InviteStatus.EXPIRED):
+        assert _accept(_invite(status=ended, replaced_by=uuid.uuid4())).decision is Decision.REPLACED
     assert _accept(_factored(locked_at=NOW), Answer(ssn="123456789")).decision is Decision.LOCKED
     assert _accept(_factored()).decision is Decision.FACTOR_REQUIRED
     half = Answer(date_of_birth="1980-02-29")
