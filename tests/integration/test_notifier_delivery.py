@@ -157,7 +157,7 @@ async def test_spanish_templates_chosen_by_the_patients_locale(notifier: Notifie
     assert "Hola, Sofía:" in plain and "¡Bienvenida a la consulta!" in plain
     assert "caduca el 7 de marzo de 2031 a las 12:00 UTC" in plain and "Aceptar la invitación" in html
     [confirmation] = notifier.caught(yes.event_id)
-    assert confirmation["Subject"] == f"Ya está conectado con {PRACTICE_NAME}"
+    assert confirmation["Subject"] == f"Su conexión con {PRACTICE_NAME} está activa"
     [raw] = notifier.caught_raw(yes.event_id)
     assert b"\r\nSubject: =?utf-8?b?" in raw and raw.isascii(), "non-ASCII travels as RFC 2047 words and QP"
 
