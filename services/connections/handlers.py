@@ -67,6 +67,7 @@ async def request_connection(
 ) -> tuple[ConnectionRequest, bool]:
     """The patient's pending request to the practice, and whether this call created it."""
     async with transaction(pool) as db:
+        await repository.lock_patient(db, practice_id, patient.patient_id)
         change = domain.request_connection(
             practice_id,
             patient,
@@ -101,8 +102,13 @@ async def decide_request(
     cause: Cause,
     reason: str | None = None,
 ) -> ConnectionRequest:
-    """Approve or reject; the row lock makes two simultaneous decisions take turns, so exactly one decides."""
+    """Approve or reject; the patient's lock makes two simultaneous decisions (or a decision and an accepted invite)
+    take turns, so exactly one decides."""
     async with transaction(pool) as db:
+        patient_id = await repository.request_patient(db, practice_id, request_id)
+        if patient_id is None:
+            raise RequestNotFound()
+        await repository.lock_patient(db, practice_id, patient_id)
         request = await repository.lock_request(db, practice_id, request_id)
         if request is None:
             raise RequestNotFound()
@@ -148,9 +154,12 @@ async def reject_request(
 
 async def connect_invited(db: asyncpg.Connection, events: list[InviteAccepted]) -> None:
     """Consumer handler, inside the inbox transaction: each accepted invite connects its patient once."""
+    # Every patient's lock first, in one order: two batches naming the same patients cannot wait on each other.
+    pairs = {(e.practice_id, e.payload.patient_id) for e in events if e.practice_id is not None}
+    for practice, patient in sorted(pairs):
+        await repository.lock_patient(db, practice, patient)
     for accepted in events:
         practice_id, patient_id = accepted.practice_id, accepted.payload.patient_id
-        # Lock a pending request before looking at connections: the same order as decide_request.
         pending = await repository.lock_pending_request(db, practice_id, patient_id) if practice_id else None
         connected = await repository.find_connection(db, practice_id, patient_id) if practice_id else None
         change = domain.connect_by_invite(accepted, connected=connected, pending=pending, now=_now())

@@ -26,6 +26,15 @@ WHERE practice_id = $1 AND id = $2
 FOR UPDATE
 """
 
+# Everything that may connect a patient to a practice, or ask for it, takes turns per (practice, patient): an ask, a
+# decision and an accepted invite each read the connection and then write, and the unique index alone made the later
+# writer fail (a 500 to the approving staff) or let an ask slip in beside a connection not yet committed.
+LOCK_PATIENT = """
+SELECT pg_advisory_xact_lock(hashtextextended('connections.patient:' || $1::uuid::text || ':' || $2::uuid::text, 0))
+"""
+
+REQUEST_PATIENT = "SELECT patient_id FROM connections.connection_requests WHERE practice_id = $1 AND id = $2"
+
 # FOR UPDATE: an invite accepted at the same moment as a staff decision waits for it (and vice versa).
 LOCK_PENDING_REQUEST = f"""
 SELECT {_REQUEST_COLUMNS} FROM connections.connection_requests
@@ -105,6 +114,17 @@ def _request(row: asyncpg.Record) -> ConnectionRequest:
 
 def _connection(row: asyncpg.Record) -> Connection:
     return Connection(**dict(row))
+
+
+async def lock_patient(db: asyncpg.Connection, practice_id: uuid.UUID, patient_id: uuid.UUID) -> None:
+    """Until the transaction ends, the only one asking for, deciding on or making this patient's connection."""
+    await db.execute(LOCK_PATIENT, practice_id, patient_id)
+
+
+async def request_patient(db: asyncpg.Connection, practice_id: uuid.UUID, request_id: uuid.UUID) -> uuid.UUID | None:
+    """The patient a request is from (it never changes), read before any lock is taken."""
+    patient_id: uuid.UUID | None = await db.fetchval(REQUEST_PATIENT, practice_id, request_id)
+    return patient_id
 
 
 async def lock_request(

@@ -14,6 +14,7 @@ from collabkare.seeding import practice_registered, publish
 from collabkare.stack.infra import Infrastructure
 from schemas import InviteAccepted
 from schemas.events import InviteAcceptedPayload
+from services.connections import handlers
 from tests.integration.connections_harness import Service, running_service
 from tests.support import patient_token, produce, read_to_end, staff_token
 
@@ -162,6 +163,33 @@ async def test_accepted_invite_answers_the_patients_pending_request(service: Ser
         ("ConnectionRequested", None),
         ("ConnectionApproved", "invite"),
     ]
+
+
+async def test_an_ask_while_an_accepted_invite_is_being_applied_finds_the_patient_connected(service: Service) -> None:
+    """Found by a concurrency review: an ask made while the consumer's batch had connected the patient but not yet
+    committed saw no connection and stored a pending request (201) beside it; approving that request then failed
+    on the unique index (500), and rejecting it emailed a connected patient that the practice had refused her."""
+    practice, patient = await service.practice(), uuid.uuid4()
+    accepted = _accepted(practice, patient)
+    token = patient_token(patient, accepted.payload.patient_email)
+    assert service.runtime.pool is not None
+    async with service.runtime.pool.acquire() as db, db.transaction():
+        await handlers.connect_invited(db, [accepted])  # as the consumer applies it: done, not yet committed
+        ask = asyncio.create_task(
+            service.http.post(
+                "/v1/connection-requests",
+                json={"practice_id": str(practice)},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        )
+        await asyncio.sleep(0.5)  # the ask runs meanwhile
+    answer = await ask
+    assert answer.status_code == 409, answer.text  # connected: nothing to ask for
+    requests = await service.fetch(
+        "SELECT status FROM connections.connection_requests WHERE practice_id = $1", practice
+    )
+    assert requests == []
+    assert len(await _connections(service, practice)) == 1
 
 
 async def test_invite_accepted_without_a_practice_is_dead_lettered_and_changes_nothing(service: Service) -> None:
