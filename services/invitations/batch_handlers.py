@@ -25,7 +25,7 @@ from services.invitations.batch import (
 )
 from services.invitations.batch_repository import BatchRecord, RowRecord
 from services.invitations.bulk import BatchContext, build_records
-from services.invitations.domain import Cause, InviteStatus, Outcome
+from services.invitations.domain import Cause, Outcome
 from services.invitations.events import revoked_event
 from services.invitations.handlers import Policy, expire_overdue, now_utc
 from services.invitations.roster import Entry, Roster, Verdict
@@ -130,7 +130,7 @@ async def submit_roster(
         replaced = await batch_repository.replace_invites(
             db, now, actor, [(old, new_ids[line]) for line, old in replaces.items()]
         )
-        events += [_revoked(row, cause) for row in replaced if row["status"] == InviteStatus.REVOKED.value]
+        events += [_revoked(row, cause) for row in replaced if row["revoked_now"]]
         await add_events(db, repository.SCHEMA, events)
     log.info(
         "batch.submitted",
@@ -271,7 +271,7 @@ async def resend_not_on_platform(
             await batch_repository.copy_records(db, records)
             changes: list[RowChange] = [(line, Outcome.QUEUED.value, None, new_ids[line], 1) for line in new_ids]
             await batch_repository.update_rows(db, batch_id, now, changes + flagged)
-            revoked = [_revoked(row, cause) for row in replaced if row["status"] == InviteStatus.REVOKED.value]
+            revoked = [_revoked(row, cause) for row in replaced if row["revoked_now"]]
             await add_events(db, repository.SCHEMA, revoked)
             resent += len(new_ids)
             for change in flagged:

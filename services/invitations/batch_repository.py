@@ -66,16 +66,25 @@ FROM unnest($3::int[], $4::text[], $5::text[], $6::uuid[], $7::int[])
 WHERE r.batch_id = $1 AND r.line_number = u.line_number
 """
 
-# The roster's old invites when it is resent: pending ones are revoked, the others only point at their successor.
+# The old invites new ones replace: pending ones are revoked, the others only point at their successor. Read as
+# locked, not as they were when chosen: one revoked or accepted meanwhile (staff and patients do not wait for the
+# practice's lock) is revoked by nobody here (`revoked_now` false: its InviteRevoked went out already), and an
+# accepted or already replaced one is left alone.
 REPLACE_INVITES = """
+WITH old AS (
+    SELECT i.id, i.status AS was, u.new_id
+    FROM invitations.invites AS i JOIN unnest($3::uuid[], $4::uuid[]) AS u(old_id, new_id) ON i.id = u.old_id
+    WHERE i.replaced_by IS NULL AND i.status <> 'accepted'
+    FOR UPDATE OF i
+)
 UPDATE invitations.invites AS i
-SET replaced_by = u.new_id,
-    status = CASE WHEN i.status = 'pending' THEN 'revoked' ELSE i.status END,
-    revoked_at = CASE WHEN i.status = 'pending' THEN $1 ELSE i.revoked_at END,
-    revoked_by = CASE WHEN i.status = 'pending' THEN $2 ELSE i.revoked_by END
-FROM unnest($3::uuid[], $4::uuid[]) AS u(old_id, new_id)
-WHERE i.id = u.old_id
-RETURNING i.id, i.practice_id, i.status, i.revoked_at, i.revoked_by, i.replaced_by
+SET replaced_by = old.new_id,
+    status = CASE WHEN old.was = 'pending' THEN 'revoked' ELSE i.status END,
+    revoked_at = CASE WHEN old.was = 'pending' THEN $1 ELSE i.revoked_at END,
+    revoked_by = CASE WHEN old.was = 'pending' THEN $2 ELSE i.revoked_by END
+FROM old
+WHERE i.id = old.id
+RETURNING i.id, i.practice_id, i.status, i.revoked_at, i.revoked_by, i.replaced_by, old.was = 'pending' AS revoked_now
 """
 
 
@@ -186,7 +195,8 @@ async def update_rows(
 async def replace_invites(
     db: asyncpg.Connection, now: datetime, actor: str, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]]
 ) -> list[asyncpg.Record]:
-    """Point each old invite at its successor, revoking it if still pending; returns the updated invites."""
+    """Point each old invite at its successor, revoking it if still pending; returns the updated invites, each
+    with `revoked_now` (whether this call revoked it: its InviteRevoked is the caller's to publish)."""
     if not pairs:
         return []
     old, new = zip(*pairs, strict=True)

@@ -104,7 +104,7 @@ async def create_invite(
             events += [
                 revoked_event(row["id"], row["practice_id"], row["revoked_by"], row["revoked_at"], invite.id, cause)
                 for row in replaced
-                if row["status"] == InviteStatus.REVOKED.value
+                if row["revoked_now"]
             ]
         await add_events(db, repository.SCHEMA, events)
     log.info("invite.created", practice_id=str(practice_id), invite_id=str(invite.id))

@@ -7,12 +7,14 @@ import hmac
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
 from collabkare.stack.infra import Infrastructure
+from services.invitations import batch_repository
 from tests.integration.invitations_harness import IDENTITY_KEY, Service, patient, running_service, staff
 
 FACTORS = {"ssn": "123-45-6789", "date_of_birth": "1980-02-29", "phone": "(555) 010-1234"}
@@ -224,6 +226,30 @@ async def test_revoke_publishes_invite_revoked_once(service: Service) -> None:
     )
     refused = await _act(service, practice, invite["id"], "revoke", "m")
     assert refused.status_code == 409 and refused.json()["status_now"] == "accepted"
+
+
+async def test_an_invite_revoked_or_accepted_after_it_was_chosen_to_be_replaced_is_not_revoked_again(
+    service: Service,
+) -> None:
+    """Found by a concurrency review: a roster chose the undelivered invites it replaces, stored its rows for
+    seconds, then revoked them; one staff had revoked meanwhile (revoking does not wait for the practice's lock)
+    was revoked again, and a second InviteRevoked published. Here the replacing step meets each such state."""
+    practice = uuid.uuid4()
+    pending, revoked, accepted = [await _created(service, practice, f"{name}@example.com") for name in ("p", "r", "a")]
+    assert (await _act(service, practice, revoked["id"], "revoke", "mgr-2")).status_code == 200
+    await service.admin.execute(
+        "UPDATE invitations.invites SET status = 'accepted' WHERE id = $1", uuid.UUID(accepted["id"])
+    )
+    successors = {invite["id"]: uuid.uuid4() for invite in (pending, revoked, accepted)}
+    assert service.runtime.pool is not None
+    async with service.runtime.pool.acquire() as db:
+        rows = await batch_repository.replace_invites(
+            db, datetime.now(UTC), "roster-staff", [(uuid.UUID(old), new) for old, new in successors.items()]
+        )
+    by_id = {str(row["id"]): row for row in rows}
+    assert set(by_id) == {pending["id"], revoked["id"]}, "an accepted invite is nobody's to replace"
+    assert by_id[pending["id"]]["revoked_now"] and by_id[pending["id"]]["revoked_by"] == "roster-staff"
+    assert not by_id[revoked["id"]]["revoked_now"] and by_id[revoked["id"]]["revoked_by"] == "mgr-2"
 
 
 async def test_resend_revokes_and_sends_a_new_token_and_history_keeps_everything(service: Service) -> None:
