@@ -28,8 +28,8 @@ from services.invitations.bulk import BatchContext, build_records
 from services.invitations.domain import Cause, Outcome
 from services.invitations.events import revoked_event
 from services.invitations.handlers import Policy, expire_overdue, now_utc
+from services.invitations.practice_lock import practice_transaction
 from services.invitations.roster import Entry, Roster, Verdict
-from services.runtime.database import transaction
 from services.runtime.logging import get_logger
 from services.runtime.outbox import add_events
 
@@ -102,9 +102,8 @@ async def submit_roster(
 ) -> Submission:
     """Store the batch, a row per entry, and an invite plus InviteRequested per ready entry: one transaction."""
     now = now_utc()
-    async with transaction(pool) as db:
-        # One batch at a time per practice: "already invited" then sees every invite committed before it.
-        await repository.lock_practice(db, practice_id)
+    # One batch at a time per practice: "already invited" then sees every invite committed before it.
+    async with practice_transaction(pool, practice_id) as db:
         if idempotency_key is not None:
             existing = await find_by_key(db, practice_id, idempotency_key, digest)
             if existing is not None:
@@ -250,8 +249,7 @@ async def resend_not_on_platform(
     now = now_utc()
     resent = 0
     flags: dict[str, int] = {}
-    async with transaction(pool) as db:
-        await repository.lock_practice(db, practice_id)
+    async with practice_transaction(pool, practice_id) as db:
         if await batch_repository.find_batch(db, practice_id, batch_id) is None:
             raise BatchNotFound()
         rows = await batch_repository.lock_not_on_platform(db, batch_id)

@@ -24,6 +24,7 @@ from services.invitations.domain import (
 )
 from services.invitations.events import accept_url, expired_event, requested_event, revoked_event, revoked_event_of
 from services.invitations.identity import Digests
+from services.invitations.practice_lock import practice_transaction
 from services.invitations.tokens import invite_id_of, new_token, token_hash
 from services.runtime.database import transaction
 from services.runtime.logging import get_logger
@@ -75,8 +76,7 @@ async def create_invite(
 ) -> Invite:
     """One invite with identity factors; refused when the patient is connected or already holds a pending one."""
     now, key = now_utc(), domain.email_key(email)
-    async with transaction(pool) as db:
-        await repository.lock_practice(db, practice_id)
+    async with practice_transaction(pool, practice_id) as db:
         if (await repository.known(db, practice_id, [key], now))[0]:
             raise AlreadyConnected()
         events = await expire_overdue(db, practice_id, now, cause)
@@ -137,8 +137,7 @@ async def resend_invite(
 ) -> tuple[Invite, Invite]:
     """(old, new): revoke a pending invite (or close an expired one) and send a new one with a new token."""
     now = now_utc()
-    async with transaction(pool) as db:
-        await repository.lock_practice(db, practice_id)
+    async with practice_transaction(pool, practice_id) as db:
         invite = await repository.lock_invite(db, practice_id, invite_id)
         if invite is None:
             raise InviteNotFound()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from collabkare.stack.infra import Infrastructure
-from services.invitations import batch_repository
+from services.invitations import batch_repository, repository
 from tests.integration.invitations_harness import IDENTITY_KEY, Service, patient, running_service, staff
 
 FACTORS = {"ssn": "123-45-6789", "date_of_birth": "1980-02-29", "phone": "(555) 010-1234"}
@@ -250,6 +251,25 @@ async def test_an_invite_revoked_or_accepted_after_it_was_chosen_to_be_replaced_
     assert set(by_id) == {pending["id"], revoked["id"]}, "an accepted invite is nobody's to replace"
     assert by_id[pending["id"]]["revoked_now"] and by_id[pending["id"]]["revoked_by"] == "roster-staff"
     assert not by_id[revoked["id"]]["revoked_now"] and by_id[revoked["id"]]["revoked_by"] == "mgr-2"
+
+
+async def test_a_practice_waiting_for_its_lock_does_not_hold_the_pool_from_the_others(service: Service) -> None:
+    """Found by a concurrency review: while one practice stored a 100,000-line roster, its staff's waiting invite
+    requests each held a pooled connection in the database's lock queue; with ten of them, every other practice's
+    requests waited seconds for a connection."""
+    busy, other = uuid.uuid4(), uuid.uuid4()
+    async with service.admin.acquire() as holder, holder.transaction():
+        await holder.execute(repository.LOCK_PRACTICE, busy)  # as another process storing a long roster
+        waiting = [
+            asyncio.create_task(_invite(service, busy, email=f"w{i}@example.com", ssn="123456789")) for i in range(15)
+        ]
+        await asyncio.sleep(0.3)  # all fifteen are in, more than the pool's ten connections
+        async with asyncio.timeout(20):  # a bound, not a speed: without the fix it waits for the holder
+            elsewhere = await _invite(service, other, email="b@example.com", ssn="123456789")
+        assert elsewhere.status_code == 201, elsewhere.text
+        assert not any(task.done() for task in waiting), "the busy practice's requests still wait their turn"
+    answers = await asyncio.gather(*waiting)
+    assert [answer.status_code for answer in answers] == [201] * 15
 
 
 async def test_resend_revokes_and_sends_a_new_token_and_history_keeps_everything(service: Service) -> None:
