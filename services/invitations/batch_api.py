@@ -39,6 +39,7 @@ from services.invitations.roster import (
 )
 from services.invitations.views import BatchView, PreviewView, ResentView, RowsPage, RowView, preview_json
 from services.runtime.auth import StaffMember
+from services.runtime.deadline import answers_within
 from services.runtime.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_client_leaves
 from services.runtime.middleware import takes_bodies_up_to
 from services.runtime.openapi import problems
@@ -47,6 +48,9 @@ from services.runtime.problems import Problem
 router = APIRouter(tags=["rosters"])
 # The JSON around a 5 MB roster: escaped line breaks and quotes make it larger than the roster itself.
 MAX_BODY = 2 * MAX_BYTES + 64 * 1024
+# A 100,000-line roster takes seconds to upload, parse and store (and may wait ROSTER_ADMISSION_WAIT_SECONDS for
+# room): more than the service's REQUEST_DEADLINE_SECONDS, which bounds every other request.
+ROSTER_DEADLINE_SECONDS = 60.0
 _KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 _LINE_NUMBER = re.compile(r"[0-9]{1,6}")  # a roster has at most 100,000 lines
 _BASE = "/v1/practices/{practice_id}/invite-batches"
@@ -111,6 +115,7 @@ def _digest(body: RosterBody) -> bytes:
     responses={**problems(401, 403, 404, 413, 415, 422), **BUSY},
 )
 @takes_bodies_up_to(MAX_BODY)
+@answers_within(ROSTER_DEADLINE_SECONDS)
 async def preview(
     practice_id: uuid.UUID, staff: StaffMember, request: Request, pool: Pool, admission: Admission
 ) -> Response:
@@ -138,6 +143,7 @@ async def preview(
     responses={**problems(401, 403, 404, 413, 415, 422), **BUSY},
 )
 @takes_bodies_up_to(MAX_BODY)
+@answers_within(ROSTER_DEADLINE_SECONDS)
 async def submit(
     practice_id: uuid.UUID,
     staff: StaffMember,
@@ -264,6 +270,7 @@ async def not_on_platform(practice_id: uuid.UUID, batch_id: uuid.UUID, staff: St
     "on their own, with an identity check, is flagged `already_invited` instead: resend that invite.",
     responses={**problems(401, 403, 404, 422), **BUSY},
 )
+@answers_within(ROSTER_DEADLINE_SECONDS)
 async def resend_not_on_platform(
     practice_id: uuid.UUID,
     batch_id: uuid.UUID,

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.runtime.auth import check_access_before_body
+from services.runtime.deadline import Deadline
 from services.runtime.media import require_json
 from services.runtime.metrics import Metrics
 from services.runtime.middleware import CORRELATION_HEADER, Correlate, HeadAsGet, LimitBody
@@ -40,6 +41,7 @@ def create_http_app(
     routers: Sequence[APIRouter],
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     cors_origins: Sequence[str] = (),
+    deadline_seconds: float = 10.0,
 ) -> FastAPI:
     # No redirect for a trailing slash: Starlette built its Location from the request's Host header (a 307 to
     # any host a caller names); a path with one is simply not found.
@@ -56,6 +58,7 @@ def create_http_app(
         app.include_router(router)
 
     app.add_middleware(LimitBody)
+    app.add_middleware(Deadline, seconds=deadline_seconds)  # inside Correlate: its 503 is counted and correlated
     app.add_middleware(Correlate, metrics=metrics)
 
     if cors_origins:

@@ -98,7 +98,11 @@ def _complete_operation(path: str, operation: dict[str, Any]) -> None:
     if path.startswith("/v1/"):
         operation["security"] = [{"bearer": []}]
         responses.setdefault("500", _problem("Internal server error: the detail quotes the correlation id"))
-        away = _problem("A dependency (database, identity provider) is away: retry", **{"Retry-After": _RETRY_AFTER})
+        away = _problem(
+            "A dependency (database, identity provider) is away, or no answer within the deadline "
+            "(REQUEST_DEADLINE_SECONDS, 10 s; 60 s for a roster): retry",
+            **{"Retry-After": _RETRY_AFTER},
+        )
         responses.setdefault("503", away)
         if "requestBody" in operation:
             responses.setdefault("413", _problem("The body is larger than this route takes (64 KiB unless it says)"))

@@ -262,6 +262,7 @@ class ServiceRuntime:
             routers=self.spec.routers,
             lifespan=lifespan,
             cors_origins=self.settings.cors_origins,
+            deadline_seconds=self.settings.request_deadline_seconds,
         )
         app.state.runtime = self
         app.state.verifier = self.verifier

@@ -84,6 +84,13 @@ class RuntimeSettings(BaseSettings):
     database_url: PostgresDsn = Field(description="The service's own role, e.g. postgresql://svc:pw@host/db")
     database_pool_min: int = Field(default=2, ge=1)
     database_pool_max: int = Field(default=10, ge=1)
+    request_deadline_seconds: float = Field(
+        default=10.0,
+        ge=1,
+        le=300,
+        description="A request not answered by then gets a 503 with Retry-After (a roster's send, preview or resend: "
+        "60 s), rather than waiting out a database or broker that stopped answering",
+    )
 
     kafka_bootstrap_servers: str = Field(min_length=1, description="host:port[,host:port]")
     kafka_topic_prefix: str = Field(default="", description="Prepended to every topic (shared clusters, tests)")

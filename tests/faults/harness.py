@@ -193,7 +193,7 @@ class Watcher:
                 for name, call in self.checks.items():
                     try:
                         response = call(http)
-                        self.seen.append((name, response.status_code, _problem_of(response)))
+                        self.seen.append((name, response.status_code, answer_kind(response)))
                     except httpx.HTTPError as error:
                         self.seen.append((name, 0, type(error).__name__))
                 self._stop.wait(self.every)
@@ -211,7 +211,7 @@ class Watcher:
         ]
 
 
-def _problem_of(response: httpx.Response) -> str:
+def answer_kind(response: httpx.Response) -> str:
     kind = response.headers.get("content-type", "")
     if response.status_code < 400:
         return "ok"

@@ -8,14 +8,18 @@ dependency was down. One stack serves the module; each drill has its own practic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -23,6 +27,7 @@ from collabkare.client import CollabKare
 from collabkare.stack.broker import EmbeddedBroker
 from collabkare.stack.local import RunningStack, local_stack
 from collabkare.stack.ports import free_port
+from collabkare.stack.postgres import NAME as postgres_name
 from collabkare.stack.processes import Supervisor
 from schemas.topics import TOPICS, dead_letter_topic
 from tests.faults.door import BrokerDoor
@@ -30,6 +35,7 @@ from tests.faults.harness import (
     DRILL_SECONDS,
     Drill,
     Watcher,
+    answer_kind,
     duplicates,
     fetch,
     kafka_state,
@@ -368,6 +374,42 @@ def test_postgres_restart_apis_answer_or_503(stack: RunningStack, postgres_resta
     assert not unclear, f"answers other than 2xx or problem+json 503: {sorted(set(unclear))[:5]}\n" + log_tails(
         stack, "invitations", lines=5
     )
+
+
+def test_postgres_frozen_every_request_answers_503_within_its_deadline(stack: RunningStack) -> None:
+    """Found by a fault drill by hand: with PostgreSQL frozen (a stalled disk or failover: sockets open, nothing
+    answers) every API call hung for the whole outage, 70 s for a 70 s freeze, where clients and proxies give up
+    after 10-30 s. Now more calls than each pool has connections answer 503 problem+json with Retry-After once
+    REQUEST_DEADLINE_SECONDS (10 s) have passed, and the same calls succeed once PostgreSQL answers again."""
+    drill = Drill(stack, "pgfreeze")
+    token = {"Authorization": f"Bearer {drill.api.staff_token}"}
+    urls = [
+        f"{stack.urls['invitations']}/v1/practices/{drill.practice_id}/invites?email=someone%40example.com",
+        f"{stack.urls['connections']}/v1/practices/{drill.practice_id}/connection-requests",
+    ]
+    postgres = stack.infra.postgres
+    assert postgres is not None
+
+    def call(url: str) -> tuple[int, str, str | None]:
+        # The client's bound is far above the deadline: a request that hangs fails here as a timeout.
+        response = httpx.get(url, headers=token, timeout=40)
+        return response.status_code, answer_kind(response), response.headers.get("retry-after")
+
+    # Every process of it: PostgreSQL puts each backend in a session of its own, out of the postmaster's group.
+    server = psutil.Process(postgres.supervisor.pid(postgres_name))
+    processes = [server, *server.children(recursive=True)]
+    for process in processes:
+        process.suspend()
+    try:
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            answers = list(pool.map(call, urls * 12))  # twelve each: more than the ten connections of a pool
+    finally:
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.resume()
+    assert set(answers) == {(503, "problem", "5")}, answers
+    for url in urls:
+        wait_for(f"pgfreeze: {url} answers again", lambda u=url: call(u)[0] == 200, 60)
 
 
 def test_broker_stopped_while_roster_is_submitted(stack: RunningStack, broker: Broker) -> None:

@@ -1,0 +1,84 @@
+"""Every request is answered within its deadline: a 503 problem+json with Retry-After, even when the work, once
+cancelled, still waits (a rollback to a database that stopped answering); a route may take longer if it says so."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from services.runtime.deadline import Deadline, answers_within
+
+finished: list[str] = []
+
+
+async def stuck(request: Request) -> PlainTextResponse:
+    try:
+        await asyncio.sleep(30)  # a statement to a database that answers nothing
+    finally:
+        await asyncio.shield(asyncio.sleep(1))  # then its rollback, which the cancellation does not end
+        finished.append("stuck")
+    return PlainTextResponse("never")
+
+
+@answers_within(2)
+async def long_roster(request: Request) -> PlainTextResponse:
+    await asyncio.sleep(0.6)
+    return PlainTextResponse("stored")
+
+
+async def quick(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("fine")
+
+
+async def broken(request: Request) -> PlainTextResponse:
+    raise ValueError("a defect")
+
+
+APP = Deadline(
+    Starlette(
+        routes=[
+            Route("/stuck", stuck),
+            Route("/long", long_roster),
+            Route("/quick", quick),
+            Route("/broken", broken),
+        ]
+    ),
+    seconds=0.3,
+)
+
+
+def _client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=APP), base_url="http://test")
+
+
+async def test_work_past_the_deadline_is_a_503_without_waiting_for_its_cleanup() -> None:
+    async with _client() as http:
+        answer = await http.get("/stuck")
+    assert "stuck" not in finished, "answered before the cancelled work's cleanup ended"
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["status"] == 503 and "0.3 s" in answer.json()["detail"]
+    async with asyncio.timeout(10):
+        while "stuck" not in finished:  # the cancelled work still ends, in the background
+            await asyncio.sleep(0.05)
+
+
+async def test_a_route_that_says_so_may_take_longer_and_others_are_untouched() -> None:
+    async with _client() as http:
+        assert (await http.get("/long")).text == "stored"
+        assert (await http.get("/quick")).text == "fine"
+
+
+async def test_a_defect_is_still_raised_for_the_error_middleware() -> None:
+    async with _client() as http:
+        try:
+            await http.get("/broken")
+        except ValueError as error:
+            assert str(error) == "a defect"
+        else:
+            raise AssertionError("the defect was swallowed")
