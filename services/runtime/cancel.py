@@ -21,9 +21,19 @@ async def cancel_within(timeout: float, *tasks: asyncio.Task[Any]) -> set[asynci
     return running
 
 
-def _drop_outcome(task: asyncio.Task[Any]) -> None:
+def _drop_outcome(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+def forget(*futures: asyncio.Future[Any]) -> None:
+    """Futures nobody will await any more: their outcome is retrieved as they end, so that a failure is not logged
+    by asyncio as never retrieved."""
+    for future in futures:
+        if future.done():
+            _drop_outcome(future)
+        else:
+            future.add_done_callback(_drop_outcome)
 
 
 def being_cancelled() -> bool:

@@ -14,7 +14,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from murmurhash2 import murmurhash2
 
-from services.runtime.cancel import cancel_within
+from services.runtime.cancel import cancel_within, forget
 from services.runtime.database import listen, unlisten
 from services.runtime.kafka import KafkaSecurity
 from services.runtime.logging import get_logger
@@ -181,28 +181,28 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
+            futures: list[asyncio.Future[object]] = []
             try:
                 # Rows are deleted only once the broker has acknowledged every message of the batch.
                 async with asyncio.timeout(self._send_timeout):
-                    futures = [
-                        await producer.send(
-                            self._topic(row["topic"]),
-                            value=row["payload"],
-                            key=row["message_key"].encode(),
-                            headers=[
-                                ("event_type", row["event_type"].encode()),
-                                ("event_id", str(row["event_id"]).encode()),
-                                _JSON,
-                            ],
-                        )
-                        for row in rows
-                    ]
+                    for row in rows:
+                        topic, key = self._topic(row["topic"]), row["message_key"].encode()
+                        headers = [
+                            ("event_type", row["event_type"].encode()),
+                            ("event_id", str(row["event_id"]).encode()),
+                            _JSON,
+                        ]
+                        futures.append(await producer.send(topic, value=row["payload"], key=key, headers=headers))
                     for future in futures:  # one after the other: gather() costs a callback per message
                         await future
-            except Exception:
-                # Stopped while the lock is still held: whatever of this batch is still on its way lands before
-                # another relay's next batch can follow it (the retry then only adds duplicates, after).
-                await self._close_producer()
+            except BaseException as error:
+                # The batch failed once, and says so once (the caller logs it): each message's own failure, still
+                # to come, was logged by asyncio as "never retrieved", a thousand error lines for one batch.
+                forget(*futures)
+                if isinstance(error, Exception):
+                    # Stopped while the lock is still held: whatever of this batch is still on its way lands before
+                    # another relay's next batch can follow it (the retry then only adds duplicates, after).
+                    await self._close_producer()
                 raise
             await connection.execute(
                 f'DELETE FROM "{self._schema}".outbox WHERE id = ANY($1::bigint[])', [row["id"] for row in rows]

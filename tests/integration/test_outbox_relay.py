@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -217,6 +218,52 @@ async def test_outbox_pending_gauge_shows_the_lag_while_the_broker_is_away(
         finally:
             await relay.stop()
     await pool.close()
+
+
+class Stalled:
+    """A broker that takes every message and acknowledges none in time: the acks fail after the batch gave up."""
+
+    def __init__(self) -> None:
+        self.acks: list[asyncio.Future[object]] = []
+
+    async def send(self, *args: object, **kwargs: object) -> asyncio.Future[object]:
+        self.acks.append(asyncio.get_running_loop().create_future())
+        return self.acks[-1]
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_a_batch_that_times_out_is_one_failure_not_one_log_line_per_message(
+    database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """Found by a fault drill: with the broker frozen mid-batch, invitations logged 999 error lines in a second,
+    "Future exception was never retrieved", one per message whose ack failed after the batch had timed out."""
+    pool = await create_pool(database.url_for(SCHEMA), SCHEMA, 1, 2)
+    async with transaction(pool) as connection:
+        await add_events(connection, SCHEMA, _events(50, uuid.uuid4()))
+    relay = _relay(pool, database.infra.kafka_bootstrap, topic_prefix, send_timeout=0.3)
+    broker = Stalled()
+    relay._producer = broker  # type: ignore[assignment]
+    unretrieved: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+        with pytest.raises(TimeoutError):
+            await relay.publish_batch()
+        assert len(broker.acks) == 50
+        for ack in broker.acks:  # the client's own request timeout, after the batch gave up
+            if not ack.done():
+                ack.set_exception(ConnectionError("request timed out"))
+        broker.acks.clear()
+        gc.collect()
+        await asyncio.sleep(0.05)
+        assert unretrieved == []
+        async with pool.acquire() as connection:
+            assert await pending_count(connection, SCHEMA) == 50, "nothing deleted: published later"
+    finally:
+        loop.set_exception_handler(None)
+        await pool.close()
 
 
 async def test_a_relay_stopped_as_it_starts_gives_its_connection_back(
