@@ -62,8 +62,15 @@ class Spool:
         data = memoryview(record(sender, recipients, content, time.time()))
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            while data:  # a short write (a full disk) raises on the next call rather than leave half a record
-                data = data[os.write(fd, data) :]
+            start = os.fstat(fd).st_size  # where this record begins (appends go to the end, under the lock)
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+            except OSError:
+                # A full disk: no half record stays behind to be read as an email (the caller tells the client).
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 

@@ -89,7 +89,12 @@ class SpoolHandler:
                 # 421 means "closing the channel": close once the reply has been written.
                 asyncio.get_running_loop().call_soon(server.transport.close)
             return f"{self.faults.tempfail_code} 4.3.2 try again later (fault drill)"
-        self.spool.append(envelope.mail_from, envelope.rcpt_tos, envelope.original_content)
+        try:
+            self.spool.append(envelope.mail_from, envelope.rcpt_tos, envelope.original_content)
+        except OSError as error:
+            # Not stored: a temporary failure, as a real relay answers (aiosmtpd's own "500 Error" is permanent, and
+            # the notifier rightly gave up on every email while the disk was full).
+            return f"452 4.3.1 Insufficient system storage ({os.strerror(error.errno or 0)})"
         return "250 2.0.0 OK stored"
 
 

@@ -146,3 +146,46 @@ def test_a_reader_never_sees_half_a_record(tmp_path: Path) -> None:
     finally:
         stop.set()
         writer.join()
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from collabkare.stack import mailbox
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as a full disk would
+path = Path(sys.argv[1])
+spool = mailbox.Spool(path)
+spool.append("a@example.com", ["b@example.com"], b"Subject: first\\r\\n\\r\\nfits\\r\\n")
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 100, path.stat().st_size + 100))
+try:
+    spool.append("a@example.com", ["b@example.com"], b"Subject: second\\r\\n\\r\\n" + b"x" * 10_000 + b"\\r\\n")
+except OSError as error:
+    print("refused", error.errno)
+"""
+
+
+def test_a_full_disk_leaves_no_half_record_and_the_catcher_answers_452(tmp_path: Path) -> None:
+    """Found by a fault drill: with the disk full the last record was left cut off mid-body (and read as an email),
+    and aiosmtpd answered "500 Error", permanent, so the notifier gave up on every email while it lasted."""
+    import asyncio
+    import errno
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from collabkare.stack.smtp_catcher import FaultFile, SpoolHandler
+
+    path = tmp_path / "mail.mbox"
+    done = subprocess.run([sys.executable, "-c", _FULL_DISK, str(path)], capture_output=True, text=True, check=True)
+    assert done.stdout.startswith("refused"), done.stdout + done.stderr
+    assert [message["Subject"] for message in mailbox.read_caught(path)] == ["first"]
+    assert mailbox.read_raw(path)[0].endswith(b"fits\r\n")
+
+    class FullDisk(mailbox.Spool):
+        def append(self, sender: str, recipients: list[str], content: bytes) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    handler = SpoolHandler(FullDisk(tmp_path / "other.mbox"), FaultFile(None))
+    envelope = SimpleNamespace(mail_from="a@example.com", rcpt_tos=["b@example.com"], original_content=MESSAGE)
+    answer = asyncio.run(handler.handle_DATA(None, None, envelope))
+    assert answer == "452 4.3.1 Insufficient system storage (No space left on device)"
