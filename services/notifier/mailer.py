@@ -84,10 +84,10 @@ class SmtpConnection:
         wire = await self._open()
         if isinstance(wire, SendResult):
             return wire
+        # One deadline for the whole transaction, not one per reply.
+        deadline = asyncio.get_running_loop().time() + self._mailer.settings.smtp_timeout_seconds
         try:
-            # One deadline for the whole transaction, not one per reply.
-            async with asyncio.timeout(self._mailer.settings.smtp_timeout_seconds):
-                accepted, response = await wire.transaction(sender, recipient, message)
+            accepted, response = await wire.transaction(sender, recipient, message, deadline=deadline)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             # A timeout or a dropped connection: the server may or may not have kept the message.
             self.close()

@@ -20,6 +20,7 @@ from aiosmtplib.protocol import normalize_message_line_endings
 
 _MAX_REPLY_BYTES = 32 * 1024  # a reply (with its continuation lines) longer than this is not SMTP
 _MAX_QUEUED_REPLIES = 8  # a transaction awaits 3 at most: more is a server talking to itself
+_LAST_LOOK_SECONDS = 0.01  # long enough for the event loop to read what the socket holds
 _UNSAFE = frozenset(b"<>\x7f" + bytes(range(0x21)))  # in an address these would end or inject a command
 
 
@@ -86,25 +87,33 @@ class Wire(asyncio.Protocol):
 
     # Commands
 
-    async def transaction(self, sender: str, recipient: str, message: bytes) -> tuple[bool, SMTPResponse]:
+    async def transaction(
+        self, sender: str, recipient: str, message: bytes, *, deadline: float
+    ) -> tuple[bool, SMTPResponse]:
         """One message: (True, the 250 to the message) or (False, the first refusal). Raises Disconnected when the
-        connection ends first, ValueError for an address no command line can carry."""
+        connection ends first, ValueError for an address no command line can carry, TimeoutError once the event
+        loop's clock passes `deadline` with a reply still missing.
+
+        Not asyncio.timeout: a process frozen past its deadline (SIGSTOP, a stalled VM) wakes with the server's
+        250 already read and the timer due in the same turn of the loop, and the timer's cancellation won; the
+        message was then recorded as failed and sent again. Here a reply that is in counts, and a message whose 354
+        came too late is not sent at all."""
         mail_from, rcpt_to = self._address(sender), self._address(recipient)
         utf8 = b" SMTPUTF8" if not (mail_from + rcpt_to).isascii() else b""
         envelope = [b"MAIL FROM:<" + mail_from + b">" + utf8 + b"\r\n", b"RCPT TO:<" + rcpt_to + b">\r\n"]
         try:
-            return await self._transaction(envelope, message)
+            return await self._transaction(envelope, message, deadline)
         except BaseException:
             # Cancelled or failed with replies still owed: the next message must not read them as its own.
             if self._owed:
                 self.close()
             raise
 
-    async def _transaction(self, envelope: list[bytes], message: bytes) -> tuple[bool, SMTPResponse]:
+    async def _transaction(self, envelope: list[bytes], message: bytes, deadline: float) -> tuple[bool, SMTPResponse]:
         expected: list[tuple[int, ...]] = [(250,), (250, 251), (354,)]
         if self.pipelining:
             self._write(b"".join(envelope) + b"DATA\r\n", replies=3)
-            replies = await self._read(3)
+            replies = await self._read(3, deadline)
             for reply, codes in zip(replies, expected, strict=False):
                 if reply.code not in codes:
                     if replies[-1].code == 354:
@@ -115,16 +124,18 @@ class Wire(asyncio.Protocol):
                 raise Disconnected(self._why)
         else:
             for command, codes in zip([*envelope, b"DATA\r\n"], expected, strict=True):
-                reply = await self.command(command)
+                reply = await self.command(command, deadline)
                 if reply.code not in codes:
                     return False, reply
-        reply = await self.command(data_lines(message))
+        if asyncio.get_running_loop().time() >= deadline:
+            raise TimeoutError  # the 354 came too late: the message is not sent, so it cannot arrive twice
+        reply = await self.command(data_lines(message), deadline)
         return reply.code == 250, reply
 
-    async def command(self, line: bytes) -> SMTPResponse:
+    async def command(self, line: bytes, deadline: float | None = None) -> SMTPResponse:
         """Write a command line (CRLF included) and read its one reply."""
         self._write(line, replies=1)
-        replies = await self._read(1)
+        replies = await self._read(1, deadline)
         if not replies:
             raise Disconnected(self._why)
         return replies[0]
@@ -149,8 +160,10 @@ class Wire(asyncio.Protocol):
         self._owed += replies
         self._transport.write(data)
 
-    async def _read(self, count: int) -> list[SMTPResponse]:
-        """Up to `count` replies: fewer only when the connection ended first."""
+    async def _read(self, count: int, deadline: float | None = None) -> list[SMTPResponse]:
+        """Up to `count` replies: fewer only when the connection ended first. TimeoutError when the loop's clock
+        passes `deadline` before they are all in."""
+        loop = asyncio.get_running_loop()
         replies: list[SMTPResponse] = []
         while len(replies) < count:
             if self._replies:
@@ -159,11 +172,18 @@ class Wire(asyncio.Protocol):
             elif self._lost:
                 break
             else:
-                self._waiter = asyncio.get_running_loop().create_future()
+                self._waiter = loop.create_future()
                 try:
-                    await self._waiter
+                    if deadline is None:
+                        await self._waiter
+                    else:
+                        # Woken by the reply or the deadline. Past the deadline already (the process was frozen),
+                        # one last short look: the reply may be in the socket, not yet read.
+                        await asyncio.wait({self._waiter}, timeout=max(deadline - loop.time(), _LAST_LOOK_SECONDS))
                 finally:
                     self._waiter = None
+                if deadline is not None and not self._replies and not self._lost and loop.time() >= deadline:
+                    raise TimeoutError
         return replies
 
     def _give_up(self, why: str) -> None:

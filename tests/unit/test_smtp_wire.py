@@ -8,8 +8,11 @@ with every way TCP can cut the replies.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -394,3 +397,61 @@ def test_a_server_talking_to_itself_is_cut_off() -> None:
     wire = Wire(transport, pipelining=True)
     wire.data_received(b"250 OK\r\n" * 20)
     assert transport.closed and not wire.usable
+
+
+@contextlib.contextmanager
+def serving_elsewhere(server: Scripted) -> Iterator[int]:
+    """The scripted server on an event loop of its own, in a thread: it answers while this test's loop is frozen."""
+    ready: concurrent.futures.Future[tuple[int, asyncio.AbstractEventLoop, asyncio.Event]] = concurrent.futures.Future()
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        ready.set_result((listener.sockets[0].getsockname()[1], asyncio.get_running_loop(), stop))
+        async with listener:
+            await stop.wait()
+        sessions = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in sessions:
+            task.cancel()
+        await asyncio.gather(*sessions, return_exceptions=True)
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    port, loop, stop = ready.result(timeout=10)
+    try:
+        yield port
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+
+
+@pytest.mark.parametrize("frozen_after", [b"\r\n.\r\n", b"DATA\r\n"])
+async def test_a_process_frozen_past_its_deadline_neither_loses_a_reply_nor_sends_late(frozen_after: bytes) -> None:
+    """Found by a fault drill: a notifier frozen 40 s (SIGSTOP, a stalled VM) woke with the server's 250 already in
+    its socket and the SMTP deadline due in the same turn of the event loop; the timeout won, the email was recorded
+    as failed and sent again. Frozen after the message: its 250 counts. Frozen after DATA: the 354 came too late, so
+    the message is not sent at all (a retry sends it once)."""
+    server = Scripted(pipelining=True)
+    timeout = 0.5
+    with serving_elsewhere(server) as port:
+        connection = Mailer(smtp_settings(port, smtp_timeout_seconds=timeout)).connection()
+        assert await connection.open() is None
+        wire = connection._wire
+        assert wire is not None
+        write = wire._write
+
+        def write_then_freeze(data: bytes, *, replies: int) -> None:
+            write(data, replies=replies)
+            if data.endswith(frozen_after):
+                time.sleep(timeout + 0.5)  # the whole process stops; the server, elsewhere, answers meanwhile
+
+        wire._write = write_then_freeze  # type: ignore[method-assign]
+        try:
+            result = await connection.send(SENDER, "ann@example.com", MESSAGE)
+        finally:
+            await connection.quit()
+    if frozen_after == b"DATA\r\n":
+        assert result.attempt is Attempt.TRANSIENT and server.messages == []
+    else:
+        assert result.attempt is Attempt.SENT, result
+        assert len(server.messages) == 1
