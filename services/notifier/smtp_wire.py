@@ -41,6 +41,7 @@ class Wire(asyncio.Protocol):
         self._lost = False
         self._why = "Connection lost"  # said by Disconnected once the connection is gone
         self._owed = 0  # replies to commands written and not yet read: not usable for a new message until 0
+        self._overdue = False  # the current transaction's deadline has passed (its alarm rang)
         transport.set_protocol(self)
 
     @classmethod
@@ -101,6 +102,8 @@ class Wire(asyncio.Protocol):
         mail_from, rcpt_to = self._address(sender), self._address(recipient)
         utf8 = b" SMTPUTF8" if not (mail_from + rcpt_to).isascii() else b""
         envelope = [b"MAIL FROM:<" + mail_from + b">" + utf8 + b"\r\n", b"RCPT TO:<" + rcpt_to + b">\r\n"]
+        self._overdue = False
+        alarm = asyncio.get_running_loop().call_at(deadline, self._deadline_passed)
         try:
             return await self._transaction(envelope, message, deadline)
         except BaseException:
@@ -108,6 +111,8 @@ class Wire(asyncio.Protocol):
             if self._owed:
                 self.close()
             raise
+        finally:
+            alarm.cancel()
 
     async def _transaction(self, envelope: list[bytes], message: bytes, deadline: float) -> tuple[bool, SMTPResponse]:
         expected: list[tuple[int, ...]] = [(250,), (250, 251), (354,)]
@@ -127,7 +132,7 @@ class Wire(asyncio.Protocol):
                 reply = await self.command(command, deadline)
                 if reply.code not in codes:
                     return False, reply
-        if asyncio.get_running_loop().time() >= deadline:
+        if self._past(deadline):
             raise TimeoutError  # the 354 came too late: the message is not sent, so it cannot arrive twice
         reply = await self.command(data_lines(message), deadline)
         return reply.code == 250, reply
@@ -172,19 +177,29 @@ class Wire(asyncio.Protocol):
             elif self._lost:
                 break
             else:
+                # Woken by a reply, or by the transaction's alarm at the deadline. Past it already (the process was
+                # frozen), one last short look first: the reply may be in the socket, not yet read.
+                late = deadline is not None and self._past(deadline)
                 self._waiter = loop.create_future()
+                look = loop.call_later(_LAST_LOOK_SECONDS, self._wake) if late else None
                 try:
-                    if deadline is None:
-                        await self._waiter
-                    else:
-                        # Woken by the reply or the deadline. Past the deadline already (the process was frozen),
-                        # one last short look: the reply may be in the socket, not yet read.
-                        await asyncio.wait({self._waiter}, timeout=max(deadline - loop.time(), _LAST_LOOK_SECONDS))
+                    await self._waiter
                 finally:
                     self._waiter = None
-                if deadline is not None and not self._replies and not self._lost and loop.time() >= deadline:
+                    if look is not None:
+                        look.cancel()
+                if deadline is not None and not self._replies and not self._lost and self._past(deadline):
                     raise TimeoutError
         return replies
+
+    def _deadline_passed(self) -> None:
+        """The transaction's alarm: a read waiting for a reply wakes, finds none, and gives up."""
+        self._overdue = True
+        self._wake()
+
+    def _past(self, deadline: float) -> bool:
+        # The alarm may ring a hair before the clock reads the deadline (the loop's clock resolution).
+        return self._overdue or asyncio.get_running_loop().time() >= deadline
 
     def _give_up(self, why: str) -> None:
         self._why = why
