@@ -154,7 +154,9 @@ async def reject_request(
 
 async def connect_invited(db: asyncpg.Connection, events: list[InviteAccepted]) -> None:
     """Consumer handler, inside the inbox transaction: each accepted invite connects its patient once."""
-    # Every patient's lock first, in one order: two batches naming the same patients cannot wait on each other.
+    # Every patient's lock first, in one order (the consumer calls this once per run of InviteAccepted in a batch:
+    # two batches that interleave other events with them may still meet in opposite order; PostgreSQL then finds
+    # the deadlock and the batch is retried).
     pairs = {(e.practice_id, e.payload.patient_id) for e in events if e.practice_id is not None}
     for practice, patient in sorted(pairs):
         await repository.lock_patient(db, practice, patient)

@@ -124,9 +124,19 @@ async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> lis
         """
         WITH due AS (
             SELECT d.id, p.locale, p.email IS NOT NULL AS on_platform, p.display_name, r.name, r.reply_to,
-                   CASE WHEN d.replaces IS NULL THEN false
-                        ELSE EXISTS (SELECT 1 FROM notifier.deliveries e WHERE e.invite_id = d.replaces
-                                                                          AND e.status = 'sent') END AS earlier_sent
+                   CASE WHEN d.replaces IS NULL THEN false ELSE EXISTS (
+                       -- The invites this one replaces, back along their resends (A <- B <- C: B revoked unsent
+                       -- still leaves A's email in the inbox); one of them emailed, or being emailed.
+                       WITH RECURSIVE earlier (invite_id, depth) AS (
+                           SELECT d.replaces, 1
+                           UNION ALL
+                           SELECT e.replaces, earlier.depth + 1
+                           FROM earlier JOIN notifier.deliveries e ON e.invite_id = earlier.invite_id
+                           WHERE e.replaces IS NOT NULL AND earlier.depth < 20
+                       )
+                       SELECT 1 FROM earlier JOIN notifier.deliveries s ON s.invite_id = earlier.invite_id
+                       WHERE s.status IN ('sent', 'sending')
+                   ) END AS earlier_sent
             FROM notifier.deliveries d
             LEFT JOIN notifier.patients p ON p.email = coalesce(d.recipient_key, lower(d.recipient))
             LEFT JOIN notifier.practices r ON r.practice_id = d.practice_id

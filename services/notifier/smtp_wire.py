@@ -133,6 +133,7 @@ class Wire(asyncio.Protocol):
                 if reply.code not in codes:
                     return False, reply
         if self._past(deadline):
+            self.close()  # the server waits for a message in DATA mode: nothing else may follow on this connection
             raise TimeoutError  # the 354 came too late: the message is not sent, so it cannot arrive twice
         reply = await self.command(data_lines(message), deadline)
         return reply.code == 250, reply

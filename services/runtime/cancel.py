@@ -16,8 +16,7 @@ async def cancel_within(timeout: float, *tasks: asyncio.Task[Any]) -> set[asynci
     if not tasks:
         return set()
     _, running = await asyncio.wait(tasks, timeout=timeout)
-    for task in running:
-        task.add_done_callback(_drop_outcome)
+    forget(*tasks)
     return running
 
 

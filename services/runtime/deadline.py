@@ -15,12 +15,13 @@ from typing import Any, TypeVar
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.runtime.cancel import cancel_within
+from services.runtime.cancel import cancel_within, forget
 from services.runtime.logging import get_logger
 from services.runtime.problems import problem_response
 
 EndpointT = TypeVar("EndpointT", bound=Callable[..., Any])
 _log = get_logger(__name__)
+_abandoned: set[asyncio.Future[None]] = set()
 
 
 def answers_within(seconds: float) -> Callable[[EndpointT], EndpointT]:
@@ -72,11 +73,15 @@ class Deadline:
                     break
         except asyncio.CancelledError:
             work.cancel()  # the server's cancellation (a shutdown): the work goes with it
+            forget(work)
             raise
         if work.done():
             work.result()  # its exception, if any, is the next middleware's to answer
             return
         gave_up = True
+        # Cancelled and left to end with its connection; held here till then (the loop keeps only weak references).
+        _abandoned.add(work)
+        work.add_done_callback(_abandoned.discard)
         await cancel_within(0, work)
         route = getattr(scope.get("route"), "path", None)
         _log.warning("http.deadline_exceeded", method=scope.get("method"), route=route, seconds=allowed)

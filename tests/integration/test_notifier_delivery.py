@@ -263,6 +263,18 @@ async def test_a_resend_says_the_earlier_link_no_longer_works_only_when_that_ema
     [resent] = notifier.caught(second.event_id)
     plain = resent.get_body(("plain",))
     assert plain is not None and "that invitation's link no longer works: use this one." in plain.get_content()
+    # Resent twice in a row: the second resend's invite was revoked before its email went out, and the first email
+    # (whose link no longer works) is still in the patient's inbox.
+    third = invite(clinic, email, "v3", replaces=second.payload.invite_id)
+    skipped = invite(clinic, email, "v4", replaces=third.payload.invite_id)
+    await notifier.publish(
+        revoked(second, third.payload.invite_id), third, revoked(third, skipped.payload.invite_id), skipped
+    )
+    assert (await notifier.delivery(skipped.event_id))["status"] == "sent"
+    assert notifier.caught(third.event_id) == []
+    [latest] = notifier.caught(skipped.event_id)
+    plain = latest.get_body(("plain",))
+    assert plain is not None and "that invitation's link no longer works: use this one." in plain.get_content()
 
 
 async def test_an_invite_revoked_before_its_request_arrives_is_not_emailed(

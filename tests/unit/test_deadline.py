@@ -4,6 +4,7 @@ cancelled, still waits (a rollback to a database that stopped answering); a rout
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import httpx
 from starlette.applications import Starlette
@@ -31,6 +32,14 @@ async def long_roster(request: Request) -> PlainTextResponse:
     return PlainTextResponse("stored")
 
 
+async def fails_when_cancelled(request: Request) -> PlainTextResponse:
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        raise RuntimeError("the driver's own error, cancelled mid-statement") from None
+    return PlainTextResponse("never")
+
+
 async def quick(request: Request) -> PlainTextResponse:
     return PlainTextResponse("fine")
 
@@ -46,6 +55,7 @@ APP = Deadline(
             Route("/long", long_roster),
             Route("/quick", quick),
             Route("/broken", broken),
+            Route("/fails-when-cancelled", fails_when_cancelled),
         ]
     ),
     seconds=0.3,
@@ -82,3 +92,19 @@ async def test_a_defect_is_still_raised_for_the_error_middleware() -> None:
             assert str(error) == "a defect"
         else:
             raise AssertionError("the defect was swallowed")
+
+
+async def test_what_the_abandoned_work_raises_is_not_logged_as_never_retrieved() -> None:
+    """Found by a review: an error the cancelled work raised was left for asyncio to report, without any context."""
+    unretrieved: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+        async with _client() as http:
+            assert (await http.get("/fails-when-cancelled")).status_code == 503
+        await asyncio.sleep(0.05)
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert unretrieved == []
