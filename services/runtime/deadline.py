@@ -10,28 +10,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, TypeVar
 
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.runtime.cancel import cancel_within, forget
 from services.runtime.logging import get_logger
+from services.runtime.middleware import EndpointT, endpoint_says, route_of, route_says
 from services.runtime.problems import problem_response
 
-EndpointT = TypeVar("EndpointT", bound=Callable[..., Any])
 _log = get_logger(__name__)
 _abandoned: set[asyncio.Future[None]] = set()
 
 
 def answers_within(seconds: float) -> Callable[[EndpointT], EndpointT]:
     """Mark an endpoint whose work may take longer than the service's deadline (under its route decorator)."""
-
-    def mark(endpoint: EndpointT) -> EndpointT:
-        endpoint.deadline_seconds = seconds  # type: ignore[attr-defined]
-        return endpoint
-
-    return mark
+    return endpoint_says(deadline_seconds=seconds)
 
 
 class Deadline:
@@ -66,7 +60,7 @@ class Deadline:
                 if answered:
                     await work  # answering already: its body is on its way
                     return
-                longer: float = getattr(getattr(scope.get("route"), "endpoint", None), "deadline_seconds", allowed)
+                longer: float = route_says(scope, "deadline_seconds", allowed)
                 if longer > allowed:
                     allowed = longer
                 elif loop.time() - started >= allowed:
@@ -83,8 +77,7 @@ class Deadline:
         _abandoned.add(work)
         work.add_done_callback(_abandoned.discard)
         await cancel_within(0, work)
-        route = getattr(scope.get("route"), "path", None)
-        _log.warning("http.deadline_exceeded", method=scope.get("method"), route=route, seconds=allowed)
+        _log.warning("http.deadline_exceeded", method=scope.get("method"), route=route_of(scope), seconds=allowed)
         detail = (
             f"No answer within {allowed:g} s: the service's database or broker is slow or away. Retry later; a retry "
             "may find the work done (a roster's Idempotency-Key makes its retry safe)."

@@ -65,13 +65,13 @@ class Correlate:
                 except Exception:
                     # A defect: logged here, with the correlation id the caller was given, and answered in the
                     # same problem+json as every other error, never Starlette's plain-text page.
-                    _log.exception("http.unhandled", method=scope.get("method"), route=_route_of(scope))
+                    _log.exception("http.unhandled", method=scope.get("method"), route=route_of(scope))
                     if answered:
                         raise
                     detail = f"Something went wrong on our side; quote correlation id {correlation_id} to support."
                     await problem_response(Request(scope), 500, detail)(scope, receive, send_with_id)
         finally:
-            route = _route_of(scope)
+            route = route_of(scope)
             self.metrics.http_requests.labels(route, str(status)).inc()
             self.metrics.http_latency.labels(route).observe(time.perf_counter() - started)
 
@@ -79,14 +79,26 @@ class Correlate:
 EndpointT = TypeVar("EndpointT", bound=Callable[..., Any])
 
 
-def takes_bodies_up_to(limit: int) -> Callable[[EndpointT], EndpointT]:
-    """Mark an endpoint that takes bodies larger than MAX_JSON_BODY (under its route decorator)."""
+def endpoint_says(**attributes: Any) -> Callable[[EndpointT], EndpointT]:
+    """Mark an endpoint (under its route decorator) with what the middleware must know of it: `route_says` reads it
+    once the request has been routed."""
 
     def mark(endpoint: EndpointT) -> EndpointT:
-        endpoint.max_body_bytes = limit  # type: ignore[attr-defined]
+        for name, value in attributes.items():
+            setattr(endpoint, name, value)
         return endpoint
 
     return mark
+
+
+def route_says(scope: Scope, name: str, default: Any) -> Any:
+    """What the routed endpoint says of itself (`endpoint_says`), or the default."""
+    return getattr(getattr(scope.get("route"), "endpoint", None), name, default)
+
+
+def takes_bodies_up_to(limit: int) -> Callable[[EndpointT], EndpointT]:
+    """Mark an endpoint that takes bodies larger than MAX_JSON_BODY (under its route decorator)."""
+    return endpoint_says(max_body_bytes=limit)
 
 
 class LimitBody:
@@ -106,8 +118,7 @@ class LimitBody:
 
         async def limited() -> Message:
             nonlocal received
-            endpoint = getattr(scope.get("route"), "endpoint", None)
-            limit: int = getattr(endpoint, "max_body_bytes", MAX_JSON_BODY)
+            limit: int = route_says(scope, "max_body_bytes", MAX_JSON_BODY)
             if declared.isdigit() and int(declared) > limit:
                 raise BodyTooLarge(limit)
             message = await receive()
@@ -143,5 +154,5 @@ class HeadAsGet:
         await self.app(scope, receive, headers_only)
 
 
-def _route_of(scope: Scope) -> str:
+def route_of(scope: Scope) -> str:
     return getattr(scope.get("route"), "path", "unmatched")
