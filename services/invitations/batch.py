@@ -75,6 +75,25 @@ def flag_known(
     return replaces
 
 
+def settle_replaced(
+    unique: dict[str, Entry], replaces: dict[int, uuid.UUID], statuses: dict[uuid.UUID, str]
+) -> dict[int, uuid.UUID]:
+    """The replacements that still hold once the old invites are locked, as they are now (`statuses`, by id).
+
+    Between the flagging and the lock a patient may have accepted one (the entry is then already connected) or staff
+    revoked it (nothing to replace; the entry is invited anew). Returns {line number: the invite it replaces}."""
+    by_line = {entry.line_number: entry for entry in unique.values()}
+    settled: dict[int, uuid.UUID] = {}
+    for line, old in replaces.items():
+        status = statuses.get(old)
+        if status == "pending":
+            settled[line] = old
+        elif status == "accepted":
+            entry = by_line[line]
+            entry.verdict, entry.reason = Verdict.ALREADY_CONNECTED, ALREADY_CONNECTED_REASON
+    return settled
+
+
 def count_verdicts(entries: Iterable[Entry]) -> dict[str, int]:
     counts = Counter(entry.verdict for entry in entries)
     return {verdict.value: counts.get(verdict, 0) for verdict in Verdict}

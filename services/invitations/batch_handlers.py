@@ -22,6 +22,7 @@ from services.invitations.batch import (
     already_invited_reason,
     count_verdicts,
     flag_known,
+    settle_replaced,
 )
 from services.invitations.batch_repository import BatchRecord, RowRecord
 from services.invitations.bulk import BatchContext, build_records
@@ -110,6 +111,9 @@ async def submit_roster(
                 return Submission(existing, replayed=True, verdicts={})
         events = await expire_overdue(db, practice_id, now, cause)
         replaces = await _flag(db, practice_id, roster, now)
+        if replaces:  # locked now, not after the seconds a long roster takes to store
+            statuses = await batch_repository.lock_replaced(db, list(replaces.values()))
+            replaces = settle_replaced(roster.unique, replaces, statuses)
         verdicts = count_verdicts(roster.entries)
         batch = BatchRecord(
             id=uuid.uuid4(),

@@ -66,10 +66,14 @@ FROM unnest($3::int[], $4::text[], $5::text[], $6::uuid[], $7::int[])
 WHERE r.batch_id = $1 AND r.line_number = u.line_number
 """
 
-# The old invites new ones replace: pending ones are revoked, the others only point at their successor. Read as
-# locked, not as they were when chosen: one revoked or accepted meanwhile (staff and patients do not wait for the
-# practice's lock) is revoked by nobody here (`revoked_now` false: its InviteRevoked went out already), and an
-# accepted or already replaced one is left alone.
+# The undelivered invites a roster's new ones are to replace, locked before the roster is stored (in id order, as the
+# resend locks them): a patient accepting one meanwhile waits, then finds it replaced.
+LOCK_REPLACED = "SELECT id, status FROM invitations.invites WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
+
+# The old invites new ones replace: pending ones are revoked, the others only point at their successor. Both callers
+# have locked them already (lock_replaced, lock_not_on_platform); read as locked all the same: one revoked or accepted
+# before that (staff and patients do not wait for the practice's lock) is revoked by nobody here (`revoked_now`
+# false: its InviteRevoked went out already), and an accepted or already replaced one is left alone.
 REPLACE_INVITES = """
 WITH old AS (
     SELECT i.id, i.status AS was, u.new_id
@@ -190,6 +194,13 @@ async def update_rows(
         return
     columns = list(zip(*changes, strict=True))
     await db.execute(UPDATE_ROWS, batch_id, now, *(list(column) for column in columns))
+
+
+async def lock_replaced(db: asyncpg.Connection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Lock these invites until the transaction ends; returns each one's status as it is now."""
+    if not ids:
+        return {}
+    return {row["id"]: row["status"] for row in await db.fetch(LOCK_REPLACED, list(ids))}
 
 
 async def replace_invites(

@@ -192,6 +192,44 @@ async def test_overlapping_batches_never_invite_a_patient_twice(service: Service
     assert len(per_email) == 200 and {r["n"] for r in per_email} == {1}
 
 
+async def test_an_undelivered_invite_accepted_while_its_roster_is_stored_makes_the_row_already_connected(
+    service: Service,
+) -> None:
+    """Found by a concurrency review: a roster replacing an undelivered invite read it unlocked, stored its rows,
+    and only then locked it; a patient who accepted it in between (an `error` delivery may have arrived) got a new
+    invite as well, though connected. The roster now locks the invites it replaces before it stores anything."""
+    practice = uuid.uuid4()
+    await service.submit(practice, "ann@example.com")
+    old = await service.fetchval("SELECT id FROM invitations.invites WHERE practice_id = $1", practice)
+    await service.admin.execute("UPDATE invitations.invites SET delivery = 'error' WHERE id = $1", old)
+    async with service.admin.acquire() as patient_side:
+        async with patient_side.transaction():  # the acceptance, holding the invite's lock until it commits
+            await patient_side.execute("UPDATE invitations.invites SET status = 'accepted' WHERE id = $1", old)
+            roster = asyncio.create_task(service.submit(practice, "ann@example.com\nbob@example.com"))
+            async with asyncio.timeout(20):  # until the roster waits for that lock (now, or after storing before)
+                while not await patient_side.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+                ):
+                    await asyncio.sleep(0.02)
+        batch = await roster
+    assert batch["counts"]["already_connected"] == 1 and batch["patients_ready"] == 1, batch["counts"]
+    rows = await service.fetch(
+        "SELECT email, outcome, invite_id FROM invitations.batch_rows WHERE batch_id = $1 ORDER BY line_number",
+        uuid.UUID(batch["batch_id"]),
+    )
+    assert [(r["email"], r["outcome"], r["invite_id"] is None) for r in rows] == [
+        ("ann@example.com", "already_connected", True),
+        ("bob@example.com", "queued", False),
+    ]
+    invites = await service.fetch(
+        "SELECT email_key, status, replaced_by FROM invitations.invites WHERE practice_id = $1", practice
+    )
+    assert sorted((r["email_key"], r["status"], r["replaced_by"]) for r in invites) == [
+        ("ann@example.com", "accepted", None),
+        ("bob@example.com", "pending", None),
+    ]
+
+
 async def test_size_limits_answer_413_with_the_limit(service: Service) -> None:
     practice = uuid.uuid4()
     url = f"/v1/practices/{practice}/invite-batches"

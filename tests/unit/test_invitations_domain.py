@@ -18,6 +18,7 @@ from schemas import InviteRequested
 from services.invitations import identity
 from services.invitations.acceptance import Acceptance, Answer, Decision, accept
 from services.invitations.app import create_app
+from services.invitations.batch import ALREADY_CONNECTED_REASON, settle_replaced
 from services.invitations.bulk import BatchContext, RequestedJson, build_records, copy_text
 from services.invitations.domain import (
     DELIVERY_RANK,
@@ -452,3 +453,14 @@ def test_start_up_warns_when_invite_links_would_not_work_or_travel_in_clear(
     create_app(InvitationsSettings(**values))  # type: ignore[arg-type]
     events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
     assert [e for e in events if e.startswith("settings.public_base_url")] == ([warning] if warning else [])
+
+
+def test_a_replacement_settles_on_what_the_locked_invite_has_become() -> None:
+    roster = parse_roster("ann@example.com\nbob@example.com\ncat@example.com")
+    ann, bob, cat = (uuid.uuid4() for _ in range(3))
+    replaces = {1: ann, 2: bob, 3: cat}
+    settled = settle_replaced(roster.unique, replaces, {ann: "pending", bob: "accepted", cat: "revoked"})
+    assert settled == {1: ann}, "only a still-pending invite is replaced"
+    verdicts = [(entry.line_number, entry.verdict) for entry in roster.entries]
+    assert verdicts == [(1, Verdict.READY), (2, Verdict.ALREADY_CONNECTED), (3, Verdict.READY)]
+    assert roster.entries[1].reason == ALREADY_CONNECTED_REASON
