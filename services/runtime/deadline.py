@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from fastapi import Request
+from fastapi import Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.runtime.cancel import cancel_within, forget
+from services.runtime.disconnect import CLIENT_CLOSED_REQUEST
 from services.runtime.logging import get_logger
 from services.runtime.middleware import EndpointT, endpoint_says, route_of, route_says
 from services.runtime.problems import problem_response
@@ -77,6 +78,11 @@ class Deadline:
         _abandoned.add(work)
         work.add_done_callback(_abandoned.discard)
         await cancel_within(0, work)
+        if await Request(scope, receive).is_disconnected():
+            # Nobody is waiting for the answer: counted as the client's (nginx's 499), not as an outage's 503.
+            _log.info("http.client_left_before_deadline", method=scope.get("method"), route=route_of(scope))
+            await Response(status_code=CLIENT_CLOSED_REQUEST)(scope, receive, send)
+            return
         _log.warning("http.deadline_exceeded", method=scope.get("method"), route=route_of(scope), seconds=allowed)
         detail = (
             f"No answer within {allowed:g} s: the service's database or broker is slow or away. Retry later; a retry "
