@@ -9,6 +9,7 @@ arrived. Bodies are bounded elsewhere (middleware.LimitBody).
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -36,6 +37,20 @@ class _HeadTooLarge(Exception):
     """Raised from a parser callback to stop the parser: the head was refused."""
 
 
+class _OwnRefusal(logging.Filter):
+    """uvicorn logs the parser error that stops the parser as "Invalid HTTP request received.": for a head refused
+    here that line is noise after the 431's own, so it is dropped while the refusing read is handled."""
+
+    refusing = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.refusing and record.getMessage() == "Invalid HTTP request received.")
+
+
+_OWN_REFUSAL = _OwnRefusal()
+logging.getLogger("uvicorn.error").addFilter(_OWN_REFUSAL)
+
+
 class BoundedHeadProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, counting what arrives while a request's head is incomplete (so that an
     endless head is refused as it grows), and measuring each complete head (so that one which ended within the
@@ -48,7 +63,10 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # what the client still sends is read and dropped until the connection closes
-        super().data_received(data)
+        try:
+            super().data_received(data)
+        finally:
+            _OWN_REFUSAL.refusing = False
         if not self._in_head or self.transport.is_closing():
             return
         self._head_bytes += len(data)
@@ -76,6 +94,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         if size > MAX_HEAD_BYTES:
             log.warning("http.head_too_large", received=size, limit=MAX_HEAD_BYTES)
             self._refuse()
+            _OWN_REFUSAL.refusing = True
             raise _HeadTooLarge  # httptools stops and hands uvicorn a parser error: its 400 is not sent
         super().on_headers_complete()
 

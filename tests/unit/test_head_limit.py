@@ -6,6 +6,7 @@ Served by uvicorn on a loopback port with the protocol every service runs (servi
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -77,9 +78,17 @@ async def test_a_head_past_the_limit_is_431_and_the_connection_closed(port: int)
 
 
 @pytest.mark.parametrize("size", [MAX_HEAD_BYTES + 100, 2 * MAX_HEAD_BYTES - 4096])
-async def test_a_head_past_the_limit_that_ends_within_one_read_is_431_too(port: int, size: int) -> None:
+async def test_a_head_past_the_limit_that_ends_within_one_read_is_431_too(
+    port: int, size: int, caplog: pytest.LogCaptureFixture
+) -> None:
     """Heads of up to about 512 KiB were answered 200: the read that completed a head was never counted."""
-    answer = await _exchange(port, _get(size))
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        answer = await _exchange(port, _get(size))
+        invalid = await _exchange(port, b"NOT HTTP\r\n\r\n")
+    assert [r.getMessage() for r in caplog.records if r.name == "uvicorn.error"] == [
+        "Invalid HTTP request received."
+    ], "uvicorn's parser-error line is logged for the request that was not HTTP, not for the 431"
+    assert invalid.startswith(b"HTTP/1.1 400")
     assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer[:200]
     assert b'"status":431' in answer and b"400" not in answer.split(b"\r\n")[0]
 
