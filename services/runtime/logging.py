@@ -41,7 +41,8 @@ DROPPED_KEYS = frozenset(
 _LOCAL = r"[^\s<>()\[\],;:\"@\\]"
 _LABEL = r"[^\s<>()\[\],;:\"'@\\.]"
 EMAIL = re.compile(rf'(?:"[^"\r\n]*"|({_LOCAL}){_LOCAL}*)@((?:{_LABEL}+\.)+{_LABEL}{{2,}})')
-SSN = re.compile(r"\b\d{3}[- ]\d{2}[- ]\d{4}\b")
+# SSNs written 123-45-6789, 123 45 6789 or 123456789 (how staff type them into an invite): a run of exactly nine digits.
+SSN = re.compile(r"\b\d{3}([- ]?)\d{2}\1\d{4}\b")
 # Dates of birth as people write them; an ISO timestamp (a "T" after the date) is not one.
 DATE = re.compile(r"\b(?:19|20)\d{2}-\d{2}-\d{2}\b(?!T)|\b\d{1,2}/\d{1,2}/(?:19|20)\d{2}\b")
 PHONE = re.compile(

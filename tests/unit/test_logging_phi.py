@@ -77,6 +77,9 @@ def test_international_and_quoted_addresses_are_masked_too() -> None:
 def test_dates_of_birth_and_spaced_ssns_are_redacted_timestamps_are_not() -> None:
     assert scrub_text("dob 1975-04-05 or 04/05/1975, ssn 123 45 6789") == "dob [redacted] or [redacted], ssn [redacted]"
     assert scrub_text("expires 2026-12-13T16:56:00+00:00") == "expires 2026-12-13T16:56:00+00:00"
+    assert scrub_text("ssn 123456789 or 123-45-6789.") == "ssn [redacted] or [redacted]."
+    kept = "offset 12345678901, 12 345 6789, id 0f7e1d2c-1234-4567-89ab-123456789012"
+    assert scrub_text(kept) == kept, "not nine digits in an SSN's shape"
 
 
 @pytest.mark.parametrize("phone", ["+44 20 7946 0958", "+33 1 42 68 53 00", "+49-30-901820", "+61 (2) 9374 4000"])
