@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -187,7 +189,7 @@ class BatchConsumer:
             group=self.subscription.group,
             topic=record.topic,
             offset=record.offset,
-            event_id=str(event.event_id) if event else original.get("event_id"),
+            event_id=str(event.event_id) if event else original.get("event_id") or event_id_in(record.value),
             error=reason[:300],
         )
 
@@ -195,6 +197,15 @@ class BatchConsumer:
         delay = min(30.0, self.context.retry_base_seconds * 2**failures) * random.uniform(0.5, 1.0)
         log.warning(what, group=self.subscription.group, error=repr(error)[:300], retry_in=round(delay, 2))
         await asyncio.sleep(delay)
+
+
+def event_id_in(value: bytes | None) -> str | None:
+    """The event id of a record that is not a valid event, if its JSON names one: what an operator looks it up by."""
+    try:
+        found = json.loads(value or b"")
+        return str(uuid.UUID(found["event_id"])) if isinstance(found, dict) else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def declared_content_type(headers: dict[str, str]) -> str | None:
