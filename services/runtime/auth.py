@@ -74,8 +74,15 @@ class TokenVerifier:
         if self.algorithm == "HS256":
             return self._secret
         assert self._jwks is not None
-        # The key set is ours (configured URL); the token's kid only picks a key from it.
-        return self._jwks.get_signing_key_from_jwt(token).key
+        # The key set is ours (configured URL); the token's kid only picks a key from it. A token naming no key (kid
+        # is optional; some identity providers leave it out) is checked against the set's one key, if it has one.
+        kid = jwt.get_unverified_header(token).get("kid")
+        if kid is None:
+            keys = self._jwks.get_signing_keys()
+            if len(keys) != 1:
+                raise jwt.InvalidTokenError(f"it names no key (kid) and the key set holds {len(keys)}")
+            return keys[0].key
+        return self._jwks.get_signing_key(kid).key
 
     def verify(self, token: str) -> Principal:
         try:

@@ -90,6 +90,16 @@ def test_rs256_token_from_the_key_set_is_accepted(jwks_url: str) -> None:
     assert principal.subject == "staff-9" and principal.practice_id == PRACTICE and "admin" in principal.roles
 
 
+def test_an_rs256_token_naming_no_key_is_checked_against_the_sets_only_key(jwks_url: str) -> None:
+    """Found by a review: a token without a kid (it is optional; some identity providers omit it) was refused
+    though the key set holds a single key."""
+    verifier = TokenVerifier("RS256", "collabkare", "collabkare-api", jwks_url=jwks_url)
+    assert verifier.verify(jwt.encode(_claims(), KEY, algorithm="RS256")).subject == "staff-9"
+    with pytest.raises(Problem) as refused:
+        verifier.verify(jwt.encode(_claims(), OTHER_KEY, algorithm="RS256"))
+    assert refused.value.status == 401
+
+
 @pytest.mark.parametrize(
     "case",
     ["signed by another key", "hs256 with the public key as secret", "unknown kid", "missing exp"],
