@@ -84,7 +84,8 @@ class Infrastructure:
 def start_infrastructure(workdir: Path, *, keep_data: bool = False) -> Iterator[Infrastructure]:
     """Start what the environment does not provide, under `workdir`; stop it all on exit.
 
-    The embedded PostgreSQL data directory is deleted on exit unless `keep_data`; logs and caught mail stay.
+    The embedded PostgreSQL data directory and its password are deleted on exit unless `keep_data`; logs and caught
+    mail stay.
     """
     workdir = workdir.resolve()
     sources = plan(os.environ)
@@ -99,7 +100,7 @@ def start_infrastructure(workdir: Path, *, keep_data: bool = False) -> Iterator[
         # The catcher (a Python interpreter starting) comes up while initdb runs.
         smtp, smtp_host, smtp_port = _smtp(supervisor, workdir, sources.smtp)
         postgres, database_url = _database(stack, supervisor, workdir, sources.database)
-        data_dirs += [postgres.data_dir] if postgres else []
+        data_dirs += [postgres.data_dir, postgres.password_file] if postgres else []
         broker, bootstrap = _kafka(stack, supervisor, sources.kafka)
         if smtp is not None:
             smtp.wait_ready()
@@ -134,9 +135,12 @@ def provenance(environ: Mapping[str, str]) -> tuple[list[str], list[str]]:
     return started, external
 
 
-def _remove(directories: list[Path]) -> None:
-    for directory in directories:
-        shutil.rmtree(directory, ignore_errors=True)
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _database(

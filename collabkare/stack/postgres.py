@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import warnings
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from collabkare.stack.errors import StackError
 from collabkare.stack.managed import ManagedServer
@@ -34,7 +36,12 @@ T = TypeVar("T")
 
 
 class EmbeddedPostgres(ManagedServer):
-    """A PostgreSQL cluster in `data_dir` on 127.0.0.1:`port`, superuser `postgres`, trust authentication."""
+    """A PostgreSQL cluster in `data_dir` on 127.0.0.1:`port`, superuser `postgres`.
+
+    Over TCP every role logs in with its password (SCRAM): on a box others share, another account could otherwise
+    read and change the stack's data. The superuser's is made at initdb and kept beside the data directory, readable
+    by its owner only (`password_file`); the socket in the data directory, as private as the data, stays trusted.
+    """
 
     name = NAME
 
@@ -51,10 +58,18 @@ class EmbeddedPostgres(ManagedServer):
         self.supervisor = supervisor or Supervisor(self.data_dir.parent / "logs")
         self.startup_timeout = startup_timeout
         self._user = OS_USER if os.geteuid() == 0 else None
+        self.password_file = self.data_dir.parent / f"{self.data_dir.name}.password"
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@{HOST}:{self.port}/postgres"
+        return self._url("postgres")
+
+    def _url(self, database: str) -> str:
+        try:
+            credentials = "postgres:" + quote(self.password_file.read_text().strip(), safe="")
+        except FileNotFoundError:
+            credentials = "postgres"  # a cluster made before passwords (trust): it needs none
+        return f"postgresql://{credentials}@{HOST}:{self.port}/{database}"
 
     def start(self) -> None:
         ensure_port_free(self.port, "embedded PostgreSQL")
@@ -73,7 +88,7 @@ class EmbeddedPostgres(ManagedServer):
     def create_database(self, name: str) -> str:
         """Create database `name` unless it exists; returns its admin URL."""
         create_database(self.url, name)
-        return f"postgresql://postgres@{HOST}:{self.port}/{name}"
+        return self._url(name)
 
     def _answers(self) -> bool:
         async def probe() -> bool:
@@ -111,7 +126,12 @@ class EmbeddedPostgres(ManagedServer):
             shutil.chown(self.data_dir, self._user, self._user)
         self.supervisor.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.supervisor.log_dir / "initdb.log"
-        command = [str(bin_dir / "initdb"), "-D", str(self.data_dir), "--auth=trust", "--encoding=utf8"]
+        password = secrets.token_urlsafe(24)
+        _write_private(self.password_file, password)
+        pwfile = self.data_dir.parent / f".{self.data_dir.name}.initdb-password"  # initdb's copy, for its account
+        _write_private(pwfile, password, owner=self._user)
+        command = [str(bin_dir / "initdb"), "-D", str(self.data_dir), "--encoding=utf8", f"--pwfile={pwfile}"]
+        command += ["--auth-host=scram-sha-256", "--auth-local=trust"]
         command += ["--no-locale", "-U", "postgres", "--no-sync", "--no-instructions"]
         with log_path.open("ab") as log:
             try:
@@ -125,6 +145,18 @@ class EmbeddedPostgres(ManagedServer):
                 )
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
                 raise StackError(f"initdb failed for {self.data_dir}: see {log_path}") from None
+            finally:
+                pwfile.unlink(missing_ok=True)
+
+
+def _write_private(path: Path, text: str, owner: str | None = None) -> None:
+    """`text` in a new file only its owner (ours, or `owner`'s) can read."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    if owner is not None:
+        shutil.chown(path, owner, owner)
 
 
 def create_database(admin_url: str, name: str) -> None:

@@ -23,12 +23,49 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# What PostgreSQL answers when the database, not the event or request, is at fault (SQLSTATE classes and codes):
+# a failover's old primary refusing writes, a full disk, an operator's shutdown, an image newer than its schema (the
+# migration Job has not run yet) or a role's privileges taken away. Waited out, never dead-lettered: a consumer that
+# gave up on them after a few seconds lost every event of the outage, committed past and only redrivable by hand.
+_OUTAGE_CLASSES = frozenset(
+    {
+        "08",  # connection exception
+        "40",  # transaction rollback: serialization failure, deadlock, completion unknown
+        "53",  # insufficient resources: disk full, out of memory, too many connections
+        "57",  # operator intervention: shutdown, statement cancelled (statement_timeout), cannot connect now
+        "58",  # system error: I/O
+    }
+)
+_OUTAGE_CODES = frozenset(
+    {
+        "25006",  # read_only_sql_transaction: a standby, or a primary being demoted
+        "25P03",  # idle_in_transaction_session_timeout
+        "25P04",  # transaction_timeout
+        "55P03",  # lock_not_available (lock_timeout)
+        "55006",  # object_in_use
+        "42P01",  # undefined_table: the schema is behind the code
+        "42703",  # undefined_column
+        "42883",  # undefined_function
+        "3F000",  # invalid_schema_name
+        "3D000",  # invalid_catalog_name: the database is not there
+        "42501",  # insufficient_privilege
+        "28000",  # invalid_authorization_specification
+        "28P01",  # invalid_password: credentials rotated under the service
+    }
+)
+
+
 def is_transient(error: BaseException) -> bool:
-    """TRANSIENT_ERRORS, and a connection a PostgreSQL restart broke mid-operation: asyncpg then refuses to use it
-    ("cannot switch to state 12; another operation (2) is in progress", MagicStack/asyncpg#1069) and the pool
-    replaces it on release. Its other InternalClientErrors (a missing codec, …) are bugs, not outages."""
+    """TRANSIENT_ERRORS, the SQLSTATEs of an outage (above), and a connection a PostgreSQL restart broke
+    mid-operation: asyncpg then refuses to use it ("cannot switch to state 12; another operation (2) is in
+    progress", MagicStack/asyncpg#1069) and the pool replaces it on release. Its other InternalClientErrors (a missing
+    codec, …) are bugs, not outages; a data or constraint error (classes 22, 23) is the input's."""
     if isinstance(error, asyncpg.InternalClientError):
         return "cannot switch to state" in str(error)
+    if isinstance(error, asyncpg.PostgresError):
+        state = str(getattr(error, "sqlstate", "") or "")
+        if state[:2] in _OUTAGE_CLASSES or state in _OUTAGE_CODES:
+            return True
     return isinstance(error, TRANSIENT_ERRORS)
 
 

@@ -215,6 +215,7 @@ def install_problem_handlers(
     app.add_exception_handler(StarletteHTTPException, on_http)
 
     async def on_client_state(request: Request, exc: Exception) -> JSONResponse:
+        """An outage's 503 for errors whose class alone does not tell (database.is_transient), else a bug's 500."""
         if is_transient(exc):
             return await on_unavailable(request, exc)
         raise exc  # a bug: the middleware logs it and answers 500
@@ -223,3 +224,4 @@ def install_problem_handlers(
         if issubclass(unavailable, Exception):
             app.add_exception_handler(unavailable, on_unavailable)
     app.add_exception_handler(asyncpg.InternalClientError, on_client_state)
+    app.add_exception_handler(asyncpg.PostgresError, on_client_state)  # a read-only or unmigrated database: 503

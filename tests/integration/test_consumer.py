@@ -178,6 +178,32 @@ async def test_failing_event_is_retried_then_dead_lettered_without_blocking_othe
     assert headers["content-type"] == b"application/json", "the original record's content type"
 
 
+async def test_a_database_behind_the_code_is_waited_for_not_dead_lettered(
+    consuming: tuple[ServiceRuntime, Effects], database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """Found by an operator's review: a new image consuming before its migration Job had run met a missing table,
+    gave up after the retries and dead-lettered the event, committing past it (lost until redriven by hand); a
+    read-only database after a failover did the same. Such errors are an outage: waited out, the event kept."""
+    runtime, _ = consuming
+    owner = await asyncpg.connect(database.url_for(GROUP))
+    try:
+        await owner.execute('ALTER TABLE "connections".effects RENAME TO effects_later')  # as before the migration
+        event = _expired()
+        bootstrap = database.infra.kafka_bootstrap
+        await produce(bootstrap, topic_prefix + "invitations.v1", [(b"k", event.model_dump_json().encode())])
+        dead_letters = runtime.metrics.dead_letters.labels(GROUP)
+        failing_since = asyncio.get_running_loop().time()
+        await asyncio.sleep(1.0)  # far past 3 attempts at a 0.01 s base: the old code had dead-lettered it by now
+        assert dead_letters._value.get() == 0, "an outage's event was dead-lettered"
+        await owner.execute('ALTER TABLE "connections".effects_later RENAME TO effects')  # the Job has run
+    finally:
+        await owner.close()
+    rows = await _applied(database, expect=1)
+    assert [str(r["event_id"]) for r in rows] == [str(event.event_id)]
+    assert asyncio.get_running_loop().time() - failing_since >= 1.0
+    assert await read_topic(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=1, timeout=2) == []
+
+
 async def test_inbox_entries_past_their_retention_are_pruned_in_chunks(database: ScratchDatabase) -> None:
     """Applied event ids are kept only as long as a topic could deliver them again (INBOX_RETENTION_DAYS)."""
     admin = await asyncpg.connect(database.admin_url)

@@ -97,6 +97,8 @@ async def test_the_role_password_is_sent_as_a_scram_verifier(infra) -> None:  # 
         await admin.execute(f"DROP ROLE {probe}")
     finally:
         await admin.close()
+        # Roles are the cluster's: the other tests' services log in as `connections` with the suite's password.
+        await migrate(url, PLANS["connections"], role_password=ROLE_PASSWORD)
     assert stored.startswith("SCRAM-SHA-256$4096:") and password not in stored
     salt = base64.b64decode(theirs.split("$")[1].split(":")[1])
     assert scram_verifier(password, salt=salt) == theirs, "the same verifier as PostgreSQL computes"

@@ -82,6 +82,19 @@ async def test_postgres_answers_and_creates_databases(infra: Infrastructure) -> 
             await connection.close()
 
 
+async def test_the_embedded_postgres_asks_every_tcp_login_for_its_password(infra: Infrastructure) -> None:
+    """Found by a security review: the embedded cluster trusted every connection, so any account on a shared box
+    could read the stack's patients as the superuser. The superuser's password is its owner's file alone."""
+    if infra.postgres is None:
+        pytest.skip("DATABASE_URL names an external PostgreSQL: its authentication is its operator's")
+    assert infra.postgres.password_file.stat().st_mode & 0o077 == 0
+    bare = f"postgresql://postgres@127.0.0.1:{infra.postgres.port}/postgres"
+    with pytest.raises((asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)):
+        await asyncpg.connect(bare, timeout=10)
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(bare.replace("postgres@", "postgres:guess@"), timeout=10)
+
+
 async def test_broker_creates_topics_and_carries_a_message(infra: Infrastructure) -> None:
     topic = f"stack-check-{uuid.uuid4().hex[:8]}"
     await create_topics(infra.kafka_bootstrap, [(topic, 3)], timeout=10)

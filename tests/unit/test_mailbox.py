@@ -29,6 +29,8 @@ def test_a_message_comes_back_with_its_envelope(tmp_path: Path) -> None:
     [message] = mailbox.read_caught(tmp_path / "mail.mbox")
     assert (message["Subject"], message["X-Envelope-To"]) == ("hi", "b@example.com, c@example.com")
     assert message["X-Caught-At"].endswith("Z")
+    # Live invite links and patients' details: readable by the stack's own user only (umask or not).
+    assert (tmp_path / "mail.mbox").stat().st_mode & 0o077 == 0
 
 
 _LINE = st.sampled_from([b"From here on", b">From quoted", b">>From twice", b"", b".", b"plain", b"From"])

@@ -19,6 +19,12 @@ from services.runtime.problems import MAX_INSTANCE, Problem, install_problem_han
         # What a connection broken by a PostgreSQL restart raises on its next use (the restart drill saw a 500).
         asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
         ConnectionResetError("reset by peer"),
+        # Found by an operator's review: these were dead-lettered by consumers and answered 500 by the APIs.
+        asyncpg.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction"),  # a failover
+        asyncpg.UndefinedTableError('relation "connections.practices" does not exist'),  # not migrated yet
+        asyncpg.DiskFullError("could not extend file"),
+        asyncpg.InsufficientPrivilegeError("permission denied for table invites"),
+        asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
     ],
 )
 async def test_a_database_going_away_is_a_503_with_retry_after(error: Exception) -> None:
@@ -37,9 +43,18 @@ async def test_a_database_going_away_is_a_503_with_retry_after(error: Exception)
     assert response.headers["retry-after"] == "5"
 
 
-async def test_an_asyncpg_client_bug_stays_a_500() -> None:
-    """Only the broken-connection state error is an outage; asyncpg's other internal errors are bugs to see."""
-    error = asyncpg.InternalClientError("no encoder for OID 1234")
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.InternalClientError("no encoder for OID 1234"),
+        asyncpg.UniqueViolationError("duplicate key value violates unique constraint"),
+        asyncpg.InvalidTextRepresentationError("invalid input syntax for type uuid"),
+        asyncpg.PostgresSyntaxError("syntax error at or near"),
+    ],
+)
+async def test_an_asyncpg_client_bug_or_an_inputs_error_stays_a_500(error: Exception) -> None:
+    """Only the broken-connection state error is an outage; asyncpg's other internal errors are bugs to see, and a
+    data or constraint error is the input's (a consumer dead-letters it once retries do not help)."""
     assert not is_transient(error)
     app = FastAPI()
     install_problem_handlers(app)
