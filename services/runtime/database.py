@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -96,16 +96,32 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         yield connection
 
 
-async def database_reachable(pool: asyncpg.Pool | None, timeout: float = 2.0) -> bool:
+async def database_unusable(
+    pool: asyncpg.Pool | None, schema: str, versions: Collection[str], timeout: float = 2.0
+) -> str | None:
+    """Why the service cannot work on its database now, or None: unreachable, refusing writes (a standby, a primary
+    being demoted), or its schema behind the code (the migration Job has not run): a pod is then not ready."""
     if pool is None:
-        return False
+        return "not connected"
     try:
         # The acquire's timeout bounds the release too: one cancelled by the timeout is waited for that long, then
         # terminated (unbounded, a probe to a database that stopped answering hung for 20 s).
         async with asyncio.timeout(timeout), pool.acquire(timeout=timeout) as connection:
-            return await connection.fetchval("SELECT 1") == 1
-    except Exception:
-        return False
+            row = await connection.fetchrow(
+                f"SELECT current_setting('transaction_read_only') = 'on' AS read_only, "
+                f'array(SELECT version FROM "{schema}".schema_migrations) AS applied'
+            )
+    except asyncpg.UndefinedTableError:
+        return f"schema {schema} not migrated: run `collabkare migrate {schema}` (the migration Job)"
+    except Exception as error:
+        return f"unreachable: {type(error).__name__}"
+    assert row is not None
+    if row["read_only"]:
+        return "read-only: it refuses writes (a standby, or a primary being demoted)"
+    missing = [version for version in versions if version not in set(row["applied"])]
+    if missing:
+        return f"schema {schema} behind the code, missing {', '.join(missing)}: run `collabkare migrate {schema}`"
+    return None
 
 
 async def listen(pool: asyncpg.Pool, channel: str, callback: Callable[..., object]) -> asyncpg.Connection:

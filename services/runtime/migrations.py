@@ -29,6 +29,11 @@ class MigrationPlan:
     schema: str  # also the name of the service's database role
     directory: Path  # NNNN_what.sql files, applied in name order
 
+    def versions(self) -> list[str]:
+        """Every step's version, in order: what a database must have applied for this code to run on it."""
+        files = sorted(self.directory.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+        return [*(version for version, _ in SHARED_STEPS), *(f.stem for f in files)]
+
     def steps(self) -> list[tuple[str, str]]:
         """(version, sql) pairs: the shared messaging tables first, then the service's own files."""
         names = {"schema": f'"{self.schema}"', "channel": outbox_channel(self.schema)}

@@ -22,7 +22,7 @@ from services.runtime import inbox
 from services.runtime.auth import TokenVerifier
 from services.runtime.cancel import cancel_within
 from services.runtime.consumer import BatchConsumer, ConsumerContext, Subscription
-from services.runtime.database import TRANSIENT_ERRORS, create_pool, database_reachable
+from services.runtime.database import TRANSIENT_ERRORS, create_pool, database_unusable
 from services.runtime.http import create_http_app
 from services.runtime.jobs import Jobs
 from services.runtime.kafka import reach_cluster
@@ -123,6 +123,8 @@ class ServiceRuntime:
             jwks_ca_file=settings.jwt_jwks_ca_file,
         )
         self._tasks: list[asyncio.Task[Any]] = []
+        self._schema_versions = frozenset(spec.migrations.versions())
+        self._database_unusable: str | None = None
         self.consuming = asyncio.Event()
         self.jobs = Jobs()
 
@@ -159,6 +161,7 @@ class ServiceRuntime:
             # different: the API serves and the outbox keeps events while it is away (_start_consumers).
             raise DependencyUnavailable("database", _servers(settings.database_url), error) from error
         self.consumers.pool = self.pool
+        await self.database_ready()  # a schema behind the code is named now, not at the first failing query
         self.relay = OutboxRelay(
             self.pool,
             self.schema,
@@ -225,7 +228,14 @@ class ServiceRuntime:
         log.info("service.stopped")
 
     async def database_ready(self) -> bool:
-        return await database_reachable(self.pool)
+        why = await database_unusable(self.pool, self.schema, self._schema_versions)
+        if why != self._database_unusable:  # said once when it changes, not at every probe
+            self._database_unusable = why
+            if why is None:
+                log.info("database.ready")
+            else:
+                log.warning("database.not_ready", why=why)
+        return why is None
 
     async def broker_ready(self) -> bool:
         return self.relay is not None and await self.relay.broker_reachable()

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 import jwt
 import pytest
@@ -101,6 +102,46 @@ async def test_readyz_leaves_out_the_checks_a_probe_excludes(database: ScratchDa
     assert only_database.json()["checks"] == {"database": True}
     assert unknown.status_code == 422 and unknown.headers["content-type"].startswith("application/problem+json")
     assert unknown.json()["errors"][0]["field"] == "exclude" and "smpt" in unknown.json()["detail"]
+
+
+async def test_readyz_is_false_while_the_database_refuses_writes_or_its_schema_is_behind(
+    client: httpx.AsyncClient, database: ScratchDatabase
+) -> None:
+    """Found by an operator's review: a pod whose migration Job had not run, or whose database had become a
+    read-only standby, answered ready (SELECT 1 worked) and then failed every write."""
+
+    async def database_check() -> tuple[int, bool]:
+        answer = await client.get("/readyz", params={"exclude": "broker"})
+        return answer.status_code, answer.json()["checks"]["database"]
+
+    async def reconnect_as(read_only: str) -> None:  # as a failover does: the service's sessions end, new ones begin
+        await admin.execute(f'ALTER DATABASE "{database.name}" SET default_transaction_read_only = {read_only}')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database.name,
+        )
+
+    async def eventually(expected: tuple[int, bool]) -> tuple[int, bool]:
+        deadline = time.monotonic() + 20
+        while (seen := await database_check()) != expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return seen
+
+    assert await eventually((200, True)) == (200, True)
+    admin = await asyncpg.connect(database.admin_url)
+    try:
+        latest = await admin.fetchval("SELECT max(version) FROM connections.schema_migrations")
+        await admin.execute("DELETE FROM connections.schema_migrations WHERE version = $1", latest)
+        assert await database_check() == (503, False), "an image newer than its schema is not ready"
+        await admin.execute("INSERT INTO connections.schema_migrations (version) VALUES ($1)", latest)
+        assert await database_check() == (200, True)
+        await reconnect_as("on")
+        assert await eventually((503, False)) == (503, False), "a read-only database is not ready"
+        await reconnect_as("off")
+        assert await eventually((200, True)) == (200, True)
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database.name}" RESET default_transaction_read_only')
+        await admin.close()
 
 
 async def test_correlation_id_is_echoed_and_unsafe_ones_replaced(client: httpx.AsyncClient) -> None:
