@@ -69,6 +69,28 @@ def _origin_list(value: object) -> object:
 Origins = Annotated[list[str], NoDecode, BeforeValidator(_origin_list)]
 
 
+def _bootstrap_servers(value: str) -> str:
+    """host:port[,host:port] (or a host alone, on 9092). aiokafka failed on anything else only once running
+    (`PLAINTEXT://kafka:9092`, copied from a broker's listeners; a port that is not a number), the pod ready and
+    nothing ever published."""
+    for entry in value.split(","):
+        server = entry.strip()
+        host, _, port = server.rpartition(":")
+        if "://" in server:
+            raise ValueError(
+                f"expected host:port[,host:port] without a scheme ({server!r}: the protocol is "
+                "KAFKA_SECURITY_PROTOCOL's)"
+            )
+        if ":" not in server and server:
+            continue  # a host alone: Kafka's port, 9092
+        if not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"expected host:port[,host:port] with a port from 1 to 65535 ({server!r})")
+    return value
+
+
+BootstrapServers = Annotated[str, AfterValidator(_bootstrap_servers)]
+
+
 class RuntimeSettings(BaseSettings):
     """Base of each service's settings class; environment variables carry the upper-case field names."""
 
@@ -92,9 +114,10 @@ class RuntimeSettings(BaseSettings):
         "60 s), rather than waiting out a database or broker that stopped answering",
     )
 
-    kafka_bootstrap_servers: str = Field(min_length=1, description="host:port[,host:port]")
+    kafka_bootstrap_servers: BootstrapServers = Field(min_length=1, description="host:port[,host:port]")
     kafka_topic_prefix: str = Field(default="", description="Prepended to every topic (shared clusters, tests)")
-    kafka_send_timeout_seconds: float = Field(default=10.0, gt=0)
+    # At most 15 s: a pod's stop waits this long for its producer, and the manifests' grace periods count 10.
+    kafka_send_timeout_seconds: float = Field(default=10.0, gt=0, le=15)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_ssl_cafile: CaFile | None = None
     kafka_ssl_certfile: FilePath | None = None
@@ -108,7 +131,10 @@ class RuntimeSettings(BaseSettings):
     consumer_batch_size: int = Field(default=500, ge=1, le=10000)
     consumer_max_attempts: int = Field(default=5, ge=1)
     inbox_retention_days: float = Field(
-        default=30, ge=15, description="Applied event ids are forgotten after this long; the topics keep 14 days"
+        default=30,
+        ge=15,
+        le=3650,
+        description="Applied event ids are forgotten after this long; the topics keep 14 days",
     )
 
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"

@@ -243,3 +243,26 @@ def test_the_first_retry_delay_is_at_most_the_cap() -> None:
     assert result.stderr.strip() == (
         "configuration error: SMTP_RETRY_BASE_SECONDS: expected at most SMTP_RETRY_MAX_SECONDS"
     )
+
+
+def test_kafka_bootstrap_servers_are_host_port_pairs_checked_at_start() -> None:
+    """Found by an operator's review: `PLAINTEXT://kafka:9092` (a broker's listener, copied) or a port that is not
+    a number started a pod that answered ready and never published or consumed anything."""
+    for good in ("127.0.0.1:9092", "kafka-0.kafka:9092, kafka-1.kafka:9093", "[::1]:9092", "kafka"):
+        assert _problems(RuntimeSettings, kafka_bootstrap_servers=good) == [], good
+    for bad, says in (
+        ("PLAINTEXT://127.0.0.1:9092", "without a scheme"),
+        ("localhost:abc", "a port from 1 to 65535"),
+        ("kafka:9092,", "a port from 1 to 65535"),
+        (":9092", "a port from 1 to 65535"),
+        ("kafka:70000", "a port from 1 to 65535"),
+    ):
+        [problem] = _problems(RuntimeSettings, kafka_bootstrap_servers=bad)
+        assert problem.startswith("KAFKA_BOOTSTRAP_SERVERS: expected host:port[,host:port]") and says in problem, bad
+
+
+def test_settings_that_would_outlast_the_grace_period_or_overflow_are_refused_at_start() -> None:
+    [problem] = _problems(RuntimeSettings, kafka_send_timeout_seconds=60)
+    assert problem.startswith("KAFKA_SEND_TIMEOUT_SECONDS: ") and "15" in problem
+    [problem] = _problems(RuntimeSettings, inbox_retention_days=1e9)
+    assert problem.startswith("INBOX_RETENTION_DAYS: ") and "3650" in problem
