@@ -8,11 +8,12 @@ import os
 import sys
 import uuid
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from collabkare.stack.errors import StackError
 from collabkare.stack.settings_file import read_stack_env
 from services.runtime.auth import STAFF_ROLES, mint_token
-from services.runtime.logging import configure_logging
+from services.runtime.logging import configure_logging, get_logger
 
 
 def _setting(name: str) -> str:
@@ -71,7 +72,10 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    import asyncpg
+
     from collabkare.services import MIGRATION_PLANS
+    from services.runtime.database import TRANSIENT_ERRORS
     from services.runtime.migrations import migrate
 
     url = (
@@ -88,7 +92,19 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     password = os.environ.get(variable)
     if password is not None and not (password.isascii() and password.isprintable()):
         raise StackError(f"{variable}: expected printable ASCII (the role's SCRAM verifier is computed here)")
-    applied = asyncio.run(migrate(url, MIGRATION_PLANS[args.service], role_password=password))
+    try:
+        applied = asyncio.run(migrate(url, MIGRATION_PLANS[args.service], role_password=password))
+    except (asyncpg.PostgresError, *TRANSIENT_ERRORS) as error:
+        # One JSON line, as a service's service.start_failed, not a traceback of 54 (what `kubectl logs` of a
+        # failed migration Job shows first); where the database is, never the credentials.
+        where = urlsplit(url)
+        get_logger("collabkare.migrate").error(
+            "migrate.failed",
+            service=args.service,
+            database=f"{where.hostname}:{where.port or 5432}{where.path}",
+            error=repr(error)[:300],
+        )
+        return 3
     print(f"{args.service}: " + (", ".join(applied) if applied else "up to date"))
     return 0
 

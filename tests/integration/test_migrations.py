@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import uuid
 from pathlib import Path
 
@@ -77,6 +78,15 @@ def test_migrate_command_creates_the_role_and_schema(infra) -> None:  # type: ig
     assert first.stdout.strip().startswith("notifier: 0000_messaging")
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert again.stdout.strip() == "notifier: up to date"
+    # Found by an operator's review: a Job whose database was away or unknown printed a 54-line traceback.
+    for away in (url.rsplit("/", 1)[0] + "/no_such_database", "postgresql://svc:secret-pw@127.0.0.1:1/collabkare"):
+        failed = subprocess.run(
+            command, env={**env, "DATABASE_URL": away}, capture_output=True, text=True, timeout=60, check=False
+        )
+        [line] = failed.stderr.splitlines()
+        logged = json.loads(line)
+        assert failed.returncode == 3 and logged["event"] == "migrate.failed" and logged["service"] == "notifier"
+        assert "secret-pw" not in line and "Traceback" not in line
 
 
 async def test_the_role_password_is_sent_as_a_scram_verifier(infra) -> None:  # type: ignore[no-untyped-def]
