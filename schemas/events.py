@@ -149,7 +149,11 @@ class InviteAccepted(Envelope):
 
 class InviteRevokedPayload(Contract):
     invite_id: uuid.UUID
-    revoked_by: str = Field(max_length=200)
+    revoked_by: str = Field(
+        max_length=200,
+        description="The staff member's subject; `system:patient-connected` when the patient connected to the "
+        "practice by other means (an approved request) while the invite was pending.",
+    )
     revoked_at: AwareDatetime
     replaced_by: uuid.UUID | None = Field(
         default=None,
@@ -159,7 +163,7 @@ class InviteRevokedPayload(Contract):
 
 
 class InviteRevoked(Envelope):
-    """Staff revoked a pending invite (on its own or as part of a resend)."""
+    """Staff revoked a pending invite (on its own or as part of a resend), or the patient connected meanwhile."""
 
     key_field = "invite_id"
     event_type: Literal["InviteRevoked"] = "InviteRevoked"

@@ -9,7 +9,15 @@ from enum import StrEnum
 
 from schemas import Envelope
 from services.invitations import identity
-from services.invitations.domain import MAX_FACTOR_ATTEMPTS, Cause, IdentityFactor, Invite, InviteStatus, email_key
+from services.invitations.domain import (
+    MAX_FACTOR_ATTEMPTS,
+    PATIENT_CONNECTED,
+    Cause,
+    IdentityFactor,
+    Invite,
+    InviteStatus,
+    email_key,
+)
 from services.invitations.events import accepted_event, expired_event
 
 
@@ -23,6 +31,7 @@ class Decision(StrEnum):
     WRONG_FACTOR = "wrong_factor"  # 403, counted
     FACTOR_REQUIRED = "factor_required"  # 422, not counted: the patient gave nothing this invite can check
     OTHER_EMAIL = "other_email"  # 403: an invite is for the patient at the address it was sent to
+    ALREADY_CONNECTED = "already_connected"  # 409: revoked because the patient connected by an approved request
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,10 @@ def accept(
 
 
 def _ended(invite: Invite, why: Decision) -> Decision:
-    """A revoked or expired invite that a resend replaced points the patient at the newer email instead."""
+    """A revoked or expired invite that a resend replaced points the patient at the newer email instead; one
+    revoked because the patient connected meanwhile says so."""
+    if invite.revoked_by == PATIENT_CONNECTED:
+        return Decision.ALREADY_CONNECTED
     return Decision.REPLACED if invite.replaced_by is not None else why
 
 

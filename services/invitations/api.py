@@ -245,7 +245,8 @@ def _answer(body: AcceptBody) -> Answer:
         "The invite is for the patient at the address it was sent to: the token's email must be that address "
         "(403 otherwise, whatever factor is given). 410 when expired or revoked (`reason` expired or revoked), or when "
         "a resend replaced it (`reason` replaced: the newer email's link works); 403 on a wrong factor (locked "
-        "after 5); 409 when already used."
+        "after 5); 409 when already used, or when the patient connected to the practice meanwhile (an approved "
+        "request: the invite was revoked by `system:patient-connected`)."
     ),
     responses=problems(401, 403, 404, 409, 410, 415, 422),
 )
@@ -289,6 +290,8 @@ def _refusal(decision: Decision, invite: Invite, tries_left: int) -> Problem:
         )
     if decision is Decision.ALREADY_ACCEPTED:
         return Problem(409, "This invite has already been used.", type_=kind)
+    if decision is Decision.ALREADY_CONNECTED:
+        return Problem(409, "You are already connected to this practice; this invite is no longer needed.", type_=kind)
     if decision is Decision.LOCKED:
         return Problem(
             403, "This invite is locked after too many wrong answers; ask the practice to resend it.", type_=kind

@@ -89,6 +89,11 @@ def _standing(delivery: Delivery) -> tuple[int, datetime, str]:
     return -DELIVERY_RANK[delivery.outcome], delivery.decided_at, delivery.reason or ""
 
 
+# Who revoked a pending invite when its patient connected to the practice by other means (an approved request):
+# `revoked_by` in InviteRevoked and the access history; accepting it then answers "already connected".
+PATIENT_CONNECTED = "system:patient-connected"
+
+
 @dataclass(frozen=True)
 class Cause:
     """Tracing carried onto every event: the user action (correlation) and, for consumed events, the event."""

@@ -252,18 +252,30 @@ def _deliveries(events: list[DeliveryOutcome]) -> Iterator[domain.Delivery]:
 
 
 async def project_connections(db: asyncpg.Connection, events: list[ConnectionApproved]) -> None:
-    """Consumer handler: remember who is connected where, for "already connected" (one statement per batch)."""
+    """Consumer handler: remember who is connected where, for "already connected" (one statement per batch), and
+    revoke what the practice still had pending for them (a patient who asked to connect and was approved)."""
     usable = [event for event in events if event.practice_id is not None]
     if len(usable) < len(events):
         log.warning("connection.projection_skipped", count=len(events) - len(usable), why="no practice_id")
     if not usable:
         return
+    practices = [event.practice_id for event in usable if event.practice_id is not None]
+    emails = [str(event.payload.patient_email) for event in usable]
     await repository.add_connected(
         db,
-        [event.practice_id for event in usable if event.practice_id is not None],
+        practices,
         [event.payload.patient_id for event in usable],
-        [str(event.payload.patient_email) for event in usable],
+        emails,
         [event.payload.connection_id for event in usable],
         [event.payload.approved_at for event in usable],
     )
+    revoked = await repository.revoke_for_connected(db, practices, emails, now_utc(), domain.PATIENT_CONNECTED)
+    if revoked:
+        causes = {event.practice_id: Cause(event.correlation_id, str(event.event_id)) for event in usable}
+        events_out: list[Envelope] = [
+            revoked_event(r["id"], r["practice_id"], r["revoked_by"], r["revoked_at"], None, causes[r["practice_id"]])
+            for r in revoked
+        ]
+        await add_events(db, repository.SCHEMA, events_out)
+        log.info("invite.revoked_patient_connected", count=len(revoked))
     log.info("connection.projected", count=len(usable))

@@ -131,6 +131,14 @@ FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::time
 ON CONFLICT (practice_id, patient_id) DO NOTHING
 """
 
+# A patient connected by other means (an approved request) no longer needs the practice's pending invite: revoked,
+# so that it is neither accepted (an InviteAccepted no connection follows) nor shown as pending in the history.
+REVOKE_FOR_CONNECTED = """
+UPDATE invitations.invites AS i SET status = 'revoked', revoked_at = $3, revoked_by = $4
+FROM unnest($1::uuid[], $2::text[]) AS c(practice_id, email_key)
+WHERE i.practice_id = c.practice_id AND i.email_key = c.email_key AND i.status = 'pending'
+RETURNING i.id, i.practice_id, i.revoked_by, i.revoked_at, i.replaced_by
+"""
 
 ANALYZE = "ANALYZE invitations.outbox, invitations.invites, invitations.batch_rows"
 
@@ -267,3 +275,11 @@ async def add_connected(
 ) -> None:
     keys = [email_key(email) for email in emails]
     await db.execute(ADD_CONNECTED, practice_ids, patient_ids, emails, keys, connection_ids, connected_at)
+
+
+async def revoke_for_connected(
+    db: asyncpg.Connection, practice_ids: list[uuid.UUID], emails: list[str], now: datetime, revoked_by: str
+) -> list[asyncpg.Record]:
+    """Revoke the pending invites of these (practice, patient email) pairs; returns the revoked invites."""
+    keys = [email_key(email) for email in emails]
+    return list(await db.fetch(REVOKE_FOR_CONNECTED, practice_ids, keys, now, revoked_by))

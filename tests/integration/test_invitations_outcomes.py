@@ -14,7 +14,7 @@ from collabkare.stack.infra import Infrastructure
 from schemas import ConnectionApproved, DeliveryOutcome, Envelope
 from schemas.events import ConnectionApprovedPayload, DeliveryOutcomePayload
 from services.invitations import batch_handlers
-from tests.integration.invitations_harness import Service, running_service, staff
+from tests.integration.invitations_harness import Service, patient, running_service, staff
 
 OUTCOMES = "notifier.outcomes.v1"
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
@@ -182,6 +182,38 @@ async def test_connection_approved_feeds_already_connected(service: Service) -> 
     assert [e["payload"]["email"] for e in (await service.requested(practice)).values()] == ["eve@example.com"]
 
 
+async def test_a_patient_approved_by_request_has_the_practices_pending_invite_revoked(service: Service) -> None:
+    """Found by an integrating team's review: a patient connected through an approved request could still accept
+    the practice's older invite; InviteAccepted went out, no connection followed it, and the access history kept
+    showing the invite pending. The invite is now revoked when the connection is projected."""
+    practice = uuid.uuid4()
+    await service.submit(practice, "fay@example.com\ngus@example.com")
+    requested = await _by_email(service, practice)
+    approved = _approved(practice, "Fay@Example.com")
+    await _deliver(service, "connections.v1", approved)
+    statuses = await service.fetch(
+        "SELECT email_key, status, revoked_by FROM invitations.invites WHERE practice_id = $1 ORDER BY email_key",
+        practice,
+    )
+    assert [tuple(r) for r in statuses] == [
+        ("fay@example.com", "revoked", "system:patient-connected"),
+        ("gus@example.com", "pending", None),
+    ]
+    [revoked] = await service.events(practice, "InviteRevoked")
+    assert revoked["payload"]["invite_id"] == requested["fay@example.com"]["payload"]["invite_id"]
+    assert revoked["payload"]["revoked_by"] == "system:patient-connected" and revoked["payload"]["replaced_by"] is None
+    assert revoked["causation_id"] == str(approved.event_id) and revoked["correlation_id"] == "approve-1"
+    token = str(requested["fay@example.com"]["payload"]["accept_url"]).split("?token=", 1)[1]
+    accepted = await service.http.post(
+        "/v1/invites/accept", json={"token": token}, headers=patient(approved.payload.patient_id, "fay@example.com")
+    )
+    assert accepted.status_code == 409, accepted.text
+    assert accepted.json()["type"] == "urn:collabkare:problem:invite-already-connected"
+    assert await service.events(practice, "InviteAccepted") == []
+    await _deliver(service, "connections.v1", approved)  # redelivered: nothing revoked twice
+    assert len(await service.events(practice, "InviteRevoked")) == 1
+
+
 @pytest.mark.parametrize("chunk", [batch_handlers.CHUNK, 1], ids=["one-chunk", "a-chunk-a-row"])
 async def test_resending_not_on_platform_rows(service: Service, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Worked through in chunks (a resend of 100,000 rows held them all in memory at once): the same answer."""
@@ -218,8 +250,12 @@ async def test_resending_not_on_platform_rows(service: Service, chunk: int, monk
     )
     assert dict(old) == {"status": "revoked", "replaced_by": new_ann, "revoked_by": "admin-2"}
 
-    revoked = [e for e in await service.events(practice, "InviteRevoked")]
-    assert [(e["payload"]["invite_id"], e["payload"]["replaced_by"]) for e in revoked] == [(str(old_ann), str(new_ann))]
+    revoked = {e["payload"]["invite_id"]: e["payload"] for e in await service.events(practice, "InviteRevoked")}
+    old_bob = first["bob@example.com"]["payload"]["invite_id"]
+    assert {invite: (p["replaced_by"], p["revoked_by"]) for invite, p in revoked.items()} == {
+        str(old_ann): (str(new_ann), "admin-2"),
+        old_bob: (None, "system:patient-connected"),  # when his connection was projected
+    }
     again = await service.requested(practice)
     resent = again[str(new_ann)]["payload"]
     assert (resent["email"], resent["note"], resent["line_number"]) == ("ann@example.com", "Hi Ann", 1)
