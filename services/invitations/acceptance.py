@@ -91,6 +91,9 @@ def accept(
     if email_key(patient_email) != invite.email_key:
         return Acceptance(Decision.OTHER_EMAIL, invite, changed=False)
     if invite.status is InviteStatus.ACCEPTED:
+        if invite.accepted_by == str(patient_id):
+            # The same patient again: a retry after a lost answer gets the same answer, and nothing happens twice.
+            return Acceptance(Decision.ACCEPTED, invite, changed=False)
         return Acceptance(Decision.ALREADY_ACCEPTED, invite, changed=False)
     if invite.status is InviteStatus.REVOKED:
         return Acceptance(_ended(invite, Decision.REVOKED), invite, changed=False)

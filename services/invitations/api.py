@@ -245,8 +245,9 @@ def _answer(body: AcceptBody) -> Answer:
         "The invite is for the patient at the address it was sent to: the token's email must be that address "
         "(403 otherwise, whatever factor is given). 410 when expired or revoked (`reason` expired or revoked), or when "
         "a resend replaced it (`reason` replaced: the newer email's link works); 403 on a wrong factor (locked "
-        "after 5); 409 when already used, or when the patient connected to the practice meanwhile (an approved "
-        "request: the invite was revoked by `system:patient-connected`)."
+        "after 5); 409 when already used by another account (the patient who accepted it gets the same 200 again), "
+        "or when the patient connected to the practice meanwhile (an approved request: the invite was revoked by "
+        "`system:patient-connected`)."
     ),
     responses=problems(401, 403, 404, 409, 410, 415, 422),
 )

@@ -179,6 +179,8 @@ def test_accepting_with_a_matching_factor_publishes_invite_accepted() -> None:
 
 def test_refusals_in_order() -> None:
     assert _accept(_invite(status=InviteStatus.ACCEPTED)).decision is Decision.ALREADY_ACCEPTED
+    again = _accept(_invite(status=InviteStatus.ACCEPTED, accepted_by=str(PATIENT)))
+    assert (again.decision, again.changed, again.events) == (Decision.ACCEPTED, False, ()), "a retry, not a second use"
     assert _accept(_invite(status=InviteStatus.REVOKED)).decision is Decision.REVOKED
     assert _accept(_invite(status=InviteStatus.EXPIRED)).decision is Decision.EXPIRED
     # A resend replaced it: the patient is pointed at the newer email, not told the practice withdrew.
