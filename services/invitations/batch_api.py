@@ -79,8 +79,9 @@ async def _roster(request: Request) -> RosterBody:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors()]) from None
 
 
-def _too_large(detail: str) -> Problem:
-    return Problem(413, detail, max_lines=MAX_LINES, max_bytes=MAX_BYTES)
+def _too_large(error: RosterTooLarge) -> Problem:
+    errors = [{"field": "roster", "rule": error.rule, "message": str(error)}]
+    return Problem(413, str(error), errors=errors, max_lines=MAX_LINES, max_bytes=MAX_BYTES)
 
 
 def _lines(body: RosterBody) -> int:
@@ -88,7 +89,7 @@ def _lines(body: RosterBody) -> int:
     try:
         return check_size(body.roster)
     except RosterTooLarge as error:
-        raise _too_large(str(error)) from None
+        raise _too_large(error) from None
 
 
 async def _parse(body: RosterBody) -> Roster:
@@ -96,7 +97,7 @@ async def _parse(body: RosterBody) -> Roster:
         # In a worker thread: a 100,000-line parse must not stall the event loop (probes, consumers) for 0.5 s.
         return await asyncio.to_thread(parse_roster, body.roster, body.default_note)
     except RosterTooLarge as error:
-        raise _too_large(str(error)) from None
+        raise _too_large(error) from None
 
 
 def _digest(body: RosterBody) -> bytes:

@@ -64,9 +64,9 @@ class Roster:
 
 
 class RosterTooLarge(Exception):
-    def __init__(self, detail: str, limit: str) -> None:
+    def __init__(self, detail: str, rule: str) -> None:
         super().__init__(detail)
-        self.limit = limit
+        self.rule = rule  # the limit passed: max_bytes or max_lines
 
 
 def check_email(text: str) -> tuple[str | None, str | None]:
@@ -145,11 +145,11 @@ def count_lines(text: str) -> int:
 def check_size(text: str) -> int:
     """The roster's lines; RosterTooLarge past MAX_BYTES or MAX_LINES (no per-line work: answered at once)."""
     if len(text) > MAX_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
-        raise RosterTooLarge(f"The roster is larger than {MAX_BYTES // (1024 * 1024)} MB.", f"{MAX_BYTES} bytes")
+        raise RosterTooLarge(f"The roster is larger than {MAX_BYTES // (1024 * 1024)} MB.", "max_bytes")
     lines = count_lines(text)
     if lines > MAX_LINES:
         detail = f"The roster has {lines:,} lines; at most {MAX_LINES:,} are allowed."
-        raise RosterTooLarge(detail, f"{MAX_LINES} lines")
+        raise RosterTooLarge(detail, "max_lines")
     return lines
 
 

@@ -18,11 +18,12 @@ def require_json(request: Request) -> None:
     media["content-type"] = request.headers.get("content-type", "")
     subtype = media.get_content_subtype()
     if media.get_content_maintype() != "application" or not (subtype == "json" or subtype.endswith("+json")):
-        raise Problem(415, "The body must be application/json.", headers={"Accept-Post": "application/json"})
+        raise _unsupported("The body must be application/json.", "media_type")
     charset = media.get_param("charset")
     if charset is not None and str(charset).strip().lower() not in ("utf-8", "utf8"):
-        raise Problem(
-            415,
-            f"The body must be UTF-8 JSON; it was declared charset={str(charset)[:40]}.",
-            headers={"Accept-Post": "application/json"},
-        )
+        raise _unsupported(f"The body must be UTF-8 JSON; it was declared charset={str(charset)[:40]}.", "charset")
+
+
+def _unsupported(detail: str, rule: str) -> Problem:
+    errors = [{"field": "Content-Type", "rule": rule, "message": detail}]
+    return Problem(415, detail, errors=errors, headers={"Accept-Post": "application/json"})

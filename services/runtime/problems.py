@@ -191,7 +191,8 @@ def install_problem_handlers(
             # The rest of the body is not read: the connection must close, or its bytes would be read as the next
             # request (and a client waiting for "100 Continue" would never send them, then hang on reuse).
             headers = {"Connection": "close"}
-            return problem_response(request, 413, exc.detail, headers=headers, max_body_bytes=exc.limit)
+            errors = [{"field": "body", "rule": "max_body_bytes", "message": exc.detail}]
+            return problem_response(request, 413, exc.detail, headers=headers, errors=errors, max_body_bytes=exc.limit)
         if exc.status_code == 405:
             # Starlette's Allow names the methods of the first route on this path only (RFC 9110: all of them).
             allowed = ", ".join(_allowed_methods(request))

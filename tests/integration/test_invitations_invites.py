@@ -129,6 +129,15 @@ async def test_a_body_that_is_not_json_is_a_415_as_on_every_other_endpoint(servi
         "/v1/invites/accept", content=b"token", headers={**patient(uuid.uuid4(), "ann@example.com"), **text}
     )
     assert accept.status_code == 415 and accept.headers["content-type"] == "application/problem+json"
+    assert [(e["field"], e["rule"]) for e in accept.json()["errors"]] == [("Content-Type", "media_type")]
+    latin = await service.http.post(
+        "/v1/invites/accept",
+        content=b'{"token": "t"}',
+        headers={**patient(uuid.uuid4(), "ann@example.com"), "Content-Type": "application/json; charset=latin-1"},
+    )
+    assert latin.status_code == 415 and [(e["field"], e["rule"]) for e in latin.json()["errors"]] == [
+        ("Content-Type", "charset")
+    ]
 
 
 async def test_identity_factors_are_stored_only_as_keyed_digests(service: Service) -> None:
