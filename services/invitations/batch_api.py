@@ -139,9 +139,23 @@ async def preview(
     "/v1/practices/{practice_id}/invite-batches",
     status_code=202,
     summary="Send a roster: stores the batch, invites every ready line, answers at once",
-    description="A repeated Idempotency-Key returns the first batch (header Idempotent-Replayed: true).",
+    description="A repeated Idempotency-Key returns the first batch (header Idempotent-Replayed: true). The key is "
+    "the practice's: any of its staff sending the same key and roster gets that batch back.",
     openapi_extra=_ROSTER_REQUEST,
-    responses={**problems(401, 403, 404, 413, 415, 422), **BUSY},
+    responses={
+        202: {
+            "description": "The batch, stored; its rows' outcomes arrive as the emails are sent",
+            "headers": {
+                "Location": {"description": "The batch's URL, to poll for its outcomes", "schema": {"type": "string"}},
+                "Idempotent-Replayed": {
+                    "description": "`true` when an earlier request with this Idempotency-Key made the batch",
+                    "schema": {"type": "string", "enum": ["true"]},
+                },
+            },
+        },
+        **problems(401, 403, 404, 413, 415, 422),
+        **BUSY,
+    },
 )
 @takes_bodies_up_to(MAX_BODY)
 @answers_within(ROSTER_DEADLINE_SECONDS)
