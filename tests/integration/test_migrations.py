@@ -73,20 +73,35 @@ def test_migrate_command_creates_the_role_and_schema(infra) -> None:  # type: ig
     url = infra.create_database(f"cli_{uuid.uuid4().hex[:10]}")
     env = {**os.environ, "DATABASE_URL": url, "NOTIFIER_DB_PASSWORD": "from-the-environment"}
     command = [sys.executable, "-m", "collabkare.cli", "migrate", "notifier"]
-    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert first.returncode == 0, first.stderr
-    assert first.stdout.strip().startswith("notifier: 0000_messaging")
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert again.stdout.strip() == "notifier: up to date"
-    # Found by an operator's review: a Job whose database was away or unknown printed a 54-line traceback.
-    for away in (url.rsplit("/", 1)[0] + "/no_such_database", "postgresql://svc:secret-pw@127.0.0.1:1/collabkare"):
-        failed = subprocess.run(
-            command, env={**env, "DATABASE_URL": away}, capture_output=True, text=True, timeout=60, check=False
-        )
-        [line] = failed.stderr.splitlines()
-        logged = json.loads(line)
-        assert failed.returncode == 3 and logged["event"] == "migrate.failed" and logged["service"] == "notifier"
-        assert "secret-pw" not in line and "Traceback" not in line
+    try:
+        first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.strip().startswith("notifier: 0000_messaging")
+        # The embedded cluster checks passwords: the role logs in with the one from the environment.
+        role_url = infra.database_url_for(url.rsplit("/", 1)[1], user="notifier", password="from-the-environment")
+        assert asyncio.run(_logs_in(role_url))
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert again.stdout.strip() == "notifier: up to date"
+        # Found by an operator's review: a Job whose database was away or unknown printed a 54-line traceback.
+        for away in (url.rsplit("/", 1)[0] + "/no_such_database", "postgresql://svc:secret-pw@127.0.0.1:1/collabkare"):
+            failed = subprocess.run(
+                command, env={**env, "DATABASE_URL": away}, capture_output=True, text=True, timeout=60, check=False
+            )
+            [line] = failed.stderr.splitlines()
+            logged = json.loads(line)
+            assert failed.returncode == 3 and logged["event"] == "migrate.failed" and logged["service"] == "notifier"
+            assert "secret-pw" not in line and "Traceback" not in line
+    finally:
+        # Roles are the cluster's: the other tests' notifiers log in with the suite's password.
+        asyncio.run(migrate(url, PLANS["notifier"], role_password=ROLE_PASSWORD))
+
+
+async def _logs_in(url: str) -> bool:
+    connection = await asyncpg.connect(url, timeout=10)
+    try:
+        return bool(await connection.fetchval("SELECT current_user = 'notifier'"))
+    finally:
+        await connection.close()
 
 
 async def test_the_role_password_is_sent_as_a_scram_verifier(infra) -> None:  # type: ignore[no-untyped-def]
