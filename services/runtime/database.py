@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -97,7 +97,7 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def database_unusable(
-    pool: asyncpg.Pool | None, schema: str, versions: Collection[str], timeout: float = 2.0
+    pool: asyncpg.Pool | None, schema: str, versions: Sequence[str], timeout: float = 2.0
 ) -> str | None:
     """Why the service cannot work on its database now, or None: unreachable, refusing writes (a standby, a primary
     being demoted), or its schema behind the code (the migration Job has not run): a pod is then not ready."""
@@ -118,7 +118,8 @@ async def database_unusable(
     assert row is not None
     if row["read_only"]:
         return "read-only: it refuses writes (a standby, or a primary being demoted)"
-    missing = [version for version in versions if version not in set(row["applied"])]
+    applied = set(row["applied"])
+    missing = [version for version in versions if version not in applied]
     if missing:
         return f"schema {schema} behind the code, missing {', '.join(missing)}: run `collabkare migrate {schema}`"
     return None

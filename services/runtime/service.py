@@ -123,7 +123,7 @@ class ServiceRuntime:
             jwks_ca_file=settings.jwt_jwks_ca_file,
         )
         self._tasks: list[asyncio.Task[Any]] = []
-        self._schema_versions = frozenset(spec.migrations.versions())
+        self._schema_versions = tuple(spec.migrations.versions())
         self._database_unusable: str | None = None
         self.consuming = asyncio.Event()
         self.jobs = Jobs()
