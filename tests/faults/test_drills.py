@@ -274,6 +274,17 @@ def test_two_invitations_and_two_notifier_processes(stack: RunningStack) -> None
         stack.supervisor.stop("notifier-2")
 
 
+def _mailbox_settled(drill: Drill) -> Callable[[], bool]:
+    """A check that is true once two reads of the catcher's mailbox, one poll apart, count the same messages."""
+    counts: list[int] = []
+
+    def check() -> bool:
+        counts.append(sum(len(ids) for ids in drill.caught().values()))
+        return len(counts) > 1 and counts[-1] == counts[-2]
+
+    return check
+
+
 def test_notifier_killed_mid_batch_and_restarted(stack: RunningStack) -> None:
     drill = Drill(stack, "kill9")
     emails = drill.register(2000)
@@ -283,7 +294,8 @@ def test_notifier_killed_mid_batch_and_restarted(stack: RunningStack) -> None:
     checks = {"invitations": lambda http: http.get(f"{stack.urls['invitations']}/readyz")}
     with Watcher(checks) as watcher:
         stack.supervisor.kill("notifier")
-        time.sleep(0.5)  # the catcher finishes writing what it had accepted
+        # The catcher finishes writing what it had accepted: until its mailbox stops growing (not a fixed wait).
+        wait_for("kill9: the mailbox settled", _mailbox_settled(drill), 30, every=0.5)
         window = _crash_window(drill, batch_id)
         at_kill = sum(len(ids) for ids in drill.caught().values())
         stack.restart_service("notifier")

@@ -182,7 +182,11 @@ async def test_an_ask_while_an_accepted_invite_is_being_applied_finds_the_patien
                 headers={"Authorization": f"Bearer {token}"},
             )
         )
-        await asyncio.sleep(0.5)  # the ask runs meanwhile
+        async with asyncio.timeout(20):  # until the ask waits for this transaction's lock: the race, for certain
+            while not await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+            ):
+                await asyncio.sleep(0.02)
     answer = await ask
     assert answer.status_code == 409, answer.text  # connected: nothing to ask for
     requests = await service.fetch(

@@ -229,8 +229,12 @@ async def test_revoke_publishes_invite_revoked_once(service: Service) -> None:
     assert (await _created(service, practice, "ann@example.com"))["status"] == "pending", "revoked never blocks"
     assert (await _act(service, practice, str(uuid.uuid4()), "revoke", "m")).status_code == 404
     other = uuid.uuid4()
-    foreign = await service.http.post(f"/v1/practices/{other}/invites/{invite['id']}/revoke", headers=staff(other))
-    assert foreign.status_code == 404
+    for action in ("revoke", "resend"):  # each looks the invite up itself: each is checked
+        foreign = await service.http.post(
+            f"/v1/practices/{other}/invites/{invite['id']}/{action}", headers=staff(other, "practice_manager")
+        )
+        assert foreign.status_code == 404, (action, foreign.text)
+    assert len(await service.events(practice, "InviteRequested")) == 2, "nothing resent from another practice"
     await service.admin.execute(
         "UPDATE invitations.invites SET status = 'accepted' WHERE id = $1", uuid.UUID(invite["id"])
     )

@@ -140,7 +140,13 @@ async def test_a_sender_frozen_past_its_lease_sends_nothing_another_took_over(
             with notifier_processes(env, 1, tmp_path):
                 rows = await notifier.deliveries(ids, timeout=90)  # the second takes over once the lease runs out
             first.process.send_signal(signal.SIGCONT)
-            await asyncio.sleep(3)  # what the first would send now, it sends within this (one email per 0.2 s)
+            # What the first would send now, it sends at one email per 0.2 s: watched until the relay has heard
+            # nothing for 2 s (at least 3 s in all), not for a fixed time a slow box could outlast.
+            woke, last, heard = time.monotonic(), time.monotonic(), sum(relay.copies.values())
+            while time.monotonic() - woke < 30 and (time.monotonic() - woke < 3 or time.monotonic() - last < 2):
+                await asyncio.sleep(0.1)
+                if (now_heard := sum(relay.copies.values())) != heard:
+                    last, heard = time.monotonic(), now_heard
     assert held > 2, "the frozen sender held claims it had not sent"
     assert sorted(row["status"] for row in rows) == ["sent"] * INVITES
     assert len(relay.copies) == INVITES

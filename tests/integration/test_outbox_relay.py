@@ -165,16 +165,17 @@ async def test_relay_waits_out_a_broker_outage_and_loses_nothing(database: Scrat
         await _wait_until_empty(pool)
 
         broker.stop()
-        during = _events(200, practice)
-        async with transaction(pool) as connection:
-            await add_events(connection, SCHEMA, during)
-        async with asyncio.timeout(20):
-            while relay.broker_up:  # the relay notices once its send times out
-                await asyncio.sleep(0.1)
-        async with pool.acquire() as connection:
-            assert await pending_count(connection, SCHEMA) == len(during), "rows left the outbox with no broker"
-
-        broker.start()
+        try:
+            during = _events(200, practice)
+            async with transaction(pool) as connection:
+                await add_events(connection, SCHEMA, during)
+            async with asyncio.timeout(20):
+                while relay.broker_up:  # the relay notices once its send times out
+                    await asyncio.sleep(0.1)
+            async with pool.acquire() as connection:
+                assert await pending_count(connection, SCHEMA) == len(during), "rows left the outbox with no broker"
+        finally:
+            broker.start()  # the session's broker: every later test needs it, whatever happened here
         # Memory storage forgets topics across a restart; operators' brokers keep them.
         await create_topics(bootstrap, [(topic_prefix + "invitations.v1", 3)], timeout=30)
         await _wait_until_empty(pool, timeout=60)

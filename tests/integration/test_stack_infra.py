@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import shutil
 import signal
 import socket
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 import asyncpg
@@ -223,12 +225,27 @@ def test_a_signalled_parent_stops_its_children_and_unwinds(signum: signal.Signal
         env=env,
         cwd=ROOT,
     )
-    assert parent.stdout is not None
-    child = psutil.Process(int(parent.stdout.readline()))
-    parent.send_signal(signum)
-    assert parent.wait(10) != 0
-    assert _still_running([child]) == []
-    assert (tmp_path / "unwound").exists(), "finally blocks and context managers ran"
+    child: psutil.Process | None = None
+    try:
+        child = psutil.Process(int(_first_line(parent)))
+        parent.send_signal(signum)
+        assert parent.wait(10) != 0
+        assert _still_running([child]) == []
+        assert (tmp_path / "unwound").exists(), "finally blocks and context managers ran"
+    finally:  # whatever failed above, nothing is left running
+        parent.kill()
+        parent.wait(10)
+        if child is not None and child.is_running():
+            child.kill()
+
+
+def _first_line(process: subprocess.Popen[Any]) -> str:
+    """The first line the process prints, within 30 s (a bare readline waits for ever on a child that hangs)."""
+    assert process.stdout is not None
+    readable, _, _ = select.select([process.stdout], [], [], 30)
+    assert readable, "the process printed nothing within 30 s"
+    line = process.stdout.readline()
+    return line.decode() if isinstance(line, bytes) else line
 
 
 def test_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
@@ -278,9 +295,9 @@ def test_children_stop_when_the_supervisor_is_killed_hard(tmp_path: Path) -> Non
     supervisor = subprocess.Popen(
         [sys.executable, "-c", _SUPERVISOR_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True
     )
+    child: psutil.Process | None = None
     try:
-        assert supervisor.stdout is not None
-        child = psutil.Process(int(supervisor.stdout.readline()))
+        child = psutil.Process(int(_first_line(supervisor)))
         assert child.is_running() and child.status() != psutil.STATUS_ZOMBIE
         supervisor.kill()
         supervisor.wait(timeout=10)
@@ -290,3 +307,6 @@ def test_children_stop_when_the_supervisor_is_killed_hard(tmp_path: Path) -> Non
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, "the child outlived its supervisor"
     finally:
         supervisor.kill()
+        supervisor.wait(10)
+        if child is not None and child.is_running():
+            child.kill()

@@ -15,19 +15,22 @@ async def test_one_at_a_time_per_practice_and_forgotten_once_nobody_waits() -> N
     inside: Counter[uuid.UUID] = Counter()
     most: Counter[uuid.UUID] = Counter()
 
-    async def work(practice: uuid.UUID, pause: float) -> None:
+    release = asyncio.Event()  # the first holder keeps its turn until the test has looked (no timing involved)
+
+    async def work(practice: uuid.UUID, hold: asyncio.Event | None = None) -> None:
         async with turns.turn(practice):
             inside[practice] += 1
             most[practice] = max(most[practice], inside[practice])
-            await asyncio.sleep(pause)
+            await (hold.wait() if hold else asyncio.sleep(0.01))
             inside[practice] -= 1
 
-    first = asyncio.create_task(work(busy, 0.2))
-    queued = [asyncio.create_task(work(busy, 0.01)) for _ in range(5)]
+    first = asyncio.create_task(work(busy, release))
+    queued = [asyncio.create_task(work(busy)) for _ in range(5)]
     await asyncio.sleep(0.05)
-    await asyncio.wait_for(work(other, 0.0), 1)  # another practice goes straight in
+    await asyncio.wait_for(work(other), 10)  # another practice goes straight in
     assert not first.done() and len(turns) == 1  # the other practice's entry is gone already
-    await asyncio.gather(first, *queued)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, *queued), 10)
     assert most[busy] == 1
     assert len(turns) == 0
 
