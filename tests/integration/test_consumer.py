@@ -192,7 +192,6 @@ async def test_a_database_behind_the_code_is_waited_for_not_dead_lettered(
         bootstrap = database.infra.kafka_bootstrap
         await produce(bootstrap, topic_prefix + "invitations.v1", [(b"k", event.model_dump_json().encode())])
         dead_letters = runtime.metrics.dead_letters.labels(GROUP)
-        failing_since = asyncio.get_running_loop().time()
         await asyncio.sleep(1.0)  # far past 3 attempts at a 0.01 s base: the old code had dead-lettered it by now
         assert dead_letters._value.get() == 0, "an outage's event was dead-lettered"
         await owner.execute('ALTER TABLE "connections".effects_later RENAME TO effects')  # the Job has run
@@ -200,7 +199,6 @@ async def test_a_database_behind_the_code_is_waited_for_not_dead_lettered(
         await owner.close()
     rows = await _applied(database, expect=1)
     assert [str(r["event_id"]) for r in rows] == [str(event.event_id)]
-    assert asyncio.get_running_loop().time() - failing_since >= 1.0
     assert dead_letters._value.get() == 0, "nothing was dead-lettered on the way"
 
 
