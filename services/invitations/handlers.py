@@ -271,9 +271,22 @@ async def project_connections(db: asyncpg.Connection, events: list[ConnectionApp
     )
     revoked = await repository.revoke_for_connected(db, practices, emails, now_utc(), domain.PATIENT_CONNECTED)
     if revoked:
-        causes = {event.practice_id: Cause(event.correlation_id, str(event.event_id)) for event in usable}
+        # Each InviteRevoked is caused by the ConnectionApproved of its own patient.
+        causes = {
+            (event.practice_id, domain.email_key(str(event.payload.patient_email))): Cause(
+                event.correlation_id, str(event.event_id)
+            )
+            for event in usable
+        }
         events_out: list[Envelope] = [
-            revoked_event(r["id"], r["practice_id"], r["revoked_by"], r["revoked_at"], None, causes[r["practice_id"]])
+            revoked_event(
+                r["id"],
+                r["practice_id"],
+                r["revoked_by"],
+                r["revoked_at"],
+                None,
+                causes[r["practice_id"], r["email_key"]],
+            )
             for r in revoked
         ]
         await add_events(db, repository.SCHEMA, events_out)

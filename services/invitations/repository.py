@@ -137,7 +137,7 @@ REVOKE_FOR_CONNECTED = """
 UPDATE invitations.invites AS i SET status = 'revoked', revoked_at = $3, revoked_by = $4
 FROM unnest($1::uuid[], $2::text[]) AS c(practice_id, email_key)
 WHERE i.practice_id = c.practice_id AND i.email_key = c.email_key AND i.status = 'pending'
-RETURNING i.id, i.practice_id, i.revoked_by, i.revoked_at, i.replaced_by
+RETURNING i.id, i.practice_id, i.email_key, i.revoked_by, i.revoked_at
 """
 
 ANALYZE = "ANALYZE invitations.outbox, invitations.invites, invitations.batch_rows"
