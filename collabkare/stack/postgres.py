@@ -59,17 +59,14 @@ class EmbeddedPostgres(ManagedServer):
         self.startup_timeout = startup_timeout
         self._user = OS_USER if os.geteuid() == 0 else None
         self.password_file = self.data_dir.parent / f"{self.data_dir.name}.password"
+        self._credentials = "postgres"  # with the password once start() has read it
 
     @property
     def url(self) -> str:
         return self._url("postgres")
 
     def _url(self, database: str) -> str:
-        try:
-            credentials = "postgres:" + quote(self.password_file.read_text().strip(), safe="")
-        except FileNotFoundError:
-            credentials = "postgres"  # a cluster made before passwords (trust): it needs none
-        return f"postgresql://{credentials}@{HOST}:{self.port}/{database}"
+        return f"postgresql://{self._credentials}@{HOST}:{self.port}/{database}"
 
     def start(self) -> None:
         ensure_port_free(self.port, "embedded PostgreSQL")
@@ -77,6 +74,10 @@ class EmbeddedPostgres(ManagedServer):
         self._refuse_running_cluster()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(bin_dir)
+        try:  # read once, not at every readiness probe or URL asked for
+            self._credentials = "postgres:" + quote(self.password_file.read_text().strip(), safe="")
+        except FileNotFoundError:
+            self._credentials = "postgres"  # a cluster made before passwords (trust): it needs none
         command = [str(bin_dir / "postgres"), "-D", str(self.data_dir), "-h", HOST, "-p", str(self.port)]
         command += ["-k", str(self.data_dir)]
         for key, value in SETTINGS.items():
