@@ -269,14 +269,13 @@ async def project_connections(db: asyncpg.Connection, events: list[ConnectionApp
         [event.payload.connection_id for event in usable],
         [event.payload.approved_at for event in usable],
     )
-    revoked = await repository.revoke_for_connected(db, practices, emails, now_utc(), domain.PATIENT_CONNECTED)
+    keys = [domain.email_key(email) for email in emails]
+    revoked = await repository.revoke_for_connected(db, practices, keys, now_utc(), domain.PATIENT_CONNECTED)
     if revoked:
         # Each InviteRevoked is caused by the ConnectionApproved of its own patient.
         causes = {
-            (event.practice_id, domain.email_key(str(event.payload.patient_email))): Cause(
-                event.correlation_id, str(event.event_id)
-            )
-            for event in usable
+            (practice, key): Cause(event.correlation_id, str(event.event_id))
+            for practice, key, event in zip(practices, keys, usable, strict=True)
         }
         events_out: list[Envelope] = [
             revoked_event(

@@ -278,8 +278,7 @@ async def add_connected(
 
 
 async def revoke_for_connected(
-    db: asyncpg.Connection, practice_ids: list[uuid.UUID], emails: list[str], now: datetime, revoked_by: str
+    db: asyncpg.Connection, practice_ids: list[uuid.UUID], keys: list[str], now: datetime, revoked_by: str
 ) -> list[asyncpg.Record]:
-    """Revoke the pending invites of these (practice, patient email) pairs; returns the revoked invites."""
-    keys = [email_key(email) for email in emails]
+    """Revoke the pending invites of these (practice, patient email key) pairs; returns the revoked invites."""
     return list(await db.fetch(REVOKE_FOR_CONNECTED, practice_ids, keys, now, revoked_by))
