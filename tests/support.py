@@ -76,6 +76,7 @@ def service_env(database: ScratchDatabase, service: str, prefix: str, **extra: A
         "KAFKA_TOPIC_PREFIX": prefix,
         "JWT_SECRET": JWT_SECRET,
         "OUTBOX_POLL_SECONDS": "0.2",
+        **database.infra.service_settings(),
     }
     env.update({key.upper(): str(value) for key, value in extra.items()})
     return env
@@ -96,7 +97,7 @@ async def read_topic(
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
-        group_id=f"test-reader-{uuid.uuid4().hex[:8]}",
+        group_id=None,  # every partition, without a group's join
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )

@@ -46,6 +46,9 @@ def plan(environ: Mapping[str, str]) -> Plan:
     )
 
 
+_SESSION_TIMEOUT = "KAFKA_SESSION_TIMEOUT_SECONDS"
+
+
 @dataclass
 class Infrastructure:
     """Addresses of the three services, and the embedded managers (None when external) for fault drills."""
@@ -73,6 +76,15 @@ class Infrastructure:
         """Create database `name` unless it exists; returns its admin URL."""
         create_database(self.database_url, name)
         return self.database_url_for(name)
+
+    def service_settings(self) -> dict[str, str]:
+        """What every service run on this infrastructure is given beyond its addresses (a variable already in the
+        environment wins). The embedded broker answers a consumer's join only after half the consumer's session
+        timeout: at Kafka's 10 s every start, restart and rebalance waited 5 s; at 3 s (a heartbeat every second)
+        it waits 1.5."""
+        if self.broker is None or _SESSION_TIMEOUT in os.environ:
+            return {}
+        return {_SESSION_TIMEOUT: "3"}
 
     def check_alive(self) -> None:
         """Raise StackError if an embedded process died without being asked to."""

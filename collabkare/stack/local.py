@@ -117,6 +117,7 @@ def local_stack(
                 "SMTP_PORT": str(infra.smtp_port),
                 "PUBLIC_BASE_URL": public_base_url,
                 "PYTHONUNBUFFERED": "1",
+                **infra.service_settings(),
             }
             if console_port is not None:
                 env["CORS_ORIGINS"] = cors_origins(console_port)

@@ -73,7 +73,7 @@ class BatchConsumer:
         self.context = context
         self.dead_letters = context.topic(dead_letter_topic(subscription.group))
 
-    def route(self, batch_size: int) -> KafkaRoute:
+    def route(self, batch_size: int, session_timeout_seconds: float) -> KafkaRoute:
         async def consume(message: KafkaMessage) -> None:
             try:
                 await self.consume(message.raw_message)
@@ -92,6 +92,8 @@ class BatchConsumer:
             batch=True,
             max_records=batch_size,
             max_poll_interval_ms=int(MAX_POLL_INTERVAL_SECONDS * 1000),
+            session_timeout_ms=int(session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(session_timeout_seconds * 1000 / 3),
             auto_offset_reset="earliest",
             ack_policy=self.subscription.ack_policy,
             description=self.subscription.description,

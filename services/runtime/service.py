@@ -130,7 +130,9 @@ class ServiceRuntime:
 
     def _declare_routes(self) -> None:
         for subscription in self.spec.subscriptions:
-            route = BatchConsumer(subscription, self.consumers).route(self.settings.consumer_batch_size)
+            route = BatchConsumer(subscription, self.consumers).route(
+                self.settings.consumer_batch_size, self.settings.kafka_session_timeout_seconds
+            )
             self.broker.subscriber(*route.args, **route.kwargs)(route.call)
             self.broker.publisher(
                 self.settings.topic(dead_letter_topic(subscription.group)),

@@ -118,6 +118,15 @@ class RuntimeSettings(BaseSettings):
     kafka_topic_prefix: str = Field(default="", description="Prepended to every topic (shared clusters, tests)")
     # At most 15 s: a pod's stop waits this long for its producer, and the manifests' grace periods count 10.
     kafka_send_timeout_seconds: float = Field(default=10.0, gt=0, le=15)
+    # Apache Kafka accepts 6 s to 30 min by default (group.min/max.session.timeout.ms). The embedded broker answers a
+    # consumer's join only after half of it, so the local stack and the tests use 3 s (consumers join in 1.5 s, not 5).
+    kafka_session_timeout_seconds: float = Field(
+        default=10.0,
+        ge=1,
+        le=1800,
+        description="A consumer silent this long is taken for dead and its partitions go to the others; "
+        "heartbeats every third of it",
+    )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_ssl_cafile: CaFile | None = None
     kafka_ssl_certfile: FilePath | None = None

@@ -232,8 +232,30 @@ def test_the_pause_is_checked_against_the_interval_the_consumers_are_given() -> 
     settings = NotifierSettings.model_validate({name.lower(): value for name, value in GOOD.items()})
     [subscription] = subscribers.routes(settings)
     context = ConsumerContext("notifier", KafkaBroker(settings.kafka_bootstrap_servers), settings.topic, Metrics("t"))
-    route = BatchConsumer(subscription, context).route(settings.consumer_batch_size)
+    route = BatchConsumer(subscription, context).route(
+        settings.consumer_batch_size, settings.kafka_session_timeout_seconds
+    )
     assert route.kwargs["max_poll_interval_ms"] == MAX_POLL_INTERVAL_SECONDS * 1000
+
+
+def test_consumers_get_the_session_timeout_and_heartbeat_a_third_of_it() -> None:
+    """Kafka's default (10 s) unless KAFKA_SESSION_TIMEOUT_SECONDS says otherwise; the embedded broker makes every
+    join wait half of it, so the local stack asks for 3 s."""
+    for env, session_ms in (({}, 10_000), ({"KAFKA_SESSION_TIMEOUT_SECONDS": "3"}, 3_000)):
+        settings = NotifierSettings.model_validate({name.lower(): value for name, value in {**GOOD, **env}.items()})
+        [subscription] = subscribers.routes(settings)
+        context = ConsumerContext(
+            "notifier", KafkaBroker(settings.kafka_bootstrap_servers), settings.topic, Metrics("t")
+        )
+        route = BatchConsumer(subscription, context).route(
+            settings.consumer_batch_size, settings.kafka_session_timeout_seconds
+        )
+        assert (route.kwargs["session_timeout_ms"], route.kwargs["heartbeat_interval_ms"]) == (
+            session_ms,
+            session_ms // 3,
+        )
+    for bad in ("0.5", "1801", "nan"):
+        assert _problems(RuntimeSettings, kafka_session_timeout_seconds=bad), bad
 
 
 def test_the_first_retry_delay_is_at_most_the_cap() -> None:
