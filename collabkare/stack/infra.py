@@ -112,7 +112,7 @@ def start_infrastructure(workdir: Path, *, keep_data: bool = False) -> Iterator[
         # The catcher (a Python interpreter starting) comes up while initdb runs.
         smtp, smtp_host, smtp_port = _smtp(supervisor, workdir, sources.smtp)
         postgres, database_url = _database(stack, supervisor, workdir, sources.database)
-        data_dirs += [postgres.data_dir, postgres.password_file] if postgres else []
+        data_dirs += postgres.files if postgres else []
         broker, bootstrap = _kafka(stack, supervisor, sources.kafka)
         if smtp is not None:
             smtp.wait_ready()

