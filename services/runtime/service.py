@@ -245,7 +245,7 @@ class ServiceRuntime:
     def http_app(self) -> FastAPI:
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-            configure_logging(self.spec.name, self.settings.log_level)
+            configure_logging(self.settings.service_name, self.settings.log_level)
             try:
                 await self.start()
             except DependencyUnavailable as failure:

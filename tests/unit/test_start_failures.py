@@ -32,6 +32,7 @@ def test_an_unreachable_database_is_one_line_naming_it_and_a_clean_exit(service:
         "JWT_SECRET": "x" * 32,
         "PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",
+        "SERVICE_NAME": f"{service}-eu-7",
     }
     result = subprocess.run(
         [sys.executable, "-m", f"services.{service}"],
@@ -52,6 +53,8 @@ def test_an_unreachable_database_is_one_line_naming_it_and_a_clean_exit(service:
     assert failure["error"].startswith("ConnectionRefusedError"), failure
     errors = [line["event"] for line in lines if line["level"] == "error"]
     assert errors == ["service.start_failed", "Application startup failed. Exiting."], errors
+    # SERVICE_NAME names every line, those logged once the app starts too (they said `connections` before).
+    assert {line["service"] for line in lines} == {f"{service}-eu-7"}, lines
 
 
 async def _start_failure_message(error: Exception) -> str:
