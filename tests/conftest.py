@@ -8,6 +8,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from hypothesis import settings
 
 from collabkare.services import MIGRATION_PLANS as PLANS
 from collabkare.stack.infra import Infrastructure, start_infrastructure
@@ -16,6 +17,11 @@ from tests.support import ROLE_PASSWORD, ScratchDatabase, new_topics, scratch_da
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = "collabkare_test_template"
+
+# No per-example deadline: Hypothesis times each example by the wall clock, so one moment of a slow, shared CI box
+# (another process scheduled, a slow disk) failed a property as "Unreliable test timings". Properties, not speed.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 
 @pytest.fixture(scope="session")

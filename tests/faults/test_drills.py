@@ -101,7 +101,12 @@ def stack(workdir: Path, broker: Broker) -> Iterator[RunningStack]:
         **{f"{name.upper()}_PORT": str(free_port()) for name in SERVICES},
         **DRILL_ENV,
     }
-    saved = {key: os.environ.get(key) for key in env}
+    # The drills stop, freeze and restart PostgreSQL and the SMTP server: always the embedded ones, whatever the
+    # developer's shell points the rest of the suite at.
+    embedded = ("DATABASE_URL", "SMTP_HOST", "SMTP_PORT", "TEST_INFRA")
+    saved = {key: os.environ.get(key) for key in (*env, *embedded)}
+    for key in embedded:
+        os.environ.pop(key, None)
     os.environ.update(env)
     try:
         with local_stack() as running:

@@ -38,7 +38,7 @@ from tests.integration.notifier_harness import (
 from tests.integration.test_notifier_processes import notifier_processes
 
 INVITES = 40
-SECONDS_PER_EMAIL = 0.5  # 40 emails over one connection: 20 s, past a 16 s lease
+SECONDS_PER_EMAIL = 0.5  # 40 emails over one connection: 20 s, past an 18 s lease
 
 
 class SlowRelay:
@@ -74,8 +74,10 @@ async def test_claims_waiting_longer_than_the_lease_are_renewed_and_sent_once(
         "smtp_port": port,
         "smtp_pool_size": 1,
         "sender_batch_size": INVITES,  # every invite claimed at once, waiting its turn
-        "smtp_timeout_seconds": 1,
-        "sending_lease_seconds": 16,  # the least the settings allow with that timeout; renewed every 3.3 s
+        # 3 s, not 1: a pause of the test's process (the relay runs in a thread of it) longer than the relay's own
+        # 0.5 s must not turn a send into a timeout, and its retry into a second copy.
+        "smtp_timeout_seconds": 3,
+        "sending_lease_seconds": 18,  # the least the settings allow with that timeout; renewed every 3.3 s
     }
     async with running_notifier(infra, template_database, **settings) as notifier:
         clinic = practice("Lease Clinic")

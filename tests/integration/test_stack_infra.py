@@ -35,7 +35,8 @@ from collabkare.stack.processes import Supervisor
 ROOT = Path(__file__).resolve().parents[2]
 # The embedded stack must be what these tests get, whatever the developer's shell points at.
 EXTERNAL_SETTINGS = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "SMTP_HOST", "SMTP_PORT", "TEST_INFRA")
-pytestmark = pytest.mark.timeout(60)
+# Per test, fixtures included: a whole second stack, restarts, and as root a 42 MB copy with two PostgreSQL starts.
+pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module")
