@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
@@ -92,7 +93,10 @@ def create_http_app(
         if unknown:
             message = f"no such check: {', '.join(unknown)}; the checks are {', '.join(readiness)}"
             raise Problem(422, message, errors=[{"field": "exclude", "rule": "enum", "message": message}])
-        checks = {name: await check() for name, check in readiness.items() if name not in left_out}
+        # Side by side: each check has its own bound (2 s for a dependency that does not answer), so with the
+        # database, the broker and the SMTP relay all away the answer takes one bound, not their sum.
+        names = [name for name in readiness if name not in left_out]
+        checks = dict(zip(names, await asyncio.gather(*(readiness[name]() for name in names)), strict=True))
         ready = all(checks.values())
         body: dict[str, Any] = {"status": "ready" if ready else "unavailable", "checks": checks}
         if left_out:
