@@ -86,6 +86,10 @@ class EmbeddedPostgres(ManagedServer):
             bin_dir = _install_reachable_by(self._user, bin_dir)
             self._place()
         self._refuse_running_cluster()
+        if self.relocated_to is not None and not self.password_file.exists():
+            # Left in /tmp by a stack killed hard whose directory, with the password, was deleted since: a cluster
+            # nobody can log in to, holding a stopped stack's data (which a stop would have deleted). Made anew.
+            shutil.rmtree(self.data_dir, ignore_errors=True)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(bin_dir)
         try:  # read once, not at every readiness probe or URL asked for
@@ -121,6 +125,7 @@ class EmbeddedPostgres(ManagedServer):
         a directory of ours in /tmp named after the one asked for, so that a restart finds it again; the stack
         deletes it with the data when it stops."""
         assert self._user is not None
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if _reachable(self._user, self.data_dir.parent):
             return
         digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
@@ -247,8 +252,8 @@ def _install_reachable_by(user: str, bin_dir: Path) -> Path:
         parts.append((libs, Path(libs.name)))
     build = hashlib.sha256((bin_dir / "postgres").read_bytes()).hexdigest()[:16]  # 10 MB: about 20 ms
     home = _private_tmp_dir(f"collabkare-pginstall-{build}", 0o755)
-    copy = home / "site"
-    if not (home / "complete").exists():
+    copy = home / "site"  # appears whole or not at all: made aside, then renamed into place
+    if not copy.is_dir():
         staging = Path(tempfile.mkdtemp(dir=home))
         try:
             for source, relative in parts:
@@ -257,11 +262,10 @@ def _install_reachable_by(user: str, bin_dir: Path) -> Path:
             (staging / "site" / package.name).chmod(0o755)
             try:
                 (staging / "site").rename(copy)
-            except OSError:  # a copy is there: another stack's, just made, or one a crash left half made
-                if not (home / "complete").exists():
-                    shutil.rmtree(copy, ignore_errors=True)
-                    (staging / "site").rename(copy)
-            (home / "complete").touch()
+            except OSError:
+                if not copy.is_dir():
+                    raise
+                # another stack's copy got there first: that one is used, and never deleted under its programs
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     copied = copy / package.name / install.name / "bin"
@@ -271,15 +275,20 @@ def _install_reachable_by(user: str, bin_dir: Path) -> Path:
 
 
 def _private_tmp_dir(name: str, mode: int) -> Path:
-    """A directory of ours in /tmp. /tmp is everyone's: one someone else made there first, or a link, is refused
-    rather than used."""
-    path = Path(tempfile.gettempdir()) / name
+    """A directory of ours in /tmp (TMPDIR). /tmp is everyone's: one someone else made there first, or a link, is
+    refused rather than used; and a TMPDIR others may write to without /tmp's sticky bit, where another account
+    could rename ours away and put its own in its place, is refused too."""
+    base = Path(tempfile.gettempdir())
+    shared = base.stat()
+    if shared.st_mode & 0o022 and not shared.st_mode & stat.S_ISVTX:
+        raise StackError(f"{base} (TMPDIR) lets other accounts replace what is in it: use one they cannot write to")
+    path = base / name
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=mode)
-        path.chmod(mode)  # whatever the umask took away
     info = path.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
         raise StackError(f"{path} is not a directory only this account may change: delete it")
+    path.chmod(mode)  # whatever the umask took away
     return path
 
 

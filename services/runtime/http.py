@@ -14,12 +14,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.runtime.auth import check_access_before_body
 from services.runtime.deadline import Deadline
+from services.runtime.logging import get_logger
 from services.runtime.media import require_json
 from services.runtime.metrics import Metrics
 from services.runtime.middleware import CORRELATION_HEADER, Correlate, HeadAsGet, LimitBody
 from services.runtime.openapi import complete
 from services.runtime.problems import Problem, install_problem_handlers
 
+log = get_logger(__name__)
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
 
@@ -96,7 +98,11 @@ def create_http_app(
         # Side by side: each check has its own bound (2 s for a dependency that does not answer), so with the
         # database, the broker and the SMTP relay all away the answer takes one bound, not their sum.
         names = [name for name in readiness if name not in left_out]
-        checks = dict(zip(names, await asyncio.gather(*(readiness[name]() for name in names)), strict=True))
+        answers = await asyncio.gather(*(readiness[name]() for name in names), return_exceptions=True)
+        checks = {name: answer is True for name, answer in zip(names, answers, strict=True)}
+        for name, answer in zip(names, answers, strict=True):
+            if isinstance(answer, BaseException):  # a check's own bug: not ready, and said, not a 500
+                log.warning("readiness.check_failed", check=name, error=repr(answer)[:300])
         ready = all(checks.values())
         body: dict[str, Any] = {"status": "ready" if ready else "unavailable", "checks": checks}
         if left_out:

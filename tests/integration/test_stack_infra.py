@@ -8,6 +8,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -261,11 +262,12 @@ def _first_line(process: subprocess.Popen[Any]) -> str:
     "be unable to reach the checkout; as anyone else it runs as the caller, who can",
 )
 def test_as_root_a_checkout_other_accounts_cannot_enter_still_runs_postgres(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    embedded_only: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found in a new user's run: a clone under /root (0700), as root, could not start PostgreSQL, whose account
     could reach neither its data directory nor the wheel's programs (initdb: Permission denied). The cluster now
-    lives in a directory of ours in /tmp, the programs are copied there once, and both are found again at a restart."""
+    lives in a directory of ours in /tmp, the programs are copied there once; a restart finds both again, a cluster
+    whose password was deleted with its stack directory is made anew, and a stack's stop deletes the cluster."""
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     site = postgres_module._bin_dir().parent.parent.parent  # the wheel's programs, as in a virtualenv under /root
@@ -280,7 +282,7 @@ def test_as_root_a_checkout_other_accounts_cannot_enter_still_runs_postgres(
     stack = private / "stack"
     programs: list[Path] = []
     try:
-        for _ in range(2):  # the second start reuses the copy and the cluster
+        for sql in ("CREATE TABLE kept (x int)", "SELECT count(*) FROM kept"):  # the second finds the first's table
             server = EmbeddedPostgres(stack / "postgres", free_port(), supervisor=Supervisor(stack / "logs"))
             server.start()
             try:
@@ -288,20 +290,47 @@ def test_as_root_a_checkout_other_accounts_cannot_enter_still_runs_postgres(
                 assert server.relocated_to.is_relative_to(shared) and (server.data_dir / "PG_VERSION").exists()
                 programs.append(Path(psutil.Process(server.supervisor.pid(postgres_module.NAME)).exe()))
                 assert programs[-1].is_relative_to(shared), programs
-                assert asyncio.run(_answers(server.url)) == 1
+                asyncio.run(_fetch(server.url, sql))
             finally:
-                server.stop()
+                server.stop()  # as a stack killed hard would: the cluster stays
         assert programs[0] == programs[1], "the second start runs the same copy"
         assert server.password_file.parent == stack  # the password stays with the stack, readable by root only
-        assert server.relocated_to in server.files  # what a stack deletes when it stops
+        server.password_file.unlink()  # the stack directory deleted, the cluster left in /tmp
+        with start_infrastructure(stack) as infra:
+            assert infra.postgres is not None and infra.postgres.relocated_to == server.relocated_to
+            assert asyncio.run(_fetch(infra.database_url, "SELECT to_regclass('kept') IS NULL")), "made anew"
+        assert not server.relocated_to.exists() and not server.password_file.exists(), "deleted at the stop"
     finally:
         shutil.rmtree(shared, ignore_errors=True)
 
 
-async def _answers(url: str) -> int:
+def test_a_tmp_directory_someone_else_could_change_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directories of ours in /tmp: a link, one writable by others, or a TMPDIR others may write to without the
+    sticky bit is refused rather than used (root would put the programs its PostgreSQL account runs there)."""
+    base = tmp_path / "tmp"
+    base.mkdir(mode=0o755)
+    monkeypatch.setattr(postgres_module.tempfile, "gettempdir", lambda: str(base))
+    made = postgres_module._private_tmp_dir("ours", 0o711)
+    assert made == base / "ours" and stat.S_IMODE(made.stat().st_mode) == 0o711
+    assert postgres_module._private_tmp_dir("ours", 0o711) == made  # found again
+    (base / "elsewhere").mkdir()
+    (base / "linked").symlink_to(base / "elsewhere")
+    (base / "shared").mkdir()
+    (base / "shared").chmod(0o777)
+    for name in ("linked", "shared"):
+        with pytest.raises(StackError, match="is not a directory only this account may change"):
+            postgres_module._private_tmp_dir(name, 0o711)
+    base.chmod(0o777)  # writable by everyone, no sticky bit
+    with pytest.raises(StackError, match=r"\(TMPDIR\) lets other accounts replace what is in it"):
+        postgres_module._private_tmp_dir("ours", 0o711)
+    base.chmod(0o1777)  # as /tmp
+    assert postgres_module._private_tmp_dir("ours", 0o711) == made
+
+
+async def _fetch(url: str, sql: str) -> Any:
     connection = await asyncpg.connect(url, timeout=10)
     try:
-        return int(await connection.fetchval("SELECT 1"))
+        return await connection.fetchval(sql)
     finally:
         await connection.close()
 

@@ -40,3 +40,18 @@ async def test_the_checks_run_side_by_side_and_each_answer_is_reported() -> None
     assert answer.json() == {"status": "unavailable", "checks": {"database": True, "broker": False, "smtp": True}}
     assert left_out.status_code == 200, left_out.text
     assert left_out.json()["checks"] == {"database": True, "smtp": True}
+
+
+async def test_a_check_that_raises_is_not_ready_and_the_others_still_answer() -> None:
+    async def broken() -> bool:
+        raise RuntimeError("a bug in the check")
+
+    async def fine() -> bool:
+        return True
+
+    readiness = {"database": fine, "jobs": broken}
+    app = create_http_app(title="t", description="t", metrics=Metrics("t"), readiness=readiness, routers=[])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        answer = await http.get("/readyz")
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["checks"] == {"database": True, "jobs": False}
