@@ -190,8 +190,8 @@ class Watcher:
             self._thread.join(10)
 
     def _run(self) -> None:
-        # /readyz answers once its checks have: up to 2 s each (database, broker, the notifier's SMTP) when the
-        # dependency does not answer. 15 s, so a slow box's late 503 is not taken for no answer.
+        # /readyz answers once its checks have, side by side: about 2 s when a dependency does not answer, more on a
+        # slow box. 15 s, so a late 503 is not taken for no answer.
         with httpx.Client(timeout=15) as http:
             while not self._stop.is_set():
                 for name, call in self.checks.items():
