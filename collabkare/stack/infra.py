@@ -47,6 +47,7 @@ def plan(environ: Mapping[str, str]) -> Plan:
 
 
 _SESSION_TIMEOUT = "KAFKA_SESSION_TIMEOUT_SECONDS"
+EMBEDDED_BROKER_SESSION_TIMEOUT = "3"  # seconds; see Infrastructure.service_settings
 
 
 @dataclass
@@ -84,7 +85,7 @@ class Infrastructure:
         it waits 1.5."""
         if self.broker is None or _SESSION_TIMEOUT in os.environ:
             return {}
-        return {_SESSION_TIMEOUT: "3"}
+        return {_SESSION_TIMEOUT: EMBEDDED_BROKER_SESSION_TIMEOUT}
 
     def check_alive(self) -> None:
         """Raise StackError if an embedded process died without being asked to."""

@@ -99,10 +99,11 @@ def create_http_app(
         # database, the broker and the SMTP relay all away the answer takes one bound, not their sum.
         names = [name for name in readiness if name not in left_out]
         answers = await asyncio.gather(*(readiness[name]() for name in names), return_exceptions=True)
-        checks = {name: answer is True for name, answer in zip(names, answers, strict=True)}
+        checks: dict[str, bool] = {}
         for name, answer in zip(names, answers, strict=True):
             if isinstance(answer, BaseException):  # a check's own bug: not ready, and said, not a 500
                 log.warning("readiness.check_failed", check=name, error=repr(answer)[:300])
+            checks[name] = answer is True
         ready = all(checks.values())
         body: dict[str, Any] = {"status": "ready" if ready else "unavailable", "checks": checks}
         if left_out:

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 
 from collabkare.client import CollabKare
 from collabkare.stack.broker import EmbeddedBroker
+from collabkare.stack.infra import EMBEDDED_BROKER_SESSION_TIMEOUT
 from collabkare.stack.local import RunningStack, local_stack
 from collabkare.stack.ports import free_port
 from collabkare.stack.postgres import NAME as postgres_name
@@ -60,7 +61,7 @@ DRILL_ENV = {
     "SMTP_RETRY_MAX_SECONDS": "5",
     "OUTBOX_POLL_SECONDS": "0.5",
     # The broker is behind a door, so not embedded in the stack's eyes: its consumers' joins wait half of this.
-    "KAFKA_SESSION_TIMEOUT_SECONDS": "3",
+    "KAFKA_SESSION_TIMEOUT_SECONDS": EMBEDDED_BROKER_SESSION_TIMEOUT,
     # A paced sender (2000 emails take ~8 s, not ~2 s): the kill and restart drills must land while a batch
     # is being sent, and a slow machine's poll of the mailbox overshot the whole batch without this.
     "SMTP_RATE_PER_SECOND": "250",
