@@ -107,7 +107,7 @@ class Claimed:
     practice_name: str | None
     reply_to: str | None
     revoked: bool = False  # its invite was revoked while it was being sent (and that attempt did not end it)
-    earlier_sent: bool = False  # the invite it replaces was emailed: that email's link no longer works
+    earlier_sent: bool = False  # an invite it replaces was emailed (or is not known yet): that link no longer works
 
 
 def smtp_address(address: str) -> str:

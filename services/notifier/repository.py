@@ -126,7 +126,9 @@ async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> lis
             SELECT d.id, p.locale, p.email IS NOT NULL AS on_platform, p.display_name, r.name, r.reply_to,
                    CASE WHEN d.replaces IS NULL THEN false ELSE EXISTS (
                        -- The invites this one replaces, back along their resends (A <- B <- C: B revoked unsent
-                       -- still leaves A's email in the inbox); one of them emailed, or being emailed.
+                       -- still leaves A's email in the inbox); one of them emailed, or being emailed, or not seen
+                       -- yet: invites are keyed by their own id, so B's request can still be on its way on another
+                       -- partition, and the email's line is an "if" ("If X invited you before, ...").
                        WITH RECURSIVE earlier (invite_id, depth) AS (
                            SELECT d.replaces, 1
                            UNION ALL
@@ -134,8 +136,8 @@ async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> lis
                            FROM earlier JOIN notifier.deliveries e ON e.invite_id = earlier.invite_id
                            WHERE e.replaces IS NOT NULL AND earlier.depth < 20
                        )
-                       SELECT 1 FROM earlier JOIN notifier.deliveries s ON s.invite_id = earlier.invite_id
-                       WHERE s.status IN ('sent', 'sending')
+                       SELECT 1 FROM earlier LEFT JOIN notifier.deliveries s ON s.invite_id = earlier.invite_id
+                       WHERE s.id IS NULL OR s.status IN ('sent', 'sending')
                    ) END AS earlier_sent
             FROM notifier.deliveries d
             LEFT JOIN notifier.patients p ON p.email = coalesce(d.recipient_key, lower(d.recipient))
