@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 
 from collabkare.stack.errors import StackError
 
@@ -10,18 +12,41 @@ HOST = "127.0.0.1"
 # Ports handed out recently by this process: the kernel may offer a just-closed port again before the
 # child that was meant to take it has bound it.
 _handed_out: set[int] = set()
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _below_ephemeral() -> range:
+    """Ports the kernel never gives an outgoing connection: those below its ephemeral range (Linux: 32768 on)."""
+    try:
+        low = int(_EPHEMERAL.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default; other systems start theirs higher
+    return range(max(1024, low - 12000), max(2048, low))
 
 
 def free_port() -> int:
-    """A loopback port nothing listens on right now (another process may still take it: start soon)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((HOST, 0))
-            port: int = probe.getsockname()[1]
-        if port not in _handed_out:
+    """A loopback port nothing listens on right now (another process may still take it: start soon).
+
+    Picked below the kernel's ephemeral range: a port from bind(0) comes from that range, and any of the many
+    connections the stack opens meanwhile (to PostgreSQL, the broker, SMTP) could take it before the server binds.
+    """
+    candidates = _below_ephemeral()
+    start = random.randrange(len(candidates))  # two processes picking at once rarely meet
+    for step in range(len(candidates)):
+        port = candidates[(start + step) % len(candidates)]
+        if port not in _handed_out and _bindable(port):
             _handed_out.add(port)
             return port
-    raise StackError(f"no free port found on {HOST} after 50 attempts")
+    raise StackError(f"no free port found on {HOST} in {candidates.start}-{candidates.stop - 1}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+        return True
 
 
 def ensure_port_free(port: int, what: str, setting: str | None = None) -> None:

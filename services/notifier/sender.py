@@ -134,8 +134,8 @@ class _Run:
                 except Exception as error:  # the database is away (or a bug): back off, never stop claiming
                     failures += 1
                     log.warning("sender.claim_failed", error=repr(error)[:300], attempt=failures)
-                    await repository.unlisten(self.pool, listener, self._notified)
-                    listener = None
+                    connection, listener = listener, None  # given back even if the stop lands inside the UNLISTEN
+                    await repository.unlisten(self.pool, connection, self._notified)
                     await asyncio.sleep(min(30.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0))
         finally:
             await repository.unlisten(self.pool, listener, self._notified)

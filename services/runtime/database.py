@@ -141,11 +141,16 @@ async def listen(pool: asyncpg.Pool, channel: str, callback: Callable[..., objec
 async def unlisten(
     pool: asyncpg.Pool, connection: asyncpg.Connection | None, channel: str, callback: Callable[..., object]
 ) -> None:
-    if connection is not None:
+    if connection is None:
+        return
+    try:
         # Bounded: an UNLISTEN to a database that stopped answering waited out the 60 s command timeout, and held a
         # service's shutdown past its grace period. A release that times out terminates the connection.
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2):
                 await connection.remove_listener(channel, callback)
+    finally:
+        # Cancelled inside the UNLISTEN (a service stopping) too: a connection never given back held pool.close()
+        # for ever.
         with contextlib.suppress(Exception):
             await pool.release(connection, timeout=2)

@@ -120,32 +120,36 @@ class OutboxRelay:
     async def _run(self) -> None:
         failures = 0
         listener: asyncpg.Connection | None = None
-        while True:
-            await self._report_pending()
-            try:
-                if listener is None:
-                    listener = await self._listen()
-                if self._producer is None:
-                    self._producer = await self._start_producer()
-                sent = await self.publish_batch()
-                failures = 0
-                self.broker_up = True
-                if sent < self._batch_size:
-                    await self._sleep(self._poll_seconds)
-            except asyncio.CancelledError:
-                if listener is not None:
-                    await self._unlisten(listener)
-                raise
-            except Exception as error:
-                failures += 1
-                self.broker_up = False
-                delay = min(30.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0)
-                log.warning("outbox.publish_failed", schema=self._schema, error=repr(error), retry_in=round(delay, 2))
-                await self._close_producer()
-                if listener is not None:
-                    await self._unlisten(listener)
-                    listener = None
-                await asyncio.sleep(delay)
+        try:
+            while True:
+                await self._report_pending()
+                try:
+                    if listener is None:
+                        listener = await self._listen()
+                    if self._producer is None:
+                        self._producer = await self._start_producer()
+                    sent = await self.publish_batch()
+                    failures = 0
+                    self.broker_up = True
+                    if sent < self._batch_size:
+                        await self._sleep(self._poll_seconds)
+                except Exception as error:
+                    failures += 1
+                    self.broker_up = False
+                    delay = min(30.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0)
+                    log.warning(
+                        "outbox.publish_failed", schema=self._schema, error=repr(error), retry_in=round(delay, 2)
+                    )
+                    await self._close_producer()
+                    if listener is not None:
+                        connection, listener = listener, None
+                        await self._unlisten(connection)
+                    await asyncio.sleep(delay)
+        finally:
+            # Stopped (cancelled) wherever it was, the LISTEN connection goes back to the pool: one kept held
+            # pool.close() for ever.
+            if listener is not None:
+                await self._unlisten(listener)
 
     async def _report_pending(self) -> None:
         """The outbox_pending gauge (outbox lag), refreshed at most every few seconds, broker up or not."""

@@ -205,6 +205,11 @@ class Watcher:
     def statuses(self, name: str) -> list[int]:
         return [status for seen, status, _ in self.seen if seen == name]
 
+    def saw(self, names: list[str], check: Callable[[list[int]], bool]) -> Callable[[], bool]:
+        """For `wait_for`: whether every one of these checks' answers so far passes `check` (e.g. `went_down_and_up`),
+        so that a drill waits for what the watcher recorded rather than for a time a slow box could outlast."""
+        return lambda: all(check(self.statuses(name)) for name in names)
+
     def unclear(self, names: set[str] | None = None) -> list[tuple[str, int, str]]:
         """Answers that were neither a success nor a problem+json 503 (no answer at all counts too)."""
         return [

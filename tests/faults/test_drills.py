@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -355,6 +354,7 @@ def postgres_restart(stack: RunningStack) -> PostgresRestart:
     token = {"Authorization": f"Bearer {drill.api.staff_token}"}
     progress_url = f"{stack.urls['invitations']}/v1/practices/{drill.practice_id}/invite-batches/{batch_id}"
     checks = {f"{name} readyz": lambda http, n=name: http.get(f"{stack.urls[n]}/readyz") for name in SERVICES}
+    readyz = list(checks)
     checks["batch progress"] = lambda http: http.get(progress_url, headers=token)
     checks["roster preview"] = lambda http: http.post(
         f"{stack.urls['invitations']}/v1/practices/{drill.practice_id}/roster/preview",
@@ -370,11 +370,14 @@ def postgres_restart(stack: RunningStack) -> PostgresRestart:
             # Down long enough for every service to notice and for the poller to call the API meanwhile.
             for name in SERVICES:
                 wait_for(f"{name} /readyz 503 with PostgreSQL down", lambda n=name: ready(stack.urls[n]) == 503, 30)
-            time.sleep(1.0)
+            # Down long enough for the watcher to see it too, and to call every API once more meanwhile.
+            wait_for("pgrestart: the watcher saw every /readyz 503", watcher.saw(readyz, lambda s: 503 in s), 60)
+            calls = len(watcher.seen)
+            wait_for("pgrestart: one more round of calls", lambda: len(watcher.seen) >= calls + len(checks), 60)
         finally:
             postgres.start()
         drill.wait_done(batch_id)
-        time.sleep(1.0)
+        wait_for("pgrestart: the watcher saw every /readyz back", watcher.saw(readyz, went_down_and_up), 60)
     return PostgresRestart(drill, batch_id, emails, watcher)
 
 
@@ -462,11 +465,12 @@ def _broker_away_during_submit(
             # The APIs keep accepting work: the events wait in the outbox.
             batch = drill.api.send_roster(_roster(emails), key=str(uuid.uuid4()))
             assert drill.api.batch(batch["batch_id"])["done"] is False
-            time.sleep(2.0)
+            wait_for(f"{tag}: the watcher saw every /readyz 503", watcher.saw(list(readyz), lambda s: 503 in s), 60)
         finally:
             back()
         for name in SERVICES:
             wait_for(f"{name} /readyz 200 after the broker returned", lambda n=name: ready(stack.urls[n]) == 200, 60)
+        wait_for(f"{tag}: the watcher saw every /readyz back", watcher.saw(list(readyz), went_down_and_up), 60)
         try:
             drill.wait_done(batch["batch_id"])
         except AssertionError as error:

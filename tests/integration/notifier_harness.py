@@ -134,6 +134,24 @@ class Notifier:
         return [parse(raw) for raw in self.caught_raw(source_event_id)]
 
 
+async def directory_applied(
+    admin: asyncpg.Pool, emails: Sequence[str], practice_id: uuid.UUID | None = None, timeout: float = 20.0
+) -> None:
+    """Wait until the notifier's directories know these patients (and practice): an invite published after this
+    never waits out the grace period, however slowly the directory topics were consumed."""
+    deadline = time.monotonic() + timeout
+    keys = [email.lower() for email in emails]
+    while True:
+        known = await admin.fetchval("SELECT count(*) FROM notifier.patients WHERE email = ANY($1::text[])", keys)
+        practice_known = practice_id is None or await admin.fetchval(
+            "SELECT 1 FROM notifier.practices WHERE practice_id = $1", practice_id
+        )
+        if known == len(set(keys)) and practice_known:
+            return
+        assert time.monotonic() < deadline, f"directories not applied: {known} of {len(set(keys))} patients"
+        await asyncio.sleep(0.05)
+
+
 @asynccontextmanager
 async def started(
     database: ScratchDatabase, prefix: str, admin: asyncpg.Pool, *, consuming: bool = True, **overrides: Any

@@ -27,6 +27,7 @@ from services.notifier import repository
 from services.notifier.settings import NotifierSettings
 from tests.integration.notifier_harness import (
     Notifier,
+    directory_applied,
     invite,
     notifier_env,
     patient,
@@ -37,8 +38,11 @@ from tests.integration.notifier_harness import (
 )
 from tests.integration.test_notifier_processes import notifier_processes
 
+# The module's tests wait out leases and join consumer groups: more than the suite's default 120 s on a slow box.
+pytestmark = pytest.mark.timeout(300)
+
 INVITES = 40
-SECONDS_PER_EMAIL = 0.5  # 40 emails over one connection: 20 s, past an 18 s lease
+SECONDS_PER_EMAIL = 0.6  # 40 emails over one connection: 24 s, past a 20 s lease
 
 
 class SlowRelay:
@@ -74,16 +78,18 @@ async def test_claims_waiting_longer_than_the_lease_are_renewed_and_sent_once(
         "smtp_port": port,
         "smtp_pool_size": 1,
         "sender_batch_size": INVITES,  # every invite claimed at once, waiting its turn
-        # 3 s, not 1: a pause of the test's process (the relay runs in a thread of it) longer than the relay's own
-        # 0.5 s must not turn a send into a timeout, and its retry into a second copy.
-        "smtp_timeout_seconds": 3,
-        "sending_lease_seconds": 18,  # the least the settings allow with that timeout; renewed every 3.3 s
+        # 5 s, not 1: a pause of the test's process (the relay runs in a thread of it) longer than the relay's own
+        # 0.6 s must not turn a send into a timeout, and its retry into a second copy.
+        "smtp_timeout_seconds": 5,
+        "sending_lease_seconds": 20,  # the least the settings allow with that timeout; renewed every 3.3 s
     }
     async with running_notifier(infra, template_database, **settings) as notifier:
         clinic = practice("Lease Clinic")
         emails = [unique_email("lease") for _ in range(INVITES)]
         invites = [invite(clinic.practice_id, email) for email in emails]  # type: ignore[arg-type]
-        await notifier.publish(clinic, *(patient(email) for email in emails), *invites)
+        await notifier.publish(clinic, *(patient(email) for email in emails))
+        await directory_applied(notifier.admin, emails, clinic.practice_id, timeout=90)  # invites claimed at once
+        await notifier.publish(*invites)
         rows = await notifier.deliveries([event.event_id for event in invites], timeout=90)
         assert sorted(row["status"] for row in rows) == ["sent"] * INVITES
         assert max(row["attempts"] for row in rows) == 1, "no claim expired and was claimed again"
@@ -133,7 +139,9 @@ async def test_a_sender_frozen_past_its_lease_sends_nothing_another_took_over(
         invites = [invite(clinic.practice_id, email) for email in emails]  # type: ignore[arg-type]
         ids = [event.event_id for event in invites]
         with notifier_processes(env, 1, tmp_path) as [first]:
-            await notifier.publish(clinic, *(patient(email) for email in emails), *invites)
+            await notifier.publish(clinic, *(patient(email) for email in emails))
+            await directory_applied(admin, emails, clinic.practice_id, timeout=90)  # the group's first join, too
+            await notifier.publish(*invites)
             async with asyncio.timeout(90):  # the consumer group's first join can take a while on Tansu
                 while sum(relay.copies.values()) < 2:
                     await asyncio.sleep(0.1)

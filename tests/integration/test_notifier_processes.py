@@ -17,10 +17,14 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 
 from collabkare.stack.infra import Infrastructure
 from collabkare.stack.ports import free_port
 from tests.integration.notifier_harness import Notifier, invite, notifier_env, patient, practice, scratch, unique_email
+
+# Processes start, join one group and stop one after another: more than the suite's default 120 s on a slow box.
+pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parents[2]
 INVITES = 300

@@ -77,6 +77,51 @@ async def test_unlisten_gives_the_connection_back_when_unlisten_gets_no_answer()
     assert pool.released == [(connection, 2)], "released with a bound: a release that times out terminates it"
 
 
+async def test_unlisten_cancelled_midway_still_gives_the_connection_back() -> None:
+    """CI found pool.close() waiting for ever: a relay stopped while it gave its LISTEN connection back (the broker
+    away, between two attempts) lost the connection when the cancel landed inside the UNLISTEN."""
+    pool, connection = Pool(), SilentConnection()
+    unlistening = asyncio.create_task(unlisten(pool, connection, "channel", lambda *_: None))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    unlistening.cancel()
+    async with asyncio.timeout(10):
+        await asyncio.wait([unlistening])
+    assert unlistening.cancelled(), "the cancel goes on"
+    assert pool.released == [(connection, 2)]
+
+
+async def test_a_relay_stopped_while_giving_up_on_the_broker_gives_its_listen_connection_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled while it closes the producer of a failed attempt (before it gives the LISTEN connection back): the
+    connection is given back all the same."""
+    pool = Pool()
+    relay = OutboxRelay(pool, "s", "127.0.0.1:1", lambda name: name)  # type: ignore[arg-type]
+    connection = SilentConnection()
+    closing = asyncio.Event()
+
+    async def listen() -> Any:
+        return connection
+
+    async def start_producer() -> Any:
+        relay._producer = object()  # type: ignore[assignment]
+        raise ConnectionRefusedError("nobody there")
+
+    async def close_producer() -> None:
+        closing.set()
+        await asyncio.sleep(NEVER)
+
+    monkeypatch.setattr(relay, "_listen", listen)
+    monkeypatch.setattr(relay, "_start_producer", start_producer)
+    monkeypatch.setattr(relay, "_close_producer", close_producer)
+    relay._task = asyncio.create_task(relay._run())
+    async with asyncio.timeout(10):
+        await closing.wait()
+        await cancel_within(5, relay._task)
+    assert relay._task.cancelled()
+    assert pool.released == [(connection, 2)]
+
+
 async def test_recording_stops_retrying_once_the_sender_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
     """The database driver, cancelled mid-statement, may raise its own error instead of CancelledError: the recorder
     took it for a failed attempt and retried, with backoff, long after the service was told to stop."""
