@@ -28,6 +28,14 @@ class Metrics:
         # At 0 from the start: `increase()` needs a sample before the first dead letter, or it never sees it.
         for group in groups:
             self.dead_letters.labels(group)
+        # Read at each scrape: a consumer the broker refuses (a session timeout below the broker's minimum, an ACL)
+        # never joins its group and owns nothing, while the pod stays ready and its HTTP API serves.
+        self.partitions_assigned = Gauge(
+            "kafka_partitions_assigned",
+            "Partitions this pod's consumer of the group owns now (0: consuming nothing)",
+            ["group"],
+            registry=self.registry,
+        )
         self.outbox_published = Counter(
             "outbox_published_total", "Events published from the outbox", registry=self.registry
         )

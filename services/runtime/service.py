@@ -82,6 +82,12 @@ class DependencyUnavailable(Exception):
         self.error = error
 
 
+def _partitions_owned(subscriber: Any) -> int:
+    """How many partitions a FastStream subscriber's Kafka consumer owns now (none before it started)."""
+    consumer = getattr(subscriber, "consumer", None)
+    return len(consumer.assignment()) if consumer is not None else 0
+
+
 def _servers(url: PostgresDsn) -> str:
     """host:port of each server DATABASE_URL names, and nothing of its credentials."""
     return ",".join(f"{host['host']}:{host['port'] or 5432}" for host in url.hosts())
@@ -133,7 +139,11 @@ class ServiceRuntime:
             route = BatchConsumer(subscription, self.consumers).route(
                 self.settings.consumer_batch_size, self.settings.kafka_session_timeout_seconds
             )
-            self.broker.subscriber(*route.args, **route.kwargs)(route.call)
+            subscriber = self.broker.subscriber(*route.args, **route.kwargs)
+            subscriber(route.call)
+            self.metrics.partitions_assigned.labels(subscription.group).set_function(
+                functools.partial(_partitions_owned, subscriber)
+            )
             self.broker.publisher(
                 self.settings.topic(dead_letter_topic(subscription.group)),
                 title=f"{subscription.group} dead letters",

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from collabkare.stack.ports import free_port
@@ -32,12 +33,13 @@ def test_no_unclosed_producer_while_the_broker_is_away(database: ScratchDatabase
     AIOKafkaProducer" at error level once per attempt, next to the expected warnings."""
     nobody = f"127.0.0.1:{free_port()}"
     env = service_env(database, "connections", "away.", kafka_bootstrap_servers=nobody, kafka_send_timeout_seconds=1)
+    port = free_port()
     log = tmp_path / "connections.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "services.connections"],
             cwd=ROOT,
-            env={**os.environ, **env, "PORT": str(free_port()), "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **env, "PORT": str(port), "PYTHONUNBUFFERED": "1"},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -50,6 +52,9 @@ def test_no_unclosed_producer_while_the_broker_is_away(database: ScratchDatabase
             time.sleep(0.2)
         else:
             pytest.fail(f"too few attempts in 40 s:\n{log.read_text()}")
+        # The API serves meanwhile, and the metrics say that the consumer owns nothing (what an operator alerts on).
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert 'kafka_partitions_assigned{group="connections"} 0.0' in metrics, metrics
     finally:
         process.send_signal(signal.SIGTERM)
         try:

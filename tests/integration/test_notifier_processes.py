@@ -21,7 +21,9 @@ import pytest
 
 from collabkare.stack.infra import Infrastructure
 from collabkare.stack.ports import free_port
+from services.notifier.subscribers import TOPICS
 from tests.integration.notifier_harness import Notifier, invite, notifier_env, patient, practice, scratch, unique_email
+from tests.support import PARTITIONS
 
 # Processes start, join one group and stop one after another: more than the suite's default 120 s on a slow box.
 pytestmark = pytest.mark.timeout(300)
@@ -29,6 +31,7 @@ pytestmark = pytest.mark.timeout(300)
 ROOT = Path(__file__).resolve().parents[2]
 INVITES = 300
 _SENT = re.compile(r'^emails_total\{kind="invite",outcome="sent"\} ([0-9.e+]+)$', re.MULTILINE)
+_ASSIGNED = re.compile(r'^kafka_partitions_assigned\{group="notifier"\} ([0-9.e+]+)$', re.MULTILINE)
 _CONSUMED = re.compile(r'^events_consumed_total\{[^}]*event_type="PatientRegistered"[^}]*\} ([0-9.e+]+)$', re.M)
 
 
@@ -116,6 +119,14 @@ async def test_two_processes_in_one_group_send_each_email_once(
                     return all([await _metric(http, url, _CONSUMED) > 0 for url in urls])
 
                 await _until("both processes consume", 60, both_consuming)
+                owned: list[float] = []
+
+                async def partitions_shared() -> bool:
+                    # What an operator alerts on (a group whose pods own nothing): here every partition, once.
+                    owned[:] = [await _metric(http, url, _ASSIGNED) for url in urls]
+                    return sum(owned) == PARTITIONS * len(TOPICS) and all(owned)
+
+                await _until("the processes share the partitions", 30, partitions_shared)
                 await notifier.publish(*(patient(email) for email in emails))
                 invited = "SELECT count(*) FROM notifier.patients WHERE email = ANY($1)"
                 await _until("the directory is complete", 30, lambda: _count(admin, invited, INVITES, emails))
