@@ -15,29 +15,40 @@ _handed_out: set[int] = set()
 _EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
-def _below_ephemeral() -> range:
-    """Ports the kernel never gives an outgoing connection: those below its ephemeral range (Linux: 32768 on)."""
+def _outside_ephemeral() -> list[int]:
+    """Ports the kernel never gives an outgoing connection: up to 12,000 below its ephemeral range (Linux's default
+    range is 32768-60999) and those above it; none when the range spans every unprivileged port."""
     try:
-        low = int(_EPHEMERAL.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768  # Linux's default; other systems start theirs higher
-    return range(max(1024, low - 12000), max(2048, low))
+        low, high = (int(bound) for bound in _EPHEMERAL.read_text().split()[:2])
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default; other systems' ranges lie within 49152-65535
+    return [*range(max(1024, low - 12000), low), *range(max(1024, high + 1), 65536)]
 
 
 def free_port() -> int:
     """A loopback port nothing listens on right now (another process may still take it: start soon).
 
-    Picked below the kernel's ephemeral range: a port from bind(0) comes from that range, and any of the many
+    Picked outside the kernel's ephemeral range: a port from bind(0) comes from that range, and any of the many
     connections the stack opens meanwhile (to PostgreSQL, the broker, SMTP) could take it before the server binds.
     """
-    candidates = _below_ephemeral()
+    candidates = _outside_ephemeral() or _ephemeral_picks()
     start = random.randrange(len(candidates))  # two processes picking at once rarely meet
     for step in range(len(candidates)):
         port = candidates[(start + step) % len(candidates)]
         if port not in _handed_out and _bindable(port):
             _handed_out.add(port)
             return port
-    raise StackError(f"no free port found on {HOST} in {candidates.start}-{candidates.stop - 1}")
+    raise StackError(f"no free port found on {HOST} among {len(candidates)} tried")
+
+
+def _ephemeral_picks() -> list[int]:
+    """When every port is ephemeral: the kernel's own picks, as good as it gets."""
+    picks = []
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((HOST, 0))
+            picks.append(probe.getsockname()[1])
+    return picks
 
 
 def _bindable(port: int) -> bool:

@@ -162,7 +162,7 @@ class Shape(NamedTuple):
     has_note: bool
     has_reason: bool
     identity_check: str | None  # "ssn" or "date_of_birth_and_phone": what accepting will ask for
-    resend: bool  # the invite replaces an earlier one that was emailed, whose link no longer works
+    resend: bool  # the invite replaces earlier ones, one of them emailed or not known yet: that link may be dead
 
 
 class Renderer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -82,10 +83,14 @@ class DependencyUnavailable(Exception):
         self.error = error
 
 
-def _partitions_owned(subscriber: Any) -> int:
-    """How many partitions a FastStream subscriber's Kafka consumer owns now (none before it started)."""
+def _partitions_owned(subscriber: Any) -> float:
+    """How many partitions a FastStream subscriber's Kafka consumer owns now (none before it started); NaN should
+    the client's state be unreadable, rather than a failed scrape of every other metric."""
     consumer = getattr(subscriber, "consumer", None)
-    return len(consumer.assignment()) if consumer is not None else 0
+    try:
+        return len(consumer.assignment()) if consumer is not None else 0
+    except Exception:
+        return math.nan
 
 
 def _servers(url: PostgresDsn) -> str:

@@ -29,8 +29,15 @@ _ENVELOPE_TO = re.compile(rb"^x-envelope-to:[ \t]*([^\r\n]*)", re.IGNORECASE | r
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
 
 
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = DRILL_SECONDS, every: float = 0.2) -> None:
-    """Poll `condition` (exceptions count as "not yet") until true; AssertionError naming `what` after `timeout`."""
+def wait_for(
+    what: str,
+    condition: Callable[[], bool],
+    timeout: float = DRILL_SECONDS,
+    every: float = 0.2,
+    detail: Callable[[], object] | None = None,
+) -> None:
+    """Poll `condition` (exceptions count as "not yet") until true; AssertionError naming `what` after `timeout`,
+    with what `detail` says then."""
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -40,7 +47,8 @@ def wait_for(what: str, condition: Callable[[], bool], timeout: float = DRILL_SE
         except Exception as error:
             last = f" (last attempt: {type(error).__name__}: {error})"[:300]
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s{last}")
+            said = f": {detail()}" if detail is not None else ""
+            raise AssertionError(f"{what}: not within {timeout:.0f} s{last}{said}")
         time.sleep(every)
 
 
@@ -209,6 +217,10 @@ class Watcher:
         """For `wait_for`: whether every one of these checks' answers so far passes `check` (e.g. `went_down_and_up`),
         so that a drill waits for what the watcher recorded rather than for a time a slow box could outlast."""
         return lambda: all(check(self.statuses(name)) for name in names)
+
+    def recent(self, names: list[str]) -> dict[str, list[int]]:
+        """The last statuses of these checks (for a failure message)."""
+        return {name: self.statuses(name)[-8:] for name in names}
 
     def unclear(self, names: set[str] | None = None) -> list[tuple[str, int, str]]:
         """Answers that were neither a success nor a problem+json 503 (no answer at all counts too)."""

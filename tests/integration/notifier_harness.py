@@ -101,6 +101,14 @@ class Notifier:
                 return rows
             await asyncio.sleep(0.05)
 
+    async def queued(self, source_event_ids: Sequence[uuid.UUID], timeout: float = 20.0) -> None:
+        """Wait until these events have their delivery rows, whatever their status."""
+        deadline = time.monotonic() + timeout
+        query = "SELECT count(*) FROM notifier.deliveries WHERE source_event_id = ANY($1::uuid[])"
+        while await self.admin.fetchval(query, list(source_event_ids)) < len(source_event_ids):
+            assert time.monotonic() < deadline, "the events were never queued"
+            await asyncio.sleep(0.02)
+
     async def delivery(self, source_event_id: uuid.UUID, timeout: float = 20.0) -> asyncpg.Record:
         rows = await self.deliveries([source_event_id], timeout)
         assert rows, f"no delivery row for {source_event_id}"

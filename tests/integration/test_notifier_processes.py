@@ -15,14 +15,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
 from collabkare.stack.infra import Infrastructure
 from collabkare.stack.ports import free_port
 from services.notifier.subscribers import TOPICS
-from tests.integration.notifier_harness import Notifier, invite, notifier_env, patient, practice, scratch, unique_email
+from tests.integration.notifier_harness import (
+    Notifier,
+    directory_applied,
+    invite,
+    notifier_env,
+    patient,
+    practice,
+    scratch,
+    unique_email,
+)
 from tests.support import PARTITIONS
 
 # Processes start, join one group and stop one after another: more than the suite's default 120 s on a slow box.
@@ -81,10 +89,12 @@ async def _metric(http: httpx.AsyncClient, url: str, pattern: re.Pattern[str]) -
     return sum(float(value) for value in pattern.findall(text))
 
 
-async def _until(what: str, timeout: float, check: Callable[[], Awaitable[bool]]) -> None:
+async def _until(
+    what: str, timeout: float, check: Callable[[], Awaitable[bool]], detail: Callable[[], object] = lambda: ""
+) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        assert time.monotonic() < deadline, f"timed out waiting until {what} {detail()}"
         await asyncio.sleep(0.2)
 
 
@@ -126,10 +136,9 @@ async def test_two_processes_in_one_group_send_each_email_once(
                     owned[:] = [await _metric(http, url, _ASSIGNED) for url in urls]
                     return sum(owned) == PARTITIONS * len(TOPICS) and all(owned)
 
-                await _until("the processes share the partitions", 30, partitions_shared)
+                await _until("the processes share the partitions", 30, partitions_shared, lambda: f"(own {owned})")
                 await notifier.publish(*(patient(email) for email in emails))
-                invited = "SELECT count(*) FROM notifier.patients WHERE email = ANY($1)"
-                await _until("the directory is complete", 30, lambda: _count(admin, invited, INVITES, emails))
+                await directory_applied(admin, emails, clinic.practice_id, timeout=30)
 
                 invites = [invite(clinic.practice_id, email) for email in emails]
                 await notifier.publish(*invites)
@@ -150,7 +159,3 @@ async def test_two_processes_in_one_group_send_each_email_once(
         assert sum(sent_by) == INVITES and all(count > 0 for count in sent_by), f"sent per process: {sent_by}"
         outcomes = await notifier.outcomes({event.event_id for event in invites}, timeout=30)
         assert len(outcomes) == INVITES
-
-
-async def _count(admin: asyncpg.Pool, sql: str, expect: int, *args: object) -> bool:
-    return int(await admin.fetchval(sql, *args)) >= expect
