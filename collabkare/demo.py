@@ -82,7 +82,7 @@ class Scenario:
 
         print("== gina registers; staff re-send to the not-on-platform rows")
         self.register({"gina@example.com": "en"})
-        time.sleep(1.0)  # the notifier learns of gina from the platform topic
+        time.sleep(1.0)  # the notifier learns of gina from the platform topic (an invite first waits out the grace)
         self.api.resend_not_on_platform(batch["batch_id"])
         self.api.wait_until_done(batch["batch_id"])
         outcomes = {row["email"]: row["outcome"] for row in self.api.rows(batch["batch_id"])}

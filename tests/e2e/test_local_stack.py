@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -112,11 +113,26 @@ class _Output:
 
 def _child_pid(parent: int, module: str) -> int:
     [child] = [
-        process.pid
-        for process in psutil.Process(parent).children(recursive=True)
-        if module in " ".join(process.cmdline())
+        process.pid for process in psutil.Process(parent).children(recursive=True) if module in _command(process)
     ]
     return child
+
+
+def _command(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # ended while we looked (a PostgreSQL worker)
+        return ""
+
+
+def _kill_tree(parent: subprocess.Popen[str]) -> None:
+    """SIGKILL a stack that did not stop, children first: left running, it would slow every later test."""
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(parent.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+    parent.kill()
+    parent.wait(timeout=10)
 
 
 def _answers_ready(port: int) -> bool:
@@ -160,6 +176,9 @@ def _stack_up() -> Iterator[_StackUp]:
             process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            _kill_tree(process)
+            raise
         finally:
             stack.remaining = stack.output.rest(timeout=10)
 

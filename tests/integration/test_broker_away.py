@@ -18,6 +18,8 @@ from collabkare.stack.ports import free_port
 from tests.support import ScratchDatabase, service_env
 
 ROOT = Path(__file__).resolve().parents[2]
+# The first module to need the session's infrastructure: its start (PostgreSQL, broker, migrations) counts too.
+pytestmark = pytest.mark.timeout(300)
 
 
 def _events(log: Path) -> list[dict[str, Any]]:

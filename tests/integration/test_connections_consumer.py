@@ -184,7 +184,8 @@ async def test_an_ask_while_an_accepted_invite_is_being_applied_finds_the_patien
         )
         async with asyncio.timeout(20):  # until the ask waits for this transaction's lock: the race, for certain
             while not await db.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+                # pg_locks is read afresh each time; pg_stat_activity once per transaction, missing later sessions
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"
             ):
                 await asyncio.sleep(0.02)
     answer = await ask

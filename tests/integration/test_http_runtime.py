@@ -68,6 +68,7 @@ async def test_probes_and_metrics(client: httpx.AsyncClient) -> None:
     deadline = time.monotonic() + 20
     ready = await client.get("/readyz")
     while ready.status_code != 200 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
         ready = await client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"database": True, "broker": True}
@@ -92,6 +93,7 @@ async def test_readyz_leaves_out_the_checks_a_probe_excludes(database: ScratchDa
         deadline = time.monotonic() + 20
         partial = await http.get("/readyz", params={"exclude": "relay"})
         while partial.status_code != 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
             partial = await http.get("/readyz", params={"exclude": "relay"})
         full = await http.get("/readyz")
         only_database = await http.get("/readyz", params=[("exclude", "relay"), ("exclude", "broker")])
@@ -434,6 +436,7 @@ async def test_a_background_job_that_dies_is_started_again(database: ScratchData
             ready = await http.get("/readyz")
             deadline = time.monotonic() + 20
             while ready.status_code != 200 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
                 ready = await http.get("/readyz")
     assert len(runs) == 2
     assert ready.json()["checks"] == {"database": True, "broker": True, "jobs": True}, ready.text

@@ -24,7 +24,12 @@ FACTORS = {"ssn": "123-45-6789", "date_of_birth": "1980-02-29", "phone": "(555) 
 @pytest.fixture(scope="module")
 async def service(infra: Infrastructure, template_database: str) -> AsyncIterator[Service]:
     async with running_service(
-        infra, template_database, consuming=False, sweeping=True, expiry_sweep_seconds=0.2
+        infra,
+        template_database,
+        consuming=False,
+        sweeping=True,
+        expiry_sweep_seconds=0.2,
+        request_deadline_seconds=60,  # requests queued behind a held practice lock answer late on a slow box
     ) as running:
         yield running
 

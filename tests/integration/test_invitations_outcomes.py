@@ -385,10 +385,12 @@ async def test_a_roster_never_takes_the_place_of_an_identity_checked_invite(serv
     assert [(i["identity_factors"], i["resends"]) for i in pending] == [(["ssn"], single_id)], "the check stays"
 
 
+@pytest.mark.timeout(300)  # 10,000 events each way, and the module's teardown, on a slow box
 async def test_ten_thousand_outcomes_are_applied_in_batches(service: Service) -> None:
     # Last in the module: its 10,000 events make every later read of the topic slower.
     practice = uuid.uuid4()
     batch = await service.submit(practice, "\n".join(f"patient{i}@example.com" for i in range(10_000)))
+    await service.drained(timeout=90)  # 10,000 events to publish, more than the usual bound allows for
     requested = list((await service.requested(practice)).values())
     assert len(requested) == 10_000
     outcomes = [_outcome(event, "sent" if i % 4 else "not_on_platform") for i, event in enumerate(requested)]

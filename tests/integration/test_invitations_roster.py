@@ -208,7 +208,8 @@ async def test_an_undelivered_invite_accepted_while_its_roster_is_stored_makes_t
             roster = asyncio.create_task(service.submit(practice, "ann@example.com\nbob@example.com"))
             async with asyncio.timeout(20):  # until the roster waits for that lock (now, or after storing before)
                 while not await patient_side.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+                    # pg_locks is read afresh each time; pg_stat_activity once per transaction, missing later sessions
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"
                 ):
                     await asyncio.sleep(0.02)
         batch = await roster
