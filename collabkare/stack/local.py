@@ -105,6 +105,9 @@ def local_stack(
         for service in SERVICES:
             env = {
                 "SERVICE_NAME": service.name,
+                # One process per service here, restarted under the same name when it dies (as a pod's container):
+                # the notifier's restart takes back its predecessor's claims at once.
+                "INSTANCE_NAME": service.name,
                 "PORT": str(ports[service.name]),
                 "DATABASE_URL": infra.database_url_for(
                     _database_name(database_url), user=service.name, password=role_passwords[service.name]

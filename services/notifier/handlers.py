@@ -98,11 +98,13 @@ class Backpressure:
             log.debug("delivery.backpressure_released", high_water=self.high_water)
 
 
-async def claim_deliveries(pool: asyncpg.Pool, limit: int, owner: uuid.UUID) -> tuple[list[Claimed], list[Final]]:
+async def claim_deliveries(
+    pool: asyncpg.Pool, limit: int, owner: uuid.UUID, instance: str | None = None
+) -> tuple[list[Claimed], list[Final]]:
     """Claim due deliveries for sending; invites the directories say must not go out (domain.not_to_send) end
     here, with their DeliveryOutcome, in the same transaction. Returns (to send, finished)."""
     async with transaction(pool) as db:
-        claimed = await repository.claim_due(db, limit, owner)
+        claimed = await repository.claim_due(db, limit, owner, instance)
         now = _now()
         stopped = [final for c in claimed if (final := domain.not_to_send(c, now)) is not None]
         finals = await _finish(db, stopped)
@@ -153,6 +155,10 @@ async def release(pool: asyncpg.Pool, claimed: Sequence[Claimed], owner: uuid.UU
 
 async def renew_leases(pool: asyncpg.Pool, owner: uuid.UUID, held: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     return await repository.renew_leases(pool, owner, held)
+
+
+async def take_back_from_earlier_runs(pool: asyncpg.Pool, instance: str, owner: uuid.UUID) -> int:
+    return await repository.take_back_from_earlier_runs(pool, instance, owner)
 
 
 async def expire_leases(pool: asyncpg.Pool, lease_seconds: float) -> int:

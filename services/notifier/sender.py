@@ -92,6 +92,7 @@ class _Run:
         self.current: list[Claimed | None] = [None] * size
 
     async def run(self) -> None:
+        await self._take_back_from_earlier_runs()
         claimer = asyncio.create_task(self._claim_loop(), name="sender-claim")
         reaper = asyncio.create_task(self._reap_loop(), name="sender-reap")
         recorder = asyncio.create_task(self._record_loop(), name="sender-record")
@@ -102,6 +103,20 @@ class _Run:
             log.error("sender.stopped_unexpectedly")
         finally:
             await self._shutdown(claimer, reaper, recorder, workers)
+
+    async def _take_back_from_earlier_runs(self) -> None:
+        """Restarted under its INSTANCE_NAME (a killed pod's container), what the killed run held is queued again
+        now; without a name, or should the database not answer, those deliveries wait out their lease instead."""
+        instance = self.settings.instance_name
+        if instance is None:
+            return
+        try:
+            taken = await handlers.take_back_from_earlier_runs(self.pool, instance, self.owner)
+        except Exception as error:
+            log.warning("sender.take_back_failed", error=repr(error)[:300])
+            return
+        if taken:
+            log.warning("delivery.taken_back_from_earlier_run", count=taken)
 
     async def _claim_loop(self) -> None:
         listener: asyncpg.Connection | None = None
@@ -119,7 +134,9 @@ class _Run:
                         continue
                     self.wake.clear()  # before the query: a NOTIFY arriving during it must not be lost
                     asked = time.monotonic()
-                    claimed, absent = await handlers.claim_deliveries(self.pool, free, self.owner)
+                    claimed, absent = await handlers.claim_deliveries(
+                        self.pool, free, self.owner, self.settings.instance_name
+                    )
                     failures = 0
                     for final in absent:
                         self.metrics.email(final.claimed.delivery.kind, final.outcome)

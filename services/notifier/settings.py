@@ -68,6 +68,14 @@ class NotifierSettings(RuntimeSettings):
     sending_lease_seconds: float = Field(
         default=60.0, gt=0, description="A delivery left `sending` this long by a dead process is retried"
     )
+    instance_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="This process's name, unique among the notifiers running at once and kept by a restart "
+        "(Kubernetes: the pod's name): a restarted process takes back at once what its killed predecessor had "
+        "claimed, instead of waiting out SENDING_LEASE_SECONDS",
+    )
     pending_high_water: int = Field(
         default=5000, ge=1, description="Consumption pauses while this many deliveries wait to be sent"
     )

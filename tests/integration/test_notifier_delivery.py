@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from collabkare.stack.infra import Infrastructure
+from schemas import InviteRequested
 from services.notifier.domain import REVOKED
 from services.notifier.mailer import Mailer
 from services.notifier.settings import NotifierSettings
@@ -253,20 +254,31 @@ async def test_a_revoked_invite_is_not_emailed_and_a_resend_sends_one_email(
     assert plain is not None and "no longer works" not in plain.get_content()
 
 
-async def test_a_resend_says_the_earlier_link_no_longer_works_only_when_that_email_went_out(
-    notifier: Notifier, clinic: uuid.UUID
-) -> None:
-    email = unique_email("twice")
+async def _sent_first_invite(notifier: Notifier, clinic: uuid.UUID, tag: str) -> tuple[str, InviteRequested]:
+    """A registered patient and the first invite, emailed."""
+    email = unique_email(tag)
     await notifier.publish(patient(email, "en"))
     first = invite(clinic, email, "v1")
     await notifier.publish(first)
     assert (await notifier.delivery(first.event_id))["status"] == "sent"
+    return email, first
+
+
+def _says_the_earlier_link_is_dead(notifier: Notifier, event: InviteRequested) -> bool:
+    [message] = notifier.caught(event.event_id)
+    plain = message.get_body(("plain",))
+    assert plain is not None
+    return "that invitation's link no longer works: use this one." in plain.get_content()
+
+
+async def test_a_resend_says_the_earlier_link_no_longer_works_only_when_that_email_went_out(
+    notifier: Notifier, clinic: uuid.UUID
+) -> None:
+    email, first = await _sent_first_invite(notifier, clinic, "twice")
     second = invite(clinic, email, "v2", replaces=first.payload.invite_id)
     await notifier.publish(revoked(first, second.payload.invite_id), second)
     assert (await notifier.delivery(second.event_id))["status"] == "sent"
-    [resent] = notifier.caught(second.event_id)
-    plain = resent.get_body(("plain",))
-    assert plain is not None and "that invitation's link no longer works: use this one." in plain.get_content()
+    assert _says_the_earlier_link_is_dead(notifier, second)
     # Resent twice in a row: the second resend's invite was revoked before its email went out, and the first email
     # (whose link no longer works) is still in the patient's inbox.
     third = invite(clinic, email, "v3", replaces=second.payload.invite_id)
@@ -276,9 +288,7 @@ async def test_a_resend_says_the_earlier_link_no_longer_works_only_when_that_ema
     )
     assert (await notifier.delivery(skipped.event_id))["status"] == "sent"
     assert notifier.caught(third.event_id) == []
-    [latest] = notifier.caught(skipped.event_id)
-    plain = latest.get_body(("plain",))
-    assert plain is not None and "that invitation's link no longer works: use this one." in plain.get_content()
+    assert _says_the_earlier_link_is_dead(notifier, skipped)
 
 
 async def test_a_resend_whose_earlier_invite_is_not_seen_yet_says_the_earlier_link_may_no_longer_work(
@@ -287,18 +297,12 @@ async def test_a_resend_whose_earlier_invite_is_not_seen_yet_says_the_earlier_li
     """Invites are keyed by their own id: a resend of a resend can overtake the first resend's request (another
     partition). CI caught the email then leaving out that the first email's link is dead; the walk back along the
     resends stopped at the invite it had no row for. Unknown counts as maybe emailed: the line is an "if"."""
-    email = unique_email("overtaking")
-    await notifier.publish(patient(email, "en"))
-    first = invite(clinic, email, "v1")
-    await notifier.publish(first)
-    assert (await notifier.delivery(first.event_id))["status"] == "sent"
+    email, first = await _sent_first_invite(notifier, clinic, "overtaking")
     middle = invite(clinic, email, "v2", replaces=first.payload.invite_id)
     latest = invite(clinic, email, "v3", replaces=middle.payload.invite_id)
     await notifier.publish(revoked(first, middle.payload.invite_id), revoked(middle, latest.payload.invite_id), latest)
     assert (await notifier.delivery(latest.event_id))["status"] == "sent"
-    [email_sent] = notifier.caught(latest.event_id)
-    plain = email_sent.get_body(("plain",))
-    assert plain is not None and "that invitation's link no longer works: use this one." in plain.get_content()
+    assert _says_the_earlier_link_is_dead(notifier, latest)
     # The overtaken request arrives: revoked already, it ends unsent.
     await notifier.publish(middle)
     row = await notifier.delivery(middle.event_id)

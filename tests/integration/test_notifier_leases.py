@@ -188,3 +188,84 @@ async def test_a_renewal_passes_over_a_row_another_transaction_has_locked(
         renewed_after = await repository.renew_leases(admin, owner, ids)
     assert renewed_while_locked == {ids[1], ids[2]}, "the locked row is skipped, the other sender's is not ours"
     assert renewed_after == {ids[0], ids[1], ids[2]}
+
+
+async def test_a_start_takes_back_only_what_earlier_runs_under_its_instance_name_hold(
+    infra: Infrastructure, template_database: str
+) -> None:
+    """A restart keeps the INSTANCE_NAME (a pod's name): what an earlier run under it still holds is a dead run's,
+    queued again at once. Another name's claims, this run's own, and finished deliveries stay as they are."""
+    earlier, now_running, elsewhere = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    rows = [
+        (uuid.uuid4(), "sending", earlier, "notifier-0"),  # the killed run's: taken back
+        (uuid.uuid4(), "sending", earlier, "notifier-0"),
+        (uuid.uuid4(), "sending", now_running, "notifier-0"),  # this run's own
+        (uuid.uuid4(), "sending", elsewhere, "notifier-1"),  # another pod's, alive
+        (uuid.uuid4(), "sending", uuid.uuid4(), None),  # claimed by a release without names: its lease decides
+        (uuid.uuid4(), "sent", earlier, "notifier-0"),
+    ]
+    async with scratch(infra, template_database) as (_, _, admin):
+        await admin.executemany(
+            """
+            INSERT INTO notifier.deliveries (id, source_event_id, source_event_type, kind, recipient, correlation_id,
+                message_id, status, claimed_at, claimed_by, claimed_instance, decided_at)
+            VALUES ($1, $1, 'InviteRequested', 'invite', 'pat@example.com', 'test', '<m@example.com>', $2, now(), $3,
+                $4, CASE WHEN $2 = 'sent' THEN now() END)
+            """,
+            rows,
+        )
+        taken = await repository.take_back_from_earlier_runs(admin, "notifier-0", now_running)
+        after = {
+            row["id"]: (row["status"], row["claimed_by"], row["claimed_instance"])
+            for row in await admin.fetch("SELECT id, status, claimed_by, claimed_instance FROM notifier.deliveries")
+        }
+    assert taken == 2
+    assert [after[row[0]] for row in rows] == [
+        ("pending", None, None),
+        ("pending", None, None),
+        *[(status, owner, instance) for _, status, owner, instance in rows[2:]],
+    ]
+
+
+async def test_a_notifier_restarted_under_its_instance_name_sends_what_its_killed_run_held_at_once(
+    infra: Infrastructure, template_database: str, slow_relay: tuple[SlowRelay, int], tmp_path: Path
+) -> None:
+    """kill -9 mid-batch, then the same process slot started again (a pod's container restarted): with a 300 s
+    lease, every email still goes out within a minute, each once but for the crash window."""
+    relay, port = slow_relay
+    relay.seconds_per_email = 0.1
+    async with scratch(infra, template_database) as (database, prefix, admin):
+        notifier = Notifier(database, prefix, admin)
+        env = notifier_env(
+            database,
+            prefix,
+            smtp_host="127.0.0.1",
+            smtp_port=port,
+            smtp_pool_size=1,
+            sender_batch_size=INVITES,
+            sending_lease_seconds=300,
+            instance_name="notifier-0",
+            log_level="WARNING",
+        )
+        clinic = practice("Restarted Clinic")
+        emails = [unique_email("restarted") for _ in range(INVITES)]
+        invites = [invite(clinic.practice_id, email) for email in emails]  # type: ignore[arg-type]
+        ids = [event.event_id for event in invites]
+        with notifier_processes(env, 1, tmp_path) as [first]:
+            await notifier.publish(clinic, *(patient(email) for email in emails))
+            await directory_applied(admin, emails, clinic.practice_id, timeout=90)  # the group's first join, too
+            await notifier.publish(*invites)
+            async with asyncio.timeout(60):
+                while sum(relay.copies.values()) < 2:
+                    await asyncio.sleep(0.05)
+            first.process.kill()
+            first.process.wait(timeout=10)
+        held = await admin.fetchval("SELECT count(*) FROM notifier.deliveries WHERE status = 'sending'")
+        with notifier_processes(env, 1, tmp_path):
+            rows = await notifier.deliveries(ids, timeout=60)  # a bound well inside the 300 s lease
+        restarted = (tmp_path / "notifier-1.log").read_text()
+    assert held > 2, "the killed run held claims it had not sent"
+    assert sorted(row["status"] for row in rows) == ["sent"] * INVITES, "the killed run's claims waited"
+    assert "delivery.taken_back_from_earlier_run" in restarted, restarted[-2000:]
+    twice = [message_id for message_id, copies in relay.copies.items() if copies > 1]
+    assert len(relay.copies) == INVITES and len(twice) <= 2, f"sent twice: {twice}"
