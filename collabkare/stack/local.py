@@ -105,9 +105,6 @@ def local_stack(
         for service in SERVICES:
             env = {
                 "SERVICE_NAME": service.name,
-                # One process per service here, restarted under the same name when it dies (as a pod's container):
-                # the notifier's restart takes back its predecessor's claims at once.
-                "INSTANCE_NAME": service.name,
                 "PORT": str(ports[service.name]),
                 "DATABASE_URL": infra.database_url_for(
                     _database_name(database_url), user=service.name, password=role_passwords[service.name]
@@ -122,6 +119,10 @@ def local_stack(
                 "PYTHONUNBUFFERED": "1",
                 **infra.service_settings(),
             }
+            if service.name == "notifier":
+                # One notifier here, restarted in the same slot when it dies (as a pod's container): the restart
+                # takes back its predecessor's claims at once.
+                env["NOTIFIER_INSTANCE"] = "notifier"
             if console_port is not None:
                 env["CORS_ORIGINS"] = cors_origins(console_port)
             stack.service_env[service.name] = env

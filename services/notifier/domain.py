@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import random
 import uuid
 from dataclasses import dataclass
@@ -31,6 +32,26 @@ MAX_REASON = 1000  # DeliveryOutcome.reason's limit
 
 def delivery_id_for(source_event_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(_DELIVERY_NAMESPACE, str(source_event_id))
+
+
+def sender_run_id(instance: str | None, tail: bytes) -> uuid.UUID:
+    """A sender run's name on its claims (deliveries.claimed_by): 8 bytes of `tail` (random) after 8 bytes naming
+    the process slot it runs in (NOTIFIER_INSTANCE), so that a later run in that slot knows its dead predecessors'
+    claims from a live process's; without a slot, all 16 bytes are `tail`'s."""
+    if instance is None:
+        return uuid.UUID(bytes=tail[:16])
+    return uuid.UUID(bytes=instance_prefix(instance) + tail[:8])
+
+
+def instance_prefix(instance: str) -> bytes:
+    """The first 8 bytes of every run id in this process slot."""
+    return hashlib.blake2b(f"collabkare.notifier.instance.{instance}".encode(), digest_size=8).digest()
+
+
+def instance_runs(instance: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The lowest and the highest run id of this slot: its runs are those between (uuid order is byte order)."""
+    prefix = instance_prefix(instance)
+    return uuid.UUID(bytes=prefix + bytes(8)), uuid.UUID(bytes=prefix + b"\xff" * 8)
 
 
 def message_id_for(source_event_id: uuid.UUID, domain: str) -> str:

@@ -98,13 +98,11 @@ class Backpressure:
             log.debug("delivery.backpressure_released", high_water=self.high_water)
 
 
-async def claim_deliveries(
-    pool: asyncpg.Pool, limit: int, owner: uuid.UUID, instance: str | None = None
-) -> tuple[list[Claimed], list[Final]]:
+async def claim_deliveries(pool: asyncpg.Pool, limit: int, owner: uuid.UUID) -> tuple[list[Claimed], list[Final]]:
     """Claim due deliveries for sending; invites the directories say must not go out (domain.not_to_send) end
     here, with their DeliveryOutcome, in the same transaction. Returns (to send, finished)."""
     async with transaction(pool) as db:
-        claimed = await repository.claim_due(db, limit, owner, instance)
+        claimed = await repository.claim_due(db, limit, owner)
         now = _now()
         stopped = [final for c in claimed if (final := domain.not_to_send(c, now)) is not None]
         finals = await _finish(db, stopped)
@@ -158,7 +156,7 @@ async def renew_leases(pool: asyncpg.Pool, owner: uuid.UUID, held: Sequence[uuid
 
 
 async def take_back_from_earlier_runs(pool: asyncpg.Pool, instance: str, owner: uuid.UUID) -> int:
-    return await repository.take_back_from_earlier_runs(pool, instance, owner)
+    return await repository.take_back_from_earlier_runs(pool, domain.instance_runs(instance), owner)
 
 
 async def expire_leases(pool: asyncpg.Pool, lease_seconds: float) -> int:

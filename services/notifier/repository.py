@@ -117,9 +117,9 @@ async def sender_backlog(db: asyncpg.Connection | asyncpg.Pool) -> int:
     )
 
 
-async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID, instance: str | None = None) -> list[Claimed]:
+async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> list[Claimed]:
     """Lock up to `limit` due deliveries other senders have not locked, mark them sending by `owner` (one sender
-    process's run, under its INSTANCE_NAME), one attempt more."""
+    process's run), one attempt more."""
     rows = await db.fetch(
         """
         WITH due AS (
@@ -148,8 +148,7 @@ async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID, instan
             FOR UPDATE OF d SKIP LOCKED
         )
         UPDATE notifier.deliveries d
-        SET status = 'sending', attempts = d.attempts + 1, claimed_at = now(), claimed_by = $2, claimed_instance = $3,
-            updated_at = now(),
+        SET status = 'sending', attempts = d.attempts + 1, claimed_at = now(), claimed_by = $2, updated_at = now(),
             locale = coalesce(due.locale, 'en')
         FROM due
         WHERE d.id = due.id
@@ -158,7 +157,6 @@ async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID, instan
         """,
         limit,
         owner,
-        instance,
     )
     return [_claimed(row) for row in rows]
 
@@ -224,7 +222,7 @@ async def finish(db: asyncpg.Connection, finals: Sequence[Final]) -> set[uuid.UU
         UPDATE notifier.deliveries d
         SET status = f.outcome, attempts = f.attempts, last_error = f.reason, smtp_reply = f.reply,
             decided_at = f.decided_at, updated_at = now(), claimed_at = NULL, claimed_by = NULL,
-            claimed_instance = NULL, note = NULL, accept_url = NULL, reason = NULL
+            note = NULL, accept_url = NULL, reason = NULL
         FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[])
              AS f(id, outcome, attempts, reason, reply, decided_at)
         WHERE d.id = f.id AND d.status IN ('pending', 'sending')
@@ -249,7 +247,7 @@ async def reschedule(db: asyncpg.Connection, retries: Sequence[Retry], owner: uu
         """
         UPDATE notifier.deliveries d
         SET status = 'pending', attempts = r.attempts, not_before = r.not_before, last_error = r.last_error,
-            claimed_at = NULL, claimed_by = NULL, claimed_instance = NULL, updated_at = now()
+            claimed_at = NULL, claimed_by = NULL, updated_at = now()
         FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::text[]) AS r(id, attempts, not_before, last_error)
         WHERE d.id = r.id AND d.status = 'sending' AND d.claimed_by = $5
         """,
@@ -287,17 +285,24 @@ async def renew_leases(
     return {row["id"] for row in rows}
 
 
-async def take_back_from_earlier_runs(db: asyncpg.Connection | asyncpg.Pool, instance: str, owner: uuid.UUID) -> int:
-    """Deliveries left `sending` by an earlier run under this INSTANCE_NAME go back to the queue now: that run is
-    dead (a restart keeps the name; no two live processes share one), so its lease need not be waited out. The
-    documented duplicate window is the lease expiry's: one it had handed to the SMTP server is sent again."""
+async def take_back_from_earlier_runs(
+    db: asyncpg.Connection | asyncpg.Pool, runs: tuple[uuid.UUID, uuid.UUID], owner: uuid.UUID
+) -> int:
+    """Deliveries left `sending` by earlier runs in this process slot (run ids between `runs`) go back to the queue
+    now: no two live processes share a slot, so those runs are dead, and their leases need not be waited out. The
+    duplicate window is the lease expiry's: one a dead run had handed to the SMTP server is sent again. A row another
+    transaction has locked (a recording still under way) is left to its lease."""
     result = await db.execute(
         """
-        UPDATE notifier.deliveries
-        SET status = 'pending', claimed_at = NULL, claimed_by = NULL, claimed_instance = NULL, updated_at = now()
-        WHERE status = 'sending' AND claimed_instance = $1 AND claimed_by IS DISTINCT FROM $2
+        UPDATE notifier.deliveries d SET status = 'pending', claimed_at = NULL, claimed_by = NULL, updated_at = now()
+        FROM (
+            SELECT id FROM notifier.deliveries
+            WHERE status = 'sending' AND claimed_by BETWEEN $1 AND $2 AND claimed_by <> $3
+            FOR UPDATE SKIP LOCKED
+        ) AS theirs
+        WHERE d.id = theirs.id
         """,
-        instance,
+        *runs,
         owner,
     )
     return int(result.rsplit(" ", 1)[-1])
@@ -308,8 +313,7 @@ async def expire_leases(db: asyncpg.Connection | asyncpg.Pool, lease_seconds: fl
     duplicate window: one it had handed to the SMTP server just before it died is sent again)."""
     result = await db.execute(
         """
-        UPDATE notifier.deliveries
-        SET status = 'pending', claimed_at = NULL, claimed_by = NULL, claimed_instance = NULL, updated_at = now()
+        UPDATE notifier.deliveries SET status = 'pending', claimed_at = NULL, claimed_by = NULL, updated_at = now()
         WHERE status = 'sending' AND claimed_at < now() - make_interval(secs => $1)
         """,
         lease_seconds,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import random
 import time
 import uuid
@@ -78,7 +79,8 @@ class _Run:
         self.room = asyncio.Event()
         self.wake = asyncio.Event()
         self.outstanding = 0  # claimed and not yet recorded
-        self.owner = uuid.uuid4()  # this run's name on its claims (deliveries.claimed_by)
+        # This run's name on its claims (deliveries.claimed_by), in its process slot's range.
+        self.owner = domain.sender_run_id(self.settings.notifier_instance, os.urandom(16))
         # Each delivery this run holds: the claim (a delivery claimed again supersedes the copy still queued) and when
         # this run last knew it owned it (claimed, or its lease renewed), in monotonic time.
         self.held: dict[uuid.UUID, tuple[Claimed, float]] = {}
@@ -105,9 +107,9 @@ class _Run:
             await self._shutdown(claimer, reaper, recorder, workers)
 
     async def _take_back_from_earlier_runs(self) -> None:
-        """Restarted under its INSTANCE_NAME (a killed pod's container), what the killed run held is queued again
-        now; without a name, or should the database not answer, those deliveries wait out their lease instead."""
-        instance = self.settings.instance_name
+        """Restarted in its slot (NOTIFIER_INSTANCE: a killed pod's container), what the killed run held is queued
+        again now; without a slot, or should the database not answer, those deliveries wait out their lease instead."""
+        instance = self.settings.notifier_instance
         if instance is None:
             return
         try:
@@ -134,9 +136,7 @@ class _Run:
                         continue
                     self.wake.clear()  # before the query: a NOTIFY arriving during it must not be lost
                     asked = time.monotonic()
-                    claimed, absent = await handlers.claim_deliveries(
-                        self.pool, free, self.owner, self.settings.instance_name
-                    )
+                    claimed, absent = await handlers.claim_deliveries(self.pool, free, self.owner)
                     failures = 0
                     for final in absent:
                         self.metrics.email(final.claimed.delivery.kind, final.outcome)

@@ -6,7 +6,7 @@ from email.utils import parseaddr
 from typing import Annotated, Self
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, StringConstraints, field_validator, model_validator
 
 from services.runtime.kafka import MAX_POLL_INTERVAL_SECONDS
 from services.runtime.settings import CaFile, RuntimeSettings, is_loopback
@@ -28,6 +28,7 @@ def _ehlo_name(value: str) -> str:
 
 
 EhloName = Annotated[str, AfterValidator(_ehlo_name)]
+InstanceName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=253)]
 
 
 class NotifierSettings(RuntimeSettings):
@@ -68,12 +69,10 @@ class NotifierSettings(RuntimeSettings):
     sending_lease_seconds: float = Field(
         default=60.0, gt=0, description="A delivery left `sending` this long by a dead process is retried"
     )
-    instance_name: str | None = Field(
+    notifier_instance: InstanceName | None = Field(
         default=None,
-        min_length=1,
-        max_length=253,
-        description="This process's name, unique among the notifiers running at once and kept by a restart "
-        "(Kubernetes: the pod's name): a restarted process takes back at once what its killed predecessor had "
+        description="This process's slot, unique among the notifiers running at once and kept by its restarts "
+        "(Kubernetes: the pod's uid): a restarted process takes back at once what its killed predecessor had "
         "claimed, instead of waiting out SENDING_LEASE_SECONDS",
     )
     pending_high_water: int = Field(
