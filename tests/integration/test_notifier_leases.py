@@ -124,28 +124,9 @@ async def test_a_sender_frozen_past_its_lease_sends_nothing_another_took_over(
     relay.seconds_per_email = 0.2  # the freeze, not the relay, holds the claims past their lease here
     async with scratch(infra, template_database) as (database, prefix, admin):
         notifier = Notifier(database, prefix, admin)
-        env = notifier_env(
-            database,
-            prefix,
-            smtp_host="127.0.0.1",
-            smtp_port=port,
-            smtp_pool_size=1,
-            sender_batch_size=INVITES,
-            smtp_timeout_seconds=1,
-            sending_lease_seconds=16,
-            log_level="WARNING",
-        )
-        clinic = practice("Frozen Clinic")
-        emails = [unique_email("frozen") for _ in range(INVITES)]
-        invites = [invite(clinic.practice_id, email) for email in emails]  # type: ignore[arg-type]
-        ids = [event.event_id for event in invites]
+        env = _one_process(notifier, port, smtp_timeout_seconds=1, sending_lease_seconds=16)
         with notifier_processes(env, 1, tmp_path) as [first]:
-            await notifier.publish(clinic, *(patient(email) for email in emails))
-            await directory_applied(admin, emails, clinic.practice_id, timeout=90)  # the group's first join, too
-            await notifier.publish(*invites)
-            async with asyncio.timeout(90):  # the consumer group's first join can take a while on Tansu
-                while sum(relay.copies.values()) < 2:
-                    await asyncio.sleep(0.1)
+            ids = await _invite_all_until_two_are_sent(notifier, relay, "Frozen")
             first.process.send_signal(signal.SIGSTOP)
             held = await admin.fetchval("SELECT count(*) FROM notifier.deliveries WHERE status = 'sending'")
             with notifier_processes(env, 1, tmp_path):
@@ -163,6 +144,36 @@ async def test_a_sender_frozen_past_its_lease_sends_nothing_another_took_over(
     assert len(relay.copies) == INVITES
     twice = [message_id for message_id, copies in relay.copies.items() if copies > 1]
     assert len(twice) <= 2 and max(relay.copies.values()) <= 2, f"sent again after waking: {twice}"
+
+
+def _one_process(notifier: Notifier, port: int, **overrides: Any) -> dict[str, str]:
+    """A notifier process's environment: one connection to the slow relay, every invite claimed at once."""
+    return notifier_env(
+        notifier.database,
+        notifier.topic_prefix,
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        smtp_pool_size=1,
+        sender_batch_size=INVITES,
+        log_level="WARNING",
+        **overrides,
+    )
+
+
+async def _invite_all_until_two_are_sent(notifier: Notifier, relay: SlowRelay, name: str) -> list[uuid.UUID]:
+    """A practice, INVITES registered patients and an invite to each, once the directories know them; returns the
+    invites' event ids when the relay has taken two emails (the rest claimed and waiting their turn)."""
+    clinic = practice(f"{name} Clinic")
+    assert clinic.practice_id is not None
+    emails = [unique_email(name.lower()) for _ in range(INVITES)]
+    invites = [invite(clinic.practice_id, email) for email in emails]
+    await notifier.publish(clinic, *(patient(email) for email in emails))
+    await directory_applied(notifier.admin, emails, clinic.practice_id, timeout=90)  # the group's first join, too
+    await notifier.publish(*invites)
+    async with asyncio.timeout(60):
+        while sum(relay.copies.values()) < 2:
+            await asyncio.sleep(0.05)
+    return [event.event_id for event in invites]
 
 
 async def test_a_renewal_passes_over_a_row_another_transaction_has_locked(
@@ -242,28 +253,9 @@ async def test_a_notifier_restarted_in_its_slot_sends_what_its_killed_run_held_a
     relay.seconds_per_email = 0.1
     async with scratch(infra, template_database) as (database, prefix, admin):
         notifier = Notifier(database, prefix, admin)
-        env = notifier_env(
-            database,
-            prefix,
-            smtp_host="127.0.0.1",
-            smtp_port=port,
-            smtp_pool_size=1,
-            sender_batch_size=INVITES,
-            sending_lease_seconds=300,
-            notifier_instance="pod-a",
-            log_level="WARNING",
-        )
-        clinic = practice("Restarted Clinic")
-        emails = [unique_email("restarted") for _ in range(INVITES)]
-        invites = [invite(clinic.practice_id, email) for email in emails]  # type: ignore[arg-type]
-        ids = [event.event_id for event in invites]
+        env = _one_process(notifier, port, sending_lease_seconds=300, notifier_instance="pod-a")
         with notifier_processes(env, 1, tmp_path) as [first]:
-            await notifier.publish(clinic, *(patient(email) for email in emails))
-            await directory_applied(admin, emails, clinic.practice_id, timeout=90)  # the group's first join, too
-            await notifier.publish(*invites)
-            async with asyncio.timeout(60):
-                while sum(relay.copies.values()) < 2:
-                    await asyncio.sleep(0.05)
+            ids = await _invite_all_until_two_are_sent(notifier, relay, "Restarted")
             first.process.kill()
             first.process.wait(timeout=10)
         await asyncio.sleep(0.5)  # the relay finishes an email whose DATA had arrived whole
