@@ -7,6 +7,8 @@ then for each size: POSTs the roster, polls the batch until every row is final, 
 `sent` and that the SMTP catcher caught one email per row. Around the runs, against the same catcher: the
 raw SMTP ceiling (pre-built messages over SMTP_POOL_SIZE reused connections, bench._notifier_support) and a
 naive baseline (per row: INSERT + COMMIT, publish and wait for the ack, a new SMTP connection per email).
+After the 10,000-row run, DESIGN.md's bare prototype of the same pipeline (bench._bare_prototype) on the same
+stack: the bar, and how much of it the guarantees cost.
 
 Prints a table with the ratios and whether each target of issue #6 is met, and writes var/bench/e2e.json.
 A missed target is a measurement, not a failure; the exit status is 1 only when the pipeline itself fails
@@ -33,6 +35,7 @@ import httpx
 import psutil
 from aiokafka import AIOKafkaProducer
 
+from bench._bare_prototype import bare_prototype
 from bench._notifier_support import ceiling, prebuilt_messages
 from bench._results import save
 from bench._stack_support import (
@@ -257,6 +260,11 @@ async def measure(stack: Any, sizes: list[int], naive_rows: int, ceiling_message
             f"  final after {last.final_seconds} s; {last.rows_per_second} rows/s; problems: {last.problems or 'none'}"
         )
 
+    bare = None
+    if TARGET_SIZE in sizes:
+        print(f"bare prototype (DESIGN.md's bar, none of the guarantees): {TARGET_SIZE:,} rows …", flush=True)
+        bare = await bare_prototype(stack, TARGET_SIZE, roster(TARGET_SIZE, f"{run_id}.bare")[0])
+
     print("raw SMTP ceiling again …", flush=True)
     after, after_cpu = await measured_ceiling(stack, settings, messages)
     mailbox_file.empty(mbox)
@@ -276,6 +284,7 @@ async def measure(stack: Any, sizes: list[int], naive_rows: int, ceiling_message
             "cpu_ms_per_email": {"before": before_cpu, "after": after_cpu},
         },
         "naive": naive,
+        "bare_prototype": bare,
     }
 
 
@@ -386,6 +395,19 @@ def report(result: dict[str, Any]) -> str:
             f"(the SMTP catcher alone {budget['catcher_ms_per_row']})",
             f"  {TARGET_NAIVE_FACTOR:.0f}x the naive baseline is {budget['naive_target_rows_per_second']:,} rows/s"
             + (", above the raw SMTP ceiling itself" if budget["naive_target_above_ceiling"] else ""),
+        ]
+    if bare := result.get("bare_prototype"):
+        main = next((run for run in result["runs"] if run["rows"] == bare["rows"]), None)
+        best = max(before, after)
+        compared = ""
+        if main is not None and main["rows_per_second"]:
+            compared = f"; the pipeline ran at {main['rows_per_second'] / bare['rows_per_second']:.0%} of its rate"
+        cpu_parts = ", ".join(f"{k} {v}" for k, v in bare["cpu_ms_per_row"].items())
+        lines += [
+            f"bare prototype (parse, COPY, relay, consume, send, UPDATE; no inbox, directory, lease or outcome event): "
+            f"{bare['rows']:,} rows in {bare['seconds']} s, {bare['rows_per_second']:,.0f} rows/s, "
+            f"{bare['rows_per_second'] / best:.0%} of the best ceiling{compared}",
+            f"  its CPU ms per row: {cpu_parts}",
         ]
     lines.append("targets (issue #6; a measurement: a missed target does not fail the run):")
     for target in result["targets"]:

@@ -1,4 +1,5 @@
-"""The whole-stack benchmarks' pure helpers: percentiles, tables, catcher stamps, load stats, target verdicts."""
+"""The whole-stack benchmarks' pure helpers: percentiles, tables, catcher stamps, load stats, target verdicts, the bare
+prototype's roster reading."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import random
 
 import pytest
 
+from bench._bare_prototype import _parse as parse_bare
 from bench._stack_support import format_table, percentile
 from bench.e2e_pipeline import cpu_budget, evaluate, roster
 from bench.load import APPROVE, PREVIEW, Stats, make_roster
@@ -64,6 +66,11 @@ def test_rosters_are_what_the_runs_expect() -> None:
     load = make_roster(random.Random(1), ["a@example.com", "b@example.com"], 20, "x")
     assert load.splitlines()[0].startswith("#") and len(load.splitlines()) == 21
     assert sum("@example.net" in line for line in load.splitlines()) == 2
+
+
+def test_the_bare_prototype_reads_a_roster_by_the_products_rules() -> None:
+    text = "# front desk list\n\nAna@Example.com, Hi, Ana, see you\nbob@example.com\n   \n"
+    assert parse_bare(text) == [(3, "ana@example.com", "Hi, Ana, see you"), (4, "bob@example.com", None)]
 
 
 def _result(final: float | None, rate: float | None, peak: float) -> dict[str, object]:
