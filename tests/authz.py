@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +29,30 @@ class Endpoint:
     body: dict[str, Any] | None
     for_patients: bool
     success: int
+
+
+_DOCUMENTS = Path(__file__).resolve().parent.parent / "docs" / "openapi"
+_OPERATIONAL = {"/healthz", "/readyz", "/metrics"}  # open to the cluster, not to callers: no token taken
+
+
+def documented_operations(service: str) -> set[tuple[str, str]]:
+    """(METHOD, path) of every operation the service's committed OpenAPI document lists (kept current by
+    tests/unit/test_api_documents.py), probes and metrics aside."""
+    document = json.loads((_DOCUMENTS / f"{service}.json").read_text())
+    return {
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        if path not in _OPERATIONAL
+        for method in operations
+    }
+
+
+def matrix_operations(endpoints: Mapping[str, Endpoint]) -> set[tuple[str, str]]:
+    """The matrix's endpoints as the OpenAPI document names them: {practice} is {practice_id}, no query string."""
+    return {
+        (endpoint.method, re.sub(r"\{(\w+)\}", r"{\1_id}", endpoint.path.split("?", 1)[0]))
+        for endpoint in endpoints.values()
+    }
 
 
 def _management(role: str) -> Callable[[uuid.UUID, uuid.UUID], str]:

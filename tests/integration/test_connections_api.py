@@ -456,6 +456,8 @@ BAD_ASKS: dict[str, tuple[dict[str, Any], int, str | None]] = {
         None,
     ),
     "invalid JSON": ({"content": b'{"practice_id": ', "headers": {"Content-Type": "application/json"}}, 422, "body"),
+    "unknown field": ({"json": {"practice_id": "{practice}", "note": "hi"}}, 422, "note"),
+    "wrong type": ({"json": {"practice_id": "{practice}", "message": 42}}, 422, "message"),
 }
 
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from collabkare.stack.infra import Infrastructure
-from tests.authz import Endpoint, callers, check_refusal, expected, headers
+from tests.authz import Endpoint, callers, check_refusal, documented_operations, expected, headers, matrix_operations
 from tests.integration.connections_harness import Service, running_service
 
 
@@ -28,6 +28,13 @@ ENDPOINTS = {
     ),
     "list connections": Endpoint("GET", "/v1/practices/{practice}/connections", None, False, 200),
 }
+
+
+def test_the_matrix_covers_every_documented_operation() -> None:
+    """A route added later without a row here would go untested for every kind of caller."""
+    assert matrix_operations(ENDPOINTS) == documented_operations("connections")
+
+
 CALLERS = callers("p@example.com")
 
 

@@ -16,6 +16,7 @@ from tests.integration.invitations_harness import Service, patient, running_serv
 from tests.support import JWT_SECRET
 
 ACCEPT = "/v1/invites/accept"
+PROBLEM = "application/problem+json"
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +203,28 @@ async def test_tokens_that_were_never_issued_are_not_found(service: Service) -> 
     assert (await _status(service, invite_id))["failed_attempts"] == 0
     empty = await _accept(service, "")
     assert empty.status_code == 422 and empty.json()["errors"][0]["field"] == "token"
+
+
+async def test_malformed_acceptances_name_the_field_and_count_as_no_answer(service: Service) -> None:
+    _, invite_id, token = await _individual_invite(service, "ann@example.com", ssn="123456789")
+    headers = patient(uuid.uuid4(), "ann@example.com")
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({}, "token"),
+        ({"ssn": "123456789"}, "token"),
+        ({"token": 5}, "token"),
+        ({"token": token, "ssn": 123456789}, "ssn"),
+        ({"token": token, "ssn": "12-34"}, "ssn"),
+        ({"token": token, "ssn": "123456789", "pin": "0000"}, "pin"),
+    ]
+    for body, field in cases:
+        response = await service.http.post(ACCEPT, json=body, headers=headers)
+        assert response.status_code == 422 and response.headers["content-type"] == PROBLEM, response.text
+        assert [e["field"] for e in response.json()["errors"]] == [field], (body, response.text)
+    broken = await service.http.post(
+        ACCEPT, content=b'{"token": ', headers={**headers, "Content-Type": "application/json"}
+    )
+    assert broken.status_code == 422 and [e["field"] for e in broken.json()["errors"]] == ["body"], broken.text
+    assert tuple(await _status(service, invite_id)) == ("pending", 0, None, None)
 
 
 async def test_a_patient_token_without_a_patient_id_and_an_email_is_not_valid(service: Service) -> None:

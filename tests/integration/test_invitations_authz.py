@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from collabkare.stack.infra import Infrastructure
-from tests.authz import Endpoint, callers, check_refusal, expected, headers
+from tests.authz import Endpoint, callers, check_refusal, documented_operations, expected, headers, matrix_operations
 from tests.integration.invitations_harness import Service, running_service
 
 PATIENT_EMAIL = "bob@example.com"  # the roster's second line: the patient callers are Bob
@@ -41,6 +41,13 @@ ENDPOINTS = {
     "resend": Endpoint("POST", _INVITE + "/resend", None, False, 201),
     "accept": Endpoint("POST", "/v1/invites/accept", {"token": "{token}"}, True, 200),
 }
+
+
+def test_the_matrix_covers_every_documented_operation() -> None:
+    """A route added later without a row here would go untested for every kind of caller."""
+    assert matrix_operations(ENDPOINTS) == documented_operations("invitations")
+
+
 CALLERS = callers(PATIENT_EMAIL)
 
 

@@ -18,6 +18,7 @@ from collabkare.stack.infra import Infrastructure
 from services.invitations import batch_repository, repository
 from tests.integration.invitations_harness import IDENTITY_KEY, Service, patient, running_service, staff
 
+PROBLEM = "application/problem+json"
 FACTORS = {"ssn": "123-45-6789", "date_of_birth": "1980-02-29", "phone": "(555) 010-1234"}
 
 
@@ -120,6 +121,27 @@ async def test_malformed_input_is_named_without_echoing_it(service: Service) -> 
     assert both.json()["errors"][0]["rule"] == "format"
     assert both.json()["errors"][0]["message"] == "expected a real date as YYYY-MM-DD, e.g. 1980-02-29"
     assert "call me" not in both.text and "03/02/1990" not in both.text  # (a hex-like value may be in the URL)
+
+
+async def test_broken_json_wrong_types_and_unknown_fields_are_named_and_write_nothing(service: Service) -> None:
+    practice = uuid.uuid4()
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"email": 5, "ssn": "123456789"}, "email"),
+        ({"email": "ann@example.com", "ssn": 123456789}, "ssn"),
+        ({"email": "ann@example.com", "ssn": "123456789", "note": ["see", "you"]}, "note"),
+        ({"email": "ann@example.com", "ssn": "123456789", "mrn": "A-1"}, "mrn"),  # a typo or a field we do not take
+    ]
+    for body, field in cases:
+        response = await _invite(service, practice, **body)
+        assert response.status_code == 422 and response.headers["content-type"] == PROBLEM, response.text
+        assert [e["field"] for e in response.json()["errors"]] == [field], response.text
+    broken = await service.http.post(
+        f"/v1/practices/{practice}/invites",
+        content=b'{"email": "ann@example.com", ',
+        headers={**staff(practice), "Content-Type": "application/json"},
+    )
+    assert broken.status_code == 422 and [e["field"] for e in broken.json()["errors"]] == ["body"], broken.text
+    assert await service.fetchval("SELECT count(*) FROM invitations.invites WHERE practice_id = $1", practice) == 0
 
 
 async def test_a_body_that_is_not_json_is_a_415_as_on_every_other_endpoint(service: Service) -> None:
