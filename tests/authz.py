@@ -108,3 +108,24 @@ def check_refusal(endpoint: Endpoint, response: httpx.Response, status: int) -> 
         assert all(role in detail for role in MANAGEMENT_ROLES) or "no practice_id claim" in detail, response.text
     if status == 403 and endpoint.for_patients:
         assert "patient" in response.json()["detail"]
+
+
+async def check_refused_before_the_body(
+    http: httpx.AsyncClient, endpoint: Endpoint, every_caller: Mapping[str, Caller]
+) -> None:
+    """Every caller refused with a good body is refused the same way with a broken one: who may call is settled before
+    the body is read, so a 422 naming a field never answers someone without the right to call."""
+    practice, patient = uuid.uuid4(), uuid.uuid4()
+    path = endpoint.path.format(practice=practice, request=uuid.uuid4(), batch=uuid.uuid4(), invite=uuid.uuid4())
+    for name, caller in every_caller.items():
+        status = expected(endpoint, name)
+        if status < 400:
+            continue
+        response = await http.request(
+            endpoint.method,
+            path,
+            content=b'{"roster": ',
+            headers={**headers(caller, practice, patient), "Content-Type": "application/json"},
+        )
+        assert response.status_code == status, (name, response.text)
+        check_refusal(endpoint, response, status)

@@ -8,7 +8,16 @@ from collections.abc import AsyncIterator
 import pytest
 
 from collabkare.stack.infra import Infrastructure
-from tests.authz import Endpoint, callers, check_refusal, documented_operations, expected, headers, matrix_operations
+from tests.authz import (
+    Endpoint,
+    callers,
+    check_refusal,
+    check_refused_before_the_body,
+    documented_operations,
+    expected,
+    headers,
+    matrix_operations,
+)
 from tests.integration.connections_harness import Service, running_service
 
 
@@ -33,6 +42,11 @@ ENDPOINTS = {
 def test_the_matrix_covers_every_documented_operation() -> None:
     """A route added later without a row here would go untested for every kind of caller."""
     assert matrix_operations(ENDPOINTS) == documented_operations("connections")
+
+
+@pytest.mark.parametrize("name", [name for name, endpoint in ENDPOINTS.items() if endpoint.body is not None])
+async def test_a_refused_caller_is_refused_before_a_broken_body_is_read(service: Service, name: str) -> None:
+    await check_refused_before_the_body(service.http, ENDPOINTS[name], CALLERS)
 
 
 CALLERS = callers("p@example.com")
