@@ -31,7 +31,7 @@ lint: install ## ruff + mypy, both clean
 	@$(VENV)/bin/ruff format --check .
 	@$(VENV)/bin/mypy
 
-schemas: install ## regenerate JSON Schema and AsyncAPI documents (refuses incompatible changes)
+schemas: install ## regenerate the JSON Schema, AsyncAPI and OpenAPI documents (refuses incompatible changes)
 	@$(PY) -m schemas.generate
 	@$(PY) -m collabkare.docs
 

@@ -1,11 +1,12 @@
 """The design's bare prototype of the pipeline, run on the same stack as the real one: the bar it aims at.
 
-DESIGN.md ("Performance facts") describes it: parse, store, relay, consume, send, write back, nothing more. Here:
-the roster parsed with a split per line; rows and their outbox entries COPYed in one transaction; a relay publishing
-the outbox in batches of 1,000 (acks=all, then DELETE, one transaction); in a second process, a consumer handing
-each record to SMTP_POOL_SIZE connections of the notifier's own SMTP client (the raw ceiling's), the message a byte
-template filled by `bytes.replace`, and the rows marked `sent` by one UPDATE every 50 ms. None of the real system's
-guarantees: no inbox, no directory, no leases, no retries, no outcome events, no second outbox; a failure aborts.
+The design contract (`../shared/DESIGN.md`, outside this repository, "Performance facts") describes it: parse,
+store, relay, consume, send, write back, nothing more. Here: the roster parsed with a split per line; rows and
+their outbox entries COPYed in one transaction; a relay publishing the outbox in batches of 1,000 (acks=all, then
+DELETE, one transaction); in a second process, a consumer handing each record to SMTP_POOL_SIZE connections of the
+notifier's own SMTP client (the raw ceiling's), the message a byte template filled by `bytes.replace`, and the rows
+marked `sent` by one UPDATE every 50 ms. None of the real system's guarantees: no inbox, no directory, no leases,
+no retries, no outcome events, no second outbox; a failure aborts.
 
 Measured from the first line parsed to the last row marked sent, against the same PostgreSQL, broker and SMTP catcher
 as the pipeline, in the same minutes: how close the real pipeline comes to it is the share of the issue's target

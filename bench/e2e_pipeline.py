@@ -7,7 +7,7 @@ then for each size: POSTs the roster, polls the batch until every row is final, 
 `sent` and that the SMTP catcher caught one email per row. Around the runs, against the same catcher: the
 raw SMTP ceiling (pre-built messages over SMTP_POOL_SIZE reused connections, bench._notifier_support) and a
 naive baseline (per row: INSERT + COMMIT, publish and wait for the ack, a new SMTP connection per email).
-After the 10,000-row run, DESIGN.md's bare prototype of the same pipeline (bench._bare_prototype) on the same
+After the 10,000-row run, the design contract's bare prototype of the same pipeline (bench._bare_prototype) on the same
 stack: the bar, and how much of it the guarantees cost.
 
 Prints a table with the ratios and whether each target of issue #6 is met, and writes var/bench/e2e.json.
@@ -262,7 +262,7 @@ async def measure(stack: Any, sizes: list[int], naive_rows: int, ceiling_message
 
     bare = None
     if TARGET_SIZE in sizes:
-        print(f"bare prototype (DESIGN.md's bar, none of the guarantees): {TARGET_SIZE:,} rows …", flush=True)
+        print(f"bare prototype (the design's bar, none of the guarantees): {TARGET_SIZE:,} rows …", flush=True)
         bare = await bare_prototype(stack, TARGET_SIZE, roster(TARGET_SIZE, f"{run_id}.bare")[0])
 
     print("raw SMTP ceiling again …", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -193,7 +194,12 @@ def _opt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.invitations_submit",
+        description="The 202 of 10,000- and 100,000-line rosters on the local stack, then of resending their rows.",
+    )
+    parser.parse_args(argv)
     from collabkare.stack.local import local_stack
     from collabkare.stack.ports import free_port
 
