@@ -14,6 +14,7 @@ import asyncpg
 from schemas import Envelope, InviteRevoked, PatientRegistered, PracticeRegistered
 from services.notifier import directory, domain, repository
 from services.notifier.domain import Claimed, Final, Retry, SendResult
+from services.runtime.cooperative import in_slices
 from services.runtime.database import TRANSIENT_ERRORS, transaction
 from services.runtime.logging import get_logger
 from services.runtime.outbox import add_events
@@ -169,5 +170,5 @@ async def _finish(db: asyncpg.Connection, finals: list[Final]) -> list[Final]:
         return []
     finished = await repository.finish(db, finals)
     done = [final for final in finals if final.claimed.delivery.id in finished]
-    await add_events(db, repository.SCHEMA, [domain.outcome_event(final) for final in done])
+    await add_events(db, repository.SCHEMA, [domain.outcome_event(final) async for final in in_slices(done)])
     return done

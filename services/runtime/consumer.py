@@ -20,13 +20,13 @@ from pydantic import ValidationError
 
 from schemas import EVENT_TYPES, Envelope, dead_letter_topic, parse_event
 from services.runtime import inbox
+from services.runtime.cooperative import in_slices
 from services.runtime.database import is_transient
 from services.runtime.kafka import MAX_POLL_INTERVAL_SECONDS
 from services.runtime.logging import get_logger, scrub_text
 from services.runtime.metrics import Metrics
 
 log = get_logger(__name__)
-_DECODE_SLICE = 64  # records parsed between two yields to the event loop
 
 # Applies a run of new events of one type; writes through the given connection, inside the inbox transaction.
 EventHandler = Callable[[asyncpg.Connection, list[Any]], Awaitable[None]]
@@ -102,11 +102,8 @@ class BatchConsumer:
 
     async def consume(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         wanted: list[tuple[ConsumerRecord[bytes, bytes], Envelope]] = []
-        for index, record in enumerate(records, 1):
-            if index % _DECODE_SLICE == 0:
-                # Parsing a full batch takes tens of milliseconds: let the service's other tasks (the
-                # notifier's SMTP connections, the HTTP API) run in between instead of stalling behind it.
-                await asyncio.sleep(0)
+        # Parsing a full batch takes tens of milliseconds: the service's other tasks run in between.
+        async for record in in_slices(records):
             announced = _announced_type(record)
             if announced in EVENT_TYPES and announced not in self.subscription.handlers:
                 continue  # another consumer's event, by the type our relays put in the headers: not parsed

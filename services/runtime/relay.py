@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 from murmurhash2 import murmurhash2
 
 from services.runtime.cancel import cancel_within, forget
+from services.runtime.cooperative import in_slices
 from services.runtime.database import listen, unlisten
 from services.runtime.kafka import KafkaSecurity
 from services.runtime.logging import get_logger
@@ -189,7 +190,9 @@ class OutboxRelay:
             try:
                 # Rows are deleted only once the broker has acknowledged every message of the batch.
                 async with asyncio.timeout(self._send_timeout):
-                    for row in rows:
+                    # A send that only queues the message does not yield: a batch of a thousand would hold the
+                    # event loop for tens of milliseconds (the notifier's SMTP connections, the APIs).
+                    async for row in in_slices(rows):
                         topic, key = self._topic(row["topic"]), row["message_key"].encode()
                         headers = [
                             ("event_type", row["event_type"].encode()),
