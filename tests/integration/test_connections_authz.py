@@ -38,6 +38,8 @@ ENDPOINTS = {
     "list connections": Endpoint("GET", "/v1/practices/{practice}/connections", None, False, 200),
 }
 
+CALLERS = callers("p@example.com")
+
 
 def test_the_matrix_covers_every_documented_operation() -> None:
     """A route added later without a row here would go untested for every kind of caller."""
@@ -47,9 +49,6 @@ def test_the_matrix_covers_every_documented_operation() -> None:
 @pytest.mark.parametrize("name", [name for name, endpoint in ENDPOINTS.items() if endpoint.body is not None])
 async def test_a_refused_caller_is_refused_before_a_broken_body_is_read(service: Service, name: str) -> None:
     await check_refused_before_the_body(service.http, ENDPOINTS[name], CALLERS)
-
-
-CALLERS = callers("p@example.com")
 
 
 @pytest.mark.parametrize("caller", list(CALLERS))

@@ -51,6 +51,8 @@ ENDPOINTS = {
     "accept": Endpoint("POST", "/v1/invites/accept", {"token": "{token}"}, True, 200),
 }
 
+CALLERS = callers(PATIENT_EMAIL)
+
 
 def test_the_matrix_covers_every_documented_operation() -> None:
     """A route added later without a row here would go untested for every kind of caller."""
@@ -60,9 +62,6 @@ def test_the_matrix_covers_every_documented_operation() -> None:
 @pytest.mark.parametrize("name", [name for name, endpoint in ENDPOINTS.items() if endpoint.body is not None])
 async def test_a_refused_caller_is_refused_before_a_broken_body_is_read(service: Service, name: str) -> None:
     await check_refused_before_the_body(service.http, ENDPOINTS[name], CALLERS)
-
-
-CALLERS = callers(PATIENT_EMAIL)
 
 
 async def _state(service: Service, practice: uuid.UUID) -> tuple[int, list[tuple[str, str]]]:
