@@ -7,7 +7,8 @@ then for each size: POSTs the roster, polls the batch until every row is final, 
 `sent` and that the SMTP catcher caught one email per row. Around the runs, against the same catcher: the
 raw SMTP ceiling (pre-built messages over SMTP_POOL_SIZE reused connections, bench._notifier_support) and a
 naive baseline (per row: INSERT + COMMIT, publish and wait for the ack, a new SMTP connection per email).
-After the 10,000-row run, the design contract's bare prototype of the same pipeline (bench._bare_prototype) on the same
+Before the runs, 20 one-line rosters one at a time (a staff member inviting one patient): POST to row final. After
+the 10,000-row run, the design contract's bare prototype of the same pipeline (bench._bare_prototype) on the same
 stack: the bar, and how much of it the guarantees cost.
 
 Prints a table with the ratios and whether each target of issue #6 is met, and writes var/bench/e2e.json.
@@ -22,6 +23,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import sys
 import time
 import uuid
@@ -50,6 +52,7 @@ from bench._stack_support import (
     load_average,
     mailbox,
     own_cpu_seconds,
+    percentile,
     process_pids,
     remove_workdir,
     seed_directory,
@@ -64,6 +67,7 @@ TARGET_NAIVE_FACTOR = 15.0
 TARGET_RSS_MIB = 300.0  # every service, during the 100,000-row run
 TARGET_SIZE, RSS_SIZE = 10_000, 100_000
 WARM_UP_ROWS = 200
+ONE_ROW_ROSTERS = 20  # one-line rosters, one at a time: how long a single invite takes to show its outcome
 
 
 @dataclass
@@ -93,11 +97,47 @@ def roster(rows: int, tag: str) -> tuple[str, list[str]]:
     return "\n".join(lines), emails
 
 
-async def pipeline(stack: Any, practice: uuid.UUID, rows: int, text: str) -> Run:
+def _staff(stack: Any, practice: uuid.UUID) -> dict[str, str]:
     from services.runtime.auth import mint_token
 
     token = mint_token(stack.jwt_secret, "bench-manager", ["practice_manager"], practice_id=practice)
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+async def one_row_latency(stack: Any, practice: uuid.UUID, emails: list[str]) -> dict[str, Any]:
+    """A staff member inviting one patient at a time: from the roster POST to the poll that sees its row final, each
+    sent to an idle stack at a random moment (never in step with the consumers' polls)."""
+    headers = _staff(stack, practice)
+    base = f"{stack.urls['invitations']}/v1/practices/{practice}/invite-batches"
+    seconds, problems = [], []
+    async with httpx.AsyncClient(timeout=60) as http:
+        for email in emails:
+            await asyncio.sleep(random.uniform(0.2, 0.6))
+            started = time.perf_counter()
+            response = await http.post(base, json={"roster": email}, headers=headers)
+            if response.status_code != 202:
+                problems.append(f"submit answered {response.status_code}: {response.text[:300]}")
+                continue
+            url = f"{base}/{response.json()['batch_id']}"
+            while time.perf_counter() - started < 30:
+                answer = await http.get(url, headers=headers)
+                if answer.status_code == 200 and answer.json()["done"]:
+                    seconds.append(time.perf_counter() - started)
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                problems.append(f"{email}'s row not final after 30 s")
+    return {
+        "rosters": len(emails),
+        "p50_ms": round(percentile(seconds, 50) * 1000),
+        "p95_ms": round(percentile(seconds, 95) * 1000),
+        "max_ms": round(max(seconds, default=0.0) * 1000),
+        "problems": problems,
+    }
+
+
+async def pipeline(stack: Any, practice: uuid.UUID, rows: int, text: str) -> Run:
+    headers = _staff(stack, practice)
     body = json.dumps({"roster": text, "default_note": "We look forward to seeing you."}).encode()
     base = f"{stack.urls['invitations']}/v1/practices/{practice}/invite-batches"
     mbox = mailbox(stack)
@@ -238,7 +278,8 @@ async def measure(stack: Any, sizes: list[int], naive_rows: int, ceiling_message
     practice = uuid.uuid4()
     run_id = uuid.uuid4().hex[:6]
     rosters = {size: roster(size, f"{run_id}.{size}") for size in [WARM_UP_ROWS, *sizes]}
-    emails = [e for _, addresses in rosters.values() for e in addresses]
+    singles = roster(ONE_ROW_ROSTERS, f"{run_id}.one")[1]
+    emails = [e for _, addresses in rosters.values() for e in addresses] + singles
     print(f"registering the practice and {len(emails):,} patients (PatientRegistered in bulk) …", flush=True)
     seeded = await seed_directory(stack, practice, emails)
     print(f"  the notifier's directory has them after {seeded:.1f} s ({len(emails) / seeded:,.0f}/s)", flush=True)
@@ -251,6 +292,8 @@ async def measure(stack: Any, sizes: list[int], naive_rows: int, ceiling_message
     mailbox_file.empty(mbox)
 
     warm = await pipeline(stack, practice, WARM_UP_ROWS, rosters[WARM_UP_ROWS][0])  # imports, plans, pools
+    print(f"{ONE_ROW_ROSTERS} one-line rosters, one at a time …", flush=True)
+    one_row = await one_row_latency(stack, practice, singles)
     runs = []
     for size in sizes:
         print(f"pipeline: {size:,} rows …", flush=True)
@@ -275,6 +318,7 @@ async def measure(stack: Any, sizes: list[int], naive_rows: int, ceiling_message
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "directory_seed_seconds": round(seeded, 2),
         "warm_up": asdict(warm),
+        "one_row": one_row,
         "runs": [asdict(run) for run in runs],
         "ceiling": {
             "messages": ceiling_messages,
@@ -375,6 +419,11 @@ def report(result: dict[str, Any]) -> str:
         f"naive baseline ({naive['rows']} rows, each: INSERT+COMMIT, send_and_wait, a new SMTP connection): "
         f"{naive['rows_per_second']:,.0f} rows/s; ms per row: {stages}",
     ]
+    if one := result.get("one_row"):
+        lines.append(
+            f"one-line rosters ({one['rosters']}, one at a time, the stack idle in between): POST -> row final "
+            f"p50 {one['p50_ms']} ms, p95 {one['p95_ms']} ms, max {one['max_ms']} ms"
+        )
     for run in result["runs"]:
         rss = ", ".join(f"{k} {v['start_mib']} -> {v['peak_mib']} -> {v['end_mib']}" for k, v in run["rss_mib"].items())
         lines.append(f"RSS MiB start -> peak -> end, {run['rows']:,} rows: {rss}")
@@ -432,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     result["targets"] = evaluate(result)
     result["cpu_budget"] = cpu_budget(result)
     failures = [f"{run['rows']:,} rows: {p}" for run in [result["warm_up"], *result["runs"]] for p in run["problems"]]
+    failures += [f"one-line rosters: {p}" for p in result["one_row"]["problems"]]
     result["pipeline_failures"] = failures
     print(report(result), flush=True)
     save(OUTPUT, result)

@@ -245,7 +245,8 @@ class _Run:
                     return
                 await self.results_ready.wait()
                 continue
-            if len(self.results) < flush_size and not self.stopping:
+            if len(self.results) < min(flush_size, self.outstanding) and not self.stopping:
+                # More results are on their way: they share the transaction. With every claim answered, none is.
                 await asyncio.sleep(_FLUSH_SECONDS)
             batch, self.results = self.results, []
             await self._record(batch)
