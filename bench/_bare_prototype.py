@@ -188,15 +188,13 @@ class _Sender:
             recorder = asyncio.create_task(self._record(pool))
             others = [asyncio.create_task(self._consume(consumer))]
             others += [asyncio.create_task(self._send(connection)) for connection in connections]
-            await asyncio.wait([recorder, *others], return_when=asyncio.FIRST_COMPLETED)
-            for task in others:
+            # The recorder ends when every row is recorded; the others end only by failing.
+            finished, _ = await asyncio.wait([recorder, *others], return_when=asyncio.FIRST_COMPLETED)
+            errors = [task.exception() for task in finished if task.exception() is not None]
+            done.put((False, repr(errors)[:500]) if errors else (True, recorder.result()))
+            for task in [recorder, *others]:
                 task.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
-            failed = [task.exception() for task in [recorder, *others] if task.done() and not task.cancelled()]
-            if recorder.done() and recorder.exception() is None:
-                done.put((True, recorder.result()))
-            else:
-                done.put((False, repr([error for error in failed if error is not None])[:500]))
+            await asyncio.gather(recorder, *others, return_exceptions=True)
         except Exception as error:
             done.put((False, repr(error)[:500]))
             raise
