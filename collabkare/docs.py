@@ -140,7 +140,10 @@ def _event_message(name: str) -> dict[str, Any]:
                 "type": "string",
                 "const": name,
                 "description": "The event's type name, as in the body's event_type. A consumer group skips, "
-                "without parsing it, a record whose event_type names an event type the group does not handle.",
+                "without parsing it, a record whose event_type names an event type the group does not handle. "
+                "A type no contract of the group's release knows (a typo, or a new event type its consumers "
+                "were not updated for first) and an event read on another topic than its own are not skipped: "
+                "they go to the group's dead-letter topic.",
             },
             "event_id": {
                 "type": "string",

@@ -23,10 +23,14 @@ class Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
+# These have defaults for producers, yet every message carries them: consumers may rely on them, and a message
+# without one is refused when it is read (schemas.parse_event), not completed with a default.
+ALWAYS_ON_THE_WIRE = ("event_id", "event_type", "schema_version", "occurred_at")
+
+
 def _always_on_the_wire(schema: dict[str, Any]) -> None:
-    """These have defaults for producers, yet every message carries them: consumers may rely on them."""
     required = schema.setdefault("required", [])
-    for name in ("event_id", "event_type", "schema_version", "occurred_at"):
+    for name in ALWAYS_ON_THE_WIRE:
         if name in schema.get("properties", {}) and name not in required:
             required.append(name)
 

@@ -7,11 +7,11 @@ from collections.abc import Iterable
 from datetime import date
 from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import AwareDatetime, Discriminator, Field, GetCoreSchemaHandler, TypeAdapter
+from pydantic import AwareDatetime, Discriminator, Field, GetCoreSchemaHandler, TypeAdapter, ValidationError
 from pydantic_core import CoreSchema
 
 from schemas.email_address import EmailAddress
-from schemas.envelope import Contract, Envelope
+from schemas.envelope import ALWAYS_ON_THE_WIRE, Contract, Envelope
 
 Note = Annotated[str, Field(max_length=500)]
 Reason = Annotated[str, Field(max_length=1000)]
@@ -331,5 +331,15 @@ _ANY_EVENT: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
 
 def parse_event(raw: bytes | str) -> Envelope:
     """Validate wire JSON into its event class, of whichever version it is; raises pydantic.ValidationError with
-    the reason (an unknown event type or version included)."""
-    return _ANY_EVENT.validate_json(raw)
+    the reason (an unknown event type or version included).
+
+    The envelope's defaults are for producers: a message read without its event_id (a fresh one at every read
+    would let a redelivery past the inbox), occurred_at (the reader's clock is not when it happened) or
+    schema_version is refused, as the published JSON Schema says."""
+    event = _ANY_EVENT.validate_json(raw)
+    missing = [name for name in ALWAYS_ON_THE_WIRE if name not in event.model_fields_set]
+    if missing:
+        raise ValidationError.from_exception_data(
+            type(event).__name__, [{"type": "missing", "loc": (name,), "input": raw} for name in missing]
+        )
+    return event

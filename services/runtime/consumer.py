@@ -18,7 +18,7 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.message import StreamMessage
 from pydantic import ValidationError
 
-from schemas import EVENT_TYPES, Envelope, dead_letter_topic, parse_event
+from schemas import EVENT_TYPES, Envelope, dead_letter_topic, parse_event, topic_for
 from services.runtime import inbox
 from services.runtime.cooperative import in_slices
 from services.runtime.database import is_transient
@@ -77,6 +77,9 @@ class BatchConsumer:
         self.subscription = subscription
         self.context = context
         self.dead_letters = context.topic(dead_letter_topic(subscription.group))
+        # Where each event type is published: one read on another topic is misrouted or forged (the platform's
+        # producers may write to their topics, not to ours), and is dead-lettered, never applied.
+        self.home_topics = {event_type: context.topic(topic_for(event_type)) for event_type in EVENT_TYPES}
 
     def route(self, batch_size: int, session_timeout_seconds: float) -> KafkaRoute:
         async def consume(message: KafkaMessage) -> None:
@@ -122,6 +125,9 @@ class BatchConsumer:
                 event = decode(record)
             except PoisonMessage as error:
                 await self.dead_letter(record, str(error))
+                continue
+            if record.topic != (home := self.home_topics[event.event_type]):
+                await self.dead_letter(record, f"{event.event_type} is published on {home}, not here", event)
                 continue
             if event.event_type in self.subscription.handlers:
                 wanted.append((record, event))

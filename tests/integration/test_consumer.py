@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -65,7 +66,8 @@ async def consuming(database: ScratchDatabase, topic_prefix: str) -> AsyncIterat
         title="test",
         description="test",
         migrations=MigrationPlan(GROUP, PLANS[GROUP].directory),
-        subscriptions=[Subscription(GROUP, ("invitations.v1",), {"InviteExpired": effects})],
+        # platform.practices.v1: a topic this group reads where an InviteExpired has no business.
+        subscriptions=[Subscription(GROUP, ("invitations.v1", "platform.practices.v1"), {"InviteExpired": effects})],
     )
     runtime = ServiceRuntime(spec, settings)
     runtime.consumers.retry_base_seconds = 0.01
@@ -126,6 +128,43 @@ async def test_malformed_message_goes_to_dead_letters_and_the_next_is_applied(
     assert headers["traceparent"] == trace[1], "the original record's headers are kept for a redrive"
     assert headers["content-type"] == b"application/octet-stream", "the original had none: bytes, whatever they are"
     assert dead[0].key == b"k"
+
+
+async def test_an_event_on_a_topic_it_is_not_published_on_is_dead_lettered_not_applied(
+    consuming: tuple[ServiceRuntime, Effects], database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """Whoever may write to a platform topic must not be able to act as one of our services through it."""
+    bootstrap = database.infra.kafka_bootstrap
+    forged, good = _expired(), _expired()
+    await produce(bootstrap, topic_prefix + "platform.practices.v1", [(b"k", forged.model_dump_json().encode())])
+    await produce(bootstrap, topic_prefix + "invitations.v1", [(b"k", good.model_dump_json().encode())])
+
+    rows = await _applied(database, expect=1)
+    dead = await read_topic(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=1)
+
+    assert [r["event_id"] for r in rows] == [good.event_id]
+    assert [d.value for d in dead] == [forged.model_dump_json().encode()]
+    reason = dict(dead[0].headers)["dead_letter_reason"].decode()
+    assert reason == f"InviteExpired is published on {topic_prefix}invitations.v1, not here"
+
+
+async def test_an_event_without_its_event_id_is_dead_lettered_not_given_a_fresh_one(
+    consuming: tuple[ServiceRuntime, Effects], database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """A default event_id at every read would let each redelivery past the inbox."""
+    bootstrap, topic = database.infra.kafka_bootstrap, topic_prefix + "invitations.v1"
+    wire = json.loads(_expired().model_dump_json())
+    del wire["event_id"]
+    anonymous = json.dumps(wire).encode()
+    good = _expired()
+    await produce(bootstrap, topic, [(b"k", anonymous), (b"k", anonymous), (b"k", good.model_dump_json().encode())])
+
+    rows = await _applied(database, expect=1)
+    dead = await read_topic(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=2)
+
+    assert [r["event_id"] for r in rows] == [good.event_id]
+    assert [d.value for d in dead] == [anonymous, anonymous]
+    assert all(b"event_id: Field required" in dict(d.headers)["dead_letter_reason"] for d in dead)
 
 
 async def test_events_of_types_the_group_does_not_handle_are_skipped_by_their_header_unparsed(

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from schemas import parse_event
-from schemas.envelope import Envelope
+from schemas.envelope import ALWAYS_ON_THE_WIRE, Envelope
 from schemas.events import (
     EVENT_TYPES,
     EVENTS,
@@ -257,6 +258,19 @@ def test_every_event_round_trips_through_parse_event(event: Any) -> None:
 
     assert type(parsed) is type(event)
     assert parsed == event
+
+
+@pytest.mark.parametrize("name", ALWAYS_ON_THE_WIRE)
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda event: type(event).__name__)
+def test_a_message_without_an_envelope_field_the_schema_requires_is_refused(event: Any, name: str) -> None:
+    # The defaults are for producers: read with a fresh event_id every time, a redelivery would pass the inbox.
+    wire = json.loads(event.model_dump_json())
+    del wire[name]
+
+    with pytest.raises(ValidationError) as refused:
+        parse_event(json.dumps(wire))
+
+    assert name in str(refused.value)  # event_type is the discriminator: its error has no field location
 
 
 @pytest.mark.parametrize("event", EXAMPLES, ids=lambda event: type(event).__name__)
