@@ -10,7 +10,14 @@ from typing import TypeAlias
 import asyncpg
 
 from services.invitations.batch import PendingInvite
-from services.invitations.domain import Invite, InviteStatus, Outcome, email_key
+from services.invitations.domain import (
+    CONNECTED_BEFORE_SENT,
+    PATIENT_CONNECTED,
+    Invite,
+    InviteStatus,
+    Outcome,
+    email_key,
+)
 from services.invitations.identity import Digests
 
 SCHEMA = "invitations"
@@ -104,19 +111,25 @@ RETURNING i.id, i.practice_id, i.expires_at
 # Delivery outcomes move only up the ladder (queued < error < not_on_platform < sent; see domain.DELIVERY_RANK),
 # and the roster row follows its current invite in the same statement, so the two never disagree.
 _RANK = "array_position(ARRAY['queued', 'error', 'not_on_platform', 'sent']::text[], {})"
+# An invite whose patient connected by an approved request before its email went out (revoked by
+# system:patient-connected, so the notifier did not send it): its roster row says already_connected, as the row of
+# a patient connected before the roster does, not the notifier's "the practice revoked the invite".
+_CONNECTED_FIRST = f"i.revoked_by = '{PATIENT_CONNECTED}' AND o.outcome <> 'sent'"
 APPLY_OUTCOMES = f"""
 WITH outcome AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) AS o(invite_id, outcome, reason, at)
 ), changed AS (
     UPDATE invitations.invites AS i
-    SET delivery = o.outcome, delivery_reason = o.reason,
+    SET delivery = o.outcome,
+        delivery_reason = CASE WHEN {_CONNECTED_FIRST} THEN '{CONNECTED_BEFORE_SENT}' ELSE o.reason END,
         delivered_at = CASE WHEN o.outcome = 'sent' THEN o.at END  -- only a sent email was delivered
     FROM outcome AS o
     WHERE i.id = o.invite_id AND {_RANK.format("o.outcome")} > {_RANK.format("i.delivery")}
-    RETURNING i.id, i.batch_id, i.line_number, i.delivery, i.delivery_reason, o.at
+    RETURNING i.id, i.batch_id, i.line_number, i.delivery, i.delivery_reason, o.at, {_CONNECTED_FIRST} AS connected
 ), rows AS (
     UPDATE invitations.batch_rows AS r
-    SET outcome = c.delivery, reason = c.delivery_reason, updated_at = c.at
+    SET outcome = CASE WHEN c.connected THEN 'already_connected' ELSE c.delivery END,
+        reason = c.delivery_reason, updated_at = c.at
     FROM changed AS c
     WHERE r.batch_id = c.batch_id AND r.line_number = c.line_number AND r.invite_id = c.id
     RETURNING 1

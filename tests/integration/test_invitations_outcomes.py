@@ -14,6 +14,7 @@ from collabkare.stack.infra import Infrastructure
 from schemas import ConnectionApproved, DeliveryOutcome, Envelope
 from schemas.events import ConnectionApprovedPayload, DeliveryOutcomePayload
 from services.invitations import batch_handlers
+from services.invitations.domain import CONNECTED_BEFORE_SENT
 from tests.integration.invitations_harness import Service, patient, running_service, staff
 
 OUTCOMES = "notifier.outcomes.v1"
@@ -212,6 +213,45 @@ async def test_a_patient_approved_by_request_has_the_practices_pending_invite_re
     assert await service.events(practice, "InviteAccepted") == []
     await _deliver(service, "connections.v1", approved)  # redelivered: nothing revoked twice
     assert len(await service.events(practice, "InviteRevoked")) == 1
+
+
+async def test_a_row_whose_patient_connected_before_the_email_went_out_ends_already_connected(
+    service: Service,
+) -> None:
+    """Found by a review against the help article: the notifier ends the email of an invite revoked for a patient
+    who connected by request as an error ("the practice revoked the invite"); the roster row said so, though the
+    practice revoked nothing and the patient is connected. An email that did go out stays sent."""
+    practice = uuid.uuid4()
+    batch = await service.submit(practice, "hal@example.com\nivy@example.com\njon@example.com\nkim@example.com")
+    requested = await _by_email(service, practice)
+    for email in ("hal@example.com", "ivy@example.com", "jon@example.com"):
+        await _deliver(service, "connections.v1", _approved(practice, email))
+    await _deliver(
+        service,
+        OUTCOMES,
+        _outcome(requested["hal@example.com"], "error", "the practice revoked the invite before its email went out"),
+        _outcome(requested["ivy@example.com"], "sent"),  # on the wire before the revoke reached the notifier
+        _outcome(requested["jon@example.com"], "not_on_platform"),  # the notifier's directory not caught up yet
+        _outcome(requested["kim@example.com"], "error", "550 no such user"),
+    )
+
+    assert await _rows(service, batch["batch_id"]) == {
+        "hal@example.com": ("already_connected", CONNECTED_BEFORE_SENT),
+        "ivy@example.com": ("sent", None),
+        "jon@example.com": ("already_connected", CONNECTED_BEFORE_SENT),
+        "kim@example.com": ("error", "550 no such user"),
+    }
+    progress = await service.http.get(
+        f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}", headers=staff(practice)
+    )
+    assert progress.status_code == 200, progress.text
+    counts = {k: v for k, v in progress.json()["counts"].items() if v}
+    assert counts == {"already_connected": 2, "sent": 1, "error": 1}
+    invite = await service.admin.fetchrow(
+        "SELECT delivery, delivery_reason FROM invitations.invites WHERE id = $1",
+        uuid.UUID(requested["hal@example.com"]["payload"]["invite_id"]),
+    )
+    assert dict(invite) == {"delivery": "error", "delivery_reason": CONNECTED_BEFORE_SENT}
 
 
 @pytest.mark.parametrize("chunk", [batch_handlers.CHUNK, 1], ids=["one-chunk", "a-chunk-a-row"])
