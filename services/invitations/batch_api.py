@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from services.invitations import batch_handlers
 from services.invitations.api_support import (
@@ -232,6 +232,10 @@ async def batch_summary(practice_id: uuid.UUID, batch_id: uuid.UUID, staff: Staf
     return BatchView.of(batch, counts)
 
 
+def _without_blanks(values: object) -> object:
+    return [value for value in values if value != ""] if isinstance(values, list) else values
+
+
 @router.get(
     _BASE + "/{batch_id}/rows",
     summary="Per-row outcomes with reasons, in line order, paginated",
@@ -243,7 +247,12 @@ async def batch_rows(
     staff: StaffMember,
     pool: Pool,
     outcome: Annotated[
-        list[Outcome] | None, Query(description="Only rows with this outcome; repeat it for rows with any of several")
+        list[Outcome] | None,
+        BeforeValidator(_without_blanks),
+        Query(
+            description="Only rows with this outcome; repeat it for rows with any of several. Empty (`?outcome=`, "
+            "a form's 'all' choice) filters nothing."
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size, 1 to 1000")] = 100,
     cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page")] = None,
@@ -255,7 +264,7 @@ async def batch_rows(
             raise unprocessable(f"The request is not valid: cursor: {message}", [("cursor", "cursor", message)])
         after = int(cursor)
     try:
-        rows = await batch_handlers.list_rows(pool, practice_id, batch_id, outcome, after, limit + 1)
+        rows = await batch_handlers.list_rows(pool, practice_id, batch_id, outcome or None, after, limit + 1)
     except BatchNotFound as error:
         raise Problem(404, str(error)) from None
     items = [RowView(**vars(row)) for row in rows[:limit]]

@@ -104,6 +104,10 @@ class TokenVerifier:
                 "The identity provider's key set could not be fetched; try again shortly.",
                 headers={"Retry-After": "5"},
             ) from error
+        except jwt.InvalidSignatureError as error:
+            raise _unauthorized("The token is not valid: its signature does not verify.") from error
+        except jwt.DecodeError as error:  # the library's text quotes codecs and byte offsets: no help to a user
+            raise _unauthorized("The token is not valid: it is not a well-formed JWT.") from error
         except (jwt.InvalidTokenError, jwt.PyJWKClientError) as error:
             raise _unauthorized(f"The token is not valid: {error}.") from error
         roles = claims.get("roles", [])

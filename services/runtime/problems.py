@@ -104,7 +104,8 @@ def field_errors(error: RequestValidationError) -> list[dict[str, str]]:
     for item in error.errors():
         location = [str(part) for part in item.get("loc", ())]
         where = location[0] if location else "body"
-        field = ".".join(location[1:]) or where
+        # A query parameter or header is one name, though a repeated one is a list: `outcome`, not `outcome.0`.
+        field = ".".join(location[1:] if where == "body" else location[1:2]) or where
         if item.get("type") == "json_invalid":
             result.append({"field": "body", "rule": "json", "message": "the body is not valid JSON"})
             continue

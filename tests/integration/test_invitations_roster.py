@@ -334,7 +334,11 @@ async def test_results_summary_and_paginated_rows(service: Service) -> None:
     for edited in ("abc", "2147483648", "\u0663", "\uff13", "3\n"):  # past int4; digits, but not 0-9: were 500s / pages
         answer = await service.http.get(f"{base}/rows", params={"cursor": edited}, headers=staff(practice))
         assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == "cursor", edited
-    assert (await service.http.get(f"{base}/rows?outcome=lost", headers=staff(practice))).status_code == 422
+    lost = await service.http.get(f"{base}/rows?outcome=lost&outcome=sent", headers=staff(practice))
+    assert lost.status_code == 422
+    assert [(e["field"], e["rule"]) for e in lost.json()["errors"]] == [("outcome", "enum")], "not outcome.0"
+    everything = await service.http.get(f"{base}/rows?outcome=", headers=staff(practice))  # a form's "all"
+    assert [row["line_number"] for row in everything.json()["items"]] == [2, 4, 5, 6, 7], everything.text
     empty = await service.http.get(f"{base}/not-on-platform", headers=staff(practice))
     assert empty.status_code == 200 and empty.text == "" and empty.headers["content-type"].startswith("text/plain")
     unknown = f"/v1/practices/{practice}/invite-batches/{uuid.uuid4()}"

@@ -173,6 +173,26 @@ def test_hs256_roundtrip_and_claims() -> None:
         verifier.verify(bad_roles)
 
 
+@pytest.mark.parametrize(
+    ("token", "detail"),
+    [
+        ("abc.def.ghi", "The token is not valid: it is not a well-formed JWT."),
+        ("not a token", "The token is not valid: it is not a well-formed JWT."),
+        (
+            mint_token("t" * 40, "p1", ["admin"], practice_id=PRACTICE),
+            "The token is not valid: its signature does not verify.",
+        ),
+    ],
+    ids=["garbage-segments", "no-segments", "another-secret"],
+)
+def test_a_broken_token_is_refused_in_words_a_user_can_read(token: str, detail: str) -> None:
+    """A garbage token's 401 quoted the library: "Invalid header string: 'utf-8' codec can't decode byte 0xb7"."""
+    verifier = TokenVerifier("HS256", "collabkare", "collabkare-api", secret="s" * 40)
+    with pytest.raises(Problem) as refused:
+        verifier.verify(token)
+    assert (refused.value.status, refused.value.detail) == (401, detail)
+
+
 def test_an_overlong_subject_is_refused() -> None:
     secret = "s" * 40
     verifier = TokenVerifier("HS256", "collabkare", "collabkare-api", secret=secret)
