@@ -26,6 +26,7 @@ class PendingInvite:
     expires_at: datetime
     delivery: str = "queued"
     checks_identity: bool = False  # an individual invite: accepting it asks for the SSN, or date of birth and phone
+    locked: bool = False  # too many wrong identity answers: nobody can accept it, only a resend helps
 
     @property
     def replaceable(self) -> bool:
@@ -39,6 +40,11 @@ class PendingInvite:
 
 
 def already_invited_reason(pending: PendingInvite) -> str:
+    if pending.locked:
+        return (
+            f"an invite sent on its own on {pending.created_at:%Y-%m-%d} is locked after too many wrong identity "
+            "answers; resend that invite from the patient's access history (a roster invite would drop the check)"
+        )
     if pending.replaceable and pending.checks_identity:
         return (
             f"an invite sent on its own on {pending.created_at:%Y-%m-%d}, with an identity check, never reached the "

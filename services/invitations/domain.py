@@ -164,7 +164,13 @@ class AlreadyConnected(DomainError):
 
 class AlreadyInvited(DomainError):
     def __init__(self, invite: Invite) -> None:
-        super().__init__("The patient already has a pending invite; resend or revoke that one instead.")
+        if invite.locked_at is not None:
+            super().__init__(
+                "The patient's pending invite is locked after too many wrong identity answers; resend it to send a "
+                "new one."
+            )
+        else:
+            super().__init__("The patient already has a pending invite; resend or revoke that one instead.")
         self.invite = invite
 
 

@@ -61,11 +61,12 @@ ORDER BY created_at DESC, id DESC
 # the ConnectionApproved it causes comes back (and however long connections or the broker take).
 KNOWN = """
 SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at,
-       NULL::text AS delivery, false AS checks_identity
+       NULL::text AS delivery, false AS checks_identity, false AS locked
 FROM invitations.connected_patients WHERE practice_id = $1 AND email_key = ANY($2::text[])
 UNION ALL
 SELECT email_key, CASE WHEN status = 'pending' THEN id END, created_at, expires_at, delivery,
-       ssn_digest IS NOT NULL OR dob_digest IS NOT NULL AS checks_identity FROM invitations.invites
+       ssn_digest IS NOT NULL OR dob_digest IS NOT NULL AS checks_identity, locked_at IS NOT NULL AS locked
+FROM invitations.invites
 WHERE practice_id = $1 AND email_key = ANY($2::text[])
   AND (status = 'accepted' OR status = 'pending' AND expires_at > $3)
 """
@@ -74,11 +75,12 @@ WHERE practice_id = $1 AND email_key = ANY($2::text[])
 # than the roster has, reading them all beats probing an index 100,000 times.
 KNOWN_ALL = """
 SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at,
-       NULL::text AS delivery, false AS checks_identity
+       NULL::text AS delivery, false AS checks_identity, false AS locked
 FROM invitations.connected_patients WHERE practice_id = $1
 UNION ALL
 SELECT email_key, CASE WHEN status = 'pending' THEN id END, created_at, expires_at, delivery,
-       ssn_digest IS NOT NULL OR dob_digest IS NOT NULL AS checks_identity FROM invitations.invites
+       ssn_digest IS NOT NULL OR dob_digest IS NOT NULL AS checks_identity, locked_at IS NOT NULL AS locked
+FROM invitations.invites
 WHERE practice_id = $1 AND (status = 'accepted' OR status = 'pending' AND expires_at > $2)
 """
 COUNT_KNOWN = """
@@ -252,7 +254,7 @@ async def known(
             connected.add(row["email_key"])
         else:
             pending[row["email_key"]] = PendingInvite(
-                row["id"], row["created_at"], row["expires_at"], row["delivery"], row["checks_identity"]
+                row["id"], row["created_at"], row["expires_at"], row["delivery"], row["checks_identity"], row["locked"]
             )
     return connected, pending
 

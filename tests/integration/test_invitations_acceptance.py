@@ -155,6 +155,29 @@ async def test_five_wrong_answers_lock_the_invite(service: Service) -> None:
     assert (state["status"], state["failed_attempts"], state["locked_at"] is not None) == ("pending", 5, True)
 
 
+async def test_staff_inviting_a_patient_whose_invite_is_locked_are_told_to_resend_it(service: Service) -> None:
+    """Found by a walkthrough: the roster said "a pending invite ... is valid until ...; it was not sent again" and
+    a new invite "already has a pending invite", about an invite nobody can accept any more."""
+    practice, invite_id, token = await _individual_invite(service, "ann@example.com", ssn="123456789")
+    for _ in range(5):
+        await _accept(service, token, ssn="111-11-1111")
+    preview = await service.http.post(
+        f"/v1/practices/{practice}/roster/preview", json={"roster": "ann@example.com"}, headers=staff(practice)
+    )
+    [line] = preview.json()["rows"]
+    assert line["verdict"] == "already_invited", line
+    assert "locked after too many wrong identity answers; resend that invite" in line["reason"]
+    again = await service.http.post(
+        f"/v1/practices/{practice}/invites",
+        json={"email": "ann@example.com", "ssn": "123456789"},
+        headers=staff(practice),
+    )
+    assert again.status_code == 409 and again.json()["invite"]["id"] == invite_id
+    assert "locked after too many wrong identity answers; resend it" in again.json()["detail"]
+    resent = await service.http.post(f"/v1/practices/{practice}/invites/{invite_id}/resend", headers=staff(practice))
+    assert resent.status_code == 201, resent.text
+
+
 async def test_expired_and_revoked_invites_answer_410_saying_which(service: Service) -> None:
     practice, invite_id, token = await _roster_invite(service, "ann@example.com")
     await service.admin.execute(
