@@ -100,6 +100,8 @@ def _paste_hint(text: str) -> str | None:
     alone says "invalid characters: U+0009" or "must have an @-sign" of them."""
     if "\t" in text:
         return "a tab follows the address (a spreadsheet's second column?); put a personal note after a comma"
+    if ";" in text and text.count("@") > 1:
+        return "one address per line: a mail program's list (a@example.com; b@example.com) needs a line each"
     named = _NAMED.fullmatch(text)
     if named is not None:
         return f"write the address alone ({named.group(1)}), without a name or angle brackets"

@@ -321,7 +321,7 @@ def test_limits() -> None:
 def test_what_pasting_leaves_around_an_address_is_named_with_its_fix() -> None:
     """A spreadsheet's two columns, a mail program's "Name <address>", quotes: the validator's own words ("invalid
     characters: SPACE, U+0009", "must have an @-sign") did not tell staff what to change."""
-    text = 'tab@example.com\tJane\nJane Doe <jane@example.com>\n"quoted@example.com"\n'
+    text = 'tab@example.com\tJane\nJane Doe <jane@example.com>\n"quoted@example.com"\nx@example.com;z@example.com\n'
     assert [(entry.verdict, entry.reason) for entry in parse_roster(text).entries] == [
         (
             Verdict.INVALID,
@@ -333,4 +333,9 @@ def test_what_pasting_leaves_around_an_address_is_named_with_its_fix() -> None:
             "not a valid email address: write the address alone (jane@example.com), without a name or angle brackets",
         ),
         (Verdict.INVALID, "not a valid email address: remove the quotes around the address"),
+        (
+            Verdict.INVALID,
+            "not a valid email address: one address per line: a mail program's list (a@example.com; b@example.com) "
+            "needs a line each",
+        ),
     ]
