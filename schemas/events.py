@@ -222,7 +222,12 @@ class PatientRegisteredPayload(Contract):
     email: EmailAddress
     display_name: str | None = None
     locale: Locale = "en"
-    date_of_birth: date | None = None
+    date_of_birth: date | None = Field(
+        default=None,
+        deprecated=True,
+        description="Not read by any service here, and PHI: leave it out. Identity is checked against the factors "
+        "staff enter with an individual invite, never against the platform's record.",
+    )
     registered_at: AwareDatetime
 
 
