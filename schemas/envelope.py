@@ -57,10 +57,15 @@ class Envelope(Contract):
         default=None, description="The practice the event concerns; null for platform-wide facts."
     )
     correlation_id: str = Field(
-        min_length=1, max_length=128, description="Shared by every event caused by one user action."
+        min_length=1,
+        max_length=128,
+        description="Shared by every event caused by one user action: the X-Correlation-ID of the API request "
+        "that started it (the caller's, or one the API made up and answered with).",
     )
     causation_id: str | None = Field(
-        default=None, max_length=128, description="The event id (or request id) that caused this event."
+        default=None,
+        max_length=128,
+        description="The id of the event whose consumption caused this one; null when an API request did.",
     )
 
     # The payload field that keys the Kafka message ("" when the class overrides aggregate_key to use the
