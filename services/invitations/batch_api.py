@@ -274,6 +274,8 @@ async def batch_rows(
 @router.get(
     _BASE + "/{batch_id}/not-on-platform",
     summary="The not-on-CollabKare list: one email a line, ready to paste",
+    description="The rows whose invite ended `not_on_platform`, less any patient who has connected to the practice "
+    "since (by a request): the addresses to ask to register.",
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}}, **problems(401, 403, 404, 422)},
 )

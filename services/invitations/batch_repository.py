@@ -35,8 +35,14 @@ ORDER BY line_number
 LIMIT $4
 """
 
+# The addresses to ask to register: a patient who has since connected to the practice (by a request) is on
+# CollabKare, and left out, though the row keeps the outcome its invite had.
 NOT_ON_PLATFORM = """
-SELECT email FROM invitations.batch_rows WHERE batch_id = $1 AND outcome = 'not_on_platform' ORDER BY line_number
+SELECT r.email FROM invitations.batch_rows AS r JOIN invitations.invites AS i ON i.id = r.invite_id
+WHERE r.batch_id = $1 AND r.outcome = 'not_on_platform'
+  AND NOT EXISTS (SELECT 1 FROM invitations.connected_patients AS c
+                  WHERE c.practice_id = i.practice_id AND c.email_key = i.email_key)
+ORDER BY r.line_number
 """
 
 # Rows to resend and the invites they point at, locked so two resends of one batch take turns: the invites first,

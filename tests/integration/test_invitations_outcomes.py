@@ -269,7 +269,11 @@ async def test_resending_not_on_platform_rows(service: Service, chunk: int, monk
         _outcome(first["bob@example.com"], "not_on_platform"),
         _outcome(first["cat@example.com"], "sent"),
     )
-    await _deliver(service, "connections.v1", _approved(practice, "bob@example.com"))  # Bob registered and connected
+    listed = await service.http.get(f"{base}/not-on-platform", headers=staff(practice))
+    assert listed.text == "ann@example.com\nbob@example.com\n"
+    await _deliver(service, "connections.v1", _approved(practice, "Bob@example.com"))  # Bob registered and connected
+    listed = await service.http.get(f"{base}/not-on-platform", headers=staff(practice))
+    assert listed.text == "ann@example.com\n", "a connected patient is not asked to register"
 
     response = await service.http.post(f"{base}/resend-not-on-platform", headers=staff(practice, "admin", "admin-2"))
     assert response.status_code == 202, response.text
