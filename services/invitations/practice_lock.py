@@ -46,6 +46,10 @@ class _Turns:
     def __len__(self) -> int:
         return len(self._locks)
 
+    def users(self, practice_id: uuid.UUID) -> int:
+        """The practice's requests in this process holding or waiting for its turn."""
+        return self._locks.get(practice_id, (None, 0))[1]
+
 
 _TURNS = _Turns()
 

@@ -144,11 +144,19 @@ async def test_a_step_waits_for_its_locks_only_briefly_and_tries_again(infra, tm
         migration = asyncio.create_task(
             migrate(url, later, lock_timeout_seconds=0.2, lock_attempts=50, lock_retry_seconds=0.1)
         )
-        await asyncio.sleep(1.0)
-        assert not migration.done(), "the step cannot have its lock while the transaction holds the table"
-        reader = await asyncpg.connect(url)
-        try:  # a query arriving meanwhile is not stuck behind the waiting ALTER for longer than its lock timeout
-            async with asyncio.timeout(5):
+        reader = await asyncpg.connect(url)  # outside the holder's transaction, which sees one snapshot of activity
+        try:
+            waiting = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            async with asyncio.timeout(30):  # the ALTER asks for its lock, then gives the request up
+                while await reader.fetchval(waiting) < 1:
+                    await asyncio.sleep(0.02)
+                while await reader.fetchval(waiting) > 0:
+                    await asyncio.sleep(0.02)
+            assert not migration.done(), "the step cannot have its lock while the transaction holds the table"
+            # A query arriving meanwhile is not stuck behind the waiting ALTER: it gives its request up and retries.
+            async with asyncio.timeout(30):  # a bound, not a speed: stuck, it would wait for the rollback below
                 await reader.fetchval("SELECT count(*) FROM connections.connection_requests")
         finally:
             await reader.close()

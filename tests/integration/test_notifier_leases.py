@@ -52,11 +52,28 @@ class SlowRelay:
     def __init__(self) -> None:
         self.copies: collections.Counter[str] = collections.Counter()
         self.seconds_per_email = SECONDS_PER_EMAIL
+        self.in_hand = 0  # emails whose DATA arrived whole, not yet counted
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        await asyncio.sleep(self.seconds_per_email)
-        self.copies[str(parse(envelope.original_content)["Message-ID"])] += 1
+        self.in_hand += 1
+        try:
+            await asyncio.sleep(self.seconds_per_email)
+            self.copies[str(parse(envelope.original_content)["Message-ID"])] += 1
+        finally:
+            self.in_hand -= 1
         return "250 2.0.0 OK"
+
+    async def finished(self, timeout: float = 10.0, quiet: float = 0.2) -> None:
+        """Until every email it holds is counted (a killed sender's last one too) and none came in for `quiet` s:
+        the server may still be reading a DATA that arrived whole just before its sender died."""
+        async with asyncio.timeout(timeout):
+            idle_since = None
+            while idle_since is None or time.monotonic() - idle_since < quiet:
+                if self.in_hand:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -258,7 +275,7 @@ async def test_a_notifier_restarted_in_its_slot_sends_what_its_killed_run_held_a
             ids = await _invite_all_until_two_are_sent(notifier, relay, "Restarted")
             first.process.kill()
             first.process.wait(timeout=10)
-        await asyncio.sleep(0.5)  # the relay finishes an email whose DATA had arrived whole
+        await relay.finished()  # an email whose DATA had arrived whole is the relay's, and counted
         held = {
             row["message_id"]
             for row in await admin.fetch("SELECT message_id FROM notifier.deliveries WHERE status = 'sending'")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import socket
 import ssl
@@ -15,6 +18,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import RSAAlgorithm
 
 from services.runtime.auth import TokenVerifier, mint_token
@@ -100,6 +104,15 @@ def test_an_rs256_token_naming_no_key_is_checked_against_the_sets_only_key(jwks_
     assert refused.value.status == 401
 
 
+def _hs256_signed_with(secret: bytes) -> str:
+    def segment(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    header = segment(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode())
+    signing_input = header + b"." + segment(json.dumps(_claims()).encode())
+    return (signing_input + b"." + segment(hmac.new(secret, signing_input, hashlib.sha256).digest())).decode()
+
+
 @pytest.mark.parametrize(
     "case",
     ["signed by another key", "hs256 with the public key as secret", "unknown kid", "missing exp"],
@@ -109,8 +122,9 @@ def test_rs256_refusals(jwks_url: str, case: str) -> None:
     if case == "signed by another key":
         token = jwt.encode(_claims(), OTHER_KEY, algorithm="RS256", headers={"kid": "k1"})
     elif case == "hs256 with the public key as secret":
-        # The classic confusion attack: the algorithm is ours to choose, never the token's.
-        token = jwt.encode(_claims(), "x" * 64, algorithm="HS256", headers={"kid": "k1"})
+        # The classic confusion attack: HMAC keyed with the public key's PEM, which a verifier taking the algorithm
+        # from the token would check against that very key. PyJWT refuses to sign so: the token is built by hand.
+        token = _hs256_signed_with(KEY.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     elif case == "unknown kid":
         token = jwt.encode(_claims(), KEY, algorithm="RS256", headers={"kid": "k2"})
     else:

@@ -142,12 +142,16 @@ def test_a_reader_never_sees_half_a_record(tmp_path: Path) -> None:
 
     writer = threading.Thread(target=write)
     writer.start()
+    seen = 0
     try:
         for _ in range(300):
-            assert all(message.endswith(big) for message in mailbox.read_raw(path))
+            messages = mailbox.read_raw(path)
+            assert all(message.endswith(big) for message in messages)
+            seen += len(messages)
     finally:
         stop.set()
         writer.join()
+    assert seen > 0, "no read saw a record: the check above was never made"
 
 
 _FULL_DISK = """
