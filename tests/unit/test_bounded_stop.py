@@ -3,7 +3,8 @@
 A task cancelled inside a statement waits for its rollback, up to the pool's 60 s command timeout; an UNLISTEN waited
 as long. An operator's drill (PostgreSQL and the broker frozen with SIGSTOP, then SIGTERM) measured 144 s for the
 invitations service to exit against a 90 s grace period; with these bounds, 26 s. The parts are tested here with
-tasks and connections that never answer; the whole drill is in the closing note of the change.
+tasks and connections that never answer; the whole drill, against real processes, is tests/faults/test_drills.py
+(test_postgres_frozen_a_stopped_service_exits_within_its_grace_period).
 """
 
 from __future__ import annotations
