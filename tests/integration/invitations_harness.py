@@ -34,7 +34,6 @@ class Service(ServiceUnderTest):
     topic = "invitations.v1"
     keyed_by = "invite"
     drain_timeout = 20.0
-    check_formats = False
 
     async def publish(self, topic: str, events: list[Envelope]) -> None:
         """Put events on one of the service's input topics, keyed as their producers key them; all acked."""
