@@ -32,12 +32,13 @@ async def publish_pipelined(
     bootstrap: str,
     prefix: str,
     events: Sequence[Envelope],
-    raw: Sequence[tuple[str, bytes, bytes]] = (),
+    raw: Sequence[tuple[str, bytes, bytes | None]] = (),
     **producer_options: Any,
 ) -> None:
     """As publish(), but every record is sent before any ack is awaited (thousands of events at once).
 
-    `raw` adds (topic, key, value) records as they are; all are acknowledged when this returns.
+    `raw` adds (topic, key, value) records as they are (a None value: a compaction tombstone); all are acknowledged
+    when this returns.
     """
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **producer_options)
     await producer.start()

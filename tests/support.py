@@ -119,7 +119,7 @@ async def read_topic(
 async def produce(
     bootstrap: str,
     topic: str,
-    messages: list[tuple[bytes | None, bytes]],
+    messages: list[tuple[bytes | None, bytes | None]],
     headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")

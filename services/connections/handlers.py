@@ -62,6 +62,12 @@ async def record_practices(db: asyncpg.Connection, events: list[PracticeRegister
     await repository.upsert_practices(db, domain.registered_practices(events))
 
 
+async def forget_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:
+    """Tombstone handler: the platform deleted the practice; patients can no longer ask to connect to it (its
+    requests and connections stay, the practice's own record)."""
+    await repository.delete_practice(db, practice_id)
+
+
 async def request_connection(
     pool: asyncpg.Pool, practice_id: uuid.UUID, patient: PatientRef, message: str | None, cause: Cause
 ) -> tuple[ConnectionRequest, bool]:

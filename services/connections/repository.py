@@ -247,5 +247,9 @@ async def practice_known(db: asyncpg.Connection, practice_id: uuid.UUID) -> bool
     return bool(await db.fetchval(PRACTICE_KNOWN, practice_id))
 
 
+async def delete_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:
+    await db.execute("DELETE FROM connections.practices WHERE practice_id = $1", practice_id)
+
+
 async def upsert_practices(db: asyncpg.Connection, practices: Sequence[tuple[uuid.UUID, datetime]]) -> None:
     await db.execute(UPSERT_PRACTICES, [p[0] for p in practices], [p[1] for p in practices])

@@ -16,5 +16,6 @@ ROUTES: tuple[Subscription, ...] = (
             "An accepted invite connects the patient to the practice and announces ConnectionApproved; the "
             "platform's practices are the ones patients may ask to connect to."
         ),
+        tombstones={"platform.practices.v1": handlers.forget_practice},
     ),
 )

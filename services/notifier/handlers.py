@@ -36,6 +36,16 @@ async def record_practices(db: asyncpg.Connection, events: list[PracticeRegister
     await repository.upsert_practices(db, directory.practice_entries(events))
 
 
+async def forget_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
+    """Tombstone handler: the platform deleted the patient's account (their name and addresses leave with it)."""
+    await repository.delete_patient(db, patient_id)
+
+
+async def forget_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:
+    """Tombstone handler: the platform deleted the practice."""
+    await repository.delete_practice(db, practice_id)
+
+
 @dataclass(frozen=True)
 class QueueDeliveries:
     """Consumer handler for the events that ask for an email: one pending delivery per event, nothing more.

@@ -52,6 +52,16 @@ async def upsert_practices(db: asyncpg.Connection, entries: Sequence[PracticeEnt
     )
 
 
+async def delete_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
+    """Every address the patient registered with: an email to one of them is then not_on_platform."""
+    await db.execute("DELETE FROM notifier.patients WHERE patient_id = $1", patient_id)
+
+
+async def delete_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:
+    """An invite of the practice then ends error (unknown practice), as one from a practice never registered."""
+    await db.execute("DELETE FROM notifier.practices WHERE practice_id = $1", practice_id)
+
+
 async def insert_deliveries(db: asyncpg.Connection, deliveries: Sequence[NewDelivery], grace_seconds: float) -> int:
     """Queue deliveries; an event seen before (its row exists) queues nothing. Returns how many were new.
 

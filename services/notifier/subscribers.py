@@ -32,5 +32,9 @@ def routes(settings: NotifierSettings) -> tuple[Subscription, ...]:
                 "sender job sends them and publishes each DeliveryOutcome."
             ),
             throttle=handlers.Backpressure(settings.pending_high_water, settings.pending_wait_max_seconds),
+            tombstones={
+                "platform.patients.v1": handlers.forget_patient,
+                "platform.practices.v1": handlers.forget_practice,
+            },
         ),
     )

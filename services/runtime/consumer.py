@@ -7,7 +7,7 @@ import json
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -35,6 +35,9 @@ _FETCH_MAX_WAIT_MS = 200
 
 # Applies a run of new events of one type; writes through the given connection, inside the inbox transaction.
 EventHandler = Callable[[asyncpg.Connection, list[Any]], Awaitable[None]]
+# Deletes what a compaction tombstone (a record with a key and no value) names, by that key (an id); writes through
+# the given connection, inside a transaction of its own.
+TombstoneHandler = Callable[[asyncpg.Connection, uuid.UUID], Awaitable[None]]
 # Awaited before a batch is applied, outside its transaction: a service can hold consumption back here
 # (backpressure), so that Kafka's lag grows instead of the service's own backlog.
 Throttle = Callable[[asyncpg.Pool, list[Envelope]], Awaitable[None]]
@@ -50,6 +53,8 @@ class Subscription:
     description: str = ""
     ack_policy: AckPolicy = AckPolicy.MANUAL  # offsets are committed by us, after the inbox transaction
     throttle: Throttle | None = None
+    # Per compacted topic (unprefixed), what a tombstone on it deletes; an empty record elsewhere is dead-lettered.
+    tombstones: Mapping[str, TombstoneHandler] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +85,7 @@ class BatchConsumer:
         # Where each event type is published: one read on another topic is misrouted or forged (the platform's
         # producers may write to their topics, not to ours), and is dead-lettered, never applied.
         self.home_topics = {event_type: context.topic(topic_for(event_type)) for event_type in EVENT_TYPES}
+        self.tombstones = {context.topic(topic): handler for topic, handler in subscription.tombstones.items()}
 
     def route(self, batch_size: int, session_timeout_seconds: float) -> KafkaRoute:
         async def consume(message: KafkaMessage) -> None:
@@ -116,6 +122,11 @@ class BatchConsumer:
         wanted: list[tuple[ConsumerRecord[bytes, bytes], Envelope]] = []
         # Parsing a full batch takes tens of milliseconds: the service's other tasks run in between.
         async for record in in_slices(records):
+            if not record.value and (forget := self.tombstones.get(record.topic)) is not None:
+                await self._apply_wanted(wanted)  # what came before it on its partition first, in order
+                wanted = []
+                await self.forget(record, forget)
+                continue
             announced = _announced_type(record)
             if announced in EVENT_TYPES and announced not in self.subscription.handlers:
                 continue  # another consumer's event, by the type our relays put in the headers: not parsed
@@ -131,10 +142,36 @@ class BatchConsumer:
                 continue
             if event.event_type in self.subscription.handlers:
                 wanted.append((record, event))
+        await self._apply_wanted(wanted)
+
+    async def _apply_wanted(self, wanted: list[tuple[ConsumerRecord[bytes, bytes], Envelope]]) -> None:
         if wanted:
             if self.subscription.throttle is not None:
                 await self.subscription.throttle(self.context.database, [event for _, event in wanted])
             await self.apply(wanted)
+
+    async def forget(self, record: ConsumerRecord[bytes, bytes], handler: TombstoneHandler) -> None:
+        """A compaction tombstone: the platform deleted what its key names (a patient, a practice). Deleting twice
+        changes nothing, so a redelivery needs no inbox; the database away is waited for, as for events."""
+        try:
+            key = uuid.UUID((record.key or b"").decode())
+        except ValueError:
+            await self.dead_letter(record, "a tombstone's key must be the id of what it deletes")
+            return
+        failures = 0
+        while True:
+            try:
+                async with self.context.database.acquire() as connection, connection.transaction():
+                    await handler(connection, key)
+                break
+            except Exception as error:
+                failures += 1
+                if is_transient(error) or failures < self.context.max_attempts:
+                    await self._backoff(failures, "consumer.tombstone_failed", error)
+                    continue
+                await self.dead_letter(record, f"{type(error).__name__}: {error}")
+                return
+        log.info("consumer.tombstone_applied", group=self.subscription.group, topic=record.topic, key=str(key))
 
     async def apply(self, items: list[tuple[ConsumerRecord[bytes, bytes], Envelope]]) -> None:
         """Apply with retries; a batch that keeps failing is split so one bad event cannot block the rest."""

@@ -84,7 +84,7 @@ class Notifier:
     async def publish(self, *events: Envelope) -> None:
         await publish_pipelined(self.infra.kafka_bootstrap, self.topic_prefix, events)
 
-    async def publish_raw(self, topic: str, key: bytes, *values: bytes) -> None:
+    async def publish_raw(self, topic: str, key: bytes, *values: bytes | None) -> None:
         await publish_pipelined(
             self.infra.kafka_bootstrap, self.topic_prefix, [], [(topic, key, value) for value in values]
         )

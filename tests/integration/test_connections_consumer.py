@@ -78,6 +78,24 @@ async def test_a_practice_registered_on_the_platform_topic_can_be_asked_to_conne
     assert after.status_code == 201, after.text
 
 
+async def test_a_practice_the_platform_deleted_can_no_longer_be_asked_to_connect(service: Service) -> None:
+    """platform.practices.v1 is compacted: a tombstone (the practice's id as key, no value) is how the platform
+    deletes it. It was dead-lettered, and patients could still ask to connect to a practice gone from CollabKare."""
+    practice = uuid.uuid4()
+    token = {"Authorization": f"Bearer {patient_token(uuid.uuid4(), 'ann@example.com')}"}
+    await publish(service.bootstrap, service.topic_prefix, [practice_registered(practice, "Closing Practice")])
+    known = "SELECT count(*) FROM connections.practices WHERE practice_id = $1"
+    async with asyncio.timeout(20):
+        while not await service.fetchval(known, practice):
+            await asyncio.sleep(0.05)
+    await produce(service.bootstrap, service.topic_prefix + "platform.practices.v1", [(str(practice).encode(), None)])
+    async with asyncio.timeout(20):
+        while await service.fetchval(known, practice):
+            await asyncio.sleep(0.05)
+    asked = await service.http.post("/v1/connection-requests", json={"practice_id": str(practice)}, headers=token)
+    assert asked.status_code == 422, asked.text
+
+
 async def test_redelivered_invite_accepted_connects_and_announces_once(service: Service) -> None:
     practice, patient = await service.practice(), uuid.uuid4()
     accepted = _accepted(practice, patient)

@@ -53,6 +53,9 @@ class Effects:
                 'INSERT INTO "connections".effects (event_id, invite_id) VALUES ($1, $2)', event.event_id, invite
             )
 
+    async def forget(self, connection: asyncpg.Connection, key: uuid.UUID) -> None:
+        await connection.execute('INSERT INTO "connections".effects (event_id, invite_id) VALUES (NULL, $1)', key)
+
 
 @pytest.fixture
 async def consuming(database: ScratchDatabase, topic_prefix: str) -> AsyncIterator[tuple[ServiceRuntime, Effects]]:
@@ -67,8 +70,16 @@ async def consuming(database: ScratchDatabase, topic_prefix: str) -> AsyncIterat
         title="test",
         description="test",
         migrations=MigrationPlan(GROUP, PLANS[GROUP].directory),
-        # platform.practices.v1: a topic this group reads where an InviteExpired has no business.
-        subscriptions=[Subscription(GROUP, ("invitations.v1", "platform.practices.v1"), {"InviteExpired": effects})],
+        # platform.practices.v1: a topic this group reads where an InviteExpired has no business, and whose
+        # tombstones it applies.
+        subscriptions=[
+            Subscription(
+                GROUP,
+                ("invitations.v1", "platform.practices.v1"),
+                {"InviteExpired": effects},
+                tombstones={"platform.practices.v1": effects.forget},
+            )
+        ],
     )
     runtime = ServiceRuntime(spec, settings)
     runtime.consumers.retry_base_seconds = 0.01
@@ -153,6 +164,24 @@ async def test_an_event_on_a_topic_it_is_not_published_on_is_dead_lettered_not_a
     assert [d.value for d in dead] == [forged.model_dump_json().encode()]
     reason = dict(dead[0].headers)["dead_letter_reason"].decode()
     assert reason == f"InviteExpired is published on {topic_prefix}invitations.v1, not here"
+
+
+async def test_a_tombstone_is_applied_by_its_key_and_a_stray_one_is_dead_lettered(
+    consuming: tuple[ServiceRuntime, Effects], database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """A compacted topic's tombstone (a key, no value) deletes what the key names: the subscription's handler gets
+    the id. One whose key is no id, and one on a topic that has no tombstones, go to the dead letters."""
+    bootstrap, practices = database.infra.kafka_bootstrap, topic_prefix + "platform.practices.v1"
+    deleted = uuid.uuid4()
+    await produce(bootstrap, practices, [(b"not an id", None), (str(deleted).encode(), None)])
+    await produce(bootstrap, topic_prefix + "invitations.v1", [(str(uuid.uuid4()).encode(), None)])
+
+    rows = await _applied(database, expect=1)
+    dead = await _dead_letters(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=2)
+
+    assert [(r["event_id"], r["invite_id"]) for r in rows] == [(None, deleted)]
+    reasons = sorted(dict(d.headers)["dead_letter_reason"].decode() for d in dead)
+    assert reasons == ["a tombstone's key must be the id of what it deletes", "empty message"]
 
 
 async def test_an_event_without_its_event_id_is_dead_lettered_not_given_a_fresh_one(

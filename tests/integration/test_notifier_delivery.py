@@ -208,6 +208,24 @@ async def test_a_nul_in_a_platform_name_loses_neither_the_patient_nor_the_practi
     assert "Ann" in message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
 
 
+async def test_a_patient_the_platform_deleted_is_not_emailed(notifier: Notifier, clinic: uuid.UUID) -> None:
+    """platform.patients.v1 is compacted: a tombstone (the patient's id as key, no value) deletes the account. It
+    was dead-lettered, and the directory kept the deleted patient's name and address for good."""
+    email = unique_email("deleted")
+    registered = patient(email, "en", name="Del Eted")
+    before = invite(clinic, email, None)
+    await notifier.publish(registered, before)
+    assert (await notifier.delivery(before.event_id))["status"] == "sent"
+    await notifier.publish_raw("platform.patients.v1", str(registered.payload.patient_id).encode(), None)
+    kept = "SELECT count(*) FROM notifier.patients WHERE patient_id = $1"
+    async with asyncio.timeout(20):
+        while await notifier.admin.fetchval(kept, registered.payload.patient_id):
+            await asyncio.sleep(0.05)
+    after = invite(clinic, email, None)
+    await notifier.publish(after)
+    assert (await notifier.delivery(after.event_id))["status"] == "not_on_platform"
+
+
 async def test_invite_to_an_email_nobody_registered_sends_nothing(notifier: Notifier, clinic: uuid.UUID) -> None:
     stranger = unique_email("nobody")
     event = invite(clinic, stranger, "hello")
