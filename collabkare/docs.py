@@ -120,8 +120,8 @@ def _event_message(name: str) -> dict[str, Any]:
             f"Published by the wider platform on {topic.name}. Its producers may omit the headers (consumers "
             f"then parse the record to learn its type); they must key the record by {key_name}, so that "
             "the events about one aggregate stay in order on one partition (and the compacted topic keeps the "
-            f"newest). A record with that key and no value (a compaction tombstone) deletes the {key_name}'s "
-            "entry from every consumer's directory."
+            "newest). A record with that key and no value (a compaction tombstone) deletes the "
+            f"{name.removesuffix('Registered').lower()} from every consumer's directory."
         )
     else:
         origin = (
