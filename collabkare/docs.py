@@ -143,9 +143,9 @@ def _event_message(name: str) -> dict[str, Any]:
                 "const": name,
                 "description": "The event's type name, as in the body's event_type. A consumer group skips, "
                 "without parsing it, a record whose event_type names an event type the group does not handle. "
-                "A type no contract of the group's release knows (a typo, or a new event type its consumers "
-                "were not updated for first) and an event read on another topic than its own are not skipped: "
-                "they go to the group's dead-letter topic.",
+                "A record it parses (no header, or a type it handles or no contract of its release knows) goes to "
+                "the group's dead-letter topic when its type is unknown (a typo, or a new event type its consumers "
+                "were not updated for first) or when it was read on another topic than its event type's own.",
             },
             "event_id": {
                 "type": "string",

@@ -275,7 +275,9 @@ async def batch_rows(
     _BASE + "/{batch_id}/not-on-platform",
     summary="The not-on-CollabKare list: one email a line, ready to paste",
     description="The rows whose invite ended `not_on_platform`, less any patient who has connected to the practice "
-    "since (by a request): the addresses to ask to register.",
+    "since: the addresses to ask to register. (A patient who connects while the row's invite is pending turns the "
+    "row `already_connected`; one whose invite had expired or been revoked keeps the row `not_on_platform`, so the "
+    "batch's count can exceed this list until a resend flags the row.)",
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}}, **problems(401, 403, 404, 422)},
 )

@@ -92,9 +92,10 @@ def _standing(delivery: Delivery) -> tuple[int, datetime, str]:
 # Who revoked a pending invite when its patient connected to the practice by other means (an approved request):
 # `revoked_by` in InviteRevoked and the access history; accepting it then answers "already connected".
 PATIENT_CONNECTED = "system:patient-connected"
-# Its delivery's reason, and its roster row's (already_connected), when that happened before the email went out.
-CONNECTED_BEFORE_SENT = (
-    "the patient connected to the practice by an approved request before the email went out; nothing was sent"
+# The reason on the roster row (already_connected) of an invite whose email was never delivered, once its patient
+# connected by an approved request.
+CONNECTED_NOT_DELIVERED = (
+    "the patient connected to the practice by an approved request; this invite's email was not delivered"
 )
 
 

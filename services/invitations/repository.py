@@ -11,7 +11,7 @@ import asyncpg
 
 from services.invitations.batch import PendingInvite
 from services.invitations.domain import (
-    CONNECTED_BEFORE_SENT,
+    CONNECTED_NOT_DELIVERED,
     PATIENT_CONNECTED,
     Invite,
     InviteStatus,
@@ -113,25 +113,24 @@ RETURNING i.id, i.practice_id, i.expires_at
 # Delivery outcomes move only up the ladder (queued < error < not_on_platform < sent; see domain.DELIVERY_RANK),
 # and the roster row follows its current invite in the same statement, so the two never disagree.
 _RANK = "array_position(ARRAY['queued', 'error', 'not_on_platform', 'sent']::text[], {})"
-# An invite whose patient connected by an approved request before its email went out (revoked by
-# system:patient-connected, so the notifier did not send it): its roster row says already_connected, as the row of
-# a patient connected before the roster does, not the notifier's "the practice revoked the invite".
-_CONNECTED_FIRST = f"i.revoked_by = '{PATIENT_CONNECTED}' AND o.outcome <> 'sent'"
+# A row whose invite was never delivered and whose patient has connected by an approved request (the invite revoked
+# by system:patient-connected, $5) says already_connected, with reason $6, as the row of a patient connected before
+# the roster does: the outcome may come after the connection (here) or before it (REVOKE_FOR_CONNECTED's rows).
 APPLY_OUTCOMES = f"""
 WITH outcome AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) AS o(invite_id, outcome, reason, at)
 ), changed AS (
     UPDATE invitations.invites AS i
-    SET delivery = o.outcome,
-        delivery_reason = CASE WHEN {_CONNECTED_FIRST} THEN '{CONNECTED_BEFORE_SENT}' ELSE o.reason END,
+    SET delivery = o.outcome, delivery_reason = o.reason,
         delivered_at = CASE WHEN o.outcome = 'sent' THEN o.at END  -- only a sent email was delivered
     FROM outcome AS o
     WHERE i.id = o.invite_id AND {_RANK.format("o.outcome")} > {_RANK.format("i.delivery")}
-    RETURNING i.id, i.batch_id, i.line_number, i.delivery, i.delivery_reason, o.at, {_CONNECTED_FIRST} AS connected
+    RETURNING i.id, i.batch_id, i.line_number, i.delivery, i.delivery_reason, o.at,
+              i.revoked_by IS NOT DISTINCT FROM $5 AND o.outcome <> 'sent' AS connected
 ), rows AS (
     UPDATE invitations.batch_rows AS r
     SET outcome = CASE WHEN c.connected THEN 'already_connected' ELSE c.delivery END,
-        reason = c.delivery_reason, updated_at = c.at
+        reason = CASE WHEN c.connected THEN $6 ELSE c.delivery_reason END, updated_at = c.at
     FROM changed AS c
     WHERE r.batch_id = c.batch_id AND r.line_number = c.line_number AND r.invite_id = c.id
     RETURNING 1
@@ -147,12 +146,23 @@ ON CONFLICT (practice_id, patient_id) DO NOTHING
 """
 
 # A patient connected by other means (an approved request) no longer needs the practice's pending invite: revoked,
-# so that it is neither accepted (an InviteAccepted no connection follows) nor shown as pending in the history.
+# so that it is neither accepted (an InviteAccepted no connection follows) nor shown as pending in the history. The
+# roster row of one whose email was never delivered (its outcome came first) says already_connected, with reason $5.
 REVOKE_FOR_CONNECTED = """
-UPDATE invitations.invites AS i SET status = 'revoked', revoked_at = $3, revoked_by = $4
-FROM unnest($1::uuid[], $2::text[]) AS c(practice_id, email_key)
-WHERE i.practice_id = c.practice_id AND i.email_key = c.email_key AND i.status = 'pending'
-RETURNING i.id, i.practice_id, i.email_key, i.revoked_by, i.revoked_at
+WITH revoked AS (
+    UPDATE invitations.invites AS i SET status = 'revoked', revoked_at = $3, revoked_by = $4
+    FROM unnest($1::uuid[], $2::text[]) AS c(practice_id, email_key)
+    WHERE i.practice_id = c.practice_id AND i.email_key = c.email_key AND i.status = 'pending'
+    RETURNING i.id, i.practice_id, i.email_key, i.revoked_by, i.revoked_at, i.batch_id, i.line_number
+), rows AS (
+    -- Lets go of the invite, as a resend's flagged row does: a late outcome of it cannot overwrite the row.
+    UPDATE invitations.batch_rows AS r SET outcome = 'already_connected', reason = $5, invite_id = NULL, updated_at = $3
+    FROM revoked AS v
+    WHERE r.batch_id = v.batch_id AND r.line_number = v.line_number AND r.invite_id = v.id
+      AND r.outcome IN ('not_on_platform', 'error')
+    RETURNING 1
+)
+SELECT id, practice_id, email_key, revoked_by, revoked_at FROM revoked
 """
 
 ANALYZE = "ANALYZE invitations.outbox, invitations.invites, invitations.batch_rows"
@@ -275,7 +285,9 @@ async def apply_outcomes(
     decided_at: list[datetime],
 ) -> tuple[int, int]:
     """(invites changed, rows changed)."""
-    row = await db.fetchrow(APPLY_OUTCOMES, invite_ids, outcomes, reasons, decided_at)
+    row = await db.fetchrow(
+        APPLY_OUTCOMES, invite_ids, outcomes, reasons, decided_at, PATIENT_CONNECTED, CONNECTED_NOT_DELIVERED
+    )
     assert row is not None
     return int(row["invites"]), int(row["rows"])
 
@@ -296,4 +308,4 @@ async def revoke_for_connected(
     db: asyncpg.Connection, practice_ids: list[uuid.UUID], keys: list[str], now: datetime, revoked_by: str
 ) -> list[asyncpg.Record]:
     """Revoke the pending invites of these (practice, patient email key) pairs; returns the revoked invites."""
-    return list(await db.fetch(REVOKE_FOR_CONNECTED, practice_ids, keys, now, revoked_by))
+    return list(await db.fetch(REVOKE_FOR_CONNECTED, practice_ids, keys, now, revoked_by, CONNECTED_NOT_DELIVERED))

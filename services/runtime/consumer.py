@@ -119,13 +119,12 @@ class BatchConsumer:
         )
 
     async def consume(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        wanted: list[tuple[ConsumerRecord[bytes, bytes], Envelope]] = []
+        # Each record's step, in order: an event to apply, or a tombstone's handler.
+        plan: list[tuple[ConsumerRecord[bytes, bytes], Envelope | TombstoneHandler]] = []
         # Parsing a full batch takes tens of milliseconds: the service's other tasks run in between.
         async for record in in_slices(records):
             if not record.value and (forget := self.tombstones.get(record.topic)) is not None:
-                await self._apply_wanted(wanted)  # what came before it on its partition first, in order
-                wanted = []
-                await self.forget(record, forget)
+                plan.append((record, forget))
                 continue
             announced = _announced_type(record)
             if announced in EVENT_TYPES and announced not in self.subscription.handlers:
@@ -141,37 +140,48 @@ class BatchConsumer:
                 await self.dead_letter(record, f"{event.event_type} is published on {home}, not here", event)
                 continue
             if event.event_type in self.subscription.handlers:
-                wanted.append((record, event))
-        await self._apply_wanted(wanted)
-
-    async def _apply_wanted(self, wanted: list[tuple[ConsumerRecord[bytes, bytes], Envelope]]) -> None:
+                plan.append((record, event))
+        events = [step for _, step in plan if isinstance(step, Envelope)]
+        if events and self.subscription.throttle is not None:
+            await self.subscription.throttle(self.context.database, events)  # once a batch: one bounded wait
+        wanted: list[tuple[ConsumerRecord[bytes, bytes], Envelope]] = []
+        for record, step in plan:
+            if isinstance(step, Envelope):
+                wanted.append((record, step))
+                continue
+            if wanted:  # what came before the tombstone first, in order
+                await self.apply(wanted)
+                wanted = []
+            await self.forget(record, step)
         if wanted:
-            if self.subscription.throttle is not None:
-                await self.subscription.throttle(self.context.database, [event for _, event in wanted])
             await self.apply(wanted)
 
     async def forget(self, record: ConsumerRecord[bytes, bytes], handler: TombstoneHandler) -> None:
-        """A compaction tombstone: the platform deleted what its key names (a patient, a practice). Deleting twice
-        changes nothing, so a redelivery needs no inbox; the database away is waited for, as for events."""
+        """A compaction tombstone: the platform deleted what its key names (a patient, a practice). Recorded in the
+        inbox by its place on Kafka, so that a redelivered batch does not delete again what a registration after it
+        brought back; the database away is waited for, as for events."""
         try:
             key = uuid.UUID((record.key or b"").decode())
         except ValueError:
             await self.dead_letter(record, "a tombstone's key must be the id of what it deletes")
             return
+        context, group = self.context, self.subscription.group
+        name = inbox.record_id(record.topic, record.partition, record.offset)
         failures = 0
         while True:
             try:
-                async with self.context.database.acquire() as connection, connection.transaction():
-                    await handler(connection, key)
+                async with context.database.acquire() as connection, connection.transaction():
+                    if await inbox.claim_record(connection, context.schema, group, name, "tombstone"):
+                        await handler(connection, key)
                 break
             except Exception as error:
                 failures += 1
-                if is_transient(error) or failures < self.context.max_attempts:
+                if is_transient(error) or failures < context.max_attempts:
                     await self._backoff(failures, "consumer.tombstone_failed", error)
                     continue
                 await self.dead_letter(record, f"{type(error).__name__}: {error}")
                 return
-        log.info("consumer.tombstone_applied", group=self.subscription.group, topic=record.topic, key=str(key))
+        log.info("consumer.tombstone_applied", group=group, topic=record.topic, key=str(key))
 
     async def apply(self, items: list[tuple[ConsumerRecord[bytes, bytes], Envelope]]) -> None:
         """Apply with retries; a batch that keeps failing is split so one bad event cannot block the rest."""

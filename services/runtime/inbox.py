@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -39,6 +40,32 @@ async def claim_new(
             seen.add(event.event_id)
             result.append(event)
     return result
+
+
+# Records that are not events (a compaction tombstone has no event id) are named by where they are on Kafka.
+_RECORD_NAMESPACE = uuid.UUID("6f1c2b4e-8d3a-4c5b-9e7f-0a1b2c3d4e5f")
+
+
+def record_id(topic: str, partition: int, offset: int) -> uuid.UUID:
+    """The inbox id of a record that carries no event id: the same on every redelivery of that record."""
+    return uuid.uuid5(_RECORD_NAMESPACE, f"{topic}:{partition}:{offset}")
+
+
+async def claim_record(
+    connection: asyncpg.Connection, schema: str, consumer: str, record: uuid.UUID, kind: str
+) -> bool:
+    """Record a non-event record (`record_id`) as applied; False if it was before. In the effect's transaction."""
+    inserted = await connection.fetchval(
+        f"""
+        INSERT INTO "{schema}".inbox (consumer, event_id, event_type) VALUES ($1, $2, $3)
+        ON CONFLICT DO NOTHING
+        RETURNING true
+        """,
+        consumer,
+        record,
+        kind,
+    )
+    return bool(inserted)
 
 
 async def prune(pool: asyncpg.Pool, schema: str, older_than: datetime, chunk: int = 10_000) -> int:

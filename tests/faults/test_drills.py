@@ -481,6 +481,7 @@ def test_postgres_frozen_a_stopped_service_exits_within_its_grace_period(stack: 
         with ThreadPoolExecutor(max_workers=len(names) + 4) as pool:
             # Requests waiting on the frozen database when the signal comes, as a pod's would.
             waiting = [pool.submit(httpx.get, asking, headers=token, timeout=60) for _ in range(4)]
+            wait_for("pgfreeze-stop: the requests reached invitations", lambda: _clients(stack, "invitations") >= 4, 30)
             # Stopped as Kubernetes stops a pod: SIGTERM, then SIGKILL once the grace period has passed.
             started = time.monotonic()
             took = dict(zip(names, pool.map(lambda name: _stop(stack, name, grace[name], started), names), strict=True))
@@ -498,6 +499,13 @@ def test_postgres_frozen_a_stopped_service_exits_within_its_grace_period(stack: 
     # Killed once its grace period had passed, a service shows -9; ended by itself, 0 or -15 (uvicorn re-raises the
     # SIGTERM it handled, after its shutdown).
     assert all(code not in (None, -signal.SIGKILL) for code in codes.values()), (codes, took, grace)
+
+
+def _clients(stack: RunningStack, name: str) -> int:
+    """The HTTP connections the service has accepted and holds open."""
+    port = httpx.URL(stack.urls[name]).port
+    sockets = psutil.Process(stack.supervisor.pid(name)).net_connections(kind="tcp")
+    return sum(1 for s in sockets if s.status == psutil.CONN_ESTABLISHED and s.laddr and s.laddr.port == port)
 
 
 def _stop(stack: RunningStack, name: str, grace: int, started: float) -> float:

@@ -15,7 +15,7 @@ from aiokafka import ConsumerRecord
 from schemas import InviteExpired
 from services.connections.settings import ConnectionsSettings
 from services.runtime import inbox
-from services.runtime.consumer import Subscription
+from services.runtime.consumer import BatchConsumer, Subscription
 from services.runtime.database import create_pool
 from services.runtime.migrations import MigrationPlan
 from services.runtime.service import ServiceRuntime, ServiceSpec
@@ -182,6 +182,24 @@ async def test_a_tombstone_is_applied_by_its_key_and_a_stray_one_is_dead_lettere
     assert [(r["event_id"], r["invite_id"]) for r in rows] == [(None, deleted)]
     reasons = sorted(dict(d.headers)["dead_letter_reason"].decode() for d in dead)
     assert reasons == ["a tombstone's key must be the id of what it deletes", "empty message"]
+
+
+async def test_a_redelivered_tombstone_is_not_applied_again(
+    consuming: tuple[ServiceRuntime, Effects], database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """Deleting twice is not harmless: a batch [tombstone, registration] read again (a crash before the commit)
+    would delete what the registration brought back, the registration being skipped by the inbox."""
+    runtime, _ = consuming
+    bootstrap, practices = database.infra.kafka_bootstrap, topic_prefix + "platform.practices.v1"
+    deleted = uuid.uuid4()
+    await produce(bootstrap, practices, [(str(deleted).encode(), None)])
+    await _applied(database, expect=1)
+    [record] = await read_to_end(bootstrap, practices)
+
+    await BatchConsumer(runtime.spec.subscriptions[0], runtime.consumers).consume([record])  # the same record again
+
+    rows = await _applied(database, expect=2, timeout=1.0)
+    assert [(r["event_id"], r["invite_id"]) for r in rows] == [(None, deleted)]
 
 
 async def test_an_event_without_its_event_id_is_dead_lettered_not_given_a_fresh_one(

@@ -14,7 +14,7 @@ from collabkare.stack.infra import Infrastructure
 from schemas import ConnectionApproved, DeliveryOutcome, Envelope
 from schemas.events import ConnectionApprovedPayload, DeliveryOutcomePayload
 from services.invitations import batch_handlers
-from services.invitations.domain import CONNECTED_BEFORE_SENT
+from services.invitations.domain import CONNECTED_NOT_DELIVERED
 from tests.integration.invitations_harness import Service, patient, running_service, staff
 
 OUTCOMES = "notifier.outcomes.v1"
@@ -224,43 +224,64 @@ async def test_a_patient_approved_by_request_has_the_practices_pending_invite_re
     assert len(await service.events(practice, "InviteRevoked")) == 1
 
 
-async def test_a_row_whose_patient_connected_before_the_email_went_out_ends_already_connected(
+async def test_a_row_whose_patient_connected_before_the_email_was_delivered_ends_already_connected(
     service: Service,
 ) -> None:
     """Found by a review against the help article: the notifier ends the email of an invite revoked for a patient
     who connected by request as an error ("the practice revoked the invite"); the roster row said so, though the
-    practice revoked nothing and the patient is connected. An email that did go out stays sent."""
+    practice revoked nothing and the patient is connected. Whichever of the outcome and the connection comes first
+    (two topics, no order between them), the row ends the same; an email that did go out stays sent."""
     practice = uuid.uuid4()
-    batch = await service.submit(practice, "hal@example.com\nivy@example.com\njon@example.com\nkim@example.com")
+    emails = ("hal", "ivy", "jon", "kim", "lee", "mia")
+    batch = await service.submit(practice, "\n".join(f"{name}@example.com" for name in emails))
     requested = await _by_email(service, practice)
-    for email in ("hal@example.com", "ivy@example.com", "jon@example.com"):
-        await _deliver(service, "connections.v1", _approved(practice, email))
+    # The connection first, then the outcome.
+    for name in ("hal", "ivy", "jon"):
+        await _deliver(service, "connections.v1", _approved(practice, f"{name}@example.com"))
+    revoked_unsent = "the practice revoked the invite before its email went out; nothing was sent"
     await _deliver(
         service,
         OUTCOMES,
-        _outcome(requested["hal@example.com"], "error", "the practice revoked the invite before its email went out"),
+        _outcome(requested["hal@example.com"], "error", revoked_unsent),
         _outcome(requested["ivy@example.com"], "sent"),  # on the wire before the revoke reached the notifier
         _outcome(requested["jon@example.com"], "not_on_platform"),  # the notifier's directory not caught up yet
-        _outcome(requested["kim@example.com"], "error", "550 no such user"),
+        _outcome(requested["kim@example.com"], "error", "550 no such user"),  # kim never connects
     )
+    # The outcome first, then the connection.
+    await _deliver(
+        service,
+        OUTCOMES,
+        _outcome(requested["lee@example.com"], "not_on_platform"),
+        _outcome(requested["mia@example.com"], "error", "550 mailbox full"),
+    )
+    for name in ("lee", "mia"):
+        await _deliver(service, "connections.v1", _approved(practice, f"{name}@example.com"))
 
+    connected = ("already_connected", CONNECTED_NOT_DELIVERED)
     assert await _rows(service, batch["batch_id"]) == {
-        "hal@example.com": ("already_connected", CONNECTED_BEFORE_SENT),
+        "hal@example.com": connected,
         "ivy@example.com": ("sent", None),
-        "jon@example.com": ("already_connected", CONNECTED_BEFORE_SENT),
+        "jon@example.com": connected,
         "kim@example.com": ("error", "550 no such user"),
+        "lee@example.com": connected,
+        "mia@example.com": connected,
     }
     progress = await service.http.get(
         f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}", headers=staff(practice)
     )
     assert progress.status_code == 200, progress.text
     counts = {k: v for k, v in progress.json()["counts"].items() if v}
-    assert counts == {"already_connected": 2, "sent": 1, "error": 1}
+    assert counts == {"already_connected": 4, "sent": 1, "error": 1}
     invite = await service.admin.fetchrow(
-        "SELECT delivery, delivery_reason FROM invitations.invites WHERE id = $1",
-        uuid.UUID(requested["hal@example.com"]["payload"]["invite_id"]),
+        "SELECT status, revoked_by, delivery, delivery_reason FROM invitations.invites WHERE id = $1",
+        uuid.UUID(requested["mia@example.com"]["payload"]["invite_id"]),
     )
-    assert dict(invite) == {"delivery": "error", "delivery_reason": CONNECTED_BEFORE_SENT}
+    assert dict(invite) == {  # the invite keeps what became of its email
+        "status": "revoked",
+        "revoked_by": "system:patient-connected",
+        "delivery": "error",
+        "delivery_reason": "550 mailbox full",
+    }
 
 
 @pytest.mark.parametrize("chunk", [batch_handlers.CHUNK, 1], ids=["one-chunk", "a-chunk-a-row"])
@@ -286,7 +307,8 @@ async def test_resending_not_on_platform_rows(service: Service, chunk: int, monk
 
     response = await service.http.post(f"{base}/resend-not-on-platform", headers=staff(practice, "admin", "admin-2"))
     assert response.status_code == 202, response.text
-    assert response.json() == {"batch_id": batch["batch_id"], "resent": 1, "already_connected": 1, "already_invited": 0}
+    # Bob's row turned already_connected with his connection: nothing left for the resend to flag.
+    assert response.json() == {"batch_id": batch["batch_id"], "resent": 1, "already_connected": 0, "already_invited": 0}
     rows = await service.fetch(
         "SELECT email, outcome, attempts, invite_id FROM invitations.batch_rows WHERE batch_id = $1",
         uuid.UUID(batch["batch_id"]),
@@ -332,6 +354,28 @@ async def test_resending_not_on_platform_rows(service: Service, chunk: int, monk
         uuid.UUID(batch["batch_id"]),
     )
     assert attempts == 3
+
+
+async def test_a_resend_flags_a_patient_connected_after_their_invite_ended(service: Service) -> None:
+    """An invite no longer pending when its patient connected (expired) is not revoked, so its row keeps
+    not_on_platform: the copy list leaves the patient out, and a resend flags the row instead of inviting."""
+    practice = uuid.uuid4()
+    batch = await service.submit(practice, "dee@example.com")
+    base = f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}"
+    first = await _by_email(service, practice)
+    await _deliver(service, OUTCOMES, _outcome(first["dee@example.com"], "not_on_platform"))
+    await service.admin.execute(
+        "UPDATE invitations.invites SET status = 'expired', expired_at = now() WHERE id = $1",
+        uuid.UUID(first["dee@example.com"]["payload"]["invite_id"]),
+    )
+    await _deliver(service, "connections.v1", _approved(practice, "dee@example.com"))
+    assert (await _rows(service, batch["batch_id"]))["dee@example.com"][0] == "not_on_platform"
+    assert (await service.http.get(f"{base}/not-on-platform", headers=staff(practice))).text == ""
+
+    response = await service.http.post(f"{base}/resend-not-on-platform", headers=staff(practice))
+
+    assert response.json() == {"batch_id": batch["batch_id"], "resent": 0, "already_connected": 1, "already_invited": 0}
+    assert (await _rows(service, batch["batch_id"]))["dee@example.com"][0] == "already_connected"
 
 
 async def test_an_invite_that_never_reached_the_patient_gives_way_to_a_new_one(service: Service) -> None:
