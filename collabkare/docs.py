@@ -221,9 +221,12 @@ def _dead_letter_message(subscription: Subscription) -> dict[str, Any]:
                 "dead_letter_reason": {
                     "type": "string",
                     "maxLength": 2000,
-                    "description": "Why the record is here: `empty message`, `not a valid event: <field>: "
-                    "<problem>; ...` (the record does not parse as an event), or `<ExceptionType>: <message>` "
-                    "(its handler kept failing with that error after CONSUMER_MAX_ATTEMPTS attempts).",
+                    "description": "Why the record is here: `empty message` (a zero-length value, or a null "
+                    "one on a topic without tombstones), `not a valid event: <field>: <problem>; ...` (the record "
+                    "does not parse as an event), `<EventType> is published on <topic>, not here` (a valid event "
+                    "read on another topic than its type's own), `a tombstone's key must be the id of what it "
+                    "deletes`, or `<ExceptionType>: <message>` (its handler kept failing with that error after "
+                    "CONSUMER_MAX_ATTEMPTS attempts).",
                 },
                 "original_topic": {
                     "type": "string",

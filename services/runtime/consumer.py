@@ -123,7 +123,8 @@ class BatchConsumer:
         plan: list[tuple[ConsumerRecord[bytes, bytes], Envelope | TombstoneHandler]] = []
         # Parsing a full batch takes tens of milliseconds: the service's other tasks run in between.
         async for record in in_slices(records):
-            if not record.value and (forget := self.tombstones.get(record.topic)) is not None:
+            # A tombstone's value is null; an empty one is not (compaction keeps it): that is a poison message.
+            if record.value is None and (forget := self.tombstones.get(record.topic)) is not None:
                 plan.append((record, forget))
                 continue
             announced = _announced_type(record)
