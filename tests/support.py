@@ -131,6 +131,18 @@ async def produce(
         await producer.stop()
 
 
+async def lock_waiters(db: asyncpg.Connection | asyncpg.Pool, wait_event: str | None = None) -> int:
+    """Sessions of this database waiting for a lock (of `wait_event`'s kind, e.g. 'advisory', when given). Ask from
+    outside any transaction holding one: a transaction sees a single snapshot of pg_stat_activity."""
+    return int(
+        await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            " AND ($1::text IS NULL OR wait_event = $1)",
+            wait_event,
+        )
+    )
+
+
 async def read_to_end(bootstrap: str, topic: str, timeout: float = 15.0) -> list[Any]:
     """Read a topic with a real consumer from its start to its current end: exactly what it holds now."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")

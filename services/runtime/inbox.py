@@ -20,18 +20,9 @@ async def claim_new(
     """
     if not events:
         return []
-    inserted = await connection.fetch(
-        f"""
-        INSERT INTO "{schema}".inbox (consumer, event_id, event_type)
-        SELECT $1, id, kind FROM unnest($2::uuid[], $3::text[]) AS e(id, kind)
-        ON CONFLICT DO NOTHING
-        RETURNING event_id
-        """,
-        consumer,
-        [event.event_id for event in events],
-        [event.event_type for event in events],
+    fresh = await _claim(
+        connection, schema, consumer, [event.event_id for event in events], [event.event_type for event in events]
     )
-    fresh = {row["event_id"] for row in inserted}
     seen: set[object] = set()
     result = []
     for event in events:
@@ -55,17 +46,25 @@ async def claim_record(
     connection: asyncpg.Connection, schema: str, consumer: str, record: uuid.UUID, kind: str
 ) -> bool:
     """Record a non-event record (`record_id`) as applied; False if it was before. In the effect's transaction."""
-    inserted = await connection.fetchval(
+    return bool(await _claim(connection, schema, consumer, [record], [kind]))
+
+
+async def _claim(
+    connection: asyncpg.Connection, schema: str, consumer: str, ids: list[uuid.UUID], kinds: list[str]
+) -> set[uuid.UUID]:
+    """The ids recorded now, those not recorded before."""
+    inserted = await connection.fetch(
         f"""
-        INSERT INTO "{schema}".inbox (consumer, event_id, event_type) VALUES ($1, $2, $3)
+        INSERT INTO "{schema}".inbox (consumer, event_id, event_type)
+        SELECT $1, id, kind FROM unnest($2::uuid[], $3::text[]) AS e(id, kind)
         ON CONFLICT DO NOTHING
-        RETURNING true
+        RETURNING event_id
         """,
         consumer,
-        record,
-        kind,
+        ids,
+        kinds,
     )
-    return bool(inserted)
+    return {row["event_id"] for row in inserted}
 
 
 async def prune(pool: asyncpg.Pool, schema: str, older_than: datetime, chunk: int = 10_000) -> int:

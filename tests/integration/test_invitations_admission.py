@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import uvicorn
@@ -21,6 +20,7 @@ from services.invitations.api_support import roster_admission
 from services.invitations.repository import LOCK_PRACTICE
 from services.invitations.roster import MAX_LINES
 from tests.integration.invitations_harness import Service, running_service, staff
+from tests.support import lock_waiters
 
 PROBLEM = "application/problem+json"
 BUDGET = 8_000  # lines in flight: one 5,000-line roster at a time, and a small rosters' lane of 2,000
@@ -150,7 +150,7 @@ async def test_a_resend_is_weighed_by_the_rows_it_resends(service: Service) -> N
     async with _practices_locked(service, [busy_practice]):
         holding = _submit(service, busy_practice, _roster(busy_practice))
         async with asyncio.timeout(60):  # until the roster holding the lines is admitted and waits for the lock
-            while not await _waiting_for_lock(service.admin):
+            while not await lock_waiters(service.admin, "advisory"):
                 await asyncio.sleep(0.05)
         _assert_busy(await service.http.post(url, headers=staff(practice)))
         invites = await service.fetchval(
@@ -161,14 +161,6 @@ async def test_a_resend_is_weighed_by_the_rows_it_resends(service: Service) -> N
     resent = await service.http.post(url, headers=staff(practice))
     assert resent.status_code == 202, resent.text
     assert resent.json()["resent"] == 3_500
-
-
-async def _waiting_for_lock(admin: asyncpg.Pool) -> bool:
-    waiting = await admin.fetchval(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
-    )
-    return bool(waiting)
 
 
 async def test_a_preview_its_client_dropped_leaves_the_queue_at_once(

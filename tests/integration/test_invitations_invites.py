@@ -17,6 +17,7 @@ import pytest
 from collabkare.stack.infra import Infrastructure
 from services.invitations import batch_repository, practice_lock, repository
 from tests.integration.invitations_harness import IDENTITY_KEY, Service, patient, running_service, staff
+from tests.support import lock_waiters
 
 PROBLEM = "application/problem+json"
 FACTORS = {"ssn": "123-45-6789", "date_of_birth": "1980-02-29", "phone": "(555) 010-1234"}
@@ -293,16 +294,6 @@ async def test_an_invite_revoked_or_accepted_after_it_was_chosen_to_be_replaced_
     assert not by_id[revoked["id"]]["revoked_now"] and by_id[revoked["id"]]["revoked_by"] == "mgr-2"
 
 
-async def _waiting_for_the_lock(service: Service) -> bool:
-    """One of the busy practice's requests waits in the database, behind the holder's advisory lock."""
-    return bool(
-        await service.admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
-        )
-    )
-
-
 async def test_a_practice_waiting_for_its_lock_does_not_hold_the_pool_from_the_others(service: Service) -> None:
     """Found by a concurrency review: while one practice stored a 100,000-line roster, its staff's waiting invite
     requests each held a pooled connection in the database's lock queue; with ten of them, every other practice's
@@ -314,7 +305,8 @@ async def test_a_practice_waiting_for_its_lock_does_not_hold_the_pool_from_the_o
             asyncio.create_task(_invite(service, busy, email=f"w{i}@example.com", ssn="123456789")) for i in range(15)
         ]
         async with asyncio.timeout(20):  # all fifteen are in, more than the pool's ten connections
-            while practice_lock._TURNS.users(busy) < 15 or not await _waiting_for_the_lock(service):
+            # and one of them waits in the database, behind the holder's advisory lock
+            while practice_lock._TURNS.users(busy) < 15 or not await lock_waiters(service.admin, "advisory"):
                 await asyncio.sleep(0.02)
         async with asyncio.timeout(20):  # a bound, not a speed: without the fix it waits for the holder
             elsewhere = await _invite(service, other, email="b@example.com", ssn="123456789")

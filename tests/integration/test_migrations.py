@@ -13,7 +13,7 @@ import pytest
 
 from services.runtime.migrations import MigrationPlan, migrate, scram_verifier
 from tests.conftest import PLANS, ROLE_PASSWORD
-from tests.support import ScratchDatabase
+from tests.support import ScratchDatabase, lock_waiters
 
 
 async def _fresh_database(infra) -> str:  # type: ignore[no-untyped-def]
@@ -146,13 +146,10 @@ async def test_a_step_waits_for_its_locks_only_briefly_and_tries_again(infra, tm
         )
         reader = await asyncpg.connect(url)  # outside the holder's transaction, which sees one snapshot of activity
         try:
-            waiting = (
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
             async with asyncio.timeout(30):  # the ALTER asks for its lock, then gives the request up
-                while await reader.fetchval(waiting) < 1:
+                while await lock_waiters(reader) < 1:
                     await asyncio.sleep(0.02)
-                while await reader.fetchval(waiting) > 0:
+                while await lock_waiters(reader) > 0:
                     await asyncio.sleep(0.02)
             assert not migration.done(), "the step cannot have its lock while the transaction holds the table"
             # A query arriving meanwhile is not stuck behind the waiting ALTER: it gives its request up and retries.
