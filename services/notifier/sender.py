@@ -136,7 +136,9 @@ class _Run:
                         continue
                     self.wake.clear()  # before the query: a NOTIFY arriving during it must not be lost
                     asked = time.monotonic()
-                    claimed, absent = await handlers.claim_deliveries(self.pool, free, self.owner)
+                    claimed, absent = await handlers.claim_deliveries(
+                        self.pool, free, self.owner, self.sender.policy.max_attempts
+                    )
                     failures = 0
                     for final in absent:
                         self.metrics.email(final.claimed.delivery.kind, final.outcome)
