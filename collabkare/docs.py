@@ -120,7 +120,8 @@ def _event_message(name: str) -> dict[str, Any]:
             f"Published by the wider platform on {topic.name}. Its producers may omit the headers (consumers "
             f"then parse the record to learn its type); they must key the record by {key_name}, so that "
             "the events about one aggregate stay in order on one partition (and the compacted topic keeps the "
-            "newest). A record with that key and no value (a compaction tombstone) deletes the "
+            "newest): consumers dead-letter a record keyed otherwise. A record with that key and no value (a "
+            "compaction tombstone) deletes the "
             f"{name.removesuffix('Registered').lower()} from every consumer's directory."
         )
     else:
@@ -224,8 +225,10 @@ def _dead_letter_message(subscription: Subscription) -> dict[str, Any]:
                     "description": "Why the record is here: `empty message` (a zero-length value, or a null "
                     "one on a topic without tombstones), `not a valid event: <field>: <problem>; ...` (the record "
                     "does not parse as an event), `<EventType> is published on <topic>, not here` (a valid event "
-                    "read on another topic than its type's own), `a tombstone's key must be the id of what it "
-                    "deletes`, or `<ExceptionType>: <message>` (its handler kept failing with that error after "
+                    "read on another topic than its type's own), `<EventType> must be keyed by its <field>` (a "
+                    "platform event on a compacted topic keyed by anything but the id its contract names), `a "
+                    "tombstone's key must be the id of what it deletes`, or `<ExceptionType>: <message>` (its "
+                    "handler kept failing with that error after "
                     "CONSUMER_MAX_ATTEMPTS attempts).",
                 },
                 "original_topic": {

@@ -140,6 +140,11 @@ class BatchConsumer:
             if record.topic != (home := self.home_topics[event.event_type]):
                 await self.dead_letter(record, f"{event.event_type} is published on {home}, not here", event)
                 continue
+            if record.topic in self.tombstones and not _keyed_by_its_id(record, event):
+                # On a compacted topic the key is what a later record or tombstone replaces or deletes: a record
+                # keyed otherwise would outlive the tombstone that deletes its patient or practice.
+                await self.dead_letter(record, f"{event.event_type} must be keyed by its {event.key_path()}", event)
+                continue
             if event.event_type in self.subscription.handlers:
                 plan.append((record, event))
         events = [step for _, step in plan if isinstance(step, Envelope)]
@@ -277,6 +282,14 @@ def declared_content_type(headers: dict[str, str]) -> str | None:
         if value and key.lower().replace("-", "") == "contenttype":
             return value
     return None
+
+
+def _keyed_by_its_id(record: ConsumerRecord[bytes, bytes], event: Envelope) -> bool:
+    """The record's key names the id the event's contract keys it by (a UUID, in any of its spellings)."""
+    try:
+        return uuid.UUID((record.key or b"").decode()) == uuid.UUID(event.aggregate_key())
+    except ValueError:
+        return False
 
 
 def _announced_type(record: ConsumerRecord[bytes, bytes]) -> str | None:

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from aiokafka import ConsumerRecord
 
-from schemas import InviteExpired
+from schemas import InviteExpired, PracticeRegistered
 from services.connections.settings import ConnectionsSettings
 from services.runtime import inbox
 from services.runtime.consumer import BatchConsumer, Subscription
@@ -53,6 +53,14 @@ class Effects:
                 'INSERT INTO "connections".effects (event_id, invite_id) VALUES ($1, $2)', event.event_id, invite
             )
 
+    async def registered(self, connection: asyncpg.Connection, events: list[PracticeRegistered]) -> None:
+        for event in events:
+            await connection.execute(
+                'INSERT INTO "connections".effects (event_id, invite_id) VALUES ($1, $2)',
+                event.event_id,
+                event.practice_id,
+            )
+
     async def forget(self, connection: asyncpg.Connection, key: uuid.UUID) -> None:
         await connection.execute('INSERT INTO "connections".effects (event_id, invite_id) VALUES (NULL, $1)', key)
 
@@ -76,7 +84,7 @@ async def consuming(database: ScratchDatabase, topic_prefix: str) -> AsyncIterat
             Subscription(
                 GROUP,
                 ("invitations.v1", "platform.practices.v1"),
-                {"InviteExpired": effects},
+                {"InviteExpired": effects, "PracticeRegistered": effects.registered},
                 tombstones={"platform.practices.v1": effects.forget},
             )
         ],
@@ -183,6 +191,38 @@ async def test_a_tombstone_is_applied_by_its_key_and_a_stray_one_is_dead_lettere
     assert [(r["event_id"], r["invite_id"]) for r in rows] == [(None, deleted)]
     reasons = sorted(dict(d.headers)["dead_letter_reason"].decode() for d in dead)
     assert reasons == ["a tombstone's key must be the id of what it deletes", "empty message", "empty message"]
+
+
+async def test_a_record_on_a_compacted_topic_keyed_otherwise_than_its_contract_says_is_dead_lettered(
+    consuming: tuple[ServiceRuntime, Effects], database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """The key is what compaction and tombstones go by: a PracticeRegistered keyed by anything but its practice_id
+    would outlive the tombstone that deletes the practice. The id's spelling does not matter."""
+    bootstrap, practices = database.infra.kafka_bootstrap, topic_prefix + "platform.practices.v1"
+
+    def registered() -> PracticeRegistered:
+        payload = {"name": "Keyed Clinic", "registered_at": datetime.now(UTC)}
+        return PracticeRegistered(producer="platform", practice_id=uuid.uuid4(), correlation_id="t", payload=payload)
+
+    by_name, by_other_id, upper, good = registered(), registered(), registered(), registered()
+    await produce(
+        bootstrap,
+        practices,
+        [
+            (b"Keyed Clinic", by_name.model_dump_json().encode()),
+            (str(uuid.uuid4()).encode(), by_other_id.model_dump_json().encode()),
+            (str(upper.practice_id).upper().encode(), upper.model_dump_json().encode()),
+            (str(good.practice_id).encode(), good.model_dump_json().encode()),
+        ],
+    )
+
+    rows = await _applied(database, expect=2)
+    dead = await _dead_letters(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=2)
+
+    assert sorted(r["invite_id"] for r in rows) == sorted([upper.practice_id, good.practice_id])
+    assert sorted(d.value for d in dead) == sorted(e.model_dump_json().encode() for e in (by_name, by_other_id))
+    reasons = {dict(d.headers)["dead_letter_reason"].decode() for d in dead}
+    assert reasons == {"PracticeRegistered must be keyed by its practice_id"}
 
 
 async def test_a_redelivered_tombstone_is_not_applied_again(
