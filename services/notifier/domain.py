@@ -48,6 +48,12 @@ def instance_prefix(instance: str) -> bytes:
     return hashlib.blake2b(f"collabkare.notifier.instance.{instance}".encode(), digest_size=8).digest()
 
 
+def slot_lock_key(instance: str) -> int:
+    """The session advisory lock the process running in this slot holds (a signed 64-bit key): a second live
+    process given the same NOTIFIER_INSTANCE finds it taken."""
+    return int.from_bytes(instance_prefix(instance), "big", signed=True)
+
+
 def instance_runs(instance: str) -> tuple[uuid.UUID, uuid.UUID]:
     """The lowest and the highest run id of this slot: its runs are those between (uuid order is byte order)."""
     prefix = instance_prefix(instance)

@@ -173,6 +173,10 @@ async def renew_leases(pool: asyncpg.Pool, owner: uuid.UUID, held: Sequence[uuid
     return await repository.renew_leases(pool, owner, held)
 
 
+async def hold_slot(pool: asyncpg.Pool, instance: str, wait_seconds: float) -> asyncpg.Connection | None:
+    return await repository.hold_slot(pool, domain.slot_lock_key(instance), wait_seconds)
+
+
 async def take_back_from_earlier_runs(pool: asyncpg.Pool, instance: str, owner: uuid.UUID) -> int:
     return await repository.take_back_from_earlier_runs(pool, domain.instance_runs(instance), owner)
 

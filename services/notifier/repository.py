@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Callable, Sequence
 
@@ -293,6 +295,24 @@ async def renew_leases(
         list(held),
     )
     return {row["id"] for row in rows}
+
+
+async def hold_slot(pool: asyncpg.Pool, lock_key: int, wait_seconds: float) -> asyncpg.Connection | None:
+    """A pooled connection holding the slot's session lock (until it goes back to the pool, whose reset unlocks it),
+    or None when another session kept it for `wait_seconds`: a live process in the slot. A killed predecessor's
+    session ends as its socket closes, at once on a restarted container, so a short wait tells the two apart."""
+    connection: asyncpg.Connection = await pool.acquire()
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
+            if time.monotonic() >= deadline:
+                await pool.release(connection)
+                return None
+            await asyncio.sleep(0.25)
+    except BaseException:
+        await pool.release(connection)
+        raise
+    return connection
 
 
 async def take_back_from_earlier_runs(

@@ -42,6 +42,7 @@ log = get_logger(__name__)
 _FLUSH_SECONDS = 0.1  # results wait this long to share a transaction; nothing is recorded later than that
 _BACKLOG_REPORT_SECONDS = 5.0
 _STOP_SECONDS = 10.0  # at shutdown, how long a message already on the wire may take to finish
+_SLOT_WAIT_SECONDS = 5.0  # for a killed predecessor's database session to end before its slot is ours
 
 
 class Sender:
@@ -92,9 +93,18 @@ class _Run:
         size = self.settings.smtp_pool_size
         self.connections: list[SmtpConnection] = [sender.mailer.connection() for _ in range(size)]
         self.current: list[Claimed | None] = [None] * size
+        self.slot: asyncpg.Connection | None = None  # holds the slot's lock while this run lives
 
     async def run(self) -> None:
-        await self._take_back_from_earlier_runs()
+        try:
+            await self._take_back_from_earlier_runs()
+            await self._send()
+        finally:
+            if self.slot is not None:
+                with contextlib.suppress(Exception):
+                    await self.pool.release(self.slot, timeout=5)
+
+    async def _send(self) -> None:
         claimer = asyncio.create_task(self._claim_loop(), name="sender-claim")
         reaper = asyncio.create_task(self._reap_loop(), name="sender-reap")
         recorder = asyncio.create_task(self._record_loop(), name="sender-record")
@@ -113,6 +123,17 @@ class _Run:
         if instance is None:
             return
         try:
+            # Only the slot's one live process may: a second given the same NOTIFIER_INSTANCE would take the
+            # first's claims in hand and send them again.
+            self.slot = await handlers.hold_slot(self.pool, instance, _SLOT_WAIT_SECONDS)
+            if self.slot is None:
+                log.error(
+                    "sender.instance_in_use",
+                    instance=instance,
+                    effect="another running notifier has this NOTIFIER_INSTANCE: nothing is taken back, earlier "
+                    "runs' claims wait out their lease; give every notifier process its own",
+                )
+                return
             taken = await handlers.take_back_from_earlier_runs(self.pool, instance, self.owner)
         except Exception as error:
             log.warning("sender.take_back_failed", error=repr(error)[:300])

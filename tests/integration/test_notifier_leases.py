@@ -261,6 +261,50 @@ async def test_a_start_takes_back_only_what_earlier_runs_in_its_slot_hold(
     ]
 
 
+async def test_a_slot_is_held_by_one_live_process_at_a_time(infra: Infrastructure, template_database: str) -> None:
+    """The slot's lock: a second session asking for a slot held elsewhere gets none (after its wait), another slot
+    is free, and a slot its holder gave back (a process that stopped) is free again."""
+    async with scratch(infra, template_database) as (_, _, admin):
+        first = await handlers.hold_slot(admin, "pod-a", wait_seconds=0)
+        assert first is not None
+        started = time.monotonic()
+        assert await handlers.hold_slot(admin, "pod-a", wait_seconds=0.5) is None, "held by a live session"
+        assert time.monotonic() - started >= 0.5, "it waited for the holder to go before giving up"
+        other = await handlers.hold_slot(admin, "pod-b", wait_seconds=0)
+        assert other is not None, "another slot is another lock"
+        await admin.release(first)  # the pool's reset unlocks it, as a stopped process's closed session does
+        again = await handlers.hold_slot(admin, "pod-a", wait_seconds=0)
+        assert again is not None
+        await admin.release(again)
+        await admin.release(other)
+
+
+async def test_a_second_live_notifier_in_the_same_slot_takes_nothing_back(
+    infra: Infrastructure, template_database: str, slow_relay: tuple[SlowRelay, int], tmp_path: Path
+) -> None:
+    """Two processes given one NOTIFIER_INSTANCE (every pod the same value): the second used to take the first's
+    claims in hand back to the queue at its start, and they went out twice. Now it finds the slot held, says so,
+    and takes nothing; every email goes out once."""
+    relay, port = slow_relay
+    relay.seconds_per_email = 0.1
+    async with scratch(infra, template_database) as (database, prefix, admin):
+        notifier = Notifier(database, prefix, admin)
+        env = _one_process(notifier, port, sending_lease_seconds=300, notifier_instance="pod-a")
+        with notifier_processes(env, 1, tmp_path):
+            ids = await _invite_all_until_two_are_sent(notifier, relay, "Shared")
+            with notifier_processes(env, 1, tmp_path):
+                second_log = tmp_path / "notifier-1.log"
+                async with asyncio.timeout(60):
+                    while "sender.instance_in_use" not in second_log.read_text():
+                        await asyncio.sleep(0.1)
+                rows = await notifier.deliveries(ids, timeout=60)
+        await relay.finished()
+        second = second_log.read_text()
+    assert "delivery.taken_back_from_earlier_run" not in second, second[-2000:]
+    assert sorted(row["status"] for row in rows) == ["sent"] * INVITES
+    assert len(relay.copies) == INVITES and set(relay.copies.values()) == {1}, "each Message-ID exactly once"
+
+
 async def test_a_notifier_restarted_in_its_slot_sends_what_its_killed_run_held_at_once(
     infra: Infrastructure, template_database: str, slow_relay: tuple[SlowRelay, int], tmp_path: Path
 ) -> None:
