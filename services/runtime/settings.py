@@ -7,7 +7,7 @@ import json
 import ssl
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -26,6 +26,7 @@ from services.runtime.kafka import KafkaSecurity
 
 # HMAC secrets for JWTs must carry at least 256 bits.
 MIN_SECRET_BYTES = 32
+PLACEHOLDER = "SET-ME"  # in a deployment's value: not set yet (deploy/k8s/prod); refused at start
 
 
 def _holds_certificates(path: Path) -> Path:
@@ -155,6 +156,18 @@ class RuntimeSettings(BaseSettings):
     jwt_issuer: str = "collabkare"
     jwt_audience: str = "collabkare-api"
     cors_origins: Origins = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_placeholder_left(cls, data: Any) -> Any:
+        """The manifests' overlays mark what each deployment must set with PLACEHOLDER: a pod started with one
+        would refuse every token or email patients from a domain nobody owns, so it does not start at all."""
+        if isinstance(data, dict):
+            # Named, not quoted: DATABASE_URL, assembled from a placeholder host, carries the password.
+            unset = [name.upper() for name, value in data.items() if isinstance(value, str) and PLACEHOLDER in value]
+            if unset:
+                raise ValueError(f"{', '.join(sorted(unset))}: still the overlay's {PLACEHOLDER} placeholder; set it")
+        return data
 
     @model_validator(mode="after")
     def _keys_match_algorithm(self) -> Self:

@@ -192,6 +192,21 @@ def test_prod_is_replicated_with_rs256_and_tls(validation: Validation) -> None:
     assert notifier["SMTP_STARTTLS"] == "true"
 
 
+def test_prod_leaves_nothing_deployment_specific_that_would_start(validation: Validation) -> None:
+    """What only the operator knows (identity provider, hosts, the patient app, the sender) is a SET-ME value, which
+    every service refuses at start (tests/unit/test_settings.py), not a plausible example that would start and fail
+    later: a `.example` domain passes every check, then refuses tokens or sends from a domain nobody owns."""
+    documents = load(validation, "prod")
+    values = {
+        f"{name}.{key}": value
+        for name in ("collabkare-config", "invitations-config", "notifier-config")
+        for key, value in config(documents, name).items()
+    }
+    assert not {key: value for key, value in values.items() if ".example" in value}
+    unset = {key.split(".", 1)[1] for key, value in values.items() if "SET-ME" in value}
+    assert unset == {"JWT_JWKS_URL", "JWT_ISSUER", "DATABASE_HOST", "PUBLIC_BASE_URL", "SMTP_HOST", "SMTP_FROM"}
+
+
 def test_dev_uses_hs256_from_a_secret(validation: Validation) -> None:
     documents = load(validation, "dev")
     assert config(documents, "collabkare-config")["JWT_ALGORITHM"] == "HS256"

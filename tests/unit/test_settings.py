@@ -63,6 +63,20 @@ def test_malformed_values_say_what_is_expected() -> None:
     assert any(line.startswith("configuration error: DATABASE_URL: ") for line in lines)
 
 
+def test_a_value_still_holding_the_overlays_placeholder_is_refused_unquoted() -> None:
+    """deploy/k8s/prod marks what each deployment must set with SET-ME: a pod started with one would refuse every
+    token or email from a domain nobody owns. The line names the variables; it does not quote DATABASE_URL, which
+    the manifests assemble from the placeholder host and the role's password."""
+    placeholder_host = "postgresql://connections:s3cret-pw@SET-ME-your-postgresql-host:5432/collabkare"
+    result = _start({**GOOD, "DATABASE_URL": placeholder_host, "JWT_ISSUER": "SET-ME-your-issuer"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "configuration error: DATABASE_URL, JWT_ISSUER: still the overlay's SET-ME placeholder; set it"
+    )
+    notifier = _start({**GOOD, "SMTP_FROM": "CollabKare <no-reply@SET-ME-your-domain>"}, service="notifier")
+    assert notifier.returncode == 2 and "SMTP_FROM: still the overlay's SET-ME placeholder" in notifier.stderr
+
+
 def test_cors_origins_take_a_json_list_or_commas_and_a_bad_list_is_one_line() -> None:
     def origins(value: str) -> list[str]:
         return RuntimeSettings.model_validate(
