@@ -99,6 +99,8 @@ async def test_what_the_abandoned_work_raises_is_not_logged_as_never_retrieved()
     """Found by a review: an error the cancelled work raised was left for asyncio to report, without any context."""
     unretrieved: list[dict[str, object]] = []
     loop = asyncio.get_running_loop()
+    gc.collect()  # what earlier tests in this process left for the collector is reported now, not below
+    await asyncio.sleep(0)
     loop.set_exception_handler(lambda _, context: unretrieved.append(context))
     try:
         async with _client() as http:
@@ -108,7 +110,9 @@ async def test_what_the_abandoned_work_raises_is_not_logged_as_never_retrieved()
         await asyncio.sleep(0)
     finally:
         loop.set_exception_handler(None)
-    assert unretrieved == []
+    # Only this request's work: a connection another test leaked may still be collected here.
+    ours = [context for context in unretrieved if "cancelled mid-statement" in repr(context.get("exception"))]
+    assert ours == [], ours
 
 
 async def test_a_client_that_left_before_the_deadline_is_not_counted_as_a_503() -> None:
