@@ -231,18 +231,6 @@ def decide(
     return Retry(claimed, attempts, now + timedelta(seconds=delay), reply)
 
 
-def abandoned(claimed: Claimed, now: datetime, max_attempts: int) -> Final | None:
-    """The error outcome of a delivery claimed more often than it may be tried: a claim counts as an attempt, and
-    one whose sender died (killed, out of memory, its pod evicted) with the claim in hand is claimed again after
-    its lease, so an email that brings its notifier down each time would otherwise be tried forever. None while it
-    has attempts left."""
-    if claimed.attempts <= max_attempts:
-        return None
-    tried = claimed.attempts - 1
-    reason = f"gave up after {tried} attempts: the notifier stopped during the last of them, before it was answered"
-    return Final(claimed, "error", reason, None, tried, now)
-
-
 UNKNOWN_PRACTICE = (
     "the practice is not in CollabKare's practice directory (no PracticeRegistered), so the email could not say "
     "who invites the patient; nothing was sent"

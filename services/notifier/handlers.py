@@ -109,20 +109,13 @@ class Backpressure:
             log.debug("delivery.backpressure_released", high_water=self.high_water)
 
 
-async def claim_deliveries(
-    pool: asyncpg.Pool, limit: int, owner: uuid.UUID, max_attempts: int
-) -> tuple[list[Claimed], list[Final]]:
-    """Claim due deliveries for sending; invites the directories say must not go out (domain.not_to_send) and
-    deliveries out of attempts (domain.abandoned) end here, with their DeliveryOutcome, in the same transaction.
-    Returns (to send, finished)."""
+async def claim_deliveries(pool: asyncpg.Pool, limit: int, owner: uuid.UUID) -> tuple[list[Claimed], list[Final]]:
+    """Claim due deliveries for sending; invites the directories say must not go out (domain.not_to_send) end
+    here, with their DeliveryOutcome, in the same transaction. Returns (to send, finished)."""
     async with transaction(pool) as db:
         claimed = await repository.claim_due(db, limit, owner)
         now = _now()
-        stopped = [
-            final
-            for c in claimed
-            if (final := domain.abandoned(c, now, max_attempts) or domain.not_to_send(c, now)) is not None
-        ]
+        stopped = [final for c in claimed if (final := domain.not_to_send(c, now)) is not None]
         finals = await _finish(db, stopped)
     stopped_ids = {final.claimed.delivery.id for final in stopped}
     return [c for c in claimed if c.delivery.id not in stopped_ids], finals

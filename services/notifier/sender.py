@@ -157,9 +157,7 @@ class _Run:
                         continue
                     self.wake.clear()  # before the query: a NOTIFY arriving during it must not be lost
                     asked = time.monotonic()
-                    claimed, absent = await handlers.claim_deliveries(
-                        self.pool, free, self.owner, self.sender.policy.max_attempts
-                    )
+                    claimed, absent = await handlers.claim_deliveries(self.pool, free, self.owner)
                     failures = 0
                     for final in absent:
                         self.metrics.email(final.claimed.delivery.kind, final.outcome)

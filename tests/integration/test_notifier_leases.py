@@ -333,32 +333,3 @@ async def test_a_notifier_restarted_in_its_slot_sends_what_its_killed_run_held_a
     assert "delivery.taken_back_from_earlier_run" in restarted, restarted[-2000:]
     twice = {message_id for message_id, copies in relay.copies.items() if copies > 1}
     assert len(relay.copies) == INVITES and twice <= window, f"sent twice outside the crash window: {twice - window}"
-
-
-async def test_a_delivery_whose_sender_died_each_time_ends_in_error_after_its_attempts(
-    infra: Infrastructure, template_database: str
-) -> None:
-    """A notifier killed while it holds a claim leaves the attempt counted and the row `sending` until its lease or
-    its slot's next run gives it back. An email that crashes its notifier (a pod killed for memory while rendering
-    it) would come back forever: the claim past SMTP_MAX_ATTEMPTS ends it with an error outcome, once."""
-    owner = domain.sender_run_id(None, os.urandom(16))
-    worn_out, fresh = uuid.uuid4(), uuid.uuid4()
-    async with scratch(infra, template_database) as (_, _, admin):
-        await admin.executemany(
-            """
-            INSERT INTO notifier.deliveries (id, source_event_id, source_event_type, kind, recipient, correlation_id,
-                message_id, status, attempts)
-            VALUES ($1, $1, 'ConnectionApproved', 'connection_approved', 'pat@example.com', 'test',
-                '<m@example.com>', 'pending', $2)
-            """,
-            [(worn_out, 3), (fresh, 2)],
-        )
-        to_send, finished = await handlers.claim_deliveries(admin, 10, owner, max_attempts=3)
-        rows = {row["id"]: row for row in await admin.fetch("SELECT * FROM notifier.deliveries")}
-        events = await admin.fetch("SELECT event_type, message_key FROM notifier.outbox")
-    assert [claimed.delivery.id for claimed in to_send] == [fresh], "one with an attempt left is sent"
-    assert [final.claimed.delivery.id for final in finished] == [worn_out]
-    assert (rows[worn_out]["status"], rows[worn_out]["attempts"]) == ("error", 3)
-    assert rows[worn_out]["last_error"].startswith("gave up after 3 attempts")
-    assert (rows[fresh]["status"], rows[fresh]["attempts"]) == ("sending", 3)
-    assert [(row["event_type"], row["message_key"]) for row in events] == [("DeliveryOutcome", str(worn_out))]

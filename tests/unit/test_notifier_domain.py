@@ -19,7 +19,6 @@ from services.notifier.domain import (
     Final,
     Retry,
     SendResult,
-    abandoned,
     backoff_seconds,
     content_problem,
     decide,
@@ -186,17 +185,6 @@ def test_only_invites_the_directories_cannot_vouch_for_are_stopped() -> None:
     assert not_to_send(dataclasses.replace(rejection, practice_name=None, on_platform=False), NOW) is None, (
         "connection emails always go out, with a neutral practice name"
     )
-
-
-def test_a_delivery_claimed_more_often_than_it_may_be_tried_ends_in_error() -> None:
-    """A claim counts as an attempt; one whose sender died with it in hand is claimed again after its lease. An
-    email that brings its notifier down each time would be claimed forever: past SMTP_MAX_ATTEMPTS it ends."""
-    assert abandoned(_claimed(attempts=3), NOW, max_attempts=3) is None, "the last attempt is still made"
-    for event in (None, rejected(uuid.uuid4(), "ana@example.com", None)):
-        given_up = abandoned(_claimed(event, attempts=4), NOW, max_attempts=3)
-        assert given_up is not None and (given_up.outcome, given_up.attempts) == ("error", 3)
-        assert given_up.reason is not None and given_up.reason.startswith("gave up after 3 attempts: the notifier")
-        assert outcome_event(given_up).payload.message_id is None
 
 
 class _Edge(random.Random):
