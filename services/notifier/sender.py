@@ -80,8 +80,10 @@ class _Run:
         self.room = asyncio.Event()
         self.wake = asyncio.Event()
         self.outstanding = 0  # claimed and not yet recorded
-        # This run's name on its claims (deliveries.claimed_by), in its process slot's range.
-        self.owner = domain.sender_run_id(self.settings.notifier_instance, os.urandom(16))
+        # This run's name on its claims (deliveries.claimed_by): in its process slot's range once it holds the slot
+        # (_take_back_from_earlier_runs); until then, and for good when it cannot, in no slot's range, so that no
+        # later run of the slot can take back what it holds.
+        self.owner = domain.sender_run_id(None, os.urandom(16))
         # Each delivery this run holds: the claim (a delivery claimed again supersedes the copy still queued) and when
         # this run last knew it owned it (claimed, or its lease renewed), in monotonic time.
         self.held: dict[uuid.UUID, tuple[Claimed, float]] = {}
@@ -118,22 +120,25 @@ class _Run:
 
     async def _take_back_from_earlier_runs(self) -> None:
         """Restarted in its slot (NOTIFIER_INSTANCE: a killed pod's container), what the killed run held is queued
-        again now; without a slot, or should the database not answer, those deliveries wait out their lease instead."""
+        again now; without a slot, with the slot held by another live process, or should the database not answer,
+        those deliveries wait out their lease instead, and this run's claims are named in no slot's range."""
         instance = self.settings.notifier_instance
         if instance is None:
             return
         try:
             # Only the slot's one live process may: a second given the same NOTIFIER_INSTANCE would take the
-            # first's claims in hand and send them again.
+            # first's claims in hand and send them again, and its own claims would be the next start's to take.
             self.slot = await handlers.hold_slot(self.pool, instance, _SLOT_WAIT_SECONDS)
             if self.slot is None:
                 log.error(
                     "sender.instance_in_use",
                     instance=instance,
                     effect="another running notifier has this NOTIFIER_INSTANCE: nothing is taken back, earlier "
-                    "runs' claims wait out their lease; give every notifier process its own",
+                    "runs' claims wait out their lease, and this run's claims are in no slot; give every notifier "
+                    "process its own",
                 )
                 return
+            self.owner = domain.sender_run_id(instance, os.urandom(16))
             taken = await handlers.take_back_from_earlier_runs(self.pool, instance, self.owner)
         except Exception as error:
             log.warning("sender.take_back_failed", error=repr(error)[:300])
