@@ -118,7 +118,8 @@ def _event_message(name: str) -> dict[str, Any]:
     if from_platform:
         origin = (
             f"Published by the wider platform on {topic.name}. Its producers may omit the headers (consumers "
-            f"then parse the record to learn its type); they must key the record by {key_name}, so that "
+            f"then parse the record to learn its type); they must key the record by {key_name} (lowercase, "
+            "hyphenated, as in the JSON our schema writes), so that "
             "the events about one aggregate stay in order on one partition (and the compacted topic keeps the "
             "newest): consumers dead-letter a record keyed otherwise. A record with that key and no value (a "
             "compaction tombstone) deletes the "
@@ -225,11 +226,11 @@ def _dead_letter_message(subscription: Subscription) -> dict[str, Any]:
                     "description": "Why the record is here: `empty message` (a zero-length value, or a null "
                     "one on a topic without tombstones), `not a valid event: <field>: <problem>; ...` (the record "
                     "does not parse as an event), `<EventType> is published on <topic>, not here` (a valid event "
-                    "read on another topic than its type's own), `<EventType> must be keyed by its <field>` (a "
-                    "platform event on a compacted topic keyed by anything but the id its contract names), `a "
-                    "tombstone's key must be the id of what it deletes`, or `<ExceptionType>: <message>` (its "
-                    "handler kept failing with that error after "
-                    "CONSUMER_MAX_ATTEMPTS attempts).",
+                    "read on another topic than its type's own), `<EventType> must be keyed by its <field> "
+                    "(lowercase, hyphenated)` (a platform event on a compacted topic keyed by anything but the id "
+                    "its contract names, as its JSON spells it), `a tombstone's key must be the id of what it deletes "
+                    "(lowercase, hyphenated)`, or `<ExceptionType>: <message>` (its handler kept failing with that "
+                    "error after CONSUMER_MAX_ATTEMPTS attempts).",
                 },
                 "original_topic": {
                     "type": "string",

@@ -140,10 +140,13 @@ class BatchConsumer:
             if record.topic != (home := self.home_topics[event.event_type]):
                 await self.dead_letter(record, f"{event.event_type} is published on {home}, not here", event)
                 continue
-            if record.topic in self.tombstones and not _keyed_by_its_id(record, event):
-                # On a compacted topic the key is what a later record or tombstone replaces or deletes: a record
-                # keyed otherwise would outlive the tombstone that deletes its patient or practice.
-                await self.dead_letter(record, f"{event.event_type} must be keyed by its {event.key_path()}", event)
+            if record.topic in self.tombstones and record.key != event.aggregate_key().encode():
+                # On a compacted topic the key's bytes are what a later record or tombstone replaces or deletes: a
+                # record keyed otherwise (by an email, an id spelt in capitals) would outlive the tombstone that
+                # deletes its patient or practice.
+                await self.dead_letter(
+                    record, f"{event.event_type} must be keyed by its {event.key_path()} (lowercase, hyphenated)", event
+                )
                 continue
             if event.event_type in self.subscription.handlers:
                 plan.append((record, event))
@@ -166,10 +169,12 @@ class BatchConsumer:
         """A compaction tombstone: the platform deleted what its key names (a patient, a practice). Recorded in the
         inbox by its place on Kafka, so that a redelivered batch does not delete again what a registration after it
         brought back; the database away is waited for, as for events."""
-        try:
-            key = uuid.UUID((record.key or b"").decode())
-        except ValueError:
-            await self.dead_letter(record, "a tombstone's key must be the id of what it deletes")
+        key = _canonical_id(record.key)
+        if key is None:
+            # Compaction goes by the key's bytes: another spelling of the id deletes nothing on the topic.
+            await self.dead_letter(
+                record, "a tombstone's key must be the id of what it deletes (lowercase, hyphenated)"
+            )
             return
         context, group = self.context, self.subscription.group
         name = inbox.record_id(record.topic, record.partition, record.offset)
@@ -284,12 +289,13 @@ def declared_content_type(headers: dict[str, str]) -> str | None:
     return None
 
 
-def _keyed_by_its_id(record: ConsumerRecord[bytes, bytes], event: Envelope) -> bool:
-    """The record's key names the id the event's contract keys it by (a UUID, in any of its spellings)."""
+def _canonical_id(key: bytes | None) -> uuid.UUID | None:
+    """The id a key spells as our events do (lowercase, hyphenated); None for anything else."""
     try:
-        return uuid.UUID((record.key or b"").decode()) == uuid.UUID(event.aggregate_key())
+        found = uuid.UUID((key or b"").decode())
     except ValueError:
-        return False
+        return None
+    return found if str(found).encode() == key else None
 
 
 def _announced_type(record: ConsumerRecord[bytes, bytes]) -> str | None:
