@@ -77,6 +77,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from collabkare.services import MIGRATION_PLANS
     from services.runtime.database import TRANSIENT_ERRORS
     from services.runtime.migrations import migrate
+    from services.runtime.settings import PLACEHOLDER
 
     url = (
         os.environ.get("MIGRATION_DATABASE_URL")
@@ -87,6 +88,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         raise StackError(
             "MIGRATION_DATABASE_URL (or DATABASE_URL) is not set and no local stack is running: set it to a role "
             "that may create the service's schema and role"
+        )
+    if PLACEHOLDER in url:  # the Job assembles it from the overlay's DATABASE_HOST
+        raise StackError(
+            f"MIGRATION_DATABASE_URL: still the overlay's {PLACEHOLDER} placeholder; set DATABASE_HOST in the overlay"
         )
     variable = f"{args.service.upper()}_DB_PASSWORD"
     password = os.environ.get(variable)

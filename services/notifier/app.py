@@ -33,7 +33,7 @@ def build_spec(settings: NotifierSettings) -> ServiceSpec:
         subscriptions=subscribers.routes(settings),
         background_jobs=(sender.run,),
         readiness={"smtp": smtp_ready},
-        jobs_stop_seconds=45.0,  # the sender finishes what is on the wire and records it: 41 s at most
+        jobs_stop_seconds=45.0,  # the sender ends what is on the wire, records it, lets go of its slot: 42 s at most
     )
 
 

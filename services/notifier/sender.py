@@ -104,7 +104,7 @@ class _Run:
         finally:
             if self.slot is not None:
                 with contextlib.suppress(Exception):
-                    await self.pool.release(self.slot, timeout=5)
+                    await self.pool.release(self.slot, timeout=1)  # or it is closed: the lock goes with it
 
     async def _send(self) -> None:
         claimer = asyncio.create_task(self._claim_loop(), name="sender-claim")

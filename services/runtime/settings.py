@@ -166,7 +166,10 @@ class RuntimeSettings(BaseSettings):
             # Named, not quoted: DATABASE_URL, assembled from a placeholder host, carries the password.
             unset = [name.upper() for name, value in data.items() if isinstance(value, str) and PLACEHOLDER in value]
             if unset:
-                raise ValueError(f"{', '.join(sorted(unset))}: still the overlay's {PLACEHOLDER} placeholder; set it")
+                where = " (DATABASE_HOST in the overlay)" if "DATABASE_URL" in unset else ""
+                raise ValueError(
+                    f"{', '.join(sorted(unset))}: still the overlay's {PLACEHOLDER} placeholder; set it{where}"
+                )
         return data
 
     @model_validator(mode="after")

@@ -72,9 +72,26 @@ def test_a_value_still_holding_the_overlays_placeholder_is_refused_unquoted() ->
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "configuration error: DATABASE_URL, JWT_ISSUER: still the overlay's SET-ME placeholder; set it"
+        " (DATABASE_HOST in the overlay)"
     )
     notifier = _start({**GOOD, "SMTP_FROM": "CollabKare <no-reply@SET-ME-your-domain>"}, service="notifier")
     assert notifier.returncode == 2 and "SMTP_FROM: still the overlay's SET-ME placeholder" in notifier.stderr
+
+
+def test_a_migration_job_given_the_placeholder_host_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The migration Job runs first, with the URL the manifests assemble from DATABASE_HOST: it stops on the
+    placeholder with the setting to change, not on a failed name lookup, and without the password."""
+    from collabkare.cli import main
+
+    url = "postgresql://admin:s3cret-pw@SET-ME-your-postgresql-host:5432/collabkare?sslmode=verify-full"
+    monkeypatch.setenv("MIGRATION_DATABASE_URL", url)
+    assert main(["migrate", "notifier"]) == 1
+    error = capsys.readouterr().err
+    assert error.strip() == (
+        "collabkare: MIGRATION_DATABASE_URL: still the overlay's SET-ME placeholder; set DATABASE_HOST in the overlay"
+    )
 
 
 def test_cors_origins_take_a_json_list_or_commas_and_a_bad_list_is_one_line() -> None:
