@@ -135,6 +135,7 @@ class Claimed:
     reply_to: str | None
     revoked: bool = False  # its invite was revoked while it was being sent (and that attempt did not end it)
     earlier_sent: bool = False  # an invite it replaces was emailed (or is not known yet): that link no longer works
+    connected: bool = False  # an invite whose patient is connected to the practice already (a ConnectionApproved)
 
 
 def smtp_address(address: str) -> str:
@@ -240,12 +241,15 @@ UNKNOWN_PRACTICE = (
 def not_to_send(claimed: Claimed, now: datetime) -> Final | None:
     """The final outcome of an invite that must not go out, decided when it is claimed (after the directory's
     grace period): to an email nobody registered, or from a practice the directory does not know (an invite
-    from "your practice" reads like phishing), or of an invite revoked while an earlier attempt was under way.
-    None for everything else."""
+    from "your practice" reads like phishing), of an invite revoked while an earlier attempt was under way, or to
+    a patient already connected to the practice (staff invited her a moment after approving her request, before
+    the invitations service heard of it: the link would no longer work). None for everything else."""
     if claimed.delivery.kind != "invite":
         return None
     if claimed.revoked:
         return revoked(claimed, now)
+    if claimed.connected:
+        return Final(claimed, "error", CONNECTED, None, claimed.attempts - 1, now)
     if not claimed.on_platform:
         return Final(claimed, "not_on_platform", None, None, 0, now)
     if claimed.practice_name is None:
@@ -254,6 +258,7 @@ def not_to_send(claimed: Claimed, now: datetime) -> Final | None:
 
 
 REVOKED = "the practice revoked the invite before its email went out; nothing was sent"
+CONNECTED = "the patient connected to the practice before the invite's email went out; nothing was sent"
 
 
 def revoked(claimed: Claimed, now: datetime) -> Final:

@@ -150,7 +150,15 @@ async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> lis
                        )
                        SELECT 1 FROM earlier LEFT JOIN notifier.deliveries s ON s.invite_id = earlier.invite_id
                        WHERE s.id IS NULL OR s.status IN ('sent', 'sending')
-                   ) END AS earlier_sent
+                   ) END AS earlier_sent,
+                   -- The patient connected to the practice (an approval the invitations service may not have
+                   -- heard of yet when the invite was made): the invite's email would be moot.
+                   d.kind = 'invite' AND EXISTS (
+                       SELECT 1 FROM notifier.deliveries c
+                       WHERE c.kind = 'connection_approved' AND c.practice_id = d.practice_id
+                         AND coalesce(c.recipient_key, lower(c.recipient))
+                             = coalesce(d.recipient_key, lower(d.recipient))
+                   ) AS connected
             FROM notifier.deliveries d
             LEFT JOIN notifier.patients p ON p.email = coalesce(d.recipient_key, lower(d.recipient))
             LEFT JOIN notifier.practices r ON r.practice_id = d.practice_id
@@ -165,7 +173,7 @@ async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> lis
         FROM due
         WHERE d.id = due.id
         RETURNING d.*, due.on_platform, due.display_name AS patient_name, due.name AS practice_name, due.reply_to,
-                  due.earlier_sent
+                  due.earlier_sent, due.connected
         """,
         limit,
         owner,
@@ -203,6 +211,7 @@ def _claimed(row: asyncpg.Record) -> Claimed:
         reply_to=row["reply_to"],
         revoked=row["revoked_at"] is not None,
         earlier_sent=bool(row.get("earlier_sent")),  # asked by the claim only: a revoked one is never rendered
+        connected=bool(row.get("connected")),
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from collabkare.stack.infra import Infrastructure
 from schemas import InviteRequested
-from services.notifier.domain import REVOKED
+from services.notifier.domain import CONNECTED, REVOKED
 from services.notifier.mailer import Mailer
 from services.notifier.settings import NotifierSettings
 from tests.integration.notifier_harness import (
@@ -328,6 +328,30 @@ async def test_a_resend_whose_earlier_invite_is_not_seen_yet_says_the_earlier_li
     row = await notifier.delivery(middle.event_id)
     assert (row["status"], row["last_error"]) == ("error", REVOKED)
     assert notifier.caught(middle.event_id) == []
+
+
+async def test_an_invite_to_a_patient_connected_to_the_practice_is_not_emailed(
+    notifier: Notifier, clinic: uuid.UUID
+) -> None:
+    """Found by a black-box race probe: staff invited a patient a moment after approving her request, before the
+    invitations service had heard of the approval; she got "you are now connected", then an invite whose link no
+    longer worked. The notifier reads the approval itself: that invite ends unsent. The same patient invited by
+    another practice is still emailed."""
+    email = unique_email("connected")
+    elsewhere = practice("Another Practice")
+    assert elsewhere.practice_id is not None
+    await notifier.publish(patient(email, "en"), elsewhere)
+    connection = approved(clinic, email.upper())  # the directory key, not the spelling, decides
+    await notifier.publish(connection)
+    assert (await notifier.delivery(connection.event_id))["status"] == "sent"
+    moot, other = invite(clinic, email, None), invite(elsewhere.practice_id, email, None)
+    await notifier.publish(moot, other)
+    row = await notifier.delivery(moot.event_id)
+    assert (row["status"], row["last_error"]) == ("error", CONNECTED)
+    assert notifier.caught(moot.event_id) == []
+    [outcome] = (await notifier.outcomes({moot.event_id})).values()
+    assert (outcome["payload"]["outcome"], outcome["payload"]["reason"]) == ("error", CONNECTED)
+    assert (await notifier.delivery(other.event_id))["status"] == "sent"
 
 
 async def test_an_invite_revoked_before_its_request_arrives_is_not_emailed(

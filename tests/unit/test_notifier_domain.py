@@ -13,6 +13,7 @@ import pytest
 from schemas import ConnectionRejected, InviteRequested
 from services.notifier.directory import patient_entries
 from services.notifier.domain import (
+    CONNECTED,
     REVOKED,
     Attempt,
     Claimed,
@@ -182,6 +183,9 @@ def test_only_invites_the_directories_cannot_vouch_for_are_stopped() -> None:
     assert unknown_practice.reason is not None and "practice directory" in unknown_practice.reason
     again = not_to_send(dataclasses.replace(invited, revoked=True), NOW)
     assert again is not None and (again.outcome, again.reason) == ("error", REVOKED), "revoked during an attempt"
+    moot = not_to_send(dataclasses.replace(invited, connected=True), NOW)
+    assert moot is not None and (moot.outcome, moot.reason, moot.attempts) == ("error", CONNECTED, 0)
+    assert outcome_event(moot).payload.message_id is None
     assert not_to_send(dataclasses.replace(rejection, practice_name=None, on_platform=False), NOW) is None, (
         "connection emails always go out, with a neutral practice name"
     )
