@@ -135,7 +135,7 @@ class Claimed:
     reply_to: str | None
     revoked: bool = False  # its invite was revoked while it was being sent (and that attempt did not end it)
     earlier_sent: bool = False  # an invite it replaces was emailed (or is not known yet): that link no longer works
-    connected: bool = False  # an invite whose patient is connected to the practice already (a ConnectionApproved)
+    connected: bool = False  # an invite's or rejection's patient is connected to the practice (a ConnectionApproved)
 
 
 def smtp_address(address: str) -> str:
@@ -243,13 +243,16 @@ def not_to_send(claimed: Claimed, now: datetime) -> Final | None:
     grace period): to an email nobody registered, or from a practice the directory does not know (an invite
     from "your practice" reads like phishing), of an invite revoked while an earlier attempt was under way, or to
     a patient already connected to the practice (staff invited her a moment after approving her request, before
-    the invitations service heard of it: the link would no longer work). None for everything else."""
+    the invitations service heard of it: the link would no longer work). A rejection to a patient connected to
+    the practice is not sent either: she accepted its invite just before staff rejected her request (connections
+    had not heard of it), and is connected. None for everything else."""
+    if claimed.connected:
+        moot = CONNECTED if claimed.delivery.kind == "invite" else CONNECTED_BEFORE_REJECTION
+        return Final(claimed, "error", moot, None, claimed.attempts - 1, now)
     if claimed.delivery.kind != "invite":
         return None
     if claimed.revoked:
         return revoked(claimed, now)
-    if claimed.connected:
-        return Final(claimed, "error", CONNECTED, None, claimed.attempts - 1, now)
     if not claimed.on_platform:
         return Final(claimed, "not_on_platform", None, None, 0, now)
     if claimed.practice_name is None:
@@ -259,6 +262,12 @@ def not_to_send(claimed: Claimed, now: datetime) -> Final | None:
 
 REVOKED = "the practice revoked the invite before its email went out; nothing was sent"
 CONNECTED = "the patient connected to the practice before the invite's email went out; nothing was sent"
+CONNECTED_BEFORE_REJECTION = (
+    "the patient connected to the practice (an accepted invite) before the rejection's email went out; nothing was sent"
+)
+# How long a rejection's email waits before it is claimed: long enough for the ConnectionApproved of an invite the
+# patient accepted just before (two hops behind: invitations, then connections) to reach the notifier.
+REJECTION_WAIT_SECONDS = 2.0
 
 
 def revoked(claimed: Claimed, now: datetime) -> Final:

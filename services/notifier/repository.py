@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import asyncpg
 
 from services.notifier.directory import PatientEntry, PracticeEntry, directory_key
-from services.notifier.domain import Claimed, Final, NewDelivery, Retry, as_locale
+from services.notifier.domain import REJECTION_WAIT_SECONDS, Claimed, Final, NewDelivery, Retry, as_locale
 from services.runtime import database
 
 SCHEMA = "notifier"
@@ -68,7 +68,9 @@ async def insert_deliveries(db: asyncpg.Connection, deliveries: Sequence[NewDeli
     """Queue deliveries; an event seen before (its row exists) queues nothing. Returns how many were new.
 
     A recipient or practice the directories do not know yet waits `grace_seconds` before being looked at:
-    the PatientRegistered of someone who has just signed up may still be on its way on another topic.
+    the PatientRegistered of someone who has just signed up may still be on its way on another topic. A rejection
+    waits REJECTION_WAIT_SECONDS (at most the grace): a patient who accepted the practice's invite just before staff
+    rejected her request is connected, and her ConnectionApproved is two hops behind (domain.not_to_send).
     """
     columns = [
         [getattr(d, name) for d in deliveries]
@@ -89,7 +91,9 @@ async def insert_deliveries(db: asyncpg.Connection, deliveries: Sequence[NewDeli
                n.identity_check, n.replaces, n.message_id, n.recipient_key,
                CASE WHEN EXISTS (SELECT 1 FROM notifier.patients p WHERE p.email = n.recipient_key)
                      AND EXISTS (SELECT 1 FROM notifier.practices r WHERE r.practice_id = n.practice_id)
-                    THEN now() ELSE now() + make_interval(secs => $19) END,
+                    THEN now() + CASE WHEN n.kind = 'connection_rejected' THEN make_interval(secs => $20)
+                                      ELSE interval '0' END
+                    ELSE now() + make_interval(secs => $19) END,
                -- Its InviteRevoked came first (a publish retried after a failure): ended at its claim, unsent.
                (SELECT v.revoked_at FROM notifier.revoked_invites v WHERE v.invite_id = n.invite_id)
         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[],
@@ -103,6 +107,7 @@ async def insert_deliveries(db: asyncpg.Connection, deliveries: Sequence[NewDeli
         *columns,
         [directory_key(d.recipient) for d in deliveries],
         grace_seconds,
+        min(grace_seconds, REJECTION_WAIT_SECONDS),
     )
     return int(result.rsplit(" ", 1)[-1])
 
@@ -152,8 +157,9 @@ async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> lis
                        WHERE s.id IS NULL OR s.status IN ('sent', 'sending')
                    ) END AS earlier_sent,
                    -- The patient connected to the practice (an approval the invitations service may not have
-                   -- heard of yet when the invite was made): the invite's email would be moot.
-                   d.kind = 'invite' AND EXISTS (
+                   -- heard of yet when the invite was made; an invite accepted just before staff rejected her
+                   -- request): an invite's or a rejection's email would be moot.
+                   d.kind IN ('invite', 'connection_rejected') AND EXISTS (
                        SELECT 1 FROM notifier.deliveries c
                        WHERE c.kind = 'connection_approved' AND c.practice_id = d.practice_id
                          AND coalesce(c.recipient_key, lower(c.recipient))

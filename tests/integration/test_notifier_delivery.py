@@ -13,7 +13,7 @@ import pytest
 
 from collabkare.stack.infra import Infrastructure
 from schemas import InviteRequested
-from services.notifier.domain import CONNECTED, REVOKED
+from services.notifier.domain import CONNECTED, CONNECTED_BEFORE_REJECTION, REVOKED
 from services.notifier.mailer import Mailer
 from services.notifier.settings import NotifierSettings
 from tests.integration.notifier_harness import (
@@ -111,11 +111,12 @@ async def test_invite_email_names_the_practice_carries_note_link_expiry_and_outc
 
 
 async def test_approval_and_rejection_emails_with_and_without_reason(notifier: Notifier, clinic: uuid.UUID) -> None:
-    email = unique_email("luis")
+    # Three patients: a rejection to one connected to the practice is not sent (the next test).
+    email, declined, unexplained = unique_email("luis"), unique_email("mara"), unique_email("olga")
     yes = approved(clinic, email)
-    no = rejected(clinic, email, "We are not accepting new patients\nuntil March.")
-    bare = rejected(clinic, email, None)
-    await notifier.publish(patient(email, "en"), yes, no, bare)
+    no = rejected(clinic, declined, "We are not accepting new patients\nuntil March.")
+    bare = rejected(clinic, unexplained, None)
+    await notifier.publish(*(patient(each, "en") for each in (email, declined, unexplained)), yes, no, bare)
 
     rows = await notifier.deliveries([yes.event_id, no.event_id, bare.event_id])
     assert sorted(row["status"] for row in rows) == ["sent"] * 3
@@ -144,11 +145,32 @@ async def test_approval_and_rejection_emails_with_and_without_reason(notifier: N
     assert all(event["payload"]["outcome"] == "sent" for event in outcomes.values())
 
 
+async def test_a_rejection_to_a_patient_who_connected_by_an_invite_a_moment_before_is_not_sent(
+    notifier: Notifier, clinic: uuid.UUID
+) -> None:
+    """Found by a black-box race probe: a patient accepted the practice's invite while staff rejected her request;
+    connections had not heard of the acceptance, so both were done, and she got "the practice did not accept your
+    request" beside "you are now connected". A rejection's email waits a moment, and is not sent once her
+    ConnectionApproved (two hops behind) has arrived. Another practice's rejection of her still goes out."""
+    email = unique_email("raced")
+    elsewhere = practice("Another Practice")
+    assert elsewhere.practice_id is not None
+    await notifier.publish(patient(email, "en"), elsewhere)
+    no, other = rejected(clinic, email, "not our patient"), rejected(elsewhere.practice_id, email, None)
+    await notifier.publish(no, other)
+    await notifier.publish(approved(clinic, email))  # behind the rejection, as it arrives in the race
+    row = await notifier.delivery(no.event_id)
+    assert (row["status"], row["last_error"]) == ("error", CONNECTED_BEFORE_REJECTION)
+    assert notifier.caught(no.event_id) == []
+    assert (await notifier.delivery(other.event_id))["status"] == "sent"
+
+
 async def test_spanish_templates_chosen_by_the_patients_locale(notifier: Notifier, clinic: uuid.UUID) -> None:
-    email = unique_email("sofia")
+    # Two patients: an invite to one connected to the practice is not sent.
+    email, connected = unique_email("sofia"), unique_email("ines")
     event = invite(clinic, email, "¡Bienvenida a la consulta!")
-    yes = approved(clinic, email)
-    await notifier.publish(patient(email, "es", name="Sofía"), event, yes)
+    yes = approved(clinic, connected)
+    await notifier.publish(patient(email, "es", name="Sofía"), patient(connected, "es"), event, yes)
     rows = await notifier.deliveries([event.event_id, yes.event_id])
     assert [row["status"] for row in rows] == ["sent", "sent"] and {row["locale"] for row in rows} == {"es"}
 

@@ -14,6 +14,7 @@ from schemas import ConnectionRejected, InviteRequested
 from services.notifier.directory import patient_entries
 from services.notifier.domain import (
     CONNECTED,
+    CONNECTED_BEFORE_REJECTION,
     REVOKED,
     Attempt,
     Claimed,
@@ -187,8 +188,10 @@ def test_only_invites_the_directories_cannot_vouch_for_are_stopped() -> None:
     assert moot is not None and (moot.outcome, moot.reason, moot.attempts) == ("error", CONNECTED, 0)
     assert outcome_event(moot).payload.message_id is None
     assert not_to_send(dataclasses.replace(rejection, practice_name=None, on_platform=False), NOW) is None, (
-        "connection emails always go out, with a neutral practice name"
+        "connection emails go out with a neutral practice name"
     )
+    stale = not_to_send(dataclasses.replace(rejection, connected=True), NOW)
+    assert stale is not None and (stale.outcome, stale.reason) == ("error", CONNECTED_BEFORE_REJECTION)
 
 
 class _Edge(random.Random):
