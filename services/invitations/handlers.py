@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -239,6 +239,14 @@ async def record_outcomes(db: asyncpg.Connection, events: list[DeliveryOutcome])
         [d.decided_at for d in best],
     )
     log.info("invite.outcomes_recorded", received=len(events), invites_changed=invites, rows_changed=rows)
+    # An invite stored while its patient's approval was being projected was not revoked then: it is now.
+    late = await repository.connected_pending(db, [d.invite_id for d in best])
+    if late:
+        causes = {event.payload.invite_id: Cause(event.correlation_id, str(event.event_id)) for event in events}
+        first = Cause(events[0].correlation_id, str(events[0].event_id))
+        await _revoke_for_connected(
+            db, [p for p, _ in late], [k for _, k in late], lambda r: causes.get(r["id"], first)
+        )
 
 
 def _deliveries(events: list[DeliveryOutcome]) -> Iterator[domain.Delivery]:
@@ -270,24 +278,27 @@ async def project_connections(db: asyncpg.Connection, events: list[ConnectionApp
         [event.payload.approved_at for event in usable],
     )
     keys = [domain.email_key(email) for email in emails]
-    revoked = await repository.revoke_for_connected(db, practices, keys, now_utc(), domain.PATIENT_CONNECTED)
-    if revoked:
-        # Each InviteRevoked is caused by the ConnectionApproved of its own patient.
-        causes = {
-            (practice, key): Cause(event.correlation_id, str(event.event_id))
-            for practice, key, event in zip(practices, keys, usable, strict=True)
-        }
-        events_out: list[Envelope] = [
-            revoked_event(
-                r["id"],
-                r["practice_id"],
-                r["revoked_by"],
-                r["revoked_at"],
-                None,
-                causes[r["practice_id"], r["email_key"]],
-            )
-            for r in revoked
-        ]
-        await add_events(db, repository.SCHEMA, events_out)
-        log.info("invite.revoked_patient_connected", count=len(revoked))
+    # Each InviteRevoked is caused by the ConnectionApproved of its own patient.
+    causes = {
+        (practice, key): Cause(event.correlation_id, str(event.event_id))
+        for practice, key, event in zip(practices, keys, usable, strict=True)
+    }
+    await _revoke_for_connected(db, practices, keys, lambda r: causes[r["practice_id"], r["email_key"]])
     log.info("connection.projected", count=len(usable))
+
+
+async def _revoke_for_connected(
+    db: asyncpg.Connection,
+    practices: list[uuid.UUID],
+    keys: list[str],
+    cause_of: Callable[[asyncpg.Record], Cause],
+) -> None:
+    """Revoke the practices' pending invites to these connected patients, each with its InviteRevoked."""
+    revoked = await repository.revoke_for_connected(db, practices, keys, now_utc(), domain.PATIENT_CONNECTED)
+    if not revoked:
+        return
+    events_out: list[Envelope] = [
+        revoked_event(r["id"], r["practice_id"], r["revoked_by"], r["revoked_at"], None, cause_of(r)) for r in revoked
+    ]
+    await add_events(db, repository.SCHEMA, events_out)
+    log.info("invite.revoked_patient_connected", count=len(revoked))

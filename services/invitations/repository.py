@@ -165,6 +165,15 @@ WITH revoked AS (
 SELECT id, practice_id, email_key, revoked_by, revoked_at FROM revoked
 """
 
+# Pending invites of patients the projection knows as connected to the practice: one stored while the approval was
+# being projected (its transaction still open, so REVOKE_FOR_CONNECTED did not see it). Its outcome finds it.
+CONNECTED_PENDING = """
+SELECT DISTINCT i.practice_id, i.email_key FROM invitations.invites AS i
+WHERE i.id = ANY($1::uuid[]) AND i.status = 'pending'
+  AND EXISTS (SELECT 1 FROM invitations.connected_patients AS c
+              WHERE c.practice_id = i.practice_id AND c.email_key = i.email_key)
+"""
+
 ANALYZE = "ANALYZE invitations.outbox, invitations.invites, invitations.batch_rows"
 
 
@@ -302,6 +311,11 @@ async def add_connected(
 ) -> None:
     keys = [email_key(email) for email in emails]
     await db.execute(ADD_CONNECTED, practice_ids, patient_ids, emails, keys, connection_ids, connected_at)
+
+
+async def connected_pending(db: asyncpg.Connection, invite_ids: list[uuid.UUID]) -> list[tuple[uuid.UUID, str]]:
+    """(practice, email key) of those of these invites still pending whose patient is connected to the practice."""
+    return [(row["practice_id"], row["email_key"]) for row in await db.fetch(CONNECTED_PENDING, invite_ids)]
 
 
 async def revoke_for_connected(

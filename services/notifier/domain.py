@@ -246,9 +246,9 @@ def not_to_send(claimed: Claimed, now: datetime) -> Final | None:
     the invitations service heard of it: the link would no longer work). A rejection to a patient connected to
     the practice is not sent either: she accepted its invite just before staff rejected her request (connections
     had not heard of it), and is connected. None for everything else."""
-    if claimed.connected:
+    if claimed.connected and claimed.attempts == 1:  # after an attempt, it may have arrived: the usual path
         moot = CONNECTED if claimed.delivery.kind == "invite" else CONNECTED_BEFORE_REJECTION
-        return Final(claimed, "error", moot, None, claimed.attempts - 1, now)
+        return Final(claimed, "error", moot, None, 0, now)
     if claimed.delivery.kind != "invite":
         return None
     if claimed.revoked:
@@ -263,7 +263,7 @@ def not_to_send(claimed: Claimed, now: datetime) -> Final | None:
 REVOKED = "the practice revoked the invite before its email went out; nothing was sent"
 CONNECTED = "the patient connected to the practice before the invite's email went out; nothing was sent"
 CONNECTED_BEFORE_REJECTION = (
-    "the patient connected to the practice (an accepted invite) before the rejection's email went out; nothing was sent"
+    "the patient connected to the practice before the rejection's email went out; nothing was sent"
 )
 # How long a rejection's email waits before it is claimed: long enough for the ConnectionApproved of an invite the
 # patient accepted just before (two hops behind: invitations, then connections) to reach the notifier.

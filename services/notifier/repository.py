@@ -159,11 +159,14 @@ async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> lis
                    -- The patient connected to the practice (an approval the invitations service may not have
                    -- heard of yet when the invite was made; an invite accepted just before staff rejected her
                    -- request): an invite's or a rejection's email would be moot.
+                   -- OFFSET 0: a probe of deliveries_connected per claimed row; without it the planner may hash
+                   -- every connection email ever queued at each claim when many deliveries are pending.
                    d.kind IN ('invite', 'connection_rejected') AND EXISTS (
                        SELECT 1 FROM notifier.deliveries c
                        WHERE c.kind = 'connection_approved' AND c.practice_id = d.practice_id
                          AND coalesce(c.recipient_key, lower(c.recipient))
                              = coalesce(d.recipient_key, lower(d.recipient))
+                       OFFSET 0
                    ) AS connected
             FROM notifier.deliveries d
             LEFT JOIN notifier.patients p ON p.email = coalesce(d.recipient_key, lower(d.recipient))

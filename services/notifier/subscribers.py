@@ -28,8 +28,9 @@ def routes(settings: NotifierSettings) -> tuple[Subscription, ...]:
             },
             description=(
                 "Keeps the patient and practice directories, and queues one email delivery per invite, "
-                "approval and rejection (an invite revoked before its email went out ends error, unsent); the "
-                "sender job sends them and publishes each DeliveryOutcome."
+                "approval and rejection (an invite revoked before its email went out ends error, unsent, and so "
+                "does an invite or a rejection to a patient connected to the practice); the sender job sends them "
+                "and publishes each DeliveryOutcome."
             ),
             throttle=handlers.Backpressure(settings.pending_high_water, settings.pending_wait_max_seconds),
             tombstones={

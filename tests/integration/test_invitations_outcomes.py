@@ -192,6 +192,40 @@ async def test_connection_approved_feeds_already_connected(service: Service) -> 
     assert [e["payload"]["email"] for e in (await service.requested(practice)).values()] == ["eve@example.com"]
 
 
+async def test_an_invite_stored_while_its_patients_approval_was_projected_is_revoked_by_its_outcome(
+    service: Service,
+) -> None:
+    """Found by a review: an invite whose transaction was still open when the approval of its patient was projected
+    was not revoked then. The notifier (which reads the approval itself) ends its email unsent; that outcome now
+    revokes it, and its row says already_connected, as for an invite the projection saw."""
+    practice = uuid.uuid4()
+    batch = await service.submit(practice, "hal@example.com\nivo@example.com")
+    requested = await _by_email(service, practice)
+    # The projection as it was after the race: Hal connected, his invite (committed after) still pending.
+    await service.admin.execute(
+        "INSERT INTO invitations.connected_patients (practice_id, patient_id, email, email_key, connection_id,"
+        " connected_at) VALUES ($1, $2, 'Hal@example.com', 'hal@example.com', $3, now())",
+        practice,
+        uuid.uuid4(),
+        uuid.uuid4(),
+    )
+    unsent = _outcome(requested["hal@example.com"], "error", "the patient connected to the practice before ...")
+    await _deliver(service, OUTCOMES, unsent, _outcome(requested["ivo@example.com"], "sent"))
+
+    statuses = await service.fetch(
+        "SELECT email_key, status, revoked_by FROM invitations.invites WHERE practice_id = $1 ORDER BY email_key",
+        practice,
+    )
+    assert [tuple(r) for r in statuses] == [
+        ("hal@example.com", "revoked", "system:patient-connected"),
+        ("ivo@example.com", "pending", None),
+    ]
+    assert (await _rows(service, batch["batch_id"]))["hal@example.com"][0] == "already_connected"
+    [revoked] = await service.events(practice, "InviteRevoked")
+    assert revoked["payload"]["invite_id"] == requested["hal@example.com"]["payload"]["invite_id"]
+    assert revoked["causation_id"] == str(unsent.event_id)
+
+
 async def test_a_patient_approved_by_request_has_the_practices_pending_invite_revoked(service: Service) -> None:
     """Found by an integrating team's review: a patient connected through an approved request could still accept
     the practice's older invite; InviteAccepted went out, no connection followed it, and the access history kept

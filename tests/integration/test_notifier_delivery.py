@@ -13,7 +13,7 @@ import pytest
 
 from collabkare.stack.infra import Infrastructure
 from schemas import InviteRequested
-from services.notifier.domain import CONNECTED, CONNECTED_BEFORE_REJECTION, REVOKED
+from services.notifier.domain import CONNECTED, CONNECTED_BEFORE_REJECTION, REJECTION_WAIT_SECONDS, REVOKED
 from services.notifier.mailer import Mailer
 from services.notifier.settings import NotifierSettings
 from tests.integration.notifier_harness import (
@@ -156,13 +156,22 @@ async def test_a_rejection_to_a_patient_who_connected_by_an_invite_a_moment_befo
     elsewhere = practice("Another Practice")
     assert elsewhere.practice_id is not None
     await notifier.publish(patient(email, "en"), elsewhere)
+    await directory_applied(notifier.admin, [email], clinic)  # no grace: the rejection's own wait is what counts
+    await directory_applied(notifier.admin, [email], elsewhere.practice_id)
     no, other = rejected(clinic, email, "not our patient"), rejected(elsewhere.practice_id, email, None)
-    await notifier.publish(no, other)
-    await notifier.publish(approved(clinic, email))  # behind the rejection, as it arrives in the race
+    connection = approved(clinic, email)
+    # One patient: keyed alike, the approval comes behind the rejection on its partition, as it does in the race.
+    connection = connection.model_copy(
+        update={"payload": connection.payload.model_copy(update={"patient_id": no.payload.patient_id})}
+    )
+    await notifier.publish(no, other, connection)
     row = await notifier.delivery(no.event_id)
     assert (row["status"], row["last_error"]) == ("error", CONNECTED_BEFORE_REJECTION)
     assert notifier.caught(no.event_id) == []
-    assert (await notifier.delivery(other.event_id))["status"] == "sent"
+    sent = await notifier.delivery(other.event_id)
+    assert sent["status"] == "sent"
+    for waited in (row, sent):
+        assert (waited["not_before"] - waited["created_at"]).total_seconds() == REJECTION_WAIT_SECONDS
 
 
 async def test_spanish_templates_chosen_by_the_patients_locale(notifier: Notifier, clinic: uuid.UUID) -> None:

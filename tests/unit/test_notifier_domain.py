@@ -175,7 +175,7 @@ def test_outcome_event_is_caused_by_the_source_and_copies_the_invite_coordinates
     assert (absent.outcome, absent.message_id, absent.attempts) == ("not_on_platform", None, 0)
 
 
-def test_only_invites_the_directories_cannot_vouch_for_are_stopped() -> None:
+def test_what_is_stopped_at_its_claim() -> None:
     """An invite from a practice the directory does not know went out from "your practice" (read as phishing)."""
     invited, rejection = _claimed(), _claimed(rejected(uuid.uuid4(), "ana@example.com", None))
     assert not_to_send(invited, NOW) is None and not_to_send(rejection, NOW) is None
@@ -192,6 +192,8 @@ def test_only_invites_the_directories_cannot_vouch_for_are_stopped() -> None:
     )
     stale = not_to_send(dataclasses.replace(rejection, connected=True), NOW)
     assert stale is not None and (stale.outcome, stale.reason) == ("error", CONNECTED_BEFORE_REJECTION)
+    retried = dataclasses.replace(invited, connected=True, attempts=2)
+    assert not_to_send(retried, NOW) is None, "an earlier attempt may have arrived: not said to be unsent"
 
 
 class _Edge(random.Random):
