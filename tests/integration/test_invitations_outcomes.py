@@ -94,6 +94,15 @@ async def _rows(service: Service, batch_id: str) -> dict[str, tuple[str, str | N
     return {r["email"]: (r["outcome"], r["reason"]) for r in rows}
 
 
+async def _statuses(service: Service, practice: uuid.UUID) -> list[tuple[str, str, str | None]]:
+    """(email key, status, revoked_by) of the practice's invites."""
+    rows = await service.fetch(
+        "SELECT email_key, status, revoked_by FROM invitations.invites WHERE practice_id = $1 ORDER BY email_key",
+        practice,
+    )
+    return [(r["email_key"], r["status"], r["revoked_by"]) for r in rows]
+
+
 async def _by_email(service: Service, practice: uuid.UUID) -> dict[str, dict[str, Any]]:
     return {e["payload"]["email"]: e for e in (await service.requested(practice)).values()}
 
@@ -212,11 +221,7 @@ async def test_an_invite_stored_while_its_patients_approval_was_projected_is_rev
     unsent = _outcome(requested["hal@example.com"], "error", "the patient connected to the practice before ...")
     await _deliver(service, OUTCOMES, unsent, _outcome(requested["ivo@example.com"], "sent"))
 
-    statuses = await service.fetch(
-        "SELECT email_key, status, revoked_by FROM invitations.invites WHERE practice_id = $1 ORDER BY email_key",
-        practice,
-    )
-    assert [tuple(r) for r in statuses] == [
+    assert await _statuses(service, practice) == [
         ("hal@example.com", "revoked", "system:patient-connected"),
         ("ivo@example.com", "pending", None),
     ]
@@ -235,11 +240,7 @@ async def test_a_patient_approved_by_request_has_the_practices_pending_invite_re
     requested = await _by_email(service, practice)
     approved = _approved(practice, "Fay@Example.com")
     await _deliver(service, "connections.v1", approved)
-    statuses = await service.fetch(
-        "SELECT email_key, status, revoked_by FROM invitations.invites WHERE practice_id = $1 ORDER BY email_key",
-        practice,
-    )
-    assert [tuple(r) for r in statuses] == [
+    assert await _statuses(service, practice) == [
         ("fay@example.com", "revoked", "system:patient-connected"),
         ("gus@example.com", "pending", None),
     ]
