@@ -130,13 +130,8 @@ class _Run:
             # first's claims in hand and send them again, and its own claims would be the next start's to take.
             self.slot = await handlers.hold_slot(self.pool, instance, _SLOT_WAIT_SECONDS)
             if self.slot is None:
-                log.error(
-                    "sender.instance_in_use",
-                    instance=instance,
-                    effect="another running notifier has this NOTIFIER_INSTANCE: nothing is taken back, earlier "
-                    "runs' claims wait out their lease, and this run's claims are in no slot; give every notifier "
-                    "process its own",
-                )
+                why = "another running notifier has it: nothing taken back, this run's claims in no slot"
+                log.error("sender.instance_in_use", instance=instance, effect=why, fix="one NOTIFIER_INSTANCE each")
                 return
             self.owner = domain.sender_run_id(instance, os.urandom(16))
             taken = await handlers.take_back_from_earlier_runs(self.pool, instance, self.owner)
