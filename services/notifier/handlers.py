@@ -117,8 +117,22 @@ async def claim_deliveries(pool: asyncpg.Pool, limit: int, owner: uuid.UUID) -> 
         now = _now()
         stopped = [final for c in claimed if (final := domain.not_to_send(c, now)) is not None]
         finals = await _finish(db, stopped)
+    _log_not_sent(finals)
     stopped_ids = {final.claimed.delivery.id for final in stopped}
     return [c for c in claimed if c.delivery.id not in stopped_ids], finals
+
+
+def _log_not_sent(finals: list[Final]) -> None:
+    """One line for the emails a claim ended unsent: a count for those to nobody on the platform (a roster's
+    usual case), a line each for the rest (revoked, connected meanwhile, an unknown practice), which are rare and
+    which staff may ask about. Delivery ids and the reasons' fixed wording only: no address."""
+    absent = sum(1 for final in finals if final.outcome == "not_on_platform")
+    if absent:
+        log.info("delivery.not_on_platform", count=absent)
+    for final in finals:
+        if final.outcome != "not_on_platform":
+            delivery = final.claimed.delivery
+            log.info("delivery.not_sent", delivery_id=str(delivery.id), kind=delivery.kind, reason=final.reason)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from schemas import ConnectionRejected, InviteRequested
 from services.notifier.directory import patient_entries
@@ -31,6 +32,7 @@ from services.notifier.domain import (
     outcome_event,
     smtp_address,
 )
+from services.notifier.handlers import _log_not_sent
 from tests.integration.notifier_harness import invite, patient, rejected
 
 NOW = datetime(2026, 11, 21, 10, tzinfo=UTC)
@@ -194,6 +196,21 @@ def test_what_is_stopped_at_its_claim() -> None:
     assert stale is not None and (stale.outcome, stale.reason) == ("error", CONNECTED_BEFORE_REJECTION)
     retried = dataclasses.replace(invited, connected=True, attempts=2)
     assert not_to_send(retried, NOW) is None, "an earlier attempt may have arrived: not said to be unsent"
+
+
+def test_emails_ended_at_their_claim_are_logged_without_their_address() -> None:
+    """The metric counted them, but the log said nothing of an invite ended unsent because the patient had just
+    connected: an operator asked why a patient got no email had nothing to go by."""
+    invited = _claimed()
+    absent = not_to_send(dataclasses.replace(invited, on_platform=False), NOW)
+    moot = not_to_send(dataclasses.replace(invited, connected=True), NOW)
+    assert absent is not None and moot is not None
+    with capture_logs() as logs:
+        _log_not_sent([absent, absent, absent, moot])
+    events = [(e["event"], e.get("count")) for e in logs]
+    assert events == [("delivery.not_on_platform", 3), ("delivery.not_sent", None)]
+    assert (logs[1]["delivery_id"], logs[1]["reason"]) == (str(invited.delivery.id), CONNECTED)
+    assert "ana@example.com" not in repr(logs)
 
 
 class _Edge(random.Random):
