@@ -95,13 +95,50 @@ async def migrate(
         await connection.close()
 
 
+# A step whose file starts with this line runs outside a transaction, as one statement: CREATE INDEX CONCURRENTLY
+# cannot run inside one, and an index built without it blocks every write to its table while it builds (a long
+# stall on a large table of a running service). Write it `CREATE INDEX CONCURRENTLY IF NOT EXISTS`: a run stopped
+# after the build and before its bookkeeping row then finds the index there.
+WITHOUT_TRANSACTION = "-- migrate: without a transaction"
+
+
 async def _apply(connection: asyncpg.Connection, schema: str, version: str, sql: str, lock_timeout: float) -> None:
+    if sql.startswith(WITHOUT_TRANSACTION):
+        await _apply_outside_a_transaction(connection, schema, version, sql, lock_timeout)
+        return
     async with connection.transaction():
         await connection.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms'")
         await connection.execute(f'SET LOCAL ROLE "{schema}"')
         await connection.execute(f'SET LOCAL search_path TO "{schema}"')
         await connection.execute(sql)
         await connection.execute(f'INSERT INTO "{schema}".schema_migrations (version) VALUES ($1)', version)
+
+
+async def _apply_outside_a_transaction(
+    connection: asyncpg.Connection, schema: str, version: str, sql: str, lock_timeout: float
+) -> None:
+    """A concurrent index build waits for the transactions already running; past the lock timeout it stops and
+    leaves its index behind, invalid (never used, but kept up to date by every write). This schema's invalid indexes
+    are such leftovers (migrations of a schema take turns): dropped before the step runs, or runs again."""
+    await connection.execute(f"SET lock_timeout = '{int(lock_timeout * 1000)}ms'")
+    await connection.execute(f'SET ROLE "{schema}"')
+    await connection.execute(f'SET search_path TO "{schema}"')
+    try:
+        leftovers = await connection.fetch(
+            """
+            SELECT c.relname FROM pg_index i
+            JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = $1 AND NOT i.indisvalid
+            """,
+            schema,
+        )
+        for leftover in leftovers:
+            log.warning("migration.invalid_index_dropped", schema=schema, index=leftover["relname"])
+            await connection.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{schema}"."{leftover["relname"]}"')
+        await connection.execute(sql)
+        await connection.execute(f'INSERT INTO "{schema}".schema_migrations (version) VALUES ($1)', version)
+    finally:
+        await connection.execute("RESET lock_timeout; RESET ROLE; RESET search_path")
 
 
 async def _ensure_role_and_schema(connection: asyncpg.Connection, schema: str, password: str | None) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from services.runtime.migrations import MigrationPlan, migrate, scram_verifier
 from tests.conftest import PLANS, ROLE_PASSWORD
@@ -163,3 +164,43 @@ async def test_a_step_waits_for_its_locks_only_briefly_and_tries_again(infra, tm
         assert applied == ["9999_add_a_column"]
     finally:
         await holder.close()
+
+
+async def test_an_index_step_builds_concurrently_while_the_table_takes_writes(infra, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A plain CREATE INDEX stops every write to its table until it is built (notifier's 0010 on a large deliveries
+    table). A step marked to run outside a transaction builds concurrently; a build stopped by the lock timeout
+    leaves an invalid index, which the next try drops and builds again."""
+    url = await _fresh_database(infra)
+    await migrate(url, PLANS["connections"], role_password=ROLE_PASSWORD)
+    later = MigrationPlan("connections", tmp_path)
+    (tmp_path / "9999_index.sql").write_text(
+        "-- migrate: without a transaction\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS requests_by_message ON connection_requests (message);\n"
+    )
+    index = (
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE c.relname = 'requests_by_message'"
+    )
+    holder, writer = await asyncpg.connect(url), await asyncpg.connect(url)
+    transaction = holder.transaction(isolation="repeatable_read")  # a snapshot the build must wait out
+    await transaction.start()
+    await holder.execute("SELECT count(*) FROM connections.connection_requests")
+    try:
+        with capture_logs() as logs:
+            migration = asyncio.create_task(
+                migrate(url, later, lock_timeout_seconds=0.2, lock_attempts=500, lock_retry_seconds=0.05)
+            )
+            async with asyncio.timeout(30):  # a try timed out, and the next one dropped what it left
+                while not any(e["event"] == "migration.invalid_index_dropped" for e in logs):
+                    await asyncio.sleep(0.02)
+            # Writes go on while the build waits.
+            async with asyncio.timeout(10):  # a bound, not a speed
+                await writer.execute("UPDATE connections.connection_requests SET message = message")
+            assert not migration.done() and await writer.fetch(index) != []
+            await transaction.rollback()
+            async with asyncio.timeout(60):
+                assert await migration == ["9999_index"]
+        assert [r["indisvalid"] for r in await writer.fetch(index)] == [True]
+    finally:
+        await holder.close()
+        await writer.close()
