@@ -52,7 +52,16 @@ def already_invited_reason(pending: PendingInvite) -> str:
         )
     return (
         f"a pending invite sent {pending.created_at:%Y-%m-%d} is valid until {pending.expires_at:%Y-%m-%d %H:%M} UTC;"
-        " it was not sent again"
+        " no new invite is sent"
+    )
+
+
+def replaced_reason(now: datetime) -> str:
+    """The row of an invite that never reached its patient, once a newer invite replaces it (a later roster, a
+    resend of another batch's rows, or an invite sent on its own): the patient holds that one now."""
+    return (
+        f"invited again on {now:%Y-%m-%d}: a newer invite replaces this row's, which never reached the patient (the "
+        "patient's access history shows it)"
     )
 
 

@@ -275,9 +275,11 @@ async def batch_rows(
     _BASE + "/{batch_id}/not-on-platform",
     summary="The not-on-CollabKare list: one email a line, ready to paste",
     description="The rows whose invite ended `not_on_platform`, less any patient who has connected to the practice "
-    "since: the addresses to ask to register. (A patient who connects while the row's invite is pending turns the "
-    "row `already_connected`; one whose invite had expired or been revoked keeps the row `not_on_platform`, so the "
-    "batch's count can exceed this list until a resend flags the row.)",
+    "since, any row whose invite staff revoked, and any whose invite expired while the patient holds a newer one: "
+    "the addresses to ask to register. (A patient who connects while the row's invite is pending turns the row "
+    "`already_connected`, and one invited again while it is pending, by a later roster or on their own, turns it "
+    "`already_invited`; the rows left out here keep `not_on_platform`, with their `invite_status`, so the batch's "
+    "count can exceed this list.)",
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}}, **problems(401, 403, 404, 422)},
 )
@@ -295,7 +297,8 @@ async def not_on_platform(practice_id: uuid.UUID, batch_id: uuid.UUID, staff: St
     summary="Send new invites to the batch's not-on-platform rows (they go back to queued)",
     description="Every such row gets a new invite (the old one is revoked); a patient who has still not "
     "registered ends `not_on_platform` again, so press it once they have. A row whose patient was since invited "
-    "on their own, with an identity check, is flagged `already_invited` instead: resend that invite.",
+    "on their own, with an identity check, is flagged `already_invited` instead: resend that invite. A row whose "
+    "invite staff revoked is left as it is: the resend does not bring back an invite they withdrew.",
     responses={**problems(401, 403, 404, 422), **BUSY},
 )
 @answers_within(ROSTER_DEADLINE_SECONDS)

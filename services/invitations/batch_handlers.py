@@ -224,13 +224,13 @@ async def list_rows(
     if await batch_repository.find_batch(pool, practice_id, batch_id) is None:
         raise BatchNotFound()
     wanted = [outcome.value for outcome in outcomes] if outcomes else None
-    return await batch_repository.list_rows(pool, batch_id, wanted, after, limit)
+    return await batch_repository.list_rows(pool, batch_id, wanted, after, limit, now_utc())
 
 
 async def not_on_platform(pool: asyncpg.Pool, practice_id: uuid.UUID, batch_id: uuid.UUID) -> list[str]:
     if await batch_repository.find_batch(pool, practice_id, batch_id) is None:
         raise BatchNotFound()
-    return await batch_repository.not_on_platform_emails(pool, batch_id)
+    return await batch_repository.not_on_platform_emails(pool, batch_id, now_utc())
 
 
 async def not_on_platform_count(pool: asyncpg.Pool, practice_id: uuid.UUID, batch_id: uuid.UUID) -> int:

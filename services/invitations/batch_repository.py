@@ -9,6 +9,7 @@ from datetime import datetime
 
 import asyncpg
 
+from services.invitations.batch import replaced_reason
 from services.invitations.bulk import INVITE_COLUMNS, ROW_COLUMNS, Records
 from services.invitations.repository import SCHEMA, Executor
 from services.runtime.outbox import add_records
@@ -27,21 +28,28 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 COUNT_OUTCOMES = "SELECT outcome, count(*) AS n FROM invitations.batch_rows WHERE batch_id = $1 GROUP BY outcome"
 
 # Keyset pagination by line number: stable while outcomes arrive, cheap on the primary key at any depth.
+# With the status of the row's invite as it stands now (a pending one past its expiry is expired): the outcome says
+# what became of the email, the status what became of the invite (revoked by staff, accepted, expired since).
 LIST_ROWS = """
-SELECT line_number, email, note, outcome, reason, duplicate_of, invite_id, attempts, updated_at
-FROM invitations.batch_rows
-WHERE batch_id = $1 AND ($2::text[] IS NULL OR outcome = ANY($2::text[])) AND line_number > $3
-ORDER BY line_number
+SELECT r.line_number, r.email, r.note, r.outcome, r.reason, r.duplicate_of, r.invite_id, r.attempts, r.updated_at,
+       CASE WHEN i.status = 'pending' AND i.expires_at <= $5 THEN 'expired' ELSE i.status END AS invite_status
+FROM invitations.batch_rows AS r LEFT JOIN invitations.invites AS i ON i.id = r.invite_id
+WHERE r.batch_id = $1 AND ($2::text[] IS NULL OR r.outcome = ANY($2::text[])) AND r.line_number > $3
+ORDER BY r.line_number
 LIMIT $4
 """
 
 # The addresses to ask to register: a patient who has since connected to the practice (by a request) is on
-# CollabKare, and left out, though the row keeps the outcome its invite had.
+# CollabKare, and left out, though the row keeps the outcome its invite had; so is one whose invite staff revoked,
+# and one whose invite expired and who holds a newer one (another batch's row or the access history tells of it).
 NOT_ON_PLATFORM = """
 SELECT r.email FROM invitations.batch_rows AS r JOIN invitations.invites AS i ON i.id = r.invite_id
-WHERE r.batch_id = $1 AND r.outcome = 'not_on_platform'
+WHERE r.batch_id = $1 AND r.outcome = 'not_on_platform' AND i.status IN ('pending', 'expired')
   AND NOT EXISTS (SELECT 1 FROM invitations.connected_patients AS c
                   WHERE c.practice_id = i.practice_id AND c.email_key = i.email_key)
+  AND NOT EXISTS (SELECT 1 FROM invitations.invites AS o
+                  WHERE o.practice_id = i.practice_id AND o.email_key = i.email_key AND o.id <> i.id
+                    AND o.status = 'pending' AND o.expires_at > $2)
 ORDER BY r.line_number
 """
 
@@ -82,10 +90,18 @@ LOCK_REPLACED = "SELECT id, status FROM invitations.invites WHERE id = ANY($1::u
 # false: its InviteRevoked went out already), and an accepted or already replaced one is left alone.
 REPLACE_INVITES = """
 WITH old AS (
-    SELECT i.id, i.status AS was, u.new_id
+    SELECT i.id, i.status AS was, i.batch_id, i.line_number, u.new_id
     FROM invitations.invites AS i JOIN unnest($3::uuid[], $4::uuid[]) AS u(old_id, new_id) ON i.id = u.old_id
     WHERE i.replaced_by IS NULL AND i.status <> 'accepted'
     FOR UPDATE OF i
+), rows AS (
+    -- The roster row of a replaced invite lets go of it ($5 says by what): it leaves its batch's not-on-CollabKare
+    -- list, a resend of that batch leaves it alone, and a late outcome of the old invite cannot overwrite it. A
+    -- resend's own rows are given their new invites afterwards.
+    UPDATE invitations.batch_rows AS r SET outcome = 'already_invited', reason = $5, invite_id = NULL, updated_at = $1
+    FROM old
+    WHERE r.batch_id = old.batch_id AND r.line_number = old.line_number AND r.invite_id = old.id
+    RETURNING 1
 )
 UPDATE invitations.invites AS i
 SET replaced_by = old.new_id,
@@ -122,6 +138,7 @@ class RowRecord:
     invite_id: uuid.UUID | None
     attempts: int
     updated_at: datetime
+    invite_status: str | None
 
 
 async def find_batch(db: Executor, practice_id: uuid.UUID, batch_id: uuid.UUID) -> BatchRecord | None:
@@ -170,23 +187,24 @@ async def count_outcomes(db: Executor, batch_id: uuid.UUID) -> dict[str, int]:
 
 
 async def list_rows(
-    db: Executor, batch_id: uuid.UUID, outcomes: Sequence[str] | None, after_line: int, limit: int
+    db: Executor, batch_id: uuid.UUID, outcomes: Sequence[str] | None, after_line: int, limit: int, now: datetime
 ) -> list[RowRecord]:
     """Rows after `after_line`, in line order; with `outcomes`, only rows with one of them."""
-    found = await db.fetch(LIST_ROWS, batch_id, list(outcomes) if outcomes else None, after_line, limit)
+    found = await db.fetch(LIST_ROWS, batch_id, list(outcomes) if outcomes else None, after_line, limit, now)
     return [RowRecord(**dict(row)) for row in found]
 
 
-async def not_on_platform_emails(db: Executor, batch_id: uuid.UUID) -> list[str]:
-    return [row["email"] for row in await db.fetch(NOT_ON_PLATFORM, batch_id)]
+async def not_on_platform_emails(db: Executor, batch_id: uuid.UUID, now: datetime) -> list[str]:
+    return [row["email"] for row in await db.fetch(NOT_ON_PLATFORM, batch_id, now)]
 
 
 async def lock_not_on_platform(db: asyncpg.Connection, batch_id: uuid.UUID) -> list[asyncpg.Record]:
-    """The batch's not-on-platform rows whose invite was not accepted meanwhile, locked with their invites. A row
-    that turned not_on_platform between the two statements has its invite unlocked: it waits for the next resend."""
+    """The batch's not-on-platform rows whose invite is pending or expired (not accepted meanwhile, nor revoked by
+    staff: a resend does not bring back an invite they withdrew), locked with their invites. A row that turned
+    not_on_platform between the two statements has its invite unlocked: it waits for the next resend."""
     locked = {row["id"]: row["status"] for row in await db.fetch(LOCK_NOT_ON_PLATFORM_INVITES, batch_id)}
     rows = await db.fetch(LOCK_NOT_ON_PLATFORM_ROWS, batch_id)
-    return [row for row in rows if locked.get(row["invite_id"]) not in (None, "accepted")]
+    return [row for row in rows if locked.get(row["invite_id"]) in ("pending", "expired")]
 
 
 async def update_rows(
@@ -217,7 +235,7 @@ async def replace_invites(
     if not pairs:
         return []
     old, new = zip(*pairs, strict=True)
-    return list(await db.fetch(REPLACE_INVITES, now, actor, list(old), list(new)))
+    return list(await db.fetch(REPLACE_INVITES, now, actor, list(old), list(new), replaced_reason(now)))
 
 
 FOLLOW_RESEND = """

@@ -192,6 +192,11 @@ class RowView(BaseModel):
     invite_id: uuid.UUID | None
     attempts: int = Field(description="Invites sent for this row (a resend adds one)")
     updated_at: datetime
+    invite_status: InviteStatus | None = Field(
+        description="The status of the row's invite now (`outcome` says what became of its email): `revoked` by "
+        "staff, `accepted`, `expired` since, or `pending`; null when the row has no invite (invalid, duplicate, "
+        "flagged, or its invite replaced by a newer one)"
+    )
 
 
 class RowsPage(BaseModel):

@@ -61,6 +61,8 @@ def test_invite_patients_preview_send_results_and_copy_the_missing(page: Any, co
         "8": "not_on_platform",
     }
     expect(rows.nth(0)).to_contain_text("Welcome to Riverside, Ana, and see you on Monday")
+    statuses = [row.locator("[data-invite-status]").get_attribute("data-invite-status") for row in rows.all()]
+    assert statuses == ["pending", "pending", "", "", "pending", "pending"], "what became of each row's invite"
     expect(page.get_by_role("status")).to_contain_text("All rows have an outcome: 2 sent, 2 not on CollabKare yet")
     # A second click sends nothing twice: the same roster and note find the batch already sent (it made a second
     # batch in which every patient was "already invited", and the first one's results were gone).

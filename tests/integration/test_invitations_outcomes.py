@@ -413,6 +413,84 @@ async def test_a_resend_flags_a_patient_connected_after_their_invite_ended(servi
     assert (await _rows(service, batch["batch_id"]))["dee@example.com"][0] == "already_connected"
 
 
+async def test_a_batchs_rows_follow_their_patients_current_invite(service: Service) -> None:
+    """Found by a black-box probe: a later roster replaced batch A's undelivered invites, yet A still listed those
+    patients as not on CollabKare, and A's resend then revoked the later batch's invites; a resend also brought back an
+    invite staff had revoked. A's rows now let go of replaced invites (`already_invited`), staff-revoked rows stay out
+    of the list and the resend, and every row shows its invite's status."""
+    practice = uuid.uuid4()
+    first_batch = await service.submit(practice, "zed@example.com\nyan@example.com\nhank@example.com\nivy@example.com")
+    base = f"/v1/practices/{practice}/invite-batches/{first_batch['batch_id']}"
+    first = await _by_email(service, practice)
+    await _deliver(
+        service,
+        OUTCOMES,
+        *(_outcome(first[f"{name}@example.com"], "not_on_platform") for name in ("zed", "yan", "hank")),
+    )
+    await _deliver(service, OUTCOMES, _outcome(first["ivy@example.com"], "sent"))
+    hank = first["hank@example.com"]["payload"]["invite_id"]
+    revoked = await service.http.post(f"/v1/practices/{practice}/invites/{hank}/revoke", headers=staff(practice))
+    assert revoked.status_code == 200, revoked.text
+    listed = await service.http.get(f"{base}/not-on-platform", headers=staff(practice))
+    assert listed.text == "zed@example.com\nyan@example.com\n", "staff withdrew hank's invite"
+
+    second_batch = await service.submit(practice, "zed@example.com\nyan@example.com")  # zed registered meanwhile
+    rows = await service.http.get(f"{base}/rows", headers=staff(practice))
+    by_email = {row["email"]: row for row in rows.json()["items"]}
+    for name in ("zed", "yan"):
+        row = by_email[f"{name}@example.com"]
+        assert (row["outcome"], row["invite_id"], row["invite_status"]) == ("already_invited", None, None), row
+        assert "a newer invite replaces this row's" in row["reason"]
+    assert (by_email["hank@example.com"]["outcome"], by_email["hank@example.com"]["invite_status"]) == (
+        "not_on_platform",
+        "revoked",
+    )
+    assert (by_email["ivy@example.com"]["outcome"], by_email["ivy@example.com"]["invite_status"]) == ("sent", "pending")
+    assert (await service.http.get(f"{base}/not-on-platform", headers=staff(practice))).text == ""
+
+    resent = await service.http.post(f"{base}/resend-not-on-platform", headers=staff(practice))
+    assert resent.json() == {
+        "batch_id": first_batch["batch_id"],
+        "resent": 0,
+        "already_connected": 0,
+        "already_invited": 0,
+    }
+    assert (await _rows(service, first_batch["batch_id"]))["hank@example.com"][0] == "not_on_platform"
+    second_rows = await service.fetch(
+        "SELECT r.outcome, i.status FROM invitations.batch_rows AS r"
+        " JOIN invitations.invites AS i ON i.id = r.invite_id WHERE r.batch_id = $1",
+        uuid.UUID(second_batch["batch_id"]),
+    )
+    assert [(r["outcome"], r["status"]) for r in second_rows] == [("queued", "pending")] * 2, "the later batch's stand"
+    statuses = {key: status for key, status, _ in await _statuses(service, practice)}
+    assert statuses["hank@example.com"] == "revoked"
+
+    # An expired invite's row leaves the list while its patient holds a newer invite.
+    newer = await service.submit(practice, "kim@example.com")
+    kim_old = (await _by_email(service, practice))["kim@example.com"]
+    await _deliver(service, OUTCOMES, _outcome(kim_old, "not_on_platform"))
+    kim_base = f"/v1/practices/{practice}/invite-batches/{newer['batch_id']}"
+    assert (await service.http.get(f"{kim_base}/not-on-platform", headers=staff(practice))).text == "kim@example.com\n"
+    await service.admin.execute(
+        "UPDATE invitations.invites SET status = 'expired', expired_at = now() WHERE id = $1",
+        uuid.UUID(kim_old["payload"]["invite_id"]),
+    )
+    single = await service.http.post(
+        f"/v1/practices/{practice}/invites",
+        json={"email": "kim@example.com", "ssn": "123456789"},
+        headers=staff(practice),
+    )
+    assert single.status_code == 201, single.text
+    assert (await service.http.get(f"{kim_base}/not-on-platform", headers=staff(practice))).text == ""
+    [kim_row] = (await service.http.get(f"{kim_base}/rows", headers=staff(practice))).json()["items"]
+    assert (kim_row["outcome"], kim_row["invite_status"]) == ("not_on_platform", "expired")
+    # A resend of that row does not invite her a second time: it flags the row.
+    flagged = await service.http.post(f"{kim_base}/resend-not-on-platform", headers=staff(practice))
+    assert flagged.json() == {"batch_id": newer["batch_id"], "resent": 0, "already_connected": 0, "already_invited": 1}
+    [kim_row] = (await service.http.get(f"{kim_base}/rows", headers=staff(practice))).json()["items"]
+    assert kim_row["outcome"] == "already_invited" and "no new invite is sent" in kim_row["reason"]
+
+
 async def test_an_invite_that_never_reached_the_patient_gives_way_to_a_new_one(service: Service) -> None:
     """Staff paste a patient again once they registered: was `already_invited` (a 409 for one invite) for 7 days,
     though nothing had ever been sent. An invite still on its way, or delivered, keeps blocking."""
@@ -481,7 +559,8 @@ async def test_an_invite_that_never_reached_the_patient_gives_way_to_a_new_one(s
 async def test_a_roster_never_takes_the_place_of_an_identity_checked_invite(service: Service) -> None:
     """A roster row not on platform; then an invite sent on its own (identity factors), not on platform either,
     replaced the row's. Once the patient registers, neither re-sending the row nor pasting the patient again may
-    swap that invite for a roster invite, which would drop the identity check: staff resend that invite."""
+    swap that invite for a roster invite, which would drop the identity check: staff resend that invite. (The row
+    let go of its invite when it was replaced: the resend leaves it alone.)"""
     practice = uuid.uuid4()
     batch = await service.submit(practice, "gil@example.com")
     base = f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}"
@@ -498,11 +577,13 @@ async def test_a_roster_never_takes_the_place_of_an_identity_checked_invite(serv
 
     response = await service.http.post(f"{base}/resend-not-on-platform", headers=staff(practice))
     assert response.status_code == 202, response.text
-    assert response.json() == {"batch_id": batch["batch_id"], "resent": 0, "already_connected": 0, "already_invited": 1}
+    assert response.json() == {"batch_id": batch["batch_id"], "resent": 0, "already_connected": 0, "already_invited": 0}
     [row] = await service.fetch(
-        "SELECT outcome, reason FROM invitations.batch_rows WHERE batch_id = $1", uuid.UUID(batch["batch_id"])
+        "SELECT outcome, reason, invite_id FROM invitations.batch_rows WHERE batch_id = $1",
+        uuid.UUID(batch["batch_id"]),
     )
-    assert row["outcome"] == "already_invited" and "resend that invite" in row["reason"]
+    assert (row["outcome"], row["invite_id"]) == ("already_invited", None)
+    assert "a newer invite replaces this row's" in row["reason"] and "access history" in row["reason"]
     preview = await service.http.post(
         f"/v1/practices/{practice}/roster/preview", json={"roster": "gil@example.com"}, headers=staff(practice)
     )

@@ -2,7 +2,7 @@
 // not-on-CollabKare list (clipboard) and re-sending to those patients.
 
 import { api } from "./api.js";
-import { $, announce, busy, clearError, el, OUTCOME_LABELS, plural, showError } from "./ui.js";
+import { $, announce, busy, clearError, el, OUTCOME_LABELS, plural, showError, STATUS_LABELS } from "./ui.js";
 
 const ORDER = ["sent", "not_on_platform", "already_connected", "already_invited", "duplicate", "invalid", "error", "queued"];
 const ROWS_PAGE = 100;
@@ -109,6 +109,8 @@ function resultRow(row) {
     el("td", {}, row.email),
     el("td", {}, row.note || ""),
     el("td", {}, el("span", { className: `badge ${row.outcome}` }, OUTCOME_LABELS[row.outcome] || row.outcome)),
+    // What became of the invite since (revoked, accepted, expired): the outcome tells only of its email.
+    el("td", { dataset: { inviteStatus: row.invite_status || "" } }, STATUS_LABELS[row.invite_status] || ""),
     el("td", {}, row.reason || ""),
   );
 }
