@@ -91,10 +91,12 @@ def accept(
     if email_key(patient_email) != invite.email_key:
         return Acceptance(Decision.OTHER_EMAIL, invite, changed=False)
     if invite.status is InviteStatus.ACCEPTED:
-        if invite.accepted_by == str(patient_id):
-            # The same patient again: a retry after a lost answer gets the same answer, and nothing happens twice.
-            return Acceptance(Decision.ACCEPTED, invite, changed=False)
-        return Acceptance(Decision.ALREADY_ACCEPTED, invite, changed=False)
+        if invite.accepted_by != str(patient_id):
+            return Acceptance(Decision.ALREADY_ACCEPTED, invite, changed=False)
+        # The same patient again: a retry after a lost answer gets the same answer, and nothing happens twice;
+        # with the same answer only (a black-box probe got a 200 for a wrong date of birth). Nothing is counted.
+        refused = _refused_answer(invite, answer, key)
+        return Acceptance(refused or Decision.ACCEPTED, invite, changed=False)
     if invite.status is InviteStatus.REVOKED:
         return Acceptance(_ended(invite, Decision.REVOKED), invite, changed=False)
     if invite.current_status(now) is InviteStatus.EXPIRED:
@@ -106,18 +108,28 @@ def accept(
         return Acceptance(Decision.EXPIRED, expired, changed=True, events=(event,))
     if invite.locked_at is not None:
         return Acceptance(Decision.LOCKED, invite, changed=False)
-    if invite.digests.required:
-        checks = _checks(invite, answer, key)
-        if not checks:
-            return Acceptance(Decision.FACTOR_REQUIRED, invite, changed=False)
-        if not any(checks):
-            attempts = invite.failed_attempts + 1
-            locked_at = now if attempts >= MAX_FACTOR_ATTEMPTS else None
-            counted = replace(invite, failed_attempts=attempts, locked_at=locked_at)
-            return Acceptance(Decision.WRONG_FACTOR, counted, changed=True)
+    refused = _refused_answer(invite, answer, key)
+    if refused is Decision.FACTOR_REQUIRED:
+        return Acceptance(refused, invite, changed=False)
+    if refused is Decision.WRONG_FACTOR:
+        attempts = invite.failed_attempts + 1
+        locked_at = now if attempts >= MAX_FACTOR_ATTEMPTS else None
+        counted = replace(invite, failed_attempts=attempts, locked_at=locked_at)
+        return Acceptance(refused, counted, changed=True)
     accepted = replace(invite, status=InviteStatus.ACCEPTED, accepted_at=now, accepted_by=str(patient_id))
     event = accepted_event(accepted, patient_id, patient_email, cause)
     return Acceptance(Decision.ACCEPTED, accepted, changed=True, events=(event,))
+
+
+def _refused_answer(invite: Invite, answer: Answer, key: bytes) -> Decision | None:
+    """Why the answer does not do for this invite (nothing given it can check, or nothing matching); None when it
+    does, or when the invite asks for none."""
+    if not invite.digests.required:
+        return None
+    checks = _checks(invite, answer, key)
+    if not checks:
+        return Decision.FACTOR_REQUIRED
+    return None if any(checks) else Decision.WRONG_FACTOR
 
 
 def _ended(invite: Invite, why: Decision) -> Decision:

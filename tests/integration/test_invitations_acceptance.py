@@ -132,8 +132,15 @@ async def test_an_invite_with_factors_needs_one_matching_factor(service: Service
     # Another account holding the token and the right factor is still another account (was accepted).
     other = await _accept(service, token, email="other@example.com", date_of_birth="1980-02-29", phone="5550101234")
     assert other.status_code == 403 and "a different email address" in other.json()["detail"]
-    ok = await _accept(service, token, date_of_birth="1980-02-29", phone="(555) 010-1234")
+    ann = uuid.uuid4()
+    ok = await _accept(service, token, patient_id=ann, date_of_birth="1980-02-29", phone="(555) 010-1234")
     assert ok.status_code == 200, ok.text
+    # Her retry after a lost answer gets the same answer with the same factor only (a probe got a 200 for a wrong
+    # date of birth); a wrong one is not counted against anything.
+    assert (await _accept(service, token, patient_id=ann, ssn="123-45-6789")).json() == ok.json()
+    replay = await _accept(service, token, patient_id=ann, date_of_birth="1980-02-04", phone="(555) 010-1234")
+    assert replay.status_code == 403 and "do not match" in replay.json()["detail"], replay.text
+    assert (await _status(service, invite_id))["failed_attempts"] == 0
     _, _, by_ssn = await _individual_invite(service, "bob@example.com", ssn="587654321")
     assert (await _accept(service, by_ssn, email="bob@example.com", ssn="587-65-4321")).status_code == 200
     c_token = (await _individual_invite(service, "c@example.com", ssn="587654321"))[2]

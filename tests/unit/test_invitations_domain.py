@@ -181,6 +181,12 @@ def test_refusals_in_order() -> None:
     assert _accept(_invite(status=InviteStatus.ACCEPTED)).decision is Decision.ALREADY_ACCEPTED
     again = _accept(_invite(status=InviteStatus.ACCEPTED, accepted_by=str(PATIENT)))
     assert (again.decision, again.changed, again.events) == (Decision.ACCEPTED, False, ()), "a retry, not a second use"
+    # A retry of an invite that checks a factor gives the same answer only with a matching factor; nothing counted.
+    taken = _factored(status=InviteStatus.ACCEPTED, accepted_by=str(PATIENT))
+    assert _accept(taken, Answer(date_of_birth="1980-02-29", phone="15550101234")).decision is Decision.ACCEPTED
+    wrong = _accept(taken, Answer(date_of_birth="1980-02-04", phone="15550101234"))
+    assert (wrong.decision, wrong.changed, wrong.invite.failed_attempts) == (Decision.WRONG_FACTOR, False, 0)
+    assert _accept(taken).decision is Decision.FACTOR_REQUIRED
     assert _accept(_invite(status=InviteStatus.REVOKED)).decision is Decision.REVOKED
     assert _accept(_invite(status=InviteStatus.EXPIRED)).decision is Decision.EXPIRED
     # A resend replaced it: the patient is pointed at the newer email, not told the practice withdrew.
