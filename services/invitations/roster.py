@@ -18,7 +18,10 @@ MAX_LINES = 100_000
 MAX_BYTES = 5 * 1024 * 1024  # of roster text, UTF-8 encoded
 BOM = "\ufeff"
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# Text copied from a word processor or a web page may end its lines with U+2028 (line separator) or U+2029
+# (paragraph separator): line breaks to the person who pasted it, and to this parser.
+_LINE_BREAK = re.compile("\r\n|[\r\n\u2028\u2029]")
+_UNUSUAL_BREAKS = ("\r", "\u2028", "\u2029")
 
 # A conservative subset of addresses that email-validator accepts unchanged except for the lower-cased domain:
 # plain ASCII, no Punycode or "--" labels, no RFC 2142 mailbox names, no special-use domain. Everything
@@ -126,10 +129,12 @@ def storable(text: str) -> str:
 
 
 def split_lines(text: str) -> list[str]:
-    """Lines as a person sees them: LF, CRLF or CR end a line; a leading byte-order mark is dropped."""
+    """Lines as a person sees them: LF, CRLF, CR, U+2028 or U+2029 end a line; a leading byte-order mark is
+    dropped."""
     if text.startswith(BOM):
         text = text[1:]
-    lines = _LINE_BREAK.split(text) if "\r" in text else text.split("\n")
+    unusual = any(mark in text for mark in _UNUSUAL_BREAKS)
+    lines = _LINE_BREAK.split(text) if unusual else text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # a final line break does not start another line
     return lines
@@ -140,8 +145,8 @@ def count_lines(text: str) -> int:
     start = 1 if text.startswith(BOM) else 0
     if len(text) == start:
         return 0
-    breaks = text.count("\n") + text.count("\r") - text.count("\r\n")  # a CRLF is one break
-    return breaks if text.endswith(("\n", "\r")) else breaks + 1
+    breaks = text.count("\n") - text.count("\r\n") + sum(text.count(mark) for mark in _UNUSUAL_BREAKS)
+    return breaks if text.endswith(("\n", *_UNUSUAL_BREAKS)) else breaks + 1  # a CRLF is one break
 
 
 def check_size(text: str) -> int:

@@ -30,7 +30,7 @@ PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 def reference(text: str, default_note: str | None = None) -> list[Row]:
     """The rules read straight off the issue, written for clarity instead of speed."""
     text = text.removeprefix("\ufeff")
-    lines = re.split(r"\r\n|\r|\n", text)
+    lines = re.split("\r\n|\r|\n|\u2028|\u2029", text)
     if lines[-1] == "":
         lines.pop()
     default = default_note.strip() if default_note and default_note.strip() else None
@@ -88,7 +88,7 @@ built = st.builds(lambda local, domain: f"{local}@{domain}", locals_, domains)
 addresses = st.one_of(st.emails(), built, junk)
 # Line content never holds CR or LF (they end lines) but may hold any other whitespace, commas, controls.
 note_text = st.text(
-    alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=40
+    alphabet=st.characters(blacklist_characters="\r\n\u2028\u2029", blacklist_categories=("Cs",)), max_size=40
 ) | st.text(alphabet="ab, ", min_size=MAX_NOTE - 3, max_size=MAX_NOTE + 3)
 padding = st.sampled_from(["", " ", "\t", "  \t ", "\u00a0", "\x0b"])
 
@@ -166,7 +166,7 @@ def test_line_endings_and_bom_do_not_change_verdicts(text: str) -> None:
 
 
 @PROPERTY
-@given(st.lists(st.sampled_from(["\r", "\n", "\r\n", "\ufeff", "a", " ", "#"])).map("".join))
+@given(st.lists(st.sampled_from(["\r", "\n", "\r\n", "\u2028", "\u2029", "\ufeff", "a", " ", "#"])).map("".join))
 @example("")
 @example("\ufeff")
 @example("\r\r\n\n")
@@ -264,6 +264,15 @@ TRICKY: dict[str, tuple[str, str | None, list[Row]]] = {
         "Postmaster@Example.com\npostmaster@example.com",
         None,
         [(1, "ready", "postmaster@example.com", None, None), (2, "duplicate", "postmaster@example.com", None, 1)],
+    ),
+    "line and paragraph separators copied from a document end lines": (  # a probe: "invalid characters: '@'"
+        "ann@example.com\u2028bob@example.com, Hi\u2029cat@example.com",
+        None,
+        [
+            (1, "ready", "ann@example.com", None, None),
+            (2, "ready", "bob@example.com", "Hi", None),
+            (3, "ready", "cat@example.com", None, None),
+        ],
     ),
     "tabs and no-break spaces around entries": (
         "\t ann@example.com \u00a0\n\u00a0\u00a0\n",
