@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -131,6 +131,14 @@ def _conflict(error: AlreadyConnected | AlreadyInvited | NotChangeable | Already
     return Problem(409, str(error), type_="urn:collabkare:problem:invite-not-changeable", status_now=error.status.value)
 
 
+_CREATED: dict[int | str, dict[str, Any]] = {
+    201: {
+        "description": "Created: the new invite is at the `Location` given",
+        "headers": {"Location": {"description": "The new invite's URL", "schema": {"type": "string"}}},
+    }
+}
+
+
 @router.post(
     "/v1/practices/{practice_id}/invites",
     status_code=201,
@@ -139,7 +147,7 @@ def _conflict(error: AlreadyConnected | AlreadyInvited | NotChangeable | Already
         "Factors are stored only as keyed digests. 409 when the patient is connected or holds a pending invite "
         "on its way or delivered; a pending invite that never reached them (not_on_platform, error) is replaced."
     ),
-    responses=problems(401, 403, 404, 409, 415, 422),
+    responses={**_CREATED, **problems(401, 403, 404, 409, 415, 422)},
 )
 async def create_invite(
     practice_id: uuid.UUID,
@@ -149,6 +157,7 @@ async def create_invite(
     pool: Pool,
     policy: Policies,
     cause: Tracing,
+    response: Response,
 ) -> InviteView:
     missing = identity.missing_factors(
         ssn=bool(body.ssn), date_of_birth=bool(body.date_of_birth), phone=bool(body.phone)
@@ -164,7 +173,21 @@ async def create_invite(
         )
     except (AlreadyConnected, AlreadyInvited) as error:
         raise _conflict(error) from None
+    response.headers["Location"] = InviteView.link(invite)
     return InviteView.of(invite)
+
+
+@router.get(
+    "/v1/practices/{practice_id}/invites/{invite_id}",
+    summary="One invite: its status, delivery and who did what when (the `Location` of a new invite)",
+    responses=problems(401, 403, 404, 422),
+)
+async def get_invite(practice_id: uuid.UUID, invite_id: uuid.UUID, staff: StaffMember, pool: Pool) -> InviteView:
+    try:
+        invite, replacement = await handlers.find_invite(pool, practice_id, invite_id)
+    except InviteNotFound:
+        raise Problem(404, "No such invite.") from None
+    return InviteView.of(invite, replacement=replacement)
 
 
 @router.get(
@@ -211,10 +234,16 @@ async def revoke_invite(
     "/v1/practices/{practice_id}/invites/{invite_id}/resend",
     status_code=201,
     summary="Resend: revoke the invite (if pending) and send a new one with a new token; works on expired invites",
-    responses=problems(401, 403, 404, 409, 422),
+    responses={**_CREATED, **problems(401, 403, 404, 409, 422)},
 )
 async def resend_invite(
-    practice_id: uuid.UUID, invite_id: uuid.UUID, staff: StaffMember, pool: Pool, policy: Policies, cause: Tracing
+    practice_id: uuid.UUID,
+    invite_id: uuid.UUID,
+    staff: StaffMember,
+    pool: Pool,
+    policy: Policies,
+    cause: Tracing,
+    response: Response,
 ) -> ResendView:
     try:
         old, new = await handlers.resend_invite(pool, policy, practice_id, invite_id, actor=staff.subject, cause=cause)
@@ -222,6 +251,7 @@ async def resend_invite(
         raise Problem(404, "No such invite.") from None
     except (AlreadyConnected, AlreadyInvited, NotChangeable, AlreadyReplaced) as error:
         raise _conflict(error) from None
+    response.headers["Location"] = InviteView.link(new)
     return ResendView(previous=InviteView.of(old, replacement=new), invite=InviteView.of(new))
 
 

@@ -111,6 +111,15 @@ async def create_invite(
     return invite
 
 
+async def find_invite(pool: asyncpg.Pool, practice_id: uuid.UUID, invite_id: uuid.UUID) -> tuple[Invite, Invite | None]:
+    """(the practice's invite, the invite that replaced it if any); InviteNotFound for another practice's too."""
+    invite = await repository.find_invite(pool, practice_id, invite_id)
+    if invite is None:
+        raise InviteNotFound()
+    replacement = await repository.find_invite(pool, practice_id, invite.replaced_by) if invite.replaced_by else None
+    return invite, replacement
+
+
 async def access_history(pool: asyncpg.Pool, practice_id: uuid.UUID, email: str) -> list[Invite]:
     return await repository.history(pool, practice_id, domain.email_key(email))
 

@@ -51,6 +51,10 @@ class InviteView(BaseModel):
     expired_at: datetime | None
     locked: bool = Field(description="Locked after too many wrong identity answers")
 
+    @staticmethod
+    def link(invite: Invite) -> str:
+        return f"/v1/practices/{invite.practice_id}/invites/{invite.id}"
+
     @classmethod
     def of(cls, invite: Invite, now: datetime | None = None, replacement: Invite | None = None) -> InviteView:
         now = now or datetime.now(UTC)

@@ -46,6 +46,7 @@ ENDPOINTS = {
         "POST", "/v1/practices/{practice}/invites", {"email": "cat@example.com", "ssn": "123456789"}, False, 201
     ),
     "access history": Endpoint("GET", "/v1/practices/{practice}/invites?email=ann@example.com", None, False, 200),
+    "one invite": Endpoint("GET", _INVITE, None, False, 200),
     "revoke": Endpoint("POST", _INVITE + "/revoke", None, False, 200),
     "resend": Endpoint("POST", _INVITE + "/resend", None, False, 201),
     "accept": Endpoint("POST", "/v1/invites/accept", {"token": "{token}"}, True, 200),

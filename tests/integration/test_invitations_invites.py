@@ -348,6 +348,22 @@ async def test_resend_revokes_and_sends_a_new_token_and_history_keeps_everything
     assert revocations == {first["id"]: None, second["id"]: third["id"]}
     twice = await _act(service, practice, second["id"], "resend", "staff-5")
     assert twice.status_code == 409 and twice.json()["replaced_by"] == third["id"]
+
+    # Each new invite is at its Location (integrators asked for one): the same view as the history's.
+    assert resent.headers["location"] == f"/v1/practices/{practice}/invites/{third['id']}"
+    one = await service.http.get(resent.headers["location"], headers=staff(practice))
+    assert one.status_code == 200 and one.json() == history[0]
+    replaced = await service.http.get(f"/v1/practices/{practice}/invites/{second['id']}", headers=staff(practice))
+    assert replaced.json() == history[1], "with who resent it"
+    created = await service.http.post(
+        f"/v1/practices/{practice}/invites",
+        json={"email": "zoe@example.com", "ssn": "123456789"},
+        headers=staff(practice),
+    )
+    assert created.status_code == 201 and created.headers["location"].endswith(f"/invites/{created.json()['id']}")
+    other = uuid.uuid4()  # its own staff, asking for this practice's invite
+    elsewhere = await service.http.get(f"/v1/practices/{other}/invites/{third['id']}", headers=staff(other))
+    assert elsewhere.status_code == 404
     assert await _history(service, uuid.uuid4(), "ann@example.com") == [], "history stays in its practice"
     bad = await service.http.get(f"/v1/practices/{practice}/invites?email=not-an-email", headers=staff(practice))
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "email"
