@@ -267,7 +267,7 @@ async def resend_not_on_platform(
             records = build_records(entries, context, replaces)
             new_ids = records.invite_ids
             replaced = await batch_repository.replace_invites(
-                db, now, actor, [(replaces[line], new_ids[line]) for line in new_ids]
+                db, now, actor, [(replaces[line], new_ids[line]) for line in new_ids], resending=batch_id
             )
             records.rows = b""  # the rows exist: they are updated below, not inserted
             await batch_repository.copy_records(db, records)

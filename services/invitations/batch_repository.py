@@ -96,11 +96,12 @@ WITH old AS (
     FOR UPDATE OF i
 ), rows AS (
     -- The roster row of a replaced invite lets go of it ($5 says by what): it leaves its batch's not-on-CollabKare
-    -- list, a resend of that batch leaves it alone, and a late outcome of the old invite cannot overwrite it. A
-    -- resend's own rows are given their new invites afterwards.
+    -- list, a resend of that batch leaves it alone, and a late outcome of the old invite cannot overwrite it. The
+    -- rows of the batch being resent ($6) are not: the resend gives them their new invites.
     UPDATE invitations.batch_rows AS r SET outcome = 'already_invited', reason = $5, invite_id = NULL, updated_at = $1
     FROM old
     WHERE r.batch_id = old.batch_id AND r.line_number = old.line_number AND r.invite_id = old.id
+      AND r.batch_id IS DISTINCT FROM $6
     RETURNING 1
 )
 UPDATE invitations.invites AS i
@@ -228,14 +229,20 @@ async def lock_replaced(db: asyncpg.Connection, ids: Sequence[uuid.UUID]) -> dic
 
 
 async def replace_invites(
-    db: asyncpg.Connection, now: datetime, actor: str, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]]
+    db: asyncpg.Connection,
+    now: datetime,
+    actor: str,
+    pairs: Sequence[tuple[uuid.UUID, uuid.UUID]],
+    resending: uuid.UUID | None = None,
 ) -> list[asyncpg.Record]:
     """Point each old invite at its successor, revoking it if still pending; returns the updated invites, each
-    with `revoked_now` (whether this call revoked it: its InviteRevoked is the caller's to publish)."""
+    with `revoked_now` (whether this call revoked it: its InviteRevoked is the caller's to publish). The roster rows
+    of the old invites let go of them, but those of the batch `resending`, which its caller updates."""
     if not pairs:
         return []
     old, new = zip(*pairs, strict=True)
-    return list(await db.fetch(REPLACE_INVITES, now, actor, list(old), list(new), replaced_reason(now)))
+    reason = replaced_reason(now)
+    return list(await db.fetch(REPLACE_INVITES, now, actor, list(old), list(new), reason, resending))
 
 
 FOLLOW_RESEND = """
