@@ -35,5 +35,10 @@ REGISTERED = {
     "frank@example.com": "es",
     "ivy@example.com": "en",
 }
+# Who the scenario emails: invites to ana, bruno, carla, gina (after the resend) and ivy; "you are connected" to dev,
+# erin and ivy; frank's rejection.
+EXPECTED_RECIPIENTS = frozenset(
+    f"{name}@example.com" for name in ("ana", "bruno", "carla", "gina", "dev", "erin", "frank", "ivy")
+)
 # The individual invite: date of birth and phone, the identity factors accepting asks for again.
 IVY = {"email": "ivy@example.com", "date_of_birth": "1984-03-02", "phone": "+1 555 010 7788"}
