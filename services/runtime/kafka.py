@@ -99,7 +99,9 @@ class KafkaSecurity(BaseModel):
 
 async def reach_cluster(bootstrap_servers: str, security: KafkaSecurity, timeout: float) -> None:
     """Raise unless the cluster answers a metadata request within `timeout`. Asked by a bare client, closed however
-    the request ends: nothing is left for the garbage collector to find unclosed."""
+    the request ends. (One gap is aiokafka's, aio-libs/aiokafka#715: a bootstrap cancelled while it waits for the
+    first metadata answer leaves that connection to the garbage collector, which reports it unclosed. The client's
+    own request timeout, the same as this one, usually ends the wait first and closes it.)"""
     client = AIOKafkaClient(
         bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000), **security.aiokafka_options()
     )
