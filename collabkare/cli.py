@@ -11,16 +11,25 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from collabkare.stack.errors import StackError
-from collabkare.stack.settings_file import read_stack_env
+from collabkare.stack.settings_file import default_workdir, read_stack_env
 from services.runtime.auth import STAFF_ROLES, mint_token
 from services.runtime.logging import configure_logging, get_logger
+
+
+def _no_stack(name: str) -> StackError:
+    """The error of a setting neither in the environment nor in a running stack's stack.env, saying where it looked:
+    a stack started with its own COLLABKARE_STACK_DIR is found only with the same value in this shell."""
+    return StackError(
+        f"{name} is not set and no local stack is running in {default_workdir()}/ (start one with `make up`; one "
+        "started with COLLABKARE_STACK_DIR set needs the same COLLABKARE_STACK_DIR here)"
+    )
 
 
 def _setting(name: str) -> str:
     """From the environment, else from the running local stack's stack.env (var/stack/, or COLLABKARE_STACK_DIR)."""
     value = os.environ.get(name) or read_stack_env().get(name)
     if not value:
-        raise StackError(f"{name} is not set and no local stack is running (start one with `make up`)")
+        raise _no_stack(name)
     return value
 
 
@@ -44,7 +53,7 @@ def _kafka() -> tuple[str, str]:
         return bootstrap, os.environ.get("KAFKA_TOPIC_PREFIX", "")
     stack = read_stack_env()
     if not stack.get("KAFKA_BOOTSTRAP_SERVERS"):
-        raise StackError("KAFKA_BOOTSTRAP_SERVERS is not set and no local stack is running (start one with `make up`)")
+        raise _no_stack("KAFKA_BOOTSTRAP_SERVERS")
     return stack["KAFKA_BOOTSTRAP_SERVERS"], stack.get("KAFKA_TOPIC_PREFIX", "")
 
 

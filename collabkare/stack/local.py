@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -29,7 +30,7 @@ from collabkare.stack.infra import Infrastructure, start_infrastructure
 from collabkare.stack.ports import ensure_port_free
 from collabkare.stack.processes import Supervisor
 from collabkare.stack.revive import Reviver
-from collabkare.stack.settings_file import default_workdir, remove_stack_env, write_stack_env
+from collabkare.stack.settings_file import FILE_NAME, default_workdir, remove_stack_env, write_stack_env
 from schemas.topics import TOPICS, all_topic_names
 from services.runtime.auth import mint_token
 from services.runtime.migrations import migrate
@@ -254,7 +255,7 @@ def banner(stack: RunningStack, token: str) -> str:
         lines.append(f"  {name:<12} {url}   (OpenAPI: {url}/openapi.json)")
     lines += [
         "",
-        f"  PostgreSQL   {stack.database_url}",
+        f"  PostgreSQL   {_without_password(stack.database_url)}   (its password: {default_workdir() / FILE_NAME})",
         f"  Kafka        {infra.kafka_bootstrap}",
         f"  SMTP         {infra.smtp_host}:{infra.smtp_port}"
         + (f"   caught mail: {infra.mailbox} (mbox)" if infra.mailbox else ""),
@@ -264,7 +265,21 @@ def banner(stack: RunningStack, token: str) -> str:
         "  staff token (practice_manager, 8 h):",
         f"    {token}",
         "",
-        "  more tokens:  .venv/bin/collabkare token staff --practice <id> --role front_desk",
+        f"  more tokens:  {_stack_dir_prefix()}.venv/bin/collabkare token staff --practice <id> --role front_desk",
         "  Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
+
+
+def _without_password(url: str) -> str:
+    """The URL to show on a terminal (or in a log file someone else can read): its password left out."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _stack_dir_prefix() -> str:
+    """What a second terminal needs before a CLI command to find this stack, when it is not in var/stack/."""
+    return f"COLLABKARE_STACK_DIR={default_workdir()} " if "COLLABKARE_STACK_DIR" in os.environ else ""

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
@@ -200,6 +201,23 @@ def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
         assert f"staff console  http://127.0.0.1:{env['CONSOLE_PORT']}/" in text
         token_line = output.lines[output.lines.index("  staff token (practice_manager, 8 h):\n") + 1].strip()
         assert token_line.count(".") == 2, "the banner should print a JWT"
+        # A new user's walkthrough: the database password went to the terminal (and to a log file others could
+        # read), and the "more tokens" command failed in a second terminal that lacked this stack's directory.
+        stack_env = dict(line.split("=", 1) for line in (workdir / "stack.env").read_text().splitlines())
+        password = urlsplit(stack_env["MIGRATION_DATABASE_URL"]).password
+        assert password and password not in text and f"(its password: {workdir}/stack.env)" in text
+        assert f"more tokens:  COLLABKARE_STACK_DIR={workdir} .venv/bin/collabkare token staff" in text
+        other_shell = {k: v for k, v in env.items() if k != "JWT_SECRET"}
+        other_shell["COLLABKARE_STACK_DIR"] = str(tmp_path / "no-stack-here")  # not var/stack: one may run there
+        elsewhere = subprocess.run(
+            [*CLI, "token", "staff", "--practice", str(uuid.uuid4()), "--role", "front_desk"],
+            env=other_shell,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert elsewhere.returncode != 0 and "needs the same COLLABKARE_STACK_DIR here" in elsewhere.stderr
         # The CLI finds this stack through COLLABKARE_STACK_DIR: its stack.env sits in the stack's directory.
         assert "JWT_SECRET=" in (workdir / "stack.env").read_text()
         minted = subprocess.run(
