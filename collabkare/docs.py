@@ -135,7 +135,8 @@ def _event_message(name: str) -> dict[str, Any]:
         "description": "Kafka record headers; values are UTF-8 strings. "
         + (
             "Optional: the platform's producers may omit them (when set, they mean what they mean on the "
-            "services' own events, whose outbox relays always set them)."
+            "services' own events, whose outbox relays always set them; an event_type other than the event's "
+            "own is dead-lettered)."
             if from_platform
             else "The outbox relay sets all three on every record."
         ),
@@ -284,7 +285,8 @@ def _dead_letter_message(subscription: Subscription) -> dict[str, Any]:
         },
         "payload": {
             "description": "The original record's value, byte for byte: normally the JSON of one of the events "
-            f"on {topics}, but whatever could not be parsed, so possibly not JSON at all (or empty).",
+            f"on {topics}, but whatever could not be parsed, so possibly not JSON at all (or empty); a dead-lettered "
+            "tombstone's value stays null.",
         },
         "bindings": {
             "kafka": {

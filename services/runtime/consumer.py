@@ -129,7 +129,12 @@ class BatchConsumer:
                 continue
             announced = _announced_type(record)
             if announced in EVENT_TYPES and announced not in self.subscription.handlers:
-                continue  # another consumer's event, by the type our relays put in the headers: not parsed
+                if self.home_topics[announced] == record.topic:
+                    continue  # another consumer's event, by the type our relays put in the headers: not parsed
+                # A header naming a type that never travels here is a mistake, not someone else's event: skipped,
+                # it vanished from this group while another group reading the topic applied it.
+                await self.dead_letter(record, f"the event_type header says {announced}, which is not published here")
+                continue
             # No header, one of ours, or a type no contract knows: parsed, so an unknown one is dead-lettered
             # (with or without the header) instead of vanishing.
             try:
@@ -139,6 +144,11 @@ class BatchConsumer:
                 continue
             if record.topic != (home := self.home_topics[event.event_type]):
                 await self.dead_letter(record, f"{event.event_type} is published on {home}, not here", event)
+                continue
+            if announced is not None and announced != event.event_type:
+                await self.dead_letter(
+                    record, f"the event_type header says {announced}, the event is a {event.event_type}", event
+                )
                 continue
             if record.topic in self.tombstones and record.key != event.aggregate_key().encode():
                 # On a compacted topic the key's bytes are what a later record or tombstone replaces or deletes: a
@@ -248,7 +258,7 @@ class BatchConsumer:
             "consumer_group": self.subscription.group,
         }
         await self.context.broker.publish(
-            record.value or b"",
+            record.value,  # a tombstone's null stays null (FastStream sends a keyed None as one): redrivable as is
             topic=self.dead_letters,
             key=record.key,
             headers=headers,
@@ -260,7 +270,10 @@ class BatchConsumer:
             "consumer.dead_lettered",
             group=self.subscription.group,
             topic=record.topic,
+            partition=record.partition,
             offset=record.offset,
+            # The producer's, so the line joins its request's; scrubbed, as a producer wrote it.
+            correlation_id=scrub_text(event.correlation_id) if event else None,
             event_id=str(event.event_id) if event else original.get("event_id") or event_id_in(record.value),
             error=reason[:300],
         )

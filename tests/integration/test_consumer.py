@@ -197,6 +197,9 @@ async def test_a_tombstone_is_applied_by_its_key_and_a_stray_one_is_dead_lettere
     reasons = sorted(dict(d.headers)["dead_letter_reason"].decode() for d in dead)
     not_an_id = "a tombstone's key must be the id of what it deletes (lowercase, hyphenated)"
     assert reasons == [not_an_id, not_an_id, "empty message", "empty message"]
+    # Passed on as they came: a null stays null (an integrator's probe saw b"", which a redrive cannot delete with).
+    assert [d.value for d in dead if d.key != empty_not_null] == [None, None, None]
+    assert [d.value for d in dead if d.key == empty_not_null] == [b""]
 
 
 async def test_a_record_on_a_compacted_topic_keyed_otherwise_than_its_contract_says_is_dead_lettered(
@@ -294,6 +297,34 @@ async def test_events_of_types_the_group_does_not_handle_are_skipped_by_their_he
     dead = await _dead_letters(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=3)
     assert [d.value for d in dead] == [unlabelled, unknown, unknown], "records with another group's type are skipped"
     assert all(b"PatientDeleted" in dict(d.headers)["dead_letter_reason"] for d in dead[1:])
+
+
+async def test_an_event_type_header_that_does_not_fit_the_record_is_dead_lettered(
+    consuming: tuple[ServiceRuntime, Effects], database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """An integrator's probe: a PracticeRegistered whose header said PatientRegistered was skipped by one group (by
+    the header) and applied by another (by the body), silently. A header naming a type that never travels on the
+    topic, or another type than the body's, is a mistake: dead-lettered, whichever group reads it."""
+    bootstrap, practices = database.infra.kafka_bootstrap, topic_prefix + "platform.practices.v1"
+
+    def registered() -> PracticeRegistered:
+        payload = {"name": "Header Clinic", "registered_at": datetime.now(UTC)}
+        return PracticeRegistered(producer="platform", practice_id=uuid.uuid4(), correlation_id="t", payload=payload)
+
+    elsewhere, mislabelled, good = registered(), registered(), registered()
+    for event, header in ((elsewhere, b"PatientRegistered"), (mislabelled, b"InviteExpired")):
+        record = (str(event.practice_id).encode(), event.model_dump_json().encode())
+        await produce(bootstrap, practices, [record], headers=[("event_type", header)])
+    await produce(bootstrap, practices, [(str(good.practice_id).encode(), good.model_dump_json().encode())])
+
+    rows = await _applied(database, expect=1)
+    dead = await _dead_letters(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=2)
+
+    assert [r["invite_id"] for r in rows] == [good.practice_id]
+    assert [dict(d.headers)["dead_letter_reason"].decode() for d in dead] == [
+        "the event_type header says PatientRegistered, which is not published here",
+        "the event_type header says InviteExpired, the event is a PracticeRegistered",
+    ]
 
 
 async def test_failing_event_is_retried_then_dead_lettered_without_blocking_others(
