@@ -41,12 +41,17 @@ def storable(text: str) -> str:
     return text.replace("\x00", "")
 
 
+# The longest display name an email greets a patient with, as PracticeRegistered's name is bounded: the contract
+# sets no bound on the patient's (an integrator's probe sent 3 MB of it, and got a 6 MB email).
+MAX_DISPLAY_NAME = 200
+
+
 def patient_entries(events: Iterable[PatientRegistered]) -> list[PatientEntry]:
     """One entry per email, the latest registration winning (one statement cannot update a row twice)."""
     latest: dict[str, PatientEntry] = {}
     for event in events:
         p = event.payload
-        name = storable(p.display_name) if p.display_name is not None else None
+        name = storable(p.display_name)[:MAX_DISPLAY_NAME] if p.display_name is not None else None
         entry = PatientEntry(directory_key(p.email), p.patient_id, name, p.locale, p.registered_at)
         if entry.email not in latest or latest[entry.email].registered_at <= entry.registered_at:
             latest[entry.email] = entry

@@ -28,16 +28,33 @@ async def unlisten(pool: asyncpg.Pool, connection: asyncpg.Connection | None, ca
 
 
 async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry]) -> None:
+    """The newest registration of each patient is its one address: platform.patients.v1 is compacted by patient id,
+    so a directory rebuilt from it knows only that one. An address a patient changed from is dropped (it was kept,
+    live, until a rebuild), and a registration older than the patient's newest changes nothing."""
+    columns = zip(*((e.email, e.patient_id, e.display_name, e.locale, e.registered_at) for e in entries), strict=True)
     await db.execute(
         """
         INSERT INTO notifier.patients (email, patient_id, display_name, locale, registered_at)
         SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[])
+            AS n(email, patient_id, display_name, locale, registered_at)
+        WHERE NOT EXISTS (SELECT 1 FROM notifier.patients AS q
+                          WHERE q.patient_id = n.patient_id AND q.registered_at > n.registered_at)
         ON CONFLICT (email) DO UPDATE
             SET patient_id = EXCLUDED.patient_id, display_name = EXCLUDED.display_name,
                 locale = EXCLUDED.locale, registered_at = EXCLUDED.registered_at
             WHERE notifier.patients.registered_at <= EXCLUDED.registered_at
         """,
-        *zip(*((e.email, e.patient_id, e.display_name, e.locale, e.registered_at) for e in entries), strict=True),
+        *columns,
+    )
+    await db.execute(
+        """
+        DELETE FROM notifier.patients AS p
+        USING unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS n(patient_id, email, registered_at)
+        WHERE p.patient_id = n.patient_id AND p.email <> n.email AND p.registered_at < n.registered_at
+        """,
+        [e.patient_id for e in entries],
+        [e.email for e in entries],
+        [e.registered_at for e in entries],
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from collabkare.stack.infra import Infrastructure
-from schemas import InviteRequested
+from schemas import InviteRequested, PatientRegistered
 from services.notifier.domain import CONNECTED, CONNECTED_BEFORE_REJECTION, REJECTION_WAIT_SECONDS, REVOKED
 from services.notifier.mailer import Mailer
 from services.notifier.settings import NotifierSettings
@@ -255,6 +256,32 @@ async def test_a_patient_the_platform_deleted_is_not_emailed(notifier: Notifier,
     after = invite(clinic, email, None)
     await notifier.publish(after)
     assert (await notifier.delivery(after.event_id))["status"] == "not_on_platform"
+
+
+async def test_a_patient_who_changed_address_is_emailed_at_the_new_one_only(
+    notifier: Notifier, clinic: uuid.UUID
+) -> None:
+    """An integrator's probe: after a patient's new registration with another address, invites to both addresses were
+    sent, while a directory rebuilt from the compacted topic (keyed by patient id) would know only the new one. A
+    registration older than the patient's newest (a replay) brings no address back."""
+    old_email, new_email, replayed_email = unique_email("old"), unique_email("new"), unique_email("older")
+    first = patient(old_email)
+    patient_id, registered_at = first.payload.patient_id, first.payload.registered_at
+
+    def again(email: str, at: datetime) -> PatientRegistered:
+        payload = first.payload.model_copy(update={"email": email, "registered_at": at})
+        return first.model_copy(update={"event_id": uuid.uuid4(), "payload": payload})
+
+    await notifier.publish(first)
+    await notifier.publish(again(new_email, registered_at + timedelta(days=1)))
+    await notifier.publish(again(replayed_email, registered_at - timedelta(days=1)))
+    to_old, to_new, to_replayed = invite(clinic, old_email), invite(clinic, new_email), invite(clinic, replayed_email)
+    await notifier.publish(to_old, to_new, to_replayed)
+    assert (await notifier.delivery(to_new.event_id))["status"] == "sent"
+    assert (await notifier.delivery(to_old.event_id))["status"] == "not_on_platform"
+    assert (await notifier.delivery(to_replayed.event_id))["status"] == "not_on_platform"
+    addresses = await notifier.admin.fetch("SELECT email FROM notifier.patients WHERE patient_id = $1", patient_id)
+    assert [r["email"] for r in addresses] == [new_email]
 
 
 async def test_invite_to_an_email_nobody_registered_sends_nothing(notifier: Notifier, clinic: uuid.UUID) -> None:

@@ -88,6 +88,12 @@ def test_the_latest_registration_of_an_email_wins() -> None:
     assert (entry.email, entry.locale) == ("same@example.com", "es")
 
 
+def test_a_display_name_is_bounded_as_a_practice_name_is() -> None:
+    """An integrator's probe: 3 MB of display name became a 6 MB email."""
+    [entry] = patient_entries([patient("ann@example.com", "en", name="N" * 3_000_000)])
+    assert entry.display_name == "N" * 200
+
+
 def test_success_and_permanent_failure_are_final_at_once() -> None:
     claimed = _claimed()
     sent = _decide(claimed, Attempt.SENT, "250 2.0.0 OK")
