@@ -93,9 +93,14 @@ def accept(
     if invite.status is InviteStatus.ACCEPTED:
         if invite.accepted_by != str(patient_id):
             return Acceptance(Decision.ALREADY_ACCEPTED, invite, changed=False)
-        # The same patient again: a retry after a lost answer gets the same answer, and nothing happens twice;
-        # with the same answer only (a black-box probe got a 200 for a wrong date of birth). Nothing is counted.
+        # The same patient again: a retry after a lost answer gets the same answer, and nothing happens twice; with
+        # a matching answer only (a probe got a 200 for a wrong date of birth), and wrong answers are counted and
+        # lock the invite as before it was accepted (uncounted, the retry was an oracle for the SSN).
+        if invite.locked_at is not None:
+            return Acceptance(Decision.LOCKED, invite, changed=False)
         refused = _refused_answer(invite, answer, key)
+        if refused is Decision.WRONG_FACTOR:
+            return Acceptance(refused, _counted(invite, now), changed=True)
         return Acceptance(refused or Decision.ACCEPTED, invite, changed=False)
     if invite.status is InviteStatus.REVOKED:
         return Acceptance(_ended(invite, Decision.REVOKED), invite, changed=False)
@@ -112,13 +117,16 @@ def accept(
     if refused is Decision.FACTOR_REQUIRED:
         return Acceptance(refused, invite, changed=False)
     if refused is Decision.WRONG_FACTOR:
-        attempts = invite.failed_attempts + 1
-        locked_at = now if attempts >= MAX_FACTOR_ATTEMPTS else None
-        counted = replace(invite, failed_attempts=attempts, locked_at=locked_at)
-        return Acceptance(refused, counted, changed=True)
+        return Acceptance(refused, _counted(invite, now), changed=True)
     accepted = replace(invite, status=InviteStatus.ACCEPTED, accepted_at=now, accepted_by=str(patient_id))
     event = accepted_event(accepted, patient_id, patient_email, cause)
     return Acceptance(Decision.ACCEPTED, accepted, changed=True, events=(event,))
+
+
+def _counted(invite: Invite, now: datetime) -> Invite:
+    """One wrong answer more; the invite locked at the last one allowed."""
+    attempts = invite.failed_attempts + 1
+    return replace(invite, failed_attempts=attempts, locked_at=now if attempts >= MAX_FACTOR_ATTEMPTS else None)
 
 
 def _refused_answer(invite: Invite, answer: Answer, key: bytes) -> Decision | None:

@@ -276,7 +276,7 @@ def _answer(body: AcceptBody) -> Answer:
         "(403 otherwise, whatever factor is given). 410 when expired or revoked (`reason` expired or revoked), or when "
         "a resend replaced it (`reason` replaced: the newer email's link works); 403 on a wrong factor (locked "
         "after 5); 409 when already used by another account (the patient who accepted it gets the same 200 again, "
-        "given a matching factor again where the invite has them; a wrong one is a 403 that counts nothing), "
+        "given a matching factor again where the invite has them; wrong ones count and lock, as before), "
         "or when the patient connected to the practice meanwhile (an approved request: the invite was revoked by "
         "`system:patient-connected`)."
     ),

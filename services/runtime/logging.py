@@ -52,6 +52,9 @@ PHONE = re.compile(
 # A pydantic ValidationError's text quotes the value it refused ("[type=…, input_value='Jane Doe', input_type=str]"),
 # whether it arrives as repr(error), str(error) or a traceback: a name or a note in any of them.
 PYDANTIC_INPUT = re.compile(r"input_value=.*?(?=, input_type=|$)")  # $: a text cut short (repr(error)[:300])
+# A discriminated union's error quotes the tag it was given ("Input tag 'Jane Doe, HIV' found using 'event_type'"):
+# whatever a producer put in the event_type, a security review saw in the notifier's log.
+PYDANTIC_TAG = re.compile(r"Input tag '.*?' found using")
 # Values the runtime itself sets; scrubbing them would only garble them (a timestamp is not a phone number).
 TRUSTED_KEYS = frozenset({"timestamp", "level", "service", "event_id", "correlation_id", "logger"})
 
@@ -71,6 +74,8 @@ def scrub_text(text: str) -> str:
     text = text.replace("\r", " ").replace("\n", " ")
     if "input_value=" in text:
         text = PYDANTIC_INPUT.sub("input_value=[redacted]", text)
+    if "Input tag '" in text:
+        text = PYDANTIC_TAG.sub("Input tag [redacted] found using", text)
     text = SSN.sub("[redacted]", text)
     text = PHONE.sub("[redacted]", text)
     text = DATE.sub("[redacted]", text)

@@ -135,12 +135,17 @@ async def test_an_invite_with_factors_needs_one_matching_factor(service: Service
     ann = uuid.uuid4()
     ok = await _accept(service, token, patient_id=ann, date_of_birth="1980-02-29", phone="(555) 010-1234")
     assert ok.status_code == 200, ok.text
-    # Her retry after a lost answer gets the same answer with the same factor only (a probe got a 200 for a wrong
-    # date of birth); a wrong one is not counted against anything.
+    # Her retry after a lost answer gets the same answer with a matching factor only (a probe got a 200 for a wrong
+    # date of birth); wrong ones count and lock as before (uncounted, the retry was an oracle for her SSN).
     assert (await _accept(service, token, patient_id=ann, ssn="123-45-6789")).json() == ok.json()
     replay = await _accept(service, token, patient_id=ann, date_of_birth="1980-02-04", phone="(555) 010-1234")
     assert replay.status_code == 403 and "do not match" in replay.json()["detail"], replay.text
-    assert (await _status(service, invite_id))["failed_attempts"] == 0
+    for guess in range(4):
+        await _accept(service, token, patient_id=ann, ssn=f"123-45-000{guess}")
+    locked = await _accept(service, token, patient_id=ann, ssn="123-45-6789")
+    assert locked.status_code == 403 and locked.json()["type"] == "urn:collabkare:problem:invite-locked"
+    state = await _status(service, invite_id)
+    assert (state["status"], state["failed_attempts"], state["locked_at"] is not None) == ("accepted", 5, True)
     _, _, by_ssn = await _individual_invite(service, "bob@example.com", ssn="587654321")
     assert (await _accept(service, by_ssn, email="bob@example.com", ssn="587-65-4321")).status_code == 200
     c_token = (await _individual_invite(service, "c@example.com", ssn="587654321"))[2]

@@ -181,12 +181,18 @@ def test_refusals_in_order() -> None:
     assert _accept(_invite(status=InviteStatus.ACCEPTED)).decision is Decision.ALREADY_ACCEPTED
     again = _accept(_invite(status=InviteStatus.ACCEPTED, accepted_by=str(PATIENT)))
     assert (again.decision, again.changed, again.events) == (Decision.ACCEPTED, False, ()), "a retry, not a second use"
-    # A retry of an invite that checks a factor gives the same answer only with a matching factor; nothing counted.
+    # A retry of an invite that checks a factor gives the same answer only with a matching factor; wrong answers
+    # count and lock it as before (a security review: uncounted, the retry let its holder try every SSN).
     taken = _factored(status=InviteStatus.ACCEPTED, accepted_by=str(PATIENT))
     assert _accept(taken, Answer(date_of_birth="1980-02-29", phone="15550101234")).decision is Decision.ACCEPTED
     wrong = _accept(taken, Answer(date_of_birth="1980-02-04", phone="15550101234"))
-    assert (wrong.decision, wrong.changed, wrong.invite.failed_attempts) == (Decision.WRONG_FACTOR, False, 0)
+    assert (wrong.decision, wrong.changed, wrong.invite.failed_attempts) == (Decision.WRONG_FACTOR, True, 1)
     assert _accept(taken).decision is Decision.FACTOR_REQUIRED
+    guessed = taken
+    for _ in range(5):
+        guessed = _accept(guessed, Answer(ssn="111111111")).invite
+    assert guessed.locked_at is not None and guessed.status is InviteStatus.ACCEPTED
+    assert _accept(guessed, Answer(ssn="123456789")).decision is Decision.LOCKED, "no oracle once locked"
     assert _accept(_invite(status=InviteStatus.REVOKED)).decision is Decision.REVOKED
     assert _accept(_invite(status=InviteStatus.EXPIRED)).decision is Decision.EXPIRED
     # A resend replaced it: the patient is pointed at the newer email, not told the practice withdrew.

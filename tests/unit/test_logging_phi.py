@@ -119,6 +119,19 @@ def test_a_validation_error_never_quotes_the_value_it_refused(captured: io.Strin
     assert lines[2]["errors"][0]["loc"] == ["display_name"]
 
 
+def test_an_unknown_event_type_is_not_quoted_from_the_validation_error() -> None:
+    """A security review published event_type "Jane Q Public diagnosis HIV": pydantic's union error quoted it, and
+    the dead-letter log line and reason header with it."""
+    from schemas import parse_event
+
+    with pytest.raises(ValidationError) as caught:
+        parse_event(b'{"event_type": "Jane Q Public diagnosis HIV", "payload": {}}')
+    text = str(caught.value)
+    assert "Jane Q Public" in text, "the premise: pydantic quotes the tag"
+    scrubbed = scrub_text(text)
+    assert "Jane" not in scrubbed and "Input tag [redacted] found using 'event_type'" in scrubbed
+
+
 def test_a_third_party_error_repeated_many_times_a_second_is_one_line(captured: io.StringIO) -> None:
     """With the broker away, aiokafka's coordinator logged "Heartbeat session expired" ~10 times a second at error
     level: 203 lines in 110 s from one pod."""

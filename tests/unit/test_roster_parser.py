@@ -348,3 +348,14 @@ def test_what_pasting_leaves_around_an_address_is_named_with_its_fix() -> None:
             "needs a line each",
         ),
     ]
+
+
+def test_a_line_longer_than_any_address_is_refused_before_any_pattern_reads_it() -> None:
+    """A security review: one 24 kB line ("<a@a@a@…") held the whole process for 3.5 s in the name-and-brackets
+    hint's pattern (quadratic), and a 1 MB line, inside the roster's limits, would have held it for an hour. This
+    one is 1 MB: without the bound, the suite's timeout ends this test."""
+    [entry] = parse_roster("<" + "a@" * 500_000).entries
+    assert entry.verdict is Verdict.INVALID
+    assert entry.reason == "not a valid email address: it is 1,000,001 characters long; an address has at most 254"
+    [named] = parse_roster(f"{'Jane ' * 40}<jane@example.com>").entries  # a long name: still told the fix
+    assert named.reason is not None and "write the address alone (jane@example.com)" in named.reason
