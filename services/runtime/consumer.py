@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -146,8 +147,10 @@ class BatchConsumer:
                 await self.dead_letter(record, f"{event.event_type} is published on {home}, not here", event)
                 continue
             if announced is not None and announced != event.event_type:
+                # Named only when it is a type we know: a producer's free text may carry anything, PHI included.
+                said = announced if announced in EVENT_TYPES else "an unknown type"
                 await self.dead_letter(
-                    record, f"the event_type header says {announced}, the event is a {event.event_type}", event
+                    record, f"the event_type header says {said}, the event is a {event.event_type}", event
                 )
                 continue
             if record.topic in self.tombstones and record.key != event.aggregate_key().encode():
@@ -333,9 +336,24 @@ def decode(record: ConsumerRecord[bytes, bytes]) -> Envelope:
         return parse_event(record.value)
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in error.errors()[:5]
+            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {_problem(e)}" for e in error.errors()[:5]
         )
         raise PoisonMessage(f"not a valid event: {problems}") from error
+
+
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _problem(error: Any) -> str:
+    """pydantic's words, but for an unknown event_type or schema_version: its error quotes whatever the producer
+    wrote there, which may be anything (a security review sent a name and a diagnosis); a value shaped like a type's
+    name or a version is quoted."""
+    if error["type"] != "union_tag_invalid":
+        return str(error["msg"])
+    context = error.get("ctx", {})
+    tag, field = str(context.get("tag", "")), str(context.get("discriminator", "")).strip("'")
+    named = repr(tag) if _TAG.fullmatch(tag) else "(not shaped like a name or a number)"
+    return f"unknown {field} {named}: expected one of {context.get('expected_tags', '')}"
 
 
 def _runs(events: list[Envelope]) -> list[tuple[str, list[Envelope]]]:

@@ -54,7 +54,7 @@ PHONE = re.compile(
 PYDANTIC_INPUT = re.compile(r"input_value=.*?(?=, input_type=|$)")  # $: a text cut short (repr(error)[:300])
 # A discriminated union's error quotes the tag it was given ("Input tag 'Jane Doe, HIV' found using 'event_type'"):
 # whatever a producer put in the event_type, a security review saw in the notifier's log.
-PYDANTIC_TAG = re.compile(r"Input tag '.*?' found using")
+PYDANTIC_TAG = re.compile(r"Input tag '.*?(?:'( found using)|$)")  # $: a text cut short inside the tag
 # Values the runtime itself sets; scrubbing them would only garble them (a timestamp is not a phone number).
 TRUSTED_KEYS = frozenset({"timestamp", "level", "service", "event_id", "correlation_id", "logger"})
 
@@ -75,7 +75,7 @@ def scrub_text(text: str) -> str:
     if "input_value=" in text:
         text = PYDANTIC_INPUT.sub("input_value=[redacted]", text)
     if "Input tag '" in text:
-        text = PYDANTIC_TAG.sub("Input tag [redacted] found using", text)
+        text = PYDANTIC_TAG.sub(lambda found: "Input tag [redacted]" + (found.group(1) or ""), text)
     text = SSN.sub("[redacted]", text)
     text = PHONE.sub("[redacted]", text)
     text = DATE.sub("[redacted]", text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from typing import Annotated
 
 import pytest
@@ -130,6 +131,20 @@ def test_an_unknown_event_type_is_not_quoted_from_the_validation_error() -> None
     assert "Jane Q Public" in text, "the premise: pydantic quotes the tag"
     scrubbed = scrub_text(text)
     assert "Jane" not in scrubbed and "Input tag [redacted] found using 'event_type'" in scrubbed
+    cut = f"not a valid event: Input tag '{'Jane Doe ' * 40}"[:300]  # a reason cut inside the tag, as logs cut it
+    assert "Jane" not in scrub_text(cut)
+    # The consumer's own reason names a value only when it is shaped like a type's name.
+    from aiokafka.structs import ConsumerRecord
+
+    from services.runtime.consumer import PoisonMessage, decode
+
+    for value, said in (
+        (b"Jane Q Public diagnosis HIV", "(not shaped like a name or a number)"),
+        (b"Deleted", "'Deleted'"),
+    ):
+        record = ConsumerRecord("t", 0, 0, 0, 0, b"k", b'{"event_type": "%s", "payload": {}}' % value, None, 0, 0, [])
+        with pytest.raises(PoisonMessage, match=re.escape(f"unknown event_type {said}: expected one of")):
+            decode(record)
 
 
 def test_a_third_party_error_repeated_many_times_a_second_is_one_line(captured: io.StringIO) -> None:
