@@ -51,6 +51,11 @@ def outbox_channel(schema: str) -> str:
 LOCK_TIMEOUT_SECONDS = 1.0
 LOCK_ATTEMPTS = 60
 LOCK_RETRY_SECONDS = 2.0  # with jitter: two migrations of one table do not retry in step
+# A concurrent index build blocks no writes, but waits for every transaction of the database holding an older
+# snapshot (any schema's: a 100,000-row roster's, a backup's): a second would fail it after both table scans, and 60
+# such tries could fail the migration Job. It waits this long per try instead: two tries fit in the Job's
+# activeDeadlineSeconds (600), each logging `migration.lock_busy` when it gives up.
+CONCURRENT_WAIT_SECONDS = 240.0
 
 
 async def migrate(
@@ -61,6 +66,7 @@ async def migrate(
     lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS,
     lock_attempts: int = LOCK_ATTEMPTS,
     lock_retry_seconds: float = LOCK_RETRY_SECONDS,
+    concurrent_wait_seconds: float = CONCURRENT_WAIT_SECONDS,
 ) -> list[str]:
     """Create the role and schema if missing and apply pending steps; returns the versions applied.
 
@@ -81,7 +87,9 @@ async def migrate(
                 continue
             for attempt in range(1, lock_attempts + 1):
                 try:
-                    await _apply(connection, plan.schema, version, sql, lock_timeout_seconds)
+                    concurrent = sql.startswith(WITHOUT_TRANSACTION)
+                    wait = concurrent_wait_seconds if concurrent else lock_timeout_seconds
+                    await _apply(connection, plan.schema, version, sql, wait)
                     break
                 except asyncpg.LockNotAvailableError:
                     if attempt == lock_attempts:

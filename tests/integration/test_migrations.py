@@ -188,7 +188,7 @@ async def test_an_index_step_builds_concurrently_while_the_table_takes_writes(in
     try:
         with capture_logs() as logs:
             migration = asyncio.create_task(
-                migrate(url, later, lock_timeout_seconds=0.2, lock_attempts=500, lock_retry_seconds=0.05)
+                migrate(url, later, lock_attempts=500, lock_retry_seconds=0.05, concurrent_wait_seconds=0.2)
             )
             async with asyncio.timeout(30):  # a try timed out, and the next one dropped what it left
                 while not any(e["event"] == "migration.invalid_index_dropped" for e in logs):
