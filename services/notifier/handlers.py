@@ -123,16 +123,14 @@ async def claim_deliveries(pool: asyncpg.Pool, limit: int, owner: uuid.UUID) -> 
 
 
 def _log_not_sent(finals: list[Final]) -> None:
-    """One line for the emails a claim ended unsent: a count for those to nobody on the platform (a roster's
-    usual case), a line each for the rest (revoked, connected meanwhile, an unknown practice), which are rare and
-    which staff may ask about. Delivery ids and the reasons' fixed wording only: no address."""
-    absent = sum(1 for final in finals if final.outcome == "not_on_platform")
-    if absent:
-        log.info("delivery.not_on_platform", count=absent)
+    """One line per reason for the emails a claim ended unsent (to nobody on the platform, revoked, connected
+    meanwhile, an unknown practice), with how many and the first few delivery ids: a line each would flood the log
+    with a 100,000-row roster of a practice the directory does not know. The reasons' fixed wording only."""
+    by_reason: dict[tuple[str, str | None], list[str]] = {}
     for final in finals:
-        if final.outcome != "not_on_platform":
-            delivery = final.claimed.delivery
-            log.info("delivery.not_sent", delivery_id=str(delivery.id), kind=delivery.kind, reason=final.reason)
+        by_reason.setdefault((final.outcome, final.reason), []).append(str(final.claimed.delivery.id))
+    for (outcome, reason), ids in by_reason.items():
+        log.info("delivery.not_sent", outcome=outcome, reason=reason, count=len(ids), delivery_ids=ids[:10])
 
 
 @dataclass(frozen=True)
