@@ -30,7 +30,8 @@ async def unlisten(pool: asyncpg.Pool, connection: asyncpg.Connection | None, ca
 async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry]) -> None:
     """The newest registration of each patient is its one address: platform.patients.v1 is compacted by patient id,
     so a directory rebuilt from it knows only that one. An address a patient changed from is dropped (it was kept,
-    live, until a rebuild), and a registration older than the patient's newest changes nothing."""
+    live, until a rebuild), and a registration older than the patient's newest changes nothing. Two at the same
+    time: the greater address stays (migration 0012 drops the others kept before)."""
     columns = zip(*((e.email, e.patient_id, e.display_name, e.locale, e.registered_at) for e in entries), strict=True)
     await db.execute(
         """
@@ -38,7 +39,8 @@ async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry
         SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[])
             AS n(email, patient_id, display_name, locale, registered_at)
         WHERE NOT EXISTS (SELECT 1 FROM notifier.patients AS q
-                          WHERE q.patient_id = n.patient_id AND q.registered_at > n.registered_at)
+                          WHERE q.patient_id = n.patient_id
+                            AND (q.registered_at, q.email) > (n.registered_at, n.email))
         ON CONFLICT (email) DO UPDATE
             SET patient_id = EXCLUDED.patient_id, display_name = EXCLUDED.display_name,
                 locale = EXCLUDED.locale, registered_at = EXCLUDED.registered_at
@@ -50,7 +52,8 @@ async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry
         """
         DELETE FROM notifier.patients AS p
         USING unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS n(patient_id, email, registered_at)
-        WHERE p.patient_id = n.patient_id AND p.email <> n.email AND p.registered_at < n.registered_at
+        WHERE p.patient_id = n.patient_id AND p.email <> n.email
+          AND (p.registered_at, p.email) < (n.registered_at, n.email)
         """,
         [e.patient_id for e in entries],
         [e.email for e in entries],

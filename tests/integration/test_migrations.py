@@ -204,3 +204,31 @@ async def test_an_index_step_builds_concurrently_while_the_table_takes_writes(in
     finally:
         await holder.close()
         await writer.close()
+
+
+async def test_notifier_0012_keeps_each_patients_newest_address_only(infra) -> None:  # type: ignore[no-untyped-def]
+    """Before a registration dropped the address a patient changed from, the directory kept both, and both were
+    emailed: 0012 drops the older ones (a tie keeps the greater address, as a registration decides now)."""
+    url = await _fresh_database(infra)
+    await migrate(url, PLANS["notifier"], role_password=ROLE_PASSWORD)
+    moved, tied, alone = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    rows = [
+        ("old@example.com", moved, "2026-01-01"),
+        ("new@example.com", moved, "2026-02-01"),
+        ("a@example.com", tied, "2026-03-01"),
+        ("b@example.com", tied, "2026-03-01"),
+        ("only@example.com", alone, "2026-01-01"),
+    ]
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.executemany(
+            "INSERT INTO notifier.patients (email, patient_id, locale, registered_at) VALUES ($1, $2, 'en', $3::text::date)",
+            rows,
+        )
+        step = (PLANS["notifier"].directory / "0012_one_address_per_patient.sql").read_text()
+        await connection.execute("SET search_path TO notifier")
+        await connection.execute(step)
+        kept = await connection.fetch("SELECT email FROM notifier.patients ORDER BY email")
+    finally:
+        await connection.close()
+    assert [r["email"] for r in kept] == ["b@example.com", "new@example.com", "only@example.com"]
