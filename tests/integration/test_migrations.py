@@ -222,7 +222,8 @@ async def test_notifier_0012_keeps_each_patients_newest_address_only(infra) -> N
     connection = await asyncpg.connect(url)
     try:
         await connection.executemany(
-            "INSERT INTO notifier.patients (email, patient_id, locale, registered_at) VALUES ($1, $2, 'en', $3::text::date)",
+            "INSERT INTO notifier.patients (email, patient_id, locale, registered_at)"
+            " VALUES ($1, $2, 'en', $3::text::date)",
             rows,
         )
         step = (PLANS["notifier"].directory / "0012_one_address_per_patient.sql").read_text()
