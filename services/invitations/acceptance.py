@@ -118,7 +118,10 @@ def accept(
         return Acceptance(refused, invite, changed=False)
     if refused is Decision.WRONG_FACTOR:
         return Acceptance(refused, _counted(invite, now), changed=True)
-    accepted = replace(invite, status=InviteStatus.ACCEPTED, accepted_at=now, accepted_by=str(patient_id))
+    # Wrong answers before it was accepted are forgotten: a retry after acceptance starts its own count.
+    accepted = replace(
+        invite, status=InviteStatus.ACCEPTED, accepted_at=now, accepted_by=str(patient_id), failed_attempts=0
+    )
     event = accepted_event(accepted, patient_id, patient_email, cause)
     return Acceptance(Decision.ACCEPTED, accepted, changed=True, events=(event,))
 

@@ -237,7 +237,7 @@ async def not_on_platform_count(pool: asyncpg.Pool, practice_id: uuid.UUID, batc
     """The rows a resend of the batch would take up now: what it weighs against the roster budget."""
     if await batch_repository.find_batch(pool, practice_id, batch_id) is None:
         raise BatchNotFound()
-    return (await batch_repository.count_outcomes(pool, batch_id)).get(Outcome.NOT_ON_PLATFORM.value, 0)
+    return await batch_repository.count_resendable(pool, batch_id)
 
 
 async def resend_not_on_platform(

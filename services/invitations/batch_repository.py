@@ -71,6 +71,12 @@ ORDER BY line_number
 FOR UPDATE
 """
 
+# What a resend would take up: its lock's rows (not_on_platform, the invite pending or expired), counted.
+COUNT_RESENDABLE = """
+SELECT count(*) FROM invitations.batch_rows AS r JOIN invitations.invites AS i ON i.id = r.invite_id
+WHERE r.batch_id = $1 AND r.outcome = 'not_on_platform' AND i.status IN ('pending', 'expired')
+"""
+
 UPDATE_ROWS = """
 UPDATE invitations.batch_rows AS r
 SET outcome = u.outcome, reason = u.reason, invite_id = u.invite_id,
@@ -197,6 +203,10 @@ async def list_rows(
 
 async def not_on_platform_emails(db: Executor, batch_id: uuid.UUID, now: datetime) -> list[str]:
     return [row["email"] for row in await db.fetch(NOT_ON_PLATFORM, batch_id, now)]
+
+
+async def count_resendable(db: Executor, batch_id: uuid.UUID) -> int:
+    return int(await db.fetchval(COUNT_RESENDABLE, batch_id))
 
 
 async def lock_not_on_platform(db: asyncpg.Connection, batch_id: uuid.UUID) -> list[asyncpg.Record]:

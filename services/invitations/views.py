@@ -49,7 +49,7 @@ class InviteView(BaseModel):
     accepted_by: str | None
     accepted_at: datetime | None
     expired_at: datetime | None
-    locked: bool = Field(description="Locked after too many wrong identity answers")
+    locked: bool = Field(description="A pending invite locked after too many wrong identity answers")
 
     @staticmethod
     def link(invite: Invite) -> str:
@@ -83,7 +83,8 @@ class InviteView(BaseModel):
             accepted_by=invite.accepted_by,
             accepted_at=invite.accepted_at,
             expired_at=invite.expired_at or (invite.expires_at if status is InviteStatus.EXPIRED else None),
-            locked=invite.locked_at is not None,
+            # Of a pending invite only: retries locked after acceptance change nothing staff act on.
+            locked=invite.locked_at is not None and status is InviteStatus.PENDING,
         )
 
 

@@ -188,6 +188,8 @@ def test_refusals_in_order() -> None:
     wrong = _accept(taken, Answer(date_of_birth="1980-02-04", phone="15550101234"))
     assert (wrong.decision, wrong.changed, wrong.invite.failed_attempts) == (Decision.WRONG_FACTOR, True, 1)
     assert _accept(taken).decision is Decision.FACTOR_REQUIRED
+    accepted = _accept(_factored(failed_attempts=4), Answer(ssn="123456789")).invite
+    assert accepted.failed_attempts == 0, "four tries to accept do not leave a retry one typo from the lock"
     guessed = taken
     for _ in range(5):
         guessed = _accept(guessed, Answer(ssn="111111111")).invite
