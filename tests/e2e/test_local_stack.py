@@ -42,6 +42,11 @@ def _environment(workdir: Path) -> tuple[dict[str, str], dict[str, int]]:
     return env, ports
 
 
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """A `collabkare` command as a second terminal runs it, with `env` for that terminal's environment."""
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
 def _leftovers(workdir: Path, ports: dict[str, int]) -> list[str]:
     found = []
     for process in psutil.process_iter(["pid", "cmdline"]):
@@ -209,34 +214,14 @@ def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
         assert f"more tokens:  COLLABKARE_STACK_DIR={workdir} .venv/bin/collabkare token staff" in text
         other_shell = {k: v for k, v in env.items() if k != "JWT_SECRET"}
         other_shell["COLLABKARE_STACK_DIR"] = str(tmp_path / "no-stack-here")  # not var/stack: one may run there
-        elsewhere = subprocess.run(
-            [*CLI, "token", "staff", "--practice", str(uuid.uuid4()), "--role", "front_desk"],
-            env=other_shell,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        elsewhere = _cli(other_shell, "token", "staff", "--practice", str(uuid.uuid4()), "--role", "front_desk")
         assert elsewhere.returncode != 0 and "needs the same COLLABKARE_STACK_DIR here" in elsewhere.stderr
         # The CLI finds this stack through COLLABKARE_STACK_DIR: its stack.env sits in the stack's directory.
         assert "JWT_SECRET=" in (workdir / "stack.env").read_text()
-        minted = subprocess.run(
-            [*CLI, "token", "patient", "--patient", str(uuid.uuid4()), "--email", "p@example.com"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        minted = _cli(env, "token", "patient", "--patient", str(uuid.uuid4()), "--email", "p@example.com")
+        assert minted.returncode == 0, minted.stderr
         assert minted.stdout.strip().count(".") == 2
-        seeded = subprocess.run(
-            [*CLI, "seed", "patient", "p@example.com", "--locale", "es"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        seeded = _cli(env, "seed", "patient", "p@example.com", "--locale", "es")
         assert seeded.returncode == 0 and seeded.stdout.startswith("PatientRegistered "), seeded.stderr
         assert str(seeded_patient_id("P@example.com")) in seeded.stdout, "an email's id is the same every time"
 

@@ -107,6 +107,17 @@ async def _by_email(service: Service, practice: uuid.UUID) -> dict[str, dict[str
     return {e["payload"]["email"]: e for e in (await service.requested(practice)).values()}
 
 
+async def _sent_batch(
+    service: Service, practice: uuid.UUID, roster: str, outcomes: dict[str, str]
+) -> tuple[dict[str, Any], str, dict[str, dict[str, Any]]]:
+    """A roster sent, and an outcome delivered for each email named: (the 202's JSON, the batch's path, the
+    InviteRequested events by email)."""
+    batch = await service.submit(practice, roster)
+    requested = await _by_email(service, practice)
+    await _deliver(service, OUTCOMES, *(_outcome(requested[email], outcome) for email, outcome in outcomes.items()))
+    return batch, f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}", requested
+
+
 async def test_outcomes_are_written_back_to_rows_and_invites(service: Service) -> None:
     practice = uuid.uuid4()
     batch = await service.submit(practice, "ann@example.com\nbob@example.com\ncat@example.com\ndan@example.com")
@@ -324,15 +335,11 @@ async def test_resending_not_on_platform_rows(service: Service, chunk: int, monk
     """Worked through in chunks (a resend of 100,000 rows held them all in memory at once): the same answer."""
     monkeypatch.setattr(batch_handlers, "CHUNK", chunk)
     practice = uuid.uuid4()
-    batch = await service.submit(practice, "ann@example.com, Hi Ann\nbob@example.com\ncat@example.com")
-    base = f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}"
-    first = await _by_email(service, practice)
-    await _deliver(
+    batch, base, first = await _sent_batch(
         service,
-        OUTCOMES,
-        _outcome(first["ann@example.com"], "not_on_platform"),
-        _outcome(first["bob@example.com"], "not_on_platform"),
-        _outcome(first["cat@example.com"], "sent"),
+        practice,
+        "ann@example.com, Hi Ann\nbob@example.com\ncat@example.com",
+        {"ann@example.com": "not_on_platform", "bob@example.com": "not_on_platform", "cat@example.com": "sent"},
     )
     listed = await service.http.get(f"{base}/not-on-platform", headers=staff(practice))
     assert listed.text == "ann@example.com\nbob@example.com\n"
@@ -419,15 +426,9 @@ async def test_a_batchs_rows_follow_their_patients_current_invite(service: Servi
     invite staff had revoked. A's rows now let go of replaced invites (`already_invited`), staff-revoked rows stay out
     of the list and the resend, and every row shows its invite's status."""
     practice = uuid.uuid4()
-    first_batch = await service.submit(practice, "zed@example.com\nyan@example.com\nhank@example.com\nivy@example.com")
-    base = f"/v1/practices/{practice}/invite-batches/{first_batch['batch_id']}"
-    first = await _by_email(service, practice)
-    await _deliver(
-        service,
-        OUTCOMES,
-        *(_outcome(first[f"{name}@example.com"], "not_on_platform") for name in ("zed", "yan", "hank")),
-    )
-    await _deliver(service, OUTCOMES, _outcome(first["ivy@example.com"], "sent"))
+    outcomes = {"zed@example.com": "not_on_platform", "yan@example.com": "not_on_platform"}
+    outcomes |= {"hank@example.com": "not_on_platform", "ivy@example.com": "sent"}
+    first_batch, base, first = await _sent_batch(service, practice, "\n".join(outcomes), outcomes)
     hank = first["hank@example.com"]["payload"]["invite_id"]
     revoked = await service.http.post(f"/v1/practices/{practice}/invites/{hank}/revoke", headers=staff(practice))
     assert revoked.status_code == 200, revoked.text
