@@ -39,12 +39,16 @@ ORDER BY r.line_number
 LIMIT $4
 """
 
+# The invites a resend of not-on-CollabKare rows takes up: pending or expired, not accepted meanwhile nor revoked by
+# staff (a resend does not bring back an invite they withdrew). The list, the resend's lock and its count share it.
+_RESENDABLE = "i.status IN ('pending', 'expired')"
+
 # The addresses to ask to register: a patient who has since connected to the practice (by a request) is on
 # CollabKare, and left out, though the row keeps the outcome its invite had; so is one whose invite staff revoked,
 # and one whose invite expired and who holds a newer one (another batch's row or the access history tells of it).
-NOT_ON_PLATFORM = """
+NOT_ON_PLATFORM = f"""
 SELECT r.email FROM invitations.batch_rows AS r JOIN invitations.invites AS i ON i.id = r.invite_id
-WHERE r.batch_id = $1 AND r.outcome = 'not_on_platform' AND i.status IN ('pending', 'expired')
+WHERE r.batch_id = $1 AND r.outcome = 'not_on_platform' AND {_RESENDABLE}
   AND NOT EXISTS (SELECT 1 FROM invitations.connected_patients AS c
                   WHERE c.practice_id = i.practice_id AND c.email_key = i.email_key)
   AND NOT EXISTS (SELECT 1 FROM invitations.invites AS o
@@ -58,10 +62,11 @@ ORDER BY r.line_number
 # rows to a CTE of the locked invites: a CTE has no index, and when the statistics still saw no not_on_platform row
 # (they are taken as the batch is stored, every row queued) that join ran as a nested loop, quadratic: more than
 # 60 s for 100,000 rows, and the resend failed with a 503.
-LOCK_NOT_ON_PLATFORM_INVITES = """
-SELECT id, status FROM invitations.invites
-WHERE id IN (SELECT invite_id FROM invitations.batch_rows WHERE batch_id = $1 AND outcome = 'not_on_platform')
-ORDER BY id
+LOCK_NOT_ON_PLATFORM_INVITES = f"""
+SELECT i.id FROM invitations.invites AS i
+WHERE i.id IN (SELECT invite_id FROM invitations.batch_rows WHERE batch_id = $1 AND outcome = 'not_on_platform')
+  AND {_RESENDABLE}
+ORDER BY i.id
 FOR UPDATE
 """
 LOCK_NOT_ON_PLATFORM_ROWS = """
@@ -71,10 +76,10 @@ ORDER BY line_number
 FOR UPDATE
 """
 
-# What a resend would take up: its lock's rows (not_on_platform, the invite pending or expired), counted.
-COUNT_RESENDABLE = """
+# What a resend would take up: its lock's rows, counted.
+COUNT_RESENDABLE = f"""
 SELECT count(*) FROM invitations.batch_rows AS r JOIN invitations.invites AS i ON i.id = r.invite_id
-WHERE r.batch_id = $1 AND r.outcome = 'not_on_platform' AND i.status IN ('pending', 'expired')
+WHERE r.batch_id = $1 AND r.outcome = 'not_on_platform' AND {_RESENDABLE}
 """
 
 UPDATE_ROWS = """
@@ -210,12 +215,12 @@ async def count_resendable(db: Executor, batch_id: uuid.UUID) -> int:
 
 
 async def lock_not_on_platform(db: asyncpg.Connection, batch_id: uuid.UUID) -> list[asyncpg.Record]:
-    """The batch's not-on-platform rows whose invite is pending or expired (not accepted meanwhile, nor revoked by
-    staff: a resend does not bring back an invite they withdrew), locked with their invites. A row that turned
-    not_on_platform between the two statements has its invite unlocked: it waits for the next resend."""
-    locked = {row["id"]: row["status"] for row in await db.fetch(LOCK_NOT_ON_PLATFORM_INVITES, batch_id)}
+    """The batch's not-on-platform rows whose invite a resend takes up (_RESENDABLE), locked with their invites. A
+    row that turned not_on_platform between the two statements has its invite unlocked: it waits for the next
+    resend."""
+    locked = {row["id"] for row in await db.fetch(LOCK_NOT_ON_PLATFORM_INVITES, batch_id)}
     rows = await db.fetch(LOCK_NOT_ON_PLATFORM_ROWS, batch_id)
-    return [row for row in rows if locked.get(row["invite_id"]) in ("pending", "expired")]
+    return [row for row in rows if row["invite_id"] in locked]
 
 
 async def update_rows(

@@ -14,6 +14,8 @@ from services.invitations.batch_repository import BatchRecord
 from services.invitations.domain import IdentityFactor, Invite, InviteStatus, Outcome
 from services.invitations.roster import Roster, Verdict
 
+_INVITES = "/v1/practices/{practice_id}/invites"
+
 
 class InviteView(BaseModel):
     id: uuid.UUID
@@ -53,7 +55,7 @@ class InviteView(BaseModel):
 
     @staticmethod
     def link(invite: Invite) -> str:
-        return f"/v1/practices/{invite.practice_id}/invites/{invite.id}"
+        return _INVITES.format(practice_id=invite.practice_id) + f"/{invite.id}"
 
     @classmethod
     def of(cls, invite: Invite, now: datetime | None = None, replacement: Invite | None = None) -> InviteView:

@@ -51,6 +51,11 @@ def outbox_channel(schema: str) -> str:
 LOCK_TIMEOUT_SECONDS = 1.0
 LOCK_ATTEMPTS = 60
 LOCK_RETRY_SECONDS = 2.0  # with jitter: two migrations of one table do not retry in step
+# A step whose file starts with this line runs outside a transaction, as one statement: CREATE INDEX CONCURRENTLY
+# cannot run inside one, and an index built without it blocks every write to its table while it builds (a long
+# stall on a large table of a running service). Write it `CREATE INDEX CONCURRENTLY IF NOT EXISTS`: a run stopped
+# after the build and before its bookkeeping row then finds the index there.
+WITHOUT_TRANSACTION = "-- migrate: without a transaction"
 # A concurrent index build blocks no writes, but waits for every transaction of the database holding an older
 # snapshot (any schema's: a 100,000-row roster's, a backup's): a second would fail it after both table scans, and 60
 # such tries could fail the migration Job. It waits this long per try instead: two tries fit in the Job's
@@ -87,9 +92,10 @@ async def migrate(
                 continue
             for attempt in range(1, lock_attempts + 1):
                 try:
-                    concurrent = sql.startswith(WITHOUT_TRANSACTION)
-                    wait = concurrent_wait_seconds if concurrent else lock_timeout_seconds
-                    await _apply(connection, plan.schema, version, sql, wait)
+                    if sql.startswith(WITHOUT_TRANSACTION):
+                        await _apply_alone(connection, plan.schema, version, sql, concurrent_wait_seconds)
+                    else:
+                        await _apply(connection, plan.schema, version, sql, lock_timeout_seconds)
                     break
                 except asyncpg.LockNotAvailableError:
                     if attempt == lock_attempts:
@@ -103,17 +109,7 @@ async def migrate(
         await connection.close()
 
 
-# A step whose file starts with this line runs outside a transaction, as one statement: CREATE INDEX CONCURRENTLY
-# cannot run inside one, and an index built without it blocks every write to its table while it builds (a long
-# stall on a large table of a running service). Write it `CREATE INDEX CONCURRENTLY IF NOT EXISTS`: a run stopped
-# after the build and before its bookkeeping row then finds the index there.
-WITHOUT_TRANSACTION = "-- migrate: without a transaction"
-
-
 async def _apply(connection: asyncpg.Connection, schema: str, version: str, sql: str, lock_timeout: float) -> None:
-    if sql.startswith(WITHOUT_TRANSACTION):
-        await _apply_outside_a_transaction(connection, schema, version, sql, lock_timeout)
-        return
     async with connection.transaction():
         await connection.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms'")
         await connection.execute(f'SET LOCAL ROLE "{schema}"')
@@ -122,7 +118,7 @@ async def _apply(connection: asyncpg.Connection, schema: str, version: str, sql:
         await connection.execute(f'INSERT INTO "{schema}".schema_migrations (version) VALUES ($1)', version)
 
 
-async def _apply_outside_a_transaction(
+async def _apply_alone(
     connection: asyncpg.Connection, schema: str, version: str, sql: str, lock_timeout: float
 ) -> None:
     """A concurrent index build waits for the transactions already running; past the lock timeout it stops and
