@@ -67,14 +67,16 @@ _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def _iso_date(value: Any) -> Any:
-    """A date as YYYY-MM-DD, said so: pydantic's own answer to 29/02/1980 is "invalid character in year"."""
-    if not isinstance(value, str) or not value:
-        return value
-    try:
-        if _ISO_DATE.fullmatch(value):
+    """A date as YYYY-MM-DD, said so: pydantic's own answer to 29/02/1980 is "invalid character in year". Empty is
+    not given, as for the other factors (a form sends every field); a number is no date (pydantic would read
+    315532800 as seconds since 1970)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and _ISO_DATE.fullmatch(value):
+        try:
             return date.fromisoformat(value)
-    except ValueError:
-        pass  # 1980-02-30
+        except ValueError:
+            pass  # 1980-02-30
     raise PydanticCustomError("format", "expected a real date as YYYY-MM-DD, e.g. 1980-02-29")
 
 

@@ -9,11 +9,13 @@ arrived. Bodies are bounded elsewhere (middleware.LimitBody).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from services.runtime.logging import get_logger
+from services.runtime.problems import MAX_INSTANCE
 
 log = get_logger(__name__)
 
@@ -27,10 +29,19 @@ _TOO_LARGE = (
     b"connection: close\r\n"
     b"content-length: %d\r\n\r\n%s"
 )
-_PROBLEM = (
-    b'{"type":"about:blank","title":"Request Header Fields Too Large","status":431,'
-    b'"detail":"The request line and headers are larger than %d bytes."}' % MAX_HEAD_BYTES
-)
+
+
+def _problem(url: bytes) -> bytes:
+    """The 431's ProblemDetails, its instance the request's path as far as it arrived (cut as every instance is)."""
+    path = url.split(b"?", 1)[0][:MAX_INSTANCE].decode("ascii", "replace") or "/"
+    problem = {
+        "type": "about:blank",
+        "title": "Request Header Fields Too Large",
+        "status": 431,
+        "detail": f"The request line and headers are larger than {MAX_HEAD_BYTES} bytes.",
+        "instance": path,
+    }
+    return json.dumps(problem, separators=(",", ":")).encode()
 
 
 class _HeadTooLarge(Exception):
@@ -78,7 +89,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         """Answer 431 and close gently: closing with the client's bytes unread would reset the connection, and the
         client, still sending, would lose the answer. So our side is shut, the rest read and dropped for a while."""
         self._refused = True
-        self.transport.write(_TOO_LARGE % (len(_PROBLEM), _PROBLEM))
+        problem = _problem(self.url)
+        self.transport.write(_TOO_LARGE % (len(problem), problem))
         if self.transport.can_write_eof():
             self.transport.write_eof()
         asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.close)

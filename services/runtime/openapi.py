@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.runtime.head_limit import MAX_HEAD_BYTES
 from services.runtime.middleware import CORRELATION_HEADER
 from services.runtime.problems import MAX_INSTANCE, PROBLEM_JSON, TITLES
 
@@ -104,6 +105,7 @@ def _complete_operation(path: str, operation: dict[str, Any]) -> None:
             **{"Retry-After": _RETRY_AFTER},
         )
         responses.setdefault("503", away)
+        responses.setdefault("431", _problem(f"The request line and headers are larger than {MAX_HEAD_BYTES} bytes"))
         if "requestBody" in operation:
             responses.setdefault("413", _problem("The body is larger than this route takes (64 KiB unless it says)"))
     elif path == "/readyz":

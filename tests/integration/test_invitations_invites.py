@@ -71,6 +71,8 @@ async def _act(service: Service, practice: uuid.UUID, invite_id: str, action: st
         ({"date_of_birth": "1980-02-29"}, ["phone"]),
         ({"phone": "+1 555 010 1234"}, ["date_of_birth"]),
         ({"ssn": "", "phone": "+1 555 010 1234"}, ["date_of_birth"]),
+        # A form that sends every field: empty is not given, the date's as the others' (it was a parse error).
+        ({"ssn": "", "date_of_birth": "", "phone": ""}, ["ssn", "date_of_birth", "phone"]),
     ],
 )
 async def test_a_missing_factor_is_named(service: Service, body: dict[str, str], missing: list[str]) -> None:
@@ -131,6 +133,8 @@ async def test_broken_json_wrong_types_and_unknown_fields_are_named_and_write_no
         ({"email": "ann@example.com", "ssn": 123456789}, "ssn"),
         ({"email": "ann@example.com", "ssn": "123456789", "note": ["see", "you"]}, "note"),
         ({"email": "ann@example.com", "ssn": "123456789", "mrn": "A-1"}, "mrn"),  # a typo or a field we do not take
+        # A number is no date: pydantic read 315532800 as seconds since 1970 and stored 1980-01-01.
+        ({"email": "ann@example.com", "date_of_birth": 315532800, "phone": "5550101234"}, "date_of_birth"),
     ]
     for body, field in cases:
         response = await _invite(service, practice, **body)

@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from collabkare.stack.ports import free_port
 from services.runtime.head_limit import MAX_HEAD_BYTES, BoundedHeadProtocol
+from services.runtime.openapi import ProblemDetails
 
 
 async def echo(request: Request) -> PlainTextResponse:
@@ -74,7 +75,11 @@ async def test_a_head_past_the_limit_is_431_and_the_connection_closed(port: int)
         answer = await reader.read(-1)
     writer.close()
     assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
-    assert b"application/problem+json" in answer and b'"status":431' in answer
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert b"application/problem+json" in head
+    # A ProblemDetails as the OpenAPI documents every error (it lacked the instance).
+    problem = ProblemDetails.model_validate_json(body)
+    assert (problem.status, problem.instance) == (431, "/echo")
 
 
 @pytest.mark.parametrize("size", [MAX_HEAD_BYTES + 100, 2 * MAX_HEAD_BYTES - 4096])
