@@ -260,6 +260,25 @@ def not_to_send(claimed: Claimed, now: datetime) -> Final | None:
     return None
 
 
+def abandoned(claimed: Claimed, max_attempts: int, now: datetime) -> Final | None:
+    """A delivery claimed more often than SMTP_MAX_ATTEMPTS: its earlier claims ended with no answer recorded (the
+    process stopped, was killed, or lost its lease while sending), as every claim of one that kills its process
+    would. Ended here, or such a delivery would be claimed, and its process killed, for ever."""
+    if claimed.attempts <= max_attempts:
+        return None
+    reason = ABANDONED.format(times=claimed.attempts - 1)
+    return Final(claimed, "error", reason, None, claimed.attempts - 1, now)
+
+
+ABANDONED = (
+    "gave up after {times} attempts that ended without an answer (the notifier stopped while sending); the email "
+    "may have arrived"
+)
+# The reply a result is recorded with when its own could not be, however often tried (not an outage: a bug).
+UNRECORDABLE = (
+    "the notifier could not record this email's outcome (an internal error, in its logs); it may have arrived"
+)
+
 REVOKED = "the practice revoked the invite before its email went out; nothing was sent"
 CONNECTED = "the patient connected to the practice before the invite's email went out; nothing was sent"
 CONNECTED_BEFORE_REJECTION = (
@@ -294,7 +313,9 @@ def outcome_event(final: Final) -> DeliveryOutcome:
             source_event_type=delivery.source_event_type,
             kind=delivery.kind,
             outcome=final.outcome,
-            reason=mask_email(final.reason) if final.reason and "@" in final.reason else final.reason,
+            # Cut after masking: "jo@" masks to "j***@", and a reason over the contract's bound failed every
+            # try to record its batch (a verbose relay's reply then held the sender's rows for ever).
+            reason=mask_email(final.reason)[:MAX_REASON] if final.reason and "@" in final.reason else final.reason,
             invite_id=delivery.invite_id,
             batch_id=delivery.batch_id,
             line_number=delivery.line_number,

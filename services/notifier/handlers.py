@@ -109,13 +109,20 @@ class Backpressure:
             log.debug("delivery.backpressure_released", high_water=self.high_water)
 
 
-async def claim_deliveries(pool: asyncpg.Pool, limit: int, owner: uuid.UUID) -> tuple[list[Claimed], list[Final]]:
-    """Claim due deliveries for sending; invites the directories say must not go out (domain.not_to_send) end
-    here, with their DeliveryOutcome, in the same transaction. Returns (to send, finished)."""
+async def claim_deliveries(
+    pool: asyncpg.Pool, limit: int, owner: uuid.UUID, max_attempts: int
+) -> tuple[list[Claimed], list[Final]]:
+    """Claim due deliveries for sending; invites the directories say must not go out (domain.not_to_send) and
+    deliveries claimed too often (domain.abandoned) end here, with their DeliveryOutcome, in the same transaction.
+    Returns (to send, finished)."""
     async with transaction(pool) as db:
         claimed = await repository.claim_due(db, limit, owner)
         now = _now()
-        stopped = [final for c in claimed if (final := domain.not_to_send(c, now)) is not None]
+        stopped = [
+            final
+            for c in claimed
+            if (final := domain.not_to_send(c, now) or domain.abandoned(c, max_attempts, now)) is not None
+        ]
         finals = await _finish(db, stopped)
     _log_not_sent(finals)
     stopped_ids = {final.claimed.delivery.id for final in stopped}
@@ -130,7 +137,8 @@ def _log_not_sent(finals: list[Final]) -> None:
     for final in finals:
         by_reason.setdefault((final.outcome, final.reason), []).append(str(final.claimed.delivery.id))
     for (outcome, reason), ids in by_reason.items():
-        log.info("delivery.not_sent", outcome=outcome, reason=reason, count=len(ids), delivery_ids=ids[:10])
+        # `why`: the log pipeline drops every `reason` (a producer's free text elsewhere); these are our own words.
+        log.info("delivery.not_sent", outcome=outcome, why=reason, count=len(ids), delivery_ids=ids[:10])
 
 
 @dataclass(frozen=True)

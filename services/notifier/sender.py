@@ -39,6 +39,17 @@ if TYPE_CHECKING:
     from services.runtime.service import ServiceRuntime
 
 log = get_logger(__name__)
+# A recording refused this often for what it holds (below) is tried a result at a time.
+_REFUSALS_BEFORE_ALONE = 3
+
+
+def _refused_for_its_data(error: Exception) -> bool:
+    """Python refusing a value (a pydantic ValidationError is a ValueError; so is asyncpg's for a query argument), or
+    PostgreSQL a row (SQLSTATE classes 22 and 23): the results', not an outage's or a missing grant's, which no
+    result's outcome should be rewritten for."""
+    return isinstance(error, (ValueError, asyncpg.DataError, asyncpg.IntegrityConstraintViolationError))
+
+
 _FLUSH_SECONDS = 0.1  # results wait this long to share a transaction; nothing is recorded later than that
 _BACKLOG_REPORT_SECONDS = 5.0
 _STOP_SECONDS = 10.0  # at shutdown, how long a message already on the wire may take to finish
@@ -157,7 +168,9 @@ class _Run:
                         continue
                     self.wake.clear()  # before the query: a NOTIFY arriving during it must not be lost
                     asked = time.monotonic()
-                    claimed, absent = await handlers.claim_deliveries(self.pool, free, self.owner)
+                    claimed, absent = await handlers.claim_deliveries(
+                        self.pool, free, self.owner, self.sender.policy.max_attempts
+                    )
                     failures = 0
                     for final in absent:
                         self.metrics.email(final.claimed.delivery.kind, final.outcome)
@@ -277,7 +290,7 @@ class _Run:
             self.room.set()
 
     async def _record(self, batch: list[tuple[Claimed, SendResult]]) -> None:
-        failures = 0
+        failures = refused = 0
         while True:
             try:
                 finals, retries = await handlers.record_attempts(self.pool, batch, self.sender.policy, self.owner)
@@ -288,6 +301,19 @@ class _Run:
                 # The emails are sent: keep trying to record them, never drop the results.
                 failures += 1
                 log.warning("sender.record_failed", error=repr(error)[:300], attempt=failures, count=len(batch))
+                refused = refused + 1 if _refused_for_its_data(error) else 0
+                if refused >= _REFUSALS_BEFORE_ALONE:
+                    # Refused for what it holds (a reply over the contract's bound was): one result must not
+                    # hold the others, nor itself for ever: each recorded alone, a refused one with UNRECORDABLE.
+                    if len(batch) > 1:
+                        for one in batch:
+                            await self._record([one])
+                        return
+                    claimed, result = batch[0]
+                    if result.reply != domain.UNRECORDABLE:
+                        log.error("sender.result_unrecordable", delivery_id=str(claimed.delivery.id))
+                        batch, refused = [(claimed, SendResult(Attempt.PERMANENT, domain.UNRECORDABLE))], 0
+                        continue
                 await asyncio.sleep(min(10.0, 0.1 * 2**failures))
         for final in finals:
             self.metrics.email(final.claimed.delivery.kind, final.outcome)

@@ -1,0 +1,175 @@
+"""What the sender records after each attempt, against real PostgreSQL and a real SMTP server: a result that cannot be
+recorded must hold neither the others nor its own row, and a delivery that never gets an answer recorded ends.
+
+Found by a review: one long 5xx quoting a short address ("jo@" masks to "j***@") broke DeliveryOutcome's bound; the
+recorder retried its whole batch for ever, every row stayed `sending` (leases renewed), and after a restart the
+batch's 30 emails went out a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiosmtpd.controller import Controller
+from prometheus_client import CollectorRegistry
+
+from collabkare.stack.infra import Infrastructure
+from collabkare.stack.mailbox import parse
+from collabkare.stack.ports import free_port
+from services.notifier import domain, handlers
+from services.notifier.mailer import Mailer
+from services.notifier.messages import Renderer
+from services.notifier.metrics import metrics_for
+from services.notifier.sender import Sender, _Run
+from tests.integration.notifier_harness import scratch, smtp_settings
+
+pytestmark = pytest.mark.timeout(120)
+
+VERBOSE = "jo@ex.org"  # a relay answers its RCPT with 1,000+ characters quoting it
+POLICY = [f"550-5.7.1 <{VERBOSE}> refused by the recipient's policy, see https://help.example/p{i}" for i in range(18)]
+OTHERS = [f"patient{i}@example.com" for i in range(20)]
+
+
+class Relay:
+    """aiosmtpd handler: refuses VERBOSE at length, keeps everyone else's email; counts Message-IDs it kept."""
+
+    def __init__(self) -> None:
+        self.copies: collections.Counter[str] = collections.Counter()
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if address == VERBOSE:
+            return "\r\n".join([*POLICY, "550 5.7.1 end of policy text"])
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.copies[str(parse(envelope.original_content)["Message-ID"])] += 1
+        return "250 2.0.0 queued"
+
+
+@pytest.fixture
+def relay() -> Iterator[tuple[Relay, Sender]]:
+    handler = Relay()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    settings = smtp_settings(
+        controller.port, smtp_pool_size=2, sender_poll_seconds=0.2, notifier_instance="pod-a", smtp_max_attempts=3
+    )
+    try:
+        yield handler, Sender(settings, Mailer(settings), Renderer(settings.smtp_from))
+    finally:
+        controller.stop()
+
+
+async def _queue(admin: asyncpg.Pool, recipients: list[str], attempts: int = 0) -> None:
+    """Connection emails (no directory to consult), due in the order given."""
+    for n, recipient in enumerate(recipients):
+        event_id = uuid.uuid4()
+        await admin.execute(
+            """
+            INSERT INTO notifier.deliveries (id, source_event_id, source_event_type, kind, recipient, recipient_key,
+                correlation_id, message_id, attempts, not_before)
+            VALUES ($1, $2, 'ConnectionApproved', 'connection_approved', $3, $3, 'c', $4, $5,
+                now() - make_interval(secs => 100 - $6))
+            """,
+            domain.delivery_id_for(event_id),
+            event_id,
+            recipient,
+            domain.message_id_for(event_id, "collabkare.example"),
+            attempts,
+            float(n),
+        )
+
+
+async def _run_until_final(sender: Sender, admin: asyncpg.Pool, count: int) -> dict[str, tuple[str, str | None]]:
+    """Runs the sender until `count` rows are final (or 30 s), then stops it; each recipient's (status, reason)."""
+    run = _Run(sender, admin, metrics_for(CollectorRegistry()))
+    task = asyncio.create_task(run.run())
+    try:
+        async with asyncio.timeout(30):
+            while (
+                await admin.fetchval("SELECT count(*) FROM notifier.deliveries WHERE status IN ('sent', 'error')")
+                < count
+            ):
+                await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    rows = await admin.fetch("SELECT recipient, status, last_error FROM notifier.deliveries")
+    return {row["recipient"]: (row["status"], row["last_error"]) for row in rows}
+
+
+async def _outcome_reasons(admin: asyncpg.Pool) -> list[str | None]:
+    """The reasons of the DeliveryOutcome events waiting in the outbox (no relay runs here)."""
+    return [
+        json.loads(row["payload"])["payload"]["reason"]
+        for row in await admin.fetch("SELECT payload FROM notifier.outbox")
+    ]
+
+
+async def test_a_long_reply_quoting_a_short_address_is_recorded_with_the_rest(
+    relay: tuple[Relay, Sender], infra: Infrastructure, template_database: str
+) -> None:
+    handler, sender = relay
+    async with scratch(infra, template_database, pool_size=8) as (_, _, admin):
+        await _queue(admin, [VERBOSE, *OTHERS])
+        rows = await _run_until_final(sender, admin, 1 + len(OTHERS))
+        reasons = [r for r in await _outcome_reasons(admin) if r]
+    assert {rows[r][0] for r in OTHERS} == {"sent"}
+    assert rows[VERBOSE][0] == "error"
+    [reason] = reasons
+    assert len(reason) == domain.MAX_REASON and VERBOSE not in reason and reason.startswith("550 5.7.1 <j***@ex.org>")
+    assert len(handler.copies) == len(OTHERS) and set(handler.copies.values()) == {1}
+
+
+async def test_a_result_the_recording_refuses_is_recorded_alone_and_holds_nothing_else(
+    relay: tuple[Relay, Sender], infra: Infrastructure, template_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any result the recording refuses for what it holds (a bug yet unknown): the others are recorded a result at a
+    time, and the refused one ends with UNRECORDABLE rather than being tried, and its row held, for ever."""
+    handler, sender = relay
+    refused = OTHERS[3]
+    build = domain.outcome_event
+
+    def refusing(final: domain.Final) -> Any:
+        if final.claimed.delivery.recipient == refused and final.outcome == "sent":
+            raise ValueError("a value the contract refuses")
+        return build(final)
+
+    monkeypatch.setattr(domain, "outcome_event", refusing)
+    async with scratch(infra, template_database, pool_size=8) as (_, _, admin):
+        await _queue(admin, OTHERS)
+        rows = await _run_until_final(sender, admin, len(OTHERS))
+    assert rows[refused] == ("error", domain.UNRECORDABLE)
+    assert {rows[r][0] for r in OTHERS if r != refused} == {"sent"}
+    assert len(handler.copies) == len(OTHERS) and set(handler.copies.values()) == {1}
+
+
+async def test_a_delivery_claimed_more_often_than_the_attempts_allow_ends_unsent(
+    relay: tuple[Relay, Sender], infra: Infrastructure, template_database: str
+) -> None:
+    """Each claim counts an attempt; a process killed while sending gives none back. A delivery that kills its
+    process was claimed again at every restart, for ever (a review took one to 25 attempts, the limit 10)."""
+    handler, sender = relay
+    async with scratch(infra, template_database, pool_size=8) as (_, _, admin):
+        await _queue(admin, OTHERS[:1], attempts=3)  # three claims, none answered: the next is the fourth
+        await _queue(admin, OTHERS[1:2], attempts=2)  # the third: sent
+        owner = uuid.uuid4()
+        claimed, finals = await handlers.claim_deliveries(admin, 10, owner, max_attempts=3)
+        await handlers.release(admin, claimed, owner, "a claim given back unsent")
+        rows = await _run_until_final(sender, admin, 2)
+    assert [c.delivery.recipient for c in claimed] == [OTHERS[1]]
+    [final] = finals
+    assert (final.claimed.delivery.recipient, final.outcome, final.attempts) == (OTHERS[0], "error", 3)
+    assert final.reason == domain.ABANDONED.format(times=3)
+    assert rows[OTHERS[0]][0] == "error" and rows[OTHERS[1]][0] == "sent"
+    assert len(handler.copies) == 1
