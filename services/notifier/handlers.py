@@ -89,10 +89,10 @@ class Backpressure:
     high_water: int
     max_wait_seconds: float
     poll_seconds: float = 0.1
+    # The events that queue emails; directory updates and revocations never wait: deliveries are decided by them.
+    holds: frozenset[str] = frozenset(domain.KIND_OF_EVENT)
 
     async def __call__(self, pool: asyncpg.Pool, events: list[Envelope]) -> None:
-        if not any(event.event_type in domain.KIND_OF_EVENT for event in events):
-            return  # directory updates never wait: deliveries need them to be decided
         deadline = time.monotonic() + self.max_wait_seconds
         waited = False
         try:

@@ -9,7 +9,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from aiokafka import ConsumerRecord
@@ -39,9 +39,23 @@ EventHandler = Callable[[asyncpg.Connection, list[Any]], Awaitable[None]]
 # Deletes what a compaction tombstone (a record with a key and no value) names, by that key (an id); writes through
 # the given connection, inside a transaction of its own.
 TombstoneHandler = Callable[[asyncpg.Connection, uuid.UUID], Awaitable[None]]
-# Awaited before a batch is applied, outside its transaction: a service can hold consumption back here
-# (backpressure), so that Kafka's lag grows instead of the service's own backlog.
-Throttle = Callable[[asyncpg.Pool, list[Envelope]], Awaitable[None]]
+
+
+class Throttle(Protocol):
+    """Awaited before the events it `holds` are applied, outside their transaction: a service can hold consumption
+    back here (backpressure), so that Kafka's lag grows instead of the service's own backlog. The batch's other
+    records are applied first: they never wait."""
+
+    @property
+    def holds(self) -> frozenset[str]:
+        """The event types it holds."""
+        ...
+
+    async def __call__(self, pool: asyncpg.Pool, events: list[Envelope]) -> None: ...
+
+
+def _is_held(step: Envelope | TombstoneHandler, throttle: Throttle) -> bool:
+    return isinstance(step, Envelope) and step.event_type in throttle.holds
 
 
 @dataclass(frozen=True)
@@ -163,9 +177,20 @@ class BatchConsumer:
                 continue
             if event.event_type in self.subscription.handlers:
                 plan.append((record, event))
-        events = [step for _, step in plan if isinstance(step, Envelope)]
-        if events and self.subscription.throttle is not None:
-            await self.subscription.throttle(self.context.database, events)  # once a batch: one bounded wait
+        throttle = self.subscription.throttle
+        held = [e for _, e in plan if throttle and isinstance(e, Envelope) and e.event_type in throttle.holds]
+        if throttle and held:
+            # What the throttle holds waits, once a batch (one bounded wait); the rest goes first (a patient's
+            # registration must not wait behind the backlog that decides her invite's email by it).
+            await self._apply_in_order([(r, step) for r, step in plan if not _is_held(step, throttle)])
+            await throttle(self.context.database, held)
+            plan = [(r, step) for r, step in plan if _is_held(step, throttle)]
+        await self._apply_in_order(plan)
+
+    async def _apply_in_order(
+        self, plan: Sequence[tuple[ConsumerRecord[bytes, bytes], Envelope | TombstoneHandler]]
+    ) -> None:
+        """Runs of events applied together, each tombstone after what came before it."""
         wanted: list[tuple[ConsumerRecord[bytes, bytes], Envelope]] = []
         for record, step in plan:
             if isinstance(step, Envelope):

@@ -9,10 +9,14 @@ import uuid
 
 import httpx
 import pytest
+from aiokafka import ConsumerRecord
 
 from collabkare.stack.infra import Infrastructure
-from schemas import InviteRequested
-from services.notifier import sender
+from schemas import Envelope, InviteRequested
+from services.notifier import handlers, sender, subscribers
+from services.notifier.settings import NotifierSettings
+from services.runtime.consumer import BatchConsumer, ConsumerContext
+from services.runtime.metrics import Metrics
 from tests.integration.notifier_harness import (
     Notifier,
     directory_applied,
@@ -162,3 +166,66 @@ async def test_invites_waiting_for_the_directory_hold_back_no_other_email(
         )
     assert row["status"] == "sent"
     assert waiting == len(strangers), "the email went out while the unregistered addresses still waited"
+
+
+def _record(event: Envelope, topic: str, offset: int) -> ConsumerRecord[bytes, bytes]:
+    value = event.model_dump_json().encode()
+    key = event.aggregate_key().encode()
+    headers = [("event_type", event.event_type.encode())]
+    return ConsumerRecord(topic, 0, offset, 0, 0, key, value, None, len(key), len(value), headers)
+
+
+async def test_a_registration_in_a_held_batch_is_applied_before_the_wait(
+    infra: Infrastructure, template_database: str
+) -> None:
+    """Found by a review: the throttle held a whole batch, PatientRegistered included, for up to
+    PENDING_WAIT_MAX_SECONDS (60 s), while the invite already queued for that patient ran out its
+    DIRECTORY_GRACE_SECONDS (10 s) and ended `not_on_platform`, she being registered. The consumer is driven with
+    records by hand, against PostgreSQL, with a backlog at the high-water mark."""
+    settings = NotifierSettings(
+        database_url="postgresql://notifier@127.0.0.1/unused",
+        kafka_bootstrap_servers="127.0.0.1:1",
+        jwt_secret="x" * 32,
+        directory_grace_seconds=0.5,
+        pending_high_water=1,
+        pending_wait_max_seconds=3,
+    )
+    [subscription] = subscribers.routes(settings)
+    async with scratch(infra, template_database) as (_, _, admin):
+        context = ConsumerContext(
+            schema="notifier",
+            broker=None,  # type: ignore[arg-type]  # nothing is dead-lettered here
+            topic=lambda name: name,
+            metrics=Metrics("notifier", groups=[subscription.group]),
+            pool=admin,
+        )
+        consumer = BatchConsumer(subscription, context)
+        clinic, busy = practice("Held Clinic"), patient(unique_email("busy"))
+        assert clinic.practice_id is not None
+        await consumer.consume([_record(clinic, "platform.practices.v1", 0), _record(busy, "platform.patients.v1", 0)])
+        await consumer.consume([_record(invite(clinic.practice_id, busy.payload.email), "invitations.v1", 0)])
+        # The backlog: a retry waiting its time (invites waiting out the grace are not counted).
+        await admin.execute(
+            "UPDATE notifier.deliveries SET not_before = now() + interval '1 hour', last_error = '451 4.7.1 later'"
+        )
+        # Ann signed up, then the practice invited her; her invite's partition is read first.
+        ann = patient(unique_email("ann"))
+        ann_invite = invite(clinic.practice_id, ann.payload.email)
+        await consumer.consume([_record(ann_invite, "invitations.v1", 1)])
+        # Her PatientRegistered comes in the next batch, with an invite the backlog holds.
+        held = asyncio.create_task(
+            consumer.consume(
+                [
+                    _record(ann, "platform.patients.v1", 1),
+                    _record(invite(clinic.practice_id, unique_email("zed")), "invitations.v1", 2),
+                ]
+            )
+        )
+        try:
+            await asyncio.sleep(1.0)  # her invite's grace over, the batch's invite still held
+            assert not held.done(), "the backlog holds the batch's invite"
+            to_send, ended = await handlers.claim_deliveries(admin, 10, uuid.uuid4(), max_attempts=10)
+        finally:
+            await held
+    assert ended == [], "a registered patient's invite ended not_on_platform"
+    assert [c.delivery.source_event_id for c in to_send] == [ann_invite.event_id]
