@@ -171,6 +171,7 @@ class Attempt(enum.Enum):
     TRANSIENT = "transient"  # 4xx, timeout, dropped connection: worth another attempt later
     PERMANENT = "permanent"  # 5xx or a message that can never be sent: an error outcome now
     UNREACHABLE = "unreachable"  # no connection at all: the message was not tried, the attempt does not count
+    REVOKED = "revoked"  # the invite was revoked while its claim waited: not tried, ended as revoked
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,8 @@ def decide(
     rng: random.Random | None = None,
 ) -> Final | Retry:
     reply = result.reply[:MAX_REASON]
+    if result.attempt is Attempt.REVOKED:
+        return revoked(claimed, now)
     if result.attempt is Attempt.SENT:
         return Final(claimed, "sent", None, reply, claimed.attempts, now)
     if result.attempt is Attempt.PERMANENT:

@@ -123,7 +123,7 @@ async def claim_deliveries(
             for c in claimed
             if (final := domain.not_to_send(c, now) or domain.abandoned(c, max_attempts, now)) is not None
         ]
-        finals = await _finish(db, stopped)
+        finals = await _finish(db, stopped, owner)
     _log_not_sent(finals)
     stopped_ids = {final.claimed.delivery.id for final in stopped}
     return [c for c in claimed if c.delivery.id not in stopped_ids], finals
@@ -169,7 +169,7 @@ async def record_attempts(
         else:
             retries.append(decision)
     async with transaction(pool) as db:
-        finished = await _finish(db, finals)
+        finished = await _finish(db, finals, owner)
         await repository.reschedule(db, retries, owner)
     return finished, retries
 
@@ -182,7 +182,7 @@ async def release(pool: asyncpg.Pool, claimed: Sequence[Claimed], owner: uuid.UU
         await repository.reschedule(db, retries, owner)
 
 
-async def renew_leases(pool: asyncpg.Pool, owner: uuid.UUID, held: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+async def renew_leases(pool: asyncpg.Pool, owner: uuid.UUID, held: Sequence[uuid.UUID]) -> dict[uuid.UUID, bool]:
     return await repository.renew_leases(pool, owner, held)
 
 
@@ -198,11 +198,12 @@ async def expire_leases(pool: asyncpg.Pool, lease_seconds: float) -> int:
     return await repository.expire_leases(pool, lease_seconds)
 
 
-async def _finish(db: asyncpg.Connection, finals: list[Final]) -> list[Final]:
-    """Record outcomes and stage their DeliveryOutcome events; a row already final publishes nothing again."""
+async def _finish(db: asyncpg.Connection, finals: list[Final], owner: uuid.UUID | None = None) -> list[Final]:
+    """Record outcomes and stage their DeliveryOutcome events; a row already final, or another sender's now,
+    publishes nothing."""
     if not finals:
         return []
-    finished = await repository.finish(db, finals)
+    finished = await repository.finish(db, finals, owner)
     done = [final for final in finals if final.claimed.delivery.id in finished]
     await add_events(db, repository.SCHEMA, [domain.outcome_event(final) async for final in in_slices(done)])
     return done

@@ -263,8 +263,11 @@ async def revoke_invites(db: asyncpg.Connection, invite_ids: Sequence[uuid.UUID]
     return [_claimed(row) for row in rows if row["status"] == "pending"]
 
 
-async def finish(db: asyncpg.Connection, finals: Sequence[Final]) -> set[uuid.UUID]:
-    """Record final outcomes, clearing the content; returns the ids this call finished (not finished before)."""
+async def finish(db: asyncpg.Connection, finals: Sequence[Final], owner: uuid.UUID | None = None) -> set[uuid.UUID]:
+    """Record final outcomes, clearing the content; returns the ids this call finished (not finished before).
+
+    With the `owner` whose attempts they are: a row another sender claimed since (this one's lease ran out while
+    it could not record) is that sender's to decide; its 250 was ignored after a late 5xx of ours."""
     if not finals:
         return set()
     rows = await db.fetch(
@@ -275,7 +278,8 @@ async def finish(db: asyncpg.Connection, finals: Sequence[Final]) -> set[uuid.UU
             note = NULL, accept_url = NULL, reason = NULL
         FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[])
              AS f(id, outcome, attempts, reason, reply, decided_at)
-        WHERE d.id = f.id AND d.status IN ('pending', 'sending')
+        WHERE d.id = f.id
+          AND (d.status = 'pending' OR d.status = 'sending' AND ($7::uuid IS NULL OR d.claimed_by = $7))
         RETURNING d.id
         """,
         [f.claimed.delivery.id for f in finals],
@@ -284,6 +288,7 @@ async def finish(db: asyncpg.Connection, finals: Sequence[Final]) -> set[uuid.UU
         [f.reason for f in finals],
         [f.reply for f in finals],
         [f.decided_at for f in finals],
+        owner,
     )
     return {row["id"] for row in rows}
 
@@ -311,8 +316,9 @@ async def reschedule(db: asyncpg.Connection, retries: Sequence[Retry], owner: uu
 
 async def renew_leases(
     db: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID, held: Sequence[uuid.UUID]
-) -> set[uuid.UUID]:
-    """Renew the lease of each delivery `owner` holds and still owns; returns those. One it holds and no longer
+) -> dict[uuid.UUID, bool]:
+    """Renew the lease of each delivery `owner` holds and still owns; returns those, each with whether its invite was
+    revoked meanwhile (revoke_invites marks a held delivery, its sender learns it here). One it holds and no longer
     owns expired while the process could not renew it (frozen, or the database away) and may be another's now.
 
     A row locked by another transaction (its result being recorded, a revoke marking it) is left for the next
@@ -327,12 +333,12 @@ async def renew_leases(
             FOR UPDATE SKIP LOCKED
         ) AS mine
         WHERE d.id = mine.id
-        RETURNING d.id
+        RETURNING d.id, d.revoked_at IS NOT NULL AS revoked
         """,
         owner,
         list(held),
     )
-    return {row["id"] for row in rows}
+    return {row["id"]: row["revoked"] for row in rows}
 
 
 async def hold_slot(pool: asyncpg.Pool, lock_key: int, wait_seconds: float) -> asyncpg.Connection | None:

@@ -100,6 +100,7 @@ class _Run:
         self.held: dict[uuid.UUID, tuple[Claimed, float]] = {}
         self.fresh_seconds = self.settings.lease_fresh_seconds
         self.dropped: list[Claimed] = []  # dropped unsent since the reaper last gave them back
+        self.revoked: set[uuid.UUID] = set()  # held deliveries whose invite was revoked since their claim
         self.stopping = False
         self.workers_done = False  # the recorder may end only once no worker can add a result
         self.smtp_trouble: str | None = None  # why no SMTP connection is usable, while that lasts (logged once)
@@ -229,6 +230,7 @@ class _Run:
     def _let_go(self, claimed: Claimed) -> None:
         if self.held.get(claimed.delivery.id, (None, 0.0))[0] is claimed:  # not a newer claim of the same delivery
             del self.held[claimed.delivery.id]
+            self.revoked.discard(claimed.delivery.id)
 
     def _still_ours(self, claimed: Claimed) -> bool:
         """This very claim (not a copy a newer claim superseded), its ownership confirmed within the fresh window."""
@@ -263,6 +265,8 @@ class _Run:
         # message, and the freshness window leaves SMTP_TIMEOUT_SECONDS + 5 s of the lease, so it is ours until then.
         if not self._still_ours(claimed):
             return None
+        if claimed.delivery.id in self.revoked:  # since its claim, learnt at a renewal: a waiting claim's dead link
+            return SendResult(Attempt.REVOKED, domain.REVOKED)
         started = time.perf_counter()
         recipient = domain.smtp_address(claimed.delivery.recipient)
         result = await connection.send(self.sender.renderer.envelope_sender, recipient, message)
@@ -370,9 +374,11 @@ class _Run:
     async def _renew(self) -> None:
         asked = time.monotonic()
         owned = await handlers.renew_leases(self.pool, self.owner, list(self.held))
-        for delivery_id in owned:
+        for delivery_id, revoked in owned.items():
             if (entry := self.held.get(delivery_id)) is not None:  # not recorded meanwhile
                 self.held[delivery_id] = (entry[0], max(entry[1], asked))
+                if revoked:
+                    self.revoked.add(delivery_id)
 
     async def _give_back_dropped(self) -> None:
         """Dropped claims this run still owns go back to the queue now, their attempt not counted (it never was one);

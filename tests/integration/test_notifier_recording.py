@@ -29,7 +29,7 @@ from services.notifier.mailer import Mailer
 from services.notifier.messages import Renderer
 from services.notifier.metrics import metrics_for
 from services.notifier.sender import Sender, _Run
-from tests.integration.notifier_harness import scratch, smtp_settings
+from tests.integration.notifier_harness import invite, revoked, scratch, smtp_settings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -173,3 +173,91 @@ async def test_a_delivery_claimed_more_often_than_the_attempts_allow_ends_unsent
     assert final.reason == domain.ABANDONED.format(times=3)
     assert rows[OTHERS[0]][0] == "error" and rows[OTHERS[1]][0] == "sent"
     assert len(handler.copies) == 1
+
+
+async def _invite_delivery(admin: asyncpg.Pool) -> tuple[uuid.UUID, uuid.UUID]:
+    """An invite's email due now, its practice and patient in the directories; (delivery id, invite id)."""
+    practice_id, invite_id, event_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await admin.execute(
+        "INSERT INTO notifier.practices (practice_id, name, registered_at) VALUES ($1, 'Clinic', now())", practice_id
+    )
+    await admin.execute(
+        "INSERT INTO notifier.patients (email, patient_id, locale, registered_at) VALUES ($1, $2, 'en', now())",
+        OTHERS[0],
+        uuid.uuid4(),
+    )
+    await admin.execute(
+        """
+        INSERT INTO notifier.deliveries (id, source_event_id, source_event_type, kind, recipient, recipient_key,
+            practice_id, correlation_id, message_id, invite_id, accept_url, expires_at, not_before)
+        VALUES ($1, $2, 'InviteRequested', 'invite', $3, $3, $4, 'c', '<m@collabkare.example>', $5,
+            'https://app.example/invites/accept?token=t', now() + interval '7 days', now() - interval '1 second')
+        """,
+        domain.delivery_id_for(event_id),
+        event_id,
+        OTHERS[0],
+        practice_id,
+        invite_id,
+    )
+    return domain.delivery_id_for(event_id), invite_id
+
+
+class _Unused:
+    """An SMTP connection a test expects never to be used."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def open(self) -> domain.SendResult | None:
+        return None
+
+    async def send(self, sender: str, recipient: str, message: bytes) -> domain.SendResult:
+        self.sent.append(recipient)
+        return domain.SendResult(domain.Attempt.SENT, "250 2.0.0 OK")
+
+
+async def test_an_invite_revoked_while_its_claim_waits_is_not_sent(
+    relay: tuple[Relay, Sender], infra: Infrastructure, template_database: str
+) -> None:
+    """Claims wait in the sender's memory (up to SENDER_BATCH_SIZE behind SMTP_POOL_SIZE connections); a revoke
+    marked the held row, and the email went out all the same, its link dead. The next renewal tells the sender."""
+    _, sender = relay
+    async with scratch(infra, template_database, pool_size=8) as (_, _, admin):
+        delivery_id, invite_id = await _invite_delivery(admin)
+        practice_id = await admin.fetchval("SELECT practice_id FROM notifier.practices")
+        run = _Run(sender, admin, metrics_for(CollectorRegistry()))
+        [claimed], _ = await handlers.claim_deliveries(admin, 10, run.owner, max_attempts=3)
+        run.held[claimed.delivery.id] = (claimed, asyncio.get_running_loop().time())
+        async with admin.acquire() as db, db.transaction():
+            await handlers.cancel_revoked(db, [revoked(invite(practice_id, OTHERS[0], invite_id=invite_id))])
+        await run._renew()
+        connection = _Unused()
+        result = await run._attempt(connection, claimed)  # type: ignore[arg-type]
+        assert result is not None
+        [final], _ = await handlers.record_attempts(admin, [(claimed, result)], sender.policy, run.owner)
+        row = await admin.fetchrow("SELECT status, last_error FROM notifier.deliveries WHERE id = $1", delivery_id)
+    assert connection.sent == [], "the revoked invite's email went out"
+    assert (final.outcome, final.reason) == ("error", domain.REVOKED)
+    assert (row["status"], row["last_error"]) == ("error", domain.REVOKED)
+
+
+async def test_a_late_final_of_a_sender_that_lost_its_lease_leaves_the_row_to_its_new_holder(
+    relay: tuple[Relay, Sender], infra: Infrastructure, template_database: str
+) -> None:
+    """A's lease ran out while it could not record (cut off from the database); B claimed the row and sent it. A's
+    late 5xx ended the row `error`, and B's 250 was ignored: the patient had the email, staff saw an error."""
+    _, sender = relay
+    async with scratch(infra, template_database, pool_size=8) as (_, _, admin):
+        await _queue(admin, OTHERS[:1])
+        a, b = uuid.uuid4(), uuid.uuid4()
+        [by_a], _ = await handlers.claim_deliveries(admin, 10, a, max_attempts=3)
+        await admin.execute("UPDATE notifier.deliveries SET claimed_at = now() - interval '1 hour'")
+        assert await handlers.expire_leases(admin, 60) == 1
+        [by_b], _ = await handlers.claim_deliveries(admin, 10, b, max_attempts=3)
+        late = domain.SendResult(domain.Attempt.PERMANENT, "554 5.7.1 no")
+        finals_a, _ = await handlers.record_attempts(admin, [(by_a, late)], sender.policy, a)
+        sent = domain.SendResult(domain.Attempt.SENT, "250 2.0.0 OK")
+        finals_b, _ = await handlers.record_attempts(admin, [(by_b, sent)], sender.policy, b)
+        row = await admin.fetchrow("SELECT status, smtp_reply FROM notifier.deliveries")
+    assert finals_a == [] and [f.outcome for f in finals_b] == ["sent"]
+    assert (row["status"], row["smtp_reply"]) == ("sent", "250 2.0.0 OK")

@@ -122,9 +122,9 @@ async def test_after_the_database_was_away_leases_expire_only_once_it_has_answer
             raise ConnectionRefusedError("the database is away")
         return 0
 
-    async def renew_leases(*_: object) -> set[object]:
+    async def renew_leases(*_: object) -> dict[object, bool]:
         calls.append("renew")
-        return set()
+        return {}
 
     async def expire_leases(*_: object) -> int:
         calls.append("expire")
