@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.runtime.head_limit import BoundedHeadProtocol
@@ -48,17 +50,39 @@ class QuietStartFailure:
                 await send({**message, "message": ""} if isinstance(failure, DependencyUnavailable) else message)
 
 
+# A stopping server's requests get this long past the longest deadline to answer before uvicorn cancels them.
+_DRAIN_MARGIN_SECONDS = 5.0
+
+
+def drain_seconds(app: FastAPI, settings: RuntimeSettings) -> float:
+    """How long a SIGTERM waits for the requests in flight: the longest a route may take to answer (its deadline,
+    `answers_within`, or the service's), and a margin. With 20 s, a roster still being written at a rolling
+    update (it may take 60 s) was cancelled, and its staff member got a bare 500."""
+    declared = [getattr(getattr(route, "endpoint", None), "deadline_seconds", 0.0) for route in _routes(app.routes)]
+    return max([settings.request_deadline_seconds, *declared]) + _DRAIN_MARGIN_SECONDS
+
+
+def _routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    for route in routes:
+        router = getattr(route, "original_router", None)  # an included router (FastAPI includes them lazily)
+        if router is not None:
+            yield from _routes(router.routes)
+        else:
+            yield route
+
+
 def serve(create_app: Callable[[S], FastAPI], settings_class: type[S]) -> None:
     settings = load_settings(settings_class)
     configure_logging(settings.service_name, settings.log_level)
+    app = create_app(settings)
     uvicorn.run(
-        QuietStartFailure(create_app(settings)),
+        QuietStartFailure(app),
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=20,
+        timeout_graceful_shutdown=math.ceil(drain_seconds(app, settings)),
         # Longer than the idle timeout of the proxies in front (60 s for most load balancers): a server
         # closing an idle connection first races the proxy's next request on it (a dropped POST, a 502).
         timeout_keep_alive=75,

@@ -139,3 +139,20 @@ async def test_a_client_that_left_before_the_deadline_is_not_counted_as_a_503() 
     left.clear()  # a client still waiting at the deadline gets the 503
     await APP(scope, receive, send)  # type: ignore[arg-type]
     assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [503]
+
+
+def test_a_stopping_service_waits_for_its_longest_request() -> None:
+    """uvicorn's drain was 20 s for every service: a roster still being written at a rolling update (it may take
+    60 s) was cancelled, and its staff member got a bare 500. Each service now drains for its longest deadline."""
+    from services.connections.app import create_app as connections_app
+    from services.connections.settings import ConnectionsSettings
+    from services.invitations.app import create_app as invitations_app
+    from services.invitations.batch_api import ROSTER_DEADLINE_SECONDS
+    from services.invitations.settings import InvitationsSettings
+    from services.runtime.serve import drain_seconds
+
+    base = {"database_url": "postgresql://u@h/d", "kafka_bootstrap_servers": "k:9092", "jwt_secret": "j" * 32}
+    invitations = InvitationsSettings(**base, identity_hmac_key="i" * 32)  # type: ignore[arg-type]
+    connections = ConnectionsSettings(**base)  # type: ignore[arg-type]
+    assert drain_seconds(invitations_app(invitations), invitations) == ROSTER_DEADLINE_SECONDS + 5
+    assert drain_seconds(connections_app(connections), connections) == connections.request_deadline_seconds + 5
