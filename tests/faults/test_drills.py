@@ -443,12 +443,24 @@ def test_postgres_frozen_every_request_answers_503_within_its_deadline(stack: Ru
     for process in processes:
         process.suspend()
     try:
+        # The readiness probe gives up after 3 s (timeoutSeconds): /readyz must answer 503 before, naming the
+        # database (it took 4 s, waiting for the cancelled check's connection to be given back).
+        readiness = {}
+        for name in SERVICES:
+            started = time.monotonic()
+            ready = httpx.get(f"{stack.urls[name]}/readyz", params={"exclude": "broker"}, timeout=40)
+            readiness[name] = (ready.status_code, ready.json()["checks"]["database"], time.monotonic() - started)
         with ThreadPoolExecutor(max_workers=24) as pool:
             answers = list(pool.map(call, urls * 12))  # twelve each: more than the ten connections of a pool
     finally:
         for process in processes:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.resume()
+    print(f"pgfreeze: /readyz {readiness}")
+    assert {name: (status, ok) for name, (status, ok, _) in readiness.items()} == {
+        name: (503, False) for name in SERVICES
+    }, readiness
+    assert max(took for _, _, took in readiness.values()) < 3.0, readiness
     assert set(answers) == {(503, "problem", "5")}, answers
     for url in urls:
         wait_for(f"pgfreeze: {url} answers again", lambda u=url: call(u)[0] == 200, 60)
