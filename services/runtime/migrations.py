@@ -147,6 +147,8 @@ async def _apply_alone(
 
 async def _ensure_role_and_schema(connection: asyncpg.Connection, schema: str, password: str | None) -> None:
     exists = await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", schema)
+    if exists and password is not None:
+        await _warn_if_shared(connection, schema)
     if not exists:
         # Roles are cluster-wide: another database's migration may create it between our check and here.
         with contextlib.suppress(asyncpg.DuplicateObjectError):
@@ -162,6 +164,27 @@ async def _ensure_role_and_schema(connection: asyncpg.Connection, schema: str, p
         "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
     )
     await connection.execute(f'ALTER TABLE "{schema}".schema_migrations OWNER TO "{schema}"')
+
+
+async def _warn_if_shared(connection: asyncpg.Connection, schema: str) -> None:
+    """Roles are server-wide: a second installation migrated on the same server sets the password of the first one's
+    role, whose services then fail every restart (InvalidPasswordError). Said where the Job's log shows it."""
+    elsewhere = await connection.fetch(
+        """
+        SELECT DISTINCT db.datname FROM pg_shdepend d JOIN pg_database db ON db.oid = d.dbid
+        WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1)
+          AND db.datname <> current_database() AND NOT db.datistemplate
+        ORDER BY 1 LIMIT 5
+        """,
+        schema,
+    )
+    if elsewhere:
+        log.warning(
+            "migration.role_shared",
+            role=schema,
+            databases=[row["datname"] for row in elsewhere],
+            hint="roles are server-wide: this password is now theirs too; one installation per PostgreSQL server",
+        )
 
 
 SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)

@@ -33,6 +33,18 @@ async def test_second_run_applies_nothing(infra) -> None:  # type: ignore[no-unt
     assert second == []
 
 
+async def test_a_role_another_database_uses_is_named_before_its_password_changes(infra) -> None:  # type: ignore[no-untyped-def]
+    """Found by an operator: a second installation migrated on the same server set the first one's role password
+    (roles are server-wide), and the first one's services failed every restart. The Job's log now says so."""
+    first, second = await _fresh_database(infra), await _fresh_database(infra)
+    await migrate(first, PLANS["connections"], role_password=ROLE_PASSWORD)
+    with capture_logs() as logs:
+        await migrate(second, PLANS["connections"], role_password=ROLE_PASSWORD)
+        await migrate(second, PLANS["connections"])  # no password given: nothing changes, nothing to say
+    [shared] = [entry for entry in logs if entry["event"] == "migration.role_shared"]
+    assert shared["role"] == "connections" and first.rsplit("/", 1)[1] in shared["databases"]
+
+
 async def test_concurrent_runs_apply_each_step_once(infra) -> None:  # type: ignore[no-untyped-def]
     url = await _fresh_database(infra)
     results = await asyncio.gather(*(migrate(url, PLANS["invitations"], role_password=ROLE_PASSWORD) for _ in range(4)))
