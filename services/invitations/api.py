@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
+    StringConstraints,
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
@@ -108,7 +109,10 @@ class InviteBody(BaseModel):
 
 class AcceptBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    token: str = Field(min_length=1, max_length=200, description="The token from the accept link")
+    # Stripped: a token copied out of an email often brings a space or a line break along (it was "not valid").
+    token: Annotated[str, StringConstraints(strip_whitespace=True)] = Field(
+        min_length=1, max_length=200, description="The token from the accept link"
+    )
     ssn: Ssn = None
     date_of_birth: BirthDate = None
     phone: Phone = None

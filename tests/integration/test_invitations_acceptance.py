@@ -147,8 +147,11 @@ async def test_an_invite_with_factors_needs_one_matching_factor(service: Service
     state = await _status(service, invite_id)
     assert (state["status"], state["failed_attempts"], state["locked_at"] is not None) == ("accepted", 5, True)
     _, _, by_ssn = await _individual_invite(service, "bob@example.com", ssn="587654321")
-    # A form that sends every field: the empty date is not given, as the empty phone (the date was a 422).
-    by_form = await _accept(service, by_ssn, email="bob@example.com", ssn="587-65-4321", date_of_birth="", phone="")
+    # A form that sends every field: the empty date is not given, as the empty phone (the date was a 422); the token
+    # pasted with the line break it was copied with (it was "not valid").
+    by_form = await _accept(
+        service, f" {by_ssn}\n", email="bob@example.com", ssn="587-65-4321", date_of_birth="", phone=""
+    )
     assert by_form.status_code == 200, by_form.text
     c_token = (await _individual_invite(service, "c@example.com", ssn="587654321"))[2]
     only_ssn = await _accept(service, c_token, email="c@example.com")
