@@ -255,9 +255,10 @@ class _Run:
             return SendResult(Attempt.PERMANENT, problem)
         try:
             message = self.sender.renderer.render(claimed)
-        except Exception as error:  # a template bug must become this delivery's error, not stop the sender
+        except Exception as error:  # a template bug must not stop the sender, nor end every email it touches:
+            # retried as a 4xx is, so a release rolled back within SMTP_MAX_ATTEMPTS' 15-30 minutes loses none.
             log.exception("delivery.render_failed", delivery_id=str(claimed.delivery.id))
-            return SendResult(Attempt.PERMANENT, f"the message could not be built ({type(error).__name__})")
+            return SendResult(Attempt.TRANSIENT, f"the message could not be built ({type(error).__name__})")
         await self.sender.mailer.bucket.acquire()
         if (trouble := await connection.open()) is not None:
             return trouble

@@ -141,3 +141,17 @@ async def test_after_the_database_was_away_leases_expire_only_once_it_has_answer
     after = calls[calls.index("away") + 1 :]
     assert calls[:2] == ["renew", "expire"], calls
     assert after[:3] == ["renew", "renew", "expire"], f"the first reap after the outage expired nothing: {calls}"
+
+
+async def test_a_message_that_cannot_be_built_is_retried_not_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A template bug in a release ended every email of that kind and language `error` for good: a rollback brought
+    none of them back. It is retried as a 4xx is, and nothing is sent meanwhile."""
+    run, connection = _run(), Connection()
+
+    def broken(_: Claimed) -> bytes:
+        raise KeyError("patient_name")
+
+    monkeypatch.setattr(run.sender.renderer, "render", broken)
+    result = await run._attempt(connection, _invite())  # type: ignore[arg-type]
+    assert result == SendResult(Attempt.TRANSIENT, "the message could not be built (KeyError)")
+    assert connection.sent == []
