@@ -106,7 +106,15 @@ def _already_decided(error: AlreadyDecided) -> Problem:
         "`registered_practice`)."
     ),
     responses={
-        200: {"description": "The patient's pending request, unchanged", "model": ConnectionRequestView},
+        200: {
+            "description": "The patient's pending request, unchanged",
+            "model": ConnectionRequestView,
+            "headers": {"Location": {"description": "The request, for its patient", "schema": {"type": "string"}}},
+        },
+        201: {
+            "description": "The new pending request",
+            "headers": {"Location": {"description": "The request, for its patient", "schema": {"type": "string"}}},
+        },
         **problems(401, 403, 409, 415, 422),
     },
 )
@@ -132,7 +140,28 @@ async def ask_to_connect(
         ) from None
     if not created:
         response.status_code = 200
+    response.headers["Location"] = _OWN_REQUEST.format(request_id=request.id)
     return ConnectionRequestView.model_validate(request, from_attributes=True)
+
+
+_OWN_REQUEST = "/v1/connection-requests/{request_id}"
+
+
+@router.get(
+    _OWN_REQUEST,
+    summary="The patient's own request: pending, approved or rejected (and why)",
+    description=(
+        "The request the `Location` of its POST names, read by the patient who made it (`decided_by`, a staff "
+        "account, is not shown); any other request, or another patient's, is a 404."
+    ),
+    responses=problems(401, 403, 404, 422),
+)
+async def own_request(patient: Patient, request_id: uuid.UUID, pool: Pool) -> ConnectionRequestView:
+    request = await handlers.patients_request(pool, patient.patient_id, request_id)
+    if request is None:
+        raise _not_found()
+    view = ConnectionRequestView.model_validate(request, from_attributes=True)
+    return view.model_copy(update={"decided_by": None})
 
 
 @router.get(

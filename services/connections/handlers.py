@@ -186,6 +186,12 @@ async def connect_invited(db: asyncpg.Connection, events: list[InviteAccepted]) 
         )
 
 
+async def patients_request(
+    pool: asyncpg.Pool, patient_id: uuid.UUID, request_id: uuid.UUID
+) -> ConnectionRequest | None:
+    return await repository.patients_request(pool, patient_id, request_id)
+
+
 async def list_requests(
     pool: asyncpg.Pool, practice_id: uuid.UUID, status: Status | None, after: Position | None, limit: int
 ) -> Page[ConnectionRequest]:

@@ -35,6 +35,8 @@ SELECT pg_advisory_xact_lock(hashtextextended('connections.patient:' || $1::uuid
 
 REQUEST_PATIENT = "SELECT patient_id FROM connections.connection_requests WHERE practice_id = $1 AND id = $2"
 
+PATIENTS_REQUEST = f"SELECT {_REQUEST_COLUMNS} FROM connections.connection_requests WHERE id = $1 AND patient_id = $2"
+
 # FOR UPDATE: an invite accepted at the same moment as a staff decision waits for it (and vice versa).
 LOCK_PENDING_REQUEST = f"""
 SELECT {_REQUEST_COLUMNS} FROM connections.connection_requests
@@ -125,6 +127,14 @@ async def request_patient(db: asyncpg.Connection, practice_id: uuid.UUID, reques
     """The patient a request is from (it never changes), read before any lock is taken."""
     patient_id: uuid.UUID | None = await db.fetchval(REQUEST_PATIENT, practice_id, request_id)
     return patient_id
+
+
+async def patients_request(
+    db: asyncpg.Connection | asyncpg.Pool, patient_id: uuid.UUID, request_id: uuid.UUID
+) -> ConnectionRequest | None:
+    """The request, if this patient made it."""
+    row = await db.fetchrow(PATIENTS_REQUEST, request_id, patient_id)
+    return _request(row) if row else None
 
 
 async def lock_request(

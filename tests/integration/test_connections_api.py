@@ -217,6 +217,25 @@ async def test_reject_trims_the_reason_and_publishes_it(service: Service) -> Non
     assert await service.fetch("SELECT 1 FROM connections.connections WHERE practice_id = $1", practice) == []
 
 
+async def test_a_patient_follows_her_request_to_its_decision_and_no_one_elses(service: Service) -> None:
+    """The 201 named no Location, and a patient could not read her request again: a patient app had no way to
+    show "pending", or a rejection and its reason, but the email."""
+    practice, ann = await service.practice(), uuid.uuid4()
+    ann_says = {"Authorization": f"Bearer {patient_token(ann, 'ann@example.com')}"}
+    asked = await service.http.post("/v1/connection-requests", json={"practice_id": str(practice)}, headers=ann_says)
+    again = await service.http.post("/v1/connection-requests", json={"practice_id": str(practice)}, headers=ann_says)
+    location = asked.headers["location"]
+    assert location == f"/v1/connection-requests/{asked.json()['id']}" and again.headers["location"] == location
+    assert (await service.http.get(location, headers=ann_says)).json()["status"] == "pending"
+    await _decide(service, practice, asked.json()["id"], "reject", json={"reason": "Not a patient here."})
+    seen = (await service.http.get(location, headers=ann_says)).json()
+    assert (seen["status"], seen["reason"], seen["decided_by"]) == ("rejected", "Not a patient here.", None)
+    bob_says = {"Authorization": f"Bearer {patient_token(uuid.uuid4(), 'bob@example.com')}"}
+    for path in (location, f"/v1/connection-requests/{uuid.uuid4()}"):
+        other = await service.http.get(path, headers=bob_says)
+        assert other.status_code == 404 and "ann@example.com" not in other.text
+
+
 @pytest.mark.parametrize(
     "body", [None, {}, {"reason": None}, {"reason": "   "}], ids=["no body", "{}", "null", "blank"]
 )

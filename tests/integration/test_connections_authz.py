@@ -30,6 +30,7 @@ async def service(infra: Infrastructure, template_database: str) -> AsyncIterato
 # {practice} and {request} in paths and bodies are filled in per test.
 ENDPOINTS = {
     "ask to connect": Endpoint("POST", "/v1/connection-requests", {"practice_id": "{practice}"}, True, 201),
+    "read own request": Endpoint("GET", "/v1/connection-requests/{request}", None, True, 200),
     "list requests": Endpoint("GET", "/v1/practices/{practice}/connection-requests?status=pending", None, False, 200),
     "approve": Endpoint("POST", "/v1/practices/{practice}/connection-requests/{request}/approve", None, False, 200),
     "reject": Endpoint(
@@ -57,7 +58,7 @@ async def test_authorisation_matrix(service: Service, name: str, caller: str) ->
     endpoint = ENDPOINTS[name]
     practice, patient = await service.practice(), uuid.uuid4()
     # Every staff endpoint gets a real pending request in the path's practice, so a refusal has something to leak.
-    asked = await service.ask(practice)
+    asked = await service.ask(practice, patient if name == "read own request" else None)
     path = endpoint.path.format(practice=practice, request=asked["id"])
     body = {k: v.format(practice=practice) for k, v in endpoint.body.items()} if endpoint.body else None
     response = await service.http.request(
@@ -85,6 +86,8 @@ async def test_authorisation_matrix(service: Service, name: str, caller: str) ->
         assert answer["status"] == "rejected" and events[-1] == "ConnectionRejected"
     elif name == "ask to connect":
         assert answer["patient_id"] == str(patient) and len(rows) == 2
+    elif name == "read own request":
+        assert answer["id"] == asked["id"] and answer["decided_by"] is None
     elif name == "list requests":
         assert [item["id"] for item in answer["items"]] == [asked["id"]]
     else:
