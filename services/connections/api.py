@@ -8,7 +8,7 @@ from typing import Annotated
 
 import asyncpg
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, TypeAdapter
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StringConstraints, TypeAdapter
 from pydantic_core import PydanticCustomError
 
 from services.connections import handlers
@@ -167,14 +167,17 @@ async def own_request(patient: Patient, request_id: uuid.UUID, pool: Pool) -> Co
 @router.get(
     "/v1/practices/{practice_id}/connection-requests",
     summary="Connection requests of the practice, newest first",
-    description="Omit status to list every request. Pages are stable while new requests arrive.",
+    description=(
+        "Omit status (or leave it empty, `?status=`, as a form sends it) to list every request. Pages are stable "
+        "while new requests arrive."
+    ),
     responses=problems(401, 403, 404, 422),
 )
 async def list_requests(
     practice_id: uuid.UUID,
     staff: StaffMember,
     pool: Pool,
-    status: Status | None = None,
+    status: Annotated[Status | None, BeforeValidator(lambda value: value or None)] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> PageView[ConnectionRequestView]:

@@ -352,6 +352,9 @@ async def test_pending_list_is_newest_first_and_pages_stay_stable_while_requests
     assert pages == 3
     everything = await service.http.get(_base(practice), params={"limit": 200}, headers=_staff(practice))
     assert len(everything.json()["items"]) == 10 and everything.json()["next_cursor"] is None
+    # An empty status, as a form sends it, is no filter (it was a 422, while a batch's `?outcome=` was not).
+    unfiltered = await service.http.get(_base(practice), params={"limit": 200, "status": ""}, headers=_staff(practice))
+    assert unfiltered.json() == everything.json()
     approved = await service.http.get(_base(practice), params={"status": "approved"}, headers=_staff(practice))
     assert [item["id"] for item in approved.json()["items"]] == [decided["id"]]
 
