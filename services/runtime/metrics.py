@@ -10,11 +10,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 class Metrics:
     def __init__(self, service: str, groups: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry()
+        # By method too: a route's GET and POST are different operations (an access history and a new invite).
         self.http_requests = Counter(
-            "http_requests_total", "HTTP requests by route and status", ["route", "status"], registry=self.registry
+            "http_requests_total",
+            "HTTP requests by method, route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
         )
         self.http_latency = Histogram(
-            "http_request_seconds", "HTTP request latency by route", ["route"], registry=self.registry
+            "http_request_seconds",
+            "HTTP request latency by method and route",
+            ["method", "route"],
+            registry=self.registry,
         )
         self.events_consumed = Counter(
             "events_consumed_total",
