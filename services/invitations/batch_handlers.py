@@ -28,7 +28,7 @@ from services.invitations.batch_repository import BatchRecord, RowRecord
 from services.invitations.bulk import BatchContext, build_records
 from services.invitations.domain import Cause, Outcome
 from services.invitations.events import revoked_event
-from services.invitations.handlers import Policy, expire_overdue, now_utc
+from services.invitations.handlers import Policy, now_utc
 from services.invitations.practice_lock import practice_transaction
 from services.invitations.roster import Entry, Roster, Verdict
 from services.runtime.logging import get_logger
@@ -102,14 +102,13 @@ async def submit_roster(
     cause: Cause,
 ) -> Submission:
     """Store the batch, a row per entry, and an invite plus InviteRequested per ready entry: one transaction."""
-    now = now_utc()
     # One batch at a time per practice: "already invited" then sees every invite committed before it.
     async with practice_transaction(pool, practice_id) as db:
+        now = now_utc()  # after the practice's turn: invites that expired while it waited are expired
         if idempotency_key is not None:
             existing = await find_by_key(db, practice_id, idempotency_key, digest)
             if existing is not None:
                 return Submission(existing, replayed=True, verdicts={})
-        events = await expire_overdue(db, practice_id, now, cause)
         replaces = await _flag(db, practice_id, roster, now)
         if replaces:  # locked now, not after the seconds a long roster takes to store
             statuses = await batch_repository.lock_replaced(db, list(replaces.values()))
@@ -128,20 +127,14 @@ async def submit_roster(
         )
         await batch_repository.insert_batch(db, batch, cause.correlation_id)
         context = BatchContext(batch.id, practice_id, actor, now, now + policy.ttl, policy.base_url, cause)
-        new_ids = await _store(db, roster.entries, context, replaces)
-        # Invites that never reached their patient give way to the new ones (revoked, pointing at them).
-        replaced = await batch_repository.replace_invites(
-            db, now, actor, [(old, new_ids[line]) for line, old in replaces.items()]
-        )
-        events += [_revoked(row, cause) for row in replaced if row["revoked_now"]]
-        await add_events(db, repository.SCHEMA, events)
+        replaced = await _store(db, roster.entries, context, replaces)
     log.info(
         "batch.submitted",
         practice_id=str(practice_id),
         batch_id=str(batch.id),
         rows=batch.total,
         invites=batch.invited,
-        replaced_undelivered=len(replaced),
+        replaced_undelivered=replaced,
     )
     _after_bulk_soon(pool, batch.invited)
     return Submission(batch, replayed=False, verdicts=verdicts)
@@ -177,17 +170,20 @@ def release_memory() -> None:
 
 async def _store(
     db: asyncpg.Connection, entries: list[Entry], context: BatchContext, replaces: dict[int, uuid.UUID]
-) -> dict[int, uuid.UUID]:
-    """COPY chunk by chunk, building the next chunk in a thread while PostgreSQL ingests this one.
+) -> int:
+    """COPY chunk by chunk, building the next chunk in a thread while PostgreSQL ingests this one; the invites of
+    `replaces` (by line) that never reached their patient give way to the chunk's new ones (revoked, pointing at
+    them, with their InviteRevoked). Returns how many were replaced.
 
     The event loop only hands prepared bytes to the socket, so the two cores work at once (Python building,
-    PostgreSQL parsing and indexing), and memory holds two chunks' records rather than the whole roster's.
-    Returns the new invite of each line in `replaces`.
+    PostgreSQL parsing and indexing), and memory holds two chunks' records rather than the whole roster's. So do the
+    replacements: all at once, re-sending a roster of 100,000 undelivered invites took 500 MiB (their revocations'
+    rows and events), past the pod's memory limit with two such rosters.
     """
     chunks = [entries[start : start + CHUNK] for start in range(0, len(entries), CHUNK)]
-    new_ids: dict[int, uuid.UUID] = {}
+    replaced = 0
     if not chunks:
-        return new_ids
+        return replaced
     build = functools.partial(build_records, context=context, replaces=replaces)
     next_records = asyncio.ensure_future(asyncio.to_thread(build, chunks[0]))
     try:
@@ -196,11 +192,15 @@ async def _store(
             if index + 1 < len(chunks):
                 next_records = asyncio.ensure_future(asyncio.to_thread(build, chunks[index + 1]))
             await batch_repository.copy_records(db, records)
-            if replaces:
-                new_ids.update((line, records.invite_ids[line]) for line in replaces if line in records.invite_ids)
+            pairs = [(replaces[line], new) for line, new in records.invite_ids.items() if line in replaces]
+            rows = await batch_repository.replace_invites(db, context.now, context.actor, pairs)
+            await add_events(
+                db, repository.SCHEMA, [_revoked(row, context.cause) for row in rows if row["revoked_now"]]
+            )
+            replaced += len(rows)
     finally:
         next_records.cancel()
-    return new_ids
+    return replaced
 
 
 async def batch_summary(
@@ -250,19 +250,19 @@ async def resend_not_on_platform(
     One transaction; the rows, once locked, are worked through CHUNK at a time, so that memory holds one chunk's
     invites and events however many rows there are (all at once, four resends of 100,000 rows took 1.6 GiB).
     """
-    now = now_utc()
     resent = 0
     flags: dict[str, int] = {}
     async with practice_transaction(pool, practice_id) as db:
+        now = now_utc()  # after the practice's turn: invites that expired while it waited are expired
         if await batch_repository.find_batch(db, practice_id, batch_id) is None:
             raise BatchNotFound()
         rows = await batch_repository.lock_not_on_platform(db, batch_id)
-        await add_events(db, repository.SCHEMA, await expire_overdue(db, practice_id, now, cause))
         context = BatchContext(batch_id, practice_id, actor, now, now + policy.ttl, policy.base_url, cause)
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start : start + CHUNK]
             keys = [domain.email_key(row["email"]) for row in chunk]
             connected, pending = await repository.known(db, practice_id, keys, now)
+            connected, pending = await _as_locked(db, connected, pending)
             entries, flagged, replaces = _resend_plan(chunk, connected, pending)
             records = build_records(entries, context, replaces)
             new_ids = records.invite_ids
@@ -283,6 +283,16 @@ async def resend_not_on_platform(
     # As after a submit: statistics that see the rows' new outcomes, and the memory of 100,000 rows given back.
     _after_bulk_soon(pool, result.resent)
     return result
+
+
+async def _as_locked(
+    db: asyncpg.Connection, connected: set[str], pending: dict[str, PendingInvite]
+) -> tuple[set[str], dict[str, PendingInvite]]:
+    """The patients' pending invites locked, as they are now: one a patient accepted since it was read makes her
+    connected (she was sent a new invite all the same), one revoked since is no longer pending."""
+    statuses = await batch_repository.lock_replaced(db, [invite.id for invite in pending.values()])
+    accepted = {key for key, invite in pending.items() if statuses.get(invite.id) == "accepted"}
+    return connected | accepted, {key: i for key, i in pending.items() if statuses.get(i.id) == "pending"}
 
 
 _FLAGS = (Outcome.ALREADY_CONNECTED, Outcome.ALREADY_INVITED)

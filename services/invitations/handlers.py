@@ -51,12 +51,6 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-async def expire_overdue(db: asyncpg.Connection, practice_id: uuid.UUID, now: datetime, cause: Cause) -> list[Envelope]:
-    """Sweep the practice's overdue invites now rather than wait for the sweeper: they must not block new ones."""
-    rows = await repository.expire_overdue(db, practice_id, now)
-    return [expired_event(r["id"], r["practice_id"], r["expires_at"], cause) for r in rows]
-
-
 async def _stage_new(db: asyncpg.Connection, invite: Invite, policy: Policy, cause: Cause) -> Envelope:
     token, digest = new_token(invite.id)
     await repository.insert_invite(db, invite, digest)
@@ -75,17 +69,26 @@ async def create_invite(
     cause: Cause,
 ) -> Invite:
     """One invite with identity factors; refused when the patient is connected or already holds a pending one."""
-    now, key = now_utc(), domain.email_key(email)
+    key = domain.email_key(email)
     async with practice_transaction(pool, practice_id) as db:
-        if (await repository.known(db, practice_id, [key], now))[0]:
+        now = now_utc()  # after the practice's turn: invites that expired while it waited are expired
+        connected, pending = await repository.known(db, practice_id, [key], now)
+        if connected:
             raise AlreadyConnected()
-        events = await expire_overdue(db, practice_id, now, cause)
-        _, pending = await repository.known(db, practice_id, [key], now)
         undelivered = pending.pop(key) if key in pending and pending[key].replaceable else None
         if key in pending:
             existing = await repository.find_invite(db, practice_id, pending[key].id)
             assert existing is not None
             raise AlreadyInvited(existing)
+        if undelivered is not None:
+            # Locked before it is replaced: a patient accepting it at this moment is connected, not invited again
+            # (a new invite, asking for her SSN, went out; the accepted one never named it as its successor).
+            status = (await batch_repository.lock_replaced(db, [undelivered.id])).get(undelivered.id)
+            if status == "accepted":
+                raise AlreadyConnected()
+            if status != "pending":
+                undelivered = None  # revoked or expired meanwhile: nothing to replace
+        events: list[Envelope] = []
         # A pending invite that never reached the patient (no account yet, or the email failed) is replaced by
         # this one, as a resend would: both sides name each other (replaces / replaced_by).
         invite = domain.new_invite(
@@ -145,8 +148,8 @@ async def resend_invite(
     pool: asyncpg.Pool, policy: Policy, practice_id: uuid.UUID, invite_id: uuid.UUID, *, actor: str, cause: Cause
 ) -> tuple[Invite, Invite]:
     """(old, new): revoke a pending invite (or close an expired one) and send a new one with a new token."""
-    now = now_utc()
     async with practice_transaction(pool, practice_id) as db:
+        now = now_utc()  # after the practice's turn: invites that expired while it waited are expired
         invite = await repository.lock_invite(db, practice_id, invite_id)
         if invite is None:
             raise InviteNotFound()
@@ -237,7 +240,8 @@ async def record_outcomes(db: asyncpg.Connection, events: list[DeliveryOutcome])
 
     Several outcomes for one invite in a batch are reduced first with the same precedence the SQL applies.
     """
-    best = list(domain.strongest(_deliveries(events)).values())
+    # In invite order, as every other writer locks invites (a deadlock otherwise, with a resend's lock).
+    best = sorted(domain.strongest(_deliveries(events)).values(), key=lambda delivery: delivery.invite_id)
     if not best:
         return
     invites, rows = await repository.apply_outcomes(

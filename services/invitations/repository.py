@@ -90,13 +90,6 @@ SELECT (SELECT count(*) FROM invitations.connected_patients WHERE practice_id = 
 """
 _PROBE_LIMIT = 1000  # up to this many addresses, probing the indexes is always cheap
 
-# The practice's pending invites past their time: expired now, so they stop holding the one-pending slot.
-EXPIRE_OVERDUE = """
-UPDATE invitations.invites SET status = 'expired', expired_at = expires_at
-WHERE practice_id = $1 AND status = 'pending' AND expires_at <= $2
-RETURNING id, practice_id, expires_at
-"""
-
 # The sweeper: several service instances may run it at once, so rows are claimed with SKIP LOCKED.
 EXPIRE_DUE = """
 WITH due AS (
@@ -276,10 +269,6 @@ async def known(
                 row["id"], row["created_at"], row["expires_at"], row["delivery"], row["checks_identity"], row["locked"]
             )
     return connected, pending
-
-
-async def expire_overdue(db: asyncpg.Connection, practice_id: uuid.UUID, now: datetime) -> list[asyncpg.Record]:
-    return list(await db.fetch(EXPIRE_OVERDUE, practice_id, now))
 
 
 async def expire_due(db: asyncpg.Connection, now: datetime, limit: int) -> list[asyncpg.Record]:

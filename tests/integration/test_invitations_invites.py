@@ -421,8 +421,46 @@ async def test_an_unswept_overdue_invite_does_not_block_a_roster(service: Servic
     )
     batch = await service.submit(practice, "ann@example.com")
     assert batch["patients_ready"] == 1
+    # The sweeper marks it expired and announces it (every 0.2 s here), not the roster: a roster sent as the
+    # practice's 100,000 invites of last week ran out expired them all inside the request (6 s, 250 MiB).
+    sql = "SELECT status FROM invitations.invites WHERE id = $1"
+    await service.wait_for(sql, uuid.UUID(invite["id"]), expect="expired")
     statuses = await service.fetch(
         "SELECT status FROM invitations.invites WHERE practice_id = $1 ORDER BY created_at", practice
     )
     assert [r["status"] for r in statuses] == ["expired", "pending"]
     assert [e["payload"]["invite_id"] for e in await service.events(practice, "InviteExpired")] == [invite["id"]]
+
+
+async def test_an_invite_replacing_one_its_patient_is_accepting_answers_already_connected(service: Service) -> None:
+    """Found by a review: an individual invite replacing an undelivered one read it unlocked, so a patient accepting
+    it at that moment was connected and sent a new invite asking for her SSN all the same (201). The roster path
+    locks what it replaces; so does this one now."""
+    practice = uuid.uuid4()
+    await service.submit(practice, "ann@example.com")
+    old = await service.fetchval("SELECT id FROM invitations.invites WHERE practice_id = $1", practice)
+    # "Gave up ... the email may have arrived": an `error` delivery, replaceable, and the patient may hold the link.
+    await service.admin.execute("UPDATE invitations.invites SET delivery = 'error' WHERE id = $1", old)
+    async with service.admin.acquire() as patient_side:
+        async with patient_side.transaction():  # her acceptance, holding the invite's row until it commits
+            await patient_side.execute(
+                "UPDATE invitations.invites SET status = 'accepted', accepted_at = now(), accepted_by = 'p' "
+                "WHERE id = $1",
+                old,
+            )
+            created = asyncio.create_task(
+                service.http.post(
+                    f"/v1/practices/{practice}/invites",
+                    json={"email": "ann@example.com", "ssn": "123-45-6789"},
+                    headers=staff(practice),
+                )
+            )
+            async with asyncio.timeout(20):
+                while not await lock_waiters(service.admin):
+                    await asyncio.sleep(0.02)
+        answer = await created
+    assert answer.status_code == 409 and answer.json()["type"] == "urn:collabkare:problem:already-connected"
+    invites = await service.fetch(
+        "SELECT status, replaced_by FROM invitations.invites WHERE practice_id = $1", practice
+    )
+    assert [(r["status"], r["replaced_by"]) for r in invites] == [("accepted", None)]
