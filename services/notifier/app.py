@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.notifier import subscribers
+from services.notifier import retention, subscribers
 from services.notifier.mailer import Mailer
 from services.notifier.messages import Renderer
 from services.notifier.metrics import metrics_for
@@ -31,7 +31,7 @@ def build_spec(settings: NotifierSettings) -> ServiceSpec:
         description="Turns connection and invite events into emails and reports each delivery outcome.",
         migrations=MIGRATIONS,
         subscriptions=subscribers.routes(settings),
-        background_jobs=(sender.run,),
+        background_jobs=(sender.run, retention.purge_decided_deliveries),
         readiness={"smtp": smtp_ready},
         jobs_stop_seconds=45.0,  # the sender ends what is on the wire, records it, lets go of its slot: 42 s at most
     )

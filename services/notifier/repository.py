@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 import asyncpg
 
@@ -130,6 +131,33 @@ async def insert_deliveries(db: asyncpg.Connection, deliveries: Sequence[NewDeli
         min(grace_seconds, REJECTION_WAIT_SECONDS),
     )
     return int(result.rsplit(" ", 1)[-1])
+
+
+async def purge_decided(db: asyncpg.Pool, decided_before: datetime, chunk: int = 10_000) -> int:
+    """Delete deliveries decided before `decided_before`, a chunk per transaction (no long lock); returns how many.
+
+    Each kept a patient's address and the server's reply for good. Safe once no topic can deliver their event
+    again (the topics keep 14 days); an earlier invite's email is then no longer looked up either (a resend's "if
+    you were invited before" wording, an approval that stops an invite): invites last 7 days."""
+    purged = 0
+    while True:
+        deleted = await db.fetchval(
+            """
+            WITH old AS (
+                SELECT id FROM notifier.deliveries
+                WHERE status IN ('sent', 'not_on_platform', 'error') AND decided_at < $1
+                LIMIT $2
+            ), gone AS (
+                DELETE FROM notifier.deliveries d USING old WHERE d.id = old.id RETURNING 1
+            )
+            SELECT count(*) FROM gone
+            """,
+            decided_before,
+            chunk,
+        )
+        purged += deleted
+        if deleted < chunk:
+            return purged
 
 
 async def open_count(db: asyncpg.Connection | asyncpg.Pool) -> int:

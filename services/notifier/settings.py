@@ -84,6 +84,13 @@ class NotifierSettings(RuntimeSettings):
     directory_grace_seconds: float = Field(
         default=10.0, ge=0, description="How long an invite to an unknown email waits for PatientRegistered"
     )
+    delivery_retention_days: float = Field(
+        default=30,
+        ge=15,
+        le=3650,
+        description="Decided deliveries (the recipient's address, the server's reply) are deleted after this long; "
+        "the topics keep 14 days",
+    )
 
     @field_validator("smtp_from")
     @classmethod
