@@ -20,12 +20,13 @@ OPEN = ("pending", "sending")
 
 
 async def listen(pool: asyncpg.Pool, callback: Callable[..., object]) -> asyncpg.Connection:
-    """A pooled connection kept LISTENing on CHANNEL (released by `unlisten`)."""
-    return await database.listen(pool, CHANNEL, callback)
+    """A pooled connection kept LISTENing on CHANNEL (released by `unlisten`). `callback` is called too should the
+    connection close under it (database.listen): its caller then finds it `closed` and listens again."""
+    return await database.listen(pool, CHANNEL, callback, callback)
 
 
 async def unlisten(pool: asyncpg.Pool, connection: asyncpg.Connection | None, callback: Callable[..., object]) -> None:
-    await database.unlisten(pool, connection, CHANNEL, callback)
+    await database.unlisten(pool, connection, CHANNEL, callback, callback)
 
 
 async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry]) -> None:

@@ -33,6 +33,7 @@ from services.notifier.messages import Renderer
 from services.notifier.metrics import NotifierMetrics, metrics_for
 from services.notifier.settings import NotifierSettings
 from services.runtime.cancel import being_cancelled, cancel_within
+from services.runtime.database import closed
 from services.runtime.logging import get_logger
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ _FLUSH_SECONDS = 0.1  # results wait this long to share a transaction; nothing i
 _BACKLOG_REPORT_SECONDS = 5.0
 _STOP_SECONDS = 10.0  # at shutdown, how long a message already on the wire may take to finish
 _SLOT_WAIT_SECONDS = 5.0  # for a killed predecessor's database session to end before its slot is ours
+_SLOT_LOOK_SECONDS = 5.0  # how often the slot's connection is looked at, should its closing go unannounced
 
 
 class Sender:
@@ -108,27 +110,33 @@ class _Run:
         self.connections: list[SmtpConnection] = [sender.mailer.connection() for _ in range(size)]
         self.current: list[Claimed | None] = [None] * size
         self.slot: asyncpg.Connection | None = None  # holds the slot's lock while this run lives
+        self.slot_lost = asyncio.Event()  # set when the slot's connection closes (_keep_slot takes the lock again)
 
     async def run(self) -> None:
         try:
             await self._take_back_from_earlier_runs()
             await self._send()
         finally:
-            if self.slot is not None:
-                with contextlib.suppress(Exception):
-                    await self.pool.release(self.slot, timeout=1)  # or it is closed: the lock goes with it
+            await self._let_slot_go()
 
     async def _send(self) -> None:
         claimer = asyncio.create_task(self._claim_loop(), name="sender-claim")
         reaper = asyncio.create_task(self._reap_loop(), name="sender-reap")
         recorder = asyncio.create_task(self._record_loop(), name="sender-record")
         workers = [asyncio.create_task(self._work(i), name=f"sender-smtp-{i}") for i in range(len(self.connections))]
+        keeper = asyncio.create_task(self._keep_slot(), name="sender-slot") if self.slot is not None else None
         try:
             # asyncio.wait, unlike gather, does not cancel the children when this task is cancelled.
-            await asyncio.wait([claimer, reaper, recorder, *workers], return_when=asyncio.FIRST_COMPLETED)
-            log.error("sender.stopped_unexpectedly")
+            tasks = [claimer, reaper, recorder, *workers, *([keeper] if keeper else [])]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if keeper is None or keeper not in done or keeper.exception() is not None:  # else the keeper said why
+                log.error("sender.stopped_unexpectedly")
         finally:
-            await self._shutdown(claimer, reaper, recorder, workers)
+            try:
+                await self._shutdown(claimer, reaper, recorder, workers)
+            finally:
+                if keeper is not None:  # the slot stays held until the shutdown has recorded what this run sent
+                    await _cancel(keeper)
 
     async def _take_back_from_earlier_runs(self) -> None:
         """Restarted in its slot (NOTIFIER_INSTANCE: a killed pod's container), what the killed run held is queued
@@ -145,6 +153,7 @@ class _Run:
                 why = "another running notifier has it: nothing taken back, this run's claims in no slot"
                 log.error("sender.instance_in_use", instance=instance, effect=why, fix="one NOTIFIER_INSTANCE each")
                 return
+            self._watch_slot(self.slot)
             self.owner = domain.sender_run_id(instance, os.urandom(16))
             taken = await handlers.take_back_from_earlier_runs(self.pool, instance, self.owner)
         except Exception as error:
@@ -153,15 +162,76 @@ class _Run:
         if taken:
             log.warning("delivery.taken_back_from_earlier_run", count=taken)
 
+    async def _keep_slot(self) -> None:
+        """The slot's lock held again should the session holding it end (a failover, pg_terminate_backend, a proxy's
+        idle timeout): PostgreSQL let go of the lock with it, and a second process given the same NOTIFIER_INSTANCE
+        would find the slot free, take it, and at each of its restarts take this live run's claims back.
+
+        Only the lock is taken again, nothing taken back: this run's start did that, and a run that took the slot
+        meanwhile is a live process. Should another session keep the slot for _SLOT_WAIT_SECONDS, another process
+        has it: this run returns, which ends it (its results recorded, its unsent claims given back), so that it
+        names no more claims in a slot it does not hold; the next run finds the slot taken and claims outside it."""
+        instance = self.settings.notifier_instance
+        assert instance is not None
+        failures = 0
+        while True:
+            self.slot_lost.clear()  # before the look: a closing announced after it wakes the wait
+            if self.slot is not None and not closed(self.slot):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_SLOT_LOOK_SECONDS):
+                        await self.slot_lost.wait()
+                continue
+            if self.slot is not None:
+                log.warning("sender.slot_lost", instance=instance, effect="taking the slot's lock again")
+                await self._let_slot_go()
+            try:
+                slot = await handlers.hold_slot(self.pool, instance, _SLOT_WAIT_SECONDS)
+            except Exception as error:  # the database is away (the claimer says so): tried again until it answers
+                failures += 1
+                log.debug("sender.slot_not_taken", error=repr(error)[:200], attempt=failures)
+                await asyncio.sleep(min(30.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0))
+                continue
+            if slot is None:
+                why = "another process took the slot while its lock was lost: this run ends, the next claims in no slot"
+                log.error("sender.instance_in_use", instance=instance, effect=why, fix="one NOTIFIER_INSTANCE each")
+                return
+            failures, self.slot = 0, slot
+            self._watch_slot(slot)
+            log.info("sender.slot_held_again", instance=instance)
+
+    def _watch_slot(self, slot: asyncpg.Connection) -> None:
+        with contextlib.suppress(asyncpg.InterfaceError):  # closed already: _keep_slot's look finds it so
+            slot.add_termination_listener(self._slot_closed)
+
+    def _slot_closed(self, *_: object) -> None:
+        self.slot_lost.set()
+
+    async def _let_slot_go(self) -> None:
+        """Back to the pool, whose reset unlocks it (or closed: the lock went with its session)."""
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            with contextlib.suppress(Exception):
+                slot.remove_termination_listener(self._slot_closed)  # the pool's reset would keep it
+            with contextlib.suppress(Exception):
+                await self.pool.release(slot, timeout=1)
+
     async def _claim_loop(self) -> None:
         listener: asyncpg.Connection | None = None
+        lost = False  # the LISTEN connection closed under the claimer, and it does not listen again yet
         failures = 0
         min_chunk = max(1, self.sender.capacity // 4)
         try:
             while not self.stopping:
                 try:
+                    if listener is not None and closed(listener):  # its closing woke the claimer (_notified)
+                        connection, listener, lost = listener, None, True
+                        log.warning("sender.listen_lost", effect="listening again")
+                        await repository.unlisten(self.pool, connection, self._notified)
                     if listener is None:
                         listener = await repository.listen(self.pool, self._notified)
+                        if lost:
+                            lost = False
+                            log.info("sender.listening_again")
                     self.room.clear()
                     free = self.sender.capacity - self.outstanding
                     if free < min_chunk:
@@ -193,6 +263,7 @@ class _Run:
             await repository.unlisten(self.pool, listener, self._notified)
 
     def _notified(self, *_: object) -> None:
+        """A NOTIFY, or the LISTEN connection closing: either way the claimer looks now."""
         self.wake.set()
 
     async def _work(self, index: int) -> None:

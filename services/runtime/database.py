@@ -142,25 +142,52 @@ async def _read_state(pool: asyncpg.Pool, schema: str, timeout: float) -> asyncp
         )
 
 
-async def listen(pool: asyncpg.Pool, channel: str, callback: Callable[..., object]) -> asyncpg.Connection:
+async def listen(
+    pool: asyncpg.Pool, channel: str, callback: Callable[..., object], on_lost: Callable[..., object]
+) -> asyncpg.Connection:
     """A pooled connection kept LISTENing on `channel` until `unlisten`. Given back to the pool if LISTEN fails or
-    is cancelled (a service stopped just after it started): a connection lost there held pool.close() for 10 s."""
+    is cancelled (a service stopped just after it started): a connection lost there held pool.close() for 10 s.
+
+    `on_lost` is called (with the connection) from the event loop should the connection close under it: PostgreSQL
+    ended the session (a failover, pg_terminate_backend, a proxy's idle timeout). Nothing else tells: an idle LISTEN
+    connection runs no query that could fail, and its caller fell back to polling for good. The caller then sees it
+    `closed` and LISTENs again."""
     connection: asyncpg.Connection = await pool.acquire()
     try:
+        connection.add_termination_listener(on_lost)
         await connection.add_listener(channel, callback)
     except BaseException:
+        with contextlib.suppress(Exception):
+            connection.remove_termination_listener(on_lost)
         with contextlib.suppress(Exception):
             await pool.release(connection, timeout=2)
         raise
     return connection
 
 
+def closed(connection: asyncpg.Connection) -> bool:
+    """Whether a connection held out of the pool (a LISTEN, a session lock) has closed: no query, a look at its state.
+    asyncpg gives a pooled connection that closed back to the pool at once, and its proxy then refuses every call."""
+    try:
+        return connection.is_closed()
+    except asyncpg.InterfaceError:  # "connection has been released back to the pool"
+        return True
+
+
 async def unlisten(
-    pool: asyncpg.Pool, connection: asyncpg.Connection | None, channel: str, callback: Callable[..., object]
+    pool: asyncpg.Pool,
+    connection: asyncpg.Connection | None,
+    channel: str,
+    callback: Callable[..., object],
+    on_lost: Callable[..., object],
 ) -> None:
     if connection is None:
         return
     try:
+        # First: asyncpg's reset keeps termination listeners, and this one would fire when the connection, someone
+        # else's by then, closes.
+        with contextlib.suppress(Exception):
+            connection.remove_termination_listener(on_lost)
         # Bounded: an UNLISTEN to a database that stopped answering waited out the 60 s command timeout, and held a
         # service's shutdown past its grace period. A release that times out terminates the connection.
         with contextlib.suppress(Exception):

@@ -16,7 +16,7 @@ from murmurhash2 import murmurhash2
 
 from services.runtime.cancel import cancel_within, forget
 from services.runtime.cooperative import in_slices
-from services.runtime.database import listen, unlisten
+from services.runtime.database import closed, listen, unlisten
 from services.runtime.kafka import KafkaSecurity
 from services.runtime.logging import get_logger
 from services.runtime.metrics import Metrics
@@ -121,12 +121,20 @@ class OutboxRelay:
     async def _run(self) -> None:
         failures = 0
         listener: asyncpg.Connection | None = None
+        lost = False  # the LISTEN connection closed under the relay, and it does not listen again yet
         try:
             while True:
                 await self._report_pending()
                 try:
+                    if listener is not None and closed(listener):  # its closing woke the relay (_on_notify)
+                        connection, listener, lost = listener, None, True
+                        log.warning("outbox.listen_lost", schema=self._schema, effect="listening again")
+                        await self._unlisten(connection)
                     if listener is None:
                         listener = await self._listen()
+                        if lost:
+                            lost = False
+                            log.info("outbox.listening_again", schema=self._schema)
                     if self._producer is None:
                         self._producer = await self._start_producer()
                     sent = await self.publish_batch()
@@ -227,12 +235,13 @@ class OutboxRelay:
         self._wake.clear()
 
     async def _listen(self) -> asyncpg.Connection:
-        return await listen(self._pool, outbox_channel(self._schema), self._on_notify)
+        return await listen(self._pool, outbox_channel(self._schema), self._on_notify, self._on_notify)
 
     async def _unlisten(self, connection: asyncpg.Connection) -> None:
-        await unlisten(self._pool, connection, outbox_channel(self._schema), self._on_notify)
+        await unlisten(self._pool, connection, outbox_channel(self._schema), self._on_notify, self._on_notify)
 
     def _on_notify(self, *_: object) -> None:
+        """A NOTIFY, or the LISTEN connection closing: either way the relay's loop runs now."""
         self._wake.set()
 
     async def _start_producer(self) -> AIOKafkaProducer:

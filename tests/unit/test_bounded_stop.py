@@ -74,7 +74,7 @@ class Pool:
 async def test_unlisten_gives_the_connection_back_when_unlisten_gets_no_answer() -> None:
     pool, connection = Pool(), SilentConnection()
     async with asyncio.timeout(10):  # the old unlisten waited for the pool's command timeout (60 s)
-        await unlisten(pool, connection, "channel", lambda *_: None)  # type: ignore[arg-type]
+        await unlisten(pool, connection, "channel", lambda *_: None, lambda *_: None)  # type: ignore[arg-type]
     assert pool.released == [(connection, 2)], "released with a bound: a release that times out terminates it"
 
 
@@ -82,7 +82,7 @@ async def test_unlisten_cancelled_midway_still_gives_the_connection_back() -> No
     """CI found pool.close() waiting for ever: a relay stopped while it gave its LISTEN connection back (the broker
     away, between two attempts) lost the connection when the cancel landed inside the UNLISTEN."""
     pool, connection = Pool(), SilentConnection()
-    unlistening = asyncio.create_task(unlisten(pool, connection, "channel", lambda *_: None))  # type: ignore[arg-type]
+    unlistening = asyncio.create_task(unlisten(pool, connection, "channel", lambda *_: None, lambda *_: None))  # type: ignore[arg-type]
     await asyncio.sleep(0.05)
     unlistening.cancel()
     async with asyncio.timeout(10):
