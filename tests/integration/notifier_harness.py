@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -15,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from aiosmtpd.controller import Controller
 from fastapi import FastAPI
 
 from collabkare.seeding import publish_pipelined
 from collabkare.stack.infra import Infrastructure
 from collabkare.stack.mailbox import parse, read_raw
+from collabkare.stack.ports import free_port
 from schemas import ConnectionApproved, ConnectionRejected, Envelope, InviteRequested, InviteRevoked
 from schemas.events import PatientRegistered, PatientRegisteredPayload, PracticeRegistered, PracticeRegisteredPayload
 from services.notifier.app import build_spec
@@ -30,6 +33,28 @@ from tests.support import ScratchDatabase, read_to_end, service_env, validator
 
 FINAL = ("sent", "not_on_platform", "error")
 OUTCOMES = "notifier.outcomes.v1"
+
+
+@contextmanager
+def smtp_server(handler: Any) -> Iterator[int]:
+    """An aiosmtpd server on a free loopback port with this handler, for the time of the block; yields the port."""
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield controller.port
+    finally:
+        controller.stop()
+
+
+class MessageIds:
+    """aiosmtpd handler: keeps every email, counting its Message-ID (a second copy of an email shows as 2)."""
+
+    def __init__(self) -> None:
+        self.copies: collections.Counter[str] = collections.Counter()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.copies[str(parse(envelope.original_content)["Message-ID"])] += 1
+        return "250 2.0.0 queued"
 
 
 def smtp_settings(port: int, **values: Any) -> NotifierSettings:

@@ -10,7 +10,6 @@ a NOTIFY can wake them within the tests' bounds.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import os
 import uuid
@@ -20,13 +19,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiosmtpd.controller import Controller
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from collabkare.stack.infra import Infrastructure
-from collabkare.stack.mailbox import parse
-from collabkare.stack.ports import free_port
 from services.notifier import domain
 from services.notifier.mailer import Mailer
 from services.notifier.messages import Renderer
@@ -35,7 +31,7 @@ from services.notifier.sender import Sender, _Run
 from services.runtime.database import create_pool, transaction
 from services.runtime.outbox import add_events
 from services.runtime.relay import OutboxRelay
-from tests.integration.notifier_harness import scratch, smtp_settings
+from tests.integration.notifier_harness import MessageIds, scratch, smtp_server, smtp_settings
 from tests.integration.test_outbox_relay import _events
 from tests.support import ScratchDatabase
 
@@ -138,26 +134,11 @@ async def test_the_relay_listens_again_after_postgresql_ended_its_sessions(
     ]
 
 
-class Catcher:
-    """aiosmtpd handler: keeps the Message-ID of every email."""
-
-    def __init__(self) -> None:
-        self.copies: collections.Counter[str] = collections.Counter()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.copies[str(parse(envelope.original_content)["Message-ID"])] += 1
-        return "250 2.0.0 queued"
-
-
 @pytest.fixture
-def catcher() -> Iterator[tuple[Catcher, int]]:
-    handler = Catcher()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield handler, controller.port
-    finally:
-        controller.stop()
+def catcher() -> Iterator[tuple[MessageIds, int]]:
+    handler = MessageIds()
+    with smtp_server(handler) as port:
+        yield handler, port
 
 
 @asynccontextmanager
@@ -205,14 +186,14 @@ async def _queue(admin: asyncpg.Pool, recipient: str, claimed_by: uuid.UUID | No
     return message_id
 
 
-async def _delivered(catcher: Catcher, message_id: str) -> None:
+async def _delivered(catcher: MessageIds, message_id: str) -> None:
     async with asyncio.timeout(SOON):
         while message_id not in catcher.copies:
             await asyncio.sleep(0.05)
 
 
 async def test_the_sender_listens_again_and_holds_its_slot_again_after_postgresql_ended_its_sessions(
-    infra: Infrastructure, template_database: str, catcher: tuple[Catcher, int]
+    infra: Infrastructure, template_database: str, catcher: tuple[MessageIds, int]
 ) -> None:
     handler, port = catcher
     async with _sender(infra, template_database, port) as (_, task, admin):
@@ -251,7 +232,7 @@ async def _claim_of_a_live_run(admin: asyncpg.Pool) -> tuple[str, uuid.UUID]:
 
 
 async def test_a_sender_takes_its_slot_again_without_taking_back_what_a_live_run_holds(
-    infra: Infrastructure, template_database: str, catcher: tuple[Catcher, int]
+    infra: Infrastructure, template_database: str, catcher: tuple[MessageIds, int]
 ) -> None:
     """Another process took the slot while its lock was lost, then let it go (stopped): the sender holds it again,
     and takes nothing back. What a run of the slot holds now is a live process's, not a dead predecessor's."""
@@ -276,7 +257,7 @@ async def test_a_sender_takes_its_slot_again_without_taking_back_what_a_live_run
 
 
 async def test_a_sender_whose_slot_another_process_took_meanwhile_ends_its_run(
-    infra: Infrastructure, template_database: str, catcher: tuple[Catcher, int]
+    infra: Infrastructure, template_database: str, catcher: tuple[MessageIds, int]
 ) -> None:
     """Another process took the slot while the sender's lock was lost, and keeps it: the sender must not go on naming
     its claims in a slot it no longer holds (the other's next run would take them back from it, live). Its run ends;

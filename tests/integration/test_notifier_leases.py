@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from pydantic import ValidationError
 
 from collabkare.stack.infra import Infrastructure
 from collabkare.stack.mailbox import parse
-from collabkare.stack.ports import free_port
 from services.notifier import domain, handlers, repository
 from services.notifier.settings import NotifierSettings
 from tests.integration.notifier_harness import (
@@ -35,6 +33,7 @@ from tests.integration.notifier_harness import (
     practice,
     running_notifier,
     scratch,
+    smtp_server,
     unique_email,
 )
 from tests.integration.test_notifier_processes import notifier_processes
@@ -79,12 +78,8 @@ class SlowRelay:
 @pytest.fixture
 def slow_relay() -> Iterator[tuple[SlowRelay, int]]:
     relay = SlowRelay()
-    controller = Controller(relay, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield relay, controller.port
-    finally:
-        controller.stop()
+    with smtp_server(relay) as port:
+        yield relay, port
 
 
 async def test_claims_waiting_longer_than_the_lease_are_renewed_and_sent_once(

@@ -9,7 +9,6 @@ batch's 30 emails went out a second time.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import uuid
@@ -18,18 +17,15 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiosmtpd.controller import Controller
 from prometheus_client import CollectorRegistry
 
 from collabkare.stack.infra import Infrastructure
-from collabkare.stack.mailbox import parse
-from collabkare.stack.ports import free_port
 from services.notifier import domain, handlers
 from services.notifier.mailer import Mailer
 from services.notifier.messages import Renderer
 from services.notifier.metrics import metrics_for
 from services.notifier.sender import Sender, _Run
-from tests.integration.notifier_harness import invite, revoked, scratch, smtp_settings
+from tests.integration.notifier_harness import MessageIds, invite, revoked, scratch, smtp_server, smtp_settings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,11 +34,8 @@ POLICY = [f"550-5.7.1 <{VERBOSE}> refused by the recipient's policy, see https:/
 OTHERS = [f"patient{i}@example.com" for i in range(20)]
 
 
-class Relay:
-    """aiosmtpd handler: refuses VERBOSE at length, keeps everyone else's email; counts Message-IDs it kept."""
-
-    def __init__(self) -> None:
-        self.copies: collections.Counter[str] = collections.Counter()
+class Relay(MessageIds):
+    """Refuses VERBOSE at length, keeps everyone else's email; counts the Message-IDs it kept."""
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if address == VERBOSE:
@@ -50,23 +43,15 @@ class Relay:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.copies[str(parse(envelope.original_content)["Message-ID"])] += 1
-        return "250 2.0.0 queued"
-
 
 @pytest.fixture
 def relay() -> Iterator[tuple[Relay, Sender]]:
     handler = Relay()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    settings = smtp_settings(
-        controller.port, smtp_pool_size=2, sender_poll_seconds=0.2, notifier_instance="pod-a", smtp_max_attempts=3
-    )
-    try:
+    with smtp_server(handler) as port:
+        settings = smtp_settings(
+            port, smtp_pool_size=2, sender_poll_seconds=0.2, notifier_instance="pod-a", smtp_max_attempts=3
+        )
         yield handler, Sender(settings, Mailer(settings), Renderer(settings.smtp_from))
-    finally:
-        controller.stop()
 
 
 async def _queue(admin: asyncpg.Pool, recipients: list[str], attempts: int = 0) -> None:
