@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from collabkare.seeding import publish_pipelined
 from collabkare.stack.infra import Infrastructure
@@ -16,6 +16,8 @@ from services.invitations.app import build_spec
 from services.invitations.settings import InvitationsSettings
 from tests.harness import ServiceUnderTest, asgi_client, scratch, serving
 from tests.support import patient_token, service_env, staff_token
+
+T = TypeVar("T")
 
 IDENTITY_KEY = "identity-key-for-tests-32-bytes-long!!"
 
@@ -98,3 +100,23 @@ async def running_service(
             asgi_client(app, timeout=60) as http,
         ):
             yield Service(runtime, http, database, prefix, admin)
+
+
+async def accepted_while(service: Service, invite_id: uuid.UUID, request: Awaitable[T]) -> T:
+    """`request`'s answer when it runs while a patient is accepting the invite: her transaction holds the invite's
+    row, accepted, until the request waits for it (now, or after what it does first), then commits."""
+    async with service.admin.acquire() as patient_side:
+        async with patient_side.transaction():
+            await patient_side.execute(
+                "UPDATE invitations.invites SET status = 'accepted', accepted_at = now(), accepted_by = 'p' "
+                "WHERE id = $1",
+                invite_id,
+            )
+            running = asyncio.ensure_future(request)
+            async with asyncio.timeout(20):
+                while not await patient_side.fetchval(
+                    # pg_locks is read afresh each time; pg_stat_activity once per transaction, missing later sessions
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+                ):
+                    await asyncio.sleep(0.02)
+        return await running

@@ -16,7 +16,7 @@ import pytest
 
 from collabkare.stack.infra import Infrastructure
 from services.invitations import batch_repository, practice_lock, repository
-from tests.integration.invitations_harness import IDENTITY_KEY, Service, patient, running_service, staff
+from tests.integration.invitations_harness import IDENTITY_KEY, Service, accepted_while, patient, running_service, staff
 from tests.support import lock_waiters
 
 PROBLEM = "application/problem+json"
@@ -441,24 +441,12 @@ async def test_an_invite_replacing_one_its_patient_is_accepting_answers_already_
     old = await service.fetchval("SELECT id FROM invitations.invites WHERE practice_id = $1", practice)
     # "Gave up ... the email may have arrived": an `error` delivery, replaceable, and the patient may hold the link.
     await service.admin.execute("UPDATE invitations.invites SET delivery = 'error' WHERE id = $1", old)
-    async with service.admin.acquire() as patient_side:
-        async with patient_side.transaction():  # her acceptance, holding the invite's row until it commits
-            await patient_side.execute(
-                "UPDATE invitations.invites SET status = 'accepted', accepted_at = now(), accepted_by = 'p' "
-                "WHERE id = $1",
-                old,
-            )
-            created = asyncio.create_task(
-                service.http.post(
-                    f"/v1/practices/{practice}/invites",
-                    json={"email": "ann@example.com", "ssn": "123-45-6789"},
-                    headers=staff(practice),
-                )
-            )
-            async with asyncio.timeout(20):
-                while not await lock_waiters(service.admin):
-                    await asyncio.sleep(0.02)
-        answer = await created
+    invite = service.http.post(
+        f"/v1/practices/{practice}/invites",
+        json={"email": "ann@example.com", "ssn": "123-45-6789"},
+        headers=staff(practice),
+    )
+    answer = await accepted_while(service, old, invite)
     assert answer.status_code == 409 and answer.json()["type"] == "urn:collabkare:problem:already-connected"
     invites = await service.fetch(
         "SELECT status, replaced_by FROM invitations.invites WHERE practice_id = $1", practice

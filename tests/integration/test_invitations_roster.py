@@ -15,7 +15,7 @@ from collabkare.stack.infra import Infrastructure
 from collabkare.stack.ports import free_port
 from services.invitations.batch_api import MAX_BODY
 from services.invitations.roster import MAX_BYTES, MAX_LINES
-from tests.integration.invitations_harness import Service, running_service, staff
+from tests.integration.invitations_harness import Service, accepted_while, running_service, staff
 
 PROBLEM = "application/problem+json"
 ROSTER = "\n".join(
@@ -202,17 +202,7 @@ async def test_an_undelivered_invite_accepted_while_its_roster_is_stored_makes_t
     await service.submit(practice, "ann@example.com")
     old = await service.fetchval("SELECT id FROM invitations.invites WHERE practice_id = $1", practice)
     await service.admin.execute("UPDATE invitations.invites SET delivery = 'error' WHERE id = $1", old)
-    async with service.admin.acquire() as patient_side:
-        async with patient_side.transaction():  # the acceptance, holding the invite's lock until it commits
-            await patient_side.execute("UPDATE invitations.invites SET status = 'accepted' WHERE id = $1", old)
-            roster = asyncio.create_task(service.submit(practice, "ann@example.com\nbob@example.com"))
-            async with asyncio.timeout(20):  # until the roster waits for that lock (now, or after storing before)
-                while not await patient_side.fetchval(
-                    # pg_locks is read afresh each time; pg_stat_activity once per transaction, missing later sessions
-                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"
-                ):
-                    await asyncio.sleep(0.02)
-        batch = await roster
+    batch = await accepted_while(service, old, service.submit(practice, "ann@example.com\nbob@example.com"))
     assert batch["counts"]["already_connected"] == 1 and batch["patients_ready"] == 1, batch["counts"]
     rows = await service.fetch(
         "SELECT email, outcome, invite_id FROM invitations.batch_rows WHERE batch_id = $1 ORDER BY line_number",
