@@ -14,7 +14,6 @@ from datetime import datetime
 
 import asyncpg
 
-from schemas import Envelope
 from services.invitations import batch_repository, domain, repository
 from services.invitations.batch import (
     ALREADY_CONNECTED_REASON,
@@ -27,7 +26,7 @@ from services.invitations.batch import (
 from services.invitations.batch_repository import BatchRecord, RowRecord
 from services.invitations.bulk import BatchContext, build_records
 from services.invitations.domain import Cause, Outcome
-from services.invitations.events import revoked_event
+from services.invitations.events import replaced_events
 from services.invitations.handlers import Policy, now_utc
 from services.invitations.practice_lock import practice_transaction
 from services.invitations.roster import Entry, Roster, Verdict
@@ -194,9 +193,7 @@ async def _store(
             await batch_repository.copy_records(db, records)
             pairs = [(replaces[line], new) for line, new in records.invite_ids.items() if line in replaces]
             rows = await batch_repository.replace_invites(db, context.now, context.actor, pairs)
-            await add_events(
-                db, repository.SCHEMA, [_revoked(row, context.cause) for row in rows if row["revoked_now"]]
-            )
+            await add_events(db, repository.SCHEMA, replaced_events(rows, context.cause))
             replaced += len(rows)
     finally:
         next_records.cancel()
@@ -250,7 +247,7 @@ async def resend_not_on_platform(
     One transaction; the rows, once locked, are worked through CHUNK at a time, so that memory holds one chunk's
     invites and events however many rows there are (all at once, four resends of 100,000 rows took 1.6 GiB).
     """
-    resent = 0
+    resent = waiting = 0
     flags: dict[str, int] = {}
     async with practice_transaction(pool, practice_id) as db:
         now = now_utc()  # after the practice's turn: invites that expired while it waited are expired
@@ -262,7 +259,10 @@ async def resend_not_on_platform(
             chunk = rows[start : start + CHUNK]
             keys = [domain.email_key(row["email"]) for row in chunk]
             connected, pending = await repository.known(db, practice_id, keys, now)
-            connected, pending = await _as_locked(db, connected, pending)
+            connected, pending, busy = await _as_locked(db, connected, pending)
+            if busy:  # their patients' other invites are being accepted or written to: the next resend takes them
+                chunk = [row for row in chunk if domain.email_key(row["email"]) not in busy]
+                waiting += len(busy)
             entries, flagged, replaces = _resend_plan(chunk, connected, pending)
             records = build_records(entries, context, replaces)
             new_ids = records.invite_ids
@@ -273,13 +273,12 @@ async def resend_not_on_platform(
             await batch_repository.copy_records(db, records)
             changes: list[RowChange] = [(line, Outcome.QUEUED.value, None, new_ids[line], 1) for line in new_ids]
             await batch_repository.update_rows(db, batch_id, now, changes + flagged)
-            revoked = [_revoked(row, cause) for row in replaced if row["revoked_now"]]
-            await add_events(db, repository.SCHEMA, revoked)
+            await add_events(db, repository.SCHEMA, replaced_events(replaced, cause))
             resent += len(new_ids)
             for change in flagged:
                 flags[change[1]] = flags.get(change[1], 0) + 1
     result = Resent(resent, *(flags.get(o.value, 0) for o in _FLAGS))
-    log.info("batch.resent_not_on_platform", batch_id=str(batch_id), resent=result.resent)
+    log.info("batch.resent_not_on_platform", batch_id=str(batch_id), resent=result.resent, left_for_later=waiting)
     # As after a submit: statistics that see the rows' new outcomes, and the memory of 100,000 rows given back.
     _after_bulk_soon(pool, result.resent)
     return result
@@ -287,12 +286,15 @@ async def resend_not_on_platform(
 
 async def _as_locked(
     db: asyncpg.Connection, connected: set[str], pending: dict[str, PendingInvite]
-) -> tuple[set[str], dict[str, PendingInvite]]:
+) -> tuple[set[str], dict[str, PendingInvite], set[str]]:
     """The patients' pending invites locked, as they are now: one a patient accepted since it was read makes her
-    connected (she was sent a new invite all the same), one revoked since is no longer pending."""
-    statuses = await batch_repository.lock_replaced(db, [invite.id for invite in pending.values()])
+    connected (she was sent a new invite all the same), one revoked since is no longer pending. One another
+    transaction holds is not waited for (chunk after chunk, the resend's order is not the id order every other
+    writer locks in: a deadlock): its patient is `busy`, for the next resend. (connected, pending, busy)."""
+    statuses = await batch_repository.lock_replaced_unless_busy(db, [invite.id for invite in pending.values()])
+    busy = {key for key, invite in pending.items() if invite.id not in statuses}
     accepted = {key for key, invite in pending.items() if statuses.get(invite.id) == "accepted"}
-    return connected | accepted, {key: i for key, i in pending.items() if statuses.get(i.id) == "pending"}
+    return connected | accepted, {key: i for key, i in pending.items() if statuses.get(i.id) == "pending"}, busy
 
 
 _FLAGS = (Outcome.ALREADY_CONNECTED, Outcome.ALREADY_INVITED)
@@ -319,7 +321,3 @@ def _resend_plan(
             entries.append(Entry(line, row["email"], row["note"], Verdict.READY, key=key))
             replaces[line] = other.id if other is not None else row["invite_id"]
     return entries, flagged, replaces
-
-
-def _revoked(row: asyncpg.Record, cause: Cause) -> Envelope:
-    return revoked_event(row["id"], row["practice_id"], row["revoked_by"], row["revoked_at"], row["replaced_by"], cause)

@@ -94,14 +94,23 @@ WHERE r.batch_id = $1 AND r.line_number = u.line_number
 # The undelivered invites a roster's new ones are to replace, locked before the roster is stored (in id order, as the
 # resend locks them): a patient accepting one meanwhile waits, then finds it replaced.
 LOCK_REPLACED = "SELECT id, status FROM invitations.invites WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
+# The same without waiting: one locked by another transaction (a patient accepting it, an outcome being written) is
+# left out rather than waited for (a resend locking chunk after chunk could deadlock with them, as its order is not id
+# order).
+LOCK_REPLACED_UNLESS_BUSY = (
+    "SELECT id, status FROM invitations.invites WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE SKIP LOCKED"
+)
 
 # The old invites new ones replace: pending ones are revoked, the others only point at their successor. Both callers
 # have locked them already (lock_replaced, lock_not_on_platform); read as locked all the same: one revoked or accepted
 # before that (staff and patients do not wait for the practice's lock) is revoked by nobody here (`revoked_now`
-# false: its InviteRevoked went out already), and an accepted or already replaced one is left alone.
+# false: its InviteRevoked went out already), and an accepted or already replaced one is left alone. One still pending
+# but past its time (the sweeper has not come by: a resend takes such invites up) expired: it is expired, not revoked
+# by the staff member (`expired_now`; it was, with an InviteRevoked naming them).
 REPLACE_INVITES = """
 WITH old AS (
-    SELECT i.id, i.status AS was, i.batch_id, i.line_number, u.new_id
+    SELECT i.id, i.status AS was, i.status = 'pending' AND i.expires_at <= $1 AS overdue, i.batch_id, i.line_number,
+           u.new_id
     FROM invitations.invites AS i JOIN unnest($3::uuid[], $4::uuid[]) AS u(old_id, new_id) ON i.id = u.old_id
     WHERE i.replaced_by IS NULL AND i.status <> 'accepted'
     FOR UPDATE OF i
@@ -117,12 +126,14 @@ WITH old AS (
 )
 UPDATE invitations.invites AS i
 SET replaced_by = old.new_id,
-    status = CASE WHEN old.was = 'pending' THEN 'revoked' ELSE i.status END,
-    revoked_at = CASE WHEN old.was = 'pending' THEN $1 ELSE i.revoked_at END,
-    revoked_by = CASE WHEN old.was = 'pending' THEN $2 ELSE i.revoked_by END
+    status = CASE WHEN old.overdue THEN 'expired' WHEN old.was = 'pending' THEN 'revoked' ELSE i.status END,
+    expired_at = CASE WHEN old.overdue THEN i.expires_at ELSE i.expired_at END,
+    revoked_at = CASE WHEN old.was = 'pending' AND NOT old.overdue THEN $1 ELSE i.revoked_at END,
+    revoked_by = CASE WHEN old.was = 'pending' AND NOT old.overdue THEN $2 ELSE i.revoked_by END
 FROM old
 WHERE i.id = old.id
-RETURNING i.id, i.practice_id, i.status, i.revoked_at, i.revoked_by, i.replaced_by, old.was = 'pending' AS revoked_now
+RETURNING i.id, i.practice_id, i.status, i.revoked_at, i.revoked_by, i.replaced_by, i.expires_at,
+          old.was = 'pending' AND NOT old.overdue AS revoked_now, old.overdue AS expired_now
 """
 
 
@@ -243,6 +254,13 @@ async def lock_replaced(db: asyncpg.Connection, ids: Sequence[uuid.UUID]) -> dic
     return {row["id"]: row["status"] for row in await db.fetch(LOCK_REPLACED, list(ids))}
 
 
+async def lock_replaced_unless_busy(db: asyncpg.Connection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """lock_replaced, leaving out the invites another transaction holds (they are not in the answer)."""
+    if not ids:
+        return {}
+    return {row["id"]: row["status"] for row in await db.fetch(LOCK_REPLACED_UNLESS_BUSY, list(ids))}
+
+
 async def replace_invites(
     db: asyncpg.Connection,
     now: datetime,
@@ -250,9 +268,10 @@ async def replace_invites(
     pairs: Sequence[tuple[uuid.UUID, uuid.UUID]],
     resending: uuid.UUID | None = None,
 ) -> list[asyncpg.Record]:
-    """Point each old invite at its successor, revoking it if still pending; returns the updated invites, each
-    with `revoked_now` (whether this call revoked it: its InviteRevoked is the caller's to publish). The roster rows
-    of the old invites let go of them, but those of the batch `resending`, which its caller updates."""
+    """Point each old invite at its successor, revoking it if still pending (expiring it if past its time); returns
+    the updated invites, each with `revoked_now` and `expired_now` (what this call did: the events are the caller's
+    to publish, events.replaced_events). The roster rows of the old invites let go of them, but those of the batch
+    `resending`, which its caller updates."""
     if not pairs:
         return []
     old, new = zip(*pairs, strict=True)

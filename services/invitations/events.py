@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
-from schemas import InviteAccepted, InviteExpired, InviteRequested, InviteRevoked
+from schemas import Envelope, InviteAccepted, InviteExpired, InviteRequested, InviteRevoked
 from schemas.events import (
     InviteAcceptedPayload,
     InviteExpiredPayload,
@@ -77,6 +79,22 @@ def expired_event(invite_id: uuid.UUID, practice_id: uuid.UUID, expired_at: date
         occurred_at=expired_at,
         payload=InviteExpiredPayload(invite_id=invite_id, expired_at=expired_at),
     )
+
+
+def replaced_events(rows: Iterable[Mapping[str, Any]], cause: Cause) -> list[Envelope]:
+    """What batch_repository.replace_invites did, announced: an InviteRevoked for each invite it revoked (naming its
+    successor), an InviteExpired for each it found past its time."""
+    events: list[Envelope] = []
+    for row in rows:
+        if row["revoked_now"]:
+            events.append(
+                revoked_event(
+                    row["id"], row["practice_id"], row["revoked_by"], row["revoked_at"], row["replaced_by"], cause
+                )
+            )
+        elif row["expired_now"]:
+            events.append(expired_event(row["id"], row["practice_id"], row["expires_at"], cause))
+    return events
 
 
 def accepted_event(invite: Invite, patient_id: uuid.UUID, patient_email: str, cause: Cause) -> InviteAccepted:

@@ -22,7 +22,14 @@ from services.invitations.domain import (
     InviteStatus,
     Outcome,
 )
-from services.invitations.events import accept_url, expired_event, requested_event, revoked_event, revoked_event_of
+from services.invitations.events import (
+    accept_url,
+    expired_event,
+    replaced_events,
+    requested_event,
+    revoked_event,
+    revoked_event_of,
+)
 from services.invitations.identity import Digests
 from services.invitations.practice_lock import practice_transaction
 from services.invitations.tokens import invite_id_of, new_token, token_hash
@@ -104,11 +111,7 @@ async def create_invite(
         events.append(await _stage_new(db, invite, policy, cause))
         if undelivered is not None:
             replaced = await batch_repository.replace_invites(db, now, actor, [(undelivered.id, invite.id)])
-            events += [
-                revoked_event(row["id"], row["practice_id"], row["revoked_by"], row["revoked_at"], invite.id, cause)
-                for row in replaced
-                if row["revoked_now"]
-            ]
+            events += replaced_events(replaced, cause)
         await add_events(db, repository.SCHEMA, events)
     log.info("invite.created", practice_id=str(practice_id), invite_id=str(invite.id))
     return invite
@@ -240,7 +243,8 @@ async def record_outcomes(db: asyncpg.Connection, events: list[DeliveryOutcome])
 
     Several outcomes for one invite in a batch are reduced first with the same precedence the SQL applies.
     """
-    # In invite order, as every other writer locks invites (a deadlock otherwise, with a resend's lock).
+    # In invite order, the order the roster's and a resend's locks take (as far as the update's plan follows it): a
+    # resend no longer waits for an invite held here, so the two cannot deadlock either way.
     best = sorted(domain.strongest(_deliveries(events)).values(), key=lambda delivery: delivery.invite_id)
     if not best:
         return

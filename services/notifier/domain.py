@@ -265,8 +265,10 @@ def not_to_send(claimed: Claimed, now: datetime) -> Final | None:
 
 def abandoned(claimed: Claimed, max_attempts: int, now: datetime) -> Final | None:
     """A delivery claimed more often than SMTP_MAX_ATTEMPTS: its earlier claims ended with no answer recorded (the
-    process stopped, was killed, or lost its lease while sending), as every claim of one that kills its process
-    would. Ended here, or such a delivery would be claimed, and its process killed, for ever."""
+    process stopped, was killed, or lost its lease), as every claim of one that kills its process would. Ended here,
+    or such a delivery would be claimed, and its process killed, for ever. Each claim counts: one killed while it
+    still waited its turn in the sender's memory was never tried, and the claims beside the one that kills its
+    process end with it; whether an email went out is not known, which the reason says."""
     if claimed.attempts <= max_attempts:
         return None
     reason = ABANDONED.format(times=claimed.attempts - 1)
@@ -274,8 +276,8 @@ def abandoned(claimed: Claimed, max_attempts: int, now: datetime) -> Final | Non
 
 
 ABANDONED = (
-    "gave up after {times} attempts that ended without an answer (the notifier stopped while sending); the email "
-    "may have arrived"
+    "gave up after {times} claims that ended without a recorded answer (the notifier stopped each time before it "
+    "could record one); the email may or may not have been sent"
 )
 # The reply a result is recorded with when its own could not be, however often tried (not an outage: a bug).
 UNRECORDABLE = (
