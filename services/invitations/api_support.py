@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
@@ -111,9 +112,14 @@ def busy(refused: AdmissionRefused) -> Problem:
 
 
 async def read_json_body(request: Request) -> bytes:
-    """The body of a route that reads its own after the access check: 415 for another media type."""
+    """The body of a route that reads its own after the access check: 415 for another media type. No body at all is
+    the 422 (`body`, `missing`) FastAPI answers on every other route, with or without a Content-Type (it was a 415
+    here without one, and "not valid JSON" with one)."""
+    body = await request.body()
+    if not body:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
     require_json(request)
-    return await request.body()
+    return body
 
 
 def unprocessable(detail: str, errors: list[tuple[str, str, str]]) -> Problem:

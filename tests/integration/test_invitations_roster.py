@@ -285,6 +285,11 @@ async def test_malformed_bodies_name_the_field(service: Service, endpoint: str) 
         url, content=b"{nope", headers={**staff(practice), "Content-Type": "application/json"}
     )
     assert broken.status_code == 422 and broken.json()["errors"][0]["field"] == "body"
+    # No body at all, with or without a Content-Type: what every other route answers (was a 415, or "not valid JSON").
+    for headers in ({}, {"Content-Type": "application/json"}):
+        empty = await service.http.post(url, content=b"", headers={**staff(practice), **headers})
+        assert empty.status_code == 422, empty.text
+        assert [(e["field"], e["rule"]) for e in empty.json()["errors"]] == [("body", "missing")]
     assert await service.fetchval("SELECT count(*) FROM invitations.batches WHERE practice_id = $1", practice) == 0
 
 
