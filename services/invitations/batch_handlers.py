@@ -313,11 +313,11 @@ def _resend_plan(
         # A flagged row lets go of its old invite, so that a late outcome of that invite cannot overwrite it.
         if key in connected:
             flagged.append((line, Outcome.ALREADY_CONNECTED.value, ALREADY_CONNECTED_REASON, None, 0))
-        elif other is not None and other.id != row["invite_id"] and not other.replaceable_by_roster:
+        elif other is not None and other.id != row["invite_id"]:
+            # Another invite, newer (another batch's, or one sent on its own), delivered or not: the batch's list
+            # leaves the patient out, and so does its resend (it took a newer roster's undelivered invite away).
             flagged.append((line, Outcome.ALREADY_INVITED.value, already_invited_reason(other), None, 0))
         else:
-            # The row's own invite, or the patient's pending invite that never reached them either (an invite
-            # sent on its own since): the new one replaces it.
             entries.append(Entry(line, row["email"], row["note"], Verdict.READY, key=key))
-            replaces[line] = other.id if other is not None else row["invite_id"]
+            replaces[line] = row["invite_id"]
     return entries, flagged, replaces

@@ -82,3 +82,25 @@ async def test_a_resend_leaves_for_later_a_patient_whose_other_invite_another_tr
     assert (first["resent"], first["already_invited"]) == (1, 0), "Ann resent, Bob left for later"
     assert (second["resent"], second["already_invited"]) == (0, 1), "then Bob flagged: his later invite is on its way"
     assert rows == {"ann@example.com": "queued", "bob@example.com": "already_invited"}
+
+
+async def test_an_older_batchs_resend_leaves_a_newer_rosters_invite_alone(service: Service) -> None:
+    """Found by a black-box probe: the older batch's not-on-CollabKare list left out a patient a newer roster had
+    invited again (her invite expired meanwhile), but its resend took her up all the same, and revoked the newer
+    roster's undelivered invite (its row then read `already_invited`). The list, the resend and its count now agree."""
+    practice = uuid.uuid4()
+    older, older_url = await _not_on_platform(service, practice, "ann@example.com")
+    await service.admin.execute(
+        "UPDATE invitations.invites SET expires_at = now() - interval '1 second' WHERE batch_id = $1", older
+    )
+    newer, _ = await _not_on_platform(service, practice, "ann@example.com")
+    listed = await service.http.get(f"{older_url}/not-on-platform", headers=staff(practice))
+    assert listed.text == "", "Ann holds a newer invite: another batch's list tells of her"
+    resent = await _resend(service, practice, older_url)
+    assert (resent["resent"], resent["already_invited"]) == (0, 1)
+    newer_invite = await service.admin.fetchrow(
+        "SELECT status, replaced_by FROM invitations.invites WHERE batch_id = $1", newer
+    )
+    assert dict(newer_invite) == {"status": "pending", "replaced_by": None}
+    row = await service.fetchval("SELECT outcome FROM invitations.batch_rows WHERE batch_id = $1", newer)
+    assert row == "not_on_platform"
