@@ -49,7 +49,7 @@ def _format(check: Callable[[Any], Any]) -> AfterValidator:
     (rule `format`), and never with its value."""
 
     def validate(value: Any) -> Any:
-        if value is None or value == "":
+        if _blank(value):
             return None
         try:
             return check(value)
@@ -57,6 +57,11 @@ def _format(check: Callable[[Any], Any]) -> AfterValidator:
             raise PydanticCustomError("format", str(error)) from None
 
     return AfterValidator(validate)
+
+
+def _blank(value: Any) -> bool:
+    """A factor not given: absent, empty, or spaces only (a form sends every field)."""
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def _birth_date(value: date) -> date:
@@ -71,7 +76,7 @@ def _iso_date(value: Any) -> Any:
     """A date as YYYY-MM-DD, said so: pydantic's own answer to 29/02/1980 is "invalid character in year". Empty is
     not given, as for the other factors (a form sends every field); a number is no date (pydantic would read
     315532800 as seconds since 1970)."""
-    if value is None or value == "":
+    if _blank(value):
         return None
     if isinstance(value, str) and _ISO_DATE.fullmatch(value):
         try:

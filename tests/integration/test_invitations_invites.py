@@ -73,6 +73,7 @@ async def _act(service: Service, practice: uuid.UUID, invite_id: str, action: st
         ({"ssn": "", "phone": "+1 555 010 1234"}, ["date_of_birth"]),
         # A form that sends every field: empty is not given, the date's as the others' (it was a parse error).
         ({"ssn": "", "date_of_birth": "", "phone": ""}, ["ssn", "date_of_birth", "phone"]),
+        ({"ssn": " ", "date_of_birth": "  ", "phone": "\t"}, ["ssn", "date_of_birth", "phone"]),
     ],
 )
 async def test_a_missing_factor_is_named(service: Service, body: dict[str, str], missing: list[str]) -> None:
