@@ -32,6 +32,7 @@ from services.notifier.mailer import Mailer, SmtpConnection
 from services.notifier.messages import Renderer
 from services.notifier.metrics import NotifierMetrics, metrics_for
 from services.notifier.settings import NotifierSettings
+from services.notifier.slot import Slot
 from services.runtime.cancel import being_cancelled, cancel_within
 from services.runtime.database import closed
 from services.runtime.logging import get_logger
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
     from services.runtime.service import ServiceRuntime
 
 log = get_logger(__name__)
+_FLUSH_SECONDS = 0.1  # results wait this long to share a transaction; nothing is recorded later than that
+_BACKLOG_REPORT_SECONDS = 5.0
+_STOP_SECONDS = 10.0  # at shutdown, how long a message already on the wire may take to finish
 # A recording refused this often for what it holds (below) is tried a result at a time.
 _REFUSALS_BEFORE_ALONE = 3
 
@@ -49,13 +53,6 @@ def _refused_for_its_data(error: Exception) -> bool:
     PostgreSQL a row (SQLSTATE classes 22 and 23): the results', not an outage's or a missing grant's, which no
     result's outcome should be rewritten for."""
     return isinstance(error, (ValueError, asyncpg.DataError, asyncpg.IntegrityConstraintViolationError))
-
-
-_FLUSH_SECONDS = 0.1  # results wait this long to share a transaction; nothing is recorded later than that
-_BACKLOG_REPORT_SECONDS = 5.0
-_STOP_SECONDS = 10.0  # at shutdown, how long a message already on the wire may take to finish
-_SLOT_WAIT_SECONDS = 5.0  # for a killed predecessor's database session to end before its slot is ours
-_SLOT_LOOK_SECONDS = 5.0  # how often the slot's connection is looked at, should its closing go unannounced
 
 
 class Sender:
@@ -109,22 +106,24 @@ class _Run:
         size = self.settings.smtp_pool_size
         self.connections: list[SmtpConnection] = [sender.mailer.connection() for _ in range(size)]
         self.current: list[Claimed | None] = [None] * size
-        self.slot: asyncpg.Connection | None = None  # holds the slot's lock while this run lives
-        self.slot_lost = asyncio.Event()  # set when the slot's connection closes (_keep_slot takes the lock again)
+        instance = self.settings.notifier_instance
+        self.slot = Slot(pool, instance) if instance is not None else None  # held while this run lives, if taken
 
     async def run(self) -> None:
         try:
             await self._take_back_from_earlier_runs()
             await self._send()
         finally:
-            await self._let_slot_go()
+            if self.slot is not None:
+                await self.slot.let_go()
 
     async def _send(self) -> None:
         claimer = asyncio.create_task(self._claim_loop(), name="sender-claim")
         reaper = asyncio.create_task(self._reap_loop(), name="sender-reap")
         recorder = asyncio.create_task(self._record_loop(), name="sender-record")
         workers = [asyncio.create_task(self._work(i), name=f"sender-smtp-{i}") for i in range(len(self.connections))]
-        keeper = asyncio.create_task(self._keep_slot(), name="sender-slot") if self.slot is not None else None
+        held = self.slot is not None and self.slot.connection is not None
+        keeper = asyncio.create_task(self.slot.keep(), name="sender-slot") if self.slot and held else None
         try:
             # asyncio.wait, unlike gather, does not cancel the children when this task is cancelled.
             tasks = [claimer, reaper, recorder, *workers, *([keeper] if keeper else [])]
@@ -142,18 +141,16 @@ class _Run:
         """Restarted in its slot (NOTIFIER_INSTANCE: a killed pod's container), what the killed run held is queued
         again now; without a slot, with the slot held by another live process, or should the database not answer,
         those deliveries wait out their lease instead, and this run's claims are named in no slot's range."""
-        instance = self.settings.notifier_instance
-        if instance is None:
+        if self.slot is None:
             return
+        instance = self.slot.instance
         try:
             # Only the slot's one live process may: a second given the same NOTIFIER_INSTANCE would take the
             # first's claims in hand and send them again, and its own claims would be the next start's to take.
-            self.slot = await handlers.hold_slot(self.pool, instance, _SLOT_WAIT_SECONDS)
-            if self.slot is None:
+            if not await self.slot.take():
                 why = "another running notifier has it: nothing taken back, this run's claims in no slot"
                 log.error("sender.instance_in_use", instance=instance, effect=why, fix="one NOTIFIER_INSTANCE each")
                 return
-            self._watch_slot(self.slot)
             self.owner = domain.sender_run_id(instance, os.urandom(16))
             taken = await handlers.take_back_from_earlier_runs(self.pool, instance, self.owner)
         except Exception as error:
@@ -161,59 +158,6 @@ class _Run:
             return
         if taken:
             log.warning("delivery.taken_back_from_earlier_run", count=taken)
-
-    async def _keep_slot(self) -> None:
-        """The slot's lock held again should the session holding it end (a failover, pg_terminate_backend, a proxy's
-        idle timeout): PostgreSQL let go of the lock with it, and a second process given the same NOTIFIER_INSTANCE
-        would find the slot free, take it, and at each of its restarts take this live run's claims back.
-
-        Only the lock is taken again, nothing taken back: this run's start did that, and a run that took the slot
-        meanwhile is a live process. Should another session keep the slot for _SLOT_WAIT_SECONDS, another process
-        has it: this run returns, which ends it (its results recorded, its unsent claims given back), so that it
-        names no more claims in a slot it does not hold; the next run finds the slot taken and claims outside it."""
-        instance = self.settings.notifier_instance
-        assert instance is not None
-        failures = 0
-        while True:
-            self.slot_lost.clear()  # before the look: a closing announced after it wakes the wait
-            if self.slot is not None and not closed(self.slot):
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_SLOT_LOOK_SECONDS):
-                        await self.slot_lost.wait()
-                continue
-            if self.slot is not None:
-                log.warning("sender.slot_lost", instance=instance, effect="taking the slot's lock again")
-                await self._let_slot_go()
-            try:
-                slot = await handlers.hold_slot(self.pool, instance, _SLOT_WAIT_SECONDS)
-            except Exception as error:  # the database is away (the claimer says so): tried again until it answers
-                failures += 1
-                log.debug("sender.slot_not_taken", error=repr(error)[:200], attempt=failures)
-                await asyncio.sleep(min(30.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0))
-                continue
-            if slot is None:
-                why = "another process took the slot while its lock was lost: this run ends, the next claims in no slot"
-                log.error("sender.instance_in_use", instance=instance, effect=why, fix="one NOTIFIER_INSTANCE each")
-                return
-            failures, self.slot = 0, slot
-            self._watch_slot(slot)
-            log.info("sender.slot_held_again", instance=instance)
-
-    def _watch_slot(self, slot: asyncpg.Connection) -> None:
-        with contextlib.suppress(asyncpg.InterfaceError):  # closed already: _keep_slot's look finds it so
-            slot.add_termination_listener(self._slot_closed)
-
-    def _slot_closed(self, *_: object) -> None:
-        self.slot_lost.set()
-
-    async def _let_slot_go(self) -> None:
-        """Back to the pool, whose reset unlocks it (or closed: the lock went with its session)."""
-        slot, self.slot = self.slot, None
-        if slot is not None:
-            with contextlib.suppress(Exception):
-                slot.remove_termination_listener(self._slot_closed)  # the pool's reset would keep it
-            with contextlib.suppress(Exception):
-                await self.pool.release(slot, timeout=1)
 
     async def _claim_loop(self) -> None:
         listener: asyncpg.Connection | None = None

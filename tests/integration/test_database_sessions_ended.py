@@ -275,6 +275,6 @@ async def test_a_sender_whose_slot_another_process_took_meanwhile_ends_its_run(
             assert await _slot_holder(admin) == other.get_server_pid(), "the other keeps it"
         finally:
             await admin.release(other)
-        assert task.exception() is None and run.slot is None
+        assert task.exception() is None and run.slot is not None and run.slot.connection is None
     said = _said(logs, "sender.slot_lost", "sender.slot_held_again", "sender.instance_in_use")
     assert said == [("sender.slot_lost", "warning"), ("sender.instance_in_use", "error")]
