@@ -295,10 +295,11 @@ async def not_on_platform(practice_id: uuid.UUID, batch_id: uuid.UUID, staff: St
     _BASE + "/{batch_id}/resend-not-on-platform",
     status_code=202,
     summary="Send new invites to the batch's not-on-platform rows (they go back to queued)",
-    description="Every such row gets a new invite (the old one is revoked); a patient who has still not "
-    "registered ends `not_on_platform` again, so press it once they have. A row whose patient was since invited "
-    "on their own, with an identity check, is flagged `already_invited` instead: resend that invite. A row whose "
-    "invite staff revoked is left as it is: the resend does not bring back an invite they withdrew.",
+    description="Every such row gets a new invite (the old one is revoked, or expired if past its time); a patient "
+    "who has still not registered ends `not_on_platform` again, so press it once they have. A row whose patient "
+    "holds a newer invite (another roster's, or one sent on their own) is flagged `already_invited` instead, as the "
+    "not-on-platform list leaves them out: that invite is theirs to follow or resend. A row whose invite staff "
+    "revoked is left as it is: the resend does not bring back an invite they withdrew.",
     responses={**problems(401, 403, 404, 422), **BUSY},
 )
 @answers_within(ROSTER_DEADLINE_SECONDS)

@@ -94,12 +94,6 @@ WHERE r.batch_id = $1 AND r.line_number = u.line_number
 # The undelivered invites a roster's new ones are to replace, locked before the roster is stored (in id order, as the
 # resend locks them): a patient accepting one meanwhile waits, then finds it replaced.
 LOCK_REPLACED = "SELECT id, status FROM invitations.invites WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
-# The same without waiting: one locked by another transaction (a patient accepting it, an outcome being written) is
-# left out rather than waited for (a resend locking chunk after chunk could deadlock with them, as its order is not id
-# order).
-LOCK_REPLACED_UNLESS_BUSY = (
-    "SELECT id, status FROM invitations.invites WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE SKIP LOCKED"
-)
 
 # The old invites new ones replace: pending ones are revoked, the others only point at their successor. Both callers
 # have locked them already (lock_replaced, lock_not_on_platform); read as locked all the same: one revoked or accepted
@@ -252,13 +246,6 @@ async def lock_replaced(db: asyncpg.Connection, ids: Sequence[uuid.UUID]) -> dic
     if not ids:
         return {}
     return {row["id"]: row["status"] for row in await db.fetch(LOCK_REPLACED, list(ids))}
-
-
-async def lock_replaced_unless_busy(db: asyncpg.Connection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
-    """lock_replaced, leaving out the invites another transaction holds (they are not in the answer)."""
-    if not ids:
-        return {}
-    return {row["id"]: row["status"] for row in await db.fetch(LOCK_REPLACED_UNLESS_BUSY, list(ids))}
 
 
 async def replace_invites(
