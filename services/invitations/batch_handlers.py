@@ -244,8 +244,8 @@ async def resend_not_on_platform(
 
     The old invites are revoked (InviteRevoked, replaced_by the new one; InviteExpired if past their time). Patients
     connected or invited meanwhile are flagged on their row instead. The notifier decides again from its patient
-    directory. One transaction; the rows, once locked, are worked through CHUNK at a time, so that memory holds one chunk's
-    invites and events however many rows there are (all at once, four resends of 100,000 rows took 1.6 GiB).
+    directory. One transaction; the rows, once locked, are worked through CHUNK at a time, so that memory holds one
+    chunk's invites and events however many rows there are (all at once, four resends of 100,000 rows took 1.6 GiB).
     """
     resent = 0
     flags: dict[str, int] = {}
