@@ -36,8 +36,10 @@ class ConsoleStack:
     url: str
     patients: dict[str, uuid.UUID]
 
-    def staff_token(self, role: str = "practice_manager", subject: str = "demo-manager") -> str:
-        return mint_token(self.stack.jwt_secret, subject, [role], practice_id=DEMO_PRACTICE_ID)
+    def staff_token(
+        self, role: str = "practice_manager", subject: str = "demo-manager", practice_id: uuid.UUID = DEMO_PRACTICE_ID
+    ) -> str:
+        return mint_token(self.stack.jwt_secret, subject, [role], practice_id=practice_id)
 
     def staff(self, service: str, method: str, path: str, **kw: Any) -> Any:
         url = f"{self.stack.urls[service]}/v1/practices/{DEMO_PRACTICE_ID}{path}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import httpx
@@ -115,6 +116,15 @@ def test_patient_connections_approve_and_reject(page: Any, console_stack: Consol
     assert decided[frank["id"]]["status"] == "rejected"
     assert decided[frank["id"]]["reason"] == "We are not taking new patients this season."
 
+    # Another staff member rejected it meanwhile: the 409 says so, and the request leaves the list (its buttons stayed).
+    bruno = console_stack.ask_to_connect("bruno@example.com", "Hello")
+    page.get_by_role("button", name="Refresh").click()
+    expect(requests).to_have_count(1)
+    console_stack.staff("connections", "POST", f"/connection-requests/{bruno['id']}/reject", json={})
+    page.get_by_role("button", name="Approve bruno@example.com").click()
+    expect(page.locator("#requests-error")).to_contain_text("already rejected")
+    expect(page.get_by_text("No pending requests.")).to_be_visible()
+
 
 def test_access_history_invite_revoke_and_resend(page: Any, console_stack: ConsoleStack) -> None:
     page.get_by_role("link", name="Patient access history").click()
@@ -169,6 +179,13 @@ def test_access_history_invite_revoke_and_resend(page: Any, console_stack: Conso
         expect(revoked.get_by_role("button", name=re.compile("^Resend"))).to_have_count(0)
     expect(invites.nth(0).get_by_role("button", name=re.compile("^Resend"))).to_have_count(1)  # the pending one may
 
+    # A lookup that fails takes the earlier patient off the screen: Enable Patient Access then invited ivy again,
+    # though the box said "ivy@example".
+    page.get_by_label("Patient email").fill("ivy@example")
+    page.get_by_label("Patient email").press("Enter")
+    expect(page.locator("#history-error")).to_contain_text("not an email address")
+    expect(page.locator("#history-result")).to_be_hidden()
+
 
 def test_a_pasted_token_is_used_and_errors_read_in_words(page: Any, console_stack: ConsoleStack) -> None:
     page.get_by_role("link", name="Staff token").click()
@@ -194,6 +211,27 @@ def test_a_pasted_token_is_used_and_errors_read_in_words(page: Any, console_stac
     page.get_by_role("link", name="Staff token").click()
     page.get_by_role("button", name="Use the development token").click()
     expect(page.locator("#who")).to_contain_text("demo-manager · practice_manager")
+
+
+def test_another_staff_token_previews_the_roster_again_for_its_own_practice(
+    page: Any, console_stack: ConsoleStack
+) -> None:
+    """The preview stayed the earlier practice's: its patients' verdicts and invite dates, shown to whoever held the
+    tab with another practice's token, and a counter the send then contradicted."""
+    dora = f"dora-{uuid.uuid4().hex[:8]}@example.com"
+    console_stack.staff("invitations", "POST", "/invites", json={"email": dora, "ssn": "123-45-6789"})
+    page.get_by_role("link", name="Invite Patients").click()
+    page.get_by_label("Patient roster").fill(dora)
+    expect(page.locator("#ready-count")).to_have_text("0")
+    expect(page.locator("#preview-problems")).to_contain_text(dora)
+
+    page.get_by_role("link", name="Staff token").click()
+    other = console_stack.staff_token("front_desk", "front-desk-2", practice_id=uuid.uuid4())
+    page.get_by_label("Paste a staff token").fill(other)
+    page.get_by_role("button", name="Use this token").click()
+    page.get_by_role("link", name="Invite Patients").click()
+    expect(page.locator("#ready-count")).to_have_text("1")  # nobody invited her at that practice
+    expect(page.locator("#preview-problems")).to_be_hidden()
 
 
 def test_only_the_console_origin_may_call_the_apis(console_stack: ConsoleStack) -> None:

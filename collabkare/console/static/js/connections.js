@@ -74,8 +74,14 @@ async function approve(request, row) {
     removeRow(row);
     announce(`Approved ${request.patient_email}: the patient is now connected to your practice and gets a confirmation email.`);
   } catch (error) {
+    decidedElsewhere(error, row);
     showError($("requests-error"), error);
   }
+}
+
+// A 409: another staff member decided the request meanwhile; it is no longer pending, so it leaves the list.
+function decidedElsewhere(error, row) {
+  if (error.status === 409) removeRow(row);
 }
 
 function startReject(request, row) {
@@ -111,6 +117,7 @@ async function confirmReject(event, request, row, reasonInput) {
     removeRow(row);
     announce(`Rejected ${request.patient_email}'s request${reason ? " with your reason" : ""}. The patient is notified.`);
   } catch (error) {
+    decidedElsewhere(error, row);
     showError($("requests-error"), error);
   }
 }

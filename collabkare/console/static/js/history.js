@@ -51,6 +51,8 @@ async function lookUp(email, announceIt, refreshing = false) {
       refresh.timer = setTimeout(() => lookUp(view.email, false, true), REFRESH_MS);
     }
   } catch (error) {
+    // A failed lookup leaves no earlier patient on screen: Enable Patient Access would have invited them.
+    if (!refreshing) clearHistory();
     showError($("history-error"), error);
   }
 }
@@ -78,12 +80,14 @@ function inviteRow(invite, items) {
   const delivery = unsent ? "Not sent" : OUTCOME_LABELS[invite.delivery] || invite.delivery;
   const actions = el("td", { className: "actions" });
   if (invite.status === "pending") {
-    actions.append(actionButton("Revoke", `invite sent ${sent}`, () => act(invite, "revoke", actions), "danger"));
+    const revoke = actionButton("Revoke", `invite sent ${sent}`, () => act(invite, "revoke", revoke), "danger");
+    actions.append(revoke);
   }
   // Resend is refused while another invite is pending or once one was accepted: no button that can only fail.
   const settled = items.some((other) => other !== invite && ["pending", "accepted"].includes(other.status));
   if (invite.status !== "accepted" && !invite.replaced_by && !settled) {
-    actions.append(actionButton("Resend", `invite sent ${sent}`, () => act(invite, "resend", actions)));
+    const resend = actionButton("Resend", `invite sent ${sent}`, () => act(invite, "resend", resend));
+    actions.append(resend);
   }
   return el(
     "tr",
@@ -110,10 +114,10 @@ function trail(invite) {
   return lines;
 }
 
-async function act(invite, action, cell) {
+async function act(invite, action, button) {
   clearError($("history-error"));
   try {
-    await busy(cell.querySelector("button"), () => api("invitations", "POST", `/invites/${invite.id}/${action}`));
+    await busy(button, () => api("invitations", "POST", `/invites/${invite.id}/${action}`));
     announce(action === "revoke" ? `Revoked the invite sent ${formatDate(invite.sent_at)}.` : "Sent a new invite; the previous one no longer works.");
     await lookUp(currentEmail, false);
     $("history-title").focus();

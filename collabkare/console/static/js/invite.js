@@ -15,6 +15,15 @@ let sendKey = null;
 let sendKeyFor = null;
 let sentBatch = null;
 
+// Another staff token (another practice, perhaps): the preview was that practice's (its patients, their invites),
+// so it goes at once, and is read again for this one.
+export function sessionChangedInvite() {
+  clearTimeout(timer);
+  showProblems([]);
+  clearError($("invite-error"));
+  preview();
+}
+
 export function initInvite() {
   $("roster").addEventListener("input", schedulePreview);
   $("default-note").addEventListener("input", schedulePreview);

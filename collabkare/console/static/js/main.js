@@ -3,7 +3,7 @@
 import { loadConfig, session } from "./api.js";
 import { initConnections, refreshRequests } from "./connections.js";
 import { clearHistory, initHistory } from "./history.js";
-import { initInvite } from "./invite.js";
+import { initInvite, sessionChangedInvite } from "./invite.js";
 import { clearResults, initResults } from "./results.js";
 import { initToken, renderToken } from "./token.js";
 import { $, showError } from "./ui.js";
@@ -40,6 +40,7 @@ function sessionChanged() {
   requestsLoaded = false;
   clearResults();
   clearHistory();
+  sessionChangedInvite();
   location.hash = "#connections";
   show("connections", true);
 }
