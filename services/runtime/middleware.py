@@ -165,4 +165,9 @@ class HeadAsGet:
 
 
 def route_of(scope: Scope) -> str:
-    return getattr(scope.get("route"), "path", "unmatched")
+    """The route's template (a metric label, bounded). FastAPI's routes name themselves in the scope; Starlette's own
+    (/openapi.json, /docs) only leave their endpoint, and their path is fixed: counted by it, not as `unmatched`."""
+    route = scope.get("route")
+    if route is not None:
+        return str(getattr(route, "path", "unmatched"))
+    return str(scope.get("path", "unmatched")) if "endpoint" in scope else "unmatched"

@@ -77,7 +77,10 @@ async def test_probes_and_metrics(client: httpx.AsyncClient) -> None:
     assert 'http_requests_total{method="GET",route="/readyz",status="200"}' in metrics.text
     await client.request("PROPFIND", "/readyz")  # the parser takes some forty methods: one series for the rest
     await client.head("/readyz")  # answered as a GET, counted as what it was
+    await client.get("/openapi.json")  # a Starlette route: it was counted as `unmatched`
+    await client.get("/no/such/path")
     counted = (await client.get("/metrics")).text
+    assert 'route="/openapi.json",status="200"' in counted and 'route="unmatched",status="404"' in counted
     assert 'method="other",route="/readyz"' in counted and 'method="HEAD",route="/readyz",status="200"' in counted
 
 
