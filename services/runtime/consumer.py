@@ -178,13 +178,13 @@ class BatchConsumer:
             if event.event_type in self.subscription.handlers:
                 plan.append((record, event))
         throttle = self.subscription.throttle
-        held = [e for _, e in plan if throttle and isinstance(e, Envelope) and e.event_type in throttle.holds]
+        held = [(r, step) for r, step in plan if throttle and _is_held(step, throttle)]
         if throttle and held:
             # What the throttle holds waits, once a batch (one bounded wait); the rest goes first (a patient's
             # registration must not wait behind the backlog that decides her invite's email by it).
             await self._apply_in_order([(r, step) for r, step in plan if not _is_held(step, throttle)])
-            await throttle(self.context.database, held)
-            plan = [(r, step) for r, step in plan if _is_held(step, throttle)]
+            await throttle(self.context.database, [step for _, step in held if isinstance(step, Envelope)])
+            plan = held
         await self._apply_in_order(plan)
 
     async def _apply_in_order(
