@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from schemas import Envelope, InviteRevoked, PatientRegistered, PracticeRegistered
-from services.notifier import directory, domain, repository
+from services.notifier import directory, directory_repository, domain, repository
 from services.notifier.domain import Claimed, Final, Retry, SendResult
 from services.runtime.cooperative import in_slices
 from services.runtime.database import TRANSIENT_ERRORS, transaction
@@ -28,22 +28,22 @@ def _now() -> datetime:
 
 async def record_patients(db: asyncpg.Connection, events: list[PatientRegistered]) -> None:
     """Consumer handler: the patient directory (who is on the platform, and their language)."""
-    await repository.upsert_patients(db, directory.patient_entries(events))
+    await directory_repository.upsert_patients(db, directory.patient_entries(events))
 
 
 async def record_practices(db: asyncpg.Connection, events: list[PracticeRegistered]) -> None:
     """Consumer handler: the practice directory (the name each email gives, where replies go)."""
-    await repository.upsert_practices(db, directory.practice_entries(events))
+    await directory_repository.upsert_practices(db, directory.practice_entries(events))
 
 
 async def forget_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
     """Tombstone handler: the platform deleted the patient's account (their name and addresses leave with it)."""
-    await repository.delete_patient(db, patient_id)
+    await directory_repository.delete_patient(db, patient_id)
 
 
 async def forget_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:
     """Tombstone handler: the platform deleted the practice."""
-    await repository.delete_practice(db, practice_id)
+    await directory_repository.delete_practice(db, practice_id)
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,10 @@ from services.notifier.handlers import RetryPolicy
 from services.notifier.mailer import Mailer, SmtpConnection
 from services.notifier.messages import Renderer
 from services.notifier.metrics import NotifierMetrics, metrics_for
+from services.notifier.recorder import record
 from services.notifier.settings import NotifierSettings
 from services.notifier.slot import Slot
-from services.runtime.cancel import being_cancelled, cancel_within
+from services.runtime.cancel import cancel_within
 from services.runtime.database import closed
 from services.runtime.logging import get_logger
 
@@ -44,15 +45,6 @@ log = get_logger(__name__)
 _FLUSH_SECONDS = 0.1  # results wait this long to share a transaction; nothing is recorded later than that
 _BACKLOG_REPORT_SECONDS = 5.0
 _STOP_SECONDS = 10.0  # at shutdown, how long a message already on the wire may take to finish
-# A recording refused this often for what it holds (below) is tried a result at a time.
-_REFUSALS_BEFORE_ALONE = 3
-
-
-def _refused_for_its_data(error: Exception) -> bool:
-    """Python refusing a value (a pydantic ValidationError is a ValueError; so is asyncpg's for a query argument), or
-    PostgreSQL a row (SQLSTATE classes 22 and 23): the results', not an outage's or a missing grant's, which no
-    result's outcome should be rewritten for."""
-    return isinstance(error, (ValueError, asyncpg.DataError, asyncpg.IntegrityConstraintViolationError))
 
 
 class Sender:
@@ -303,53 +295,13 @@ class _Run:
                 # More results are on their way: they share the transaction. With every claim answered, none is.
                 await asyncio.sleep(_FLUSH_SECONDS)
             batch, self.results = self.results, []
-            await self._record(batch)
+            await record(
+                self.pool, batch, self.sender.policy, self.owner, self.metrics, quiet=self.smtp_trouble is not None
+            )
             for claimed, _ in batch:
                 self._let_go(claimed)
             self.outstanding -= len(batch)
             self.room.set()
-
-    async def _record(self, batch: list[tuple[Claimed, SendResult]]) -> None:
-        failures = refused = 0
-        while True:
-            try:
-                finals, retries = await handlers.record_attempts(self.pool, batch, self.sender.policy, self.owner)
-                break
-            except Exception as error:
-                if being_cancelled():
-                    raise  # stopping: the rows stay `sending` and their lease decides (the documented window)
-                # The emails are sent: keep trying to record them, never drop the results.
-                failures += 1
-                log.warning("sender.record_failed", error=repr(error)[:300], attempt=failures, count=len(batch))
-                refused = refused + 1 if _refused_for_its_data(error) else 0
-                if refused >= _REFUSALS_BEFORE_ALONE:
-                    # Refused for what it holds (a reply over the contract's bound was): one result must not
-                    # hold the others, nor itself for ever: each recorded alone, a refused one with UNRECORDABLE.
-                    if len(batch) > 1:
-                        for one in batch:
-                            await self._record([one])
-                        return
-                    claimed, result = batch[0]
-                    if result.reply != domain.UNRECORDABLE:
-                        log.error("sender.result_unrecordable", delivery_id=str(claimed.delivery.id))
-                        batch, refused = [(claimed, SendResult(Attempt.PERMANENT, domain.UNRECORDABLE))], 0
-                        continue
-                await asyncio.sleep(min(10.0, 0.1 * 2**failures))
-        for final in finals:
-            self.metrics.email(final.claimed.delivery.kind, final.outcome)
-            if final.outcome == "error":
-                log.warning(
-                    "delivery.failed",
-                    delivery_id=str(final.claimed.delivery.id),
-                    attempts=final.attempts,
-                    smtp_reply=(final.reply or "")[:300],  # emails in a reply are masked by the log pipeline
-                )
-        for retry in retries:
-            self.metrics.retry(retry.claimed.delivery.kind)
-        if retries and self.smtp_trouble is None:
-            # A 4xx or a timeout (an unusable server is logged once, as smtp.unavailable): retried later.
-            log.info("delivery.retrying", count=len(retries), smtp_reply=retries[0].last_error[:300])
-        log.debug("delivery.recorded", final=len(finals), retries=len(retries))
 
     async def _reap_loop(self) -> None:
         """Every few seconds the backlog gauge; three times per freshness window, this run's leases renewed, the claims

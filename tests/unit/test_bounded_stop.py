@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from services.notifier import handlers
+from services.notifier import handlers, recorder
 from services.notifier.domain import Attempt, SendResult
 from services.runtime.cancel import cancel_within
 from services.runtime.database import unlisten
@@ -137,7 +137,9 @@ async def test_recording_stops_retrying_once_the_sender_is_stopped(monkeypatch: 
             raise ConnectionResetError("the statement was cancelled") from None
 
     monkeypatch.setattr(handlers, "record_attempts", record_attempts)
-    recording = asyncio.create_task(_run()._record([(_invite(), SendResult(Attempt.SENT, "250 OK"))]))
+    run = _run()
+    batch = [(_invite(), SendResult(Attempt.SENT, "250 OK"))]
+    recording = asyncio.create_task(recorder.record(run.pool, batch, run.sender.policy, run.owner, run.metrics))
     await asyncio.sleep(0.05)
     recording.cancel()
     async with asyncio.timeout(10):
