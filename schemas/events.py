@@ -192,11 +192,12 @@ class DeliveryOutcomePayload(Contract):
     source_event_type: str
     kind: Literal["invite", "connection_approved", "connection_rejected"]
     outcome: Literal["sent", "not_on_platform", "error"] = Field(
-        description="sent: the SMTP relay accepted the email. not_on_platform: nobody has registered the address; "
-        "nothing was sent. error: the email could not be sent, and `reason` says why: the relay refused it for good "
-        "(its reply), every retry failed, the practice is unknown to the directory, the invite was revoked before "
-        "its email went out, or the patient was already connected to the practice when an invite's or a rejection's "
-        "email was to go out (`attempts` says how many sends were tried, 0 for most of these)."
+        description="sent: the SMTP relay accepted the email. not_on_platform: nobody has registered the address, or "
+        "the patient who had was deleted by the platform since; nothing was sent. error: the email could not be sent, "
+        "and `reason` says why: the relay refused it for good (its reply), every retry failed, the practice is unknown "
+        "to the directory, the invite was revoked before its email went out, or the patient was already connected to "
+        "the practice when an invite's or a rejection's email was to go out (`attempts` says how many sends were "
+        "tried, 0 for most of these)."
     )
     reason: Reason | None = None
     invite_id: uuid.UUID | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 
@@ -43,6 +44,8 @@ async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry
         [e.email for e in entries],
         [e.registered_at for e in entries],
     )
+    # Registered again after the platform deleted the account: on CollabKare once more.
+    await db.execute("DELETE FROM notifier.departed_patients WHERE email = ANY($1::text[])", [e.email for e in entries])
 
 
 async def upsert_practices(db: asyncpg.Connection, entries: Sequence[PracticeEntry]) -> None:
@@ -59,8 +62,22 @@ async def upsert_practices(db: asyncpg.Connection, entries: Sequence[PracticeEnt
 
 
 async def delete_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
-    """Every address the patient registered with: an email to one of them is then not_on_platform."""
-    await db.execute("DELETE FROM notifier.patients WHERE patient_id = $1", patient_id)
+    """Every address the patient registered with: an email to one of them is then not_on_platform, a connection
+    email too (the address is kept as departed for DELIVERY_RETENTION_DAYS, without the patient's name)."""
+    await db.execute(
+        """
+        WITH gone AS (DELETE FROM notifier.patients WHERE patient_id = $1 RETURNING email)
+        INSERT INTO notifier.departed_patients (email) SELECT email FROM gone
+        ON CONFLICT (email) DO UPDATE SET deleted_at = now()
+        """,
+        patient_id,
+    )
+
+
+async def purge_departed(db: asyncpg.Pool, deleted_before: datetime) -> int:
+    """Forget the addresses of patients deleted before `deleted_before`; returns how many."""
+    result = await db.execute("DELETE FROM notifier.departed_patients WHERE deleted_at < $1", deleted_before)
+    return int(result.rsplit(" ", 1)[-1])
 
 
 async def delete_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:

@@ -136,6 +136,7 @@ class Claimed:
     revoked: bool = False  # its invite was revoked while it was being sent (and that attempt did not end it)
     earlier_sent: bool = False  # an invite it replaces was emailed (or is not known yet): that link no longer works
     connected: bool = False  # an invite's or rejection's patient is connected to the practice (a ConnectionApproved)
+    departed: bool = False  # a connection email's patient was deleted by the platform, and has not registered again
 
 
 def smtp_address(address: str) -> str:
@@ -248,12 +249,13 @@ def not_to_send(claimed: Claimed, now: datetime) -> Final | None:
     a patient already connected to the practice (staff invited her a moment after approving her request, before
     the invitations service heard of it: the link would no longer work). A rejection to a patient connected to
     the practice is not sent either: she accepted its invite just before staff rejected her request (connections
-    had not heard of it), and is connected. None for everything else."""
+    had not heard of it), and is connected; nor a connection email to a patient the platform deleted (her account
+    gone, the address is no longer hers on CollabKare). None for everything else."""
     if claimed.connected and claimed.attempts == 1:  # after an attempt, it may have arrived: the usual path
         moot = CONNECTED if claimed.delivery.kind == "invite" else CONNECTED_BEFORE_REJECTION
         return Final(claimed, "error", moot, None, 0, now)
     if claimed.delivery.kind != "invite":
-        return None
+        return Final(claimed, "not_on_platform", None, None, claimed.attempts - 1, now) if claimed.departed else None
     if claimed.revoked:
         return revoked(claimed, now)
     if not claimed.on_platform:

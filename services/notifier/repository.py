@@ -160,7 +160,12 @@ async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> lis
                          AND coalesce(c.recipient_key, lower(c.recipient))
                              = coalesce(d.recipient_key, lower(d.recipient))
                        OFFSET 0
-                   ) AS connected
+                   ) AS connected,
+                   -- A connection email to a patient the platform deleted (directory_repository.delete_patient).
+                   d.kind <> 'invite' AND p.email IS NULL AND EXISTS (
+                       SELECT 1 FROM notifier.departed_patients x
+                       WHERE x.email = coalesce(d.recipient_key, lower(d.recipient))
+                   ) AS departed
             FROM notifier.deliveries d
             LEFT JOIN notifier.patients p ON p.email = coalesce(d.recipient_key, lower(d.recipient))
             LEFT JOIN notifier.practices r ON r.practice_id = d.practice_id
@@ -175,7 +180,7 @@ async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> lis
         FROM due
         WHERE d.id = due.id
         RETURNING d.*, due.on_platform, due.display_name AS patient_name, due.name AS practice_name, due.reply_to,
-                  due.earlier_sent, due.connected
+                  due.earlier_sent, due.connected, due.departed
         """,
         limit,
         owner,
@@ -214,6 +219,7 @@ def _claimed(row: asyncpg.Record) -> Claimed:
         revoked=row["revoked_at"] is not None,
         earlier_sent=bool(row.get("earlier_sent")),  # asked by the claim only: a revoked one is never rendered
         connected=bool(row.get("connected")),
+        departed=bool(row.get("departed")),
     )
 
 

@@ -256,6 +256,22 @@ async def test_a_patient_the_platform_deleted_is_not_emailed(notifier: Notifier,
     after = invite(clinic, email, None)
     await notifier.publish(after)
     assert (await notifier.delivery(after.event_id))["status"] == "not_on_platform"
+    # Nor a connection email: staff deciding her request after she deleted her account (connection emails went to
+    # any address, the directory's grace only waiting for a registration on its way).
+    other = practice("Another Practice")  # its rejection is not moot by the first practice's approval
+    assert other.practice_id is not None
+    decided = [approved(clinic, email.upper()), rejected(other.practice_id, email, "We are not taking new patients")]
+    await notifier.publish(other, *decided)
+    for event in decided:
+        row = await notifier.delivery(event.event_id)
+        assert (row["status"], row["last_error"]) == ("not_on_platform", None)
+        assert notifier.caught(event.event_id) == []
+    # Registered again, she is on CollabKare once more.
+    await notifier.publish(patient(email, "en"))
+    again = approved(clinic, email)
+    await notifier.publish(again)
+    assert (await notifier.delivery(again.event_id))["status"] == "sent"
+    assert len(notifier.caught(again.event_id)) == 1
 
 
 async def test_a_patient_who_changed_address_is_emailed_at_the_new_one_only(

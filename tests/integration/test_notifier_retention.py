@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from collabkare.stack.infra import Infrastructure
-from services.notifier import repository
+from services.notifier import directory_repository, repository
 from services.notifier.settings import NotifierSettings
 from tests.integration.notifier_harness import scratch
 
@@ -42,6 +42,20 @@ async def test_deliveries_decided_before_the_horizon_are_deleted_and_nothing_els
         kept = {row["id"] for row in await admin.fetch("SELECT id FROM notifier.deliveries")}
     assert purged == 3
     assert kept == {ids["sent yesterday"], ids["still pending"]}
+
+
+async def test_the_addresses_of_patients_deleted_before_the_horizon_are_forgotten(
+    infra: Infrastructure, template_database: str
+) -> None:
+    """A deleted patient's address is kept only to stop connection emails still on their way to her."""
+    async with scratch(infra, template_database) as (_, _, admin):
+        await admin.executemany(
+            "INSERT INTO notifier.departed_patients (email, deleted_at) VALUES ($1, $2)",
+            [("old@example.com", NOW - timedelta(days=31)), ("recent@example.com", NOW - timedelta(days=2))],
+        )
+        purged = await directory_repository.purge_departed(admin, NOW - timedelta(days=30))
+        kept = [row["email"] for row in await admin.fetch("SELECT email FROM notifier.departed_patients")]
+    assert (purged, kept) == (1, ["recent@example.com"])
 
 
 def test_the_retention_outlasts_the_topics() -> None:
