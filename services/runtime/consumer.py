@@ -20,7 +20,7 @@ from faststream.message import StreamMessage
 from pydantic import ValidationError
 
 from schemas import EVENT_TYPES, Envelope, dead_letter_topic, parse_event, topic_for
-from services.runtime import inbox
+from services.runtime import inbox, record_headers
 from services.runtime.cooperative import in_slices
 from services.runtime.database import is_transient
 from services.runtime.kafka import MAX_POLL_INTERVAL_SECONDS
@@ -131,6 +131,7 @@ class BatchConsumer:
             ack_policy=self.subscription.ack_policy,
             description=self.subscription.description,
             decoder=_records_as_they_are,
+            parser=record_headers.parse_batch,
         )
 
     async def consume(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
@@ -272,7 +273,8 @@ class BatchConsumer:
         self, record: ConsumerRecord[bytes, bytes], reason: str, event: Envelope | None = None
     ) -> None:
         # The original record as it was (key, bytes, headers: a redrive can put it back as is), and why.
-        original = {key: value.decode(errors="replace") for key, value in record.headers or ()}
+        # (FastStream's producer sends text only: a value that is not UTF-8 has U+FFFD for the bytes it cannot read.)
+        original = {key: record_headers.text(value) for key, value in record.headers or ()}
         headers = original | {
             # FastStream's producer names a content type only for what it encodes itself and sends "" for bytes,
             # unless the headers given say otherwise: the original's type, or what the bytes are when it has none.
@@ -343,7 +345,7 @@ def _announced_type(record: ConsumerRecord[bytes, bytes]) -> str | None:
     """The `event_type` header every outbox relay sets; None for records from producers that set none."""
     for key, value in record.headers or ():
         if key == "event_type":
-            return value.decode(errors="replace")
+            return record_headers.text(value) or None
     return None
 
 

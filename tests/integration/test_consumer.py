@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from schemas import InviteExpired, PracticeRegistered
 from services.connections.settings import ConnectionsSettings
@@ -154,6 +154,45 @@ async def test_malformed_message_goes_to_dead_letters_and_the_next_is_applied(
     assert headers["traceparent"] == trace[1], "the original record's headers are kept for a redrive"
     assert headers["content-type"] == b"application/octet-stream", "the original had none: bytes, whatever they are"
     assert dead[0].key == b"k"
+
+
+async def test_records_with_binary_or_null_header_values_are_applied_with_the_rest_of_their_batch(
+    consuming: tuple[ServiceRuntime, Effects], database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """Kafka allows any bytes, or null, as a header value (Java clients and tracing agents send them). FastStream's
+    batch parser decoded every value as UTF-8 and raised before the consumer ran, and the whole batch (up to 500
+    records of every partition the group reads) was dropped unlogged, its offsets committed past by the next one."""
+    bootstrap, topic = database.infra.kafka_bootstrap, topic_prefix + "invitations.v1"
+    before, binary, null, null_type, after = (_expired() for _ in range(5))
+    poison = b'{"event_type": "InviteExpired", "not": "an event"}'
+    sent: list[tuple[InviteExpired | bytes, list[tuple[str, bytes | None]]]] = [
+        (before, []),
+        (binary, [("x-trace", b"\xff\xfe\x00binary")]),
+        (null, [("x-null", None)]),
+        (null_type, [("event_type", None)]),  # no type announced: the event says what it is
+        (poison, [("x-trace", b"\xff\xfe")]),
+        (after, []),
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        acks = [
+            await producer.send(
+                topic,
+                value if isinstance(value, bytes) else value.model_dump_json().encode(),
+                key=b"k",
+                headers=headers,  # type: ignore[arg-type]  # aiokafka sends a None value as Kafka's null
+            )
+            for value, headers in sent
+        ]
+        await asyncio.gather(*acks)
+    finally:
+        await producer.stop()
+    rows = await _applied(database, expect=5)
+    assert {r["event_id"] for r in rows} == {e.event_id for e in (before, binary, null, null_type, after)}
+    [dead] = await _dead_letters(bootstrap, topic_prefix + "connections.dead-letter.v1", expect=1)
+    assert dead.value == poison
+    assert dict(dead.headers)["x-trace"] == "\ufffd\ufffd".encode(), "text only on the way out: U+FFFD per byte"
 
 
 async def test_an_event_on_a_topic_it_is_not_published_on_is_dead_lettered_not_applied(
