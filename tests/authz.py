@@ -67,9 +67,9 @@ def callers(patient_email: str) -> dict[str, Caller]:
         "bad signature (patient)": lambda _, patient: mint_token(
             OTHER_SECRET, str(patient), ["patient"], email=patient_email
         ),
-        "expired": lambda practice, _: mint_token(JWT_SECRET, "s", ["admin"], practice_id=practice, ttl_seconds=-60),
+        "expired": lambda practice, _: mint_token(JWT_SECRET, "s", ["admin"], practice_id=practice, ttl_seconds=-3600),
         "expired (patient)": lambda _, patient: mint_token(
-            JWT_SECRET, str(patient), ["patient"], email=patient_email, ttl_seconds=-60
+            JWT_SECRET, str(patient), ["patient"], email=patient_email, ttl_seconds=-3600
         ),
         "patient token": lambda _, patient: patient_token(patient, patient_email),
         "staff of another practice": lambda _, __: staff_token(uuid.uuid4(), "admin"),

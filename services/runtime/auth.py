@@ -24,6 +24,9 @@ PATIENT_ROLE = "patient"
 # Subjects are recorded as actors (decided_by, requested_by) and carried in events, which bound them at 200.
 MAX_SUBJECT_LENGTH = 200
 _REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud"]
+# How far the identity provider's clock may be from ours: a token issued "in the future" by a clock a second ahead
+# was refused (iat), as was one at its last second here. Its lifetime grows by as much at most.
+CLOCK_SKEW_SECONDS = 60
 _EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
 
 
@@ -93,6 +96,7 @@ class TokenVerifier:
                 audience=self.audience,
                 issuer=self.issuer,
                 options={"require": _REQUIRED_CLAIMS},
+                leeway=CLOCK_SKEW_SECONDS,
             )
         except jwt.ExpiredSignatureError as error:
             raise _unauthorized("The token has expired.") from error

@@ -170,7 +170,7 @@ async def test_each_management_role_is_let_in(client: httpx.AsyncClient, role: s
 
 
 def _expired() -> str:
-    return mint_token(JWT_SECRET, "s", ["admin"], practice_id=PRACTICE, ttl_seconds=-60)
+    return mint_token(JWT_SECRET, "s", ["admin"], practice_id=PRACTICE, ttl_seconds=-3600)
 
 
 def _alg_none() -> str:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import RSAAlgorithm
 
-from services.runtime.auth import TokenVerifier, mint_token
+from services.runtime.auth import CLOCK_SKEW_SECONDS, TokenVerifier, mint_token
 from services.runtime.problems import Problem
 from tests.tls import PrivateCA, private_ca
 
@@ -102,6 +102,25 @@ def test_an_rs256_token_naming_no_key_is_checked_against_the_sets_only_key(jwks_
     with pytest.raises(Problem) as refused:
         verifier.verify(jwt.encode(_claims(), OTHER_KEY, algorithm="RS256"))
     assert refused.value.status == 401
+
+
+@pytest.mark.parametrize("ahead", [2, CLOCK_SKEW_SECONDS - 5], ids=["a second or two", "within the allowance"])
+def test_a_token_from_an_identity_provider_whose_clock_is_ahead_is_accepted(jwks_url: str, ahead: int) -> None:
+    """Found by a review: PyJWT refuses a token issued after its own clock's now; with no allowance, a provider a
+    second ahead of the pod had its fresh tokens answered 401 until the pod's clock caught up."""
+    verifier = TokenVerifier("RS256", "collabkare", "collabkare-api", jwks_url=jwks_url)
+    issued = int(time.time()) + ahead
+    token = jwt.encode(_claims(iat=issued, exp=issued + 600), KEY, algorithm="RS256", headers={"kid": "k1"})
+    assert verifier.verify(token).subject == "staff-9"
+
+
+def test_a_token_past_its_time_by_more_than_the_allowance_is_refused(jwks_url: str) -> None:
+    verifier = TokenVerifier("RS256", "collabkare", "collabkare-api", jwks_url=jwks_url)
+    expired = int(time.time()) - CLOCK_SKEW_SECONDS - 5
+    token = jwt.encode(_claims(iat=expired - 600, exp=expired), KEY, algorithm="RS256", headers={"kid": "k1"})
+    with pytest.raises(Problem) as refused:
+        verifier.verify(token)
+    assert (refused.value.status, refused.value.detail) == (401, "The token has expired.")
 
 
 def _hs256_signed_with(secret: bytes) -> str:
