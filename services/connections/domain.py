@@ -272,6 +272,19 @@ def connect_by_invite(
     )
 
 
+WITHDRAWN_ON_DELETION = "the patient's CollabKare account was deleted"
+
+
+def withdrawn_on_deletion(
+    patient_id: uuid.UUID, requests: Iterable[tuple[uuid.UUID, uuid.UUID]], now: datetime
+) -> tuple[AuditEntry, ...]:
+    """The audit of pending requests (request id, practice id) gone with the patient's account: by the platform."""
+    return tuple(
+        AuditEntry(practice_id, patient_id, "withdrawn", "platform", now, WITHDRAWN_ON_DELETION, request_id)
+        for request_id, practice_id in requests
+    )
+
+
 def _approved_event(connection: Connection, cause: Cause, answered: uuid.UUID | None = None) -> ConnectionApproved:
     return ConnectionApproved(
         producer=PRODUCER,

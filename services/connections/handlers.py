@@ -68,6 +68,16 @@ async def forget_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> Non
     await repository.delete_practice(db, practice_id)
 
 
+async def forget_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
+    """Tombstone handler: the platform deleted the patient's account. Her pending requests go: nobody is left to
+    connect, and staff no longer see her address, name and message. The audit log says they were withdrawn; decided
+    requests and connections stay, the practice's own record."""
+    withdrawn = await repository.delete_pending_requests(db, patient_id)
+    await repository.append_audit(db, domain.withdrawn_on_deletion(patient_id, withdrawn, _now()))
+    if withdrawn:
+        log.info("connection.requests_withdrawn", count=len(withdrawn), reason="the patient's account was deleted")
+
+
 async def request_connection(
     pool: asyncpg.Pool, practice_id: uuid.UUID, patient: PatientRef, message: str | None, cause: Cause
 ) -> tuple[ConnectionRequest, bool]:

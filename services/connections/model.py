@@ -69,7 +69,7 @@ class Connection:
 class AuditEntry:
     practice_id: uuid.UUID
     patient_id: uuid.UUID
-    action: Literal["requested", "approved", "rejected", "invite_accepted"]
+    action: Literal["requested", "approved", "rejected", "invite_accepted", "withdrawn"]
     actor: str
     occurred_at: datetime
     reason: str | None = None

@@ -257,6 +257,17 @@ async def practice_known(db: asyncpg.Connection, practice_id: uuid.UUID) -> bool
     return bool(await db.fetchval(PRACTICE_KNOWN, practice_id))
 
 
+async def delete_pending_requests(db: asyncpg.Connection, patient_id: uuid.UUID) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Delete the patient's pending requests, at every practice; (request id, practice id) of each. A decision
+    under way on one of them finishes first (its row lock), and then finds it decided or gone."""
+    rows = await db.fetch(
+        "DELETE FROM connections.connection_requests WHERE patient_id = $1 AND status = 'pending'"
+        " RETURNING id, practice_id",
+        patient_id,
+    )
+    return [(row["id"], row["practice_id"]) for row in rows]
+
+
 async def delete_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:
     await db.execute("DELETE FROM connections.practices WHERE practice_id = $1", practice_id)
 

@@ -10,12 +10,16 @@ GROUP = "connections"
 ROUTES: tuple[Subscription, ...] = (
     Subscription(
         group=GROUP,
-        topics=("invitations.v1", "platform.practices.v1"),
+        topics=("invitations.v1", "platform.practices.v1", "platform.patients.v1"),
         handlers={"InviteAccepted": handlers.connect_invited, "PracticeRegistered": handlers.record_practices},
         description=(
             "An accepted invite connects the patient to the practice and announces ConnectionApproved; the "
-            "platform's practices are the ones patients may ask to connect to."
+            "platform's practices are the ones patients may ask to connect to; a patient the platform deletes "
+            "withdraws her pending requests."
         ),
-        tombstones={"platform.practices.v1": handlers.forget_practice},
+        tombstones={
+            "platform.practices.v1": handlers.forget_practice,
+            "platform.patients.v1": handlers.forget_patient,
+        },
     ),
 )

@@ -12,7 +12,7 @@ import pytest
 
 from collabkare.seeding import practice_registered, publish
 from collabkare.stack.infra import Infrastructure
-from schemas import InviteAccepted
+from schemas import InviteAccepted, PatientRegistered
 from schemas.events import InviteAcceptedPayload
 from services.connections import handlers
 from tests.integration.connections_harness import Service, running_service
@@ -94,6 +94,55 @@ async def test_a_practice_the_platform_deleted_can_no_longer_be_asked_to_connect
             await asyncio.sleep(0.05)
     asked = await service.http.post("/v1/connection-requests", json={"practice_id": str(practice)}, headers=token)
     assert asked.status_code == 422, asked.text
+
+
+async def test_a_patient_the_platform_deleted_withdraws_her_pending_requests(service: Service) -> None:
+    """A review: connections did not read platform.patients.v1, so a deleted patient's pending requests stayed on the
+    staff's list (her address, name and message), and approving one connected an account that no longer exists.
+    Her requests at every practice go, decided ones and another patient's stay, and the audit says so; her
+    registrations on the topic are no business of this group (skipped, not dead-lettered)."""
+    first, second, third = await service.practice(), await service.practice(), await service.practice()
+    patient, other = uuid.uuid4(), uuid.uuid4()
+    pending = [await service.ask(first, patient), await service.ask(second, patient)]
+    decided = await service.ask(third, patient)
+    approve = f"/v1/practices/{third}/connection-requests/{decided['id']}/approve"
+    assert (await service.http.post(approve, headers=_staff(third))).status_code == 200
+    kept = await service.ask(first, other)
+    registered = PatientRegistered(
+        producer="platform",
+        correlation_id="t",
+        payload={"patient_id": patient, "email": "gone@example.com", "registered_at": datetime.now(UTC)},
+    )
+    await produce(
+        service.bootstrap,
+        service.topic_prefix + "platform.patients.v1",
+        [(str(patient).encode(), registered.model_dump_json().encode()), (str(patient).encode(), None)],
+    )
+    mine = "SELECT count(*) FROM connections.connection_requests WHERE patient_id = $1 AND status = 'pending'"
+    async with asyncio.timeout(20):
+        while await service.fetchval(mine, patient):
+            await asyncio.sleep(0.05)
+
+    listed = await service.http.get(f"/v1/practices/{first}/connection-requests", headers=_staff(first))
+    assert [r["id"] for r in listed.json()["items"]] == [kept["id"]]
+    gone = f"/v1/practices/{second}/connection-requests/{pending[1]['id']}/approve"
+    assert (await service.http.post(gone, headers=_staff(second))).status_code == 404
+    statuses = await service.fetch("SELECT status FROM connections.connection_requests WHERE patient_id = $1", patient)
+    assert [r["status"] for r in statuses] == ["approved"]
+    audit = await service.fetch(
+        "SELECT practice_id, request_id, actor, reason FROM connections.audit_log"
+        " WHERE patient_id = $1 AND action = 'withdrawn' ORDER BY practice_id",
+        patient,
+    )
+    expected = sorted((uuid.UUID(r["practice_id"]), uuid.UUID(r["id"])) for r in pending)
+    assert [(a["practice_id"], a["request_id"]) for a in audit] == expected
+    assert {(a["actor"], a["reason"]) for a in audit} == {("platform", "the patient's CollabKare account was deleted")}
+    dead = await read_to_end(service.bootstrap, service.topic_prefix + "connections.dead-letter.v1")
+    assert [d for d in dead if d.key == str(patient).encode()] == []
+
+
+def _staff(practice_id: uuid.UUID) -> dict[str, str]:
+    return {"Authorization": f"Bearer {staff_token(practice_id)}"}
 
 
 async def test_redelivered_invite_accepted_connects_and_announces_once(service: Service) -> None:
