@@ -219,7 +219,10 @@ def connect_by_invite(
         practice_id=accepted.practice_id,
         patient_id=payload.patient_id,
         patient_email=str(payload.patient_email),
-        connected_at=payload.accepted_at,
+        # When this service made it, not when the patient accepted: its ConnectionApproved follows on the patient's
+        # key whatever this service did meanwhile (a rejection decided while the acceptance waited its turn), and a
+        # consumer comparing occurred_at must not find it older than that rejection and drop it.
+        connected_at=now,
         via="invite",
         # The practice's consent is the invite its staff member sent; the patient's is the acceptance (the audit
         # entry below). An InviteAccepted from before it carried invited_by names no one: the patient stands in.

@@ -167,9 +167,12 @@ def test_an_accepted_invite_connects_the_patient_and_carries_its_cause() -> None
     change = connect_by_invite(accepted, connected=None, pending=None, now=LATER)
     connection = change.new_connection
     assert connection is not None and connection.via == "invite" and connection.invite_id == accepted.payload.invite_id
-    assert connection.connected_at == NOW
+    # Dated when it was made (an integrator's probe: an acceptance applied after a rejection was announced as
+    # approved before it, and a consumer comparing occurred_at dropped the approval).
+    assert connection.connected_at == LATER
     (event,) = change.events
     assert isinstance(event, ConnectionApproved)
+    assert event.occurred_at == event.payload.approved_at == LATER
     assert event.correlation_id == "accept-1" and event.causation_id == str(accepted.event_id)
     assert event.payload.via == "invite" and event.payload.request_id is None
     assert change.closed_requests == ()
