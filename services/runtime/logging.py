@@ -55,6 +55,12 @@ PYDANTIC_INPUT = re.compile(r"input_value=.*?(?=, input_type=|$)")  # $: a text 
 # A discriminated union's error quotes the tag it was given ("Input tag 'Jane Doe, HIV' found using 'event_type'"):
 # whatever a producer put in the event_type, a security review saw in the notifier's log.
 PYDANTIC_TAG = re.compile(r"Input tag '.*?(?:'( found using)|$)")  # $: a text cut short inside the tag
+# asyncpg's DataError quotes the argument it could not encode ("invalid input for query argument $2: ['Jane Doe',
+# 'Ann… (reason)"): a batch's names or addresses, in a consumer's apply_failed line. The reason at the end stays.
+ASYNCPG_ARGUMENT = re.compile(
+    r"(invalid input for query argument \$\d+[^:]*): (?!\[redacted\])"  # redacted already: scrubbing is repeated
+    r".*?( \([^()]*\))?(?=['\")\]]*$)"
+)
 # Values the runtime itself sets; scrubbing them would only garble them (a timestamp is not a phone number).
 TRUSTED_KEYS = frozenset({"timestamp", "level", "service", "event_id", "correlation_id", "logger"})
 
@@ -76,6 +82,8 @@ def scrub_text(text: str) -> str:
         text = PYDANTIC_INPUT.sub("input_value=[redacted]", text)
     if "Input tag '" in text:
         text = PYDANTIC_TAG.sub(lambda found: "Input tag [redacted]" + (found.group(1) or ""), text)
+    if "invalid input for query argument" in text:
+        text = ASYNCPG_ARGUMENT.sub(lambda found: f"{found.group(1)}: [redacted]{found.group(2) or ''}", text)
     text = SSN.sub("[redacted]", text)
     text = PHONE.sub("[redacted]", text)
     text = DATE.sub("[redacted]", text)

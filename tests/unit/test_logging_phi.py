@@ -176,3 +176,31 @@ def test_the_line_after_a_quiet_spell_counts_what_was_dropped() -> None:
     assert repeats.filter(record("something else")), "another message has its own count"
     ours = logging.LogRecord("services.notifier", logging.ERROR, __file__, 1, "broker away", None, None)
     assert all(repeats.filter(ours) for _ in range(3)), "our own lines are never dropped"
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (
+            "DataError(\"invalid input for query argument $2: ['Jane Doe', 'Ann (Nancy) Lee', 'Bob... (expected str, "
+            'got int)")',
+            'DataError("invalid input for query argument $2: [redacted] (expected str, got int)")',
+        ),
+        (
+            "invalid input for query argument $1 in element #3 of executemany() sequence: 'Jane Doe' (value too long)",
+            "invalid input for query argument $1 in element #3 of executemany() sequence: [redacted] (value too long)",
+        ),
+        # Cut short (repr(error)[:300]) before the reason: everything after the argument goes.
+        (
+            "DataError('invalid input for query argument $5: [datetime.datetime(9999, 12",
+            "DataError('invalid input for query argument $5: [redacted]",
+        ),
+    ],
+    ids=["a batch of names", "executemany", "cut short"],
+)
+def test_an_argument_asyncpg_could_not_encode_is_not_quoted(captured: io.StringIO, error: str, shown: str) -> None:
+    """An integrator's probe: a consumer's apply_failed line quoted asyncpg's DataError, which quotes the batch's
+    values for the argument it could not encode (a list of names or addresses)."""
+    get_logger("test").warning("consumer.apply_failed", error=error)
+    [line] = [json.loads(text) for text in captured.getvalue().splitlines()]
+    assert line["error"] == shown
