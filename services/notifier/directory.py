@@ -47,14 +47,16 @@ MAX_DISPLAY_NAME = 200
 
 
 def patient_entries(events: Iterable[PatientRegistered]) -> list[PatientEntry]:
-    """One entry per email, the latest registration winning (one statement cannot update a row twice)."""
-    latest: dict[str, PatientEntry] = {}
+    """One entry per patient, the newest registration winning, the greater address of two at the same time (one
+    statement cannot update a row twice)."""
+    latest: dict[uuid.UUID, PatientEntry] = {}
     for event in events:
         p = event.payload
         name = storable(p.display_name)[:MAX_DISPLAY_NAME] if p.display_name is not None else None
         entry = PatientEntry(directory_key(p.email), p.patient_id, name, p.locale, p.registered_at)
-        if entry.email not in latest or latest[entry.email].registered_at <= entry.registered_at:
-            latest[entry.email] = entry
+        kept = latest.get(entry.patient_id)
+        if kept is None or (kept.registered_at, kept.email) <= (entry.registered_at, entry.email):
+            latest[entry.patient_id] = entry
     return list(latest.values())
 
 

@@ -13,39 +13,56 @@ from services.notifier.directory import PatientEntry, PracticeEntry
 
 
 async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry]) -> None:
-    """The newest registration of each patient is its one address: platform.patients.v1 is compacted by patient id,
-    so a directory rebuilt from it knows only that one. An address a patient changed from is dropped (it was kept,
-    live, until a rebuild), and a registration older than the patient's newest changes nothing. Two at the same
-    time: the greater address stays (migration 0012 drops the others kept before)."""
-    columns = zip(*((e.email, e.patient_id, e.display_name, e.locale, e.registered_at) for e in entries), strict=True)
-    await db.execute(
-        """
-        INSERT INTO notifier.patients (email, patient_id, display_name, locale, registered_at)
-        SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[])
-            AS n(email, patient_id, display_name, locale, registered_at)
-        WHERE NOT EXISTS (SELECT 1 FROM notifier.patients AS q
-                          WHERE q.patient_id = n.patient_id
-                            AND (q.registered_at, q.email) > (n.registered_at, n.email))
-        ON CONFLICT (email) DO UPDATE
-            SET patient_id = EXCLUDED.patient_id, display_name = EXCLUDED.display_name,
-                locale = EXCLUDED.locale, registered_at = EXCLUDED.registered_at
-            WHERE notifier.patients.registered_at <= EXCLUDED.registered_at
-        """,
-        *columns,
+    """The newest registration of each patient (one entry per patient) is its one address: platform.patients.v1 is
+    compacted by patient id, and a directory rebuilt from it knows only that one. A registration older than the
+    patient's newest changes nothing; two at the same time, the greater address stays. Then the addresses it
+    touched are derived again: the one it left, and the one it names."""
+    before = await db.fetch(
+        "SELECT email FROM notifier.registrations WHERE patient_id = ANY($1::uuid[])", [e.patient_id for e in entries]
     )
     await db.execute(
         """
-        DELETE FROM notifier.patients AS p
-        USING unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS n(patient_id, email, registered_at)
-        WHERE p.patient_id = n.patient_id AND p.email <> n.email
-          AND (p.registered_at, p.email) < (n.registered_at, n.email)
+        INSERT INTO notifier.registrations AS r (patient_id, email, display_name, locale, registered_at)
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+        ON CONFLICT (patient_id) DO UPDATE
+            SET email = EXCLUDED.email, display_name = EXCLUDED.display_name, locale = EXCLUDED.locale,
+                registered_at = EXCLUDED.registered_at
+            WHERE (r.registered_at, r.email) <= (EXCLUDED.registered_at, EXCLUDED.email)
         """,
-        [e.patient_id for e in entries],
-        [e.email for e in entries],
-        [e.registered_at for e in entries],
+        *zip(*((e.patient_id, e.email, e.display_name, e.locale, e.registered_at) for e in entries), strict=True),
     )
+    await _derive(db, {row["email"] for row in before} | {e.email for e in entries})
     # Registered again after the platform deleted the account: on CollabKare once more.
     await db.execute("DELETE FROM notifier.departed_patients WHERE email = ANY($1::text[])", [e.email for e in entries])
+
+
+async def _derive(db: asyncpg.Connection, emails: set[str]) -> list[str]:
+    """`patients` at these addresses, from the registrations naming them: the newest one's patient, name and
+    language; an address no registration names leaves. Returns the addresses that left."""
+    addresses = sorted(emails)
+    await db.execute(
+        """
+        INSERT INTO notifier.patients AS p (email, patient_id, display_name, locale, registered_at)
+        SELECT DISTINCT ON (r.email) r.email, r.patient_id, r.display_name, r.locale, r.registered_at
+        FROM notifier.registrations r
+        WHERE r.email = ANY($1::text[])
+        ORDER BY r.email, r.registered_at DESC, r.patient_id
+        ON CONFLICT (email) DO UPDATE
+            SET patient_id = EXCLUDED.patient_id, display_name = EXCLUDED.display_name, locale = EXCLUDED.locale,
+                registered_at = EXCLUDED.registered_at
+        """,
+        addresses,
+    )
+    rows = await db.fetch(
+        """
+        DELETE FROM notifier.patients p
+        WHERE p.email = ANY($1::text[])
+          AND NOT EXISTS (SELECT 1 FROM notifier.registrations r WHERE r.email = p.email)
+        RETURNING p.email
+        """,
+        addresses,
+    )
+    return [row["email"] for row in rows]
 
 
 async def upsert_practices(db: asyncpg.Connection, entries: Sequence[PracticeEntry]) -> None:
@@ -62,15 +79,17 @@ async def upsert_practices(db: asyncpg.Connection, entries: Sequence[PracticeEnt
 
 
 async def delete_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
-    """Every address the patient registered with: an email to one of them is then not_on_platform, a connection
-    email too (the address is kept as departed for DELIVERY_RETENTION_DAYS, without the patient's name)."""
+    """The patient's registration: an email to her address is then not_on_platform, a connection email too (the
+    address is kept as departed for DELIVERY_RETENTION_DAYS, without the patient's name), unless another patient's
+    newest registration names it."""
+    gone = await db.fetch("DELETE FROM notifier.registrations WHERE patient_id = $1 RETURNING email", patient_id)
+    left = await _derive(db, {row["email"] for row in gone})
     await db.execute(
         """
-        WITH gone AS (DELETE FROM notifier.patients WHERE patient_id = $1 RETURNING email)
-        INSERT INTO notifier.departed_patients (email) SELECT email FROM gone
+        INSERT INTO notifier.departed_patients (email) SELECT unnest($1::text[])
         ON CONFLICT (email) DO UPDATE SET deleted_at = now()
         """,
-        patient_id,
+        left,
     )
 
 

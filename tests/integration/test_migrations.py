@@ -245,3 +245,28 @@ async def test_notifier_0012_keeps_each_patients_newest_address_only(infra) -> N
     finally:
         await connection.close()
     assert [r["email"] for r in kept] == ["b@example.com", "new@example.com", "only@example.com"]
+
+
+async def test_notifier_0014_makes_each_patients_address_their_registration(infra) -> None:  # type: ignore[no-untyped-def]
+    """The directory's rows become the registrations it is derived from: one per patient, name and language kept."""
+    url = await _fresh_database(infra)
+    await migrate(url, PLANS["notifier"], role_password=ROLE_PASSWORD)
+    ann, bob = uuid.uuid4(), uuid.uuid4()
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute("DELETE FROM notifier.registrations")  # as before 0014: only the directory
+        await connection.executemany(
+            "INSERT INTO notifier.patients (email, patient_id, display_name, locale, registered_at)"
+            " VALUES ($1, $2, $3, $4, '2026-01-01')",
+            [("ann@example.com", ann, "Ann", "es"), ("bob@example.com", bob, None, "en")],
+        )
+        step = (PLANS["notifier"].directory / "0014_registrations.sql").read_text()
+        await connection.execute("SET search_path TO notifier")
+        copy = step.split("-- Each patient has one address")[1].split("\n", 1)[1]  # its last statement: the copy
+        await connection.execute(copy)
+        rows = await connection.fetch(
+            "SELECT patient_id, email, display_name, locale FROM notifier.registrations ORDER BY email"
+        )
+    finally:
+        await connection.close()
+    assert [tuple(r) for r in rows] == [(ann, "ann@example.com", "Ann", "es"), (bob, "bob@example.com", None, "en")]

@@ -300,6 +300,42 @@ async def test_a_patient_who_changed_address_is_emailed_at_the_new_one_only(
     assert [r["email"] for r in addresses] == [new_email]
 
 
+async def test_an_address_two_patients_registered_stays_while_either_still_names_it(
+    notifier: Notifier, clinic: uuid.UUID
+) -> None:
+    """An integrator's probe: a family's address, registered by B and then by A, left the directory for good when A
+    moved to her own address (or was deleted), though B's newest registration still named it; a directory rebuilt
+    from the compacted topic (B's record, A's last) would have it. It goes only once nobody names it."""
+    family, own = unique_email("family"), unique_email("own")
+    b = patient(family, "es", name="Beatriz")
+    a = patient(family, "en", name="Ana")
+    a = a.model_copy(update={"payload": a.payload.model_copy(update={"registered_at": b.payload.registered_at})})
+    a_moves = a.model_copy(
+        update={
+            "event_id": uuid.uuid4(),
+            "payload": a.payload.model_copy(
+                update={"email": own, "registered_at": a.payload.registered_at + timedelta(seconds=1)}
+            ),
+        }
+    )
+    await notifier.publish(b, a, a_moves)
+    to_family = invite(clinic, family)
+    await notifier.publish(to_family)
+    assert (await notifier.delivery(to_family.event_id))["status"] == "sent"
+    [message] = notifier.caught(to_family.event_id)
+    assert "Beatriz" in message.get_body(("plain",)).get_content()  # type: ignore[union-attr]  # hers, not Ana's
+
+    # Deleted, B leaves it to nobody: then it is gone, and a connection email to it is not sent.
+    await notifier.publish_raw("platform.patients.v1", str(b.payload.patient_id).encode(), None)
+    gone = "SELECT count(*) FROM notifier.patients WHERE email = $1"
+    async with asyncio.timeout(20):
+        while await notifier.admin.fetchval(gone, family):
+            await asyncio.sleep(0.05)
+    after = approved(clinic, family)
+    await notifier.publish(after)
+    assert (await notifier.delivery(after.event_id))["status"] == "not_on_platform"
+
+
 async def test_invite_to_an_email_nobody_registered_sends_nothing(notifier: Notifier, clinic: uuid.UUID) -> None:
     stranger = unique_email("nobody")
     event = invite(clinic, stranger, "hello")

@@ -82,12 +82,17 @@ def test_the_message_id_is_the_source_event_id_at_the_senders_domain() -> None:
     assert delivery_for(event, "mail.riverside.example").message_id == delivery.message_id
 
 
-def test_the_latest_registration_of_an_email_wins() -> None:
-    older, newer = patient("Same@Example.com", "en"), patient("same@example.com", "es")
+def test_the_latest_registration_of_a_patient_wins_and_each_patient_keeps_hers() -> None:
+    older = patient("Same@Example.com", "en")
     later = older.payload.registered_at + timedelta(seconds=1)
-    newer = newer.model_copy(update={"payload": newer.payload.model_copy(update={"registered_at": later})})
+    newer = older.model_copy(
+        update={"payload": older.payload.model_copy(update={"registered_at": later, "locale": "es"})}
+    )
     [entry] = patient_entries([newer, older])
-    assert (entry.email, entry.locale) == ("same@example.com", "es")
+    assert (entry.patient_id, entry.email, entry.locale) == (older.payload.patient_id, "same@example.com", "es")
+    # Another patient at the same address (a family's): both registrations are kept, the directory derives from them.
+    other = patient("same@example.com", "en")
+    assert len(patient_entries([newer, other])) == 2
 
 
 def test_a_display_name_is_bounded_as_a_practice_name_is() -> None:
