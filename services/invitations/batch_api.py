@@ -59,8 +59,11 @@ _BASE = "/v1/practices/{practice_id}/invite-batches"
 class RosterBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     roster: str = Field(
-        description=f"One email per line, optional note after the first comma; at most {MAX_LINES:,} lines and "
-        f"{MAX_BYTES // (1024 * 1024)} MB of UTF-8 text (a larger roster gets a 413 naming the limit: split it)"
+        description=f"One email per line, optional note after the first comma (commas at its ends, as a "
+        "spreadsheet's empty columns leave them, and double quotes around it are dropped: `a@example.com,,` has no "
+        'note, `a@example.com,"Hi, Ann"` has Hi, Ann); blank lines and lines starting with # are skipped; at most '
+        f"{MAX_LINES:,} lines and {MAX_BYTES // (1024 * 1024)} MB of UTF-8 text (a larger roster gets a 413 naming "
+        "the limit: split it)"
     )
     default_note: Note = None
 

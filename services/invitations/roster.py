@@ -103,6 +103,38 @@ def check_email_thoroughly(text: str) -> tuple[str | None, str | None]:
         return None, f"not a valid email address: {_paste_hint(text) or error}"
 
 
+_QUOTES = frozenset(
+    {('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("\u2018", "\u2019")}
+)  # ASCII, and a word processor's
+# Characters nobody sees that text copied from a web page, a mail program or a second CSV export (its byte-order
+# mark, mid-paste) leaves at the ends of a line, an address or a note; str.strip() keeps them.
+_INVISIBLE = "\ufeff\u200b\u200c\u200d\u2060\u200e\u200f"
+# Empty spreadsheet columns after a note, or instead of one (a@example.com,,,): commas are no note.
+_EDGE_COMMAS = re.compile(r"^[\s,]+|[\s,]+$")
+
+
+def _visible(text: str) -> str:
+    """The text without whitespace or invisible characters at either end."""
+    while text and (text[0] in _INVISIBLE or text[-1] in _INVISIBLE):
+        text = text.strip(_INVISIBLE).strip()
+    return text
+
+
+def _note(rest: str) -> str | None:
+    """A line's personal note from what follows its first comma: trimmed of commas left by empty columns, of the
+    quotes a CSV export or a word processor put around it (a CSV's doubled quote inside is one), and of what is
+    invisible at its ends; None when nothing is left."""
+    note = rest.strip()
+    if note and (note[0] == "," or note[-1] == ","):
+        note = _EDGE_COMMAS.sub("", note)
+    if len(note) >= 2 and (note[0], note[-1]) in _NOTE_QUOTES:
+        note = (note[1:-1].replace('""', '"') if note[0] == '"' else note[1:-1]).strip()
+    if not note.isascii():
+        note = _visible(note)
+    return note or None
+
+
+_NOTE_QUOTES = frozenset({('"', '"'), ("\u201c", "\u201d")})
 _NAMED = re.compile(r"<\s*([^<>\s]+@[^<>\s]+)\s*>\s*")  # from the last "<": no backtracking over the name
 
 
@@ -116,7 +148,7 @@ def _paste_hint(text: str) -> str | None:
     named = _NAMED.fullmatch(text, text.rfind("<")) if "<" in text else None
     if named is not None:
         return f"write the address alone ({named.group(1)}), without a name or angle brackets"
-    if len(text) > 2 and text[0] == text[-1] and text[0] in "\"'":
+    if len(text) > 2 and (text[0], text[-1]) in _QUOTES:
         return "remove the quotes around the address"
     return None
 
@@ -183,12 +215,16 @@ def parse_roster(text: str, default_note: str | None = None) -> Roster:
 def _entries(lines: list[str], default_note: str | None, unique: dict[str, Entry]) -> Iterator[Entry]:
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
+        if line and not line.isascii():
+            line = _visible(line)
         if not line or line[0] == "#":
             continue
         address, comma, rest = line.partition(",")
         note = None
         if comma:  # without one the line is already trimmed
-            address, note = address.strip(), rest.strip() or None
+            address, note = address.strip(), _note(rest)
+            if not address.isascii():
+                address = _visible(address)
         if not address:
             yield Entry(number, "", _echo(note, default_note), Verdict.INVALID, "no email address before the comma")
             continue

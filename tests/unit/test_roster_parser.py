@@ -27,6 +27,27 @@ Row = tuple[int, str, str, str | None, int | None]  # line, verdict, email, note
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+INVISIBLE = "\ufeff\u200b\u200c\u200d\u2060\u200e\u200f"  # zero-width spaces and joiners, BOMs, direction marks
+
+
+def trim(text: str) -> str:
+    """Whitespace and invisible characters off both ends, until none is left there."""
+    while text != (trimmed := text.strip().strip(INVISIBLE)):
+        text = trimmed
+    return text
+
+
+def reference_note(rest: str) -> str | None:
+    """Empty columns' commas off its ends, then the quotes around it (a CSV's doubled quote inside is one)."""
+    note = rest.strip()
+    note = re.sub(r"^[\s,]+|[\s,]+$", "", note) if note.startswith(",") or note.endswith(",") else note
+    if len(note) >= 2 and note[0] == note[-1] == '"':
+        note = note[1:-1].replace('""', '"').strip()
+    elif len(note) >= 2 and note[0] == "\u201c" and note[-1] == "\u201d":
+        note = note[1:-1].strip()
+    return trim(note) or None
+
+
 def reference(text: str, default_note: str | None = None) -> list[Row]:
     """The rules read straight off the issue, written for clarity instead of speed."""
     text = text.removeprefix("\ufeff")
@@ -37,11 +58,11 @@ def reference(text: str, default_note: str | None = None) -> list[Row]:
     first_seen: dict[str, int] = {}
     rows: list[Row] = []
     for number, raw in enumerate(lines, start=1):
-        line = raw.strip()
+        line = trim(raw)
         if not line or line.startswith("#"):
             continue
         address, _, rest = line.partition(",")
-        address, note = address.strip(), (rest.strip() or None) if "," in line else None
+        address, note = trim(address), reference_note(rest) if "," in line else None
         try:
             email = validate_email(address, check_deliverability=False).normalized
         except EmailNotValidError:
@@ -205,7 +226,7 @@ def test_note_keeps_later_commas_and_default_fills_the_rest(emails: list[str], n
     text = "\n".join(f"{email}, {note}" if i % 2 else email for i, email in enumerate(emails))
     for entry in parse_roster(text, "  the default  ").entries:
         if entry.verdict is Verdict.READY:
-            assert entry.note == (note.strip() if entry.line_number % 2 == 0 else "the default")
+            assert entry.note == (note.strip(" ,") if entry.line_number % 2 == 0 else "the default")
 
 
 # --- tricky rosters ----------------------------------------------------------------------------------------
@@ -359,3 +380,37 @@ def test_a_line_longer_than_any_address_is_refused_before_any_pattern_reads_it()
     assert entry.reason == "not a valid email address: it is 1,000,001 characters long; an address has at most 254"
     [named] = parse_roster(f"{'Jane ' * 40}<jane@example.com>").entries  # a long name: still told the fix
     assert named.reason is not None and "write the address alone (jane@example.com)" in named.reason
+
+
+def test_what_a_spreadsheet_or_a_web_page_leaves_around_a_note_or_an_address_is_not_sent() -> None:
+    """A staff probe: `a@example.com,,` (a CSV's empty columns) sent "," as the personal note instead of the default
+    one, a CSV's quotes around a note reached the patient, and a second export's byte-order mark mid-paste or a
+    zero-width space from a web page made the line invalid (and a comment after such a mark a row)."""
+    text = (
+        "one@example.com,,\n"
+        "two@example.com, ,\n"
+        'three@example.com,"Welcome, friend",,\n'
+        'four@example.com,"She said ""hi"""\n'
+        "five@example.com,\u201cSee you soon\u201d\n"
+        "\ufeffsix@example.com\n"
+        "\ufeff# the second export's header\n"
+        "seven@example.com\u200b,\u200bBring your card\u200b\n"
+        "\u201ceight@example.com\u201d\n"
+    )
+    rows = [(e.line_number, e.verdict.value, e.email, e.note, e.reason) for e in parse_roster(text, "Hello").entries]
+    assert rows == [
+        (1, "ready", "one@example.com", "Hello", None),
+        (2, "ready", "two@example.com", "Hello", None),
+        (3, "ready", "three@example.com", "Welcome, friend", None),
+        (4, "ready", "four@example.com", 'She said "hi"', None),
+        (5, "ready", "five@example.com", "See you soon", None),
+        (6, "ready", "six@example.com", "Hello", None),
+        (8, "ready", "seven@example.com", "Bring your card", None),
+        (
+            9,
+            "invalid",
+            "\u201ceight@example.com\u201d",
+            "Hello",
+            "not a valid email address: remove the quotes around the address",
+        ),
+    ]
