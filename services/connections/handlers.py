@@ -75,7 +75,7 @@ async def forget_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
     withdrawn = await repository.delete_pending_requests(db, patient_id)
     await repository.append_audit(db, domain.withdrawn_on_deletion(patient_id, withdrawn, _now()))
     if withdrawn:
-        log.info("connection.requests_withdrawn", count=len(withdrawn), reason="the patient's account was deleted")
+        log.info("connection.requests_withdrawn", count=len(withdrawn), why="the patient's account was deleted")
 
 
 async def request_connection(

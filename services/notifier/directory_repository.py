@@ -4,6 +4,7 @@ CollabKare, and each practice's name and reply address."""
 from __future__ import annotations
 
 import uuid
+import zlib
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -17,9 +18,16 @@ async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry
     compacted by patient id, and a directory rebuilt from it knows only that one. A registration older than the
     patient's newest changes nothing; two at the same time, the greater address stays. Then the addresses it
     touched are derived again: the one it left, and the one it names."""
+    patient_ids = [e.patient_id for e in entries]
+    # A patient's events come in order on her partition, to one consumer: what she names now cannot change meanwhile.
+    # Her address in `patients` too: one a notifier of the release before wrote there without a registration.
     before = await db.fetch(
-        "SELECT email FROM notifier.registrations WHERE patient_id = ANY($1::uuid[])", [e.patient_id for e in entries]
+        "SELECT email FROM notifier.registrations WHERE patient_id = ANY($1::uuid[])"
+        " UNION SELECT email FROM notifier.patients WHERE patient_id = ANY($1::uuid[])",
+        patient_ids,
     )
+    touched = {row["email"] for row in before} | {e.email for e in entries}
+    await _lock_addresses(db, touched)
     await db.execute(
         """
         INSERT INTO notifier.registrations AS r (patient_id, email, display_name, locale, registered_at)
@@ -31,9 +39,27 @@ async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry
         """,
         *zip(*((e.patient_id, e.email, e.display_name, e.locale, e.registered_at) for e in entries), strict=True),
     )
-    await _derive(db, {row["email"] for row in before} | {e.email for e in entries})
+    await _derive(db, touched)
     # Registered again after the platform deleted the account: on CollabKare once more.
     await db.execute("DELETE FROM notifier.departed_patients WHERE email = ANY($1::text[])", [e.email for e in entries])
+
+
+# The addresses a registration or a tombstone touches are derived by one transaction at a time: two notifiers applying
+# two patients' events about one address (a family's; the patients' partitions differ) each derived it from what it
+# saw, and one's tombstone could drop the address the other had just given to another patient. A transaction-level
+# advisory lock per address, in the two-key space (every other lock of the schema takes one bigint key), taken in
+# order; a batch's registrations then its tombstone may still meet another's in the other order: PostgreSQL ends one
+# transaction (a deadlock, retried as any outage).
+_ADDRESS_LOCK_CLASS = 0x4E4F5449  # "NOTI"
+
+
+async def _lock_addresses(db: asyncpg.Connection, emails: set[str]) -> None:
+    keys = sorted({zlib.crc32(email.encode()) - 2**31 for email in emails})
+    await db.execute(
+        "SELECT count(pg_advisory_xact_lock($1, k)) FROM (SELECT unnest($2::int4[]) AS k ORDER BY k) AS ordered",
+        _ADDRESS_LOCK_CLASS,
+        keys,
+    )
 
 
 async def _derive(db: asyncpg.Connection, emails: set[str]) -> list[str]:
@@ -82,8 +108,15 @@ async def delete_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
     """The patient's registration: an email to her address is then not_on_platform, a connection email too (the
     address is kept as departed for DELIVERY_RETENTION_DAYS, without the patient's name), unless another patient's
     newest registration names it."""
-    gone = await db.fetch("DELETE FROM notifier.registrations WHERE patient_id = $1 RETURNING email", patient_id)
-    left = await _derive(db, {row["email"] for row in gone})
+    before = await db.fetch(
+        "SELECT email FROM notifier.registrations WHERE patient_id = $1"
+        " UNION SELECT email FROM notifier.patients WHERE patient_id = $1",  # written by the release before: no row
+        patient_id,
+    )
+    touched = {row["email"] for row in before}
+    await _lock_addresses(db, touched)
+    await db.execute("DELETE FROM notifier.registrations WHERE patient_id = $1", patient_id)
+    left = await _derive(db, touched)
     await db.execute(
         """
         INSERT INTO notifier.departed_patients (email) SELECT unnest($1::text[])

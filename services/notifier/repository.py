@@ -165,6 +165,7 @@ async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> lis
                    d.kind <> 'invite' AND p.email IS NULL AND EXISTS (
                        SELECT 1 FROM notifier.departed_patients x
                        WHERE x.email = coalesce(d.recipient_key, lower(d.recipient))
+                       OFFSET 0  -- a probe per row asked, not a hash of the whole table (as `connected`)
                    ) AS departed
             FROM notifier.deliveries d
             LEFT JOIN notifier.patients p ON p.email = coalesce(d.recipient_key, lower(d.recipient))

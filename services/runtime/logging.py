@@ -56,11 +56,27 @@ PYDANTIC_INPUT = re.compile(r"input_value=.*?(?=, input_type=|$)")  # $: a text 
 # whatever a producer put in the event_type, a security review saw in the notifier's log.
 PYDANTIC_TAG = re.compile(r"Input tag '.*?(?:'( found using)|$)")  # $: a text cut short inside the tag
 # asyncpg's DataError quotes the argument it could not encode ("invalid input for query argument $2: ['Jane Doe',
-# 'Ann… (reason)"): a batch's names or addresses, in a consumer's apply_failed line. The reason at the end stays.
-ASYNCPG_ARGUMENT = re.compile(
-    r"(invalid input for query argument \$\d+[^:]*): (?!\[redacted\])"  # redacted already: scrubbing is repeated
-    r".*?( \([^()]*\))?(?=['\")\]]*$)"
-)
+# 'Ann… (reason)"): a batch's names or addresses, in a consumer's apply_failed line. The value goes; the reason at
+# the end stays, without what it quotes ("invalid UUID 'Jane Doe': …").
+ASYNCPG_ARGUMENT = re.compile(r"invalid input for query argument \$\d+[^:]{0,60}: ")
+QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def _asyncpg_argument(text: str) -> str:
+    """The text up to asyncpg's "argument $N: ", then [redacted] and the reason, if it is there whole (with the
+    repr's closing marks after it). Linear: no pattern runs over the value."""
+    found = ASYNCPG_ARGUMENT.search(text)
+    if found is None or text.startswith("[redacted]", found.end()):  # scrubbed already
+        return text
+    rest = text[found.end() :]
+    end = len(rest.rstrip("'\")]"))  # the reason's ")" and the repr's closing marks
+    opening = rest.rfind(" (", 0, end)
+    inside = rest[opening + 2 : end] if opening >= 0 else ""
+    whole = opening >= 0 and end < len(rest) and "(" not in inside and ")" not in inside
+    reason = f" ({QUOTED.sub('[redacted]', inside)}{rest[end:]}" if whole else ""
+    return f"{text[: found.end()]}[redacted]{reason}"
+
+
 # Values the runtime itself sets; scrubbing them would only garble them (a timestamp is not a phone number).
 TRUSTED_KEYS = frozenset({"timestamp", "level", "service", "event_id", "correlation_id", "logger"})
 
@@ -83,7 +99,7 @@ def scrub_text(text: str) -> str:
     if "Input tag '" in text:
         text = PYDANTIC_TAG.sub(lambda found: "Input tag [redacted]" + (found.group(1) or ""), text)
     if "invalid input for query argument" in text:
-        text = ASYNCPG_ARGUMENT.sub(lambda found: f"{found.group(1)}: [redacted]{found.group(2) or ''}", text)
+        text = _asyncpg_argument(text)
     text = SSN.sub("[redacted]", text)
     text = PHONE.sub("[redacted]", text)
     text = DATE.sub("[redacted]", text)

@@ -270,3 +270,18 @@ async def test_notifier_0014_makes_each_patients_address_their_registration(infr
     finally:
         await connection.close()
     assert [tuple(r) for r in rows] == [(ann, "ann@example.com", "Ann", "es"), (bob, "bob@example.com", None, "en")]
+
+
+async def test_connections_audit_actions_are_checked_over_every_row(infra) -> None:  # type: ignore[no-untyped-def]
+    """0003 adds the check unvalidated (no scan under its lock); 0005 validates it: none is left half-done."""
+    url = await _fresh_database(infra)
+    await migrate(url, PLANS["connections"], role_password=ROLE_PASSWORD)
+    connection = await asyncpg.connect(url)
+    try:
+        validated = await connection.fetchval(
+            "SELECT convalidated FROM pg_constraint WHERE conname = 'audit_log_action_check'"
+            " AND conrelid = 'connections.audit_log'::regclass"
+        )
+    finally:
+        await connection.close()
+    assert validated is True

@@ -204,3 +204,18 @@ def test_an_argument_asyncpg_could_not_encode_is_not_quoted(captured: io.StringI
     get_logger("test").warning("consumer.apply_failed", error=error)
     [line] = [json.loads(text) for text in captured.getvalue().splitlines()]
     assert line["error"] == shown
+
+
+def test_a_reason_asyncpg_quotes_the_value_in_is_redacted_too_and_a_long_text_costs_no_time() -> None:
+    """A review: asyncpg's UUID codec quotes the whole value in its reason ("invalid UUID 'Jane Doe': …"), and the
+    first pattern took seconds over 50,000 closing quotes."""
+    error = (
+        "DataError(\"invalid input for query argument $1: ['Jane Doe'] (invalid UUID 'Jane Doe': length must be "
+        'between 32..36 characters, got 8)")'
+    )
+    assert scrub_text(error) == (
+        'DataError("invalid input for query argument $1: [redacted] (invalid UUID [redacted]: length must be between '
+        '32..36 characters, got 8)")'
+    )
+    # Linear: a quadratic scrubber takes hours over a million of them, and the suite's timeout ends this test.
+    assert scrub_text("invalid input for query argument $1: x" + "'" * 1_000_000).endswith(": [redacted]")

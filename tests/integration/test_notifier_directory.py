@@ -1,0 +1,72 @@
+"""The patient directory's SQL against real PostgreSQL, two notifiers at once: an address two patients registered
+(a family's), and what a notifier of the release before left behind during a rollout."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from collabkare.stack.infra import Infrastructure
+from services.notifier import directory_repository
+from services.notifier.directory import PatientEntry
+from tests.harness import scratch
+from tests.support import lock_waiters
+
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+FAMILY = "family@example.com"
+
+
+async def test_a_tombstone_and_another_patients_registration_of_the_same_address_at_once_keep_it(
+    infra: Infrastructure, template_database: str
+) -> None:
+    """A review: two notifiers applying Ana's tombstone and Beatriz's registration of their shared address at the same
+    moment each derived the address from what it saw; the tombstone's, waiting on the registration's row lock, then
+    deleted the address Beatriz had just been given, and marked it departed: her emails ended not_on_platform."""
+    ana, beatriz = uuid.uuid4(), uuid.uuid4()
+    async with scratch(infra, template_database) as (_, _, admin):
+        async with admin.acquire() as db:
+            await directory_repository.upsert_patients(db, [PatientEntry(FAMILY, ana, "Ana", "en", T0)])
+        async with admin.acquire() as first, admin.acquire() as second:
+            registering = second.transaction()
+            await registering.start()
+            later = T0 + timedelta(days=1)
+            await directory_repository.upsert_patients(second, [PatientEntry(FAMILY, beatriz, "Bea", "es", later)])
+
+            async def tombstone() -> None:
+                async with first.transaction():
+                    await directory_repository.delete_patient(first, ana)
+
+            deleting = asyncio.create_task(tombstone())
+            async with asyncio.timeout(20):
+                while not await lock_waiters(admin) and not deleting.done():
+                    await asyncio.sleep(0.05)
+            await registering.commit()
+            async with asyncio.timeout(20):
+                await deleting
+        patients = await admin.fetch("SELECT patient_id, email, locale FROM notifier.patients")
+        departed = await admin.fetch("SELECT email FROM notifier.departed_patients")
+    assert [tuple(r) for r in patients] == [(beatriz, FAMILY, "es")]
+    assert departed == []
+
+
+async def test_what_a_notifier_of_the_release_before_registered_is_forgotten_by_a_tombstone_or_a_move(
+    infra: Infrastructure, template_database: str
+) -> None:
+    """A review: during the rollout an older notifier writes `patients` only; a registration without its row in
+    `registrations` stayed on CollabKare, her name kept, after her tombstone reached a new notifier."""
+    deleted, moved = uuid.uuid4(), uuid.uuid4()
+    async with scratch(infra, template_database) as (_, _, admin):
+        await admin.executemany(
+            "INSERT INTO notifier.patients (email, patient_id, display_name, locale, registered_at)"
+            " VALUES ($1, $2, $3, 'en', $4)",
+            [("gone@example.com", deleted, "Pat", T0), ("old@example.com", moved, "Mo", T0)],
+        )
+        async with admin.acquire() as db, db.transaction():
+            await directory_repository.delete_patient(db, deleted)
+            entry = PatientEntry("new@example.com", moved, "Mo", "en", T0 + timedelta(days=1))
+            await directory_repository.upsert_patients(db, [entry])
+        left = await admin.fetch("SELECT email, patient_id FROM notifier.patients ORDER BY email")
+        departed = await admin.fetch("SELECT email FROM notifier.departed_patients ORDER BY email")
+    assert [tuple(r) for r in left] == [("new@example.com", moved)]
+    assert [r["email"] for r in departed] == ["gone@example.com"]  # moving away is no deletion
