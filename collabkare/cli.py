@@ -14,6 +14,7 @@ from collabkare.stack.errors import StackError
 from collabkare.stack.settings_file import default_workdir, read_stack_env
 from services.runtime.auth import STAFF_ROLES, mint_token
 from services.runtime.logging import configure_logging, get_logger
+from services.runtime.settings import LOG_LEVELS
 
 
 def _no_stack(name: str) -> StackError:
@@ -182,8 +183,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    level = os.environ.get("LOG_LEVEL", "WARNING").strip().upper()  # the services' LOG_LEVEL, in either case
+    if level not in LOG_LEVELS:
+        print(f"collabkare: LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {level!r}", file=sys.stderr)
+        return 2
     # Logs go to stderr so that stdout carries only the answer (a token, an id) for scripts to use.
-    configure_logging("collabkare-cli", os.environ.get("LOG_LEVEL", "WARNING"), stream=sys.stderr)
+    configure_logging("collabkare-cli", level, stream=sys.stderr)
     try:
         return int(args.handler(args))
     except StackError as error:

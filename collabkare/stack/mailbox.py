@@ -20,6 +20,7 @@ import email.policy
 import fcntl
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -153,6 +154,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m collabkare.stack.mailbox", description=main.__doc__)
     parser.add_argument("file", nargs="?", type=Path, default=default_workdir() / "mail.mbox")
     path = parser.parse_args(argv).file
+    if not path.exists() and not (path.parent / "stack.env").exists():
+        # No stack runs there: most often COLLABKARE_STACK_DIR was given to `make up` and not exported here.
+        hint = "export COLLABKARE_STACK_DIR as make up was given it"
+        print(f"no stack runs in {path.parent} (no stack.env): {hint}", file=sys.stderr)
+        raise SystemExit(1)
     messages = read_caught(path)
     for message in messages:
         print(f"{message['X-Caught-At']}  to {message['To']!s:<32}  {message['Subject']}")

@@ -7,7 +7,7 @@ import json
 import ssl
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -24,6 +24,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.runtime.kafka import KafkaSecurity
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]  # LOG_LEVEL, in either case
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 # HMAC secrets for JWTs must carry at least 256 bits.
 MIN_SECRET_BYTES = 32
 PLACEHOLDER = "SET-ME"  # in a deployment's value: not set yet (deploy/k8s/prod); refused at start
@@ -102,7 +104,7 @@ class RuntimeSettings(BaseSettings):
     service_name: str = "service"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Annotated[LogLevel, BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v)] = "INFO"
 
     database_url: PostgresDsn = Field(description="The service's own role, e.g. postgresql://svc:pw@host/db")
     database_pool_min: int = Field(default=2, ge=1)

@@ -97,6 +97,17 @@ def test_the_command_lists_what_was_caught(tmp_path: Path, capsys: pytest.Captur
     assert lines[1] == f"1 message(s) in {tmp_path / 'mail.mbox'}"
 
 
+def test_the_command_says_where_no_stack_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A newcomer's probe: without COLLABKARE_STACK_DIR exported it printed "0 message(s)" for another directory."""
+    with pytest.raises(SystemExit) as stopped:
+        mailbox.main([str(tmp_path / "mail.mbox")])
+    assert stopped.value.code == 1
+    assert "export COLLABKARE_STACK_DIR" in capsys.readouterr().err
+    (tmp_path / "stack.env").write_text("KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092\n")  # a stack, no mail yet
+    mailbox.main([str(tmp_path / "mail.mbox")])
+    assert capsys.readouterr().out.strip() == f"0 message(s) in {tmp_path / 'mail.mbox'}"
+
+
 def test_the_command_prints_an_invites_token_decoded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The raw file holds the link quoted-printable (`=3D`, soft line breaks): copied from there, it is wrong."""
     token = "LOiV_n7oR5KPQopmszTUzMfRHuJWRf-" * 3

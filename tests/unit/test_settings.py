@@ -63,6 +63,23 @@ def test_malformed_values_say_what_is_expected() -> None:
     assert any(line.startswith("configuration error: DATABASE_URL: ") for line in lines)
 
 
+def test_log_level_is_taken_in_either_case_and_the_cli_names_a_wrong_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A newcomer's probe: LOG_LEVEL=debug stopped every service (upper case only) and crashed the CLI with a
+    traceback (KeyError: 'level debug'), though the README promises one line for a value refused."""
+    from collabkare.cli import main
+
+    assert _start({**GOOD, "LOG_LEVEL": "debug"}).returncode == 0
+    wrong = _start({**GOOD, "LOG_LEVEL": "loud"})
+    assert wrong.returncode == 2 and wrong.stderr.startswith("configuration error: LOG_LEVEL: ")
+    monkeypatch.setenv("LOG_LEVEL", "loud")
+    assert main(["token", "staff", "--practice", "71b3f117-ab01-4b1e-9ac0-3f5f9a3c2d10", "--role", "admin"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "collabkare: LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, not 'LOUD'"
+    )
+
+
 def test_a_value_still_holding_the_overlays_placeholder_is_refused_unquoted() -> None:
     """deploy/k8s/prod marks what each deployment must set with SET-ME: a pod started with one would refuse every
     token or email from a domain nobody owns. The line names the variables; it does not quote DATABASE_URL, which
