@@ -105,7 +105,14 @@ class InviteRequestedPayload(Contract):
     identity_check: Literal["ssn", "date_of_birth_and_phone"] | None = Field(
         default=None,
         description="What the patient will be asked to confirm when accepting (an individual invite); none for a "
-        "roster invite. The values themselves never leave the invitations service.",
+        "roster invite. The values themselves never leave the invitations service. When staff entered both, the "
+        "first of identity_checks.",
+    )
+    identity_checks: list[Literal["ssn", "date_of_birth_and_phone"]] | None = Field(
+        default=None,
+        description="Every answer accepting takes, any one of them enough (an individual invite for which staff "
+        "entered both the SSN and the date of birth and phone lists both); null for a roster invite, and absent from "
+        "events published before it was added.",
     )
     replaces: uuid.UUID | None = Field(
         default=None,

@@ -62,16 +62,6 @@ FACTOR_FIELDS: dict[IdentityFactor, tuple[str, ...]] = {
 }
 
 
-def accepted_factors(invite: Invite) -> list[IdentityFactor]:
-    """The answers this invite can check, named as InviteRequested's identity_check names them."""
-    names: list[IdentityFactor] = []
-    if invite.digests.ssn is not None:
-        names.append("ssn")
-    if invite.digests.date_of_birth is not None and invite.digests.phone is not None:
-        names.append("date_of_birth_and_phone")
-    return names
-
-
 def accept(
     invite: Invite,
     *,

@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from services.invitations import handlers, identity
-from services.invitations.acceptance import FACTOR_FIELDS, Answer, Decision, accepted_factors
+from services.invitations.acceptance import FACTOR_FIELDS, Answer, Decision
 from services.invitations.api_support import Factor, Note, Policies, Pool, Tracing, unprocessable
 from services.invitations.domain import (
     AlreadyConnected,
@@ -348,7 +348,7 @@ def _refusal(decision: Decision, invite: Invite, tries_left: int) -> Problem:
         return Problem(
             403, "This invite was sent to a different email address from the one you signed in with.", type_=kind
         )
-    wanted = [FACTOR_FIELDS[factor] for factor in accepted_factors(invite)]
+    wanted = [FACTOR_FIELDS[factor] for factor in invite.identity_checks]
     needs = " or ".join(" and ".join(fields) for fields in wanted)
     message = f"this invite needs {needs}"
     return unprocessable(f"Missing: {needs}.", [(field, "required", message) for fields in wanted for field in fields])

@@ -153,7 +153,8 @@ class RequestedJson:
             f'"correlation_id":{enc(context.cause.correlation_id)},"causation_id":{enc(context.cause.causation_id)},'
             '"payload":{"invite_id":"%s","email":%s,"note":%s,'
             f'"accept_url":{url}%s","expires_at":{enc(context.expires_at)},"requested_by":{enc(context.actor)},'
-            f'"batch_id":{enc(context.batch_id)},"line_number":%d,"identity_check":null,"replaces":%s}}}}'
+            f'"batch_id":{enc(context.batch_id)},"line_number":%d,"identity_check":null,"identity_checks":null,'
+            '"replaces":%s}}'
         )
 
     def __call__(

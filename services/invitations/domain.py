@@ -139,13 +139,14 @@ class Invite:
         return email_key(self.email)
 
     @property
-    def identity_check(self) -> IdentityFactor | None:
-        """What accepting will ask the patient for (the email says so); None for a roster invite."""
+    def identity_checks(self) -> list[IdentityFactor]:
+        """The answers accepting takes, any one enough (the email says so); none for a roster invite."""
+        checks: list[IdentityFactor] = []
         if self.digests.ssn is not None:
-            return "ssn"
+            checks.append("ssn")
         if self.digests.date_of_birth is not None and self.digests.phone is not None:
-            return "date_of_birth_and_phone"
-        return None
+            checks.append("date_of_birth_and_phone")
+        return checks
 
     def current_status(self, now: datetime) -> InviteStatus:
         """The status as it stands now: a pending invite past its expiry is expired, swept or not."""

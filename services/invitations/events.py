@@ -39,7 +39,8 @@ def requested_event(invite: Invite, url: str, cause: Cause) -> InviteRequested:
             requested_by=invite.created_by,
             batch_id=invite.batch_id,
             line_number=invite.line_number,
-            identity_check=invite.identity_check,
+            identity_check=next(iter(invite.identity_checks), None),
+            identity_checks=invite.identity_checks or None,
             replaces=invite.replaces,
         ),
     )

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 import pydantic_core
 from pydantic import BaseModel, Field
 
-from services.invitations.acceptance import accepted_factors
 from services.invitations.batch import count_verdicts
 from services.invitations.batch_repository import BatchRecord
 from services.invitations.domain import IdentityFactor, Invite, InviteStatus, Outcome
@@ -70,7 +69,7 @@ class InviteView(BaseModel):
             delivery=invite.delivery,
             delivery_reason=invite.delivery_reason,
             delivered_at=invite.delivered_at,
-            identity_factors=accepted_factors(invite),
+            identity_factors=invite.identity_checks,
             sent_by=invite.created_by,
             sent_at=invite.created_at,
             expires_at=invite.expires_at,

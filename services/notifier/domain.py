@@ -13,7 +13,7 @@ from typing import Literal, cast
 from email_validator import EmailNotValidError, validate_email
 
 from schemas import ConnectionApproved, ConnectionRejected, DeliveryOutcome, Envelope, InviteRequested
-from schemas.events import DeliveryOutcomePayload
+from schemas.events import DeliveryOutcomePayload, InviteRequestedPayload
 from services.runtime.logging import mask_email
 
 Kind = Literal["invite", "connection_approved", "connection_rejected"]
@@ -88,8 +88,18 @@ class NewDelivery:
     accept_url: str | None = None
     expires_at: datetime | None = None
     reason: str | None = None
-    identity_check: str | None = None  # "ssn" or "date_of_birth_and_phone": what accepting will ask for
+    identity_check: str | None = None  # "ssn", "date_of_birth_and_phone" or EITHER_CHECK: what accepting asks for
     replaces: uuid.UUID | None = None  # the invite this one resends: the email says the earlier link is dead
+
+
+# Staff entered both the SSN and the date of birth and phone: accepting takes either (the email says so).
+EITHER_CHECK = "ssn_or_date_of_birth_and_phone"
+
+
+def _identity_check(invite: InviteRequestedPayload) -> str | None:
+    if invite.identity_checks is not None and len(set(invite.identity_checks)) > 1:
+        return EITHER_CHECK
+    return invite.identity_check
 
 
 def delivery_for(event: Envelope, message_id_domain: str) -> NewDelivery:
@@ -117,7 +127,7 @@ def delivery_for(event: Envelope, message_id_domain: str) -> NewDelivery:
         accept_url=invite.accept_url if invite else None,
         expires_at=invite.expires_at if invite else None,
         reason=(event.payload.reason or None) if isinstance(event, ConnectionRejected) else None,
-        identity_check=invite.identity_check if invite else None,
+        identity_check=_identity_check(invite) if invite else None,
         replaces=invite.replaces if invite else None,
     )
 

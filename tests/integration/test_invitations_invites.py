@@ -184,12 +184,14 @@ async def test_identity_factors_are_stored_only_as_keyed_digests(service: Servic
     assert event["payload"]["invite_id"] == invite["id"] and event["payload"]["note"] == "Hello"
     assert event["payload"]["batch_id"] is None and event["payload"]["line_number"] is None
     assert event["payload"]["identity_check"] == "ssn", "the email tells the patient what accepting asks for"
+    assert event["payload"]["identity_checks"] == ["ssn", "date_of_birth_and_phone"], "either will do"
     other = uuid.uuid4()
     assert (
         await _invite(service, other, email="bo@example.com", date_of_birth="1980-02-29", phone="5550101234")
     ).status_code == 201
     (by_birth,) = (await service.requested(other)).values()
     assert by_birth["payload"]["identity_check"] == "date_of_birth_and_phone"
+    assert by_birth["payload"]["identity_checks"] == ["date_of_birth_and_phone"]
 
     row = await service.admin.fetchrow(
         "SELECT ssn_digest, dob_digest, phone_digest FROM invitations.invites WHERE id = $1", uuid.UUID(invite["id"])

@@ -17,6 +17,7 @@ from services.notifier.directory import patient_entries
 from services.notifier.domain import (
     CONNECTED,
     CONNECTED_BEFORE_REJECTION,
+    EITHER_CHECK,
     REVOKED,
     Attempt,
     Claimed,
@@ -70,6 +71,20 @@ def test_a_delivery_is_derived_from_its_event_and_keeps_the_roster_coordinates()
     )
     no = delivery_for(rejected(uuid.uuid4(), "b@example.com", ""), DOMAIN)
     assert (no.kind, no.reason) == ("connection_rejected", None), "an empty reason is no reason"
+
+
+@pytest.mark.parametrize(
+    ("checks", "queued"),
+    [
+        ({"identity_check": "ssn", "identity_checks": ["ssn", "date_of_birth_and_phone"]}, EITHER_CHECK),
+        ({"identity_check": "ssn", "identity_checks": ["ssn"]}, "ssn"),
+        ({"identity_check": "date_of_birth_and_phone"}, "date_of_birth_and_phone"),  # an event of before the list
+        ({}, None),
+    ],
+    ids=["both", "one", "before the list", "a roster's"],
+)
+def test_the_email_names_every_answer_accepting_takes(checks: dict[str, object], queued: str | None) -> None:
+    assert delivery_for(invite(uuid.uuid4(), "ana@example.com", **checks), "mail.example").identity_check == queued
 
 
 def test_the_message_id_is_the_source_event_id_at_the_senders_domain() -> None:

@@ -212,6 +212,17 @@ def test_the_renderer_refuses_a_sender_that_is_not_an_address() -> None:
         ("date_of_birth_and_phone", "en", "you will be asked to confirm your date of birth and phone number."),
         ("ssn", "es", "Al aceptar, se le pedirá que confirme su número de Seguro Social."),
         ("date_of_birth_and_phone", "es", "que confirme su fecha de nacimiento y su número de teléfono."),
+        # Both entered by staff: either will do (a probe of the help articles: the email named the SSN only).
+        (
+            "ssn_or_date_of_birth_and_phone",
+            "en",
+            "confirm your Social Security number, or your date of birth and phone number.",
+        ),
+        (
+            "ssn_or_date_of_birth_and_phone",
+            "es",
+            "confirme su número de Seguro Social, o su fecha de nacimiento y su número de teléfono.",
+        ),
     ],
 )
 def test_an_individual_invite_says_what_accepting_will_ask_for(
