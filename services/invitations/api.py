@@ -106,7 +106,9 @@ Email = Annotated[str, AfterValidator(_email), WithJsonSchema(_EMAIL.json_schema
 class InviteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     email: Email
-    ssn: IssuedSsn = Field(default=None, description="123-45-6789 or 123456789; or give date_of_birth and phone")
+    ssn: IssuedSsn = Field(
+        default=None, description="123-45-6789, 123 45 6789 or 123456789; or give date_of_birth and phone"
+    )
     date_of_birth: BirthDate = None
     phone: Phone = Field(default=None, description="With the country code, or 10 digits for +1")
     note: Note = None

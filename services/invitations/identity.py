@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import date
 
 _NOT_DIGIT = re.compile(r"\D")
-_SSN = re.compile(r"\d{3}-?\d{2}-?\d{4}")
+_SSN = re.compile(r"\d{3}[- ]?\d{2}[- ]?\d{4}")  # hyphens or spaces between the groups, as cards print it
 _PHONE = re.compile(r"\+?[\d\s().\-]{7,25}")
 EARLIEST_BIRTH = date(1900, 1, 1)
 
@@ -44,11 +44,11 @@ def _ascii_digits(text: str) -> str:
 
 
 def normalize_ssn(text: str) -> str:
-    """Nine digits, written 123-45-6789 or 123456789 (a patient's answer: an invite made before the SSA rule
-    below may hold any nine digits)."""
+    """Nine digits, written 123-45-6789, 123 45 6789 or 123456789 (a patient's answer: an invite made before the SSA
+    rule below may hold any nine digits)."""
     value = text.strip()
     if not _SSN.fullmatch(value):
-        raise FactorError("ssn", "expected nine digits, written 123-45-6789 or 123456789")
+        raise FactorError("ssn", "expected nine digits, written 123-45-6789, 123 45 6789 or 123456789")
     return _ascii_digits(value)
 
 

@@ -261,6 +261,7 @@ def test_five_wrong_answers_lock_the_invite() -> None:
 
 def test_factors_are_normalised_before_hashing() -> None:
     assert identity.normalize_ssn(" 123-45-6789 ") == identity.normalize_ssn("123456789") == "123456789"
+    assert identity.normalize_ssn("123 45 6789") == "123456789", "as the card prints it (a staff probe: a 422)"
     assert identity.normalize_phone("(555) 010-1234") == identity.normalize_phone("+1 555 010 1234") == "15550101234"
     assert identity.normalize_phone("+44 20 7946 0958") == "442079460958"
     for bad in ("12-345-6789", "1234567890", "abc-de-fghi", ""):
