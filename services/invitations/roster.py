@@ -103,38 +103,48 @@ def check_email_thoroughly(text: str) -> tuple[str | None, str | None]:
         return None, f"not a valid email address: {_paste_hint(text) or error}"
 
 
-_QUOTES = frozenset(
-    {('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("\u2018", "\u2019")}
-)  # ASCII, and a word processor's
+_QUOTES = frozenset({('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("\u2018", "\u2019")})  # ASCII, a word processor's
 # Characters nobody sees that text copied from a web page, a mail program or a second CSV export (its byte-order
 # mark, mid-paste) leaves at the ends of a line, an address or a note; str.strip() keeps them.
-_INVISIBLE = "\ufeff\u200b\u200c\u200d\u2060\u200e\u200f"
-# Empty spreadsheet columns after a note, or instead of one (a@example.com,,,): commas are no note.
-_EDGE_COMMAS = re.compile(r"^[\s,]+|[\s,]+$")
+_INVISIBLE = frozenset("\ufeff\u200b\u200c\u200d\u2060\u200e\u200f")
+# ... and commas at a note's ends: empty spreadsheet columns after it, or instead of one (a@example.com,,,).
+_NOTE_EDGE = _INVISIBLE | {","}
+# A note quoted as a CSV export quotes a field: the whole of it, any quote inside doubled. Linear: the two
+# alternatives never match the same text.
+_CSV_FIELD = re.compile(r'"(?:[^"]|"")*"')
+
+
+def _trimmed(text: str, edge: frozenset[str]) -> str:
+    """The text without whitespace or `edge` characters at either end: one pass over what goes (a roster's line may
+    be megabytes long, and a pattern or repeated strip() over a long run of them takes quadratic time)."""
+    start, end = 0, len(text)
+    while start < end and (text[start] in edge or text[start].isspace()):
+        start += 1
+    while end > start and (text[end - 1] in edge or text[end - 1].isspace()):
+        end -= 1
+    return text[start:end]
 
 
 def _visible(text: str) -> str:
-    """The text without whitespace or invisible characters at either end."""
-    while text and (text[0] in _INVISIBLE or text[-1] in _INVISIBLE):
-        text = text.strip(_INVISIBLE).strip()
-    return text
+    """The (stripped) text without invisible characters or whitespace at either end."""
+    return _trimmed(text, _INVISIBLE) if text and (text[0] in _INVISIBLE or text[-1] in _INVISIBLE) else text
 
 
 def _note(rest: str) -> str | None:
-    """A line's personal note from what follows its first comma: trimmed of commas left by empty columns, of the
-    quotes a CSV export or a word processor put around it (a CSV's doubled quote inside is one), and of what is
-    invisible at its ends; None when nothing is left."""
+    """A line's personal note from what follows its first comma: without commas or invisible characters at its
+    ends, and without the quotes a CSV export or a word processor put around the whole of it (a CSV's doubled
+    quote inside is one); None when nothing is left. Quotes that only begin and end it stay ("Hi" from "Ann")."""
     note = rest.strip()
-    if note and (note[0] == "," or note[-1] == ","):
-        note = _EDGE_COMMAS.sub("", note)
-    if len(note) >= 2 and (note[0], note[-1]) in _NOTE_QUOTES:
-        note = (note[1:-1].replace('""', '"') if note[0] == '"' else note[1:-1]).strip()
-    if not note.isascii():
-        note = _visible(note)
+    if note and (note[0] in _NOTE_EDGE or note[-1] in _NOTE_EDGE):
+        note = _trimmed(note, _NOTE_EDGE)
+    if len(note) >= 2 and note[0] == '"' and _CSV_FIELD.fullmatch(note):
+        note = _visible(note[1:-1].replace('""', '"').strip())
+    elif len(note) >= 2 and note[0] == "\u201c" and note[-1] == "\u201d" and not _SMART.intersection(note[1:-1]):
+        note = _visible(note[1:-1].strip())
     return note or None
 
 
-_NOTE_QUOTES = frozenset({('"', '"'), ("\u201c", "\u201d")})
+_SMART = frozenset("\u201c\u201d")
 _NAMED = re.compile(r"<\s*([^<>\s]+@[^<>\s]+)\s*>\s*")  # from the last "<": no backtracking over the name
 
 

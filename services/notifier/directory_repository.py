@@ -47,18 +47,21 @@ async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry
 # The addresses a registration or a tombstone touches are derived by one transaction at a time: two notifiers applying
 # two patients' events about one address (a family's; the patients' partitions differ) each derived it from what it
 # saw, and one's tombstone could drop the address the other had just given to another patient. A transaction-level
-# advisory lock per address, in the two-key space (every other lock of the schema takes one bigint key), taken in
-# order; a batch's registrations then its tombstone may still meet another's in the other order: PostgreSQL ends one
-# transaction (a deadlock, retried as any outage).
+# advisory lock per bucket of addresses (a fixed number of them: a lock per address took 2 per registration, 20,000
+# for a batch at CONSUMER_BATCH_SIZE's maximum, past PostgreSQL's shared lock table), in the two-key space (every
+# other lock of the schema takes one bigint key, and none of those waits), taken in order. Two batches of
+# registrations meeting in another order (a patient's tombstone runs in its own transaction) end in a deadlock
+# PostgreSQL breaks, one batch retried as any outage.
 _ADDRESS_LOCK_CLASS = 0x4E4F5449  # "NOTI"
+_ADDRESS_LOCK_BUCKETS = 256
 
 
 async def _lock_addresses(db: asyncpg.Connection, emails: set[str]) -> None:
-    keys = sorted({zlib.crc32(email.encode()) - 2**31 for email in emails})
+    buckets = sorted({zlib.crc32(email.encode()) % _ADDRESS_LOCK_BUCKETS for email in emails})
     await db.execute(
         "SELECT count(pg_advisory_xact_lock($1, k)) FROM (SELECT unnest($2::int4[]) AS k ORDER BY k) AS ordered",
         _ADDRESS_LOCK_CLASS,
-        keys,
+        buckets,
     )
 
 

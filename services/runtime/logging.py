@@ -56,25 +56,24 @@ PYDANTIC_INPUT = re.compile(r"input_value=.*?(?=, input_type=|$)")  # $: a text 
 # whatever a producer put in the event_type, a security review saw in the notifier's log.
 PYDANTIC_TAG = re.compile(r"Input tag '.*?(?:'( found using)|$)")  # $: a text cut short inside the tag
 # asyncpg's DataError quotes the argument it could not encode ("invalid input for query argument $2: ['Jane Doe',
-# 'Ann… (reason)"): a batch's names or addresses, in a consumer's apply_failed line. The value goes; the reason at
-# the end stays, without what it quotes ("invalid UUID 'Jane Doe': …").
+# 'Ann… (reason)"): a batch's names or addresses, in a consumer's apply_failed line; its reason may quote the value
+# again ("invalid UUID 'Jane Doe': …"). The value goes; the reason stays only when it is plainly one ("date value out
+# of range"): whole, and holding no quote or parenthesis (a value may hold " (", a cut may end inside a quote).
 ASYNCPG_ARGUMENT = re.compile(r"invalid input for query argument \$\d+[^:]{0,60}: ")
-QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_REPR_END = frozenset("'\")]")  # what may follow the reason: the end of the error's repr
 
 
 def _asyncpg_argument(text: str) -> str:
-    """The text up to asyncpg's "argument $N: ", then [redacted] and the reason, if it is there whole (with the
-    repr's closing marks after it). Linear: no pattern runs over the value."""
+    """The text up to asyncpg's "argument $N: ", then [redacted], then the reason if it is plainly one. Linear."""
     found = ASYNCPG_ARGUMENT.search(text)
     if found is None or text.startswith("[redacted]", found.end()):  # scrubbed already
         return text
     rest = text[found.end() :]
-    end = len(rest.rstrip("'\")]"))  # the reason's ")" and the repr's closing marks
-    opening = rest.rfind(" (", 0, end)
-    inside = rest[opening + 2 : end] if opening >= 0 else ""
-    whole = opening >= 0 and end < len(rest) and "(" not in inside and ")" not in inside
-    reason = f" ({QUOTED.sub('[redacted]', inside)}{rest[end:]}" if whole else ""
-    return f"{text[: found.end()]}[redacted]{reason}"
+    opening = rest.find(" (")
+    closing = rest.find(")", opening + 2) if opening >= 0 else -1
+    reason = rest[opening + 2 : closing] if closing >= 0 else ""
+    plain = reason and not any(mark in reason for mark in "()'\"") and set(rest[closing + 1 :]) <= _REPR_END
+    return f"{text[: found.end()]}[redacted]" + (f" ({reason}){rest[closing + 1 :]}" if plain else "")
 
 
 # Values the runtime itself sets; scrubbing them would only garble them (a timestamp is not a phone number).

@@ -70,3 +70,22 @@ async def test_what_a_notifier_of_the_release_before_registered_is_forgotten_by_
         departed = await admin.fetch("SELECT email FROM notifier.departed_patients ORDER BY email")
     assert [tuple(r) for r in left] == [("new@example.com", moved)]
     assert [r["email"] for r in departed] == ["gone@example.com"]  # moving away is no deletion
+
+
+async def test_the_locks_a_registration_batch_takes_are_bounded(infra: Infrastructure, template_database: str) -> None:
+    """A review: a lock per address touched, 2 per patient who moves, reached PostgreSQL's shared lock table ("out of
+    shared memory", an outage to the consumer, retried for ever) at CONSUMER_BATCH_SIZE's larger values."""
+    ids = [uuid.uuid4() for _ in range(2_000)]
+    async with scratch(infra, template_database) as (_, _, admin):
+        async with admin.acquire() as db, db.transaction():
+            entries = [PatientEntry(f"old{i}@example.com", p, None, "en", T0) for i, p in enumerate(ids)]
+            await directory_repository.upsert_patients(db, entries)
+        async with admin.acquire() as db, db.transaction():
+            later = T0 + timedelta(days=1)
+            moves = [PatientEntry(f"new{i}@example.com", p, None, "en", later) for i, p in enumerate(ids)]
+            await directory_repository.upsert_patients(db, moves)
+            held = await db.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+        moved = await admin.fetchval("SELECT count(*) FROM notifier.patients WHERE email LIKE 'new%'")
+    assert held <= 256 and moved == 2_000

@@ -184,7 +184,7 @@ def test_the_line_after_a_quiet_spell_counts_what_was_dropped() -> None:
         (
             "DataError(\"invalid input for query argument $2: ['Jane Doe', 'Ann (Nancy) Lee', 'Bob... (expected str, "
             'got int)")',
-            'DataError("invalid input for query argument $2: [redacted] (expected str, got int)")',
+            'DataError("invalid input for query argument $2: [redacted]',  # a value's " (" : no reason kept
         ),
         (
             "invalid input for query argument $1 in element #3 of executemany() sequence: 'Jane Doe' (value too long)",
@@ -206,16 +206,26 @@ def test_an_argument_asyncpg_could_not_encode_is_not_quoted(captured: io.StringI
     assert line["error"] == shown
 
 
-def test_a_reason_asyncpg_quotes_the_value_in_is_redacted_too_and_a_long_text_costs_no_time() -> None:
-    """A review: asyncpg's UUID codec quotes the whole value in its reason ("invalid UUID 'Jane Doe': …"), and the
-    first pattern took seconds over 50,000 closing quotes."""
-    error = (
-        "DataError(\"invalid input for query argument $1: ['Jane Doe'] (invalid UUID 'Jane Doe': length must be "
-        'between 32..36 characters, got 8)")'
-    )
-    assert scrub_text(error) == (
-        'DataError("invalid input for query argument $1: [redacted] (invalid UUID [redacted]: length must be between '
-        '32..36 characters, got 8)")'
-    )
+def _asyncpg(value: str) -> str:
+    """asyncpg's text for a name given as a uuid (asyncpg 0.32: prepared_stmt.pyx and pgproto's uuid codec)."""
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+    reason = f"invalid UUID {value!r}: length must be between 32..36 characters, got {len(value)}"
+    return f"invalid input for query argument $1: {shown} ({reason})"
+
+
+@pytest.mark.parametrize(
+    "value", ["Jane Doe", 'Robert "Bob" O\'Brien', "Maria Lopez (HIV clinic", "Results of HIV test are ready"]
+)
+def test_a_reason_that_quotes_the_value_goes_with_it_whole_or_cut(value: str) -> None:
+    """Reviews: asyncpg's UUID codec quotes the whole value in its reason; a name holding both quote marks, or " (",
+    or a message cut short right after a quote, kept parts of it."""
+    message = f"DataError: {_asyncpg(value)}"
+    assert scrub_text(message) == "DataError: invalid input for query argument $1: [redacted]"
+    quoted = repr(value)[1:-1]  # as the reason quotes it
+    cut = message[: message.rindex(quoted) + len(quoted) + 1]
+    assert scrub_text(cut) == "DataError: invalid input for query argument $1: [redacted]"
+
+
+def test_a_long_text_costs_no_time() -> None:
     # Linear: a quadratic scrubber takes hours over a million of them, and the suite's timeout ends this test.
     assert scrub_text("invalid input for query argument $1: x" + "'" * 1_000_000).endswith(": [redacted]")
