@@ -112,6 +112,7 @@ _NOTE_EDGE = _INVISIBLE | {","}
 # A note quoted as a CSV export quotes a field: the whole of it, any quote inside doubled. Linear: the two
 # alternatives never match the same text.
 _CSV_FIELD = re.compile(r'"(?:[^"]|"")*"')
+_SMART = frozenset("\u201c\u201d")  # a word processor's quotes around a note
 
 
 def _trimmed(text: str, edge: frozenset[str]) -> str:
@@ -144,7 +145,6 @@ def _note(rest: str) -> str | None:
     return note or None
 
 
-_SMART = frozenset("\u201c\u201d")
 _NAMED = re.compile(r"<\s*([^<>\s]+@[^<>\s]+)\s*>\s*")  # from the last "<": no backtracking over the name
 
 

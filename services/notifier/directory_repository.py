@@ -18,15 +18,7 @@ async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry
     compacted by patient id, and a directory rebuilt from it knows only that one. A registration older than the
     patient's newest changes nothing; two at the same time, the greater address stays. Then the addresses it
     touched are derived again: the one it left, and the one it names."""
-    patient_ids = [e.patient_id for e in entries]
-    # A patient's events come in order on her partition, to one consumer: what she names now cannot change meanwhile.
-    # Her address in `patients` too: one a notifier of the release before wrote there without a registration.
-    before = await db.fetch(
-        "SELECT email FROM notifier.registrations WHERE patient_id = ANY($1::uuid[])"
-        " UNION SELECT email FROM notifier.patients WHERE patient_id = ANY($1::uuid[])",
-        patient_ids,
-    )
-    touched = {row["email"] for row in before} | {e.email for e in entries}
+    touched = await _addresses_of(db, [e.patient_id for e in entries]) | {e.email for e in entries}
     await _lock_addresses(db, touched)
     await db.execute(
         """
@@ -42,6 +34,18 @@ async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry
     await _derive(db, touched)
     # Registered again after the platform deleted the account: on CollabKare once more.
     await db.execute("DELETE FROM notifier.departed_patients WHERE email = ANY($1::text[])", [e.email for e in entries])
+
+
+async def _addresses_of(db: asyncpg.Connection, patient_ids: list[uuid.UUID]) -> set[str]:
+    """The addresses the patients' registrations name now, and their rows in `patients` (one a notifier of the
+    release before wrote there has no registration). A patient's events come in order on her partition, to one
+    consumer: what she names cannot change before this transaction ends."""
+    rows = await db.fetch(
+        "SELECT email FROM notifier.registrations WHERE patient_id = ANY($1::uuid[])"
+        " UNION SELECT email FROM notifier.patients WHERE patient_id = ANY($1::uuid[])",
+        patient_ids,
+    )
+    return {row["email"] for row in rows}
 
 
 # The addresses a registration or a tombstone touches are derived by one transaction at a time: two notifiers applying
@@ -111,12 +115,7 @@ async def delete_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
     """The patient's registration: an email to her address is then not_on_platform, a connection email too (the
     address is kept as departed for DELIVERY_RETENTION_DAYS, without the patient's name), unless another patient's
     newest registration names it."""
-    before = await db.fetch(
-        "SELECT email FROM notifier.registrations WHERE patient_id = $1"
-        " UNION SELECT email FROM notifier.patients WHERE patient_id = $1",  # written by the release before: no row
-        patient_id,
-    )
-    touched = {row["email"] for row in before}
+    touched = await _addresses_of(db, [patient_id])
     await _lock_addresses(db, touched)
     await db.execute("DELETE FROM notifier.registrations WHERE patient_id = $1", patient_id)
     left = await _derive(db, touched)
