@@ -32,8 +32,15 @@ async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry
         *zip(*((e.patient_id, e.email, e.display_name, e.locale, e.registered_at) for e in entries), strict=True),
     )
     await _derive(db, touched)
-    # Registered again after the platform deleted the account: on CollabKare once more.
-    await db.execute("DELETE FROM notifier.departed_patients WHERE email = ANY($1::text[])", [e.email for e in entries])
+    # Registered again after the platform deleted the account (a registration that took effect, not a stale one):
+    # on CollabKare once more.
+    await db.execute(
+        """
+        DELETE FROM notifier.departed_patients d
+        WHERE d.email = ANY($1::text[]) AND EXISTS (SELECT 1 FROM notifier.patients p WHERE p.email = d.email)
+        """,
+        sorted(touched),
+    )
 
 
 async def _addresses_of(db: asyncpg.Connection, patient_ids: list[uuid.UUID]) -> set[str]:
@@ -69,9 +76,9 @@ async def _lock_addresses(db: asyncpg.Connection, emails: set[str]) -> None:
     )
 
 
-async def _derive(db: asyncpg.Connection, emails: set[str]) -> list[str]:
+async def _derive(db: asyncpg.Connection, emails: set[str]) -> None:
     """`patients` at these addresses, from the registrations naming them: the newest one's patient, name and
-    language; an address no registration names leaves. Returns the addresses that left."""
+    language; an address no registration names leaves."""
     addresses = sorted(emails)
     await db.execute(
         """
@@ -86,16 +93,14 @@ async def _derive(db: asyncpg.Connection, emails: set[str]) -> list[str]:
         """,
         addresses,
     )
-    rows = await db.fetch(
+    await db.execute(
         """
         DELETE FROM notifier.patients p
         WHERE p.email = ANY($1::text[])
           AND NOT EXISTS (SELECT 1 FROM notifier.registrations r WHERE r.email = p.email)
-        RETURNING p.email
         """,
         addresses,
     )
-    return [row["email"] for row in rows]
 
 
 async def upsert_practices(db: asyncpg.Connection, entries: Sequence[PracticeEntry]) -> None:
@@ -112,19 +117,19 @@ async def upsert_practices(db: asyncpg.Connection, entries: Sequence[PracticeEnt
 
 
 async def delete_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
-    """The patient's registration: an email to her address is then not_on_platform, a connection email too (the
-    address is kept as departed for DELIVERY_RETENTION_DAYS, without the patient's name), unless another patient's
-    newest registration names it."""
+    """The patient's registration: an email to her address is then not_on_platform, unless another patient's newest
+    registration names it; a connection email too, then or once that other patient leaves it (the address is kept as
+    departed for DELIVERY_RETENTION_DAYS, without the patient's name)."""
     touched = await _addresses_of(db, [patient_id])
     await _lock_addresses(db, touched)
     await db.execute("DELETE FROM notifier.registrations WHERE patient_id = $1", patient_id)
-    left = await _derive(db, touched)
+    await _derive(db, touched)
     await db.execute(
         """
         INSERT INTO notifier.departed_patients (email) SELECT unnest($1::text[])
         ON CONFLICT (email) DO UPDATE SET deleted_at = now()
         """,
-        left,
+        sorted(touched),
     )
 
 
