@@ -173,8 +173,8 @@ async def connect_invited(db: asyncpg.Connection, events: list[InviteAccepted]) 
     # Every patient's lock first, in one order (the consumer calls this once per run of InviteAccepted in a batch:
     # two batches that interleave other events with them may still meet in opposite order; PostgreSQL then finds
     # the deadlock and the batch is retried).
-    pairs = {(e.practice_id, e.payload.patient_id) for e in events if e.practice_id is not None}
-    for practice, patient in sorted(pairs):
+    pairs = {(e.payload.patient_id, e.practice_id) for e in events if e.practice_id is not None}
+    for patient, practice in sorted(pairs):
         await repository.lock_patient(db, practice, patient)
     for accepted in events:
         practice_id, patient_id = accepted.practice_id, accepted.payload.patient_id

@@ -29,8 +29,12 @@ FOR UPDATE
 # Everything that may connect a patient to a practice, or ask for it, takes turns per (practice, patient): an ask, a
 # decision and an accepted invite each read the connection and then write, and the unique index alone made the later
 # writer fail (a 500 to the approving staff) or let an ask slip in beside a connection not yet committed.
+# The patient's lock, whichever the practice: her events share one key on connections.v1, and their occurred_at must
+# follow their order there (two practices deciding at once dated their events against the order of their commits).
+# Then the practice's and patient's lock, the one pods of the release before take (alone) while a rollout runs.
 LOCK_PATIENT = """
-SELECT pg_advisory_xact_lock(hashtextextended('connections.patient:' || $1::uuid::text || ':' || $2::uuid::text, 0))
+SELECT pg_advisory_xact_lock(hashtextextended('connections.patient:' || $2::uuid::text, 0)),
+       pg_advisory_xact_lock(hashtextextended('connections.patient:' || $1::uuid::text || ':' || $2::uuid::text, 0))
 """
 
 REQUEST_PATIENT = "SELECT patient_id FROM connections.connection_requests WHERE practice_id = $1 AND id = $2"
@@ -119,7 +123,8 @@ def _connection(row: asyncpg.Record) -> Connection:
 
 
 async def lock_patient(db: asyncpg.Connection, practice_id: uuid.UUID, patient_id: uuid.UUID) -> None:
-    """Until the transaction ends, the only one asking for, deciding on or making this patient's connection."""
+    """Until the transaction ends, the only one asking for, deciding on or making a connection of this patient's,
+    at any practice."""
     await db.execute(LOCK_PATIENT, practice_id, patient_id)
 
 

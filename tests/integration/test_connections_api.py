@@ -533,3 +533,36 @@ async def test_the_audit_log_is_append_only_even_for_the_services_own_role(servi
     finally:
         await own.close()
     assert await _audit(service, practice) == [("requested", asked["patient_id"]), ("rejected", "staff-1")]
+
+
+async def test_one_patients_changes_at_two_practices_take_turns(service: Service) -> None:
+    """A black-box check: a patient's events share one key on connections.v1, but her lock was the practice's and
+    hers, so an approval at one practice and her request to another ran at once and were dated against the order of
+    their commits (a consumer keeping one high-water mark per patient dropped the approval)."""
+    from services.connections import repository
+    from tests.support import lock_waiters
+
+    patient = uuid.uuid4()
+    first, second = [await asyncpg.connect(service.database.admin_url) for _ in range(2)]
+    try:
+        holding = first.transaction()
+        await holding.start()
+        await repository.lock_patient(first, uuid.uuid4(), patient)
+        waiting = asyncio.create_task(_locked(second, uuid.uuid4(), patient))
+        async with asyncio.timeout(20):
+            while not await lock_waiters(service.admin, "advisory"):
+                await asyncio.sleep(0.05)
+        assert not waiting.done(), "the other practice's change waits for the first"
+        await holding.rollback()
+        async with asyncio.timeout(20):
+            await waiting
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def _locked(db: asyncpg.Connection, practice: uuid.UUID, patient: uuid.UUID) -> None:
+    from services.connections import repository
+
+    async with db.transaction():
+        await repository.lock_patient(db, practice, patient)
