@@ -74,12 +74,6 @@ def describe_messages(asyncapi: dict[str, Any], runtime: ServiceRuntime) -> dict
             messages[names[0]] = _dead_letter_message(subscription)
         elif address in topic_names:
             names = _events_on(topic_names[address], channel_name, operation["action"], runtime)
-            if not names:
-                channel["description"] = (
-                    f"Only this topic's tombstones are read (a record keyed by the id, with no value: the platform "
-                    f"deleted it); its {', '.join(TOPICS[topic_names[address]].events)} records are skipped. "
-                    + channel.get("description", "")
-                )
             for name in names:
                 messages[name] = _event_message(name)
                 _add_event_schema(components["schemas"], name)
@@ -103,8 +97,6 @@ def _events_on(topic: str, channel_name: str, action: str, runtime: ServiceRunti
         return list(events)
     subscription = _subscription_of(channel_name, runtime)
     handled = [name for name in events if name in subscription.handlers]
-    if not handled and topic in subscription.tombstones:
-        return []  # read for its tombstones only (_events_on's caller says so): no event of the topic is handled
     if not handled:
         raise ValueError(f"group {subscription.group} reads {topic} but handles none of its events")
     return handled

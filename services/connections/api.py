@@ -12,7 +12,14 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Str
 from pydantic_core import PydanticCustomError
 
 from services.connections import handlers
-from services.connections.domain import MAX_TEXT, AlreadyConnected, AlreadyDecided, UnknownPractice, clean_text
+from services.connections.domain import (
+    MAX_TEXT,
+    AccountDeleted,
+    AlreadyConnected,
+    AlreadyDecided,
+    UnknownPractice,
+    clean_text,
+)
 from services.connections.model import Cause, PatientRef, Status
 from services.connections.views import ConnectionRequestView, ConnectionView, PageView, decode_cursor, encode_cursor
 from services.runtime.auth import Patient, StaffMember
@@ -103,7 +110,8 @@ def _already_decided(error: AlreadyDecided) -> Problem:
         "is the token's: `sub` (the patient id), `email`, and `name` if it carries one (the request's display_name, "
         "as staff see it: on one line, control characters as spaces, cut at 200 characters). The practice must be "
         "one the platform registered (PracticeRegistered): any other `practice_id` is a 422 naming it (rule "
-        "`registered_practice`)."
+        "`registered_practice`). A patient the platform deleted gets a 403 (`account-deleted`) until she registers "
+        "again: a token issued before the deletion still works until it expires."
     ),
     responses={
         200: {
@@ -138,6 +146,8 @@ async def ask_to_connect(
             str(error),
             errors=[{"field": "practice_id", "rule": "registered_practice", "message": str(error)}],
         ) from None
+    except AccountDeleted as error:
+        raise Problem(403, str(error), type_="urn:collabkare:problem:account-deleted") from None
     if not created:
         response.status_code = 200
     response.headers["Location"] = _OWN_REQUEST.format(request_id=request.id)

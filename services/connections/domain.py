@@ -41,6 +41,11 @@ class UnknownPractice(DomainError):
         super().__init__("No practice with this id is registered on CollabKare.")
 
 
+class AccountDeleted(DomainError):
+    def __init__(self) -> None:
+        super().__init__("This CollabKare account was deleted; it cannot ask to connect.")
+
+
 class AlreadyDecided(DomainError):
     def __init__(self, request: ConnectionRequest) -> None:
         super().__init__(f"The connection request was already {request.status.value}.")
@@ -79,9 +84,12 @@ def request_connection(
     connected: Connection | None,
     now: datetime,
     cause: Cause,
+    deleted: bool = False,
 ) -> Change:
     """A patient asks to connect to a practice of the platform's directory; asking again returns the pending
-    request unchanged."""
+    request unchanged. A patient the platform deleted cannot (her token may outlive her account)."""
+    if deleted:
+        raise AccountDeleted()
     if not practice_known:
         raise UnknownPractice()
     if connected is not None:

@@ -9,7 +9,7 @@ from typing import Generic, TypeVar
 
 import asyncpg
 
-from schemas import InviteAccepted, PracticeRegistered
+from schemas import InviteAccepted, PatientRegistered, PracticeRegistered
 from services.connections import domain, repository
 from services.connections.model import (
     Cause,
@@ -62,6 +62,11 @@ async def record_practices(db: asyncpg.Connection, events: list[PracticeRegister
     await repository.upsert_practices(db, domain.registered_practices(events))
 
 
+async def record_patients(db: asyncpg.Connection, events: list[PatientRegistered]) -> None:
+    """Consumer handler: a patient registered (again, after a deletion under the same id) may ask to connect."""
+    await repository.unmark_deleted(db, [event.payload.patient_id for event in events])
+
+
 async def forget_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:
     """Tombstone handler: the platform deleted the practice; patients can no longer ask to connect to it (its
     requests and connections stay, the practice's own record)."""
@@ -71,7 +76,10 @@ async def forget_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> Non
 async def forget_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
     """Tombstone handler: the platform deleted the patient's account. Her pending requests go: nobody is left to
     connect, and staff no longer see her address, name and message. The audit log says they were withdrawn; decided
-    requests and connections stay, the practice's own record."""
+    requests and connections stay, the practice's own record. Until she registers again she cannot ask anew (a token
+    issued before the deletion still works until it expires)."""
+    await repository.lock_patient_everywhere(db, patient_id)  # a request being made now commits first, then goes
+    await repository.mark_deleted(db, patient_id)
     withdrawn = await repository.delete_pending_requests(db, patient_id)
     await repository.append_audit(db, domain.withdrawn_on_deletion(patient_id, withdrawn, _now()))
     if withdrawn:
@@ -93,6 +101,7 @@ async def request_connection(
             connected=await repository.find_connection(db, practice_id, patient.patient_id),
             now=_now(),
             cause=cause,
+            deleted=await repository.is_deleted(db, patient.patient_id),
         )
         assert change.request is not None
         if not change.changed:

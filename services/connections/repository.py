@@ -262,6 +262,30 @@ async def practice_known(db: asyncpg.Connection, practice_id: uuid.UUID) -> bool
     return bool(await db.fetchval(PRACTICE_KNOWN, practice_id))
 
 
+async def lock_patient_everywhere(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
+    """The patient's lock alone (lock_patient takes it first): her deletion and her asking, deciding or connecting
+    at any practice take turns."""
+    await db.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('connections.patient:' || $1::uuid::text, 0))", patient_id
+    )
+
+
+async def mark_deleted(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
+    await db.execute(
+        "INSERT INTO connections.deleted_patients (patient_id) VALUES ($1)"
+        " ON CONFLICT (patient_id) DO UPDATE SET deleted_at = now()",
+        patient_id,
+    )
+
+
+async def unmark_deleted(db: asyncpg.Connection, patient_ids: list[uuid.UUID]) -> None:
+    await db.execute("DELETE FROM connections.deleted_patients WHERE patient_id = ANY($1::uuid[])", patient_ids)
+
+
+async def is_deleted(db: asyncpg.Connection, patient_id: uuid.UUID) -> bool:
+    return bool(await db.fetchval("SELECT 1 FROM connections.deleted_patients WHERE patient_id = $1", patient_id))
+
+
 async def delete_pending_requests(db: asyncpg.Connection, patient_id: uuid.UUID) -> list[tuple[uuid.UUID, uuid.UUID]]:
     """Delete the patient's pending requests, at every practice; (request id, practice id) of each. A decision
     under way on one of them finishes first (its row lock), and then finds it decided or gone."""

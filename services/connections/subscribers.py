@@ -11,11 +11,15 @@ ROUTES: tuple[Subscription, ...] = (
     Subscription(
         group=GROUP,
         topics=("invitations.v1", "platform.practices.v1", "platform.patients.v1"),
-        handlers={"InviteAccepted": handlers.connect_invited, "PracticeRegistered": handlers.record_practices},
+        handlers={
+            "InviteAccepted": handlers.connect_invited,
+            "PracticeRegistered": handlers.record_practices,
+            "PatientRegistered": handlers.record_patients,
+        },
         description=(
             "An accepted invite connects the patient to the practice and announces ConnectionApproved; the "
             "platform's practices are the ones patients may ask to connect to; a patient the platform deletes "
-            "withdraws her pending requests."
+            "withdraws her pending requests and cannot ask anew until she registers again."
         ),
         tombstones={
             "platform.practices.v1": handlers.forget_practice,

@@ -140,6 +140,25 @@ async def test_a_patient_the_platform_deleted_withdraws_her_pending_requests(ser
     dead = await read_to_end(service.bootstrap, service.topic_prefix + "connections.dead-letter.v1")
     assert [d for d in dead if d.key == str(patient).encode()] == []
 
+    # Her token outlives her account: it makes no new request (a black-box check: 201, and staff approved it) ...
+    token = {"Authorization": f"Bearer {patient_token(patient, 'gone@example.com')}"}
+    again = await service.http.post("/v1/connection-requests", json={"practice_id": str(first)}, headers=token)
+    assert again.status_code == 403, again.text
+    assert again.json()["type"] == "urn:collabkare:problem:account-deleted"
+    # ... until she registers again.
+    back = registered.model_copy(update={"event_id": uuid.uuid4()})
+    await produce(
+        service.bootstrap,
+        service.topic_prefix + "platform.patients.v1",
+        [(str(patient).encode(), back.model_dump_json().encode())],
+    )
+    marked = "SELECT count(*) FROM connections.deleted_patients WHERE patient_id = $1"
+    async with asyncio.timeout(20):
+        while await service.fetchval(marked, patient):
+            await asyncio.sleep(0.05)
+    welcome = await service.http.post("/v1/connection-requests", json={"practice_id": str(first)}, headers=token)
+    assert welcome.status_code == 201, welcome.text
+
 
 def _staff(practice_id: uuid.UUID) -> dict[str, str]:
     return {"Authorization": f"Bearer {staff_token(practice_id)}"}
