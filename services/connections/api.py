@@ -111,7 +111,7 @@ def _already_decided(error: AlreadyDecided) -> Problem:
         "as staff see it: on one line, control characters as spaces, cut at 200 characters). The practice must be "
         "one the platform registered (PracticeRegistered): any other `practice_id` is a 422 naming it (rule "
         "`registered_practice`). A patient the platform deleted gets a 403 (`account-deleted`) until she registers "
-        "again: a token issued before the deletion still works until it expires."
+        "again (a token issued before the deletion still authenticates her until it expires)."
     ),
     responses={
         200: {

@@ -31,10 +31,11 @@ FOR UPDATE
 # writer fail (a 500 to the approving staff) or let an ask slip in beside a connection not yet committed.
 # The patient's lock, whichever the practice: her events share one key on connections.v1, and their occurred_at must
 # follow their order there (two practices deciding at once dated their events against the order of their commits).
-# Then the practice's and patient's lock, the one pods of the release before take (alone) while a rollout runs.
+# Then the practice's and patient's lock, the one pods of the release before take (alone) while a rollout runs. Two
+# statements: the order matters, and PostgreSQL does not promise one for the calls of one select list.
+LOCK_PATIENT_EVERYWHERE = "SELECT pg_advisory_xact_lock(hashtextextended('connections.patient:' || $1::uuid::text, 0))"
 LOCK_PATIENT = """
-SELECT pg_advisory_xact_lock(hashtextextended('connections.patient:' || $2::uuid::text, 0)),
-       pg_advisory_xact_lock(hashtextextended('connections.patient:' || $1::uuid::text || ':' || $2::uuid::text, 0))
+SELECT pg_advisory_xact_lock(hashtextextended('connections.patient:' || $1::uuid::text || ':' || $2::uuid::text, 0))
 """
 
 REQUEST_PATIENT = "SELECT patient_id FROM connections.connection_requests WHERE practice_id = $1 AND id = $2"
@@ -125,6 +126,7 @@ def _connection(row: asyncpg.Record) -> Connection:
 async def lock_patient(db: asyncpg.Connection, practice_id: uuid.UUID, patient_id: uuid.UUID) -> None:
     """Until the transaction ends, the only one asking for, deciding on or making a connection of this patient's,
     at any practice."""
+    await db.execute(LOCK_PATIENT_EVERYWHERE, patient_id)
     await db.execute(LOCK_PATIENT, practice_id, patient_id)
 
 
@@ -265,9 +267,7 @@ async def practice_known(db: asyncpg.Connection, practice_id: uuid.UUID) -> bool
 async def lock_patient_everywhere(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
     """The patient's lock alone (lock_patient takes it first): her deletion and her asking, deciding or connecting
     at any practice take turns."""
-    await db.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended('connections.patient:' || $1::uuid::text, 0))", patient_id
-    )
+    await db.execute(LOCK_PATIENT_EVERYWHERE, patient_id)
 
 
 async def mark_deleted(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:

@@ -18,9 +18,13 @@ async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry
     compacted by patient id, and a directory rebuilt from it knows only that one. A registration older than the
     patient's newest changes nothing; two at the same time, the greater address stays. Then the addresses it
     touched are derived again: the one it left, and the one it names."""
-    touched = await _addresses_of(db, [e.patient_id for e in entries]) | {e.email for e in entries}
+    patient_ids = [e.patient_id for e in entries]
+    touched = await _addresses_of(db, patient_ids) | {e.email for e in entries}
     await _lock_addresses(db, touched)
-    await db.execute(
+    named = await db.fetch(
+        "SELECT patient_id, email FROM notifier.registrations WHERE patient_id = ANY($1)", patient_ids
+    )
+    written = await db.fetch(
         """
         INSERT INTO notifier.registrations AS r (patient_id, email, display_name, locale, registered_at)
         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
@@ -28,19 +32,16 @@ async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry
             SET email = EXCLUDED.email, display_name = EXCLUDED.display_name, locale = EXCLUDED.locale,
                 registered_at = EXCLUDED.registered_at
             WHERE (r.registered_at, r.email) <= (EXCLUDED.registered_at, EXCLUDED.email)
+        RETURNING r.patient_id, r.email
         """,
         *zip(*((e.patient_id, e.email, e.display_name, e.locale, e.registered_at) for e in entries), strict=True),
     )
     await _derive(db, touched)
-    # Registered again after the platform deleted the account (a registration that took effect, not a stale one):
-    # on CollabKare once more.
-    await db.execute(
-        """
-        DELETE FROM notifier.departed_patients d
-        WHERE d.email = ANY($1::text[]) AND EXISTS (SELECT 1 FROM notifier.patients p WHERE p.email = d.email)
-        """,
-        sorted(touched),
-    )
+    # An address a registration took (not a stale one, nor a patient naming hers again: a sharer's new name), after
+    # the platform deleted the patient who had it: on CollabKare once more, hers.
+    before = {row["patient_id"]: row["email"] for row in named}
+    taken = sorted({row["email"] for row in written if before.get(row["patient_id"]) != row["email"]})
+    await db.execute("DELETE FROM notifier.departed_patients WHERE email = ANY($1::text[])", taken)
 
 
 async def _addresses_of(db: asyncpg.Connection, patient_ids: list[uuid.UUID]) -> set[str]:

@@ -96,7 +96,8 @@ async def test_a_deleted_patients_address_stays_departed_through_a_stale_registr
 ) -> None:
     """A black-box check: a replayed older registration naming a deleted patient's address wiped its departed mark
     (the registration itself changed nothing), and an address a deleted patient shared was never marked, so once the
-    other patient moved away a rejection to it was emailed."""
+    other patient moved away a rejection to it was emailed; a review: so was it after that other patient only changed
+    her name."""
     carol, ana, bea, dee = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     later = T0 + timedelta(days=1)
     async with scratch(infra, template_database) as (_, _, admin):
@@ -116,6 +117,10 @@ async def test_a_deleted_patients_address_stays_departed_through_a_stale_registr
         async with admin.acquire() as db, db.transaction():
             stale = PatientEntry("x@example.com", carol, None, "en", T0)  # older than Carol's newest: no effect
             await directory_repository.upsert_patients(db, [stale])
+            stale_shared = PatientEntry(FAMILY, carol, None, "en", T0)  # the same, naming an address Bea holds
+            renamed = PatientEntry(FAMILY, bea, "Bea B.", "en", later)  # Bea changes her name, not her address
+            await directory_repository.upsert_patients(db, [stale_shared])
+            await directory_repository.upsert_patients(db, [renamed])
             moved = PatientEntry("bea@example.com", bea, None, "en", later + timedelta(days=1))
             await directory_repository.upsert_patients(db, [moved])
         patients = await admin.fetch("SELECT email FROM notifier.patients ORDER BY email")
