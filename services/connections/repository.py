@@ -26,13 +26,12 @@ WHERE practice_id = $1 AND id = $2
 FOR UPDATE
 """
 
-# Everything that may connect a patient to a practice, or ask for it, takes turns per (practice, patient): an ask, a
-# decision and an accepted invite each read the connection and then write, and the unique index alone made the later
-# writer fail (a 500 to the approving staff) or let an ask slip in beside a connection not yet committed.
-# The patient's lock, whichever the practice: her events share one key on connections.v1, and their occurred_at must
-# follow their order there (two practices deciding at once dated their events against the order of their commits).
-# Then the practice's and patient's lock, the one pods of the release before take (alone) while a rollout runs. Two
-# statements: the order matters, and PostgreSQL does not promise one for the calls of one select list.
+# Everything that may connect a patient to a practice, or ask for it, takes turns per patient: an ask, a decision
+# and an accepted invite each read the connection and then write (the unique index alone made the later writer fail,
+# a 500 to the approving staff, or let an ask slip in beside a connection not yet committed), and her events share
+# one key on connections.v1, their occurred_at following their order there only if her changes at every practice
+# take turns. Then the (practice, patient) lock, the one pods of the release before take (alone) while a rollout
+# runs. Two statements: the order matters, and PostgreSQL does not promise one for the calls of one select list.
 LOCK_PATIENT_EVERYWHERE = "SELECT pg_advisory_xact_lock(hashtextextended('connections.patient:' || $1::uuid::text, 0))"
 LOCK_PATIENT = """
 SELECT pg_advisory_xact_lock(hashtextextended('connections.patient:' || $1::uuid::text || ':' || $2::uuid::text, 0))
@@ -126,7 +125,7 @@ def _connection(row: asyncpg.Record) -> Connection:
 async def lock_patient(db: asyncpg.Connection, practice_id: uuid.UUID, patient_id: uuid.UUID) -> None:
     """Until the transaction ends, the only one asking for, deciding on or making a connection of this patient's,
     at any practice."""
-    await db.execute(LOCK_PATIENT_EVERYWHERE, patient_id)
+    await lock_patient_everywhere(db, patient_id)
     await db.execute(LOCK_PATIENT, practice_id, patient_id)
 
 

@@ -18,12 +18,9 @@ async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry
     compacted by patient id, and a directory rebuilt from it knows only that one. A registration older than the
     patient's newest changes nothing; two at the same time, the greater address stays. Then the addresses it
     touched are derived again: the one it left, and the one it names."""
-    patient_ids = [e.patient_id for e in entries]
-    touched = await _addresses_of(db, patient_ids) | {e.email for e in entries}
+    touched, before = await _addresses_of(db, [e.patient_id for e in entries])
+    touched |= {e.email for e in entries}
     await _lock_addresses(db, touched)
-    named = await db.fetch(
-        "SELECT patient_id, email FROM notifier.registrations WHERE patient_id = ANY($1)", patient_ids
-    )
     written = await db.fetch(
         """
         INSERT INTO notifier.registrations AS r (patient_id, email, display_name, locale, registered_at)
@@ -39,21 +36,20 @@ async def upsert_patients(db: asyncpg.Connection, entries: Sequence[PatientEntry
     await _derive(db, touched)
     # An address a registration took (not a stale one, nor a patient naming hers again: a sharer's new name), after
     # the platform deleted the patient who had it: on CollabKare once more, hers.
-    before = {row["patient_id"]: row["email"] for row in named}
     taken = sorted({row["email"] for row in written if before.get(row["patient_id"]) != row["email"]})
     await db.execute("DELETE FROM notifier.departed_patients WHERE email = ANY($1::text[])", taken)
 
 
-async def _addresses_of(db: asyncpg.Connection, patient_ids: list[uuid.UUID]) -> set[str]:
-    """The addresses the patients' registrations name now, and their rows in `patients` (one a notifier of the
-    release before wrote there has no registration). A patient's events come in order on her partition, to one
-    consumer: what she names cannot change before this transaction ends."""
+async def _addresses_of(db: asyncpg.Connection, patient_ids: list[uuid.UUID]) -> tuple[set[str], dict[uuid.UUID, str]]:
+    """The addresses the patients' registrations name now, with their rows in `patients` (one a notifier of the
+    release before wrote there has no registration); and the address each registration names. A patient's events
+    come in order on her partition, to one consumer: what she names cannot change before this transaction ends."""
     rows = await db.fetch(
-        "SELECT email FROM notifier.registrations WHERE patient_id = ANY($1::uuid[])"
-        " UNION SELECT email FROM notifier.patients WHERE patient_id = ANY($1::uuid[])",
+        "SELECT patient_id, email, true AS registered FROM notifier.registrations WHERE patient_id = ANY($1::uuid[])"
+        " UNION ALL SELECT patient_id, email, false FROM notifier.patients WHERE patient_id = ANY($1::uuid[])",
         patient_ids,
     )
-    return {row["email"] for row in rows}
+    return {row["email"] for row in rows}, {row["patient_id"]: row["email"] for row in rows if row["registered"]}
 
 
 # The addresses a registration or a tombstone touches are derived by one transaction at a time: two notifiers applying
@@ -121,7 +117,7 @@ async def delete_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
     """The patient's registration: an email to her address is then not_on_platform, unless another patient's newest
     registration names it; a connection email too, then or once that other patient leaves it (the address is kept as
     departed for DELIVERY_RETENTION_DAYS, without the patient's name)."""
-    touched = await _addresses_of(db, [patient_id])
+    touched, _ = await _addresses_of(db, [patient_id])
     await _lock_addresses(db, touched)
     await db.execute("DELETE FROM notifier.registrations WHERE patient_id = $1", patient_id)
     await _derive(db, touched)
