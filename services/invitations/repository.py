@@ -146,6 +146,7 @@ WITH revoked AS (
     UPDATE invitations.invites AS i SET status = 'revoked', revoked_at = $3, revoked_by = $4
     FROM unnest($1::uuid[], $2::text[]) AS c(practice_id, email_key)
     WHERE i.practice_id = c.practice_id AND i.email_key = c.email_key AND i.status = 'pending'
+      AND i.expires_at > $3  -- one past its week is expired, by the sweeper, not revoked
     RETURNING i.id, i.practice_id, i.email_key, i.revoked_by, i.revoked_at, i.batch_id, i.line_number
 ), rows AS (
     -- Lets go of the invite, as a resend's flagged row does: a late outcome of it cannot overwrite the row.

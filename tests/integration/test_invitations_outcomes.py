@@ -270,6 +270,20 @@ async def test_a_patient_approved_by_request_has_the_practices_pending_invite_re
     assert len(await service.events(practice, "InviteRevoked")) == 1
 
 
+async def test_an_invite_past_its_week_is_left_to_expire_when_its_patient_connects(service: Service) -> None:
+    """A review: an invite past its expiry that the sweeper had not reached yet was revoked by
+    system:patient-connected when the patient's approval came, and its history said revoked, not expired."""
+    practice = uuid.uuid4()
+    await service.submit(practice, "hal@example.com")
+    await service.admin.execute(
+        "UPDATE invitations.invites SET expires_at = now() - interval '1 minute' WHERE practice_id = $1", practice
+    )
+    await _deliver(service, "connections.v1", _approved(practice, "hal@example.com"))
+    # Expired by its time (the sweeper, not running here, will say so), not revoked.
+    assert await _statuses(service, practice) == [("hal@example.com", "pending", None)]
+    assert await service.events(practice, "InviteRevoked") == []
+
+
 async def test_a_row_whose_patient_connected_before_the_email_was_delivered_ends_already_connected(
     service: Service,
 ) -> None:
