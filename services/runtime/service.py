@@ -56,6 +56,7 @@ class ServiceSpec:
 
 
 INBOX_PRUNE_SECONDS = 3600.0
+SCHEMA_WAIT_SECONDS = 2.0  # how often a pod started on a schema behind its code looks again
 
 
 async def prune_inbox(runtime: ServiceRuntime) -> None:
@@ -178,7 +179,24 @@ class ServiceRuntime:
             # different: the API serves and the outbox keeps events while it is away (_start_consumers).
             raise DependencyUnavailable("database", _servers(settings.database_url), error) from error
         self.consumers.pool = self.pool
-        await self.database_ready()  # a schema behind the code is named now, not at the first failing query
+        # A schema behind the code is named now, not at the first failing query; and nothing of the pod's own work
+        # starts on it. Readiness keeps requests away, but a consumer would join its group, take partitions from
+        # the pods on the migrated schema and stall them retrying, and a job would fail on every run, until the
+        # migration Job ran (a failed one, a GitOps tool applying everything at once).
+        if await self.database_ready():
+            await self._start_work()
+        else:
+            self._tasks.append(asyncio.create_task(self._start_work_once_ready(), name="wait-for-schema"))
+        log.info("service.started", port=settings.port)
+
+    async def _start_work_once_ready(self) -> None:
+        while not await self.database_ready():  # logged once, with why, when the answer changes
+            await asyncio.sleep(SCHEMA_WAIT_SECONDS)
+        await self._start_work()
+
+    async def _start_work(self) -> None:
+        """The relay, the consumers and the background jobs, once the database is usable."""
+        settings = self.settings
         self.relay = OutboxRelay(
             self.pool,
             self.schema,
@@ -197,7 +215,6 @@ class ServiceRuntime:
             name = getattr(job, "__qualname__", type(job).__name__)
             run = functools.partial(job, self)
             self._tasks.append(asyncio.create_task(self.jobs.keep_running(name, run), name=name))
-        log.info("service.started", port=settings.port)
 
     async def _start_consumers(self) -> None:
         """Keep trying until the broker answers: the HTTP API serves (and accepts work) meanwhile."""
