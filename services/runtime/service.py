@@ -190,9 +190,11 @@ class ServiceRuntime:
         log.info("service.started", port=settings.port)
 
     async def _start_work_once_ready(self) -> None:
-        while not await self.database_ready():  # logged once, with why, when the answer changes
+        while True:
+            if await self.database_ready():  # logged once, with why, when the answer changes
+                await self._start_work()
+                return
             await asyncio.sleep(SCHEMA_WAIT_SECONDS)
-        await self._start_work()
 
     async def _start_work(self) -> None:
         """The relay, the consumers and the background jobs, once the database is usable."""

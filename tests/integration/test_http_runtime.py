@@ -453,7 +453,7 @@ async def test_a_pod_on_a_schema_behind_its_code_starts_no_work_until_it_is_migr
     database: ScratchDatabase, topic_prefix: str
 ) -> None:
     """Found by an operator's review: readiness kept requests away from such a pod, but its consumers joined their
-    groups (taking partitions from the migrated pods and stalling them) and its jobs ran, until the migration Job ran."""
+    groups (taking partitions from the migrated pods and stalling them) and its jobs ran until its migrations did."""
     env = service_env(database, "connections", topic_prefix)
     settings = ConnectionsSettings(**{k.lower(): v for k, v in env.items()})
     started = asyncio.Event()
@@ -470,15 +470,18 @@ async def test_a_pod_on_a_schema_behind_its_code_starts_no_work_until_it_is_migr
             ServiceSpec("connections", "test", "test", MIGRATIONS, background_jobs=(job,)), settings
         )
         app = runtime.http_app()
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
-                behind = await http.get("/readyz", params={"exclude": "broker"})
-                await asyncio.sleep(1)  # room for a job to have started, had it been let
-                assert not started.is_set() and runtime.relay is None
-                await admin.execute("INSERT INTO connections.schema_migrations (version) VALUES ($1)", latest)
-                async with asyncio.timeout(20):
-                    await started.wait()
-                migrated = await http.get("/readyz", params={"exclude": "broker"})
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://test") as http,
+        ):
+            behind = await http.get("/readyz", params={"exclude": "broker"})
+            await asyncio.sleep(1)  # room for a job to have started, had it been let
+            assert not started.is_set() and runtime.relay is None
+            await admin.execute("INSERT INTO connections.schema_migrations (version) VALUES ($1)", latest)
+            async with asyncio.timeout(20):
+                await started.wait()
+            migrated = await http.get("/readyz", params={"exclude": "broker"})
         assert behind.status_code == 503 and behind.json()["checks"]["database"] is False
         assert migrated.status_code == 200, migrated.text
     finally:
