@@ -227,7 +227,7 @@ class BatchConsumer:
             except Exception as error:
                 failures += 1
                 if is_transient(error) or failures < context.max_attempts:
-                    await self._backoff(failures, "consumer.tombstone_failed", error)
+                    await self._backoff(failures, "tombstone_failed", error)
                     continue
                 await self.dead_letter(record, f"{type(error).__name__}: {error}")
                 return
@@ -244,10 +244,10 @@ class BatchConsumer:
                 failures += 1
                 if is_transient(error):
                     # The database or broker is away: wait for it, however long, and lose nothing.
-                    await self._backoff(failures, "consumer.dependency_down", error)
+                    await self._backoff(failures, "dependency_down", error)
                     continue
                 if failures < self.context.max_attempts:
-                    await self._backoff(failures, "consumer.apply_failed", error)
+                    await self._backoff(failures, "apply_failed", error)
                     continue
                 if len(items) > 1:
                     for item in items:
@@ -308,9 +308,13 @@ class BatchConsumer:
             error=reason[:300],
         )
 
-    async def _backoff(self, failures: int, what: str, error: BaseException) -> None:
+    async def _backoff(self, failures: int, reason: str, error: BaseException) -> None:
+        """Wait before trying again; `reason` is one of RETRY_REASONS (the log line says `consumer.<reason>`)."""
         delay = min(30.0, self.context.retry_base_seconds * 2**failures) * random.uniform(0.5, 1.0)
-        log.warning(what, group=self.subscription.group, error=repr(error)[:300], retry_in=round(delay, 2))
+        log.warning(
+            f"consumer.{reason}", group=self.subscription.group, error=repr(error)[:300], retry_in=round(delay, 2)
+        )
+        self.context.metrics.consumer_retries.labels(self.subscription.group, reason).inc()
         await asyncio.sleep(delay)
 
 

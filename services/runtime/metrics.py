@@ -6,6 +6,11 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Why a consumer waits and tries again (consumer_retries_total's `reason`): the database or broker away or refusing
+# (retried without end), an error of the batch itself (retried a few times, then the batch is split and the event
+# dead-lettered), or either for a tombstone.
+RETRY_REASONS = ("dependency_down", "apply_failed", "tombstone_failed")
+
 
 class Metrics:
     def __init__(self, service: str, groups: Iterable[str] = ()) -> None:
@@ -35,6 +40,19 @@ class Metrics:
         # At 0 from the start: `increase()` needs a sample before the first dead letter, or it never sees it.
         for group in groups:
             self.dead_letters.labels(group)
+        # Each wait before a consumer tries a batch (or a tombstone) again, by why. An error of the database being
+        # away, refusing (a permission, a column missing: a schema behind the code) or timing out is retried
+        # without end, so that nothing is lost: a group stuck on one stays ready, owns its partitions and
+        # dead-letters nothing, and shows only here.
+        self.consumer_retries = Counter(
+            "consumer_retries_total",
+            "Retries of a batch or tombstone a consumer could not apply, by group and why",
+            ["group", "reason"],
+            registry=self.registry,
+        )
+        for group in groups:
+            for reason in RETRY_REASONS:
+                self.consumer_retries.labels(group, reason)
         # Read at each scrape: a consumer the broker refuses (a session timeout below the broker's minimum, an ACL)
         # never joins its group and owns nothing, while the pod stays ready and its HTTP API serves.
         self.partitions_assigned = Gauge(

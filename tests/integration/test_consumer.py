@@ -406,8 +406,11 @@ async def test_a_database_behind_the_code_is_waited_for_not_dead_lettered(
         bootstrap = database.infra.kafka_bootstrap
         await produce(bootstrap, topic_prefix + "invitations.v1", [(b"k", event.model_dump_json().encode())])
         dead_letters = runtime.metrics.dead_letters.labels(GROUP)
+        retries = runtime.metrics.consumer_retries.labels(GROUP, "dependency_down")
         await asyncio.sleep(1.0)  # far past 3 attempts at a 0.01 s base: the old code had dead-lettered it by now
         assert dead_letters._value.get() == 0, "an outage's event was dead-lettered"
+        # What an operator sees of the stall (the pod ready, its partitions owned, nothing dead-lettered).
+        assert retries._value.get() >= 3, "the retries of a stalled group are counted"
         await owner.execute('ALTER TABLE "connections".effects_later RENAME TO effects')  # the Job has run
     finally:
         await owner.close()

@@ -9,6 +9,7 @@ import httpx
 
 from collabkare.docs import runtimes
 from services.notifier.domain import Kind, Outcome
+from services.runtime.metrics import RETRY_REASONS
 from services.runtime.service import ServiceRuntime
 
 
@@ -24,13 +25,16 @@ def _value(text: str, series: str) -> float | None:
     return None if match is None else float(match.group(1))
 
 
-async def test_every_consumer_groups_dead_letters_are_at_zero_before_the_first() -> None:
+async def test_every_consumer_groups_dead_letters_and_retries_are_at_zero_before_the_first() -> None:
     for name, runtime in runtimes().items():
         groups = [subscription.group for subscription in runtime.spec.subscriptions]
         assert groups, f"{name} consumes nothing?"
         text = await _scrape(runtime)
         for group in groups:
             assert _value(text, f'dead_letters_total{{group="{group}"}}') == 0.0, (name, group)
+            for reason in RETRY_REASONS:
+                retries = f'consumer_retries_total{{group="{group}",reason="{reason}"}}'
+                assert _value(text, retries) == 0.0, (name, group, reason)
 
 
 async def test_every_email_kind_and_outcome_is_at_zero_before_the_first() -> None:
