@@ -9,9 +9,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.notifier.domain import Kind, Outcome
 
+# Why deliveries were claimed again (emails_reclaimed_total's `reason`): taken back by the restart of a killed run in
+# its slot, or their lease expired (a run without a slot, or one frozen past it).
+RECLAIM_REASONS = ("earlier_run", "lease_expired")
+
 
 class NotifierMetrics:
-    """emails_total{kind,outcome}, email_retries_total{kind}, email_send_seconds, email_backlog."""
+    """emails_total{kind,outcome}, email_retries_total{kind}, emails_reclaimed_total{reason}, email_send_seconds,
+    email_backlog."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.emails = Counter(
@@ -29,6 +34,16 @@ class NotifierMetrics:
             "Deliveries not yet final (pending or being sent) across every notifier process, counted every 5 s",
             registry=registry,
         )
+        # Deliveries claimed by a run that ended without recording them (killed, out of memory, frozen past its
+        # lease) and queued again: each may have reached the relay already, so may reach the patient twice.
+        self.reclaimed = Counter(
+            "emails_reclaimed_total",
+            "Deliveries queued again after the run that claimed them ended or froze without recording them",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in RECLAIM_REASONS:
+            self.reclaimed.labels(reason)
         # labels() takes a lock and builds a key on every call; a handful of children serve every email.
         self._emails: dict[tuple[str, str], Counter] = {}
         self._retries: dict[str, Counter] = {}

@@ -150,6 +150,7 @@ class _Run:
             return
         if taken:
             log.warning("delivery.taken_back_from_earlier_run", count=taken)
+            self.metrics.reclaimed.labels("earlier_run").inc(taken)
 
     async def _claim_loop(self) -> None:
         listener: asyncpg.Connection | None = None
@@ -337,6 +338,7 @@ class _Run:
                 continue
             if expired:
                 log.warning("delivery.lease_expired", count=expired)
+                self.metrics.reclaimed.labels("lease_expired").inc(expired)
                 self.wake.set()
 
     async def _renew(self) -> None:

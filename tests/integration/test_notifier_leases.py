@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -351,11 +352,15 @@ async def test_a_notifier_restarted_in_its_slot_sends_what_its_killed_run_held_a
             for row in await admin.fetch("SELECT message_id FROM notifier.deliveries WHERE status = 'sending'")
         }
         window = held & set(relay.copies)  # accepted by the relay, not recorded: may be sent again
-        with notifier_processes(env, 1, tmp_path):
+        with notifier_processes(env, 1, tmp_path) as [again]:
             rows = await notifier.deliveries(ids, timeout=60)  # a bound well inside the 300 s lease
+            async with httpx.AsyncClient(base_url=again.url) as http:
+                metrics = (await http.get("/metrics")).text
         restarted = (tmp_path / "notifier-1.log").read_text()
     assert len(held) > 2, "the killed run held claims it had not sent"
     assert sorted(row["status"] for row in rows) == ["sent"] * INVITES, "the killed run's claims waited"
     assert "delivery.taken_back_from_earlier_run" in restarted, restarted[-2000:]
+    # What an operator's alert reads: every claim the killed run held, each a possible second email.
+    assert f'emails_reclaimed_total{{reason="earlier_run"}} {float(len(held))}' in metrics, metrics
     twice = {message_id for message_id, copies in relay.copies.items() if copies > 1}
     assert len(relay.copies) == INVITES and twice <= window, f"sent twice outside the crash window: {twice - window}"

@@ -9,6 +9,7 @@ import httpx
 
 from collabkare.docs import runtimes
 from services.notifier.domain import Kind, Outcome
+from services.notifier.metrics import RECLAIM_REASONS
 from services.runtime.metrics import RETRY_REASONS
 from services.runtime.service import ServiceRuntime
 
@@ -44,6 +45,8 @@ async def test_every_email_kind_and_outcome_is_at_zero_before_the_first() -> Non
         for outcome in get_args(Outcome):
             assert _value(text, f'emails_total{{kind="{kind}",outcome="{outcome}"}}') == 0.0, (kind, outcome)
     assert "error" in get_args(Outcome), "the error-share alert reads outcome=error"
+    for reason in RECLAIM_REASONS:
+        assert _value(text, f'emails_reclaimed_total{{reason="{reason}"}}') == 0.0, reason
 
 
 async def test_every_roster_work_s_refusals_are_at_zero_before_the_first() -> None:
