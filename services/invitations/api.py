@@ -31,6 +31,7 @@ from services.invitations.domain import (
     AlreadyInvited,
     AlreadyReplaced,
     Invite,
+    InviteStatus,
     NotChangeable,
 )
 from services.invitations.handlers import InviteNotFound
@@ -141,7 +142,9 @@ def _conflict(error: AlreadyConnected | AlreadyInvited | NotChangeable | Already
         assert error.invite.replaced_by is not None
         replaced_by = str(error.invite.replaced_by)
         return Problem(409, str(error), type_="urn:collabkare:problem:already-resent", replaced_by=replaced_by)
-    return Problem(409, str(error), type_="urn:collabkare:problem:invite-not-changeable", status_now=error.status.value)
+    return Problem(
+        409, str(error), type_="urn:collabkare:problem:invite-not-changeable", current_status=error.status.value
+    )
 
 
 _CREATED: dict[int | str, dict[str, Any]] = {
@@ -229,6 +232,10 @@ async def access_history(
 @router.post(
     "/v1/practices/{practice_id}/invites/{invite_id}/revoke",
     summary="Revoke a pending invite (revoking it again changes nothing)",
+    description=(
+        "409 `invite-not-changeable` (with `current_status`) for an accepted or expired invite; 409 `already-resent` "
+        "(with `replaced_by`) for one a resend replaced: revoke the newer invite, whose link works."
+    ),
     responses=problems(401, 403, 404, 409, 422),
 )
 async def revoke_invite(
@@ -238,7 +245,7 @@ async def revoke_invite(
         invite = await handlers.revoke_invite(pool, practice_id, invite_id, actor=staff.subject, cause=cause)
     except InviteNotFound:
         raise Problem(404, "No such invite.") from None
-    except NotChangeable as error:
+    except (NotChangeable, AlreadyReplaced) as error:
         raise _conflict(error) from None
     return InviteView.of(invite)
 
@@ -337,14 +344,14 @@ def _refusal(decision: Decision, invite: Invite, tries_left: int) -> Problem:
         return Problem(409, "This invite has already been used.", type_=kind)
     if decision is Decision.ALREADY_CONNECTED:
         return Problem(409, "You are already connected to this practice; this invite is no longer needed.", type_=kind)
+    # An accepted invite cannot be resent (its patient is connected): no advice to ask for what staff cannot do.
+    then = "" if invite.status is InviteStatus.ACCEPTED else "; ask the practice to resend it"
     if decision is Decision.LOCKED:
-        return Problem(
-            403, "This invite is locked after too many wrong answers; ask the practice to resend it.", type_=kind
-        )
+        return Problem(403, f"This invite is locked after too many wrong answers{then}.", type_=kind)
     if decision is Decision.WRONG_FACTOR:
         detail = "The identity details do not match this invite."
         if tries_left == 0:
-            detail += " The invite is now locked; ask the practice to resend it."
+            detail += f" The invite is now locked{then}."
         return Problem(403, detail, type_=kind, tries_left=tries_left)
     if decision is Decision.OTHER_EMAIL:
         return Problem(

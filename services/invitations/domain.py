@@ -220,7 +220,10 @@ def new_invite(
 
 
 def revoke(invite: Invite, *, actor: str, now: datetime, replaced_by: uuid.UUID | None = None) -> Invite:
-    """A pending invite becomes revoked; anything else is refused (revoking twice is the caller's no-op)."""
+    """A pending invite becomes revoked; anything else is refused (revoking twice is the caller's no-op). One a
+    resend replaced is refused as such: the newer invite is the one whose link works."""
+    if invite.replaced_by is not None:
+        raise AlreadyReplaced(invite)
     status = invite.current_status(now)
     if status is not InviteStatus.PENDING:
         raise NotChangeable(invite, "revoked", status)

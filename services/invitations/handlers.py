@@ -133,12 +133,12 @@ async def access_history(pool: asyncpg.Pool, practice_id: uuid.UUID, email: str)
 async def revoke_invite(
     pool: asyncpg.Pool, practice_id: uuid.UUID, invite_id: uuid.UUID, *, actor: str, cause: Cause
 ) -> Invite:
-    """Revoking a revoked invite answers with it unchanged; accepted or expired ones are refused."""
+    """Revoking a revoked invite answers with it unchanged; accepted, expired and resent ones are refused."""
     async with transaction(pool) as db:
         invite = await repository.lock_invite(db, practice_id, invite_id)
         if invite is None:
             raise InviteNotFound()
-        if invite.status is InviteStatus.REVOKED:
+        if invite.status is InviteStatus.REVOKED and invite.replaced_by is None:
             return invite
         revoked = domain.revoke(invite, actor=actor, now=now_utc())
         await repository.update_invite(db, revoked)

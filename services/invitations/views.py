@@ -50,7 +50,10 @@ class InviteView(BaseModel):
     accepted_by: str | None
     accepted_at: datetime | None
     expired_at: datetime | None
-    locked: bool = Field(description="A pending invite locked after too many wrong identity answers")
+    locked: bool = Field(
+        description="Locked after too many wrong identity answers (kept once it was revoked, resent or expired; "
+        "never shown for an accepted invite)"
+    )
 
     @staticmethod
     def link(invite: Invite) -> str:
@@ -84,8 +87,9 @@ class InviteView(BaseModel):
             accepted_by=invite.accepted_by,
             accepted_at=invite.accepted_at,
             expired_at=invite.expired_at or (invite.expires_at if status is InviteStatus.EXPIRED else None),
-            # Of a pending invite only: retries locked after acceptance change nothing staff act on.
-            locked=invite.locked_at is not None and status is InviteStatus.PENDING,
+            # Kept in the history once the invite was revoked, resent or expired (someone tried its factor five
+            # times: staff should know); not of an accepted one, whose retries change nothing staff act on.
+            locked=invite.locked_at is not None and status is not InviteStatus.ACCEPTED,
         )
 
 

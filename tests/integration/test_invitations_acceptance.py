@@ -144,6 +144,7 @@ async def test_an_invite_with_factors_needs_one_matching_factor(service: Service
         await _accept(service, token, patient_id=ann, ssn=f"123-45-000{guess}")
     locked = await _accept(service, token, patient_id=ann, ssn="123-45-6789")
     assert locked.status_code == 403 and locked.json()["type"] == "urn:collabkare:problem:invite-locked"
+    assert "resend" not in locked.json()["detail"], "an accepted invite cannot be resent: no such advice"
     state = await _status(service, invite_id)
     assert (state["status"], state["failed_attempts"], state["locked_at"] is not None) == ("accepted", 5, True)
     _, _, by_ssn = await _individual_invite(service, "bob@example.com", ssn="587654321")
@@ -193,6 +194,11 @@ async def test_staff_inviting_a_patient_whose_invite_is_locked_are_told_to_resen
     assert "locked after too many wrong identity answers; resend it" in again.json()["detail"]
     resent = await service.http.post(f"/v1/practices/{practice}/invites/{invite_id}/resend", headers=staff(practice))
     assert resent.status_code == 201, resent.text
+    # The access history keeps that someone tried its factor five times (a probe: it read "locked": false once
+    # resent); the new invite starts unlocked.
+    assert resent.json()["previous"]["locked"] is True and resent.json()["invite"]["locked"] is False
+    old = await service.http.get(f"/v1/practices/{practice}/invites/{invite_id}", headers=staff(practice))
+    assert old.json()["status"] == "revoked" and old.json()["locked"] is True
 
 
 async def test_expired_and_revoked_invites_answer_410_saying_which(service: Service) -> None:

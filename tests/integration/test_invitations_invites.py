@@ -274,7 +274,7 @@ async def test_revoke_publishes_invite_revoked_once(service: Service) -> None:
         "UPDATE invitations.invites SET status = 'accepted' WHERE id = $1", uuid.UUID(invite["id"])
     )
     refused = await _act(service, practice, invite["id"], "revoke", "m")
-    assert refused.status_code == 409 and refused.json()["status_now"] == "accepted"
+    assert refused.status_code == 409 and refused.json()["current_status"] == "accepted"
 
 
 async def test_an_invite_revoked_or_accepted_after_it_was_chosen_to_be_replaced_is_not_revoked_again(
@@ -355,6 +355,11 @@ async def test_resend_revokes_and_sends_a_new_token_and_history_keeps_everything
     assert revocations == {first["id"]: None, second["id"]: third["id"]}
     twice = await _act(service, practice, second["id"], "resend", "staff-5")
     assert twice.status_code == 409 and twice.json()["replaced_by"] == third["id"]
+    # A black-box probe: revoking the resent invite answered 200 "revoked" while the newer one stayed live.
+    stale = await _act(service, practice, second["id"], "revoke", "staff-5")
+    assert stale.status_code == 409 and stale.json()["type"] == "urn:collabkare:problem:already-resent"
+    assert stale.json()["replaced_by"] == third["id"]
+    assert (await _act(service, practice, first["id"], "revoke", "staff-5")).status_code == 200, "revoked twice"
 
     # Each new invite is at its Location (integrators asked for one): the same view as the history's.
     assert resent.headers["location"] == f"/v1/practices/{practice}/invites/{third['id']}"

@@ -31,6 +31,7 @@ export function clearHistory() {
   rendered = null;
   $("history-result").hidden = true;
   clearError($("history-error"));
+  clearError($("invite-one-error"));
 }
 
 async function lookUp(email, announceIt, refreshing = false) {
@@ -103,19 +104,25 @@ function inviteRow(invite, items) {
 }
 
 function trail(invite) {
+  // What happened to it, oldest first (an invite that expired and was resent later reads in that order).
+  const events = [];
+  if (invite.revoked_by) events.push([invite.revoked_at, `Revoked by ${invite.revoked_by} on ${formatDate(invite.revoked_at)}`]);
+  if (invite.resent_by) events.push([invite.resent_at, `Resent by ${invite.resent_by} on ${formatDate(invite.resent_at)}`]);
+  // accepted_by is the patient's account id; an invite can only be accepted from the address it was sent to.
+  if (invite.accepted_by) events.push([invite.accepted_at, `Accepted by the patient on ${formatDate(invite.accepted_at)}`]);
+  if (invite.expired_at) events.push([invite.expired_at, `Expired on ${formatDate(invite.expired_at)}`]);
+  events.sort((a, b) => Date.parse(a[0]) - Date.parse(b[0]));
   const lines = [`Sent by ${invite.sent_by} on ${formatDate(invite.sent_at)}${invite.resends ? " (a resend)" : ""}`];
   if (invite.identity_factors.length) lines.push(`Checks at acceptance: ${invite.identity_factors.join(", ").replaceAll("_", " ")}`);
-  if (invite.revoked_by) lines.push(`Revoked by ${invite.revoked_by} on ${formatDate(invite.revoked_at)}`);
-  if (invite.resent_by) lines.push(`Resent by ${invite.resent_by} on ${formatDate(invite.resent_at)}`);
-  // accepted_by is the patient's account id; an invite can only be accepted from the address it was sent to.
-  if (invite.accepted_by) lines.push(`Accepted by the patient on ${formatDate(invite.accepted_at)}`);
-  if (invite.expired_at) lines.push(`Expired on ${formatDate(invite.expired_at)}`);
+  lines.push(...events.map(([, line]) => line));
   if (invite.locked) lines.push("Locked after too many wrong identity answers");
   return lines;
 }
 
 async function act(invite, action, button) {
+  // Either box may still show an earlier refusal (Enable Patient Access below): this action's answer replaces it.
   clearError($("history-error"));
+  clearError($("invite-one-error"));
   try {
     await busy(button, () => api("invitations", "POST", `/invites/${invite.id}/${action}`));
     announce(action === "revoke" ? `Revoked the invite sent ${formatDate(invite.sent_at)}.` : "Sent a new invite; the previous one no longer works.");
@@ -128,6 +135,7 @@ async function act(invite, action, button) {
 
 async function inviteOne(event) {
   event.preventDefault();
+  clearError($("history-error"));
   clearError($("invite-one-error"));
   const body = { email: currentEmail };
   for (const [field, id] of [["ssn", "invite-ssn"], ["date_of_birth", "invite-dob"], ["phone", "invite-phone"], ["note", "invite-note"]]) {
