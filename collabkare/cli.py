@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from collabkare.stack.errors import StackError
 from collabkare.stack.settings_file import default_workdir, read_stack_env
-from services.runtime.auth import STAFF_ROLES, mint_token
+from services.runtime.auth import CLOCK_SKEW_SECONDS, STAFF_ROLES, mint_token
 from services.runtime.logging import configure_logging, get_logger
 from services.runtime.settings import LOG_LEVELS
 
@@ -36,13 +36,13 @@ def _setting(name: str) -> str:
 
 def cmd_token(args: argparse.Namespace) -> int:
     secret = _setting("JWT_SECRET")
+    # 0 minutes: expired now, past the clock skew the services allow (a token a minute old still passed).
+    ttl = args.minutes * 60 if args.minutes else -(CLOCK_SKEW_SECONDS + 60)
     if args.kind == "staff":
         subject = args.subject or f"staff-{args.role}"
-        token = mint_token(secret, subject, [args.role], practice_id=args.practice, ttl_seconds=args.minutes * 60)
+        token = mint_token(secret, subject, [args.role], practice_id=args.practice, ttl_seconds=ttl)
     else:
-        token = mint_token(
-            secret, str(args.patient), ["patient"], email=args.email, name=args.name, ttl_seconds=args.minutes * 60
-        )
+        token = mint_token(secret, str(args.patient), ["patient"], email=args.email, name=args.name, ttl_seconds=ttl)
     print(token)
     return 0
 

@@ -248,3 +248,17 @@ def test_problem_extensions_cannot_clobber_standard_members() -> None:
     with pytest.raises(ValueError, match="status"):
         Problem(409, "conflict", status="rejected")
     assert Problem(409, "conflict", current_status="rejected").extensions == {"current_status": "rejected"}
+
+
+def test_the_clis_expired_token_is_refused_at_once(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    """A probe: `collabkare token … --minutes 0` ("0: expired") still passed for the minute of clock skew allowed."""
+    from collabkare import cli
+
+    secret = "c" * 40
+    monkeypatch.setenv("JWT_SECRET", secret)
+    patient = ["--patient", str(uuid.uuid4()), "--email", "p@example.com"]
+    assert cli.main(["token", "patient", *patient, "--minutes", "0"]) == 0
+    token = capsys.readouterr().out.strip()
+    with pytest.raises(Problem) as refused:
+        TokenVerifier("HS256", "collabkare", "collabkare-api", secret=secret).verify(token)
+    assert "expired" in refused.value.detail
