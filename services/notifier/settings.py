@@ -138,6 +138,9 @@ class NotifierSettings(RuntimeSettings):
         may begin just before then (one deadline, SMTP_TIMEOUT_SECONDS) ends 5 s before the lease can run out."""
         return self.sending_lease_seconds - self.smtp_timeout_seconds - 5
 
+    def certificate_files(self) -> list[str]:
+        return [*super().certificate_files(), *([str(self.smtp_ca_file)] if self.smtp_ca_file else [])]
+
     @property
     def lease_renew_seconds(self) -> float:
         """How often a sender renews the leases it holds (and reaps dead ones): three times per freshness window, so

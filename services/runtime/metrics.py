@@ -67,6 +67,13 @@ class Metrics:
         self.outbox_pending = Gauge(
             "outbox_pending", "Events waiting in the outbox (outbox lag)", registry=self.registry
         )
+        # Set once at start, from the files the process loaded then and keeps using (services/runtime/certificates.py).
+        self.certificate_expiry = Gauge(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When a certificate this process loaded at start (Kafka, PostgreSQL) expires, Unix time",
+            ["file"],
+            registry=self.registry,
+        )
         self.service_info = Gauge(
             "service_info", "Always 1; labels name the service", ["service"], registry=self.registry
         )

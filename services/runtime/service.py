@@ -19,7 +19,7 @@ from faststream.specification import AsyncAPI
 from pydantic import PostgresDsn
 
 from schemas import EVENT_TYPES, TOPICS, dead_letter_topic
-from services.runtime import inbox
+from services.runtime import certificates, inbox
 from services.runtime.auth import TokenVerifier
 from services.runtime.cancel import cancel_within
 from services.runtime.consumer import BatchConsumer, ConsumerContext, Subscription
@@ -170,6 +170,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         settings = self.settings
+        self._watch_certificates()
         try:
             self.pool = await create_pool(
                 str(settings.database_url), self.spec.name, settings.database_pool_min, settings.database_pool_max
@@ -188,6 +189,10 @@ class ServiceRuntime:
         else:
             self._tasks.append(asyncio.create_task(self._start_work_once_ready(), name="wait-for-schema"))
         log.info("service.started", port=settings.port)
+
+    def _watch_certificates(self) -> None:
+        for path, expires in certificates.expiries(self.settings.certificate_files()).items():
+            self.metrics.certificate_expiry.labels(path).set(expires.timestamp())
 
     async def _start_work_once_ready(self) -> None:
         while True:

@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.runtime import certificates
 from services.runtime.kafka import KafkaSecurity
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]  # LOG_LEVEL, in either case
@@ -209,6 +210,11 @@ class RuntimeSettings(BaseSettings):
 
     def topic(self, name: str) -> str:
         return f"{self.kafka_topic_prefix}{name}"
+
+    def certificate_files(self) -> list[str]:
+        """The certificate files the process loads once, at start (tls_certificate_expiry_timestamp_seconds)."""
+        files = [str(path) for path in (self.kafka_ssl_cafile, self.kafka_ssl_certfile) if path is not None]
+        return files + certificates.database_files(str(self.database_url))
 
 
 def _text(path: Path | None) -> str | None:
