@@ -135,6 +135,7 @@ class ServiceRuntime:
             jwks_ca_file=settings.jwt_jwks_ca_file,
         )
         self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = False  # set by stop(): nothing starts after it
         self._schema_versions = tuple(spec.migrations.versions())
         self._database_unusable: str | None = None
         self.consuming = asyncio.Event()
@@ -196,7 +197,12 @@ class ServiceRuntime:
 
     async def _start_work_once_ready(self) -> None:
         while True:
-            if await self.database_ready():  # logged once, with why, when the answer changes
+            ready = await self.database_ready()  # logged once, with why, when the answer changes
+            if self._stopping:
+                # stop() may have cancelled this task just as the probe's answer came (asyncio.wait_for then
+                # returns it): starting now would leave consumers and jobs running past stop().
+                return
+            if ready:
                 await self._start_work()
                 return
             await asyncio.sleep(SCHEMA_WAIT_SECONDS)
@@ -253,6 +259,7 @@ class ServiceRuntime:
         """Every step bounded, so that a database or broker that stopped answering cannot hold the process past its
         grace period (deploy/k8s sums the bounds): the jobs `jobs_stop_seconds`, the broker 20 s, the relay 5 + 10 s,
         the pool 10 s; a pool that does not close in time is terminated, which ends whatever still waited on it."""
+        self._stopping = True
         stuck = await cancel_within(self.spec.jobs_stop_seconds, *self._tasks)
         self._tasks.clear()
         with contextlib.suppress(Exception):
@@ -279,7 +286,15 @@ class ServiceRuntime:
         return why is None
 
     async def broker_ready(self) -> bool:
-        return self.relay is not None and await self.relay.broker_reachable()
+        if self.relay is not None:
+            return await self.relay.broker_reachable()
+        # No producer yet (the pod waits for its schema): a client of its own asks, so that the answer is the
+        # broker's, not the wait's.
+        try:
+            await reach_cluster(self.settings.kafka_bootstrap_servers, self.kafka_security, 2.0)
+        except Exception:
+            return False
+        return True
 
     def http_app(self) -> FastAPI:
         @asynccontextmanager

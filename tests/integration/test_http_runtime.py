@@ -475,7 +475,7 @@ async def test_a_pod_on_a_schema_behind_its_code_starts_no_work_until_it_is_migr
             app.router.lifespan_context(app),
             httpx.AsyncClient(transport=transport, base_url="http://test") as http,
         ):
-            behind = await http.get("/readyz", params={"exclude": "broker"})
+            behind = await http.get("/readyz")
             await asyncio.sleep(1)  # room for a job to have started, had it been let
             assert not started.is_set() and runtime.relay is None
             await admin.execute("INSERT INTO connections.schema_migrations (version) VALUES ($1)", latest)
@@ -483,6 +483,44 @@ async def test_a_pod_on_a_schema_behind_its_code_starts_no_work_until_it_is_migr
                 await started.wait()
             migrated = await http.get("/readyz", params={"exclude": "broker"})
         assert behind.status_code == 503 and behind.json()["checks"]["database"] is False
+        # The broker is asked all the same (it had no producer yet, and read as down: an operator chased Kafka).
+        assert behind.json()["checks"]["broker"] is True, behind.text
         assert migrated.status_code == 200, migrated.text
     finally:
         await admin.close()
+
+
+async def test_a_pod_stopped_while_it_waits_for_its_schema_starts_nothing(
+    database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """A review: stop() cancelling the wait just as its readiness query answered (asyncio.wait_for on 3.11 then
+    returns the answer) let the wait go on to start the consumers and jobs after stop() had cancelled its tasks."""
+    env = service_env(database, "connections", topic_prefix)
+    settings = ConnectionsSettings(**{k.lower(): v for k, v in env.items()})
+    started = asyncio.Event()
+
+    async def job(_: ServiceRuntime) -> None:
+        started.set()
+
+    runtime = ServiceRuntime(ServiceSpec("connections", "test", "test", MIGRATIONS, background_jobs=(job,)), settings)
+    asked = asyncio.Event()
+    answers = iter([False])
+
+    async def database_ready() -> bool:
+        if (answer := next(answers, None)) is not None:
+            return answer
+        asked.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return True  # the answer came with the cancellation, and won
+        return True
+
+    runtime.database_ready = database_ready  # type: ignore[method-assign]
+    await runtime.start()
+    async with asyncio.timeout(20):
+        await asked.wait()
+    await runtime.stop()
+    await asyncio.sleep(0.2)  # room for anything started late to run
+    assert not started.is_set() and runtime.relay is None
+    assert [task for task in asyncio.all_tasks() if task.get_name() in ("start-consumers", "prune_inbox")] == []
