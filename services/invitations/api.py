@@ -231,7 +231,7 @@ async def access_history(
 
 @router.post(
     "/v1/practices/{practice_id}/invites/{invite_id}/revoke",
-    summary="Revoke a pending invite (revoking it again changes nothing)",
+    summary="Revoke a pending invite (revoking a revoked one again changes nothing; one a resend replaced is a 409)",
     description=(
         "409 `invite-not-changeable` (with `current_status`) for an accepted or expired invite; 409 `already-resent` "
         "(with `replaced_by`) for one a resend replaced: revoke the newer invite, whose link works."

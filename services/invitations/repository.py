@@ -141,6 +141,7 @@ ON CONFLICT (practice_id, patient_id) DO NOTHING
 # A patient connected by other means (an approved request) no longer needs the practice's pending invite: revoked,
 # so that it is neither accepted (an InviteAccepted no connection follows) nor shown as pending in the history. The
 # roster row of one whose email was never delivered (its outcome came first) says already_connected, with reason $5.
+# An invite past its week is left to the sweeper (expired, not revoked), and its row keeps its outcome.
 REVOKE_FOR_CONNECTED = """
 WITH revoked AS (
     UPDATE invitations.invites AS i SET status = 'revoked', revoked_at = $3, revoked_by = $4

@@ -42,8 +42,8 @@ class Metrics:
             self.dead_letters.labels(group)
         # Each wait before a consumer tries a batch (or a tombstone) again, by why. An error of the database being
         # away, refusing (a permission, a column missing: a schema behind the code) or timing out is retried
-        # without end, so that nothing is lost: a group stuck on one stays ready, owns its partitions and
-        # dead-letters nothing, and shows only here.
+        # without end, so that nothing is lost: a group stuck on one owns its partitions and dead-letters nothing
+        # (and its pods stay ready unless the database is away), and shows only here.
         self.consumer_retries = Counter(
             "consumer_retries_total",
             "Retries of a batch or tombstone a consumer could not apply, by group and why",

@@ -36,7 +36,11 @@ export function clearHistory() {
 
 async function lookUp(email, announceIt, refreshing = false) {
   clearTimeout(refresh.timer);
-  if (!refreshing) refresh.left = REFRESHES;
+  if (!refreshing) {
+    refresh.left = REFRESHES;
+    // Another patient's refusal (Enable Patient Access) must not stand beside this one's history.
+    if (email !== currentEmail) clearError($("invite-one-error"));
+  }
   clearError($("history-error"));
   try {
     const view = await api("invitations", "GET", "/invites", { query: { email } });
