@@ -7,7 +7,14 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
-from schemas import ConnectionApproved, ConnectionRejected, ConnectionRequested, InviteAccepted, PracticeRegistered
+from schemas import (
+    ConnectionApproved,
+    ConnectionRejected,
+    ConnectionRequested,
+    InviteAccepted,
+    PracticeRegistered,
+    new_event_id,
+)
 from schemas.events import ConnectionApprovedPayload, ConnectionRejectedPayload, ConnectionRequestedPayload
 from services.connections.model import (
     AuditEntry,
@@ -204,6 +211,12 @@ def _approve(
     return Change(changed=True, request=decided, new_connection=connection, audit=(audit,), events=(event,))
 
 
+# A connection made by an accepted invite, and its ConnectionApproved, are named after the InviteAccepted that made
+# them: replayed (a restored database, a consumer group's offsets reset), it makes the same connection and the same
+# event, which every consumer skips by its event_id, instead of a second connection and a second email.
+_BY_INVITE = uuid.UUID("cb49c31b-51ce-4c64-b227-417a0a4d2e9b")
+
+
 def connect_by_invite(
     accepted: InviteAccepted,
     *,
@@ -223,7 +236,7 @@ def connect_by_invite(
     payload = accepted.payload
     actor = str(payload.patient_id)
     connection = Connection(
-        id=uuid.uuid4(),
+        id=uuid.uuid5(_BY_INVITE, f"connection:{accepted.event_id}"),
         practice_id=accepted.practice_id,
         patient_id=payload.patient_id,
         patient_email=str(payload.patient_email),
@@ -279,7 +292,11 @@ def connect_by_invite(
         new_connection=connection,
         closed_requests=closed,
         audit=tuple(audit),
-        events=(_approved_event(connection, cause, answered),),
+        events=(
+            _approved_event(
+                connection, cause, answered, event_id=uuid.uuid5(_BY_INVITE, f"ConnectionApproved:{accepted.event_id}")
+            ),
+        ),
     )
 
 
@@ -296,8 +313,11 @@ def withdrawn_on_deletion(
     )
 
 
-def _approved_event(connection: Connection, cause: Cause, answered: uuid.UUID | None = None) -> ConnectionApproved:
+def _approved_event(
+    connection: Connection, cause: Cause, answered: uuid.UUID | None = None, *, event_id: uuid.UUID | None = None
+) -> ConnectionApproved:
     return ConnectionApproved(
+        event_id=event_id or new_event_id(),
         producer=PRODUCER,
         practice_id=connection.practice_id,
         correlation_id=cause.correlation_id,

@@ -178,6 +178,20 @@ def test_an_accepted_invite_connects_the_patient_and_carries_its_cause() -> None
     assert change.closed_requests == ()
 
 
+def test_an_accepted_invite_replayed_makes_the_same_connection_and_event() -> None:
+    """A review of the restore runbook: a replayed InviteAccepted (a restored database, offsets reset) made a second
+    connection id and a ConnectionApproved no consumer could skip, so the patient got a second "connected" email."""
+    accepted = _accepted()
+    first = connect_by_invite(accepted, connected=None, pending=None, now=LATER)
+    again = connect_by_invite(accepted, connected=None, pending=None, now=LATER + timedelta(days=1))
+    assert first.new_connection is not None and again.new_connection is not None
+    assert first.new_connection.id == again.new_connection.id
+    assert [e.event_id for e in first.events] == [e.event_id for e in again.events]
+    other = connect_by_invite(_accepted(), connected=None, pending=None, now=LATER)
+    assert other.new_connection is not None and other.new_connection.id != first.new_connection.id
+    assert other.events[0].event_id != first.events[0].event_id
+
+
 def test_an_invited_connection_is_approved_by_the_staff_member_who_sent_the_invite() -> None:
     """It named the patient who accepted; staff expect the colleague who invited. The acceptance stays the
     patient's, in the audit."""
