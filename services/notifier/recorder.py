@@ -40,9 +40,11 @@ async def record(
     metrics: NotifierMetrics,
     *,
     quiet: bool = False,
+    recording: asyncio.Event | None = None,
 ) -> None:
     """Record `batch`, claimed by `owner`. `quiet`: the SMTP server is known to be unusable (logged once, as
-    smtp.unavailable), so the retries it causes are not logged again."""
+    smtp.unavailable), so the retries it causes are not logged again. `recording` is cleared while it keeps failing
+    (the sender sends nothing more meanwhile) and set once it succeeds."""
     failures = refused = 0
     while True:
         try:
@@ -52,14 +54,22 @@ async def record(
             if being_cancelled():
                 raise  # stopping: the rows stay `sending` and their lease decides (the documented window)
             failures += 1
-            log.warning("sender.record_failed", error=repr(error)[:300], attempt=failures, count=len(batch))
+            if recording is not None:
+                recording.clear()
+            log.warning(
+                "sender.record_failed",
+                error=repr(error)[:300],
+                attempt=failures,
+                count=len(batch),
+                effect="nothing more is sent until it is recorded",
+            )
             refused = refused + 1 if _refused_for_its_data(error) else 0
             if refused >= _REFUSALS_BEFORE_ALONE:
                 # Refused for what it holds (a reply over the contract's bound was): each recorded alone, a refused
                 # one with UNRECORDABLE.
                 if len(batch) > 1:
                     for one in batch:
-                        await record(pool, [one], policy, owner, metrics, quiet=quiet)
+                        await record(pool, [one], policy, owner, metrics, quiet=quiet, recording=recording)
                     return
                 claimed, result = batch[0]
                 if result.reply != domain.UNRECORDABLE:
@@ -67,6 +77,8 @@ async def record(
                     batch, refused = [(claimed, SendResult(Attempt.PERMANENT, domain.UNRECORDABLE))], 0
                     continue
             await asyncio.sleep(min(10.0, 0.1 * 2**failures))
+    if recording is not None:
+        recording.set()
     for final in finals:
         metrics.email(final.claimed.delivery.kind, final.outcome)
         if final.outcome == "error":

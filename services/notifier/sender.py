@@ -79,6 +79,11 @@ class _Run:
         self.queue: asyncio.Queue[Claimed] = asyncio.Queue()
         self.results: list[tuple[Claimed, SendResult]] = []
         self.results_ready = asyncio.Event()
+        # Cleared while results cannot be recorded (the database refuses or is away): nothing more is sent meanwhile.
+        # What was sent and not recorded is sent again by whichever run takes the claims back (a restart, a lease
+        # run out); without the pause a whole claim capacity (500) went out again after such a stop.
+        self.recording = asyncio.Event()
+        self.recording.set()
         self.room = asyncio.Event()
         self.wake = asyncio.Event()
         self.outstanding = 0  # claimed and not yet recorded
@@ -207,7 +212,12 @@ class _Run:
         connection = self.connections[index]
         unreachable = 0
         while not self.stopping:
-            claimed = self.current[index] = await self.queue.get()
+            await self.recording.wait()
+            claimed = await self.queue.get()
+            if not self.recording.is_set():  # recording broke while this worker waited for a claim
+                self.queue.put_nowait(claimed)
+                continue
+            self.current[index] = claimed
             try:
                 result = await self._attempt(connection, claimed)
             except Exception as error:  # unexpected from the SMTP client: retry later on a fresh connection
@@ -297,7 +307,13 @@ class _Run:
                 await asyncio.sleep(_FLUSH_SECONDS)
             batch, self.results = self.results, []
             await record(
-                self.pool, batch, self.sender.policy, self.owner, self.metrics, quiet=self.smtp_trouble is not None
+                self.pool,
+                batch,
+                self.sender.policy,
+                self.owner,
+                self.metrics,
+                quiet=self.smtp_trouble is not None,
+                recording=self.recording,
             )
             for claimed, _ in batch:
                 self._let_go(claimed)

@@ -158,3 +158,52 @@ async def test_a_message_that_cannot_be_built_is_retried_not_ended(monkeypatch: 
     result = await run._attempt(connection, _invite())  # type: ignore[arg-type]
     assert result == SendResult(Attempt.TRANSIENT, "the message could not be built (KeyError)")
     assert connection.sent == []
+
+
+async def test_nothing_more_is_sent_while_results_cannot_be_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A black-box drill: with the database refusing the notifier's outbox, the sender went on sending until it held
+    its whole claim capacity unrecorded (500), and a graceful restart then sent all of them again."""
+    run = _run()
+    claims = [_invite() for _ in range(3)]
+    for claimed in claims:
+        run.held[claimed.delivery.id] = (claimed, time.monotonic())
+        run.queue.put_nowait(claimed)
+    run.outstanding = len(claims)
+    refusing, failed = True, asyncio.Event()
+
+    async def record_attempts(*_: object) -> tuple[list[object], list[object]]:
+        if refusing:
+            failed.set()
+            raise ConnectionRefusedError("permission denied for table outbox")
+        return [], []
+
+    monkeypatch.setattr(handlers, "record_attempts", record_attempts)
+    permits = asyncio.Semaphore(0)  # one email through per permit
+
+    class Gated(Connection):
+        async def send(self, sender: str, recipient: str, message: bytes) -> SendResult:
+            await permits.acquire()
+            return await super().send(sender, recipient, message)
+
+    connection = Gated()
+    run.connections = [connection]  # type: ignore[list-item]
+    run.current = [None]
+    worker = asyncio.create_task(run._work(0))
+    recorder = asyncio.create_task(run._record_loop())
+    try:
+        permits.release()
+        async with asyncio.timeout(10):
+            await failed.wait()  # the first email's result is refused; the second is on the wire already
+        permits.release()
+        permits.release()
+        await asyncio.sleep(0.5)
+        assert len(connection.sent) == 2 and not run.recording.is_set(), "the third waits for the recording"
+        refusing = False
+        async with asyncio.timeout(10):
+            while len(connection.sent) < 3:
+                await asyncio.sleep(0.05)
+        assert run.recording.is_set()
+    finally:
+        worker.cancel()
+        recorder.cancel()
+        await asyncio.gather(worker, recorder, return_exceptions=True)
