@@ -24,6 +24,8 @@ from services.runtime.migrations import outbox_channel
 from services.runtime.outbox import pending_count
 
 log = get_logger(__name__)
+# What PostgreSQL (or asyncpg's connection to it) raises: a failure of the outbox's database, not of the broker.
+_DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError)
 _KAFKA_MURMUR2_SEED = 0x9747B28C
 # Every payload is an event's JSON: said in the header FastStream, Spring and Kafka UIs read to decode a record.
 _JSON = ("content-type", b"application/json")
@@ -144,12 +146,19 @@ class OutboxRelay:
                         await self._sleep(self._poll_seconds)
                 except Exception as error:
                     failures += 1
-                    self.broker_up = False
                     delay = min(30.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0)
-                    log.warning(
-                        "outbox.publish_failed", schema=self._schema, error=repr(error), retry_in=round(delay, 2)
-                    )
-                    await self._close_producer()
+                    if isinstance(error, _DATABASE_ERRORS):
+                        # The database's doing (away, refusing the outbox's rows): the broker and its producer are
+                        # not in question, and /readyz must not send an operator after them.
+                        log.warning(
+                            "outbox.database_failed", schema=self._schema, error=repr(error), retry_in=round(delay, 2)
+                        )
+                    else:
+                        self.broker_up = False
+                        log.warning(
+                            "outbox.publish_failed", schema=self._schema, error=repr(error), retry_in=round(delay, 2)
+                        )
+                        await self._close_producer()
                     if listener is not None:
                         connection, listener = listener, None
                         await self._unlisten(connection)

@@ -352,3 +352,32 @@ async def test_a_relay_frozen_mid_batch_frees_the_batch_lock_for_the_others(
         await relay.stop()
         await pool.close()
     assert relay.published == len(events), "the rows the frozen relay had claimed were published by the other"
+
+
+async def test_a_database_refusing_the_outbox_is_not_taken_for_a_broker_outage(
+    database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """A black-box drill: with DELETE on the outbox revoked, the relay logged outbox.publish_failed, closed its
+    producer, and /readyz said `broker: false` for the whole outage while the broker was fine."""
+    pool = await create_pool(database.url_for(SCHEMA), SCHEMA, 1, 4)
+    admin = await asyncpg.connect(database.admin_url)
+    relay = _relay(pool, database.infra.kafka_bootstrap, topic_prefix, send_timeout=3.0)
+    try:
+        await admin.execute(f"REVOKE DELETE ON {SCHEMA}.outbox FROM {SCHEMA}")
+        async with transaction(pool) as connection:
+            await add_events(connection, SCHEMA, _events(3, uuid.uuid4()))
+        await relay.start()
+        async with asyncio.timeout(30):
+            while relay.published == 0 and not await read_to_end(
+                database.infra.kafka_bootstrap, topic_prefix + "invitations.v1"
+            ):
+                await asyncio.sleep(0.1)  # published at least once; its DELETE is refused
+        await asyncio.sleep(1.0)  # a retry or two
+        assert relay.published == 0 and await relay.broker_reachable(), "the broker was never in question"
+        await admin.execute(f"GRANT DELETE ON {SCHEMA}.outbox TO {SCHEMA}")
+        await _wait_until_empty(pool)
+    finally:
+        await relay.stop()
+        await admin.execute(f"GRANT DELETE ON {SCHEMA}.outbox TO {SCHEMA}")
+        await admin.close()
+        await pool.close()
