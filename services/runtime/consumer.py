@@ -221,7 +221,8 @@ class BatchConsumer:
         while True:
             try:
                 async with context.database.acquire() as connection, connection.transaction():
-                    if await inbox.claim_record(connection, context.schema, group, name, "tombstone"):
+                    applied = await inbox.claim_record(connection, context.schema, group, name, "tombstone")
+                    if applied:
                         await handler(connection, key)
                 break
             except Exception as error:
@@ -231,7 +232,10 @@ class BatchConsumer:
                     continue
                 await self.dead_letter(record, f"{type(error).__name__}: {error}")
                 return
-        log.info("consumer.tombstone_applied", group=group, topic=record.topic, key=str(key))
+        if applied:
+            log.info("consumer.tombstone_applied", group=group, topic=record.topic, key=str(key))
+        else:
+            log.info("inbox.duplicate_skipped", group=group, count=1, kind="tombstone")
 
     async def apply(self, items: list[tuple[ConsumerRecord[bytes, bytes], Envelope]]) -> None:
         """Apply with retries; a batch that keeps failing is split so one bad event cannot block the rest."""

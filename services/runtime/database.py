@@ -123,6 +123,10 @@ async def database_unusable(
         return f"unreachable: {type(error).__name__}"
     assert row is not None
     if row["read_only"]:
+        # A session keeps the default it began with: read-only set for the database or role (ALTER … SET) and
+        # reset since reaches only new sessions. The pool's are replaced at their next use, so the next probe asks
+        # one of those.
+        await pool.expire_connections()
         return "read-only: it refuses writes (a standby, or a primary being demoted)"
     applied = set(row["applied"])
     missing = [version for version in versions if version not in applied]
