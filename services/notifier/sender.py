@@ -268,6 +268,8 @@ class _Run:
 
     async def _attempt(self, connection: SmtpConnection, claimed: Claimed) -> SendResult | None:
         """The result of one attempt; None when the delivery was not sent because this run may no longer own it."""
+        if not self._still_ours(claimed):  # before a rate token and a connection are spent on it (after an outage)
+            return None
         problem = domain.content_problem(claimed, datetime.now(UTC))
         if problem is not None:
             return SendResult(Attempt.PERMANENT, problem)
@@ -306,7 +308,7 @@ class _Run:
                 # More results are on their way: they share the transaction. With every claim answered, none is.
                 await asyncio.sleep(_FLUSH_SECONDS)
             batch, self.results = self.results, []
-            await record(
+            stuck = await record(
                 self.pool,
                 batch,
                 self.sender.policy,
@@ -315,9 +317,11 @@ class _Run:
                 quiet=self.smtp_trouble is not None,
                 recording=self.recording,
             )
+            kept = {id(claimed) for claimed in stuck}  # still held: its lease renewed, so that no run sends it again
             for claimed, _ in batch:
-                self._let_go(claimed)
-            self.outstanding -= len(batch)
+                if id(claimed) not in kept:
+                    self._let_go(claimed)
+            self.outstanding -= len(batch) - len(kept)
             self.room.set()
 
     async def _reap_loop(self) -> None:

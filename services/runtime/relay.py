@@ -24,8 +24,13 @@ from services.runtime.migrations import outbox_channel
 from services.runtime.outbox import pending_count
 
 log = get_logger(__name__)
-# What PostgreSQL (or asyncpg's connection to it) raises: a failure of the outbox's database, not of the broker.
-_DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class BrokerError(Exception):
+    """The broker failed the relay (starting its producer, a send, an ack): told apart by where it happened, since
+    the database's failures (refused, unreachable, timed out) raise the same OSError and TimeoutError types."""
+
+
 _KAFKA_MURMUR2_SEED = 0x9747B28C
 # Every payload is an event's JSON: said in the header FastStream, Spring and Kafka UIs read to decode a record.
 _JSON = ("content-type", b"application/json")
@@ -147,18 +152,17 @@ class OutboxRelay:
                 except Exception as error:
                     failures += 1
                     delay = min(30.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0)
-                    if isinstance(error, _DATABASE_ERRORS):
+                    if isinstance(error, BrokerError):
+                        self.broker_up = False
+                        cause = repr(error.__cause__ or error)
+                        log.warning("outbox.publish_failed", schema=self._schema, error=cause, retry_in=round(delay, 2))
+                        await self._close_producer()
+                    else:
                         # The database's doing (away, refusing the outbox's rows): the broker and its producer are
                         # not in question, and /readyz must not send an operator after them.
                         log.warning(
                             "outbox.database_failed", schema=self._schema, error=repr(error), retry_in=round(delay, 2)
                         )
-                    else:
-                        self.broker_up = False
-                        log.warning(
-                            "outbox.publish_failed", schema=self._schema, error=repr(error), retry_in=round(delay, 2)
-                        )
-                        await self._close_producer()
                     if listener is not None:
                         connection, listener = listener, None
                         await self._unlisten(connection)
@@ -227,6 +231,7 @@ class OutboxRelay:
                     # Stopped while the lock is still held: whatever of this batch is still on its way lands before
                     # another relay's next batch can follow it (the retry then only adds duplicates, after).
                     await self._close_producer()
+                    raise BrokerError(str(error)) from error
                 raise
             await connection.execute(
                 f'DELETE FROM "{self._schema}".outbox WHERE id = ANY($1::bigint[])', [row["id"] for row in rows]
@@ -258,8 +263,10 @@ class OutboxRelay:
         try:
             async with asyncio.timeout(self._send_timeout):
                 await producer.start()
-        except BaseException:
+        except BaseException as error:
             await _stop_producer(producer, self._send_timeout)
+            if isinstance(error, Exception):
+                raise BrokerError(str(error)) from error
             raise
         return producer
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.notifier import handlers, repository
+from services.notifier import handlers, recorder, repository
 from services.notifier.domain import Attempt, Claimed, SendResult
 from services.notifier.mailer import Mailer
 from services.notifier.messages import Renderer
@@ -155,7 +155,9 @@ async def test_a_message_that_cannot_be_built_is_retried_not_ended(monkeypatch: 
         raise KeyError("patient_name")
 
     monkeypatch.setattr(run.sender.renderer, "render", broken)
-    result = await run._attempt(connection, _invite())  # type: ignore[arg-type]
+    claimed = _invite()
+    run.held[claimed.delivery.id] = (claimed, time.monotonic())
+    result = await run._attempt(connection, claimed)  # type: ignore[arg-type]
     assert result == SendResult(Attempt.TRANSIENT, "the message could not be built (KeyError)")
     assert connection.sent == []
 
@@ -194,6 +196,8 @@ async def test_nothing_more_is_sent_while_results_cannot_be_recorded(monkeypatch
         permits.release()
         async with asyncio.timeout(10):
             await failed.wait()  # the first email's result is refused; the second is on the wire already
+            while run.recording.is_set():
+                await asyncio.sleep(0.01)
         permits.release()
         permits.release()
         await asyncio.sleep(0.5)
@@ -207,3 +211,59 @@ async def test_nothing_more_is_sent_while_results_cannot_be_recorded(monkeypatch
         worker.cancel()
         recorder.cancel()
         await asyncio.gather(worker, recorder, return_exceptions=True)
+
+
+async def test_a_recording_slow_to_answer_pauses_the_sending_as_a_failure_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: the pause began only once a recording failed, and a database that stops answering fails a statement
+    after the 60 s command timeout: the sender sent its whole claim capacity meanwhile."""
+    answer = asyncio.Event()
+
+    async def record_attempts(*_: object) -> tuple[list[object], list[object]]:
+        await answer.wait()
+        return [], []
+
+    monkeypatch.setattr(handlers, "record_attempts", record_attempts)
+    run, recording = _run(), asyncio.Event()
+    recording.set()
+    batch = [(_invite(), SendResult(Attempt.SENT, "250 OK"))]
+    task = asyncio.create_task(
+        recorder.record(run.pool, batch, run.sender.policy, run.owner, run.metrics, recording=recording)
+    )
+    async with asyncio.timeout(10):
+        while recording.is_set():
+            await asyncio.sleep(0.05)
+    answer.set()
+    assert await asyncio.wait_for(task, 10) == [] and recording.is_set()
+
+
+async def test_a_result_refused_even_as_unrecordable_is_given_up_not_retried_for_ever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: such a result (a bug) was retried every 10 s for ever, and with the pause no email went out."""
+
+    async def record_attempts(*_: object) -> tuple[list[object], list[object]]:
+        raise ValueError("a DeliveryOutcome that cannot be built")
+
+    monkeypatch.setattr(handlers, "record_attempts", record_attempts)
+    monkeypatch.setattr(asyncio, "sleep", _no_wait)
+    run, recording = _run(), asyncio.Event()
+    claimed = _invite()
+    stuck = await asyncio.wait_for(
+        recorder.record(
+            run.pool,
+            [(claimed, SendResult(Attempt.SENT, "250 OK"))],
+            run.sender.policy,
+            run.owner,
+            run.metrics,
+            recording=recording,
+        ),
+        10,
+    )
+    assert stuck == [claimed] and recording.is_set(), "given up, and the sending goes on"
+
+
+_real_sleep = asyncio.sleep
+
+
+async def _no_wait(_: float, *args: object) -> None:
+    await _real_sleep(0)
