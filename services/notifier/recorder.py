@@ -1,9 +1,10 @@
 """Recording what the sender's SMTP attempts gave, a batch per transaction: final outcomes with their
 DeliveryOutcome events, retries rescheduled, and the metrics and log lines of each.
 
-The emails are sent: a result is never dropped. A batch the database does not take is tried again, with backoff,
+The emails are sent: a result is not dropped. A batch the database does not take is tried again, with backoff,
 until it does or the sender stops (then the rows stay `sending` and their lease decides). A batch refused for what
-it holds is tried a result at a time, so that one result holds neither the others nor itself for ever.
+it holds is tried a result at a time, so that one result holds neither the others nor itself for ever; one refused
+even as UNRECORDABLE (a bug) is given up, its row left `sending` under the sender's lease.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ async def _attempt(
     attempt = asyncio.ensure_future(handlers.record_attempts(pool, batch, policy, owner))
     try:
         done, _ = await asyncio.wait({attempt}, timeout=_SLOW_RECORDING_SECONDS)
-        if not done and recording is not None:
+        if not done and recording is not None and recording.is_set():
             recording.clear()
+            log.warning("sender.record_slow", count=len(batch), effect="nothing more is sent until it is recorded")
         return await attempt
     except BaseException:
         attempt.cancel()  # stopping: the statement is cancelled with it (its own error, if any, goes unreported)

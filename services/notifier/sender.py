@@ -317,11 +317,13 @@ class _Run:
                 quiet=self.smtp_trouble is not None,
                 recording=self.recording,
             )
-            kept = {id(claimed) for claimed in stuck}  # still held: its lease renewed, so that no run sends it again
+            # A result given up (a bug) stays held, its lease renewed, so that no run of another slot sends it again;
+            # it holds no worker and no place in the queue, so it takes no room from the claimer.
+            kept = {id(claimed) for claimed in stuck}
             for claimed, _ in batch:
                 if id(claimed) not in kept:
                     self._let_go(claimed)
-            self.outstanding -= len(batch) - len(kept)
+            self.outstanding -= len(batch)
             self.room.set()
 
     async def _reap_loop(self) -> None:

@@ -190,6 +190,20 @@ class OutboxRelay:
         0 when another relay of this outbox is publishing a batch: the rows wait their turn, in order."""
         producer = self._producer
         assert producer is not None
+        try:
+            return await self._publish_batch(producer)
+        except BrokerError:
+            raise
+        except Exception as error:
+            # A broker failure whose rollback failed too (the pod cut off from both) is still the broker's.
+            failure = error.__context__
+            while failure is not None and not isinstance(failure, BrokerError):
+                failure = failure.__context__
+            if failure is not None:
+                raise failure from failure.__cause__  # the broker's error, which the log shows
+            raise
+
+    async def _publish_batch(self, producer: AIOKafkaProducer) -> int:
         async with self._pool.acquire() as connection, connection.transaction():
             # The batch lock lives as long as this transaction. Should this process die or lose the network
             # while it waits for acks, PostgreSQL ends the session after this long and the lock is free again:

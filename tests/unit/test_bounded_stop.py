@@ -146,3 +146,21 @@ async def test_recording_stops_retrying_once_the_sender_is_stopped(monkeypatch: 
         await asyncio.wait([recording])
     assert calls == 1, "no retry after the stop"
     assert recording.cancelled(), "it ends with the stop, whatever the driver raised meanwhile"
+
+
+async def test_a_broker_failure_whose_rollback_fails_too_is_still_the_brokers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: the rollback's error (the pod cut off from the database as well) replaced the BrokerError, and the
+    relay logged outbox.database_failed with the broker still marked up."""
+    relay = OutboxRelay(None, "s", "127.0.0.1:1", lambda name: name)  # type: ignore[arg-type]
+    relay._producer = object()  # type: ignore[assignment]
+
+    async def publish(_: object) -> int:
+        try:
+            raise BrokerError("no ack") from TimeoutError()
+        finally:
+            raise ConnectionResetError("the rollback found no connection")  # as asyncpg's __aexit__ does
+
+    monkeypatch.setattr(relay, "_publish_batch", publish)
+    with pytest.raises(BrokerError) as failed:
+        await relay.publish_batch()
+    assert isinstance(failed.value.__cause__, TimeoutError)
