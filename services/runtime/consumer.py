@@ -282,7 +282,7 @@ class BatchConsumer:
         headers = original | {
             # FastStream's producer names a content type only for what it encodes itself and sends "" for bytes,
             # unless the headers given say otherwise: the original's type, or what the bytes are when it has none.
-            "content-type": declared_content_type(original) or "application/octet-stream",
+            "content-type": record_headers.declared_content_type(original) or "application/octet-stream",
             # Scrubbed as a log line is: a header is what tools list and people copy into tickets; the payload, with
             # whatever PHI it carries, stays where the topic's access rules keep it.
             "dead_letter_reason": scrub_text(reason[:2000]),
@@ -329,15 +329,6 @@ def event_id_in(value: bytes | None) -> str | None:
         return str(uuid.UUID(found["event_id"])) if isinstance(found, dict) else None
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
-
-
-def declared_content_type(headers: dict[str, str]) -> str | None:
-    """The content type a record's producer declared, under any of the spellings producers use (FastStream's
-    `content-type`, `Content-Type`, Spring Kafka's `contentType`); None when it declared none."""
-    for key, value in headers.items():
-        if value and key.lower().replace("-", "") == "contenttype":
-            return value
-    return None
 
 
 def _canonical_id(key: bytes | None) -> uuid.UUID | None:

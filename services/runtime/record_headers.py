@@ -36,3 +36,12 @@ async def parse_batch(
         message = await parse(readable)
         message.raw_message = records
         return message
+
+
+def declared_content_type(headers: dict[str, str]) -> str | None:
+    """The content type a record's producer declared, under any of the spellings producers use (FastStream's
+    `content-type`, `Content-Type`, Spring Kafka's `contentType`); None when it declared none."""
+    for key, value in headers.items():
+        if value and key.lower().replace("-", "") == "contenttype":
+            return value
+    return None

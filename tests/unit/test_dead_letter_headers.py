@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from services.runtime.consumer import declared_content_type, event_id_in
+from services.runtime.consumer import event_id_in
+from services.runtime.record_headers import declared_content_type
 
 
 @pytest.mark.parametrize(
