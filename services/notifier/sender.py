@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from services.notifier import domain, handlers, repository
+from services.notifier import domain, handlers, leases, repository
 from services.notifier.domain import Attempt, Claimed, SendResult
 from services.notifier.handlers import RetryPolicy
 from services.notifier.mailer import Mailer, SmtpConnection
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 _FLUSH_SECONDS = 0.1  # results wait this long to share a transaction; nothing is recorded later than that
-_BACKLOG_REPORT_SECONDS = 5.0
 _STOP_SECONDS = 10.0  # at shutdown, how long a message already on the wire may take to finish
 
 
@@ -327,59 +326,7 @@ class _Run:
             self.room.set()
 
     async def _reap_loop(self) -> None:
-        """Every few seconds the backlog gauge; three times per freshness window, this run's leases renewed, the claims
-        it dropped given back, then deliveries a dead process left `sending` put back in the queue.
-
-        After the database was away, leases are expired only once it has answered for a renewal interval again: the
-        other processes renew what they hold (and record what they sent meanwhile) first, instead of losing it to
-        whichever reaper comes back first."""
-        lease = self.settings.sending_lease_seconds
-        reap_every = min(60.0, max(0.5, self.settings.lease_renew_seconds))
-        answering_since = time.monotonic()  # when the database last began to answer this loop again
-        next_reap = answering_since + reap_every
-        while True:
-            await asyncio.sleep(min(_BACKLOG_REPORT_SECONDS, reap_every))
-            try:
-                self.metrics.backlog.set(await repository.open_count(self.pool))
-            except Exception as error:  # the database is away: the gauge keeps its last value, the claimer says so
-                log.debug("sender.backlog_count_failed", error=repr(error)[:200])
-                answering_since = math.inf
-            if time.monotonic() < next_reap:
-                continue
-            next_reap = time.monotonic() + reap_every
-            try:
-                await self._renew()
-                await self._give_back_dropped()
-                answering_since = min(answering_since, time.monotonic())
-                if time.monotonic() - answering_since < reap_every:
-                    continue
-                expired = await handlers.expire_leases(self.pool, lease)
-            except Exception as error:
-                log.warning("sender.lease_check_failed", error=repr(error)[:300])
-                answering_since = math.inf
-                continue
-            if expired:
-                log.warning("delivery.lease_expired", count=expired)
-                self.metrics.reclaimed.labels("lease_expired").inc(expired)
-                self.wake.set()
-
-    async def _renew(self) -> None:
-        asked = time.monotonic()
-        owned = await handlers.renew_leases(self.pool, self.owner, list(self.held))
-        for delivery_id, revoked in owned.items():
-            if (entry := self.held.get(delivery_id)) is not None:  # not recorded meanwhile
-                self.held[delivery_id] = (entry[0], max(entry[1], asked))
-                if revoked:
-                    self.revoked.add(delivery_id)
-
-    async def _give_back_dropped(self) -> None:
-        """Dropped claims this run still owns go back to the queue now, their attempt not counted (it never was one);
-        one held again by a newer claim stays, and one another sender took over is not ours to give."""
-        dropped, self.dropped = self.dropped, []  # on failure their leases expire instead
-        dropped = [claimed for claimed in dropped if claimed.delivery.id not in self.held]
-        if dropped:
-            log.warning("sender.claims_dropped", count=len(dropped), reason="ownership not confirmed in time")
-            await handlers.release(self.pool, dropped, self.owner, "given back unsent: ownership not confirmed in time")
+        await leases.reap(self)
 
     async def _shutdown(
         self,

@@ -13,7 +13,7 @@ from aiokafka import ConsumerRecord
 
 from collabkare.stack.infra import Infrastructure
 from schemas import Envelope, InviteRequested
-from services.notifier import handlers, sender, subscribers
+from services.notifier import handlers, leases, subscribers
 from services.notifier.settings import NotifierSettings
 from services.runtime.consumer import BatchConsumer, ConsumerContext
 from services.runtime.metrics import Metrics
@@ -59,7 +59,7 @@ async def _backlog_gauge(notifier: Notifier) -> float:
 async def test_a_slow_smtp_server_holds_consumption_back_instead_of_growing_the_backlog(
     infra: Infrastructure, template_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sender, "_BACKLOG_REPORT_SECONDS", 0.1)  # the gauge is counted every 5 s in service
+    monkeypatch.setattr(leases, "_BACKLOG_REPORT_SECONDS", 0.1)  # the gauge is counted every 5 s in service
     async with (
         scratch(infra, template_database) as (database, prefix, admin),
         started(

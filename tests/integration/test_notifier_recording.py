@@ -20,7 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from collabkare.stack.infra import Infrastructure
-from services.notifier import domain, handlers
+from services.notifier import domain, handlers, leases
 from services.notifier.mailer import Mailer
 from services.notifier.messages import Renderer
 from services.notifier.metrics import metrics_for
@@ -215,7 +215,7 @@ async def test_an_invite_revoked_while_its_claim_waits_is_not_sent(
         run.held[claimed.delivery.id] = (claimed, asyncio.get_running_loop().time())
         async with admin.acquire() as db, db.transaction():
             await handlers.cancel_revoked(db, [revoked(invite(practice_id, OTHERS[0], invite_id=invite_id))])
-        await run._renew()
+        await leases.renew(run)
         connection = _Unused()
         result = await run._attempt(connection, claimed)  # type: ignore[arg-type]
         assert result is not None
