@@ -32,6 +32,7 @@ class Decision(StrEnum):
     FACTOR_REQUIRED = "factor_required"  # 422, not counted: the patient gave nothing this invite can check
     OTHER_EMAIL = "other_email"  # 403: an invite is for the patient at the address it was sent to
     ALREADY_CONNECTED = "already_connected"  # 409: revoked because the patient connected by an approved request
+    ACCOUNT_DELETED = "account_deleted"  # 403: the platform deleted the patient's account (her token outlives it)
 
 
 @dataclass(frozen=True)
@@ -71,15 +72,20 @@ def accept(
     key: bytes,
     now: datetime,
     cause: Cause,
+    deleted: bool = False,
 ) -> Acceptance:
-    """Checks in this order: the patient's email, used, revoked, expired, locked, then the identity factor.
+    """Checks in this order: the patient's email, her account, used, revoked, expired, locked, then the factor.
 
     The email first and always: the token proves access to the mailbox, the factor that it is the patient;
     neither lets another account take the invite, learn what became of it (accepted, revoked, expired, locked), or
-    try a factor (a factor is never tried for an account it is not for).
+    try a factor (a factor is never tried for an account it is not for). Then an account the platform deleted (a
+    token issued before the deletion still authenticates until it expires) is refused whatever the invite's state:
+    nothing is tried, counted or connected until she registers again.
     """
     if email_key(patient_email) != invite.email_key:
         return Acceptance(Decision.OTHER_EMAIL, invite, changed=False)
+    if deleted:
+        return Acceptance(Decision.ACCOUNT_DELETED, invite, changed=False)
     if invite.status is InviteStatus.ACCEPTED:
         if invite.accepted_by != str(patient_id):
             return Acceptance(Decision.ALREADY_ACCEPTED, invite, changed=False)

@@ -298,7 +298,8 @@ def _answer(body: AcceptBody) -> Answer:
         "after 5); 409 when already used by another account (the patient who accepted it gets the same 200 again, "
         "given a matching factor again where the invite has them; wrong ones count and lock, as before), "
         "or when the patient connected to the practice meanwhile (an approved request: the invite was revoked by "
-        "`system:patient-connected`)."
+        "`system:patient-connected`). 403 `account-deleted` when the platform deleted the patient's account (a "
+        "token issued before still authenticates until it expires) and she has not registered again."
     ),
     responses=problems(401, 403, 404, 409, 410, 415, 422),
 )
@@ -342,6 +343,12 @@ def _refusal(decision: Decision, invite: Invite, tries_left: int) -> Problem:
         )
     if decision is Decision.ALREADY_ACCEPTED:
         return Problem(409, "This invite has already been used.", type_=kind)
+    if decision is Decision.ACCOUNT_DELETED:  # the same problem type as connections' for a deleted account's requests
+        return Problem(
+            403,
+            "This CollabKare account was deleted; it cannot accept invites until it is registered again.",
+            type_="urn:collabkare:problem:account-deleted",
+        )
     if decision is Decision.ALREADY_CONNECTED:
         return Problem(409, "You are already connected to this practice; this invite is no longer needed.", type_=kind)
     # An accepted invite cannot be resent (its patient is connected): no advice to ask for what staff cannot do.

@@ -1,4 +1,4 @@
-"""Use cases for invites: create, history, revoke, resend, accept, expire; and the two consumer handlers."""
+"""Use cases for invites: create, history, revoke, resend, accept, expire; and the consumer handlers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from schemas import ConnectionApproved, DeliveryOutcome, Envelope
+from schemas import ConnectionApproved, DeliveryOutcome, Envelope, PatientRegistered
 from services.invitations import batch_repository, domain, repository
 from services.invitations.acceptance import Acceptance, Answer, accept
 from services.invitations.domain import (
@@ -207,6 +207,7 @@ async def accept_invite(
             key=policy.identity_key,
             now=now_utc(),
             cause=cause,
+            deleted=await repository.is_deleted(db, patient_id),
         )
         if result.changed:
             await repository.update_invite(db, result.invite)
@@ -319,3 +320,16 @@ async def _revoke_for_connected(
     ]
     await add_events(db, repository.SCHEMA, events_out)
     log.info("invite.revoked_patient_connected", count=len(revoked))
+
+
+async def record_patients(db: asyncpg.Connection, events: list[PatientRegistered]) -> None:
+    """Consumer handler: a patient registered (again, after a deletion under the same id) may accept invites."""
+    await repository.unmark_deleted(db, [event.payload.patient_id for event in events])
+
+
+async def forget_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
+    """Tombstone handler: the platform deleted the patient's account. Until she registers again, her token (issued
+    before the deletion, valid until it expires) accepts no invite; her invites stay, for the address they were
+    sent to (another account registering it may accept them), and so do her connections."""
+    await repository.mark_deleted(db, patient_id)
+    log.info("invite.patient_deleted")

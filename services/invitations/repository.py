@@ -314,3 +314,19 @@ async def revoke_for_connected(
 ) -> list[asyncpg.Record]:
     """Revoke the pending invites of these (practice, patient email key) pairs; returns the revoked invites."""
     return list(await db.fetch(REVOKE_FOR_CONNECTED, practice_ids, keys, now, revoked_by, CONNECTED_NOT_DELIVERED))
+
+
+async def mark_deleted(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
+    await db.execute(
+        "INSERT INTO deleted_patients (patient_id) VALUES ($1)"
+        " ON CONFLICT (patient_id) DO UPDATE SET deleted_at = now()",
+        patient_id,
+    )
+
+
+async def unmark_deleted(db: asyncpg.Connection, patient_ids: list[uuid.UUID]) -> None:
+    await db.execute("DELETE FROM deleted_patients WHERE patient_id = ANY($1::uuid[])", patient_ids)
+
+
+async def is_deleted(db: Executor, patient_id: uuid.UUID) -> bool:
+    return bool(await db.fetchval("SELECT 1 FROM deleted_patients WHERE patient_id = $1", patient_id))

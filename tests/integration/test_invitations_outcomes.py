@@ -1,5 +1,5 @@
 """Events in from the real broker: delivery outcomes written back (with precedence), the connected projection,
-and resending the not-on-platform rows."""
+the patients the platform deleted, and resending the not-on-platform rows."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from collabkare.stack.infra import Infrastructure
-from schemas import ConnectionApproved, DeliveryOutcome, Envelope
+from schemas import ConnectionApproved, DeliveryOutcome, Envelope, PatientRegistered
 from schemas.events import ConnectionApprovedPayload, DeliveryOutcomePayload
 from services.invitations import batch_handlers
 from services.invitations.domain import CONNECTED_NOT_DELIVERED
 from tests.integration.invitations_harness import Service, patient, running_service, staff
+from tests.support import produce
 
 OUTCOMES = "notifier.outcomes.v1"
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
@@ -210,6 +211,43 @@ async def test_connection_approved_feeds_already_connected(service: Service) -> 
     batch = await service.submit(practice, "DANA.LÉE@example.COM\neve@example.com")
     assert batch["patients_ready"] == 1 and batch["counts"]["already_connected"] == 1
     assert [e["payload"]["email"] for e in (await service.requested(practice)).values()] == ["eve@example.com"]
+
+
+async def test_a_patient_the_platform_deleted_accepts_no_invite_until_she_registers_again(service: Service) -> None:
+    """Found by a review: invitations did not read platform.patients.v1, so a token issued before the deletion
+    (valid until it expires) accepted an invite and connected an account that no longer exists. Refused with the
+    problem type connections uses, the invite left as it was; her registrations are applied, not dead-lettered."""
+    practice, patient_id, email = uuid.uuid4(), uuid.uuid4(), "gone@example.com"
+    await service.submit(practice, email)
+    ((invite_id, requested),) = (await service.requested(practice)).items()
+    token = str(requested["payload"]["accept_url"]).split("?token=", 1)[1]
+    registered = PatientRegistered(
+        producer="platform",
+        correlation_id="t",
+        payload={"patient_id": patient_id, "email": email, "registered_at": datetime.now(UTC)},
+    )
+    key = str(patient_id).encode()
+    topic = service.topic_prefix + "platform.patients.v1"
+    await produce(service.bootstrap, topic, [(key, registered.model_dump_json().encode()), (key, None)])
+    marked = "SELECT count(*) FROM invitations.deleted_patients WHERE patient_id = $1"
+    assert await service.wait_for(marked, patient_id, expect=1) == 1
+
+    accept = {"token": token}
+    refused = await service.http.post("/v1/invites/accept", json=accept, headers=patient(patient_id, email))
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["type"] == "urn:collabkare:problem:account-deleted"
+    status = "SELECT status FROM invitations.invites WHERE id = $1"
+    assert await service.fetchval(status, uuid.UUID(invite_id)) == "pending"
+    assert await service.events(practice, "InviteAccepted") == []
+
+    back = registered.model_copy(update={"event_id": uuid.uuid4()})
+    await produce(service.bootstrap, topic, [(key, back.model_dump_json().encode())])
+    assert await service.wait_for(marked, patient_id, expect=0) == 0
+    welcome = await service.http.post("/v1/invites/accept", json=accept, headers=patient(patient_id, email))
+    assert welcome.status_code == 200, welcome.text
+    assert len(await service.events(practice, "InviteAccepted")) == 1
+    dead = await service.fetchval("SELECT count(*) FROM invitations.inbox WHERE event_id = $1", registered.event_id)
+    assert dead == 1, "her registration was applied (recorded in the inbox), not dead-lettered"
 
 
 async def test_an_invite_stored_while_its_patients_approval_was_projected_is_revoked_by_its_outcome(

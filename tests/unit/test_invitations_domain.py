@@ -161,9 +161,15 @@ def _factored(**changes: object) -> Invite:
 
 
 def _accept(
-    invite: Invite, answer: Answer = NO_ANSWER, email: str = "ann@example.com", when: datetime = NOW
+    invite: Invite,
+    answer: Answer = NO_ANSWER,
+    email: str = "ann@example.com",
+    when: datetime = NOW,
+    deleted: bool = False,
 ) -> Acceptance:
-    return accept(invite, patient_id=PATIENT, patient_email=email, answer=answer, key=KEY, now=when, cause=CAUSE)
+    return accept(
+        invite, patient_id=PATIENT, patient_email=email, answer=answer, key=KEY, now=when, cause=CAUSE, deleted=deleted
+    )
 
 
 def test_accepting_with_a_matching_factor_publishes_invite_accepted() -> None:
@@ -233,6 +239,26 @@ def test_another_account_learns_nothing_of_what_became_of_the_invite() -> None:
         assert result.decision is Decision.OTHER_EMAIL and not result.changed, invite.status
     unswept = _accept(_invite(), email="mallory@example.com", when=NOW + TTL)
     assert unswept.decision is Decision.OTHER_EMAIL and not unswept.changed, "left to the sweeper"
+
+
+def test_a_deleted_account_accepts_nothing_and_changes_nothing() -> None:
+    """Found by a review: the platform's deletion did not reach invitations, so a token issued before it (valid until
+    it expires) accepted an invite and connected an account that no longer exists. Refused whatever the invite's
+    state, with nothing tried or counted (a wrong factor does not use up the tries of the address's next owner) and
+    nothing expired on the spot; another account is still told first that the invite is not its own."""
+    for invite, answer, when in (
+        (_invite(), NO_ANSWER, NOW),
+        (_factored(), Answer(ssn="123456789"), NOW),
+        (_factored(), Answer(ssn="999999999"), NOW),
+        (_invite(status=InviteStatus.ACCEPTED, accepted_by=str(PATIENT)), NO_ANSWER, NOW),
+        (_invite(status=InviteStatus.REVOKED), NO_ANSWER, NOW),
+        (_invite(), NO_ANSWER, NOW + TTL),
+        (_factored(locked_at=NOW), Answer(ssn="123456789"), NOW),
+    ):
+        result = _accept(invite, answer, when=when, deleted=True)
+        assert result.decision is Decision.ACCOUNT_DELETED, invite
+        assert not result.changed and not result.events and result.invite == invite
+    assert _accept(_invite(), email="mallory@example.com", deleted=True).decision is Decision.OTHER_EMAIL
 
 
 def test_an_unswept_expired_invite_is_expired_on_the_spot() -> None:
