@@ -143,19 +143,19 @@ async def lock_waiters(db: asyncpg.Connection | asyncpg.Pool, wait_event: str | 
     )
 
 
-async def read_to_end(bootstrap: str, topic: str, timeout: float = 15.0) -> list[Any]:
+async def read_to_end(bootstrap: str, topic: str, timeout: float = 15.0, partitions: int = PARTITIONS) -> list[Any]:
     """Read a topic with a real consumer from its start to its current end: exactly what it holds now."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
+        assigned = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        ends = await consumer.end_offsets(assigned)
         records: list[Any] = []
         async with asyncio.timeout(timeout):
             while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-                for batch in (await consumer.getmany(*partitions, timeout_ms=200)).values():
+                for batch in (await consumer.getmany(*assigned, timeout_ms=200)).values():
                     records.extend(batch)
         return sorted(records, key=lambda r: (r.timestamp, r.partition, r.offset))
     finally:

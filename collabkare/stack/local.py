@@ -72,13 +72,16 @@ def _ports() -> dict[str, int]:
 
 @contextlib.contextmanager
 def local_stack(
-    workdir: Path | None = None, topic_prefix: str = "", console_port: int | None = None
+    workdir: Path | None = None, topic_prefix: str | None = None, console_port: int | None = None
 ) -> Iterator[RunningStack]:
     """Start everything; on exit (or any failure on the way) stop every process that was started.
 
-    With `console_port`, the staff console is served there too and is the only origin the APIs allow (CORS).
+    With `console_port`, the staff console is served there too and is the only origin the APIs allow (CORS). The
+    topic prefix is `KAFKA_TOPIC_PREFIX` unless given: on a shared broker, the stack's topics and groups are its own.
     """
     workdir = workdir or default_workdir()
+    if topic_prefix is None:
+        topic_prefix = os.environ.get("KAFKA_TOPIC_PREFIX", "")
     ports = _ports()
     for service in SERVICES:
         ensure_port_free(ports[service.name], f"{service.name} API", service.port_variable)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import queue
@@ -26,6 +27,8 @@ import pytest
 from collabkare.seeding import seeded_patient_id
 from collabkare.stack.infra import plan
 from collabkare.stack.ports import free_port
+from schemas import TOPICS
+from tests.support import read_to_end
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "collabkare.cli"]
@@ -171,11 +174,12 @@ class _StackUp:
 
 
 @contextmanager
-def _stack_up() -> Iterator[_StackUp]:
+def _stack_up(**exported: str) -> Iterator[_StackUp]:
     """`collabkare stack up` in its own directory and ports, past its banner; interrupted (Ctrl-C) after the block
-    unless it ended by itself."""
+    unless it ended by itself. `exported`: more of the user's environment."""
     workdir = ROOT / "var" / f"e2e-{uuid.uuid4().hex[:8]}"
     env, ports = _environment(workdir)
+    env.update(exported)
     process = subprocess.Popen(
         [*CLI, "stack", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -198,7 +202,8 @@ def _stack_up() -> Iterator[_StackUp]:
 
 def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
     """`stack up` serves, restarts a service killed under it (as Kubernetes would) and stops on Ctrl-C."""
-    with _stack_up() as stack:
+    prefix = f"dev-{uuid.uuid4().hex[:6]}."
+    with _stack_up(KAFKA_TOPIC_PREFIX=prefix) as stack:
         output, env, ports, workdir = stack.output, stack.env, stack.ports, stack.workdir
         text = str(output)
         assert "CollabKare local stack is ready" in text, text
@@ -224,6 +229,14 @@ def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
         seeded = _cli(env, "seed", "patient", "p@example.com", "--locale", "es")
         assert seeded.returncode == 0 and seeded.stdout.startswith("PatientRegistered "), seeded.stderr
         assert str(seeded_patient_id("P@example.com")) in seeded.stdout, "an email's id is the same every time"
+        # A newcomer's review: the stack ignored an exported KAFKA_TOPIC_PREFIX, so on a shared broker it joined the
+        # real consumer groups and published its seeds to the platform's topics. Its topics carry the prefix, and
+        # the CLI's seed went to them.
+        assert stack_env["KAFKA_TOPIC_PREFIX"] == prefix
+        topic = TOPICS["platform.patients.v1"]
+        bootstrap = stack_env["KAFKA_BOOTSTRAP_SERVERS"]
+        registrations = asyncio.run(read_to_end(bootstrap, prefix + topic.name, partitions=topic.partitions))
+        assert str(seeded_patient_id("p@example.com")).encode() in [record.key for record in registrations]
 
         # A fault drill by hand: the notifier killed as a node would kill it. The stack says so and restarts it.
         killed = _child_pid(stack.process.pid, "services.notifier")
