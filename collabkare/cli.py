@@ -81,6 +81,24 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delete(args: argparse.Namespace) -> int:
+    """The platform deletes a patient's account or a practice: a tombstone (the key, no value) on its topic."""
+    from collabkare.seeding import publish_tombstone, seeded_patient_id
+
+    if args.kind == "patient" and (args.email is None) == (args.id is None):
+        print("collabkare: delete patient takes an email or --id, one of them", file=sys.stderr)
+        return 2
+    bootstrap, prefix = _kafka()
+    if args.kind == "practice":
+        asyncio.run(publish_tombstone(bootstrap, prefix, "platform.practices.v1", args.id))
+        print(f"practice {args.id} deleted (a tombstone on platform.practices.v1)")
+    else:
+        patient_id = args.id or seeded_patient_id(args.email)
+        asyncio.run(publish_tombstone(bootstrap, prefix, "platform.patients.v1", patient_id))
+        print(f"patient {patient_id} deleted (a tombstone on platform.patients.v1; `seed patient` registers again)")
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     import asyncpg
 
@@ -167,6 +185,14 @@ def parser() -> argparse.ArgumentParser:
     )
     seed_patient.add_argument("--name")
     seed.set_defaults(handler=cmd_seed)
+
+    delete = commands.add_parser("delete", help="publish a platform deletion (a tombstone) of a patient or practice")
+    delete_kinds = delete.add_subparsers(dest="kind", required=True)
+    delete_kinds.add_parser("practice").add_argument("id", type=uuid.UUID)
+    delete_patient = delete_kinds.add_parser("patient")
+    delete_patient.add_argument("email", nargs="?", help="as given to `seed patient` (its id is derived from it)")
+    delete_patient.add_argument("--id", type=uuid.UUID, help="the patient id instead of the email")
+    delete.set_defaults(handler=cmd_delete)
 
     migrate = commands.add_parser("migrate", help="create the service's role and schema and apply migrations")
     migrate.add_argument("service", choices=["connections", "invitations", "notifier"])

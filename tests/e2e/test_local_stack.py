@@ -233,10 +233,16 @@ def test_stack_up_serves_until_interrupted(tmp_path: Path) -> None:
         # real consumer groups and published its seeds to the platform's topics. Its topics carry the prefix, and
         # the CLI's seed went to them.
         assert stack_env["KAFKA_TOPIC_PREFIX"] == prefix
+        deleted = _cli(env, "delete", "patient", "p@example.com")  # the platform deletes her: a tombstone
+        assert deleted.returncode == 0 and deleted.stdout.startswith("patient "), deleted.stderr
+        assert _cli(env, "delete", "patient").returncode == 2, "an email or --id"
         topic = TOPICS["platform.patients.v1"]
         bootstrap = stack_env["KAFKA_BOOTSTRAP_SERVERS"]
-        registrations = asyncio.run(read_to_end(bootstrap, prefix + topic.name, partitions=topic.partitions))
-        assert str(seeded_patient_id("p@example.com")).encode() in [record.key for record in registrations]
+        records = asyncio.run(read_to_end(bootstrap, prefix + topic.name, partitions=topic.partitions))
+        mine = [
+            record.value is None for record in records if record.key == str(seeded_patient_id("p@example.com")).encode()
+        ]
+        assert mine == [False, True], "her registration, then her tombstone"
 
         # A fault drill by hand: the notifier killed as a node would kill it. The stack says so and restarts it.
         killed = _child_pid(stack.process.pid, "services.notifier")
