@@ -301,6 +301,7 @@ def connect_by_invite(
 
 
 WITHDRAWN_ON_DELETION = "the patient's CollabKare account was deleted"
+WITHDRAWN_WITH_PRACTICE = "the practice was deleted from CollabKare"
 
 
 def withdrawn_on_deletion(
@@ -310,6 +311,16 @@ def withdrawn_on_deletion(
     return tuple(
         AuditEntry(practice_id, patient_id, "withdrawn", "platform", now, WITHDRAWN_ON_DELETION, request_id)
         for request_id, practice_id in requests
+    )
+
+
+def withdrawn_with_practice(
+    practice_id: uuid.UUID, requests: Iterable[tuple[uuid.UUID, uuid.UUID]], now: datetime
+) -> tuple[AuditEntry, ...]:
+    """The audit of pending requests (request id, patient id) gone with the practice: by the platform."""
+    return tuple(
+        AuditEntry(practice_id, patient_id, "withdrawn", "platform", now, WITHDRAWN_WITH_PRACTICE, request_id)
+        for request_id, patient_id in requests
     )
 
 

@@ -68,9 +68,14 @@ async def record_patients(db: asyncpg.Connection, events: list[PatientRegistered
 
 
 async def forget_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:
-    """Tombstone handler: the platform deleted the practice; patients can no longer ask to connect to it (its
-    requests and connections stay, the practice's own record)."""
-    await repository.delete_practice(db, practice_id)
+    """Tombstone handler: the platform deleted the practice; patients can no longer ask to connect to it, and its
+    pending requests go (approving one announced a connection to a practice no email could name). The audit log says
+    they were withdrawn; decided requests and connections stay, the practice's own record."""
+    await repository.delete_practice(db, practice_id)  # after any request being made now (its KEY SHARE lock)
+    withdrawn = await repository.delete_practice_requests(db, practice_id)
+    await repository.append_audit(db, domain.withdrawn_with_practice(practice_id, withdrawn, _now()))
+    if withdrawn:
+        log.info("connection.requests_withdrawn", count=len(withdrawn), why="the practice was deleted")
 
 
 async def forget_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:

@@ -68,7 +68,9 @@ SET status = $3, decided_by = $4, decided_at = $5, reason = $6, connection_id = 
 WHERE practice_id = $1 AND id = $2 AND status = 'pending'
 """
 
-PRACTICE_KNOWN = "SELECT EXISTS (SELECT 1 FROM connections.practices WHERE practice_id = $1)"
+# Locked (KEY SHARE) until the asking transaction ends: the practice's deletion waits for it, then withdraws the
+# request it made (a request committed after the deletion's withdrawal would stay pending at no practice).
+PRACTICE_KNOWN = "SELECT 1 FROM connections.practices WHERE practice_id = $1 FOR KEY SHARE"
 
 # A practice registered again (a re-publish, a replay) keeps one row; an older event never overwrites a newer one.
 UPSERT_PRACTICES = """
@@ -260,7 +262,7 @@ async def list_connections(
 
 
 async def practice_known(db: asyncpg.Connection, practice_id: uuid.UUID) -> bool:
-    return bool(await db.fetchval(PRACTICE_KNOWN, practice_id))
+    return await db.fetchval(PRACTICE_KNOWN, practice_id) is not None
 
 
 async def lock_patient_everywhere(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
@@ -298,6 +300,19 @@ async def delete_pending_requests(db: asyncpg.Connection, patient_id: uuid.UUID)
 
 async def delete_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:
     await db.execute("DELETE FROM connections.practices WHERE practice_id = $1", practice_id)
+
+
+async def delete_practice_requests(
+    db: asyncpg.Connection, practice_id: uuid.UUID
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Delete the practice's pending requests; (request id, patient id) of each. A decision under way on one of them
+    finishes first (its row lock), and then finds it decided or gone."""
+    rows = await db.fetch(
+        "DELETE FROM connections.connection_requests WHERE practice_id = $1 AND status = 'pending'"
+        " RETURNING id, patient_id",
+        practice_id,
+    )
+    return [(row["id"], row["patient_id"]) for row in rows]
 
 
 async def upsert_practices(db: asyncpg.Connection, practices: Sequence[tuple[uuid.UUID, datetime]]) -> None:

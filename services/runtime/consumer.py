@@ -206,7 +206,7 @@ class BatchConsumer:
 
     async def forget(self, record: ConsumerRecord[bytes, bytes], handler: TombstoneHandler) -> None:
         """A compaction tombstone: the platform deleted what its key names (a patient, a practice). Recorded in the
-        inbox by its place on Kafka, so that a redelivered batch does not delete again what a registration after it
+        inbox by its place on Kafka, timestamp and key, so that a redelivered batch does not delete again what a registration after it
         brought back; the database away is waited for, as for events."""
         key = _canonical_id(record.key)
         if key is None:
@@ -216,7 +216,7 @@ class BatchConsumer:
             )
             return
         context, group = self.context, self.subscription.group
-        name = inbox.record_id(record.topic, record.partition, record.offset)
+        name = inbox.record_id(record.topic, record.partition, record.offset, record.timestamp, record.key)
         failures = 0
         while True:
             try:
@@ -235,7 +235,9 @@ class BatchConsumer:
         if applied:
             log.info("consumer.tombstone_applied", group=group, topic=record.topic, key=str(key))
         else:
-            log.info("inbox.duplicate_skipped", group=group, count=1, kind="tombstone")
+            log.info(
+                "inbox.duplicate_skipped", group=group, count=1, kind="tombstone", topic=record.topic, key=str(key)
+            )
 
     async def apply(self, items: list[tuple[ConsumerRecord[bytes, bytes], Envelope]]) -> None:
         """Apply with retries; a batch that keeps failing is split so one bad event cannot block the rest."""
@@ -265,9 +267,16 @@ class BatchConsumer:
         context = self.context
         async with context.database.acquire() as connection, connection.transaction():
             fresh = await inbox.claim_new(connection, context.schema, self.subscription.group, events)
-            skipped = len(events) - len(fresh)
-            if skipped:
-                log.info("inbox.duplicate_skipped", group=self.subscription.group, count=skipped)
+            if len(fresh) < len(events):
+                # Named, so that a producer reusing an event id for another event can be found: it is skipped too.
+                kept = {id(event) for event in fresh}
+                skipped = [event for event in events if id(event) not in kept]
+                log.info(
+                    "inbox.duplicate_skipped",
+                    group=self.subscription.group,
+                    count=len(skipped),
+                    events=[f"{event.event_type} {event.event_id}" for event in skipped[:10]],
+                )
             for event_type, run in _runs(fresh):
                 await self.subscription.handlers[event_type](connection, run)
         for event in fresh:

@@ -33,13 +33,17 @@ async def claim_new(
     return result
 
 
-# Records that are not events (a compaction tombstone has no event id) are named by where they are on Kafka.
+# Records that are not events (a compaction tombstone has no event id) are named by where they are on Kafka and
+# what they are: its place alone comes round again when a topic is created anew (a migration to another cluster, a
+# topic deleted and re-created), and a new tombstone at an old one's offset was skipped as already applied.
 _RECORD_NAMESPACE = uuid.UUID("6f1c2b4e-8d3a-4c5b-9e7f-0a1b2c3d4e5f")
 
 
-def record_id(topic: str, partition: int, offset: int) -> uuid.UUID:
-    """The inbox id of a record that carries no event id: the same on every redelivery of that record."""
-    return uuid.uuid5(_RECORD_NAMESPACE, f"{topic}:{partition}:{offset}")
+def record_id(topic: str, partition: int, offset: int, timestamp: int, key: bytes | None) -> uuid.UUID:
+    """The inbox id of a record that carries no event id: the same on every redelivery of that record (its place,
+    timestamp and key), another for a record at the same place of a topic created anew."""
+    name = f"{topic}:{partition}:{offset}:{timestamp}:{(key or b'').hex()}"
+    return uuid.uuid5(_RECORD_NAMESPACE, name)
 
 
 async def claim_record(

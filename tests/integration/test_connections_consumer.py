@@ -96,6 +96,45 @@ async def test_a_practice_the_platform_deleted_can_no_longer_be_asked_to_connect
     assert asked.status_code == 422, asked.text
 
 
+async def test_a_practice_the_platform_deleted_has_its_pending_requests_withdrawn(service: Service) -> None:
+    """A platform team's probe: staff of a deleted practice could still approve its pending requests, announcing a
+    ConnectionApproved the notifier mailed as "connected to your practice", unnamed. They go, with the audit saying
+    why; a decided request, its connection and another practice's request stay."""
+    practice, other = await service.practice(), await service.practice()
+    pending = await service.ask(practice)
+    decided = await service.ask(practice)
+    approve = f"/v1/practices/{practice}/connection-requests/{decided['id']}/approve"
+    assert (await service.http.post(approve, headers=_staff(practice))).status_code == 200
+    elsewhere = await service.ask(other)
+
+    await produce(service.bootstrap, service.topic_prefix + "platform.practices.v1", [(str(practice).encode(), None)])
+    mine = "SELECT count(*) FROM connections.connection_requests WHERE practice_id = $1 AND status = 'pending'"
+    async with asyncio.timeout(20):
+        while await service.fetchval(mine, practice):
+            await asyncio.sleep(0.05)
+
+    gone = f"/v1/practices/{practice}/connection-requests/{pending['id']}/approve"
+    assert (await service.http.post(gone, headers=_staff(practice))).status_code == 404
+    listed = await service.http.get(f"/v1/practices/{practice}/connection-requests", headers=_staff(practice))
+    assert [r["id"] for r in listed.json()["items"]] == [decided["id"]]
+    statuses = await service.fetch(
+        "SELECT status FROM connections.connection_requests WHERE practice_id = $1", practice
+    )
+    assert [r["status"] for r in statuses] == ["approved"]
+    assert len(await _connections(service, practice)) == 1
+    audit = await service.fetch(
+        "SELECT request_id, actor, reason FROM connections.audit_log WHERE practice_id = $1 AND action = 'withdrawn'",
+        practice,
+    )
+    assert [(a["request_id"], a["actor"], a["reason"]) for a in audit] == [
+        (uuid.UUID(pending["id"]), "platform", "the practice was deleted from CollabKare")
+    ]
+    theirs = f"/v1/practices/{other}/connection-requests"
+    assert [r["id"] for r in (await service.http.get(theirs, headers=_staff(other))).json()["items"]] == [
+        elsewhere["id"]
+    ]
+
+
 async def test_a_patient_the_platform_deleted_withdraws_her_pending_requests(service: Service) -> None:
     """A review: connections did not read platform.patients.v1, so a deleted patient's pending requests stayed on the
     staff's list (her address, name and message), and approving one connected an account that no longer exists.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -291,6 +292,27 @@ async def test_a_redelivered_tombstone_is_not_applied_again(
 
     rows = await _applied(database, expect=2, timeout=1.0)
     assert [(r["event_id"], r["invite_id"]) for r in rows] == [(None, deleted)]
+
+
+async def test_a_tombstone_at_the_place_of_an_earlier_one_on_a_topic_created_anew_is_applied(
+    consuming: tuple[ServiceRuntime, Effects], database: ScratchDatabase, topic_prefix: str
+) -> None:
+    """A platform team's probe: tombstones were named by their place on Kafka alone, so after the topic was
+    re-created (a migration to another cluster, a topic deleted and made again) the tombstone of another patient at
+    an offset an earlier one had used was skipped as applied, and her data stayed."""
+    runtime, _ = consuming
+    bootstrap, practices = database.infra.kafka_bootstrap, topic_prefix + "platform.practices.v1"
+    first = uuid.uuid4()
+    await produce(bootstrap, practices, [(str(first).encode(), None)])
+    await _applied(database, expect=1)
+    [record] = await read_to_end(bootstrap, practices)
+    second = uuid.uuid4()
+    anew = dataclasses.replace(record, key=str(second).encode(), timestamp=record.timestamp + 1)
+
+    await BatchConsumer(runtime.spec.subscriptions[0], runtime.consumers).consume([anew])
+
+    rows = await _applied(database, expect=2)
+    assert sorted(r["invite_id"] for r in rows) == sorted([first, second])
 
 
 async def test_an_event_without_its_event_id_is_dead_lettered_not_given_a_fresh_one(
