@@ -206,8 +206,8 @@ class BatchConsumer:
 
     async def forget(self, record: ConsumerRecord[bytes, bytes], handler: TombstoneHandler) -> None:
         """A compaction tombstone: the platform deleted what its key names (a patient, a practice). Recorded in the
-        inbox by its place on Kafka, timestamp and key, so that a redelivered batch does not delete again what a registration after it
-        brought back; the database away is waited for, as for events."""
+        inbox by its place on Kafka, timestamp and key, so that a redelivered batch does not delete again what a
+        registration after it brought back; the database away is waited for, as for events."""
         key = _canonical_id(record.key)
         if key is None:
             # Compaction goes by the key's bytes: another spelling of the id deletes nothing on the topic.
