@@ -302,9 +302,7 @@ async def delete_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> Non
     await db.execute("DELETE FROM connections.practices WHERE practice_id = $1", practice_id)
 
 
-async def delete_practice_requests(
-    db: asyncpg.Connection, practice_id: uuid.UUID
-) -> list[tuple[uuid.UUID, uuid.UUID]]:
+async def delete_practice_requests(db: asyncpg.Connection, practice_id: uuid.UUID) -> list[tuple[uuid.UUID, uuid.UUID]]:
     """Delete the practice's pending requests; (request id, patient id) of each. A decision under way on one of them
     finishes first (its row lock), and then finds it decided or gone."""
     rows = await db.fetch(
