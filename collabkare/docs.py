@@ -225,15 +225,15 @@ def _dead_letter_message(subscription: Subscription) -> dict[str, Any]:
                     "type": "string",
                     "maxLength": 2000,
                     "description": "Why the record is here: `empty message` (a zero-length value, or a null one on "
-                    "a topic without tombstones), `not a valid event: <field>: <problem>; ...` (the record does "
-                    "not parse as an event), `<EventType> is published on <topic>, not here` (a valid event read on another topic "
-                    "than its type's own), `the event_type header says <Type>, which is not published here` (the "
-                    "header names a type its topic does not carry), `the event_type header says <Type>, the event is "
-                    "a <EventType>` (the header and the value disagree), `<EventType> must be keyed by its <field> "
-                    "(lowercase, hyphenated)` (a platform event on a compacted topic keyed by anything but the id "
-                    "its contract names, as its JSON spells it), `a tombstone's key must be the id of what it "
-                    "deletes (lowercase, hyphenated)`, or `<ExceptionType>: <message>` (its handler kept failing "
-                    "with that error after CONSUMER_MAX_ATTEMPTS attempts).",
+                    "a topic without tombstones), `not a valid event: <field>: <problem>; ...` (the record does not "
+                    "parse as an event), `<EventType> is published on <topic>, not here` (a valid event read on "
+                    "another topic than its type's own), `the event_type header says <Type>, which is not published "
+                    "here` (the header names a type its topic does not carry), `the event_type header says <Type>, "
+                    "the event is a <EventType>` (the header and the value disagree), `<EventType> must be keyed by "
+                    "its <field> (lowercase, hyphenated)` (a platform event on a compacted topic keyed by anything "
+                    "but the id its contract names, as its JSON spells it), `a tombstone's key must be the id of "
+                    "what it deletes (lowercase, hyphenated)`, or `<ExceptionType>: <message>` (its handler kept "
+                    "failing with that error after CONSUMER_MAX_ATTEMPTS attempts).",
                 },
                 "original_topic": {
                     "type": "string",
