@@ -60,7 +60,9 @@ class Envelope(Contract):
         min_length=1,
         max_length=128,
         description="Shared by every event caused by one user action: the X-Correlation-ID of the API request "
-        "that started it (the caller's, or one the API made up and answered with).",
+        "that started it (the caller's, or one the API made up and answered with); for an event no request caused, "
+        "the run that made it (`invite-expiry-<hex>` for the expiry sweeper) or the producer's own (the platform's "
+        "events carry theirs).",
     )
     causation_id: str | None = Field(
         default=None,
