@@ -146,38 +146,48 @@ class BatchConsumer:
             announced = _announced_type(record)
             if announced in EVENT_TYPES and announced not in self.subscription.handlers:
                 if self.home_topics[announced] == record.topic:
-                    continue  # another consumer's event, by the type our relays put in the headers: not parsed
+                    # Another consumer's event, by the type our relays put in the headers: not parsed.
+                    self.context.metrics.records_skipped.labels(self.subscription.group, "not_handled").inc()
+                    continue
                 # A header naming a type that never travels here is a mistake, not someone else's event: skipped,
                 # it vanished from this group while another group reading the topic applied it.
-                await self.dead_letter(record, f"the event_type header says {announced}, which is not published here")
+                await self.dead_letter(
+                    record, f"the event_type header says {announced}, which is not published here", kind="misrouted"
+                )
                 continue
             # No header, one of ours, or a type no contract knows: parsed, so an unknown one is dead-lettered
             # (with or without the header) instead of vanishing.
             try:
                 event = decode(record)
             except PoisonMessage as error:
-                await self.dead_letter(record, str(error))
+                await self.dead_letter(record, str(error), kind="not_an_event")
                 continue
             if record.topic != (home := self.home_topics[event.event_type]):
-                await self.dead_letter(record, f"{event.event_type} is published on {home}, not here", event)
+                await self.dead_letter(
+                    record, f"{event.event_type} is published on {home}, not here", event, kind="misrouted"
+                )
                 continue
             if announced is not None and announced != event.event_type:
                 # Named only when it is a type we know: a producer's free text may carry anything, PHI included.
                 said = announced if announced in EVENT_TYPES else "an unknown type"
                 await self.dead_letter(
-                    record, f"the event_type header says {said}, the event is a {event.event_type}", event
+                    record,
+                    f"the event_type header says {said}, the event is a {event.event_type}",
+                    event,
+                    kind="misrouted",
                 )
                 continue
             if record.topic in self.tombstones and record.key != event.aggregate_key().encode():
                 # On a compacted topic the key's bytes are what a later record or tombstone replaces or deletes: a
                 # record keyed otherwise (by an email, an id spelt in capitals) would outlive the tombstone that
                 # deletes its patient or practice.
-                await self.dead_letter(
-                    record, f"{event.event_type} must be keyed by its {event.key_path()} (lowercase, hyphenated)", event
-                )
+                reason = f"{event.event_type} must be keyed by its {event.key_path()} (lowercase, hyphenated)"
+                await self.dead_letter(record, reason, event, kind="miskeyed")
                 continue
             if event.event_type in self.subscription.handlers:
                 plan.append((record, event))
+            else:
+                self.context.metrics.records_skipped.labels(self.subscription.group, "not_handled").inc()
         throttle = self.subscription.throttle
         held = [(r, step) for r, step in plan if throttle and _is_held(step, throttle)]
         if throttle and held:
@@ -212,7 +222,7 @@ class BatchConsumer:
         if key is None:
             # Compaction goes by the key's bytes: another spelling of the id deletes nothing on the topic.
             await self.dead_letter(
-                record, "a tombstone's key must be the id of what it deletes (lowercase, hyphenated)"
+                record, "a tombstone's key must be the id of what it deletes (lowercase, hyphenated)", kind="miskeyed"
             )
             return
         context, group = self.context, self.subscription.group
@@ -230,11 +240,13 @@ class BatchConsumer:
                 if is_transient(error) or failures < context.max_attempts:
                     await self._backoff(failures, "tombstone_failed", error)
                     continue
-                await self.dead_letter(record, f"{type(error).__name__}: {error}")
+                await self.dead_letter(record, f"{type(error).__name__}: {error}", kind="handler_failed")
                 return
         if applied:
+            context.metrics.events_consumed.labels(group, "tombstone").inc()
             log.info("consumer.tombstone_applied", group=group, topic=record.topic, key=str(key))
         else:
+            context.metrics.records_skipped.labels(group, "duplicate").inc()
             log.info(
                 "inbox.duplicate_skipped", group=group, count=1, kind="tombstone", topic=record.topic, key=str(key)
             )
@@ -260,7 +272,7 @@ class BatchConsumer:
                         await self.apply([item])
                     return
                 record, event = items[0]
-                await self.dead_letter(record, f"{type(error).__name__}: {error}", event)
+                await self.dead_letter(record, f"{type(error).__name__}: {error}", event, kind="handler_failed")
                 return
 
     async def _apply_once(self, events: list[Envelope]) -> None:
@@ -271,6 +283,7 @@ class BatchConsumer:
                 # Named, so that a producer reusing an event id for another event can be found: it is skipped too.
                 kept = {id(event) for event in fresh}
                 skipped = [event for event in events if id(event) not in kept]
+                context.metrics.records_skipped.labels(self.subscription.group, "duplicate").inc(len(skipped))
                 log.info(
                     "inbox.duplicate_skipped",
                     group=self.subscription.group,
@@ -283,8 +296,9 @@ class BatchConsumer:
             context.metrics.events_consumed.labels(self.subscription.group, event.event_type).inc()
 
     async def dead_letter(
-        self, record: ConsumerRecord[bytes, bytes], reason: str, event: Envelope | None = None
+        self, record: ConsumerRecord[bytes, bytes], reason: str, event: Envelope | None = None, *, kind: str
     ) -> None:
+        """Publish the record to the group's dead-letter topic; `kind` one of DEAD_LETTER_KINDS."""
         # The original record as it was (key, bytes, headers: a redrive can put it back as is), and why.
         # (FastStream's producer sends text only: a value that is not UTF-8 has U+FFFD for the bytes it cannot read.)
         original = {key: record_headers.text(value) for key, value in record.headers or ()}
@@ -308,7 +322,7 @@ class BatchConsumer:
             # FastStream would otherwise stamp a fresh one; an unparsable record keeps what it carried, if any.
             correlation_id=event.correlation_id if event else original.get("correlation_id"),
         )
-        self.context.metrics.dead_letters.labels(self.subscription.group).inc()
+        self.context.metrics.dead_letters.labels(self.subscription.group, kind).inc()
         log.error(
             "consumer.dead_lettered",
             group=self.subscription.group,

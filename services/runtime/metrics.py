@@ -10,6 +10,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 # (retried without end), an error of the batch itself (retried a few times, then the batch is split and the event
 # dead-lettered), or either for a tombstone.
 RETRY_REASONS = ("dependency_down", "apply_failed", "tombstone_failed")
+# What was wrong with a dead-lettered record (dead_letters_total's `kind`; the header dead_letter_reason says more):
+# not an event at all (empty, not JSON, a field missing or invalid, a type no contract knows), an event on the wrong
+# topic or under the wrong event_type header, a platform record or tombstone keyed otherwise than its contract says,
+# or an event its handler kept failing on.
+DEAD_LETTER_KINDS = ("not_an_event", "misrouted", "miskeyed", "handler_failed")
+# Records a consumer passes over without applying (consumer_records_skipped_total's `why`): one its inbox has seen
+# (a redelivery, or a producer reusing an event id), or another group's event on a topic it reads.
+SKIP_REASONS = ("duplicate", "not_handled")
 
 
 class Metrics:
@@ -35,11 +43,23 @@ class Metrics:
             registry=self.registry,
         )
         self.dead_letters = Counter(
-            "dead_letters_total", "Messages sent to the dead-letter topic", ["group"], registry=self.registry
+            "dead_letters_total",
+            "Messages sent to the dead-letter topic, by group and what was wrong with them",
+            ["group", "kind"],
+            registry=self.registry,
+        )
+        self.records_skipped = Counter(
+            "consumer_records_skipped_total",
+            "Records a consumer passed over without applying them, by group and why",
+            ["group", "why"],
+            registry=self.registry,
         )
         # At 0 from the start: `increase()` needs a sample before the first dead letter, or it never sees it.
         for group in groups:
-            self.dead_letters.labels(group)
+            for kind in DEAD_LETTER_KINDS:
+                self.dead_letters.labels(group, kind)
+            for why in SKIP_REASONS:
+                self.records_skipped.labels(group, why)
         # Each wait before a consumer tries a batch (or a tombstone) again, by why. An error of the database being
         # away, refusing (a permission, a column missing: a schema behind the code) or timing out is retried
         # without end, so that nothing is lost: a group stuck on one owns its partitions and dead-letters nothing

@@ -240,6 +240,11 @@ async def test_a_tombstone_is_applied_by_its_key_and_a_stray_one_is_dead_lettere
     # Passed on as they came: a null stays null (an integrator's probe saw b"", which a redrive cannot delete with).
     assert [d.value for d in dead if d.key != empty_not_null] == [None, None, None]
     assert [d.value for d in dead if d.key == empty_not_null] == [b""]
+    # What an operator's dashboard shows of them (a platform team's probe: only a count per group).
+    metrics = consuming[0].metrics
+    assert metrics.dead_letters.labels(GROUP, "miskeyed")._value.get() == 2
+    assert metrics.dead_letters.labels(GROUP, "not_an_event")._value.get() == 2
+    assert metrics.events_consumed.labels(GROUP, "tombstone")._value.get() == 1
 
 
 async def test_a_record_on_a_compacted_topic_keyed_otherwise_than_its_contract_says_is_dead_lettered(
@@ -292,6 +297,7 @@ async def test_a_redelivered_tombstone_is_not_applied_again(
 
     rows = await _applied(database, expect=2, timeout=1.0)
     assert [(r["event_id"], r["invite_id"]) for r in rows] == [(None, deleted)]
+    assert runtime.metrics.records_skipped.labels(GROUP, "duplicate")._value.get() == 1
 
 
 async def test_a_tombstone_at_the_place_of_an_earlier_one_on_a_topic_created_anew_is_applied(
@@ -427,7 +433,7 @@ async def test_a_database_behind_the_code_is_waited_for_not_dead_lettered(
         event = _expired()
         bootstrap = database.infra.kafka_bootstrap
         await produce(bootstrap, topic_prefix + "invitations.v1", [(b"k", event.model_dump_json().encode())])
-        dead_letters = runtime.metrics.dead_letters.labels(GROUP)
+        dead_letters = runtime.metrics.dead_letters.labels(GROUP, "handler_failed")
         retries = runtime.metrics.consumer_retries.labels(GROUP, "dependency_down")
         await asyncio.sleep(1.0)  # far past 3 attempts at a 0.01 s base: the old code had dead-lettered it by now
         assert dead_letters._value.get() == 0, "an outage's event was dead-lettered"

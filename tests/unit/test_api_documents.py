@@ -193,7 +193,8 @@ async def test_dead_letter_messages_document_every_header_the_consumer_sets() ->
             serialized_value_size=8,
             headers=[("event_type", b"Unknown"), ("event_id", str(uuid.uuid4()).encode())],
         )
-        await BatchConsumer(subscription, context).dead_letter(record, "not a valid event: message: bad")
+        reason = "not a valid event: message: bad"
+        await BatchConsumer(subscription, context).dead_letter(record, reason, kind="not_an_event")
         [sent] = broker.published
         assert set(DEAD_LETTER_HEADERS) <= set(sent["headers"]) <= set(headers["properties"])
 

@@ -10,7 +10,7 @@ import httpx
 from collabkare.docs import runtimes
 from services.notifier.domain import Kind, Outcome
 from services.notifier.metrics import RECLAIM_REASONS
-from services.runtime.metrics import RETRY_REASONS
+from services.runtime.metrics import DEAD_LETTER_KINDS, RETRY_REASONS, SKIP_REASONS
 from services.runtime.service import ServiceRuntime
 
 
@@ -32,7 +32,11 @@ async def test_every_consumer_groups_dead_letters_and_retries_are_at_zero_before
         assert groups, f"{name} consumes nothing?"
         text = await _scrape(runtime)
         for group in groups:
-            assert _value(text, f'dead_letters_total{{group="{group}"}}') == 0.0, (name, group)
+            for kind in DEAD_LETTER_KINDS:
+                assert _value(text, f'dead_letters_total{{group="{group}",kind="{kind}"}}') == 0.0, (name, kind)
+            for why in SKIP_REASONS:
+                skipped = f'consumer_records_skipped_total{{group="{group}",why="{why}"}}'
+                assert _value(text, skipped) == 0.0, (name, group, why)
             for reason in RETRY_REASONS:
                 retries = f'consumer_retries_total{{group="{group}",reason="{reason}"}}'
                 assert _value(text, retries) == 0.0, (name, group, reason)
