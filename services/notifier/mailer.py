@@ -87,7 +87,7 @@ class SmtpConnection:
         # One deadline for the whole transaction, not one per reply.
         deadline = asyncio.get_running_loop().time() + self._mailer.settings.smtp_timeout_seconds
         try:
-            accepted, response = await wire.transaction(sender, recipient, message, deadline=deadline)
+            accepted, response, verb = await wire.transaction(sender, recipient, message, deadline=deadline)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             # A timeout or a dropped connection: the server may or may not have kept the message.
             self.close()
@@ -96,7 +96,11 @@ class SmtpConnection:
             return SendResult(Attempt.PERMANENT, f"invalid address: {error}")
         if accepted:
             return SendResult(Attempt.SENT, _reply(response.code, response.message))
-        return await self._refused(wire, response)
+        # A permanent refusal of our MAIL FROM is of us (the sender address, the account, its quota), not of this
+        # message: every email would get it, and the backlog would end `error` in seconds. Unless the command asked
+        # for SMTPUTF8, which is this message's (its recipient's address).
+        of_us = verb == b"MAIL" and response.code >= 500 and recipient.isascii() and sender.isascii()
+        return await self._refused(wire, response, of_us=of_us)
 
     async def _open(self) -> Wire | SendResult:
         try:
@@ -120,7 +124,7 @@ class SmtpConnection:
             raise
         return self._wire
 
-    async def _refused(self, wire: Wire, response: SMTPResponse) -> SendResult:
+    async def _refused(self, wire: Wire, response: SMTPResponse, *, of_us: bool = False) -> SendResult:
         if wire.usable:
             # Reset the envelope so the connection can carry the next message; a failing reset drops it.
             try:
@@ -134,9 +138,10 @@ class SmtpConnection:
         if 200 <= response.code < 300:
             # A server breaking the protocol (a 250 where DATA needs 354, a 252 to RCPT): nothing was sent.
             return SendResult(Attempt.TRANSIENT, f"unexpected reply {_reply(response.code, response.message)}")
-        if response.code in _NOT_AS_CONFIGURED:
-            # "Authenticate / STARTTLS first", "bad credentials": the server refuses us, not this message.
-            # Retried like an unreachable server (not counted) instead of failing the whole backlog.
+        if response.code in _NOT_AS_CONFIGURED or of_us:
+            # "Authenticate / STARTTLS first", "bad credentials", "sender address rejected", "account suspended":
+            # the server refuses us, not this message. Retried like an unreachable server (not counted) instead of
+            # failing the whole backlog.
             return SendResult(Attempt.UNREACHABLE, _reply(response.code, response.message))
         return SendResult(classify_reply(response.code), _reply(response.code, response.message))
 

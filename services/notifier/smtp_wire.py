@@ -90,8 +90,9 @@ class Wire(asyncio.Protocol):
 
     async def transaction(
         self, sender: str, recipient: str, message: bytes, *, deadline: float
-    ) -> tuple[bool, SMTPResponse]:
-        """One message: (True, the 250 to the message) or (False, the first refusal). Raises Disconnected when the
+    ) -> tuple[bool, SMTPResponse, bytes]:
+        """One message: (True, the 250 to the message, b"") or (False, the first refusal, the verb it answered:
+        MAIL, RCPT, DATA, or b"" for the message itself). Raises Disconnected when the
         connection ends first, ValueError for an address no command line can carry, TimeoutError once the event
         loop's clock passes `deadline` with a reply still missing.
 
@@ -114,29 +115,32 @@ class Wire(asyncio.Protocol):
         finally:
             alarm.cancel()
 
-    async def _transaction(self, envelope: list[bytes], message: bytes, deadline: float) -> tuple[bool, SMTPResponse]:
+    async def _transaction(
+        self, envelope: list[bytes], message: bytes, deadline: float
+    ) -> tuple[bool, SMTPResponse, bytes]:
         expected: list[tuple[int, ...]] = [(250,), (250, 251), (354,)]
+        verbs = [b"MAIL", b"RCPT", b"DATA"]
         if self.pipelining:
             self._write(b"".join(envelope) + b"DATA\r\n", replies=3)
             replies = await self._read(3, deadline)
-            for reply, codes in zip(replies, expected, strict=False):
+            for reply, codes, verb in zip(replies, expected, verbs, strict=False):
                 if reply.code not in codes:
                     if replies[-1].code == 354:
                         # DATA accepted after a refusal (a server breaking RFC 2920): no message may follow.
                         self.close()
-                    return False, reply
+                    return False, reply, verb
             if len(replies) < 3:
                 raise Disconnected(self._why)
         else:
-            for command, codes in zip([*envelope, b"DATA\r\n"], expected, strict=True):
+            for command, codes, verb in zip([*envelope, b"DATA\r\n"], expected, verbs, strict=True):
                 reply = await self.command(command, deadline)
                 if reply.code not in codes:
-                    return False, reply
+                    return False, reply, verb
         if self._past(deadline):
             self.close()  # the server waits for a message in DATA mode: nothing else may follow on this connection
             raise TimeoutError  # the 354 came too late: the message is not sent, so it cannot arrive twice
         reply = await self.command(data_lines(message), deadline)
-        return reply.code == 250, reply
+        return reply.code == 250, reply, b""
 
     async def command(self, line: bytes, deadline: float | None = None) -> SMTPResponse:
         """Write a command line (CRLF included) and read its one reply."""

@@ -175,6 +175,23 @@ async def test_a_temporary_refusal_is_transient() -> None:
     assert server.messages == []
 
 
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_a_permanent_refusal_of_our_sender_is_of_us_not_of_the_message(pipelining: bool) -> None:
+    """A review: "553 sender address rejected" (an account suspended, a quota) was taken for the message's refusal,
+    so the whole backlog ended `error` in seconds. Retried as an unreachable server is, attempts not counted; a
+    MAIL FROM asking for SMTPUTF8 (this message's recipient) is still this message's."""
+
+    def answer(line: bytes) -> bytes | None:
+        return b"553 5.7.1 sender address rejected: account suspended" if line.startswith(b"MAIL") else None
+
+    server = Scripted(pipelining=pipelining, answer=answer, smtputf8=True)
+    async with serving(server) as port:
+        ours, utf8 = await _send(port, "ann@example.com", "josé@example.com")
+    assert (ours.attempt, ours.reply) == (Attempt.UNREACHABLE, "553 5.7.1 sender address rejected: account suspended")
+    assert utf8.attempt is Attempt.PERMANENT
+    assert server.messages == []
+
+
 async def test_421_closes_and_the_next_message_goes_over_a_new_connection() -> None:
     refusals = iter([b"421 4.3.2 shutting down"])
 
