@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -109,13 +110,26 @@ class Backpressure:
             log.debug("delivery.backpressure_released", high_water=self.high_water)
 
 
+# A claim or a recording holds its rows' locks until it ends; one whose process froze (SIGSTOP, a stalled VM: the
+# kernel still answers keepalives) would hold them for ever, its rows out of every other sender's reach.
+_IDLE_IN_SENDING_TRANSACTION_MS = 15_000
+
+
+@asynccontextmanager
+async def _sending_transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction of the sender's, which PostgreSQL ends should it sit idle past the bound above."""
+    async with transaction(pool) as db:
+        await db.execute(f"SET LOCAL idle_in_transaction_session_timeout = {_IDLE_IN_SENDING_TRANSACTION_MS}")
+        yield db
+
+
 async def claim_deliveries(
     pool: asyncpg.Pool, limit: int, owner: uuid.UUID, max_attempts: int
 ) -> tuple[list[Claimed], list[Final]]:
     """Claim due deliveries for sending; invites the directories say must not go out (domain.not_to_send) and
     deliveries claimed too often (domain.abandoned) end here, with their DeliveryOutcome, in the same transaction.
     Returns (to send, finished)."""
-    async with transaction(pool) as db:
+    async with _sending_transaction(pool) as db:
         claimed = await repository.claim_due(db, limit, owner)
         now = _now()
         stopped = [
@@ -168,7 +182,7 @@ async def record_attempts(
             finals.append(decision)
         else:
             retries.append(decision)
-    async with transaction(pool) as db:
+    async with _sending_transaction(pool) as db:
         finished = await _finish(db, finals, owner)
         await repository.reschedule(db, retries, owner)
     return finished, retries
@@ -178,7 +192,7 @@ async def release(pool: asyncpg.Pool, claimed: Sequence[Claimed], owner: uuid.UU
     """Give back claims never attempted (shutting down, or dropped): due now, and the attempt not counted."""
     now = _now()
     retries = [Retry(c, c.attempts - 1, now, why) for c in claimed]
-    async with transaction(pool) as db:
+    async with _sending_transaction(pool) as db:
         await repository.reschedule(db, retries, owner)
 
 

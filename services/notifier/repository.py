@@ -364,11 +364,19 @@ async def take_back_from_earlier_runs(
 
 async def expire_leases(db: asyncpg.Connection | asyncpg.Pool, lease_seconds: float) -> int:
     """Deliveries left `sending` by a process that died (so renewed by nobody) go back to the queue (the documented
-    duplicate window: one it had handed to the SMTP server just before it died is sent again)."""
+    duplicate window: one it had handed to the SMTP server just before it died is sent again). A row another
+    transaction holds (a frozen process's open claim or recording) is skipped, not waited for: waiting stalled this
+    reaper's renewals, and every lease in the table stayed unexpired until the statement timed out."""
     result = await db.execute(
         """
-        UPDATE notifier.deliveries SET status = 'pending', claimed_at = NULL, claimed_by = NULL, updated_at = now()
-        WHERE status = 'sending' AND claimed_at < now() - make_interval(secs => $1)
+        UPDATE notifier.deliveries d
+        SET status = 'pending', claimed_at = NULL, claimed_by = NULL, updated_at = now()
+        FROM (
+            SELECT id FROM notifier.deliveries
+            WHERE status = 'sending' AND claimed_at < now() - make_interval(secs => $1)
+            FOR UPDATE SKIP LOCKED
+        ) AS expired
+        WHERE d.id = expired.id
         """,
         lease_seconds,
     )

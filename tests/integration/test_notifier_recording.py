@@ -226,6 +226,30 @@ async def test_an_invite_revoked_while_its_claim_waits_is_not_sent(
     assert (row["status"], row["last_error"]) == ("error", domain.REVOKED)
 
 
+async def test_expiring_leases_passes_over_rows_another_transaction_holds(
+    relay: tuple[Relay, Sender], infra: Infrastructure, template_database: str
+) -> None:
+    """A review: a frozen process's open transaction kept its expired rows locked, and every reaper waited on them
+    (its renewals stalled, no lease in the table expired) until the statement timed out. They are passed over."""
+    async with scratch(infra, template_database, pool_size=8) as (_, _, admin):
+        await _queue(admin, OTHERS[:2])
+        await handlers.claim_deliveries(admin, 10, uuid.uuid4(), max_attempts=3)
+        await admin.execute("UPDATE notifier.deliveries SET claimed_at = now() - interval '1 hour'")
+        frozen = await admin.acquire()
+        try:
+            transaction = frozen.transaction()
+            await transaction.start()
+            await frozen.execute(
+                "SELECT 1 FROM notifier.deliveries WHERE recipient = $1 FOR UPDATE", OTHERS[0]
+            )  # as a claim or a recording under way would, in a process that stopped answering
+            async with asyncio.timeout(10):
+                assert await handlers.expire_leases(admin, 60) == 1
+            await transaction.rollback()
+        finally:
+            await admin.release(frozen)
+        assert await handlers.expire_leases(admin, 60) == 1
+
+
 async def test_a_late_final_of_a_sender_that_lost_its_lease_leaves_the_row_to_its_new_holder(
     relay: tuple[Relay, Sender], infra: Infrastructure, template_database: str
 ) -> None:
