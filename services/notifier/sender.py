@@ -125,7 +125,10 @@ class _Run:
             tasks = [claimer, reaper, recorder, *workers, *([keeper] if keeper else [])]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if keeper is None or keeper not in done or keeper.exception() is not None:  # else the keeper said why
-                log.error("sender.stopped_unexpectedly")
+                # Which part ended, and with what: the shutdown below would otherwise swallow the error for good.
+                ended = next(iter(done))
+                error = None if ended.cancelled() else ended.exception()
+                log.error("sender.stopped_unexpectedly", part=ended.get_name(), error=repr(error)[:300], exc_info=error)
         finally:
             try:
                 await self._shutdown(claimer, reaper, recorder, workers)

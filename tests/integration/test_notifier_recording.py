@@ -17,13 +17,14 @@ from typing import Any
 
 import asyncpg
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from collabkare.stack.infra import Infrastructure
 from services.notifier import domain, handlers, leases
 from services.notifier.mailer import Mailer
 from services.notifier.messages import Renderer
-from services.notifier.metrics import metrics_for
+from services.notifier.metrics import NotifierMetrics, metrics_for
 from services.notifier.sender import Sender, _Run
 from tests.integration.notifier_harness import MessageIds, invite, revoked, scratch, smtp_server, smtp_settings
 
@@ -270,3 +271,26 @@ async def test_a_late_final_of_a_sender_that_lost_its_lease_leaves_the_row_to_it
         row = await admin.fetchrow("SELECT status, smtp_reply FROM notifier.deliveries")
     assert finals_a == [] and [f.outcome for f in finals_b] == ["sent"]
     assert (row["status"], row["smtp_reply"]) == ("sent", "250 2.0.0 OK")
+
+
+async def test_the_error_that_stops_the_sender_is_logged_with_the_part_it_stopped(
+    relay: tuple[Relay, Sender],
+    infra: Infrastructure,
+    template_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: a bug in one of the sender's tasks ended the run with `sender.stopped_unexpectedly` alone (the
+    shutdown retrieved the exception silently), so the log never said what had gone wrong."""
+    _, sender = relay
+
+    def broken(*_: object) -> None:
+        raise KeyError("a-bug-in-the-recorder")
+
+    monkeypatch.setattr(NotifierMetrics, "email", broken)
+    async with scratch(infra, template_database, pool_size=8) as (_, _, admin):
+        await _queue(admin, OTHERS[:2])
+        with structlog.testing.capture_logs() as lines:
+            async with asyncio.timeout(60):
+                await _Run(sender, admin, metrics_for(CollectorRegistry())).run()  # ends by itself: a part died
+    [stopped] = [line for line in lines if line["event"] == "sender.stopped_unexpectedly"]
+    assert stopped["part"] == "sender-record" and "a-bug-in-the-recorder" in stopped["error"]
