@@ -219,5 +219,19 @@ async def _finish(db: asyncpg.Connection, finals: list[Final], owner: uuid.UUID 
         return []
     finished = await repository.finish(db, finals, owner)
     done = [final for final in finals if final.claimed.delivery.id in finished]
-    await add_events(db, repository.SCHEMA, [domain.outcome_event(final) async for final in in_slices(done)])
+    events: list[Envelope] = []
+    async for final in in_slices(done):
+        try:
+            events.append(domain.outcome_event(final))
+        except ValueError as error:
+            # A DeliveryOutcome the contract refuses for this delivery (a bug): its row ends all the same, unsent
+            # or sent, with no event. Raised, it failed the whole transaction, again at every restart; a claim
+            # ending it as abandoned failed with it, and then no email at all went out.
+            log.error(
+                "delivery.outcome_unpublishable",
+                delivery_id=str(final.claimed.delivery.id),
+                outcome=final.outcome,
+                error=repr(error)[:300],
+            )
+    await add_events(db, repository.SCHEMA, events)
     return done

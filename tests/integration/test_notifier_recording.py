@@ -294,3 +294,41 @@ async def test_the_error_that_stops_the_sender_is_logged_with_the_part_it_stoppe
                 await _Run(sender, admin, metrics_for(CollectorRegistry())).run()  # ends by itself: a part died
     [stopped] = [line for line in lines if line["event"] == "sender.stopped_unexpectedly"]
     assert stopped["part"] == "sender-record" and "a-bug-in-the-recorder" in stopped["error"]
+
+
+async def test_an_outcome_the_contract_refuses_ends_its_row_and_stops_no_other_email(
+    relay: tuple[Relay, Sender], infra: Infrastructure, template_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: a DeliveryOutcome that could not be built for one delivery (a bug) failed its recording again and
+    again; given up, the email was sent again at every restart in the slot, and once its claims passed
+    SMTP_MAX_ATTEMPTS the claim ending it as abandoned failed the same way, so the claimer stopped every email."""
+    handler, sender = relay
+    poison = OTHERS[0]
+    build = domain.outcome_event
+
+    def refusing(final: domain.Final) -> Any:
+        if final.claimed.delivery.recipient == poison:
+            raise ValueError("a DeliveryOutcome that cannot be built for this delivery")
+        return build(final)
+
+    monkeypatch.setattr(domain, "outcome_event", refusing)
+    async with scratch(infra, template_database, pool_size=8) as (_, _, admin):
+        await _queue(admin, [poison], attempts=sender.policy.max_attempts)  # the next claim is one too many
+        await _queue(admin, OTHERS[1:6])
+        run = asyncio.create_task(_Run(sender, admin, metrics_for(CollectorRegistry())).run())
+        try:
+            done = "SELECT count(*) FROM notifier.deliveries WHERE status IN ('sent', 'error')"
+            async with asyncio.timeout(30):
+                while await admin.fetchval(done) < 6:
+                    await asyncio.sleep(0.05)
+        finally:
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+        rows = {
+            r["recipient"]: r["status"] for r in await admin.fetch("SELECT recipient, status FROM notifier.deliveries")
+        }
+        outcomes = await admin.fetchval("SELECT count(*) FROM notifier.outbox")
+    assert rows == {poison: "error", **dict.fromkeys(OTHERS[1:6], "sent")}
+    assert outcomes == 5, "every other delivery's outcome is published"
+    assert sorted(handler.copies.values()) == [1] * 5, "the five went out once each, the abandoned one never"
