@@ -53,7 +53,7 @@ TOPICS: dict[str, Topic] = {
 # Each consumer group reads these topics; its poison messages go to its own dead-letter topic.
 CONSUMER_GROUPS: dict[str, tuple[str, ...]] = {
     "connections": ("invitations.v1", "platform.patients.v1", "platform.practices.v1"),
-    "invitations": ("connections.v1", "notifier.outcomes.v1", "platform.patients.v1"),
+    "invitations": ("connections.v1", "notifier.outcomes.v1", "platform.patients.v1", "platform.practices.v1"),
     "notifier": ("connections.v1", "invitations.v1", "platform.patients.v1", "platform.practices.v1"),
 }
 

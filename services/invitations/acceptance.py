@@ -33,6 +33,7 @@ class Decision(StrEnum):
     OTHER_EMAIL = "other_email"  # 403: an invite is for the patient at the address it was sent to
     ALREADY_CONNECTED = "already_connected"  # 409: revoked because the patient connected by an approved request
     ACCOUNT_DELETED = "account_deleted"  # 403: the platform deleted the patient's account (her token outlives it)
+    PRACTICE_DELETED = "practice_deleted"  # 410: the platform deleted the practice that sent it
 
 
 @dataclass(frozen=True)
@@ -73,19 +74,24 @@ def accept(
     now: datetime,
     cause: Cause,
     deleted: bool = False,
+    practice_deleted: bool = False,
 ) -> Acceptance:
-    """Checks in this order: the patient's email, her account, used, revoked, expired, locked, then the factor.
+    """Checks in this order: the patient's email, her account, the practice, used, revoked, expired, locked, then
+    the identity factor.
 
     The email first and always: the token proves access to the mailbox, the factor that it is the patient;
     neither lets another account take the invite, learn what became of it (accepted, revoked, expired, locked), or
     try a factor (a factor is never tried for an account it is not for). Then an account the platform deleted (a
     token issued before the deletion still authenticates until it expires) is refused whatever the invite's state:
-    nothing is tried, counted or connected until she registers again.
+    nothing is tried, counted or connected until she registers again. So is an invite of a practice the platform
+    deleted (unless she accepted it before).
     """
     if email_key(patient_email) != invite.email_key:
         return Acceptance(Decision.OTHER_EMAIL, invite, changed=False)
     if deleted:
         return Acceptance(Decision.ACCOUNT_DELETED, invite, changed=False)
+    if practice_deleted and invite.status is not InviteStatus.ACCEPTED:  # one accepted before: the same 200 again
+        return Acceptance(Decision.PRACTICE_DELETED, invite, changed=False)
     if invite.status is InviteStatus.ACCEPTED:
         if invite.accepted_by != str(patient_id):
             return Acceptance(Decision.ALREADY_ACCEPTED, invite, changed=False)

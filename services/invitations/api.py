@@ -299,7 +299,8 @@ def _answer(body: AcceptBody) -> Answer:
         "given a matching factor again where the invite has them; wrong ones count and lock, as before), "
         "or when the patient connected to the practice meanwhile (an approved request: the invite was revoked by "
         "`system:patient-connected`). 403 `account-deleted` when the platform deleted the patient's account (a "
-        "token issued before still authenticates until it expires) and she has not registered again."
+        "token issued before still authenticates until it expires) and she has not registered again; 410 "
+        "`invite-practice-deleted` when the platform deleted the practice that sent it."
     ),
     responses=problems(401, 403, 404, 409, 410, 415, 422),
 )
@@ -349,6 +350,8 @@ def _refusal(decision: Decision, invite: Invite, tries_left: int) -> Problem:
             "This CollabKare account was deleted; it cannot accept invites until it is registered again.",
             type_="urn:collabkare:problem:account-deleted",
         )
+    if decision is Decision.PRACTICE_DELETED:
+        return Problem(410, "This practice is no longer on CollabKare; the invite cannot be accepted.", type_=kind)
     if decision is Decision.ALREADY_CONNECTED:
         return Problem(409, "You are already connected to this practice; this invite is no longer needed.", type_=kind)
     # An accepted invite cannot be resent (its patient is connected): no advice to ask for what staff cannot do.

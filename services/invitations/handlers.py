@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from schemas import ConnectionApproved, DeliveryOutcome, Envelope, PatientRegistered
+from schemas import ConnectionApproved, DeliveryOutcome, Envelope, PatientRegistered, PracticeRegistered
 from services.invitations import batch_repository, domain, repository
 from services.invitations.acceptance import Acceptance, Answer, accept
 from services.invitations.domain import (
@@ -208,6 +208,7 @@ async def accept_invite(
             now=now_utc(),
             cause=cause,
             deleted=await repository.is_deleted(db, patient_id),
+            practice_deleted=await repository.practice_deleted(db, invite.practice_id),
         )
         if result.changed:
             await repository.update_invite(db, result.invite)
@@ -333,3 +334,15 @@ async def forget_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
     sent to (another account registering it may accept them), and so do her connections."""
     await repository.mark_deleted(db, patient_id)
     log.info("invite.patient_deleted")
+
+
+async def record_practices(db: asyncpg.Connection, events: list[PracticeRegistered]) -> None:
+    """Consumer handler: a practice registered (again, after a deletion under the same id): its invites accept."""
+    await repository.unmark_practices_deleted(db, [event.practice_id for event in events])
+
+
+async def forget_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:
+    """Tombstone handler: the platform deleted the practice. Its invites accept nothing until it registers again
+    (connections withdraws its pending requests; the notifier sends its invites no email)."""
+    await repository.mark_practice_deleted(db, practice_id)
+    log.info("invite.practice_deleted", practice_id=str(practice_id))

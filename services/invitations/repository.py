@@ -330,3 +330,19 @@ async def unmark_deleted(db: asyncpg.Connection, patient_ids: list[uuid.UUID]) -
 
 async def is_deleted(db: Executor, patient_id: uuid.UUID) -> bool:
     return bool(await db.fetchval("SELECT 1 FROM deleted_patients WHERE patient_id = $1", patient_id))
+
+
+async def mark_practice_deleted(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:
+    await db.execute(
+        "INSERT INTO deleted_practices (practice_id) VALUES ($1)"
+        " ON CONFLICT (practice_id) DO UPDATE SET deleted_at = now()",
+        practice_id,
+    )
+
+
+async def unmark_practices_deleted(db: asyncpg.Connection, practice_ids: list[uuid.UUID]) -> None:
+    await db.execute("DELETE FROM deleted_practices WHERE practice_id = ANY($1::uuid[])", practice_ids)
+
+
+async def practice_deleted(db: Executor, practice_id: uuid.UUID) -> bool:
+    return bool(await db.fetchval("SELECT 1 FROM deleted_practices WHERE practice_id = $1", practice_id))

@@ -10,15 +10,20 @@ GROUP = "invitations"
 ROUTES: tuple[Subscription, ...] = (
     Subscription(
         group=GROUP,
-        topics=("connections.v1", "notifier.outcomes.v1", "platform.patients.v1"),
+        topics=("connections.v1", "notifier.outcomes.v1", "platform.patients.v1", "platform.practices.v1"),
         handlers={
             "ConnectionApproved": handlers.project_connections,
             "DeliveryOutcome": handlers.record_outcomes,
             "PatientRegistered": handlers.record_patients,
+            "PracticeRegistered": handlers.record_practices,
         },
         description="Connected patients (for already_connected), delivery outcomes written back to invites and "
-        "roster rows (never moving one backwards), and the patients the platform deleted: their tokens, which may "
-        "outlive their accounts, accept no invite until they register again.",
-        tombstones={"platform.patients.v1": handlers.forget_patient},
+        "roster rows (never moving one backwards), and the patients and practices the platform deleted: a "
+        "patient's token, which may outlive her account, accepts no invite, and a deleted practice's invites accept "
+        "nothing, until they register again.",
+        tombstones={
+            "platform.patients.v1": handlers.forget_patient,
+            "platform.practices.v1": handlers.forget_practice,
+        },
     ),
 )

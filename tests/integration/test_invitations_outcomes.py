@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from collabkare.seeding import practice_registered
 from collabkare.stack.infra import Infrastructure
 from schemas import ConnectionApproved, DeliveryOutcome, Envelope, PatientRegistered
 from schemas.events import ConnectionApprovedPayload, DeliveryOutcomePayload
@@ -248,6 +249,32 @@ async def test_a_patient_the_platform_deleted_accepts_no_invite_until_she_regist
     assert len(await service.events(practice, "InviteAccepted")) == 1
     dead = await service.fetchval("SELECT count(*) FROM invitations.inbox WHERE event_id = $1", registered.event_id)
     assert dead == 1, "her registration was applied (recorded in the inbox), not dead-lettered"
+
+
+async def test_a_practice_the_platform_deleted_has_its_invites_accept_nothing_until_it_registers_again(
+    service: Service,
+) -> None:
+    """A review: a deleted practice's invites still connected their patients for the rest of their week."""
+    practice, patient_id, email = uuid.uuid4(), uuid.uuid4(), "dora@example.com"
+    await service.submit(practice, email)
+    ((invite_id, requested),) = (await service.requested(practice)).items()
+    accept = {"token": str(requested["payload"]["accept_url"]).split("?token=", 1)[1]}
+    topic, key = service.topic_prefix + "platform.practices.v1", str(practice).encode()
+    await produce(service.bootstrap, topic, [(key, None)])
+    marked = "SELECT count(*) FROM invitations.deleted_practices WHERE practice_id = $1"
+    assert await service.wait_for(marked, practice, expect=1) == 1
+
+    refused = await service.http.post("/v1/invites/accept", json=accept, headers=patient(patient_id, email))
+    assert refused.status_code == 410, refused.text
+    assert refused.json()["type"] == "urn:collabkare:problem:invite-practice-deleted"
+    assert await service.fetchval("SELECT status FROM invitations.invites WHERE id = $1", uuid.UUID(invite_id)) == (
+        "pending"
+    )
+    again = practice_registered(practice, "Riverside Family Practice")
+    await produce(service.bootstrap, topic, [(key, again.model_dump_json().encode())])
+    assert await service.wait_for(marked, practice, expect=0) == 0
+    welcome = await service.http.post("/v1/invites/accept", json=accept, headers=patient(patient_id, email))
+    assert welcome.status_code == 200, welcome.text
 
 
 async def test_an_invite_stored_while_its_patients_approval_was_projected_is_revoked_by_its_outcome(

@@ -166,9 +166,18 @@ def _accept(
     email: str = "ann@example.com",
     when: datetime = NOW,
     deleted: bool = False,
+    practice_deleted: bool = False,
 ) -> Acceptance:
     return accept(
-        invite, patient_id=PATIENT, patient_email=email, answer=answer, key=KEY, now=when, cause=CAUSE, deleted=deleted
+        invite,
+        patient_id=PATIENT,
+        patient_email=email,
+        answer=answer,
+        key=KEY,
+        now=when,
+        cause=CAUSE,
+        deleted=deleted,
+        practice_deleted=practice_deleted,
     )
 
 
@@ -259,6 +268,17 @@ def test_a_deleted_account_accepts_nothing_and_changes_nothing() -> None:
         assert result.decision is Decision.ACCOUNT_DELETED, invite
         assert not result.changed and not result.events and result.invite == invite
     assert _accept(_invite(), email="mallory@example.com", deleted=True).decision is Decision.OTHER_EMAIL
+
+
+def test_a_deleted_practices_invite_accepts_nothing_but_one_accepted_before_answers_as_before() -> None:
+    """A review: a deleted practice's invites (valid for a week) still connected their patients, announcing a
+    connection to a practice no email could name."""
+    for invite, answer in ((_invite(), NO_ANSWER), (_factored(), Answer(ssn="999999999"))):
+        result = _accept(invite, answer, practice_deleted=True)
+        assert result.decision is Decision.PRACTICE_DELETED and not result.changed and not result.events
+    accepted = _invite(status=InviteStatus.ACCEPTED, accepted_by=str(PATIENT))
+    assert _accept(accepted, practice_deleted=True).decision is Decision.ACCEPTED, "a retry after a lost answer"
+    assert _accept(_invite(), email="mallory@example.com", practice_deleted=True).decision is Decision.OTHER_EMAIL
 
 
 def test_an_unswept_expired_invite_is_expired_on_the_spot() -> None:
