@@ -59,29 +59,34 @@ ORDER BY created_at DESC, id DESC
 # Which of these patients are connected (id NULL) or hold a pending, unexpired invite: one round trip, the
 # (up to 100,000) addresses sent once. A patient who accepted an invite is connected from that moment, before
 # the ConnectionApproved it causes comes back (and however long connections or the broker take).
-KNOWN = """
+# A connected patient the platform deleted connects nobody at her address: the next account to register it may be
+# invited (and should she register again under her id, she counts again).
+_ALIVE_CONNECTED = "patient_id NOT IN (SELECT patient_id FROM invitations.deleted_patients)"
+_ALIVE_ACCEPTED = "NOT EXISTS (SELECT 1 FROM invitations.deleted_patients AS d WHERE d.patient_id::text = accepted_by)"
+
+KNOWN = f"""
 SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at,
        NULL::text AS delivery, false AS checks_identity, false AS locked
-FROM invitations.connected_patients WHERE practice_id = $1 AND email_key = ANY($2::text[])
+FROM invitations.connected_patients WHERE practice_id = $1 AND email_key = ANY($2::text[]) AND {_ALIVE_CONNECTED}
 UNION ALL
 SELECT email_key, CASE WHEN status = 'pending' THEN id END, created_at, expires_at, delivery,
        ssn_digest IS NOT NULL OR dob_digest IS NOT NULL AS checks_identity, locked_at IS NOT NULL AS locked
 FROM invitations.invites
 WHERE practice_id = $1 AND email_key = ANY($2::text[])
-  AND (status = 'accepted' OR status = 'pending' AND expires_at > $3)
+  AND (status = 'accepted' AND {_ALIVE_ACCEPTED} OR status = 'pending' AND expires_at > $3)
 """
 
 # The same for every patient of the practice, and how many that is: when the practice knows fewer patients
 # than the roster has, reading them all beats probing an index 100,000 times.
-KNOWN_ALL = """
+KNOWN_ALL = f"""
 SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at,
        NULL::text AS delivery, false AS checks_identity, false AS locked
-FROM invitations.connected_patients WHERE practice_id = $1
+FROM invitations.connected_patients WHERE practice_id = $1 AND {_ALIVE_CONNECTED}
 UNION ALL
 SELECT email_key, CASE WHEN status = 'pending' THEN id END, created_at, expires_at, delivery,
        ssn_digest IS NOT NULL OR dob_digest IS NOT NULL AS checks_identity, locked_at IS NOT NULL AS locked
 FROM invitations.invites
-WHERE practice_id = $1 AND (status = 'accepted' OR status = 'pending' AND expires_at > $2)
+WHERE practice_id = $1 AND (status = 'accepted' AND {_ALIVE_ACCEPTED} OR status = 'pending' AND expires_at > $2)
 """
 COUNT_KNOWN = """
 SELECT (SELECT count(*) FROM invitations.connected_patients WHERE practice_id = $1)

@@ -53,14 +53,14 @@ def _outcome(requested: dict[str, Any], outcome: str, reason: str | None = None,
     )
 
 
-def _approved(practice: uuid.UUID | None, email: str) -> ConnectionApproved:
+def _approved(practice: uuid.UUID | None, email: str, patient_id: uuid.UUID | None = None) -> ConnectionApproved:
     return ConnectionApproved(
         producer="connections",
         practice_id=practice,
         correlation_id="approve-1",
         payload=ConnectionApprovedPayload(
             connection_id=uuid.uuid4(),
-            patient_id=uuid.uuid4(),
+            patient_id=patient_id or uuid.uuid4(),
             patient_email=email,
             via="request",
             request_id=uuid.uuid4(),
@@ -249,6 +249,48 @@ async def test_a_patient_the_platform_deleted_accepts_no_invite_until_she_regist
     assert len(await service.events(practice, "InviteAccepted")) == 1
     dead = await service.fetchval("SELECT count(*) FROM invitations.inbox WHERE event_id = $1", registered.event_id)
     assert dead == 1, "her registration was applied (recorded in the inbox), not dead-lettered"
+
+
+async def test_a_deleted_patients_address_can_be_invited_again(service: Service) -> None:
+    """A black-box probe: once the platform deleted a patient, her address stayed "already connected" (by her
+    approval and by the invite she had accepted), so the next account to register it could never be invited.
+    Registered again under her id, she counts as connected again."""
+    practice, by_invite, by_request = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await service.submit(practice, "xena@example.com")
+    ((_, requested),) = (await service.requested(practice)).items()
+    token = str(requested["payload"]["accept_url"]).split("?token=", 1)[1]
+    accepted = await service.http.post(
+        "/v1/invites/accept", json={"token": token}, headers=patient(by_invite, "xena@example.com")
+    )
+    assert accepted.status_code == 200, accepted.text
+    await _deliver(service, "connections.v1", _approved(practice, "yuri@example.com", by_request))
+    connected = await service.submit(practice, "xena@example.com\nyuri@example.com")
+    assert connected["counts"]["already_connected"] == 2
+
+    topic = service.topic_prefix + "platform.patients.v1"
+    await produce(service.bootstrap, topic, [(str(p).encode(), None) for p in (by_invite, by_request)])
+    gone = "SELECT count(*) FROM invitations.deleted_patients WHERE patient_id = ANY($1::uuid[])"
+    assert await service.wait_for(gone, [by_invite, by_request], expect=2) == 2
+    preview = await service.http.post(
+        f"/v1/practices/{practice}/roster/preview",
+        json={"roster": "xena@example.com\nyuri@example.com"},
+        headers=staff(practice),
+    )
+    assert preview.status_code == 200 and preview.json()["patients_ready"] == 2, preview.text
+
+    back = PatientRegistered(
+        producer="platform",
+        correlation_id="t",
+        payload={"patient_id": by_invite, "email": "xena@example.com", "registered_at": datetime.now(UTC)},
+    )
+    await produce(service.bootstrap, topic, [(str(by_invite).encode(), back.model_dump_json().encode())])
+    assert await service.wait_for(gone, [by_invite], expect=0) == 0
+    again = await service.http.post(
+        f"/v1/practices/{practice}/roster/preview",
+        json={"roster": "xena@example.com\nyuri@example.com"},
+        headers=staff(practice),
+    )
+    assert again.json()["patients_ready"] == 1 and again.json()["counts"]["already_connected"] == 1, again.text
 
 
 async def test_a_practice_the_platform_deleted_has_its_invites_accept_nothing_until_it_registers_again(
