@@ -17,7 +17,7 @@ from fastapi import Request
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.runtime.logging import get_logger
+from services.runtime.logging import get_logger, scrub_text
 from services.runtime.metrics import Metrics
 from services.runtime.problems import BodyTooLarge, problem_response
 
@@ -30,8 +30,9 @@ _log = get_logger(__name__)
 
 
 def correlation_id_from(given: str) -> str:
-    """The caller's id when it is a safe token (no CR/LF or log forging), else a new one."""
-    return given if _SAFE_ID.match(given) else str(uuid.uuid4())
+    """The caller's id when it is a safe token (no CR/LF or log forging) with nothing shaped like PHI in it (an
+    SSN, a phone number, a date: logs and events carry the id as it is), else a new one."""
+    return given if _SAFE_ID.match(given) and scrub_text(given) == given else str(uuid.uuid4())
 
 
 class Correlate:

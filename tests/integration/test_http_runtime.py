@@ -161,6 +161,12 @@ async def test_correlation_id_is_echoed_and_unsafe_ones_replaced(client: httpx.A
     forged = await client.get("/healthz", headers={"X-Correlation-ID": "a b\tc"})
     assert forged.headers["X-Correlation-ID"] != "a b\tc"
     uuid.UUID(forged.headers["X-Correlation-ID"])
+    # A black-box probe: an SSN-shaped id went into the logs (which trust the key) in clear, and into events.
+    for shaped in ("123-45-6789", "555-010-1234", "1980-02-29"):
+        replaced = await client.get("/healthz", headers={"X-Correlation-ID": shaped})
+        uuid.UUID(replaced.headers["X-Correlation-ID"])
+    ours = str(uuid.uuid4())
+    assert (await client.get("/healthz", headers={"X-Correlation-ID": ours})).headers["X-Correlation-ID"] == ours
 
 
 @pytest.mark.parametrize("role", ["front_desk", "practice_manager", "admin"])
