@@ -247,7 +247,7 @@ def decide(
 
 
 UNKNOWN_PRACTICE = (
-    "the practice is not in CollabKare's practice directory (no PracticeRegistered), so the email could not say "
+    "the practice is not in CollabKare's practice directory (never registered, or deleted), so the email could not say "
     "who invites the patient; nothing was sent"
 )
 
