@@ -217,21 +217,30 @@ async def _finish(db: asyncpg.Connection, finals: list[Final], owner: uuid.UUID 
     publishes nothing."""
     if not finals:
         return []
+    staged: list[tuple[Final, Envelope | None]] = [_with_event(final) async for final in in_slices(finals)]
+    finals = [final for final, _ in staged]
     finished = await repository.finish(db, finals, owner)
-    done = [final for final in finals if final.claimed.delivery.id in finished]
-    events: list[Envelope] = []
-    async for final in in_slices(done):
-        try:
-            events.append(domain.outcome_event(final))
-        except ValueError as error:
-            # A DeliveryOutcome the contract refuses for this delivery (a bug): its row ends all the same, unsent
-            # or sent, with no event. Raised, it failed the whole transaction, again at every restart; a claim
-            # ending it as abandoned failed with it, and then no email at all went out.
-            log.error(
-                "delivery.outcome_unpublishable",
-                delivery_id=str(final.claimed.delivery.id),
-                outcome=final.outcome,
-                error=repr(error)[:300],
-            )
-    await add_events(db, repository.SCHEMA, events)
-    return done
+    done = [(final, event) for final, event in staged if final.claimed.delivery.id in finished]
+    await add_events(db, repository.SCHEMA, [event for _, event in done if event is not None])
+    return [final for final, _ in done]
+
+
+def _with_event(final: Final) -> tuple[Final, Envelope | None]:
+    """The final and its DeliveryOutcome; one the contract refuses (a bug) ends `error` with UNRECORDABLE instead,
+    and should even that be refused, ends with no event. Raised, it failed the whole transaction, again at every
+    try: a recording held its row for ever, and a claim ending it as abandoned failed with it, so that no email at
+    all went out."""
+    try:
+        return final, domain.outcome_event(final)
+    except ValueError as error:
+        log.error(
+            "delivery.outcome_unpublishable",
+            delivery_id=str(final.claimed.delivery.id),
+            outcome=final.outcome,
+            error=repr(error)[:300],
+        )
+    fallback = Final(final.claimed, "error", domain.UNRECORDABLE, domain.UNRECORDABLE, final.attempts, final.decided_at)
+    try:
+        return fallback, domain.outcome_event(fallback)
+    except ValueError:
+        return fallback, None

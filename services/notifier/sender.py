@@ -102,6 +102,7 @@ class _Run:
         size = self.settings.smtp_pool_size
         self.connections: list[SmtpConnection] = [sender.mailer.connection() for _ in range(size)]
         self.current: list[Claimed | None] = [None] * size
+        self.transmitting: set[int] = set()  # id() of each claim whose message is being handed to the server
         instance = self.settings.notifier_instance
         self.slot = Slot(pool, instance) if instance is not None else None  # held while this run lives, if taken
 
@@ -292,7 +293,9 @@ class _Run:
             return SendResult(Attempt.REVOKED, domain.REVOKED)
         started = time.perf_counter()
         recipient = domain.smtp_address(claimed.delivery.recipient)
+        self.transmitting.add(id(claimed))  # left in should this be cancelled: the server may have it
         result = await connection.send(self.sender.renderer.envelope_sender, recipient, message)
+        self.transmitting.discard(id(claimed))
         if result.attempt is not Attempt.UNREACHABLE:
             self.metrics.send_seconds.observe(time.perf_counter() - started)
         return result
@@ -350,12 +353,19 @@ class _Run:
         await _cancel(*(task for task in workers if task not in busy))
         if busy:
             await asyncio.wait(busy, timeout=min(_STOP_SECONDS, self.settings.smtp_timeout_seconds))
-            await _cancel(*busy)  # still running: these stay `sending` until their lease expires
+            await _cancel(*busy)  # still on the wire: these stay `sending` until their lease expires
+        # A worker stopped before its message went to the server (waiting for a rate token, a connection): never
+        # tried, given back below with the queue's; it waited out its lease, an attempt counted.
+        untried = [
+            claimed
+            for task, claimed in zip(workers, self.current, strict=True)
+            if claimed is not None and task.done() and id(claimed) not in self.transmitting
+        ]
         self.workers_done = True
         self.results_ready.set()
         await asyncio.wait([recorder], timeout=_STOP_SECONDS)
         await _cancel(recorder)
-        unsent = []
+        unsent = list(untried)
         while not self.queue.empty():
             unsent.append(self.queue.get_nowait())
         if unsent:

@@ -332,3 +332,24 @@ async def test_an_outcome_the_contract_refuses_ends_its_row_and_stops_no_other_e
     assert rows == {poison: "error", **dict.fromkeys(OTHERS[1:6], "sent")}
     assert outcomes == 5, "every other delivery's outcome is published"
     assert sorted(handler.copies.values()) == [1] * 5, "the five went out once each, the abandoned one never"
+
+
+async def test_a_stop_gives_back_the_claims_still_waiting_for_a_rate_token(
+    infra: Infrastructure, template_database: str
+) -> None:
+    """A review: workers waiting for a rate-limit token counted as busy; cancelled at the stop, their claims, never
+    tried, were neither recorded nor given back, and waited out a whole lease with an attempt counted."""
+    with smtp_server(MessageIds()) as port:
+        settings = smtp_settings(port, smtp_pool_size=8, smtp_rate_per_second=0.4, smtp_rate_burst=1)
+        sender = Sender(settings, Mailer(settings), Renderer(settings.smtp_from))
+        async with scratch(infra, template_database, pool_size=8) as (_, _, admin):
+            await _queue(admin, OTHERS[:12])
+            task = asyncio.create_task(_Run(sender, admin, metrics_for(CollectorRegistry())).run())
+            await asyncio.sleep(1.5)  # one sent (the burst), the other workers waiting for their tokens
+            task.cancel()  # SIGTERM
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            rows = await admin.fetch("SELECT status, attempts FROM notifier.deliveries")
+    statuses = sorted((r["status"], r["attempts"]) for r in rows)
+    sent = [row for row in statuses if row == ("sent", 1)]  # the burst's, and any whose token came during the stop
+    assert sent and statuses == [("pending", 0)] * (12 - len(sent)) + sent, statuses
