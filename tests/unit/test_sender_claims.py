@@ -9,6 +9,7 @@ PostgreSQL: tests/integration/test_notifier_leases.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.notifier import handlers, recorder, repository
+from services.notifier import handlers, leases, recorder, repository
 from services.notifier.domain import Attempt, Claimed, SendResult
 from services.notifier.mailer import Mailer
 from services.notifier.messages import Renderer
@@ -132,6 +133,7 @@ async def test_after_the_database_was_away_leases_expire_only_once_it_has_answer
         calls.append("expire")
         return next(expiring, 0)
 
+    monkeypatch.setattr(leases, "_BACKLOG_REPORT_SECONDS", 0.5)  # a count before each reap: the outage is seen
     monkeypatch.setattr(repository, "open_count", open_count)
     monkeypatch.setattr(handlers, "renew_leases", renew_leases)
     monkeypatch.setattr(handlers, "expire_leases", expire_leases)
@@ -267,3 +269,32 @@ _real_sleep = asyncio.sleep
 
 async def _no_wait(_: float, *args: object) -> None:
     await _real_sleep(0)
+
+
+async def test_leases_are_renewed_every_third_of_the_freshness_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: the reaper slept in the backlog report's 5 s steps, so leases meant to be renewed every 8.3 s were
+    renewed every 10 s, and one failed renewal, not two, let claims go stale."""
+    quick = {"sending_lease_seconds": 7.5, "smtp_timeout_seconds": 1.0}  # fresh for 1.5 s, renewed every 0.5 s
+    settings = NotifierSettings.model_construct(**{**dict(SETTINGS), **quick})
+    sender = Sender(settings, Mailer(settings), Renderer(settings.smtp_from))
+    run = _Run(sender, None, metrics_for(CollectorRegistry()))  # type: ignore[arg-type]
+    renewed: list[float] = []
+
+    async def renew_leases(*_: object) -> dict[object, bool]:
+        renewed.append(time.monotonic())
+        return {}
+
+    async def nothing(*_: object) -> int:
+        return 0
+
+    monkeypatch.setattr(leases, "_BACKLOG_REPORT_SECONDS", 0.4)  # not a divisor of the renewal's 0.5 s
+    monkeypatch.setattr(repository, "open_count", nothing)
+    monkeypatch.setattr(handlers, "renew_leases", renew_leases)
+    monkeypatch.setattr(handlers, "expire_leases", nothing)
+    reaper = asyncio.create_task(run._reap_loop())
+    async with asyncio.timeout(30):
+        while len(renewed) < 5:
+            await asyncio.sleep(0.05)
+    reaper.cancel()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(renewed)]
+    assert max(gaps) < 0.7, gaps  # 0.8 s (two report steps) before
