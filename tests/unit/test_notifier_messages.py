@@ -139,6 +139,16 @@ def test_unknown_practice_gets_a_neutral_name() -> None:
     assert message["Subject"] == "You are now connected to your practice"
 
 
+@pytest.mark.parametrize("locale", ["en", "es"])
+def test_no_sentence_of_a_rejection_begins_with_the_neutral_name_in_lower_case(locale: str) -> None:
+    """A black-box probe: a rejection from a practice the directory no longer knew began "your practice did not
+    accept your request"."""
+    claimed = claimed_delivery("connection_rejected", locale, practice_name=None, reply_to=None)  # type: ignore[arg-type]
+    plain, html = _bodies(_parse(RENDERER.render(claimed)))
+    for body in (plain, html):
+        assert not any(line.lstrip("<p>").startswith(("your practice", "su consulta")) for line in body.splitlines())
+
+
 def test_header_injection_through_a_practice_name_is_impossible() -> None:
     claimed = claimed_delivery(practice_name="Evil\r\nBcc: victim@example.com\r\nX-Evil: 1")
     message = _parse(RENDERER.render(claimed))
