@@ -304,23 +304,13 @@ WITHDRAWN_ON_DELETION = "the patient's CollabKare account was deleted"
 WITHDRAWN_WITH_PRACTICE = "the practice was deleted from CollabKare"
 
 
-def withdrawn_on_deletion(
-    patient_id: uuid.UUID, requests: Iterable[tuple[uuid.UUID, uuid.UUID]], now: datetime
+def withdrawn_by_platform(
+    requests: Iterable[tuple[uuid.UUID, uuid.UUID, uuid.UUID]], why: str, now: datetime
 ) -> tuple[AuditEntry, ...]:
-    """The audit of pending requests (request id, practice id) gone with the patient's account: by the platform."""
+    """The audit of pending requests (request id, practice id, patient id) gone with a deletion on the platform."""
     return tuple(
-        AuditEntry(practice_id, patient_id, "withdrawn", "platform", now, WITHDRAWN_ON_DELETION, request_id)
-        for request_id, practice_id in requests
-    )
-
-
-def withdrawn_with_practice(
-    practice_id: uuid.UUID, requests: Iterable[tuple[uuid.UUID, uuid.UUID]], now: datetime
-) -> tuple[AuditEntry, ...]:
-    """The audit of pending requests (request id, patient id) gone with the practice: by the platform."""
-    return tuple(
-        AuditEntry(practice_id, patient_id, "withdrawn", "platform", now, WITHDRAWN_WITH_PRACTICE, request_id)
-        for request_id, patient_id in requests
+        AuditEntry(practice_id, patient_id, "withdrawn", "platform", now, why, request_id)
+        for request_id, practice_id, patient_id in requests
     )
 
 

@@ -73,7 +73,8 @@ async def forget_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> Non
     they were withdrawn; decided requests and connections stay, the practice's own record."""
     await repository.delete_practice(db, practice_id)  # after any request being made now (its KEY SHARE lock)
     withdrawn = await repository.delete_practice_requests(db, practice_id)
-    await repository.append_audit(db, domain.withdrawn_with_practice(practice_id, withdrawn, _now()))
+    requests = [(request_id, practice_id, patient_id) for request_id, patient_id in withdrawn]
+    await repository.append_audit(db, domain.withdrawn_by_platform(requests, domain.WITHDRAWN_WITH_PRACTICE, _now()))
     if withdrawn:
         log.info("connection.requests_withdrawn", count=len(withdrawn), why="the practice was deleted")
 
@@ -86,7 +87,8 @@ async def forget_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
     await repository.lock_patient_everywhere(db, patient_id)  # a request being made now commits first, then goes
     await repository.mark_deleted(db, patient_id)
     withdrawn = await repository.delete_pending_requests(db, patient_id)
-    await repository.append_audit(db, domain.withdrawn_on_deletion(patient_id, withdrawn, _now()))
+    requests = [(request_id, practice_id, patient_id) for request_id, practice_id in withdrawn]
+    await repository.append_audit(db, domain.withdrawn_by_platform(requests, domain.WITHDRAWN_ON_DELETION, _now()))
     if withdrawn:
         log.info("connection.requests_withdrawn", count=len(withdrawn), why="the patient's account was deleted")
 

@@ -51,7 +51,7 @@ SELECT r.email FROM invitations.batch_rows AS r JOIN invitations.invites AS i ON
 WHERE r.batch_id = $1 AND r.outcome = 'not_on_platform' AND {_RESENDABLE}
   AND NOT EXISTS (SELECT 1 FROM invitations.connected_patients AS c
                   WHERE c.practice_id = i.practice_id AND c.email_key = i.email_key
-                    AND c.patient_id NOT IN (SELECT patient_id FROM invitations.deleted_patients))
+                    AND NOT EXISTS (SELECT 1 FROM invitations.deleted_patients AS d WHERE d.patient_id = c.patient_id))
   AND NOT EXISTS (SELECT 1 FROM invitations.invites AS o
                   WHERE o.practice_id = i.practice_id AND o.email_key = i.email_key AND o.id <> i.id
                     AND o.status = 'pending' AND o.expires_at > $2)

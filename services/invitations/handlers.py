@@ -199,6 +199,7 @@ async def accept_invite(
         # Constant-time: how much of a guessed token matched must not show in the answer's timing.
         if invite is None or not hmac.compare_digest(invite.token_hash, token_hash(token)):
             return None
+        patient_deleted, practice_deleted = await repository.deleted(db, patient_id, invite.practice_id)
         result = accept(
             invite,
             patient_id=patient_id,
@@ -207,8 +208,8 @@ async def accept_invite(
             key=policy.identity_key,
             now=now_utc(),
             cause=cause,
-            deleted=await repository.is_deleted(db, patient_id),
-            practice_deleted=await repository.practice_deleted(db, invite.practice_id),
+            deleted=patient_deleted,
+            practice_deleted=practice_deleted,
         )
         if result.changed:
             await repository.update_invite(db, result.invite)
@@ -325,24 +326,24 @@ async def _revoke_for_connected(
 
 async def record_patients(db: asyncpg.Connection, events: list[PatientRegistered]) -> None:
     """Consumer handler: a patient registered (again, after a deletion under the same id) may accept invites."""
-    await repository.unmark_deleted(db, [event.payload.patient_id for event in events])
+    await repository.unmark_deleted(db, "patient", [event.payload.patient_id for event in events])
 
 
 async def forget_patient(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
     """Tombstone handler: the platform deleted the patient's account. Until she registers again, her token (issued
     before the deletion, valid until it expires) accepts no invite; her invites stay, for the address they were
     sent to (another account registering it may accept them), and so do her connections."""
-    await repository.mark_deleted(db, patient_id)
+    await repository.mark_deleted(db, "patient", patient_id)
     log.info("invite.patient_deleted")
 
 
 async def record_practices(db: asyncpg.Connection, events: list[PracticeRegistered]) -> None:
     """Consumer handler: a practice registered (again, after a deletion under the same id): its invites accept."""
-    await repository.unmark_practices_deleted(db, [event.practice_id for event in events])
+    await repository.unmark_deleted(db, "practice", [event.practice_id for event in events])
 
 
 async def forget_practice(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:
     """Tombstone handler: the platform deleted the practice. Its invites accept nothing until it registers again
     (connections withdraws its pending requests; the notifier sends its invites no email)."""
-    await repository.mark_practice_deleted(db, practice_id)
+    await repository.mark_deleted(db, "practice", practice_id)
     log.info("invite.practice_deleted", practice_id=str(practice_id))

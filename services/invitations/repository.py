@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Mapping, Set
 from datetime import datetime
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 import asyncpg
 
@@ -60,33 +60,40 @@ ORDER BY created_at DESC, id DESC
 # (up to 100,000) addresses sent once. A patient who accepted an invite is connected from that moment, before
 # the ConnectionApproved it causes comes back (and however long connections or the broker take).
 # A connected patient the platform deleted connects nobody at her address: the next account to register it may be
-# invited (and should she register again under her id, she counts again).
-_ALIVE_CONNECTED = "patient_id NOT IN (SELECT patient_id FROM invitations.deleted_patients)"
-_ALIVE_ACCEPTED = "NOT EXISTS (SELECT 1 FROM invitations.deleted_patients AS d WHERE d.patient_id::text = accepted_by)"
+# invited (and should she register again under her id, she counts again). Anti-joins on the uuid, each in a branch
+# of its own: `NOT IN` or a join on text under an OR ran as a scan of deleted_patients per row, past the 60 s
+# statement timeout for a large practice once the platform had deleted 150,000 accounts.
+_CONNECTED_ALIVE = "NOT EXISTS (SELECT 1 FROM invitations.deleted_patients AS d WHERE d.patient_id = c.patient_id)"
+_ACCEPTED_ALIVE = (
+    "NOT EXISTS (SELECT 1 FROM invitations.deleted_patients AS d WHERE d.patient_id = i.accepted_by::uuid)"
+)
+_KNOWN_COLUMNS = """email_key, CASE WHEN status = 'pending' THEN id END, created_at, expires_at, delivery,
+       ssn_digest IS NOT NULL OR dob_digest IS NOT NULL AS checks_identity, locked_at IS NOT NULL AS locked"""
+_CONNECTED_COLUMNS = """c.email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at,
+       NULL::text AS delivery, false AS checks_identity, false AS locked"""
 
 KNOWN = f"""
-SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at,
-       NULL::text AS delivery, false AS checks_identity, false AS locked
-FROM invitations.connected_patients WHERE practice_id = $1 AND email_key = ANY($2::text[]) AND {_ALIVE_CONNECTED}
+SELECT {_CONNECTED_COLUMNS}
+FROM invitations.connected_patients AS c
+WHERE c.practice_id = $1 AND c.email_key = ANY($2::text[]) AND {_CONNECTED_ALIVE}
 UNION ALL
-SELECT email_key, CASE WHEN status = 'pending' THEN id END, created_at, expires_at, delivery,
-       ssn_digest IS NOT NULL OR dob_digest IS NOT NULL AS checks_identity, locked_at IS NOT NULL AS locked
-FROM invitations.invites
-WHERE practice_id = $1 AND email_key = ANY($2::text[])
-  AND (status = 'accepted' AND {_ALIVE_ACCEPTED} OR status = 'pending' AND expires_at > $3)
+SELECT {_KNOWN_COLUMNS} FROM invitations.invites AS i
+WHERE practice_id = $1 AND email_key = ANY($2::text[]) AND status = 'accepted' AND {_ACCEPTED_ALIVE}
+UNION ALL
+SELECT {_KNOWN_COLUMNS} FROM invitations.invites
+WHERE practice_id = $1 AND email_key = ANY($2::text[]) AND status = 'pending' AND expires_at > $3
 """
 
 # The same for every patient of the practice, and how many that is: when the practice knows fewer patients
 # than the roster has, reading them all beats probing an index 100,000 times.
 KNOWN_ALL = f"""
-SELECT email_key, NULL::uuid AS id, NULL::timestamptz AS created_at, NULL::timestamptz AS expires_at,
-       NULL::text AS delivery, false AS checks_identity, false AS locked
-FROM invitations.connected_patients WHERE practice_id = $1 AND {_ALIVE_CONNECTED}
+SELECT {_CONNECTED_COLUMNS}
+FROM invitations.connected_patients AS c WHERE c.practice_id = $1 AND {_CONNECTED_ALIVE}
 UNION ALL
-SELECT email_key, CASE WHEN status = 'pending' THEN id END, created_at, expires_at, delivery,
-       ssn_digest IS NOT NULL OR dob_digest IS NOT NULL AS checks_identity, locked_at IS NOT NULL AS locked
-FROM invitations.invites
-WHERE practice_id = $1 AND (status = 'accepted' AND {_ALIVE_ACCEPTED} OR status = 'pending' AND expires_at > $2)
+SELECT {_KNOWN_COLUMNS} FROM invitations.invites AS i
+WHERE practice_id = $1 AND status = 'accepted' AND {_ACCEPTED_ALIVE}
+UNION ALL
+SELECT {_KNOWN_COLUMNS} FROM invitations.invites WHERE practice_id = $1 AND status = 'pending' AND expires_at > $2
 """
 COUNT_KNOWN = """
 SELECT (SELECT count(*) FROM invitations.connected_patients WHERE practice_id = $1)
@@ -167,11 +174,11 @@ SELECT id, practice_id, email_key, revoked_by, revoked_at FROM revoked
 
 # Pending invites of patients the projection knows as connected to the practice: one stored while the approval was
 # being projected (its transaction still open, so REVOKE_FOR_CONNECTED did not see it). Its outcome finds it.
-CONNECTED_PENDING = """
+CONNECTED_PENDING = f"""
 SELECT DISTINCT i.practice_id, i.email_key FROM invitations.invites AS i
 WHERE i.id = ANY($1::uuid[]) AND i.status = 'pending'
   AND EXISTS (SELECT 1 FROM invitations.connected_patients AS c
-              WHERE c.practice_id = i.practice_id AND c.email_key = i.email_key)
+              WHERE c.practice_id = i.practice_id AND c.email_key = i.email_key AND {_CONNECTED_ALIVE})
 """
 
 ANALYZE = "ANALYZE invitations.outbox, invitations.invites, invitations.batch_rows"
@@ -321,33 +328,34 @@ async def revoke_for_connected(
     return list(await db.fetch(REVOKE_FOR_CONNECTED, practice_ids, keys, now, revoked_by, CONNECTED_NOT_DELIVERED))
 
 
-async def mark_deleted(db: asyncpg.Connection, patient_id: uuid.UUID) -> None:
+# What the platform deleted (a tombstone), until it registers again: its table and id column.
+DeletedKind = Literal["patient", "practice"]
+_DELETED: dict[DeletedKind, tuple[str, str]] = {
+    "patient": ("deleted_patients", "patient_id"),
+    "practice": ("deleted_practices", "practice_id"),
+}
+
+
+async def mark_deleted(db: asyncpg.Connection, kind: DeletedKind, entity_id: uuid.UUID) -> None:
+    table, column = _DELETED[kind]
     await db.execute(
-        "INSERT INTO deleted_patients (patient_id) VALUES ($1)"
-        " ON CONFLICT (patient_id) DO UPDATE SET deleted_at = now()",
-        patient_id,
+        f"INSERT INTO {table} ({column}) VALUES ($1) ON CONFLICT ({column}) DO UPDATE SET deleted_at = now()",
+        entity_id,
     )
 
 
-async def unmark_deleted(db: asyncpg.Connection, patient_ids: list[uuid.UUID]) -> None:
-    await db.execute("DELETE FROM deleted_patients WHERE patient_id = ANY($1::uuid[])", patient_ids)
+async def unmark_deleted(db: asyncpg.Connection, kind: DeletedKind, entity_ids: list[uuid.UUID]) -> None:
+    table, column = _DELETED[kind]
+    await db.execute(f"DELETE FROM {table} WHERE {column} = ANY($1::uuid[])", entity_ids)
 
 
-async def is_deleted(db: Executor, patient_id: uuid.UUID) -> bool:
-    return bool(await db.fetchval("SELECT 1 FROM deleted_patients WHERE patient_id = $1", patient_id))
-
-
-async def mark_practice_deleted(db: asyncpg.Connection, practice_id: uuid.UUID) -> None:
-    await db.execute(
-        "INSERT INTO deleted_practices (practice_id) VALUES ($1)"
-        " ON CONFLICT (practice_id) DO UPDATE SET deleted_at = now()",
+async def deleted(db: Executor, patient_id: uuid.UUID, practice_id: uuid.UUID) -> tuple[bool, bool]:
+    """Whether the platform deleted the patient, and the practice."""
+    row = await db.fetchrow(
+        "SELECT EXISTS (SELECT 1 FROM deleted_patients WHERE patient_id = $1) AS patient,"
+        " EXISTS (SELECT 1 FROM deleted_practices WHERE practice_id = $2) AS practice",
+        patient_id,
         practice_id,
     )
-
-
-async def unmark_practices_deleted(db: asyncpg.Connection, practice_ids: list[uuid.UUID]) -> None:
-    await db.execute("DELETE FROM deleted_practices WHERE practice_id = ANY($1::uuid[])", practice_ids)
-
-
-async def practice_deleted(db: Executor, practice_id: uuid.UUID) -> bool:
-    return bool(await db.fetchval("SELECT 1 FROM deleted_practices WHERE practice_id = $1", practice_id))
+    assert row is not None
+    return bool(row["patient"]), bool(row["practice"])

@@ -743,3 +743,19 @@ async def test_ten_thousand_outcomes_are_applied_in_batches(service: Service) ->
         f"/v1/practices/{practice}/invite-batches/{batch['batch_id']}/not-on-platform", headers=staff(practice)
     )
     assert len(listing.text.splitlines()) == 2_500 and listing.text.endswith("\n")
+
+
+async def test_an_invite_to_a_deleted_patients_address_is_not_revoked_by_its_outcome(service: Service) -> None:
+    """A review: the new invite to a deleted (connected) patient's address was revoked as `system:patient-connected`
+    as soon as its delivery outcome came, by her old row in the connected projection."""
+    practice, gone_patient = uuid.uuid4(), uuid.uuid4()
+    await _deliver(service, "connections.v1", _approved(practice, "zoe@example.com", gone_patient))
+    topic = service.topic_prefix + "platform.patients.v1"
+    await produce(service.bootstrap, topic, [(str(gone_patient).encode(), None)])
+    gone = "SELECT count(*) FROM invitations.deleted_patients WHERE patient_id = ANY($1::uuid[])"
+    assert await service.wait_for(gone, [gone_patient], expect=1) == 1
+    batch = await service.submit(practice, "zoe@example.com")
+    assert batch["counts"].get("already_connected", 0) == 0, batch
+    requested = await _by_email(service, practice)
+    await _deliver(service, OUTCOMES, _outcome(requested["zoe@example.com"], "sent"))
+    assert await _statuses(service, practice) == [("zoe@example.com", "pending", None)]
