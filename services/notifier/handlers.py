@@ -227,9 +227,9 @@ async def _finish(db: asyncpg.Connection, finals: list[Final], owner: uuid.UUID 
 
 def _with_event(final: Final) -> tuple[Final, Envelope | None]:
     """The final and its DeliveryOutcome; one the contract refuses (a bug) ends `error` with UNRECORDABLE instead,
-    and should even that be refused, ends with no event. Raised, it failed the whole transaction, again at every
-    try: a recording held its row for ever, and a claim ending it as abandoned failed with it, so that no email at
-    all went out."""
+    and should even that be refused, ends as it is with no event. Raised, it failed the whole transaction, again at
+    every try: a recording held its row for ever, and a claim ending it as abandoned failed with it, so that no email
+    at all went out."""
     try:
         return final, domain.outcome_event(final)
     except ValueError as error:
@@ -243,4 +243,4 @@ def _with_event(final: Final) -> tuple[Final, Envelope | None]:
     try:
         return fallback, domain.outcome_event(fallback)
     except ValueError:
-        return fallback, None
+        return final, None  # the row then shows what happened (a `sent` stays sent), with no event

@@ -138,6 +138,8 @@ class SmtpConnection:
         if 200 <= response.code < 300:
             # A server breaking the protocol (a 250 where DATA needs 354, a 252 to RCPT): nothing was sent.
             return SendResult(Attempt.TRANSIENT, f"unexpected reply {_reply(response.code, response.message)}")
+        if of_us:
+            self.close()  # a refusal tied to this session (a limit per connection) is not met again on a new one
         if response.code in _NOT_AS_CONFIGURED or of_us:
             # "Authenticate / STARTTLS first", "bad credentials", "sender address rejected", "account suspended":
             # the server refuses us, not this message. Retried like an unreachable server (not counted) instead of

@@ -294,7 +294,11 @@ class _Run:
         started = time.perf_counter()
         recipient = domain.smtp_address(claimed.delivery.recipient)
         self.transmitting.add(id(claimed))  # left in should this be cancelled: the server may have it
-        result = await connection.send(self.sender.renderer.envelope_sender, recipient, message)
+        try:
+            result = await connection.send(self.sender.renderer.envelope_sender, recipient, message)
+        except Exception:
+            self.transmitting.discard(id(claimed))  # the worker records it as a retry
+            raise
         self.transmitting.discard(id(claimed))
         if result.attempt is not Attempt.UNREACHABLE:
             self.metrics.send_seconds.observe(time.perf_counter() - started)

@@ -279,19 +279,20 @@ class BatchConsumer:
         context = self.context
         async with context.database.acquire() as connection, connection.transaction():
             fresh = await inbox.claim_new(connection, context.schema, self.subscription.group, events)
-            if len(fresh) < len(events):
-                # Named, so that a producer reusing an event id for another event can be found: it is skipped too.
-                kept = {id(event) for event in fresh}
-                skipped = [event for event in events if id(event) not in kept]
-                context.metrics.records_skipped.labels(self.subscription.group, "duplicate").inc(len(skipped))
-                log.info(
-                    "inbox.duplicate_skipped",
-                    group=self.subscription.group,
-                    count=len(skipped),
-                    events=[f"{event.event_type} {event.event_id}" for event in skipped[:10]],
-                )
             for event_type, run in _runs(fresh):
                 await self.subscription.handlers[event_type](connection, run)
+        # Counted once committed: a batch retried or split would count its duplicates again.
+        if len(fresh) < len(events):
+            # Named, so that a producer reusing an event id for another event can be found: it is skipped too.
+            kept = {id(event) for event in fresh}
+            skipped = [event for event in events if id(event) not in kept]
+            context.metrics.records_skipped.labels(self.subscription.group, "duplicate").inc(len(skipped))
+            log.info(
+                "inbox.duplicate_skipped",
+                group=self.subscription.group,
+                count=len(skipped),
+                events=[f"{event.event_type} {event.event_id}" for event in skipped[:10]],
+            )
         for event in fresh:
             context.metrics.events_consumed.labels(self.subscription.group, event.event_type).inc()
 
