@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,15 +15,15 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaRoute
 from faststream.kafka.annotations import KafkaMessage
 from faststream.message import StreamMessage
-from pydantic import ValidationError
 
-from schemas import EVENT_TYPES, Envelope, dead_letter_topic, parse_event, topic_for
+from schemas import EVENT_TYPES, Envelope, dead_letter_topic, topic_for
 from services.runtime import inbox, record_headers
 from services.runtime.cooperative import in_slices
 from services.runtime.database import is_transient
 from services.runtime.kafka import MAX_POLL_INTERVAL_SECONDS
 from services.runtime.logging import get_logger, scrub_text
 from services.runtime.metrics import Metrics
+from services.runtime.records import PoisonMessage, announced_type, canonical_id, decode, event_id_in
 
 log = get_logger(__name__)
 _IDLE_POLL_MS = 50  # how long an idle consumer waits for records, then sleeps, before it asks again
@@ -88,10 +86,6 @@ class ConsumerContext:
         return self.pool
 
 
-class PoisonMessage(Exception):
-    """A record that cannot be turned into an event: it goes to the dead-letter topic as it is."""
-
-
 class BatchConsumer:
     def __init__(self, subscription: Subscription, context: ConsumerContext) -> None:
         self.subscription = subscription
@@ -143,7 +137,7 @@ class BatchConsumer:
             if record.value is None and (forget := self.tombstones.get(record.topic)) is not None:
                 plan.append((record, forget))
                 continue
-            announced = _announced_type(record)
+            announced = announced_type(record)
             if announced in EVENT_TYPES and announced not in self.subscription.handlers:
                 if self.home_topics[announced] == record.topic:
                     # Another consumer's event, by the type our relays put in the headers: not parsed.
@@ -218,7 +212,7 @@ class BatchConsumer:
         """A compaction tombstone: the platform deleted what its key names (a patient, a practice). Recorded in the
         inbox by its place on Kafka, timestamp and key, so that a redelivered batch does not delete again what a
         registration after it brought back; the database away is waited for, as for events."""
-        key = _canonical_id(record.key)
+        key = canonical_id(record.key)
         if key is None:
             # Compaction goes by the key's bytes: another spelling of the id deletes nothing on the topic.
             await self.dead_letter(
@@ -346,64 +340,11 @@ class BatchConsumer:
         await asyncio.sleep(delay)
 
 
-def event_id_in(value: bytes | None) -> str | None:
-    """The event id of a record that is not a valid event, if its JSON names one: what an operator looks it up by."""
-    try:
-        found = json.loads(value or b"")
-        return str(uuid.UUID(found["event_id"])) if isinstance(found, dict) else None
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-
-
-def _canonical_id(key: bytes | None) -> uuid.UUID | None:
-    """The id a key spells as our events do (lowercase, hyphenated); None for anything else."""
-    try:
-        found = uuid.UUID((key or b"").decode())
-    except ValueError:
-        return None
-    return found if str(found).encode() == key else None
-
-
-def _announced_type(record: ConsumerRecord[bytes, bytes]) -> str | None:
-    """The `event_type` header every outbox relay sets; None for records from producers that set none."""
-    for key, value in record.headers or ():
-        if key == "event_type":
-            return record_headers.text(value) or None
-    return None
-
-
 def _records_as_they_are(message: StreamMessage[Any]) -> None:
     """FastStream's decoder would json.loads every record of the batch for a body argument `consume` does not
     take (it reads `raw_message`, and `decode` parses each record once, with pydantic): a sixth of the
     notifier's CPU went there."""
     return None
-
-
-def decode(record: ConsumerRecord[bytes, bytes]) -> Envelope:
-    if not record.value:
-        raise PoisonMessage("empty message")
-    try:
-        return parse_event(record.value)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {_problem(e)}" for e in error.errors()[:5]
-        )
-        raise PoisonMessage(f"not a valid event: {problems}") from error
-
-
-_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def _problem(error: Any) -> str:
-    """pydantic's words, but for an unknown event_type or schema_version: its error quotes whatever the producer
-    wrote there, which may be anything (a security review sent a name and a diagnosis); a value shaped like a type's
-    name or a version is quoted."""
-    if error["type"] != "union_tag_invalid":
-        return str(error["msg"])
-    context = error.get("ctx", {})
-    tag, field = str(context.get("tag", "")), str(context.get("discriminator", "")).strip("'")
-    named = repr(tag) if _TAG.fullmatch(tag) else "(not shaped like a name or a number)"
-    return f"unknown {field} {named}: expected one of {context.get('expected_tags', '')}"
 
 
 def _runs(events: list[Envelope]) -> list[tuple[str, list[Envelope]]]:

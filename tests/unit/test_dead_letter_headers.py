@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from services.runtime.consumer import event_id_in
 from services.runtime.record_headers import declared_content_type
+from services.runtime.records import event_id_in
 
 
 @pytest.mark.parametrize(

@@ -136,7 +136,7 @@ def test_an_unknown_event_type_is_not_quoted_from_the_validation_error() -> None
     # The consumer's own reason names a value only when it is shaped like a type's name.
     from aiokafka.structs import ConsumerRecord
 
-    from services.runtime.consumer import PoisonMessage, decode
+    from services.runtime.records import PoisonMessage, decode
 
     for value, said in (
         (b"Jane Q Public diagnosis HIV", "(not shaped like a name or a number)"),
