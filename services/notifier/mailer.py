@@ -125,6 +125,10 @@ class SmtpConnection:
         return self._wire
 
     async def _refused(self, wire: Wire, response: SMTPResponse, *, of_us: bool = False) -> SendResult:
+        if of_us:
+            # A refusal tied to this session (a limit per connection) is not met again on a new one: no reset.
+            self.close()
+            return SendResult(Attempt.UNREACHABLE, _reply(response.code, response.message))
         if wire.usable:
             # Reset the envelope so the connection can carry the next message; a failing reset drops it.
             try:
@@ -138,12 +142,10 @@ class SmtpConnection:
         if 200 <= response.code < 300:
             # A server breaking the protocol (a 250 where DATA needs 354, a 252 to RCPT): nothing was sent.
             return SendResult(Attempt.TRANSIENT, f"unexpected reply {_reply(response.code, response.message)}")
-        if of_us:
-            self.close()  # a refusal tied to this session (a limit per connection) is not met again on a new one
-        if response.code in _NOT_AS_CONFIGURED or of_us:
-            # "Authenticate / STARTTLS first", "bad credentials", "sender address rejected", "account suspended":
-            # the server refuses us, not this message. Retried like an unreachable server (not counted) instead of
-            # failing the whole backlog.
+        if response.code in _NOT_AS_CONFIGURED:
+            # "Authenticate / STARTTLS first", "bad credentials" (and above: "sender address rejected", "account
+            # suspended"): the server refuses us, not this message. Retried like an unreachable server (not counted)
+            # instead of failing the whole backlog.
             return SendResult(Attempt.UNREACHABLE, _reply(response.code, response.message))
         return SendResult(classify_reply(response.code), _reply(response.code, response.message))
 

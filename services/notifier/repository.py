@@ -153,12 +153,15 @@ async def claim_due(db: asyncpg.Connection, limit: int, owner: uuid.UUID) -> lis
                    -- heard of yet when the invite was made; an invite accepted just before staff rejected her
                    -- request): an invite's or a rejection's email would be moot.
                    -- OFFSET 0: a probe of deliveries_connected per claimed row; without it the planner may hash
-                   -- every connection email ever queued at each claim when many deliveries are pending.
+                   -- every connection email ever queued at each claim when many deliveries are pending. An approval
+                   -- queued before the address's current registration was another account's (one the platform
+                   -- deleted, the address registered anew since): its new owner is not connected.
                    d.kind IN ('invite', 'connection_rejected') AND EXISTS (
                        SELECT 1 FROM notifier.deliveries c
                        WHERE c.kind = 'connection_approved' AND c.practice_id = d.practice_id
                          AND coalesce(c.recipient_key, lower(c.recipient))
                              = coalesce(d.recipient_key, lower(d.recipient))
+                         AND (p.registered_at IS NULL OR c.created_at >= p.registered_at)
                        OFFSET 0
                    ) AS connected,
                    -- A connection email to a patient the platform deleted (directory_repository.delete_patient).

@@ -108,8 +108,8 @@ async def accepted_while(service: Service, invite_id: uuid.UUID, request: Awaita
     async with service.admin.acquire() as patient_side:
         async with patient_side.transaction():
             await patient_side.execute(
-                "UPDATE invitations.invites SET status = 'accepted', accepted_at = now(), accepted_by = 'p' "
-                "WHERE id = $1",
+                "UPDATE invitations.invites SET status = 'accepted', accepted_at = now(),"
+                " accepted_by = gen_random_uuid()::text WHERE id = $1",
                 invite_id,
             )
             running = asyncio.ensure_future(request)

@@ -656,3 +656,31 @@ def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+async def test_an_invite_to_the_new_owner_of_a_deleted_connected_patients_address_is_emailed(
+    notifier: Notifier,
+) -> None:
+    """A review: the claim took any approval ever queued to the practice and address for "connected", so once the
+    platform deleted a connected patient and another account registered her address, its invites ended `error`
+    ("the patient connected before the invite's email went out") until the old approval email was purged."""
+    clinic = practice("Clinic")
+    assert clinic.practice_id is not None
+    email = unique_email("zoe")
+    zoe = patient(email)
+    await notifier.publish(clinic, zoe)
+    await directory_applied(notifier.admin, [email], clinic.practice_id)
+    connection = approved(clinic.practice_id, email)
+    await notifier.publish(connection)
+    assert (await notifier.delivery(connection.event_id))["status"] == "sent"
+    await notifier.publish_raw("platform.patients.v1", str(zoe.payload.patient_id).encode(), None)
+    async with asyncio.timeout(20):
+        while await notifier.admin.fetchval("SELECT count(*) FROM notifier.patients WHERE email = $1", email):
+            await asyncio.sleep(0.05)
+    newcomer = patient(email)
+    await notifier.publish(newcomer)
+    await directory_applied(notifier.admin, [email], clinic.practice_id)
+    fresh = invite(clinic.practice_id, email, None)
+    await notifier.publish(fresh)
+    row = await notifier.delivery(fresh.event_id)
+    assert row["status"] == "sent", (row["status"], row["last_error"])

@@ -190,6 +190,7 @@ async def test_a_permanent_refusal_of_our_sender_is_of_us_not_of_the_message(pip
     assert (ours.attempt, ours.reply) == (Attempt.UNREACHABLE, "553 5.7.1 sender address rejected: account suspended")
     assert utf8.attempt is Attempt.PERMANENT
     assert server.messages == []
+    assert server.connections == 2 and b"RSET\r\n" not in server.lines[:4], "closed, not reset: a new session"
 
 
 async def test_421_closes_and_the_next_message_goes_over_a_new_connection() -> None:
