@@ -30,12 +30,7 @@ async def publish(bootstrap: str, prefix: str, events: list[Envelope]) -> None:
 
 async def publish_tombstone(bootstrap: str, prefix: str, topic: str, key: uuid.UUID) -> None:
     """The platform deletes what `key` names on a compacted topic: its key and no value."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10000)
-    await producer.start()
-    try:
-        await producer.send_and_wait(prefix + topic, value=None, key=str(key).encode())
-    finally:
-        await producer.stop()
+    await publish_pipelined(bootstrap, prefix, [], [(topic, str(key).encode(), None)], request_timeout_ms=10000)
 
 
 async def publish_pipelined(

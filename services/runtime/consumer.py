@@ -141,7 +141,7 @@ class BatchConsumer:
             if announced in EVENT_TYPES and announced not in self.subscription.handlers:
                 if self.home_topics[announced] == record.topic:
                     # Another consumer's event, by the type our relays put in the headers: not parsed.
-                    self.context.metrics.records_skipped.labels(self.subscription.group, "not_handled").inc()
+                    self._skipped("not_handled")
                     continue
                 # A header naming a type that never travels here is a mistake, not someone else's event: skipped,
                 # it vanished from this group while another group reading the topic applied it.
@@ -181,7 +181,7 @@ class BatchConsumer:
             if event.event_type in self.subscription.handlers:
                 plan.append((record, event))
             else:
-                self.context.metrics.records_skipped.labels(self.subscription.group, "not_handled").inc()
+                self._skipped("not_handled")
         throttle = self.subscription.throttle
         held = [(r, step) for r, step in plan if throttle and _is_held(step, throttle)]
         if throttle and held:
@@ -240,7 +240,7 @@ class BatchConsumer:
             context.metrics.events_consumed.labels(group, "tombstone").inc()
             log.info("consumer.tombstone_applied", group=group, topic=record.topic, key=str(key))
         else:
-            context.metrics.records_skipped.labels(group, "duplicate").inc()
+            self._skipped("duplicate")
             log.info(
                 "inbox.duplicate_skipped", group=group, count=1, kind="tombstone", topic=record.topic, key=str(key)
             )
@@ -280,7 +280,7 @@ class BatchConsumer:
             # Named, so that a producer reusing an event id for another event can be found: it is skipped too.
             kept = {id(event) for event in fresh}
             skipped = [event for event in events if id(event) not in kept]
-            context.metrics.records_skipped.labels(self.subscription.group, "duplicate").inc(len(skipped))
+            self._skipped("duplicate", len(skipped))
             log.info(
                 "inbox.duplicate_skipped",
                 group=self.subscription.group,
@@ -289,6 +289,10 @@ class BatchConsumer:
             )
         for event in fresh:
             context.metrics.events_consumed.labels(self.subscription.group, event.event_type).inc()
+
+    def _skipped(self, why: str, count: int = 1) -> None:
+        """Records passed over without applying them; `why` one of SKIP_REASONS."""
+        self.context.metrics.records_skipped.labels(self.subscription.group, why).inc(count)
 
     async def dead_letter(
         self, record: ConsumerRecord[bytes, bytes], reason: str, event: Envelope | None = None, *, kind: str

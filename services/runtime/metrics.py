@@ -55,11 +55,9 @@ class Metrics:
             registry=self.registry,
         )
         # At 0 from the start: `increase()` needs a sample before the first dead letter, or it never sees it.
-        for group in groups:
-            for kind in DEAD_LETTER_KINDS:
-                self.dead_letters.labels(group, kind)
-            for why in SKIP_REASONS:
-                self.records_skipped.labels(group, why)
+        groups = list(groups)
+        _at_zero(self.dead_letters, groups, DEAD_LETTER_KINDS)
+        _at_zero(self.records_skipped, groups, SKIP_REASONS)
         # Each wait before a consumer tries a batch (or a tombstone) again, by why. An error of the database being
         # away, refusing (a permission, a column missing: a schema behind the code) or timing out is retried
         # without end, so that nothing is lost: a group stuck on one owns its partitions and dead-letters nothing
@@ -70,9 +68,7 @@ class Metrics:
             ["group", "reason"],
             registry=self.registry,
         )
-        for group in groups:
-            for reason in RETRY_REASONS:
-                self.consumer_retries.labels(group, reason)
+        _at_zero(self.consumer_retries, groups, RETRY_REASONS)
         # Read at each scrape: a consumer the broker refuses (a session timeout below the broker's minimum, an ACL)
         # never joins its group and owns nothing, while the pod stays ready and its HTTP API serves.
         self.partitions_assigned = Gauge(
@@ -98,3 +94,10 @@ class Metrics:
             "service_info", "Always 1; labels name the service", ["service"], registry=self.registry
         )
         self.service_info.labels(service).set(1)
+
+
+def _at_zero(counter: Counter, groups: Iterable[str], values: Iterable[str]) -> None:
+    """Every (group, value) series exported from the start, at 0."""
+    for group in groups:
+        for value in values:
+            counter.labels(group, value)
